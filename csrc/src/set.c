@@ -1,0 +1,524 @@
+/*
+ * Set types on top of the shared table: how each type packs an entry into
+ * key words, and the single and batch operations.
+ *
+ * Key layouts (A = address words: 1 for inet, 4 for inet6, most significant
+ * word first):
+ *   hash:ip          [ip(A)]
+ *   hash:ip,port     [ip(A), proto<<16 | port]
+ *   hash:ip,port,ip  [ip(A), proto<<16 | port, ip2(A)]
+ *   hash:net         [network(A), (prefix+1) | nomatch<<8]
+ * Port types never produce an all-zero key (protocol 0 is refused) and
+ * hash:net stores prefix+1, so only hash:ip can hold the zero key.
+ */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "netindex.h"
+#include "table.h"
+
+#define NET_NOMATCH_BIT 0x100u
+#define NET_PREFIX_MASK 0xFFu
+
+struct ips_set {
+    ips_type type;
+    ips_family family;
+    unsigned aw; /* address words */
+    ips_table table;
+    /* hash:net only */
+    uint32_t prefix_count[129];
+    bool index_fresh;
+    ips_netindex index;
+};
+
+const char *ips_type_name(ips_type type) {
+    switch (type) {
+    case IPS_HASH_IP: return "hash:ip";
+    case IPS_HASH_IP_PORT: return "hash:ip,port";
+    case IPS_HASH_IP_PORT_IP: return "hash:ip,port,ip";
+    case IPS_HASH_NET: return "hash:net";
+    }
+    return NULL;
+}
+
+ips_status ips_type_from_name(const char *name, size_t len, ips_type *out) {
+    for (int t = IPS_HASH_IP; t <= IPS_HASH_NET; t++) {
+        const char *n = ips_type_name((ips_type)t);
+        if (strlen(n) == len && memcmp(n, name, len) == 0) {
+            *out = (ips_type)t;
+            return IPS_OK;
+        }
+    }
+    return IPS_ERR_PARSE;
+}
+
+static unsigned key_words(ips_type type, unsigned aw) {
+    switch (type) {
+    case IPS_HASH_IP: return aw;
+    case IPS_HASH_IP_PORT: return aw + 1;
+    case IPS_HASH_IP_PORT_IP: return 2 * aw + 1;
+    case IPS_HASH_NET: return aw + 1;
+    }
+    return 0;
+}
+
+ips_set *ips_set_new(ips_type type, ips_family family, uint64_t seed, ips_status *status) {
+    if (ips_type_name(type) == NULL || (family != IPS_INET && family != IPS_INET6)) {
+        if (status)
+            *status = IPS_ERR_INVALID;
+        return NULL;
+    }
+    ips_set *s = calloc(1, sizeof *s);
+    if (!s) {
+        if (status)
+            *status = IPS_ERR_NOMEM;
+        return NULL;
+    }
+    s->type = type;
+    s->family = family;
+    s->aw = family == IPS_INET ? 1 : 4;
+    tbl_init(&s->table, key_words(type, s->aw), type == IPS_HASH_NET ? NET_PREFIX_MASK : 0xFFFFFFFFu, seed);
+    if (status)
+        *status = IPS_OK;
+    return s;
+}
+
+void ips_set_free(ips_set *set) {
+    if (!set)
+        return;
+    tbl_release(&set->table);
+    netindex_free(&set->index);
+    free(set);
+}
+
+ips_type ips_set_type(const ips_set *set) { return set->type; }
+ips_family ips_set_family(const ips_set *set) { return set->family; }
+size_t ips_set_size(const ips_set *set) { return tbl_size(&set->table); }
+
+size_t ips_set_memory(const ips_set *set) {
+    return sizeof *set + tbl_memory(&set->table) + netindex_memory(&set->index);
+}
+
+static unsigned host_prefix(ips_family family) { return family == IPS_INET ? 32 : 128; }
+
+static bool proto_has_ports(uint8_t proto) {
+    return proto == 6 || proto == 17 || proto == 132 || proto == 136;
+}
+
+ips_status ips_entry_validate(ips_type type, ips_family family, const ips_entry *e, char *why, size_t why_len) {
+    char dummy[1];
+    if (!why) {
+        why = dummy;
+        why_len = sizeof dummy;
+    }
+    if (type == IPS_HASH_IP_PORT || type == IPS_HASH_IP_PORT_IP) {
+        if (e->proto == 0) {
+            snprintf(why, why_len, "protocol 0 is not valid (use 6 for tcp, 17 for udp, 132 for sctp)");
+            return IPS_ERR_INVALID;
+        }
+        if (e->proto == 1 && family == IPS_INET6) {
+            snprintf(why, why_len, "protocol icmp (1) is for family inet; use icmpv6 (58) in an inet6 set");
+            return IPS_ERR_INVALID;
+        }
+        if (e->proto == 58 && family == IPS_INET) {
+            snprintf(why, why_len, "protocol icmpv6 (58) is for family inet6; use icmp (1) in an inet set");
+            return IPS_ERR_INVALID;
+        }
+        bool icmp = e->proto == 1 || e->proto == 58;
+        if (!proto_has_ports(e->proto) && !icmp && e->port != 0) {
+            snprintf(why, why_len, "protocol %u has no ports: port must be 0, not %u", e->proto, e->port);
+            return IPS_ERR_INVALID;
+        }
+    }
+    if (type == IPS_HASH_NET && e->cidr > host_prefix(family)) {
+        snprintf(why, why_len, "prefix length %u is longer than %u", e->cidr, host_prefix(family));
+        return IPS_ERR_INVALID;
+    }
+    if (type != IPS_HASH_NET && e->nomatch) {
+        snprintf(why, why_len, "nomatch is only valid in hash:net sets");
+        return IPS_ERR_INVALID;
+    }
+    return IPS_OK;
+}
+
+IPS_INLINE uint32_t load_be32(const uint8_t *b) {
+    return (uint32_t)b[0] << 24 | (uint32_t)b[1] << 16 | (uint32_t)b[2] << 8 | b[3];
+}
+
+IPS_INLINE void store_be32(uint8_t *b, uint32_t v) {
+    b[0] = (uint8_t)(v >> 24);
+    b[1] = (uint8_t)(v >> 16);
+    b[2] = (uint8_t)(v >> 8);
+    b[3] = (uint8_t)v;
+}
+
+/* Network words of addr masked to prefix len. */
+static void mask_words(uint32_t *w, unsigned aw, unsigned len) {
+    for (unsigned i = 0; i < aw; i++) {
+        unsigned lo = i * 32;
+        if (len <= lo)
+            w[i] = 0;
+        else if (len < lo + 32)
+            w[i] &= ~(0xFFFFFFFFu >> (len - lo));
+    }
+}
+
+/* Packs an entry; the hash:net key carries the nomatch flag only if with_flag. */
+static void pack(const ips_set *s, const ips_entry *e, uint32_t *k, bool with_flag) {
+    const unsigned aw = s->aw;
+    for (unsigned i = 0; i < aw; i++)
+        k[i] = load_be32(e->ip + 4 * i);
+    switch (s->type) {
+    case IPS_HASH_IP:
+        break;
+    case IPS_HASH_IP_PORT:
+        k[aw] = (uint32_t)e->proto << 16 | e->port;
+        break;
+    case IPS_HASH_IP_PORT_IP:
+        k[aw] = (uint32_t)e->proto << 16 | e->port;
+        for (unsigned i = 0; i < aw; i++)
+            k[aw + 1 + i] = load_be32(e->ip2 + 4 * i);
+        break;
+    case IPS_HASH_NET:
+        mask_words(k, aw, e->cidr);
+        k[aw] = (uint32_t)e->cidr + 1;
+        if (with_flag && e->nomatch)
+            k[aw] |= NET_NOMATCH_BIT;
+        break;
+    }
+}
+
+static void unpack(const ips_set *s, const uint32_t *k, ips_entry *e) {
+    const unsigned aw = s->aw;
+    memset(e, 0, sizeof *e);
+    for (unsigned i = 0; i < aw; i++)
+        store_be32(e->ip + 4 * i, k[i]);
+    e->cidr = (uint8_t)host_prefix(s->family);
+    switch (s->type) {
+    case IPS_HASH_IP:
+        break;
+    case IPS_HASH_IP_PORT_IP:
+        for (unsigned i = 0; i < aw; i++)
+            store_be32(e->ip2 + 4 * i, k[aw + 1 + i]);
+        /* fall through */
+    case IPS_HASH_IP_PORT:
+        e->proto = (uint8_t)(k[aw] >> 16);
+        e->port = (uint16_t)k[aw];
+        break;
+    case IPS_HASH_NET:
+        e->cidr = (uint8_t)((k[aw] & NET_PREFIX_MASK) - 1);
+        e->nomatch = (k[aw] & NET_NOMATCH_BIT) != 0;
+        break;
+    }
+}
+
+static void changed(ips_set *s) { s->index_fresh = false; }
+
+ips_status ips_set_add(ips_set *s, const ips_entry *e, bool *added) {
+    if (ips_entry_validate(s->type, s->family, e, NULL, 0) != IPS_OK)
+        return IPS_ERR_INVALID;
+    uint32_t k[IPS_MAX_WORDS];
+    pack(s, e, k, true);
+    bool is_new = false;
+    ips_status st = tbl_upsert(&s->table, k, &is_new);
+    if (st != IPS_OK)
+        return st;
+    if (s->type == IPS_HASH_NET) {
+        if (is_new)
+            s->prefix_count[e->cidr]++;
+        changed(s);
+    }
+    if (added)
+        *added = is_new;
+    return IPS_OK;
+}
+
+ips_status ips_set_del(ips_set *s, const ips_entry *e, bool *removed) {
+    if (s->type == IPS_HASH_NET && e->cidr > host_prefix(s->family))
+        return IPS_ERR_INVALID;
+    uint32_t k[IPS_MAX_WORDS];
+    pack(s, e, k, false);
+    bool gone = false;
+    ips_status st = tbl_remove(&s->table, k, &gone);
+    if (st != IPS_OK)
+        return st;
+    if (gone && s->type == IPS_HASH_NET) {
+        s->prefix_count[e->cidr]--;
+        changed(s);
+    }
+    if (removed)
+        *removed = gone;
+    return IPS_OK;
+}
+
+/* The kernel's hash:net lookup: each present prefix length, longest first. */
+static bool net_lookup_by_probes(const ips_set *s, const uint32_t *addr) {
+    const unsigned aw = s->aw, W = aw + 1;
+    for (int len = (int)host_prefix(s->family); len >= 0; len--) {
+        if (s->prefix_count[len] == 0)
+            continue;
+        uint32_t k[IPS_MAX_WORDS];
+        memcpy(k, addr, aw * sizeof(uint32_t));
+        mask_words(k, aw, (unsigned)len);
+        k[aw] = (uint32_t)len + 1;
+        const uint32_t *slot = tbl_lookup(&s->table, k, W);
+        if (slot)
+            return (slot[aw] & NET_NOMATCH_BIT) == 0;
+    }
+    return false;
+}
+
+bool ips_set_test(const ips_set *s, const ips_entry *e) {
+    uint32_t k[IPS_MAX_WORDS];
+    if (s->type != IPS_HASH_NET) {
+        if (e->nomatch || ips_entry_validate(s->type, s->family, e, NULL, 0) != IPS_OK)
+            return false;
+        pack(s, e, k, false);
+        return tbl_contains(&s->table, k, s->table.W);
+    }
+    if (e->cidr > host_prefix(s->family))
+        return false;
+    pack(s, e, k, false);
+    if (e->cidr == host_prefix(s->family) && !e->nomatch) {
+        if (s->index_fresh) {
+            uint8_t hit;
+            if (s->family == IPS_INET)
+                netindex_test4(&s->index, 1, k, &hit);
+            else
+                netindex_test6(&s->index, 1, e->ip, &hit);
+            return hit != 0;
+        }
+        return net_lookup_by_probes(s, k);
+    }
+    const uint32_t *slot = tbl_lookup(&s->table, k, s->table.W);
+    return slot && ((slot[s->aw] & NET_NOMATCH_BIT) != 0) == e->nomatch;
+}
+
+void ips_set_clear(ips_set *s) {
+    tbl_release(&s->table);
+    memset(s->prefix_count, 0, sizeof s->prefix_count);
+    netindex_free(&s->index);
+    changed(s);
+}
+
+ips_status ips_set_reserve(ips_set *s, size_t extra) { return tbl_reserve(&s->table, extra); }
+
+ips_status ips_set_prepare(ips_set *s) {
+    if (s->type != IPS_HASH_NET || s->index_fresh)
+        return IPS_OK;
+    ips_status st = netindex_build(&s->index, &s->table, s->family);
+    s->index_fresh = st == IPS_OK;
+    return st;
+}
+
+bool ips_set_next(const ips_set *s, size_t *cursor, ips_entry *out) {
+    const ips_table *t = &s->table;
+    if (*cursor == 0) {
+        *cursor = 1;
+        if (t->zero_present) {
+            uint32_t zero[IPS_MAX_WORDS] = {0};
+            unpack(s, zero, out);
+            return true;
+        }
+    }
+    for (size_t i = *cursor - 1; i < t->cap; i++) {
+        const uint32_t *slot = t->slots + i * t->W;
+        if (!key_is_zero(slot, t->W)) {
+            *cursor = i + 2;
+            unpack(s, slot, out);
+            return true;
+        }
+    }
+    *cursor = t->cap + 1;
+    return false;
+}
+
+/* ---- batch paths ---- */
+
+/* Key of row i built straight from the columns (no ips_entry in between). */
+IPS_INLINE void row_key(const ips_set *s, unsigned W, size_t i, const void *ip, const uint8_t *proto,
+                        const uint16_t *port, const void *ip2, uint32_t *k) {
+    const unsigned aw = s->aw;
+    if (aw == 1) {
+        k[0] = ((const uint32_t *)ip)[i];
+    } else {
+        const uint8_t *b = (const uint8_t *)ip + i * 16;
+        for (unsigned w = 0; w < 4; w++)
+            k[w] = load_be32(b + 4 * w);
+    }
+    if (W > aw)
+        k[aw] = (uint32_t)proto[i] << 16 | port[i];
+    if (W > aw + 1) {
+        if (aw == 1) {
+            k[aw + 1] = ((const uint32_t *)ip2)[i];
+        } else {
+            const uint8_t *b = (const uint8_t *)ip2 + i * 16;
+            for (unsigned w = 0; w < 4; w++)
+                k[aw + 1 + w] = load_be32(b + 4 * w);
+        }
+    }
+}
+
+#define BATCH_BLOCK 16
+
+/*
+ * Hash a block, prefetch each home slot, then probe: the loads of a block
+ * are in flight together, which is what makes a table larger than the cache
+ * affordable. W is a compile-time constant in each instantiation below.
+ */
+IPS_INLINE void test_many_w(const ips_set *s, const unsigned W, size_t n, const void *ip, const uint8_t *proto,
+                            const uint16_t *port, const void *ip2, uint8_t *out) {
+    const ips_table *t = &s->table;
+    if (t->cap == 0) {
+        for (size_t i = 0; i < n; i++) {
+            uint32_t k[IPS_MAX_WORDS];
+            row_key(s, W, i, ip, proto, port, ip2, k);
+            out[i] = key_is_zero(k, W) && t->zero_present;
+        }
+        return;
+    }
+    for (size_t i0 = 0; i0 < n; i0 += BATCH_BLOCK) {
+        size_t cnt = n - i0 < BATCH_BLOCK ? n - i0 : BATCH_BLOCK;
+        uint32_t keys[BATCH_BLOCK][IPS_MAX_WORDS];
+        size_t home[BATCH_BLOCK];
+        for (size_t j = 0; j < cnt; j++) {
+            row_key(s, W, i0 + j, ip, proto, port, ip2, keys[j]);
+            home[j] = tbl_home(t, keys[j], W);
+            IPS_PREFETCH(t->slots + home[j] * W);
+        }
+        for (size_t j = 0; j < cnt; j++) {
+            if (key_is_zero(keys[j], W))
+                out[i0 + j] = t->zero_present;
+            else
+                out[i0 + j] = tbl_find_from(t, keys[j], W, home[j]) >= 0;
+        }
+    }
+}
+
+static void test_many_w1(const ips_set *s, size_t n, const void *ip, const uint8_t *pr, const uint16_t *po,
+                         const void *ip2, uint8_t *out) {
+    test_many_w(s, 1, n, ip, pr, po, ip2, out);
+}
+static void test_many_w2(const ips_set *s, size_t n, const void *ip, const uint8_t *pr, const uint16_t *po,
+                         const void *ip2, uint8_t *out) {
+    test_many_w(s, 2, n, ip, pr, po, ip2, out);
+}
+static void test_many_w3(const ips_set *s, size_t n, const void *ip, const uint8_t *pr, const uint16_t *po,
+                         const void *ip2, uint8_t *out) {
+    test_many_w(s, 3, n, ip, pr, po, ip2, out);
+}
+static void test_many_wn(const ips_set *s, size_t n, const void *ip, const uint8_t *pr, const uint16_t *po,
+                         const void *ip2, uint8_t *out) {
+    test_many_w(s, s->table.W, n, ip, pr, po, ip2, out);
+}
+
+void ips_set_test_many(const ips_set *s, size_t n, const void *ip, const uint8_t *proto, const uint16_t *port,
+                       const void *ip2, uint8_t *out) {
+    if (s->type == IPS_HASH_NET) {
+        if (s->index_fresh) {
+            if (s->family == IPS_INET)
+                netindex_test4(&s->index, n, ip, out);
+            else
+                netindex_test6(&s->index, n, ip, out);
+            return;
+        }
+        for (size_t i = 0; i < n; i++) {
+            uint32_t k[IPS_MAX_WORDS];
+            row_key(s, s->aw, i, ip, NULL, NULL, NULL, k);
+            out[i] = net_lookup_by_probes(s, k);
+        }
+        return;
+    }
+    switch (s->table.W) {
+    case 1: test_many_w1(s, n, ip, proto, port, ip2, out); break;
+    case 2: test_many_w2(s, n, ip, proto, port, ip2, out); break;
+    case 3: test_many_w3(s, n, ip, proto, port, ip2, out); break;
+    default: test_many_wn(s, n, ip, proto, port, ip2, out); break;
+    }
+}
+
+/* Fills an ips_entry from row i of batch columns. */
+static void row_entry(const ips_set *s, size_t i, const void *ip, const uint8_t *proto, const uint16_t *port,
+                      const void *ip2, const uint8_t *cidr, bool nomatch, ips_entry *e) {
+    memset(e, 0, sizeof *e);
+    if (s->aw == 1)
+        store_be32(e->ip, ((const uint32_t *)ip)[i]);
+    else
+        memcpy(e->ip, (const uint8_t *)ip + i * 16, 16);
+    if (s->type == IPS_HASH_IP_PORT || s->type == IPS_HASH_IP_PORT_IP) {
+        e->proto = proto[i];
+        e->port = port[i];
+    }
+    if (s->type == IPS_HASH_IP_PORT_IP) {
+        if (s->aw == 1)
+            store_be32(e->ip2, ((const uint32_t *)ip2)[i]);
+        else
+            memcpy(e->ip2, (const uint8_t *)ip2 + i * 16, 16);
+    }
+    e->cidr = (uint8_t)host_prefix(s->family);
+    if (s->type == IPS_HASH_NET) {
+        if (cidr)
+            e->cidr = cidr[i];
+        e->nomatch = nomatch;
+    }
+}
+
+static ips_status validate_rows(const ips_set *s, size_t n, const void *ip, const uint8_t *proto,
+                                const uint16_t *port, const void *ip2, const uint8_t *cidr, size_t *bad_index) {
+    for (size_t i = 0; i < n; i++) {
+        ips_entry e;
+        row_entry(s, i, ip, proto, port, ip2, cidr, false, &e);
+        if (ips_entry_validate(s->type, s->family, &e, NULL, 0) != IPS_OK) {
+            if (bad_index)
+                *bad_index = i;
+            return IPS_ERR_INVALID;
+        }
+    }
+    return IPS_OK;
+}
+
+ips_status ips_set_add_many(ips_set *s, size_t n, const void *ip, const uint8_t *proto, const uint16_t *port,
+                            const void *ip2, const uint8_t *cidr, bool nomatch, size_t *added, size_t *bad_index) {
+    if (added)
+        *added = 0;
+    ips_status st = validate_rows(s, n, ip, proto, port, ip2, cidr, bad_index);
+    if (st != IPS_OK)
+        return st;
+    st = tbl_reserve(&s->table, n);
+    if (st != IPS_OK)
+        return st;
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        ips_entry e;
+        row_entry(s, i, ip, proto, port, ip2, cidr, nomatch, &e);
+        bool is_new = false;
+        st = ips_set_add(s, &e, &is_new);
+        if (st != IPS_OK)
+            break;
+        count += is_new;
+    }
+    if (added)
+        *added = count;
+    return st;
+}
+
+ips_status ips_set_del_many(ips_set *s, size_t n, const void *ip, const uint8_t *proto, const uint16_t *port,
+                            const void *ip2, const uint8_t *cidr, size_t *removed, size_t *bad_index) {
+    if (removed)
+        *removed = 0;
+    ips_status st = validate_rows(s, n, ip, proto, port, ip2, cidr, bad_index);
+    if (st != IPS_OK)
+        return st;
+    size_t count = 0;
+    for (size_t i = 0; i < n; i++) {
+        ips_entry e;
+        row_entry(s, i, ip, proto, port, ip2, cidr, false, &e);
+        bool gone = false;
+        ips_set_del(s, &e, &gone);
+        count += gone;
+    }
+    if (removed)
+        *removed = count;
+    return IPS_OK;
+}

@@ -1,0 +1,351 @@
+/* C unit tests for the native core. Run by ctest, also under ASan/UBSan. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "pyipset/ipset_core.h"
+
+static int failures = 0;
+#define CHECK(cond)                                                          \
+    do {                                                                     \
+        if (!(cond)) {                                                       \
+            fprintf(stderr, "%s:%d: CHECK failed: %s\n", __FILE__, __LINE__, #cond); \
+            failures++;                                                      \
+        }                                                                    \
+    } while (0)
+
+static ips_entry parse_ok(ips_type t, ips_family f, const char *s) {
+    ips_entry e;
+    char why[IPS_REASON_MAX];
+    ips_status st = ips_parse_entry(t, f, s, strlen(s), &e, why, sizeof why);
+    if (st != IPS_OK) {
+        fprintf(stderr, "unexpected parse failure of '%s': %s\n", s, why);
+        failures++;
+    }
+    return e;
+}
+
+static void expect_parse_error(ips_type t, ips_family f, const char *s, const char *reason_part) {
+    ips_entry e;
+    char why[IPS_REASON_MAX] = "";
+    ips_status st = ips_parse_entry(t, f, s, strlen(s), &e, why, sizeof why);
+    if (st == IPS_OK || !strstr(why, reason_part)) {
+        fprintf(stderr, "'%s': expected an error containing '%s', got status %d '%s'\n", s, reason_part, st, why);
+        failures++;
+    }
+}
+
+static void expect_roundtrip(ips_type t, ips_family f, const char *in, const char *want) {
+    ips_entry e = parse_ok(t, f, in);
+    char buf[IPS_ENTRY_TEXT_MAX];
+    ips_format_entry(t, f, &e, buf, sizeof buf);
+    if (strcmp(buf, want) != 0) {
+        fprintf(stderr, "format of '%s': got '%s', want '%s'\n", in, buf, want);
+        failures++;
+    }
+}
+
+static bool add_text(ips_set *s, const char *text) {
+    ips_entry e = parse_ok(ips_set_type(s), ips_set_family(s), text);
+    bool added = false;
+    CHECK(ips_set_add(s, &e, &added) == IPS_OK);
+    return added;
+}
+
+static bool test_text(ips_set *s, const char *text) {
+    ips_entry e = parse_ok(ips_set_type(s), ips_set_family(s), text);
+    return ips_set_test(s, &e);
+}
+
+static void test_parse_format(void) {
+    expect_roundtrip(IPS_HASH_IP, IPS_INET, " 192.0.2.1 ", "192.0.2.1");
+    expect_roundtrip(IPS_HASH_IP, IPS_INET, "0.0.0.0", "0.0.0.0");
+    expect_roundtrip(IPS_HASH_IP, IPS_INET, "255.255.255.255/32", "255.255.255.255");
+    expect_roundtrip(IPS_HASH_IP, IPS_INET6, "2001:db8:0:0::1", "2001:db8::1");
+    expect_roundtrip(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,80", "192.0.2.1,tcp:80");
+    expect_roundtrip(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,udp:0", "192.0.2.1,udp:0");
+    expect_roundtrip(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,sctp:65535", "192.0.2.1,sctp:65535");
+    expect_roundtrip(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,icmp:8/0", "192.0.2.1,icmp:echo-request");
+    expect_roundtrip(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,icmp:7/3", "192.0.2.1,icmp:7/3");
+    expect_roundtrip(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,47:0", "192.0.2.1,gre:0");
+    expect_roundtrip(IPS_HASH_IP_PORT, IPS_INET6, "2001:db8::1,icmpv6:echo-request",
+                     "2001:db8::1,ipv6-icmp:echo-request");
+    expect_roundtrip(IPS_HASH_IP_PORT_IP, IPS_INET, "192.0.2.1,udp:53,198.51.100.2",
+                     "192.0.2.1,udp:53,198.51.100.2");
+    expect_roundtrip(IPS_HASH_NET, IPS_INET, "192.0.2.77/24", "192.0.2.0/24");
+    expect_roundtrip(IPS_HASH_NET, IPS_INET, "192.0.2.7/32", "192.0.2.7");
+    expect_roundtrip(IPS_HASH_NET, IPS_INET, "10.1.2.3/0", "0.0.0.0/0");
+    expect_roundtrip(IPS_HASH_NET, IPS_INET, "192.0.2.128/25  nomatch", "192.0.2.128/25 nomatch");
+    expect_roundtrip(IPS_HASH_NET, IPS_INET6, "2001:db8:ffff::1/33", "2001:db8:8000::/33");
+    expect_roundtrip(IPS_HASH_NET, IPS_INET6, "::/0", "::/0");
+
+    expect_parse_error(IPS_HASH_IP, IPS_INET, "192.0.2.256", "not an IPv4 address");
+    expect_parse_error(IPS_HASH_IP, IPS_INET, "192.0.02.1", "not an IPv4 address");
+    expect_parse_error(IPS_HASH_IP, IPS_INET, "192.0.2", "not an IPv4 address");
+    expect_parse_error(IPS_HASH_IP, IPS_INET, "", "empty");
+    expect_parse_error(IPS_HASH_IP, IPS_INET, "2001:db8::1", "IPv6 address but the set is family inet");
+    expect_parse_error(IPS_HASH_IP, IPS_INET6, "192.0.2.1", "IPv4 address but the set is family inet6");
+    expect_parse_error(IPS_HASH_IP, IPS_INET, "192.0.2.0/24", "is a network");
+    expect_parse_error(IPS_HASH_IP, IPS_INET, "192.0.2.1-192.0.2.9", "range");
+    expect_parse_error(IPS_HASH_IP, IPS_INET, "192.0.2.1 nomatch", "only valid in hash:net");
+    expect_parse_error(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,tcp:65536", "not a number 0-65535");
+    expect_parse_error(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,tcp:80-90", "range");
+    expect_parse_error(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,tcp:http", "service names");
+    expect_parse_error(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,0:0", "protocol 0");
+    expect_parse_error(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,gre:5", "has no ports");
+    expect_parse_error(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1,bogus:5", "unknown protocol");
+    expect_parse_error(IPS_HASH_IP_PORT, IPS_INET6, "2001:db8::1,icmp:8/0", "use icmpv6");
+    expect_parse_error(IPS_HASH_IP_PORT, IPS_INET, "192.0.2.1", "expected IP,proto:port");
+    expect_parse_error(IPS_HASH_IP_PORT_IP, IPS_INET, "192.0.2.1,tcp:1,192.0.2.0/24", "single address");
+    expect_parse_error(IPS_HASH_NET, IPS_INET, "192.0.2.0/33", "prefix length");
+    expect_parse_error(IPS_HASH_NET, IPS_INET, "192.0.2.0/24 nomatchx", "only 'nomatch' may follow");
+}
+
+static void test_zero_and_extremes(void) {
+    ips_status st;
+    ips_set *s = ips_set_new(IPS_HASH_IP, IPS_INET, 42, &st);
+    CHECK(s && st == IPS_OK);
+    CHECK(!test_text(s, "0.0.0.0"));
+    CHECK(add_text(s, "0.0.0.0"));
+    CHECK(!add_text(s, "0.0.0.0"));
+    CHECK(add_text(s, "255.255.255.255"));
+    CHECK(test_text(s, "0.0.0.0") && test_text(s, "255.255.255.255"));
+    CHECK(ips_set_size(s) == 2);
+    size_t cursor = 0, seen = 0;
+    ips_entry e;
+    while (ips_set_next(s, &cursor, &e))
+        seen++;
+    CHECK(seen == 2);
+    ips_entry z = parse_ok(IPS_HASH_IP, IPS_INET, "0.0.0.0");
+    bool removed = false;
+    CHECK(ips_set_del(s, &z, &removed) == IPS_OK && removed);
+    CHECK(ips_set_del(s, &z, &removed) == IPS_OK && !removed);
+    CHECK(!test_text(s, "0.0.0.0") && ips_set_size(s) == 1);
+    /* Batch over the zero key with an empty and a non-empty table. */
+    uint32_t q[2] = {0, 0xFFFFFFFFu};
+    uint8_t out[2];
+    ips_set_test_many(s, 2, q, NULL, NULL, NULL, out);
+    CHECK(out[0] == 0 && out[1] == 1);
+    ips_set_free(s);
+
+    s = ips_set_new(IPS_HASH_IP_PORT, IPS_INET, 42, &st);
+    CHECK(add_text(s, "0.0.0.0,tcp:0"));
+    CHECK(test_text(s, "0.0.0.0,tcp:0") && !test_text(s, "0.0.0.0,udp:0"));
+    /* A batch query with protocol 0 makes an all-zero key: never a member. */
+    uint32_t ip0 = 0;
+    uint8_t p0 = 0;
+    uint16_t port0 = 0;
+    ips_set_test_many(s, 1, &ip0, &p0, &port0, NULL, out);
+    CHECK(out[0] == 0);
+    ips_set_free(s);
+}
+
+static void test_net_nomatch(void) {
+    ips_status st;
+    ips_set *s = ips_set_new(IPS_HASH_NET, IPS_INET, 7, &st);
+    add_text(s, "10.0.0.0/8");
+    add_text(s, "10.1.0.0/16 nomatch");
+    add_text(s, "10.1.2.0/24");
+    add_text(s, "10.1.2.128/25 nomatch");
+    add_text(s, "10.1.2.200");
+    for (int pass = 0; pass < 2; pass++) {
+        /* pass 0: per-length probes; pass 1: the flat index */
+        if (pass == 1)
+            CHECK(ips_set_prepare(s) == IPS_OK);
+        CHECK(test_text(s, "10.9.9.9"));
+        CHECK(!test_text(s, "10.1.9.9"));
+        CHECK(test_text(s, "10.1.2.1"));
+        CHECK(!test_text(s, "10.1.2.129"));
+        CHECK(test_text(s, "10.1.2.200"));
+        CHECK(!test_text(s, "11.0.0.0"));
+        CHECK(!test_text(s, "9.255.255.255"));
+        CHECK(test_text(s, "10.255.255.255"));
+        /* exact tests of networks */
+        CHECK(test_text(s, "10.0.0.0/8"));
+        CHECK(!test_text(s, "10.1.0.0/16"));
+        CHECK(test_text(s, "10.1.0.0/16 nomatch"));
+        CHECK(!test_text(s, "10.0.0.0/9"));
+    }
+    /* Flipping the flag with a second add, as ipset add -exist does. */
+    CHECK(!add_text(s, "10.1.0.0/16"));
+    CHECK(test_text(s, "10.1.9.9"));
+    CHECK(ips_set_size(s) == 5);
+    ips_set_clear(s);
+    CHECK(ips_set_size(s) == 0 && !test_text(s, "10.0.0.1"));
+    add_text(s, "0.0.0.0/0");
+    add_text(s, "255.255.255.255 nomatch");
+    CHECK(ips_set_prepare(s) == IPS_OK);
+    CHECK(test_text(s, "0.0.0.0") && test_text(s, "255.255.255.254") && !test_text(s, "255.255.255.255"));
+    ips_set_free(s);
+
+    s = ips_set_new(IPS_HASH_NET, IPS_INET6, 7, &st);
+    add_text(s, "::/0");
+    add_text(s, "2001:db8::/32 nomatch");
+    add_text(s, "2001:db8::1/128");
+    for (int pass = 0; pass < 2; pass++) {
+        if (pass == 1)
+            CHECK(ips_set_prepare(s) == IPS_OK);
+        CHECK(test_text(s, "::"));
+        CHECK(test_text(s, "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff"));
+        CHECK(!test_text(s, "2001:db8::2"));
+        CHECK(test_text(s, "2001:db8::1"));
+    }
+    ips_set_free(s);
+}
+
+/* Churn against a plain bitmap of 2^16 possible keys: growth, shrink,
+ * backward-shift deletion, reinsertion. */
+static void test_churn(void) {
+    ips_status st;
+    ips_set *s = ips_set_new(IPS_HASH_IP_PORT, IPS_INET, 99, &st);
+    static uint8_t model[1 << 16];
+    memset(model, 0, sizeof model);
+    uint64_t x = 12345;
+    size_t count = 0;
+    for (int round = 0; round < 400000; round++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        uint32_t v = (uint32_t)(x >> 33) & 0xFFFF;
+        ips_entry e = {0};
+        e.ip[2] = (uint8_t)(v >> 8);
+        e.ip[3] = (uint8_t)v;
+        e.proto = 6;
+        e.port = (uint16_t)(v & 7);
+        e.cidr = 32;
+        uint32_t id = v;
+        bool did;
+        /* bias towards a mid-size set so that both growth and shrink occur */
+        bool add = ((x >> 20) % 100) < (round < 200000 ? 60 : 35);
+        if (add) {
+            CHECK(ips_set_add(s, &e, &did) == IPS_OK);
+            CHECK(did == !model[id]);
+            count += !model[id];
+            model[id] = 1;
+        } else {
+            CHECK(ips_set_del(s, &e, &did) == IPS_OK);
+            CHECK(did == model[id]);
+            count -= model[id];
+            model[id] = 0;
+        }
+        if (round % 50000 == 0) {
+            for (uint32_t k = 0; k < (1 << 16); k++) {
+                ips_entry q = {0};
+                q.ip[2] = (uint8_t)(k >> 8);
+                q.ip[3] = (uint8_t)k;
+                q.proto = 6;
+                q.port = (uint16_t)(k & 7);
+                q.cidr = 32;
+                if (ips_set_test(s, &q) != (model[k] != 0)) {
+                    failures++;
+                    fprintf(stderr, "churn mismatch at round %d key %u\n", round, k);
+                    break;
+                }
+            }
+        }
+    }
+    CHECK(ips_set_size(s) == count);
+    ips_set_free(s);
+}
+
+/* Many entries, then batch tests that must equal the single tests. */
+static void test_batch_matches_single(void) {
+    ips_status st;
+    for (int fam = 0; fam < 2; fam++) {
+        ips_family f = fam ? IPS_INET6 : IPS_INET;
+        ips_set *s = ips_set_new(IPS_HASH_IP_PORT_IP, f, 5, &st);
+        enum { N = 20000 };
+        static uint32_t ip4[N], ip4b[N];
+        static uint8_t ip6[N * 16], ip6b[N * 16], proto[N], out[N];
+        static uint16_t port[N];
+        uint64_t x = 777;
+        for (int i = 0; i < N; i++) {
+            x = x * 6364136223846793005ull + 1442695040888963407ull;
+            ip4[i] = (uint32_t)(x >> 32);
+            ip4b[i] = (uint32_t)x;
+            for (int b = 0; b < 16; b++) {
+                ip6[i * 16 + b] = (uint8_t)(x >> (b * 4));
+                ip6b[i * 16 + b] = (uint8_t)(x >> (b * 3 + 1));
+            }
+            proto[i] = (i % 3 == 0) ? 6 : (i % 3 == 1) ? 17 : 132;
+            port[i] = (uint16_t)(x >> 40);
+        }
+        const void *a = fam ? (const void *)ip6 : (const void *)ip4;
+        const void *b = fam ? (const void *)ip6b : (const void *)ip4b;
+        size_t added = 0, bad = 0;
+        CHECK(ips_set_add_many(s, N / 2, a, proto, port, b, NULL, false, &added, &bad) == IPS_OK);
+        CHECK(added == N / 2 && ips_set_size(s) == N / 2);
+        ips_set_test_many(s, N, a, proto, port, b, out);
+        for (int i = 0; i < N; i++)
+            CHECK(out[i] == (i < N / 2));
+        /* a bad row rejects the whole batch */
+        uint8_t saved = proto[N - 1];
+        proto[N - 1] = 0;
+        CHECK(ips_set_add_many(s, N, a, proto, port, b, NULL, false, &added, &bad) == IPS_ERR_INVALID);
+        CHECK(bad == N - 1 && ips_set_size(s) == N / 2);
+        proto[N - 1] = saved;
+        size_t removed = 0;
+        CHECK(ips_set_del_many(s, N / 4, a, proto, port, b, NULL, &removed, &bad) == IPS_OK);
+        CHECK(removed == N / 4 && ips_set_size(s) == N / 2 - N / 4);
+        ips_set_test_many(s, N, a, proto, port, b, out);
+        for (int i = 0; i < N; i++)
+            CHECK(out[i] == (i >= N / 4 && i < N / 2));
+        ips_set_free(s);
+    }
+}
+
+/* Random prefixes: the flat index must agree with the per-length probes. */
+static void test_net_index_random(void) {
+    ips_status st;
+    ips_set *s = ips_set_new(IPS_HASH_NET, IPS_INET, 11, &st);
+    uint64_t x = 4242;
+    enum { M = 3000, Q = 200000 };
+    for (int i = 0; i < M; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        ips_entry e = {0};
+        uint32_t a = (uint32_t)(x >> 32) & 0x0FFFFFFFu; /* crowd them so they nest */
+        e.ip[0] = (uint8_t)(a >> 24);
+        e.ip[1] = (uint8_t)(a >> 16);
+        e.ip[2] = (uint8_t)(a >> 8);
+        e.ip[3] = (uint8_t)a;
+        e.cidr = (uint8_t)(4 + (x >> 8) % 29);
+        e.nomatch = ((x >> 16) & 3) == 0;
+        /* clear host bits the way the parser does */
+        uint32_t m = e.cidr ? ~0u << (32 - e.cidr) : 0;
+        a &= m;
+        e.ip[0] = (uint8_t)(a >> 24);
+        e.ip[1] = (uint8_t)(a >> 16);
+        e.ip[2] = (uint8_t)(a >> 8);
+        e.ip[3] = (uint8_t)a;
+        CHECK(ips_set_add(s, &e, NULL) == IPS_OK);
+    }
+    static uint32_t q[Q];
+    static uint8_t slow[Q], fast[Q];
+    for (int i = 0; i < Q; i++) {
+        x = x * 6364136223846793005ull + 1442695040888963407ull;
+        q[i] = (uint32_t)(x >> 32) & 0x1FFFFFFFu;
+    }
+    ips_set_test_many(s, Q, q, NULL, NULL, NULL, slow);
+    CHECK(ips_set_prepare(s) == IPS_OK);
+    ips_set_test_many(s, Q, q, NULL, NULL, NULL, fast);
+    size_t hits = 0;
+    for (int i = 0; i < Q; i++) {
+        CHECK(slow[i] == fast[i]);
+        hits += fast[i];
+    }
+    CHECK(hits > 0 && hits < Q);
+    ips_set_free(s);
+}
+
+int main(void) {
+    test_parse_format();
+    test_zero_and_extremes();
+    test_net_nomatch();
+    test_churn();
+    test_batch_matches_single();
+    test_net_index_random();
+    if (failures) {
+        fprintf(stderr, "%d check(s) failed\n", failures);
+        return 1;
+    }
+    printf("all C core tests passed\n");
+    return 0;
+}
