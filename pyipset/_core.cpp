@@ -1,0 +1,434 @@
+// pybind11 binding of the native set core (csrc/). The Python-facing class is
+// pyipset.IPSet, a thin Python subclass of _core.IPSet (see pyipset/sets.py).
+//
+// - Status codes become Python exceptions in exactly one place: raise_status().
+// - Batch calls take numpy arrays without copying them (exact dtype, C order
+//   required), release the GIL around the C loop, and return numpy.bool_.
+// - A set touched by a batch call that released the GIL cannot be changed
+//   from another thread until that call returns: such a change raises
+//   RuntimeError instead of racing.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+
+#include <cstring>
+#include <string>
+#include <vector>
+
+extern "C" {
+#include "pyipset/ipset_core.h"
+}
+
+namespace py = pybind11;
+
+namespace {
+
+[[noreturn]] void raise_status(ips_status st, const std::string &message) {
+    switch (st) {
+    case IPS_ERR_NOMEM:
+        throw std::bad_alloc();
+    case IPS_ERR_INVALID:
+    case IPS_ERR_PARSE:
+    case IPS_ERR_FAMILY:
+    default:
+        throw py::value_error(message);
+    }
+}
+
+const char *family_name(ips_family f) { return f == IPS_INET ? "inet" : "inet6"; }
+
+const char *column_names(ips_type t) {
+    switch (t) {
+    case IPS_HASH_IP: return "(ip)";
+    case IPS_HASH_IP_PORT: return "(ip, proto, port)";
+    case IPS_HASH_IP_PORT_IP: return "(src, proto, port, dst)";
+    case IPS_HASH_NET: return "(ip)";
+    }
+    return "";
+}
+
+size_t column_count(ips_type t) {
+    switch (t) {
+    case IPS_HASH_IP: return 1;
+    case IPS_HASH_IP_PORT: return 3;
+    case IPS_HASH_IP_PORT_IP: return 4;
+    case IPS_HASH_NET: return 1;
+    }
+    return 0;
+}
+
+std::string py_repr(py::handle h) { return py::repr(h).cast<std::string>(); }
+
+class NativeSet {
+  public:
+    NativeSet(const std::string &type, const std::string &family, uint64_t seed) {
+        ips_type t;
+        if (ips_type_from_name(type.data(), type.size(), &t) != IPS_OK)
+            throw py::value_error("unknown set type '" + type +
+                                  "' (expected hash:ip, hash:ip,port, hash:ip,port,ip or hash:net)");
+        ips_family f;
+        if (family == "inet")
+            f = IPS_INET;
+        else if (family == "inet6")
+            f = IPS_INET6;
+        else
+            throw py::value_error("unknown family '" + family + "' (expected inet or inet6)");
+        ips_status st;
+        set_ = ips_set_new(t, f, seed, &st);
+        if (!set_)
+            raise_status(st, "cannot create set");
+    }
+    ~NativeSet() { ips_set_free(set_); }
+    NativeSet(const NativeSet &) = delete;
+    NativeSet &operator=(const NativeSet &) = delete;
+
+    ips_type type() const { return ips_set_type(set_); }
+    ips_family family() const { return ips_set_family(set_); }
+    std::string type_name() const { return ips_type_name(type()); }
+    std::string family_str() const { return family_name(family()); }
+    size_t size() const {
+        check_readable();
+        return ips_set_size(set_);
+    }
+    size_t memory() const {
+        check_readable();
+        return ips_set_memory(set_);
+    }
+    uint64_t version() const { return version_; }
+
+    bool contains(py::handle entry) const {
+        check_readable();
+        ips_entry e;
+        if (!parse(entry, &e, /*quiet=*/true))
+            return false;
+        return ips_set_test(set_, &e);
+    }
+
+    bool add(py::handle entry, bool nomatch) {
+        check_writable();
+        ips_entry e;
+        parse(entry, &e, false);
+        if (nomatch) {
+            if (type() != IPS_HASH_NET)
+                throw py::value_error("nomatch is only valid in hash:net sets, not " + type_name());
+            e.nomatch = true;
+        }
+        bool added = false;
+        ips_status st = ips_set_add(set_, &e, &added);
+        if (st != IPS_OK)
+            raise_status(st, "cannot add " + py_repr(entry));
+        version_++;
+        return added;
+    }
+
+    bool discard(py::handle entry) {
+        check_writable();
+        ips_entry e;
+        parse(entry, &e, false);
+        bool removed = false;
+        ips_status st = ips_set_del(set_, &e, &removed);
+        if (st != IPS_OK)
+            raise_status(st, "cannot remove " + py_repr(entry));
+        version_++;
+        return removed;
+    }
+
+    void clear() {
+        check_writable();
+        ips_set_clear(set_);
+        version_++;
+    }
+
+    void reserve(size_t extra) {
+        check_writable();
+        ips_status st = ips_set_reserve(set_, extra);
+        if (st != IPS_OK)
+            raise_status(st, "cannot reserve room");
+    }
+
+    // Next entry as text from *cursor, or None at the end.
+    py::object next_entry(size_t &cursor) const {
+        check_readable();
+        ips_entry e;
+        if (!ips_set_next(set_, &cursor, &e))
+            return py::none();
+        char buf[IPS_ENTRY_TEXT_MAX];
+        size_t n = ips_format_entry(type(), family(), &e, buf, sizeof buf);
+        return py::str(buf, n);
+    }
+
+    py::array contains_many(py::args cols) {
+        Columns c = columns(cols, "contains_many");
+        py::array_t<bool> out(static_cast<py::ssize_t>(c.n));
+        uint8_t *dst = reinterpret_cast<uint8_t *>(out.mutable_data());
+        check_readable();
+        {
+            // Built under the GIL: concurrent readers then share a fresh index.
+            ips_status st = ips_set_prepare(set_);
+            if (st != IPS_OK && st != IPS_ERR_NOMEM)
+                raise_status(st, "cannot prepare set");
+        }
+        Guard g(readers_);
+        py::gil_scoped_release nogil;
+        ips_set_test_many(set_, c.n, c.ip, c.proto, c.port, c.ip2, dst);
+        return std::move(out);
+    }
+
+    size_t add_many(py::args cols, py::object cidr, bool nomatch) {
+        Columns c = columns(cols, "add_many");
+        const uint8_t *cidr_p = net_prefixes(cidr, c.n, "add_many");
+        if (nomatch && type() != IPS_HASH_NET)
+            throw py::value_error("nomatch is only valid in hash:net sets, not " + type_name());
+        check_writable();
+        size_t added = 0, bad = 0;
+        ips_status st;
+        {
+            WriterGuard g(writer_);
+            py::gil_scoped_release nogil;
+            st = ips_set_add_many(set_, c.n, c.ip, c.proto, c.port, c.ip2, cidr_p, nomatch, &added, &bad);
+        }
+        version_++;
+        if (st == IPS_ERR_INVALID)
+            raise_row(st, c, cidr_p, bad, "add_many");
+        if (st != IPS_OK)
+            raise_status(st, "add_many failed");
+        return added;
+    }
+
+    size_t discard_many(py::args cols, py::object cidr) {
+        Columns c = columns(cols, "discard_many");
+        const uint8_t *cidr_p = net_prefixes(cidr, c.n, "discard_many");
+        check_writable();
+        size_t removed = 0, bad = 0;
+        ips_status st;
+        {
+            WriterGuard g(writer_);
+            py::gil_scoped_release nogil;
+            st = ips_set_del_many(set_, c.n, c.ip, c.proto, c.port, c.ip2, cidr_p, &removed, &bad);
+        }
+        version_++;
+        if (st == IPS_ERR_INVALID)
+            raise_row(st, c, cidr_p, bad, "discard_many");
+        if (st != IPS_OK)
+            raise_status(st, "discard_many failed");
+        return removed;
+    }
+
+  private:
+    struct Columns {
+        size_t n = 0;
+        const void *ip = nullptr;
+        const uint8_t *proto = nullptr;
+        const uint16_t *port = nullptr;
+        const void *ip2 = nullptr;
+        std::vector<py::array> keep; // keeps the arrays alive while C reads them
+    };
+
+    struct Guard {
+        explicit Guard(int &c) : c_(c) { c_++; }
+        ~Guard() { c_--; }
+        int &c_;
+    };
+    struct WriterGuard {
+        explicit WriterGuard(bool &w) : w_(w) { w_ = true; }
+        ~WriterGuard() { w_ = false; }
+        bool &w_;
+    };
+
+    void check_readable() const {
+        if (writer_)
+            throw std::runtime_error("IPSet is being changed by a batch call in another thread");
+    }
+    void check_writable() const {
+        check_readable();
+        if (readers_ > 0)
+            throw std::runtime_error("IPSet is being read by a batch call in another thread");
+    }
+
+    // Parses an entry; with quiet, malformed text answers false instead of raising.
+    bool parse(py::handle entry, ips_entry *e, bool quiet) const {
+        py::object text_obj;
+        if (PyUnicode_Check(entry.ptr())) {
+            text_obj = py::reinterpret_borrow<py::object>(entry);
+        } else if (is_ipaddress(entry)) {
+            text_obj = py::str(entry);
+        } else {
+            throw py::type_error(std::string("an IPSet entry must be a str in ipset syntax (or an ipaddress "
+                                             "address or network), not ") +
+                                 Py_TYPE(entry.ptr())->tp_name);
+        }
+        Py_ssize_t len;
+        const char *text = PyUnicode_AsUTF8AndSize(text_obj.ptr(), &len);
+        if (!text)
+            throw py::error_already_set();
+        char why[IPS_REASON_MAX] = "";
+        ips_status st = ips_parse_entry(type(), family(), text, static_cast<size_t>(len), e, why, sizeof why);
+        if (st == IPS_OK)
+            return true;
+        if (quiet)
+            return false;
+        raise_status(st, "invalid " + type_name() + " entry " + py_repr(text_obj) + ": " + why);
+    }
+
+    static bool is_ipaddress(py::handle h) {
+        static py::object kinds;
+        if (!kinds) {
+            py::module_ ipa = py::module_::import("ipaddress");
+            kinds = py::make_tuple(ipa.attr("IPv4Address"), ipa.attr("IPv6Address"), ipa.attr("IPv4Network"),
+                                   ipa.attr("IPv6Network"));
+        }
+        return PyObject_IsInstance(h.ptr(), kinds.ptr()) == 1;
+    }
+
+    // Checks one column: a numpy array of exactly this dtype, C-contiguous,
+    // with the expected shape. No conversion, so no copy.
+    static py::array column(py::handle obj, const std::string &what, char kind, size_t itemsize, int ndim,
+                            py::ssize_t inner, py::ssize_t n) {
+        const char *want_dtype = kind == 'u' ? (itemsize == 1 ? "uint8" : itemsize == 2 ? "uint16" : "uint32") : "?";
+        std::string shape_desc = ndim == 1 ? "1-D" : "(N, " + std::to_string(inner) + ")";
+        if (!py::isinstance<py::array>(obj))
+            throw py::type_error(what + " must be a numpy.ndarray of " + want_dtype + " with shape " + shape_desc +
+                                 ", not " + Py_TYPE(obj.ptr())->tp_name);
+        py::array a = py::reinterpret_borrow<py::array>(obj);
+        py::dtype dt = a.dtype();
+        bool native = dt.byteorder() == '=' || dt.byteorder() == '|' || (dt.byteorder() == '<' && PY_LITTLE_ENDIAN);
+        if (dt.kind() != kind || static_cast<size_t>(dt.itemsize()) != itemsize || !native)
+            throw py::type_error(what + " must have dtype " + want_dtype + ", not " +
+                                 py::str(py::handle(reinterpret_cast<PyObject *>(dt.ptr()))).cast<std::string>() +
+                                 " (convert with .astype(numpy." + want_dtype + "))");
+        if (a.ndim() != ndim || (ndim == 2 && a.shape(1) != inner))
+            throw py::value_error(what + " must have shape " + shape_desc + ", not " + py_repr(py::getattr(a, "shape")));
+        if (!(a.flags() & py::array::c_style))
+            throw py::value_error(what + " must be C-contiguous (use numpy.ascontiguousarray)");
+        if (n >= 0 && a.shape(0) != n)
+            throw py::value_error(what + " has " + std::to_string(a.shape(0)) + " rows but the first column has " +
+                                  std::to_string(n));
+        return a;
+    }
+
+    py::array address_column(py::handle obj, const std::string &what, py::ssize_t n) const {
+        if (family() == IPS_INET)
+            return column(obj, what + " (IPv4 addresses as uint32 in host order)", 'u', 4, 1, 0, n);
+        return column(obj, what + " (IPv6 addresses as 16 bytes in network order)", 'u', 1, 2, 16, n);
+    }
+
+    Columns columns(const py::args &cols, const char *method) const {
+        const ips_type t = type();
+        if (cols.size() != column_count(t))
+            throw py::type_error(std::string(method) + "() on a " + type_name() + " set takes " +
+                                 std::to_string(column_count(t)) + " array(s) " + column_names(t) + ", got " +
+                                 std::to_string(cols.size()));
+        Columns c;
+        py::array ip = address_column(cols[0], "column 0 (ip)", -1);
+        c.n = static_cast<size_t>(ip.shape(0));
+        c.ip = ip.data();
+        c.keep.push_back(ip);
+        if (t == IPS_HASH_IP_PORT || t == IPS_HASH_IP_PORT_IP) {
+            py::ssize_t n = static_cast<py::ssize_t>(c.n);
+            py::array proto = column(cols[1], "column 1 (proto, IP protocol numbers)", 'u', 1, 1, 0, n);
+            py::array port = column(cols[2], "column 2 (port)", 'u', 2, 1, 0, n);
+            c.proto = static_cast<const uint8_t *>(proto.data());
+            c.port = static_cast<const uint16_t *>(port.data());
+            c.keep.push_back(proto);
+            c.keep.push_back(port);
+            if (t == IPS_HASH_IP_PORT_IP) {
+                py::array ip2 = address_column(cols[3], "column 3 (dst)", n);
+                c.ip2 = ip2.data();
+                c.keep.push_back(ip2);
+            }
+        }
+        return c;
+    }
+
+    const uint8_t *net_prefixes(const py::object &cidr, size_t n, const char *method) {
+        if (cidr.is_none())
+            return nullptr;
+        if (type() != IPS_HASH_NET)
+            throw py::type_error(std::string(method) + "(): cidr= is only for hash:net sets");
+        cidr_keep_ = column(cidr, "cidr (prefix lengths)", 'u', 1, 1, 0, static_cast<py::ssize_t>(n));
+        return static_cast<const uint8_t *>(cidr_keep_.data());
+    }
+
+    [[noreturn]] void raise_row(ips_status st, const Columns &c, const uint8_t *cidr, size_t row,
+                                const char *method) const {
+        // Rebuild the row as an entry to say exactly what is wrong with it.
+        ips_entry e;
+        std::memset(&e, 0, sizeof e);
+        if (family() == IPS_INET) {
+            uint32_t v = static_cast<const uint32_t *>(c.ip)[row];
+            e.ip[0] = uint8_t(v >> 24), e.ip[1] = uint8_t(v >> 16), e.ip[2] = uint8_t(v >> 8), e.ip[3] = uint8_t(v);
+        }
+        e.cidr = cidr ? cidr[row] : (family() == IPS_INET ? 32 : 128);
+        if (c.proto) {
+            e.proto = c.proto[row];
+            e.port = c.port[row];
+        }
+        char why[IPS_REASON_MAX] = "";
+        ips_entry_validate(type(), family(), &e, why, sizeof why);
+        raise_status(st, std::string(method) + "(): row " + std::to_string(row) + " is invalid: " + why +
+                             "; nothing was changed");
+    }
+
+    ips_set *set_ = nullptr;
+    uint64_t version_ = 0;
+    int readers_ = 0;
+    bool writer_ = false;
+    py::array cidr_keep_;
+};
+
+class EntryIterator {
+  public:
+    explicit EntryIterator(py::object owner)
+        : owner_(std::move(owner)), set_(owner_.cast<NativeSet *>()), version_(set_->version()) {}
+    py::object next() {
+        if (set_->version() != version_)
+            throw std::runtime_error("IPSet changed during iteration");
+        py::object v = set_->next_entry(cursor_);
+        if (v.is_none())
+            throw py::stop_iteration();
+        return v;
+    }
+
+  private:
+    py::object owner_;
+    NativeSet *set_;
+    uint64_t version_;
+    size_t cursor_ = 0;
+};
+
+} // namespace
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "Native hash sets with the semantics of the kernel's ipset types (see csrc/).";
+
+    py::class_<EntryIterator>(m, "_EntryIterator")
+        .def("__iter__", [](py::object self) { return self; })
+        .def("__next__", &EntryIterator::next);
+
+    py::class_<NativeSet>(m, "IPSet", py::dynamic_attr())
+        .def(py::init<const std::string &, const std::string &, uint64_t>(), py::arg("type"),
+             py::arg("family") = "inet", py::kw_only(), py::arg("seed") = 0)
+        .def_property_readonly("type", &NativeSet::type_name, "Kernel set type, e.g. 'hash:ip,port'.")
+        .def_property_readonly("family", &NativeSet::family_str, "'inet' or 'inet6'.")
+        .def_property_readonly("memory_bytes", &NativeSet::memory,
+                               "Bytes the set owns: header, hash table and hash:net lookup index.")
+        .def("__len__", &NativeSet::size)
+        .def("__contains__", &NativeSet::contains, py::arg("entry"))
+        .def("__iter__", [](py::object self) { return EntryIterator(self); })
+        .def("add", &NativeSet::add, py::arg("entry"), py::arg("nomatch") = false,
+             "Adds an entry in ipset syntax; returns True if it was new. In hash:net, re-adding a network "
+             "updates its nomatch flag (as `ipset add -exist`).")
+        .def("discard", &NativeSet::discard, py::arg("entry"),
+             "Removes an entry if present; returns True if it was there.")
+        .def("clear", &NativeSet::clear)
+        .def("reserve", &NativeSet::reserve, py::arg("extra"),
+             "Makes room for `extra` more entries so that adding them does not grow the table.")
+        .def("contains_many", &NativeSet::contains_many,
+             "contains_many(*columns) -> numpy.ndarray[bool]: batch membership; columns per type are "
+             "(ip), (ip, proto, port) or (src, proto, port, dst).")
+        .def("add_many", &NativeSet::add_many, py::arg("cidr") = py::none(),
+             py::arg("nomatch") = false,
+             "add_many(*columns, cidr=None, nomatch=False) -> int: batch add; all rows are checked first "
+             "and a bad row changes nothing.")
+        .def("discard_many", &NativeSet::discard_many, py::arg("cidr") = py::none(),
+             "discard_many(*columns, cidr=None) -> int: batch remove; returns how many were present.");
+}

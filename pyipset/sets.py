@@ -1,0 +1,147 @@
+"""pyipset.IPSet: the native set, plus the `ipset save` / `ipset restore` text
+format for moving one set to and from the kernel's own tooling."""
+
+from __future__ import annotations
+
+import re
+import shlex
+
+from . import _core
+
+__all__ = ["IPSet", "SET_TYPES", "FAMILIES"]
+
+SET_TYPES = ("hash:ip", "hash:ip,port", "hash:ip,port,ip", "hash:net")
+FAMILIES = ("inet", "inet6")
+
+# The kernel's IPSET_MAXNAMELEN is 32 bytes with the terminating NUL.
+_NAME_MAX = 31
+_NAME_RE = re.compile(r"[^\s\"']{1,%d}\Z" % _NAME_MAX)
+
+# Create-line options that only tune the kernel's table: accepted, not needed here.
+_TUNING_OPTIONS = {"hashsize", "maxelem", "bucketsize", "initval"}
+# Options that would add per-entry data or change membership: refused.
+_UNSUPPORTED_OPTIONS = {"timeout", "counters", "comment", "skbinfo", "forceadd", "netmask", "markmask"}
+
+
+def _check_name(name: str) -> str:
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise ValueError(
+            f"invalid set name {name!r}: 1-{_NAME_MAX} characters without spaces or quotes"
+        )
+    return name
+
+
+class IPSet(_core.IPSet):
+    """A set of one kernel ipset type and family.
+
+    >>> s = IPSet("hash:ip,port")
+    >>> s.add("192.0.2.1,tcp:80")
+    True
+    >>> "192.0.2.1,tcp:80" in s, "192.0.2.1,udp:80" in s
+    (True, False)
+
+    Batch calls take one numpy array per key column: IPv4 addresses as uint32
+    in host order (``int(ipaddress.IPv4Address(x))``), IPv6 addresses as an
+    (N, 16) uint8 array in network order (``IPv6Address(x).packed``),
+    protocols as uint8 IP protocol numbers, ports as uint16.
+    """
+
+    def __init__(self, type: str, family: str = "inet", *, seed: int = 0, name: str | None = None):
+        super().__init__(type, family, seed=seed)
+        self.name = None if name is None else _check_name(name)
+
+    def __repr__(self) -> str:
+        named = f", name={self.name!r}" if self.name else ""
+        return f"IPSet({self.type!r}, {self.family!r}{named}) with {len(self)} entries"
+
+    def remove(self, entry) -> None:
+        """Removes an entry; KeyError if it is not in the set."""
+        if not self.discard(entry):
+            raise KeyError(entry)
+
+    def update(self, entries) -> int:
+        """Adds every entry of an iterable of strings; returns how many were new."""
+        return sum(1 for e in entries if self.add(e))
+
+    def save(self, name: str | None = None) -> str:
+        """The set as `ipset save` prints it: a create line, then one add line per entry."""
+        name = _check_name(name or self.name or "pyipset")
+        size = len(self)
+        hashsize = 1024
+        while hashsize * 4 < size:
+            hashsize *= 2
+        maxelem = max(65536, size)
+        lines = [f"create {name} {self.type} family {self.family} hashsize {hashsize} maxelem {maxelem}"]
+        lines.extend(f"add {name} {entry}" for entry in self)
+        return "\n".join(lines) + "\n"
+
+    @classmethod
+    def restore(cls, text: str, *, seed: int = 0) -> "IPSet":
+        """Reads one set from `ipset save` output. Errors name the line."""
+        created: IPSet | None = None
+        for lineno, raw in enumerate(text.splitlines(), 1):
+            line = raw.strip()
+            if not line or line.startswith("#"):
+                continue
+            try:
+                words = shlex.split(line)
+            except ValueError as exc:
+                raise ValueError(f"line {lineno}: {exc}: {line!r}") from None
+            verb = words[0]
+            if verb == "create":
+                if created is not None:
+                    raise ValueError(f"line {lineno}: a second set; restore reads one set at a time")
+                created = cls._from_create_line(words, lineno, seed)
+            elif verb == "add":
+                if created is None:
+                    raise ValueError(f"line {lineno}: 'add' before any 'create' line")
+                if len(words) < 3:
+                    raise ValueError(f"line {lineno}: expected 'add NAME ENTRY', got {line!r}")
+                if words[1] != created.name:
+                    raise ValueError(
+                        f"line {lineno}: adds to set {words[1]!r} but the set created is {created.name!r}"
+                    )
+                entry, flags = words[2], words[3:]
+                nomatch = False
+                if flags == ["nomatch"]:
+                    nomatch = True
+                elif flags:
+                    raise ValueError(
+                        f"line {lineno}: entry options {' '.join(flags)!r} are not supported (only 'nomatch')"
+                    )
+                try:
+                    created.add(entry, nomatch=nomatch)
+                except ValueError as exc:
+                    raise ValueError(f"line {lineno}: {exc}") from None
+            else:
+                raise ValueError(f"line {lineno}: unknown command {verb!r} (expected create or add)")
+        if created is None:
+            raise ValueError("no 'create' line: not ipset save output")
+        return created
+
+    @classmethod
+    def _from_create_line(cls, words: list[str], lineno: int, seed: int) -> "IPSet":
+        if len(words) < 3:
+            raise ValueError(f"line {lineno}: expected 'create NAME TYPE [options]'")
+        name, set_type, opts = words[1], words[2], words[3:]
+        if set_type not in SET_TYPES:
+            raise ValueError(f"line {lineno}: set type {set_type!r} is not supported (expected one of {', '.join(SET_TYPES)})")
+        family = "inet"
+        i = 0
+        while i < len(opts):
+            opt = opts[i]
+            if opt == "family" and i + 1 < len(opts):
+                family = opts[i + 1]
+                if family not in FAMILIES:
+                    raise ValueError(f"line {lineno}: family {family!r} is not supported (expected inet or inet6)")
+                i += 2
+            elif opt in _TUNING_OPTIONS and i + 1 < len(opts):
+                i += 2
+            elif opt in _UNSUPPORTED_OPTIONS:
+                raise ValueError(f"line {lineno}: set option {opt!r} is not supported")
+            else:
+                raise ValueError(f"line {lineno}: unknown set option {opt!r}")
+        try:
+            return cls(set_type, family, seed=seed, name=name)
+        except ValueError as exc:
+            raise ValueError(f"line {lineno}: {exc}") from None
