@@ -24,6 +24,9 @@ class CMakeBuild(build_ext):
         out_dir = Path(self.get_ext_fullpath(ext.name)).resolve().parent
         build_dir = Path(self.build_temp).resolve() / "cmake"
         build_dir.mkdir(parents=True, exist_ok=True)
+        # pip builds in a throw-away environment: a cache from an earlier
+        # build would point at its deleted cmake, ninja and pybind11.
+        (build_dir / "CMakeCache.txt").unlink(missing_ok=True)
         config = os.environ.get("PYIPSET_BUILD_TYPE", "Release")
         configure = [
             "cmake", "-S", str(ROOT), "-B", str(build_dir), "-G", "Ninja",

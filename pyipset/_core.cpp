@@ -270,13 +270,20 @@ class NativeSet {
     }
 
     static bool is_ipaddress(py::handle h) {
-        static py::object kinds;
+        // Kept for the life of the process on purpose: a static py::object
+        // would be released after the interpreter has finalized.
+        static PyObject *kinds = nullptr;
         if (!kinds) {
             py::module_ ipa = py::module_::import("ipaddress");
             kinds = py::make_tuple(ipa.attr("IPv4Address"), ipa.attr("IPv6Address"), ipa.attr("IPv4Network"),
-                                   ipa.attr("IPv6Network"));
+                                   ipa.attr("IPv6Network"))
+                        .release()
+                        .ptr();
         }
-        return PyObject_IsInstance(h.ptr(), kinds.ptr()) == 1;
+        int r = PyObject_IsInstance(h.ptr(), kinds);
+        if (r < 0)
+            throw py::error_already_set();
+        return r == 1;
     }
 
     // Checks one column: a numpy array of exactly this dtype, C-contiguous,

@@ -64,7 +64,9 @@ class IPSet(_core.IPSet):
         return sum(1 for e in entries if self.add(e))
 
     def save(self, name: str | None = None) -> str:
-        """The set as `ipset save` prints it: a create line, then one add line per entry."""
+        """The set as `ipset save` prints it: a create line, then one add line per
+        entry. Entries are sorted (the kernel prints them in hash order), so equal
+        sets save to identical text."""
         name = _check_name(name or self.name or "pyipset")
         size = len(self)
         hashsize = 1024
@@ -72,7 +74,7 @@ class IPSet(_core.IPSet):
             hashsize *= 2
         maxelem = max(65536, size)
         lines = [f"create {name} {self.type} family {self.family} hashsize {hashsize} maxelem {maxelem}"]
-        lines.extend(f"add {name} {entry}" for entry in self)
+        lines.extend(f"add {name} {entry}" for entry in sorted(self))
         return "\n".join(lines) + "\n"
 
     @classmethod
