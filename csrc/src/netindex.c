@@ -65,7 +65,7 @@ ips_status netindex_build(ips_netindex *ix, const ips_table *t, ips_family famil
         goto nomem;
 
     size_t r = 0;
-    for (size_t i = 0; i < t->cap; i++) {
+    for (size_t i = 0; i < tbl_phys(t); i++) {
         const uint32_t *s = t->slots + i * W;
         if (key_is_zero(s, W))
             continue;

@@ -322,7 +322,8 @@ bool ips_set_next(const ips_set *s, size_t *cursor, ips_entry *out) {
             return true;
         }
     }
-    for (size_t i = *cursor - 1; i < t->cap; i++) {
+    const size_t phys = tbl_phys(t);
+    for (size_t i = *cursor - 1; i < phys; i++) {
         const uint32_t *slot = t->slots + i * t->W;
         if (!key_is_zero(slot, t->W)) {
             *cursor = i + 2;
@@ -330,16 +331,15 @@ bool ips_set_next(const ips_set *s, size_t *cursor, ips_entry *out) {
             return true;
         }
     }
-    *cursor = t->cap + 1;
+    *cursor = phys + 1;
     return false;
 }
 
 /* ---- batch paths ---- */
 
 /* Key of row i built straight from the columns (no ips_entry in between). */
-IPS_INLINE void row_key(const ips_set *s, unsigned W, size_t i, const void *ip, const uint8_t *proto,
+IPS_INLINE void row_key(const unsigned aw, const unsigned W, size_t i, const void *ip, const uint8_t *proto,
                         const uint16_t *port, const void *ip2, uint32_t *k) {
-    const unsigned aw = s->aw;
     if (aw == 1) {
         k[0] = ((const uint32_t *)ip)[i];
     } else {
@@ -367,13 +367,13 @@ IPS_INLINE void row_key(const ips_set *s, unsigned W, size_t i, const void *ip, 
  * are in flight together, which is what makes a table larger than the cache
  * affordable. W is a compile-time constant in each instantiation below.
  */
-IPS_INLINE void test_many_w(const ips_set *s, const unsigned W, size_t n, const void *ip, const uint8_t *proto,
+IPS_INLINE void test_many_w(const ips_set *s, const unsigned aw, const unsigned W, size_t n, const void *ip, const uint8_t *proto,
                             const uint16_t *port, const void *ip2, uint8_t *out) {
     const ips_table *t = &s->table;
     if (t->cap == 0) {
         for (size_t i = 0; i < n; i++) {
             uint32_t k[IPS_MAX_WORDS];
-            row_key(s, W, i, ip, proto, port, ip2, k);
+            row_key(aw, W, i, ip, proto, port, ip2, k);
             out[i] = key_is_zero(k, W) && t->zero_present;
         }
         return;
@@ -383,35 +383,31 @@ IPS_INLINE void test_many_w(const ips_set *s, const unsigned W, size_t n, const 
         uint32_t keys[BATCH_BLOCK][IPS_MAX_WORDS];
         size_t home[BATCH_BLOCK];
         for (size_t j = 0; j < cnt; j++) {
-            row_key(s, W, i0 + j, ip, proto, port, ip2, keys[j]);
+            row_key(aw, W, i0 + j, ip, proto, port, ip2, keys[j]);
             home[j] = tbl_home(t, keys[j], W);
             IPS_PREFETCH(t->slots + home[j] * W);
         }
         for (size_t j = 0; j < cnt; j++) {
-            if (key_is_zero(keys[j], W))
-                out[i0 + j] = t->zero_present;
-            else
-                out[i0 + j] = tbl_find_from(t, keys[j], W, home[j]) >= 0;
+            /* The zero key would match empty slots: answer it from the flag. */
+            bool zero = key_is_zero(keys[j], W);
+            bool hit = tbl_probe(t, keys[j], W, home[j]);
+            out[i0 + j] = zero ? t->zero_present : hit;
         }
     }
 }
 
-static void test_many_w1(const ips_set *s, size_t n, const void *ip, const uint8_t *pr, const uint16_t *po,
-                         const void *ip2, uint8_t *out) {
-    test_many_w(s, 1, n, ip, pr, po, ip2, out);
-}
-static void test_many_w2(const ips_set *s, size_t n, const void *ip, const uint8_t *pr, const uint16_t *po,
-                         const void *ip2, uint8_t *out) {
-    test_many_w(s, 2, n, ip, pr, po, ip2, out);
-}
-static void test_many_w3(const ips_set *s, size_t n, const void *ip, const uint8_t *pr, const uint16_t *po,
-                         const void *ip2, uint8_t *out) {
-    test_many_w(s, 3, n, ip, pr, po, ip2, out);
-}
-static void test_many_wn(const ips_set *s, size_t n, const void *ip, const uint8_t *pr, const uint16_t *po,
-                         const void *ip2, uint8_t *out) {
-    test_many_w(s, s->table.W, n, ip, pr, po, ip2, out);
-}
+/* One instantiation per (address words, key words): every type and family. */
+#define TEST_MANY_INSTANCE(AW, W)                                                                            \
+    static void test_many_##AW##_##W(const ips_set *s, size_t n, const void *ip, const uint8_t *pr,          \
+                                     const uint16_t *po, const void *ip2, uint8_t *out) {                   \
+        test_many_w(s, AW, W, n, ip, pr, po, ip2, out);                                                      \
+    }
+TEST_MANY_INSTANCE(1, 1)
+TEST_MANY_INSTANCE(1, 2)
+TEST_MANY_INSTANCE(1, 3)
+TEST_MANY_INSTANCE(4, 4)
+TEST_MANY_INSTANCE(4, 5)
+TEST_MANY_INSTANCE(4, 9)
 
 void ips_set_test_many(const ips_set *s, size_t n, const void *ip, const uint8_t *proto, const uint16_t *port,
                        const void *ip2, uint8_t *out) {
@@ -425,16 +421,21 @@ void ips_set_test_many(const ips_set *s, size_t n, const void *ip, const uint8_t
         }
         for (size_t i = 0; i < n; i++) {
             uint32_t k[IPS_MAX_WORDS];
-            row_key(s, s->aw, i, ip, NULL, NULL, NULL, k);
+            if (s->aw == 1)
+                row_key(1, 1, i, ip, NULL, NULL, NULL, k);
+            else
+                row_key(4, 4, i, ip, NULL, NULL, NULL, k);
             out[i] = net_lookup_by_probes(s, k);
         }
         return;
     }
     switch (s->table.W) {
-    case 1: test_many_w1(s, n, ip, proto, port, ip2, out); break;
-    case 2: test_many_w2(s, n, ip, proto, port, ip2, out); break;
-    case 3: test_many_w3(s, n, ip, proto, port, ip2, out); break;
-    default: test_many_wn(s, n, ip, proto, port, ip2, out); break;
+    case 1: test_many_1_1(s, n, ip, proto, port, ip2, out); break;
+    case 2: test_many_1_2(s, n, ip, proto, port, ip2, out); break;
+    case 3: test_many_1_3(s, n, ip, proto, port, ip2, out); break;
+    case 4: test_many_4_4(s, n, ip, proto, port, ip2, out); break;
+    case 5: test_many_4_5(s, n, ip, proto, port, ip2, out); break;
+    default: test_many_4_9(s, n, ip, proto, port, ip2, out); break;
     }
 }
 
@@ -478,16 +479,80 @@ static ips_status validate_rows(const ips_set *s, size_t n, const void *ip, cons
     return IPS_OK;
 }
 
+/*
+ * Bulk insert for the hash types: keys straight from the columns, homes
+ * hashed and prefetched a block ahead, find and place in one pass. Rows that
+ * need the slow path (a long run, the zero key) go through tbl_upsert, after
+ * which the block's precomputed homes may be stale (a rebuild may reseed).
+ */
+IPS_INLINE ips_status add_many_w(ips_set *s, const unsigned aw, const unsigned W, size_t n, const void *ip, const uint8_t *proto,
+                                 const uint16_t *port, const void *ip2, size_t *added) {
+    ips_table *t = &s->table;
+    size_t count = 0;
+    for (size_t i0 = 0; i0 < n; i0 += BATCH_BLOCK) {
+        size_t cnt = n - i0 < BATCH_BLOCK ? n - i0 : BATCH_BLOCK;
+        uint32_t keys[BATCH_BLOCK][IPS_MAX_WORDS];
+        size_t home[BATCH_BLOCK];
+        for (size_t j = 0; j < cnt; j++) {
+            row_key(aw, W, i0 + j, ip, proto, port, ip2, keys[j]);
+            home[j] = tbl_home(t, keys[j], W);
+            IPS_PREFETCH(t->slots + home[j] * W);
+        }
+        bool stale = false;
+        for (size_t j = 0; j < cnt; j++) {
+            bool is_new = false;
+            if (key_is_zero(keys[j], W) ||
+                !tbl_insert_fast(t, keys[j], W, stale ? tbl_home(t, keys[j], W) : home[j], &is_new)) {
+                ips_status st = tbl_upsert(t, keys[j], &is_new);
+                if (st != IPS_OK) {
+                    *added = count;
+                    return st;
+                }
+                stale = true;
+            }
+            count += is_new;
+        }
+    }
+    *added = count;
+    return IPS_OK;
+}
+
+#define ADD_MANY_INSTANCE(AW, W)                                                                             \
+    static ips_status add_many_##AW##_##W(ips_set *s, size_t n, const void *ip, const uint8_t *pr,            \
+                                          const uint16_t *po, const void *ip2, size_t *added) {              \
+        return add_many_w(s, AW, W, n, ip, pr, po, ip2, added);                                              \
+    }
+ADD_MANY_INSTANCE(1, 1)
+ADD_MANY_INSTANCE(1, 2)
+ADD_MANY_INSTANCE(1, 3)
+ADD_MANY_INSTANCE(4, 4)
+ADD_MANY_INSTANCE(4, 5)
+ADD_MANY_INSTANCE(4, 9)
+
 ips_status ips_set_add_many(ips_set *s, size_t n, const void *ip, const uint8_t *proto, const uint16_t *port,
                             const void *ip2, const uint8_t *cidr, bool nomatch, size_t *added, size_t *bad_index) {
-    if (added)
-        *added = 0;
-    ips_status st = validate_rows(s, n, ip, proto, port, ip2, cidr, bad_index);
+    size_t ignored;
+    if (!added)
+        added = &ignored;
+    *added = 0;
+    ips_status st = IPS_OK;
+    if (s->type != IPS_HASH_IP) /* every hash:ip row is valid */
+        st = validate_rows(s, n, ip, proto, port, ip2, cidr, bad_index);
     if (st != IPS_OK)
         return st;
     st = tbl_reserve(&s->table, n);
     if (st != IPS_OK)
         return st;
+    if (s->type != IPS_HASH_NET) {
+        switch (s->table.W) {
+        case 1: return add_many_1_1(s, n, ip, proto, port, ip2, added);
+        case 2: return add_many_1_2(s, n, ip, proto, port, ip2, added);
+        case 3: return add_many_1_3(s, n, ip, proto, port, ip2, added);
+        case 4: return add_many_4_4(s, n, ip, proto, port, ip2, added);
+        case 5: return add_many_4_5(s, n, ip, proto, port, ip2, added);
+        default: return add_many_4_9(s, n, ip, proto, port, ip2, added);
+        }
+    }
     size_t count = 0;
     for (size_t i = 0; i < n; i++) {
         ips_entry e;
@@ -498,8 +563,7 @@ ips_status ips_set_add_many(ips_set *s, size_t n, const void *ip, const uint8_t 
             break;
         count += is_new;
     }
-    if (added)
-        *added = count;
+    *added = count;
     return st;
 }
 

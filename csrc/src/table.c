@@ -48,7 +48,9 @@ void tbl_release(ips_table *t) {
 
 size_t tbl_size(const ips_table *t) { return t->count + (t->zero_present ? 1 : 0); }
 
-size_t tbl_memory(const ips_table *t) { return t->cap * t->W * sizeof(uint32_t); }
+static size_t phys_slots(size_t cap) { return cap ? cap + IPS_TAIL : 0; }
+
+size_t tbl_memory(const ips_table *t) { return tbl_phys(t) * t->W * sizeof(uint32_t); }
 
 static size_t slot_home(const ips_table *t, const uint32_t *slot) {
     uint32_t k[IPS_MAX_WORDS];
@@ -57,17 +59,22 @@ static size_t slot_home(const ips_table *t, const uint32_t *slot) {
     return tbl_home(t, k, t->W);
 }
 
-/* Places a key known to be absent; returns its probe distance. */
-static size_t place(ips_table *t, const uint32_t *slot_words) {
+/*
+ * Places a key known to be absent. Returns false, placing nothing, when its
+ * run would pass the probe limit or reach the last window of the tail: the
+ * table then needs a rebuild under another seed.
+ */
+static bool place(ips_table *t, const uint32_t *slot_words) {
     const unsigned W = t->W;
-    const size_t mask = t->cap - 1;
-    size_t i = slot_home(t, slot_words), dist = 0;
+    const size_t limit = t->cap + IPS_TAIL - IPS_WINDOW(W);
+    size_t home = slot_home(t, slot_words), i = home;
     while (!key_is_zero(t->slots + i * W, W)) {
-        i = (i + 1) & mask;
-        dist++;
+        i++;
+        if (i >= limit || i - home > IPS_PROBE_LIMIT)
+            return false;
     }
     memcpy(t->slots + i * W, slot_words, W * sizeof(uint32_t));
-    return dist;
+    return true;
 }
 
 /*
@@ -83,9 +90,9 @@ static ips_status rebuild(ips_table *t, size_t new_cap, bool reseed) {
         t->bits = 0;
         return IPS_OK;
     }
-    if (new_cap > SIZE_MAX / (W * sizeof(uint32_t)))
+    if (new_cap > SIZE_MAX / 4 / (W * sizeof(uint32_t)))
         return IPS_ERR_NOMEM;
-    uint32_t *fresh = calloc(new_cap * W, sizeof(uint32_t));
+    uint32_t *fresh = calloc(phys_slots(new_cap) * W, sizeof(uint32_t));
     if (!fresh)
         return IPS_ERR_NOMEM;
     uint32_t *old = t->slots;
@@ -99,20 +106,20 @@ static ips_status rebuild(ips_table *t, size_t new_cap, bool reseed) {
         if (reseed)
             tbl_seed(t, 0);
         bool too_long = false;
-        for (size_t i = 0; i < old_cap && !too_long; i++) {
+        for (size_t i = 0; i < phys_slots(old_cap) && !too_long; i++) {
             const uint32_t *s = old + i * W;
             if (!key_is_zero(s, W))
-                too_long = place(t, s) > IPS_PROBE_LIMIT;
+                too_long = !place(t, s);
         }
         if (!too_long)
             break;
         if (!reseed) {
             /* The old seed clusters these keys: try fresh ones. */
             reseed = true;
-        } else if (new_cap < (SIZE_MAX >> 1) / (W * sizeof(uint32_t))) {
+        } else if (new_cap < SIZE_MAX / 8 / (W * sizeof(uint32_t))) {
             /* Even fresh seeds cluster: the probe limit is too tight for
              * this load. Spread the keys over twice the room. */
-            uint32_t *bigger = calloc(new_cap * 2 * W, sizeof(uint32_t));
+            uint32_t *bigger = calloc(phys_slots(new_cap * 2) * W, sizeof(uint32_t));
             if (!bigger)
                 goto fail;
             free(fresh);
@@ -122,7 +129,7 @@ static ips_status rebuild(ips_table *t, size_t new_cap, bool reseed) {
         } else {
             goto fail;
         }
-        memset(fresh, 0, new_cap * W * sizeof(uint32_t));
+        memset(fresh, 0, phys_slots(new_cap) * W * sizeof(uint32_t));
     }
     free(old);
     return IPS_OK;
@@ -176,14 +183,11 @@ ips_status tbl_upsert(ips_table *t, const uint32_t *k, bool *added) {
     ips_status st = tbl_reserve(t, 1);
     if (st != IPS_OK)
         return st;
-    if (place(t, k) > IPS_PROBE_LIMIT) {
-        /* Already stored; a rebuild under a new seed breaks up the run. */
-        t->count++;
-        /* If the rebuild cannot allocate, the key is stored all the same. */
-        (void)rebuild(t, t->cap, true);
-        if (added)
-            *added = true;
-        return IPS_OK;
+    while (!place(t, k)) {
+        /* The run is too long under this seed: break it up and retry. */
+        st = rebuild(t, t->cap, true);
+        if (st != IPS_OK)
+            return st;
     }
     t->count++;
     if (added)
@@ -209,17 +213,14 @@ ips_status tbl_remove(ips_table *t, const uint32_t *k, bool *removed) {
     ptrdiff_t found = tbl_find_from(t, key, W, tbl_home(t, key, W));
     if (found < 0)
         return IPS_OK;
-    const size_t mask = t->cap - 1;
     size_t hole = (size_t)found, j = hole;
     for (;;) {
-        j = (j + 1) & mask;
+        j++;
         uint32_t *s = t->slots + j * W;
         if (key_is_zero(s, W))
             break;
-        size_t home = slot_home(t, s);
-        /* The key at j may fill the hole unless its home lies cyclically in (hole, j]. */
-        bool home_after_hole = (j > hole) ? (home > hole && home <= j) : (home > hole || home <= j);
-        if (!home_after_hole) {
+        /* The key at j may fill the hole unless its home lies after the hole. */
+        if (slot_home(t, s) <= hole) {
             memcpy(t->slots + hole * W, s, W * sizeof(uint32_t));
             hole = j;
         }
