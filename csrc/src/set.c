@@ -369,7 +369,10 @@ IPS_INLINE void row_key(const unsigned aw, const unsigned W, size_t i, const voi
  */
 IPS_INLINE void test_many_w(const ips_set *s, const unsigned aw, const unsigned W, size_t n, const void *ip, const uint8_t *proto,
                             const uint16_t *port, const void *ip2, uint8_t *out) {
-    const ips_table *t = &s->table;
+    /* A local copy: stores through `out` (bytes) may alias anything, and
+     * would otherwise make the compiler reload the table on every row. */
+    const ips_table table = s->table;
+    const ips_table *t = &table;
     if (t->cap == 0) {
         for (size_t i = 0; i < n; i++) {
             uint32_t k[IPS_MAX_WORDS];
@@ -381,17 +384,23 @@ IPS_INLINE void test_many_w(const ips_set *s, const unsigned aw, const unsigned 
     for (size_t i0 = 0; i0 < n; i0 += BATCH_BLOCK) {
         size_t cnt = n - i0 < BATCH_BLOCK ? n - i0 : BATCH_BLOCK;
         uint32_t keys[BATCH_BLOCK][IPS_MAX_WORDS];
-        size_t home[BATCH_BLOCK];
+        uint64_t hash[BATCH_BLOCK];
         for (size_t j = 0; j < cnt; j++) {
             row_key(aw, W, i0 + j, ip, proto, port, ip2, keys[j]);
-            home[j] = tbl_home(t, keys[j], W);
-            IPS_PREFETCH(t->slots + home[j] * W);
+            hash[j] = tbl_hash(t, keys[j], W);
+            /* Tagged tables read the tags, then one candidate slot near home. */
+            IPS_PREFETCH(t->slots + hash_home(t, hash[j]) * W);
+            if (IPS_TAGGED(W))
+                IPS_PREFETCH(t->tags + hash_home(t, hash[j]));
         }
         for (size_t j = 0; j < cnt; j++) {
-            /* The zero key would match empty slots: answer it from the flag. */
-            bool zero = key_is_zero(keys[j], W);
-            bool hit = tbl_probe(t, keys[j], W, home[j]);
-            out[i0 + j] = zero ? t->zero_present : hit;
+            bool hit = tbl_probe(t, keys[j], W, hash[j]);
+            /* The zero key would match empty slots in an untagged window, and
+             * hash:ip keeps it beside the table. Port types in tagged tables
+             * never hold it, and their tag check never finds it. */
+            if (W == 1 || W == 2 || W == 4)
+                hit = key_is_zero(keys[j], W) ? t->zero_present : hit;
+            out[i0 + j] = hit;
         }
     }
 }
@@ -480,10 +489,10 @@ static ips_status validate_rows(const ips_set *s, size_t n, const void *ip, cons
 }
 
 /*
- * Bulk insert for the hash types: keys straight from the columns, homes
- * hashed and prefetched a block ahead, find and place in one pass. Rows that
+ * Bulk insert for the hash types: keys straight from the columns, hashed
+ * and prefetched a block ahead, find and place in one pass. Rows that
  * need the slow path (a long run, the zero key) go through tbl_upsert, after
- * which the block's precomputed homes may be stale (a rebuild may reseed).
+ * which the block's precomputed hashes may be stale (a rebuild may reseed).
  */
 IPS_INLINE ips_status add_many_w(ips_set *s, const unsigned aw, const unsigned W, size_t n, const void *ip, const uint8_t *proto,
                                  const uint16_t *port, const void *ip2, size_t *added) {
@@ -492,17 +501,17 @@ IPS_INLINE ips_status add_many_w(ips_set *s, const unsigned aw, const unsigned W
     for (size_t i0 = 0; i0 < n; i0 += BATCH_BLOCK) {
         size_t cnt = n - i0 < BATCH_BLOCK ? n - i0 : BATCH_BLOCK;
         uint32_t keys[BATCH_BLOCK][IPS_MAX_WORDS];
-        size_t home[BATCH_BLOCK];
+        uint64_t hash[BATCH_BLOCK];
         for (size_t j = 0; j < cnt; j++) {
             row_key(aw, W, i0 + j, ip, proto, port, ip2, keys[j]);
-            home[j] = tbl_home(t, keys[j], W);
-            IPS_PREFETCH(t->slots + home[j] * W);
+            hash[j] = tbl_hash(t, keys[j], W);
+            IPS_PREFETCH(t->slots + hash_home(t, hash[j]) * W);
         }
         bool stale = false;
         for (size_t j = 0; j < cnt; j++) {
             bool is_new = false;
             if (key_is_zero(keys[j], W) ||
-                !tbl_insert_fast(t, keys[j], W, stale ? tbl_home(t, keys[j], W) : home[j], &is_new)) {
+                !tbl_insert_fast(t, keys[j], W, stale ? tbl_hash(t, keys[j], W) : hash[j], &is_new)) {
                 ips_status st = tbl_upsert(t, keys[j], &is_new);
                 if (st != IPS_OK) {
                     *added = count;

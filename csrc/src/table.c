@@ -37,9 +37,15 @@ void tbl_init(ips_table *t, unsigned W, uint32_t last_mask, uint64_t seed) {
     tbl_seed(t, seed);
 }
 
-void tbl_release(ips_table *t) {
+static void free_arrays(ips_table *t) {
     free(t->slots);
+    free(t->tags);
     t->slots = NULL;
+    t->tags = NULL;
+}
+
+void tbl_release(ips_table *t) {
+    free_arrays(t);
     t->cap = 0;
     t->bits = 0;
     t->count = 0;
@@ -48,15 +54,16 @@ void tbl_release(ips_table *t) {
 
 size_t tbl_size(const ips_table *t) { return t->count + (t->zero_present ? 1 : 0); }
 
-static size_t phys_slots(size_t cap) { return cap ? cap + IPS_TAIL : 0; }
+size_t tbl_memory(const ips_table *t) {
+    return tbl_phys(t) * (t->W * sizeof(uint32_t) + (t->tags ? 1 : 0));
+}
 
-size_t tbl_memory(const ips_table *t) { return tbl_phys(t) * t->W * sizeof(uint32_t); }
-
-static size_t slot_home(const ips_table *t, const uint32_t *slot) {
+/* Hash of a stored slot (its flag bits cleared first). */
+static uint64_t slot_hash(const ips_table *t, const uint32_t *slot) {
     uint32_t k[IPS_MAX_WORDS];
     memcpy(k, slot, t->W * sizeof(uint32_t));
     k[t->W - 1] &= t->last_mask;
-    return tbl_home(t, k, t->W);
+    return tbl_hash(t, k, t->W);
 }
 
 /*
@@ -67,86 +74,78 @@ static size_t slot_home(const ips_table *t, const uint32_t *slot) {
 static bool place(ips_table *t, const uint32_t *slot_words) {
     const unsigned W = t->W;
     const size_t limit = t->cap + IPS_TAIL - IPS_WINDOW(W);
-    size_t home = slot_home(t, slot_words), i = home;
+    uint64_t h = slot_hash(t, slot_words);
+    size_t home = hash_home(t, h), i = home;
     while (!key_is_zero(t->slots + i * W, W)) {
         i++;
         if (i >= limit || i - home > IPS_PROBE_LIMIT)
             return false;
     }
-    memcpy(t->slots + i * W, slot_words, W * sizeof(uint32_t));
+    slot_store(t, i, slot_words, h);
+    return true;
+}
+
+/* Gives t empty arrays for cap home slots; false if allocation fails. */
+static bool alloc_arrays(ips_table *t, size_t cap) {
+    const unsigned W = t->W;
+    const size_t phys = cap + IPS_TAIL;
+    if (cap > SIZE_MAX / 8 / (W * sizeof(uint32_t)))
+        return false;
+    t->slots = calloc(phys * W, sizeof(uint32_t));
+    t->tags = IPS_TAGGED(W) ? calloc(phys, 1) : NULL;
+    if (!t->slots || (IPS_TAGGED(W) && !t->tags)) {
+        free_arrays(t);
+        return false;
+    }
+    t->cap = cap;
+    t->bits = (unsigned)__builtin_ctzll((unsigned long long)cap);
     return true;
 }
 
 /*
- * Moves every key into a table of new_cap slots, under a fresh seed when
- * reseed is set. On allocation failure the table is left as it was.
+ * Moves every key into a table of new_cap home slots, under a fresh seed when
+ * reseed is set. If the keys cluster too much under the old seed, fresh seeds
+ * are tried; if even those fail, the room is doubled. On allocation failure
+ * the table is left exactly as it was.
  */
 static ips_status rebuild(ips_table *t, size_t new_cap, bool reseed) {
-    const unsigned W = t->W;
+    const ips_table old = *t;
     if (new_cap == 0) {
-        free(t->slots);
-        t->slots = NULL;
+        free_arrays(t);
         t->cap = 0;
         t->bits = 0;
         return IPS_OK;
     }
-    if (new_cap > SIZE_MAX / 4 / (W * sizeof(uint32_t)))
-        return IPS_ERR_NOMEM;
-    uint32_t *fresh = calloc(phys_slots(new_cap) * W, sizeof(uint32_t));
-    if (!fresh)
-        return IPS_ERR_NOMEM;
-    uint32_t *old = t->slots;
-    size_t old_cap = t->cap;
-    uint64_t old_seed0 = t->seed0, old_seed1 = t->seed1;
-    unsigned old_bits = t->bits;
-    for (;;) {
-        t->slots = fresh;
-        t->cap = new_cap;
-        t->bits = (unsigned)__builtin_ctzll((unsigned long long)new_cap);
+    for (unsigned attempt = 0;; attempt++) {
+        if (!alloc_arrays(t, new_cap)) {
+            *t = old;
+            return IPS_ERR_NOMEM;
+        }
         if (reseed)
             tbl_seed(t, 0);
-        bool too_long = false;
-        for (size_t i = 0; i < phys_slots(old_cap) && !too_long; i++) {
-            const uint32_t *s = old + i * W;
-            if (!key_is_zero(s, W))
-                too_long = !place(t, s);
+        bool placed_all = true;
+        const size_t old_phys = tbl_phys(&old);
+        for (size_t i = 0; i < old_phys && placed_all; i++) {
+            const uint32_t *s = old.slots + i * old.W;
+            if (!key_is_zero(s, old.W))
+                placed_all = place(t, s);
         }
-        if (!too_long)
-            break;
-        if (!reseed) {
-            /* The old seed clusters these keys: try fresh ones. */
-            reseed = true;
-        } else if (new_cap < SIZE_MAX / 8 / (W * sizeof(uint32_t))) {
-            /* Even fresh seeds cluster: the probe limit is too tight for
-             * this load. Spread the keys over twice the room. */
-            uint32_t *bigger = calloc(phys_slots(new_cap * 2) * W, sizeof(uint32_t));
-            if (!bigger)
-                goto fail;
-            free(fresh);
-            fresh = bigger;
-            new_cap *= 2;
-            continue;
-        } else {
-            goto fail;
+        if (placed_all) {
+            free(old.slots);
+            free(old.tags);
+            return IPS_OK;
         }
-        memset(fresh, 0, phys_slots(new_cap) * W * sizeof(uint32_t));
+        free_arrays(t);
+        if (reseed && attempt >= 2)
+            new_cap *= 2; /* fresh seeds keep clustering: more room */
+        reseed = true;
     }
-    free(old);
-    return IPS_OK;
-fail:
-    free(fresh);
-    t->slots = old;
-    t->cap = old_cap;
-    t->bits = old_bits;
-    t->seed0 = old_seed0;
-    t->seed1 = old_seed1;
-    return IPS_ERR_NOMEM;
 }
 
 /* Smallest capacity that holds n keys at load <= 4/5. */
 static size_t cap_for(size_t n) {
     size_t cap = IPS_MIN_CAP;
-    while (cap / 5 * 4 < n && cap < (SIZE_MAX >> 2))
+    while (cap / 5 * 4 < n && cap < (SIZE_MAX >> 4))
         cap <<= 1;
     return cap;
 }
@@ -172,9 +171,9 @@ ips_status tbl_upsert(ips_table *t, const uint32_t *k, bool *added) {
         return IPS_OK;
     }
     if (t->cap != 0) {
-        ptrdiff_t i = tbl_find_from(t, key, W, tbl_home(t, key, W));
+        ptrdiff_t i = tbl_find_from(t, key, W, hash_home(t, tbl_hash(t, key, W)));
         if (i >= 0) {
-            t->slots[(size_t)i * W + W - 1] = k[W - 1];
+            t->slots[(size_t)i * W + W - 1] = k[W - 1]; /* new flag bits */
             if (added)
                 *added = false;
             return IPS_OK;
@@ -210,7 +209,7 @@ ips_status tbl_remove(ips_table *t, const uint32_t *k, bool *removed) {
     }
     if (t->cap == 0)
         return IPS_OK;
-    ptrdiff_t found = tbl_find_from(t, key, W, tbl_home(t, key, W));
+    ptrdiff_t found = tbl_find_from(t, key, W, hash_home(t, tbl_hash(t, key, W)));
     if (found < 0)
         return IPS_OK;
     size_t hole = (size_t)found, j = hole;
@@ -220,12 +219,16 @@ ips_status tbl_remove(ips_table *t, const uint32_t *k, bool *removed) {
         if (key_is_zero(s, W))
             break;
         /* The key at j may fill the hole unless its home lies after the hole. */
-        if (slot_home(t, s) <= hole) {
+        if (hash_home(t, slot_hash(t, s)) <= hole) {
             memcpy(t->slots + hole * W, s, W * sizeof(uint32_t));
+            if (t->tags)
+                t->tags[hole] = t->tags[j];
             hole = j;
         }
     }
     memset(t->slots + hole * W, 0, W * sizeof(uint32_t));
+    if (t->tags)
+        t->tags[hole] = 0;
     t->count--;
     if (removed)
         *removed = true;

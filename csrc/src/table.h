@@ -13,15 +13,22 @@
  *   slots and its run may spill into IPS_TAIL extra slots after them. The last
  *   window of the tail is never written, so every run ends in an empty slot
  *   inside the array; an insert that would need it rebuilds under a new seed.
- * - Lookups compare a window of slots at once (8 for hash:ip inet) and derive
- *   "found" and "run ended" as bit masks: a key can only sit between its home
- *   and the first empty slot, and is stored once, so any match in the window
- *   is the answer and no branch depends on hit or miss. Only runs longer than
- *   a window take a second step.
+ * - Lookups look at a window of slots at once and derive "found" and "run
+ *   ended" as bit masks. A key can only sit between its home and the first
+ *   empty slot and is stored once, so no branch depends on hit or miss; only
+ *   runs longer than a window take a second step.
+ *     W = 1 (hash:ip inet): 8 keys compared directly, 4 per SSE2 compare.
+ *     W = 2: 4 keys compared word by word.
+ *     W >= 3: keys of 12 bytes or more are too wide to compare 8 at a time,
+ *       so each slot also has a one-byte tag (8 hash bits, never 0; 0 marks
+ *       an empty slot) in a parallel array. 16 tags are compared at once and
+ *       only the candidate slot's key is read. The tag costs 1 byte a slot,
+ *       which the memory bound (3x the key) allows for these widths only.
  * - Deletion shifts the rest of the run back (Knuth's Algorithm R), so there
  *   are no tombstones to accumulate.
  * - Hash: a keyed multiply-fold (the 128-bit product of key and seed, high
- *   half xor low half) per 64-bit chunk; the home slot is the top `bits` bits.
+ *   half xor low half) per 64-bit chunk; the home slot is the top `bits` bits,
+ *   the tag is bits 8-15.
  */
 #ifndef PYIPSET_TABLE_H
 #define PYIPSET_TABLE_H
@@ -40,11 +47,13 @@
 #define IPS_MIN_CAP 8
 #define IPS_TAIL 64 /* slots after the last home slot; at least two windows */
 
-/* Slots compared per lookup step: about 32 bytes of keys. */
-#define IPS_WINDOW(W) ((W) == 1 ? 8 : (W) <= 3 ? 4 : 2)
+/* Slots looked at per lookup step. */
+#define IPS_WINDOW(W) ((W) == 1 ? 8 : (W) == 2 ? 4 : 16)
+#define IPS_TAGGED(W) ((W) >= 3)
 
 typedef struct ips_table {
     uint32_t *slots; /* (cap + IPS_TAIL) * W words, or NULL when cap == 0 */
+    uint8_t *tags;   /* IPS_TAGGED(W): one tag per slot, 0 = empty; else NULL */
     size_t cap;      /* home slots: 0 or a power of two >= IPS_MIN_CAP */
     size_t count;    /* keys in slots (the zero key not included) */
     unsigned bits;   /* log2(cap) */
@@ -56,7 +65,7 @@ typedef struct ips_table {
 
 #if defined(__GNUC__) || defined(__clang__)
 #define IPS_INLINE static inline __attribute__((always_inline))
-#define IPS_PREFETCH(p) __builtin_prefetch((p), 0, 1)
+#define IPS_PREFETCH(p) __builtin_prefetch((p), 0, 3)
 #else
 #define IPS_INLINE static inline
 #define IPS_PREFETCH(p) ((void)(p))
@@ -81,8 +90,11 @@ IPS_INLINE uint64_t tbl_hash(const ips_table *t, const uint32_t *k, unsigned W) 
     return h;
 }
 
-IPS_INLINE size_t tbl_home(const ips_table *t, const uint32_t *k, unsigned W) {
-    return (size_t)(tbl_hash(t, k, W) >> (64 - t->bits));
+IPS_INLINE size_t hash_home(const ips_table *t, uint64_t h) { return (size_t)(h >> (64 - t->bits)); }
+
+IPS_INLINE uint8_t hash_tag(uint64_t h) {
+    uint8_t tag = (uint8_t)(h >> 8);
+    return tag ? tag : 1;
 }
 
 IPS_INLINE bool key_is_zero(const uint32_t *k, unsigned W) {
@@ -99,13 +111,14 @@ IPS_INLINE bool slot_matches(const uint32_t *slot, const uint32_t *k, unsigned W
     return diff == 0;
 }
 
-/* Bit i of the result: slot i of the window holds k; *empty: slot i is empty. */
+/* Untagged tables: bit i of the result says slot i of the window holds k;
+ * bit i of *empty says slot i is empty. */
 IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W, uint32_t last_mask,
                                 unsigned *empty) {
     const unsigned K = IPS_WINDOW(W);
     unsigned m = 0, e = 0;
 #if defined(__SSE2__)
-    if (W == 1) { /* hash:ip inet: 8 slots, two compares each for key and empty */
+    if (W == 1) {
         const __m128i q = _mm_set1_epi32((int)k[0]), z = _mm_setzero_si128();
         const __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 4));
         m = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(a, q))) |
@@ -124,16 +137,21 @@ IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W
     return m;
 }
 
-/* Membership of a non-zero key whose home slot is `home`. */
-IPS_INLINE bool tbl_probe(const ips_table *t, const uint32_t *k, unsigned W, size_t home) {
-    const unsigned K = IPS_WINDOW(W);
-    const uint32_t *s = t->slots + home * W;
-    for (;;) {
-        unsigned e, m = window_scan(s, k, W, t->last_mask, &e);
-        if (m | e)
-            return m != 0;
-        s += K * W; /* the run is longer than a window: rare */
+/* Tagged tables: 16 tags from tg; bit i of the result: tag i equals `tag`. */
+IPS_INLINE unsigned tag_scan(const uint8_t *tg, uint8_t tag, unsigned *empty) {
+#if defined(__SSE2__)
+    const __m128i v = _mm_loadu_si128((const __m128i *)tg);
+    *empty = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_setzero_si128()));
+    return (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8((char)tag)));
+#else
+    unsigned m = 0, e = 0;
+    for (unsigned i = 0; i < 16; i++) {
+        m |= (unsigned)(tg[i] == tag) << i;
+        e |= (unsigned)(tg[i] == 0) << i;
     }
+    *empty = e;
+    return m;
+#endif
 }
 
 /* Index of the slot holding k, or -1. k must not be the zero key. */
@@ -147,21 +165,55 @@ IPS_INLINE ptrdiff_t tbl_find_from(const ips_table *t, const uint32_t *k, unsign
     }
 }
 
+/* Membership of a non-zero key with hash h (table not empty). */
+IPS_INLINE bool tbl_probe(const ips_table *t, const uint32_t *k, unsigned W, uint64_t h) {
+    const size_t home = hash_home(t, h);
+    if (IPS_TAGGED(W)) {
+        unsigned e, m = tag_scan(t->tags + home, hash_tag(h), &e);
+        unsigned cand = m & ((e & -e) - 1); /* tags before the first empty slot */
+        if (e && (cand & (cand - 1)) == 0) {
+            /* One candidate at most (almost always): check its key, or slot
+             * home+16 (inside the tail) when there is none, and combine
+             * without a branch. */
+            unsigned c = (unsigned)__builtin_ctz(cand | 1u << 16);
+            return (cand != 0) & slot_matches(t->slots + (home + c) * W, k, W, t->last_mask);
+        }
+        return tbl_find_from(t, k, W, home) >= 0;
+    }
+    const unsigned K = IPS_WINDOW(W);
+    const uint32_t *s = t->slots + home * W;
+    for (;;) {
+        unsigned e, m = window_scan(s, k, W, t->last_mask, &e);
+        if (m | e)
+            return m != 0;
+        s += K * W; /* the run is longer than a window: rare */
+    }
+}
+
 /* Membership of k (the zero key included). */
 IPS_INLINE bool tbl_contains(const ips_table *t, const uint32_t *k, unsigned W) {
     if (key_is_zero(k, W))
         return t->zero_present;
     if (t->cap == 0)
         return false;
-    return tbl_probe(t, k, W, tbl_home(t, k, W));
+    return tbl_probe(t, k, W, tbl_hash(t, k, W));
 }
 
 /* Slot of k, or NULL. Not for the zero key. */
 IPS_INLINE const uint32_t *tbl_lookup(const ips_table *t, const uint32_t *k, unsigned W) {
     if (t->cap == 0)
         return NULL;
-    ptrdiff_t i = tbl_find_from(t, k, W, tbl_home(t, k, W));
+    ptrdiff_t i = tbl_find_from(t, k, W, hash_home(t, tbl_hash(t, k, W)));
     return i < 0 ? NULL : t->slots + (size_t)i * W;
+}
+
+/* Writes key words (and the tag) into slot i. */
+IPS_INLINE void slot_store(ips_table *t, size_t i, const uint32_t *words, uint64_t h) {
+    const unsigned W = t->W;
+    for (unsigned w = 0; w < W; w++)
+        t->slots[i * W + w] = words[w];
+    if (t->tags)
+        t->tags[i] = hash_tag(h);
 }
 
 void tbl_init(ips_table *t, unsigned W, uint32_t last_mask, uint64_t seed);
@@ -171,12 +223,13 @@ void tbl_release(ips_table *t);
 ips_status tbl_upsert(ips_table *t, const uint32_t *k, bool *added);
 
 /*
- * Inserts a non-zero key with flags clear whose home slot was computed under
- * the current seed, in one pass (find and place together); for bulk loads
- * after tbl_reserve. Returns false, having changed nothing, when the key
- * needs the slow path (a run too long): call tbl_upsert then.
+ * Inserts a non-zero key with flags clear and hash h computed under the
+ * current seed, in one pass (find and place together); for bulk loads after
+ * tbl_reserve. Returns false, having changed nothing, when the key needs the
+ * slow path (a run too long): call tbl_upsert then.
  */
-IPS_INLINE bool tbl_insert_fast(ips_table *t, const uint32_t *k, unsigned W, size_t home, bool *added) {
+IPS_INLINE bool tbl_insert_fast(ips_table *t, const uint32_t *k, unsigned W, uint64_t h, bool *added) {
+    const size_t home = hash_home(t, h);
     const size_t limit = t->cap + IPS_TAIL - IPS_WINDOW(W);
     for (size_t i = home; i < limit && i - home <= IPS_PROBE_LIMIT; i++) {
         uint32_t *s = t->slots + i * W;
@@ -185,8 +238,7 @@ IPS_INLINE bool tbl_insert_fast(ips_table *t, const uint32_t *k, unsigned W, siz
             return true;
         }
         if (key_is_zero(s, W)) {
-            for (unsigned w = 0; w < W; w++)
-                s[w] = k[w];
+            slot_store(t, i, k, h);
             t->count++;
             *added = true;
             return true;
