@@ -260,12 +260,13 @@ class NativeSet {
         const char *text = PyUnicode_AsUTF8AndSize(text_obj.ptr(), &len);
         if (!text)
             throw py::error_already_set();
-        char why[IPS_REASON_MAX] = "";
+        if (quiet) // membership only asks whether it parses: no reason needed
+            return ips_parse_entry(type(), family(), text, static_cast<size_t>(len), e, nullptr, 0) == IPS_OK;
+        char why[IPS_REASON_MAX];
+        why[0] = '\0';
         ips_status st = ips_parse_entry(type(), family(), text, static_cast<size_t>(len), e, why, sizeof why);
         if (st == IPS_OK)
             return true;
-        if (quiet)
-            return false;
         raise_status(st, "invalid " + type_name() + " entry " + py_repr(text_obj) + ": " + why);
     }
 
@@ -402,6 +403,27 @@ class EntryIterator {
     size_t cursor_ = 0;
 };
 
+// `entry in s` straight from the type slot: the generic pybind11 dispatch
+// costs more than parsing and probing together, and a single lookup from
+// Python is a budgeted operation (bench/README.md).
+int fast_contains(PyObject *self, PyObject *entry) {
+    try {
+        // The type check was done by Python (the slot is only on our types);
+        // a simple-layout pybind11 instance keeps the C++ object pointer first.
+        auto *inst = reinterpret_cast<py::detail::instance *>(self);
+        NativeSet *ns = inst->simple_layout ? static_cast<NativeSet *>(inst->simple_value_holder[0])
+                                            : py::handle(self).cast<NativeSet *>();
+        return ns->contains(entry) ? 1 : 0;
+    } catch (py::error_already_set &e) {
+        e.restore();
+    } catch (py::builtin_exception &e) {
+        e.set_error();
+    } catch (std::exception &e) {
+        PyErr_SetString(PyExc_RuntimeError, e.what());
+    }
+    return -1;
+}
+
 } // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -438,4 +460,14 @@ PYBIND11_MODULE(_core, m) {
              "and a bad row changes nothing.")
         .def("discard_many", &NativeSet::discard_many, py::arg("cidr") = py::none(),
              "discard_many(*columns, cidr=None) -> int: batch remove; returns how many were present.");
+    // A Python subclass gets a generic slot that calls __contains__ by name;
+    // this puts the direct one back on it (pyipset.sets calls it).
+    m.def("_use_fast_contains", [](py::type subclass) {
+        auto *type = reinterpret_cast<PyTypeObject *>(subclass.ptr());
+        if (!PyType_IsSubtype(type, reinterpret_cast<PyTypeObject *>(py::type::of<NativeSet>().ptr())) ||
+            !type->tp_as_sequence)
+            throw py::type_error("not a subclass of _core.IPSet");
+        type->tp_as_sequence->sq_contains = fast_contains;
+        PyType_Modified(type);
+    });
 }

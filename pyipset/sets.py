@@ -147,3 +147,6 @@ class IPSet(_core.IPSet):
             return cls(set_type, family, seed=seed, name=name)
         except ValueError as exc:
             raise ValueError(f"line {lineno}: {exc}") from None
+
+
+_core._use_fast_contains(IPSet)

@@ -4,7 +4,6 @@
  * v7.17), so that sets round-trip through the kernel's own tooling.
  */
 #include <arpa/inet.h>
-#include <ctype.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <string.h>
@@ -60,6 +59,12 @@ static const icmp_name ICMP6_NAMES[] = {
 
 #define COUNT(a) (sizeof(a) / sizeof((a)[0]))
 
+/* ASCII only, whatever the locale (and cheaper than <ctype.h>). */
+static bool is_digit(char c) { return c >= '0' && c <= '9'; }
+static bool is_space(char c) { return c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\v' || c == '\f'; }
+static bool is_print(char c) { return c >= 0x20 && c < 0x7F; }
+static char to_lower(char c) { return c >= 'A' && c <= 'Z' ? (char)(c + ('a' - 'A')) : c; }
+
 static ips_status fail(ips_status st, char *why, size_t why_len, const char *fmt, ...) {
     if (why && why_len) {
         va_list ap;
@@ -74,7 +79,7 @@ static ips_status fail(ips_status st, char *why, size_t why_len, const char *fmt
 static const char *shown(slice s, char *buf) {
     size_t n = s.n < 60 ? s.n : 60;
     for (size_t i = 0; i < n; i++)
-        buf[i] = isprint((unsigned char)s.p[i]) ? s.p[i] : '?';
+        buf[i] = is_print(s.p[i]) ? s.p[i] : '?';
     if (s.n > 60) {
         memcpy(buf + 60, "...", 3);
         n = 63;
@@ -84,11 +89,11 @@ static const char *shown(slice s, char *buf) {
 }
 
 static slice trim(slice s) {
-    while (s.n && isspace((unsigned char)s.p[0])) {
+    while (s.n && is_space(s.p[0])) {
         s.p++;
         s.n--;
     }
-    while (s.n && isspace((unsigned char)s.p[s.n - 1]))
+    while (s.n && is_space(s.p[s.n - 1]))
         s.n--;
     return s;
 }
@@ -98,7 +103,7 @@ static bool slice_eq_nocase(slice s, const char *word) {
     if (s.n != n)
         return false;
     for (size_t i = 0; i < n; i++)
-        if (tolower((unsigned char)s.p[i]) != tolower((unsigned char)word[i]))
+        if (to_lower(s.p[i]) != to_lower(word[i]))
             return false;
     return true;
 }
@@ -111,7 +116,7 @@ static bool parse_uint(slice s, unsigned long max, unsigned long *out) {
         return false;
     unsigned long v = 0;
     for (size_t i = 0; i < s.n; i++) {
-        if (!isdigit((unsigned char)s.p[i]))
+        if (!is_digit(s.p[i]))
             return false;
         v = v * 10 + (unsigned long)(s.p[i] - '0');
     }
@@ -251,7 +256,7 @@ ips_status ips_parse_entry(ips_type type, ips_family family, const char *text, s
 
     /* Trailing " nomatch" flag. */
     for (size_t i = s.n; i > 0; i--) {
-        if (!isspace((unsigned char)s.p[i - 1]))
+        if (!is_space(s.p[i - 1]))
             continue;
         slice word = {s.p + i, s.n - i};
         if (!slice_eq_nocase(word, "nomatch"))
