@@ -1,0 +1,113 @@
+"""Turns pytest-benchmark JSON into the tables of bench/README.md and checks
+the targets of the native set core.
+
+    python bench/report.py bench.json            # markdown tables + target check
+    python bench/report.py bench.json --strict   # exit 1 if a target is missed
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from collections import defaultdict
+
+
+def ns_per_op(b: dict) -> float:
+    return b["stats"]["median"] / b["extra_info"].get("ops", 1) * 1e9
+
+
+def tables(benches) -> str:
+    groups = defaultdict(list)
+    for b in benches:
+        groups[b["group"]].append(b)
+    out = []
+    for group, items in groups.items():
+        out.append(f"### {group}\n")
+        fastest = min(ns_per_op(b) for b in items)
+        extra_cols = any("bytes_per_member" in b["extra_info"] for b in items)
+        head = "| case | ns per op (median) | million ops/s | vs fastest |"
+        sep = "|---|---:|---:|---:|"
+        if extra_cols:
+            head += " bytes per member |"
+            sep += "---:|"
+        out += [head, sep]
+        for b in sorted(items, key=ns_per_op):
+            ns = ns_per_op(b)
+            row = f"| {b['param'] or b['name']} | {ns:.2f} | {1e3 / ns:.1f} | {ns / fastest:.1f}x |"
+            if extra_cols:
+                bpm = b["extra_info"].get("bytes_per_member")
+                raw = b["extra_info"].get("raw_key_bytes")
+                row += f" {bpm:.1f}" + (f" ({bpm / raw:.2f}x key)" if raw else "") + " |" if bpm else " |"
+            out.append(row)
+        out.append("")
+    return "\n".join(out)
+
+
+def check_targets(benches) -> list[tuple[str, bool, str]]:
+    def lookup(group: str, impl: str):
+        return next((ns_per_op(b) for b in benches if b["group"] == group and impl in b["name"]), None)
+
+    results = []
+
+    def target(name, ok, detail):
+        results.append((name, ok, detail))
+
+    g10k = "lookup hash:ip, 10,000 members, 1M queries"
+    ours, pyset, isin = lookup(g10k, "pyipset"), lookup(g10k, "python-set"), lookup(g10k, "numpy-isin")
+    if ours:
+        target("hash:ip 10k: <= 5 ns per lookup", ours <= 5, f"{ours:.2f} ns")
+        target("hash:ip 10k: >= 10x Python set", pyset / ours >= 10, f"{pyset / ours:.1f}x")
+        target("hash:ip 10k: >= 10x numpy.isin", isin / ours >= 10, f"{isin / ours:.1f}x")
+        target("hash:ip 10k: stretch <= 2.5 ns", ours <= 2.5, f"{ours:.2f} ns")
+    g1m = "lookup hash:ip, 1,000,000 members, 1M queries"
+    ours1m = lookup(g1m, "pyipset")
+    if ours1m:
+        target("hash:ip 1M: <= 10 ns per lookup", ours1m <= 10, f"{ours1m:.2f} ns")
+    gt = "lookup hash:ip,port,ip, 10,000 members, 1M queries"
+    ours_t, py_t = lookup(gt, "pyipset"), lookup(gt, "python-set")
+    if ours_t:
+        target("hash:ip,port,ip 10k: <= 10 ns per lookup", ours_t <= 10, f"{ours_t:.2f} ns")
+        target("hash:ip,port,ip 10k: >= 15x Python set of tuples", py_t / ours_t >= 15, f"{py_t / ours_t:.1f}x")
+    nets = [ns_per_op(b) for b in benches if b["group"].startswith("lookup hash:net")]
+    if nets:
+        target("hash:net 10k prefixes, every mix: <= 15 ns per lookup", max(nets) <= 15, f"worst {max(nets):.2f} ns")
+    builds = [b for b in benches if b["group"] == "build with add_many"]
+    if builds:
+        worst = max(ns_per_op(b) for b in builds)
+        target("add_many: <= 20 ns per member", worst <= 20, f"worst {worst:.2f} ns")
+        ratios = [b["extra_info"]["bytes_per_member"] / b["extra_info"]["raw_key_bytes"] for b in builds
+                  if "raw_key_bytes" in b["extra_info"]]
+        target("memory: <= 3x the raw key per member", max(ratios) <= 3, f"worst {max(ratios):.2f}x")
+    singles = [ns_per_op(b) for b in benches if b["group"].startswith("single")]
+    if singles:
+        target("single `entry in s` (str): <= 250 ns", max(singles) <= 250, f"worst {max(singles):.0f} ns")
+    return results
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("json_file")
+    parser.add_argument("--strict", action="store_true", help="exit 1 if any target (not the stretch) is missed")
+    args = parser.parse_args()
+    with open(args.json_file) as f:
+        data = json.load(f)
+    benches = data["benchmarks"]
+    mi = data.get("machine_info", {})
+    cpu = mi.get("cpu", {}).get("brand_raw", platform.processor())
+    print(f"Machine: {cpu}, {mi.get('cpu', {}).get('count', '?')} cores, Python {mi.get('python_version', '?')}, "
+          f"{data.get('datetime', '')}\n")
+    print(tables(benches))
+    print("### Targets\n")
+    print("| target | met | measured |")
+    print("|---|---|---|")
+    missed = 0
+    for name, ok, detail in check_targets(benches):
+        print(f"| {name} | {'yes' if ok else 'NO'} | {detail} |")
+        missed += (not ok) and "stretch" not in name
+    return 1 if (args.strict and missed) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
