@@ -383,23 +383,26 @@ IPS_INLINE void test_many_w(const ips_set *s, const unsigned aw, const unsigned 
     }
     for (size_t i0 = 0; i0 < n; i0 += BATCH_BLOCK) {
         size_t cnt = n - i0 < BATCH_BLOCK ? n - i0 : BATCH_BLOCK;
-        uint32_t keys[BATCH_BLOCK][IPS_MAX_WORDS];
         uint64_t hash[BATCH_BLOCK];
         for (size_t j = 0; j < cnt; j++) {
-            row_key(aw, W, i0 + j, ip, proto, port, ip2, keys[j]);
-            hash[j] = tbl_hash(t, keys[j], W);
+            uint32_t k[IPS_MAX_WORDS];
+            row_key(aw, W, i0 + j, ip, proto, port, ip2, k);
+            hash[j] = tbl_hash(t, k, W);
             /* Tagged tables read the tags, then one candidate slot near home. */
             IPS_PREFETCH(t->slots + hash_home(t, hash[j]) * W);
             if (IPS_TAGGED(W))
                 IPS_PREFETCH(t->tags + hash_home(t, hash[j]));
         }
         for (size_t j = 0; j < cnt; j++) {
-            bool hit = tbl_probe(t, keys[j], W, hash[j]);
+            /* The key again from the columns: cheaper than storing it. */
+            uint32_t k[IPS_MAX_WORDS];
+            row_key(aw, W, i0 + j, ip, proto, port, ip2, k);
+            bool hit = tbl_probe(t, k, W, hash[j]);
             /* The zero key would match empty slots in an untagged window, and
              * hash:ip keeps it beside the table. Port types in tagged tables
              * never hold it, and their tag check never finds it. */
             if (W == 1 || W == 2 || W == 4)
-                hit = key_is_zero(keys[j], W) ? t->zero_present : hit;
+                hit = key_is_zero(k, W) ? t->zero_present : hit;
             out[i0 + j] = hit;
         }
     }
@@ -476,16 +479,35 @@ static void row_entry(const ips_set *s, size_t i, const void *ip, const uint8_t 
 
 static ips_status validate_rows(const ips_set *s, size_t n, const void *ip, const uint8_t *proto,
                                 const uint16_t *port, const void *ip2, const uint8_t *cidr, size_t *bad_index) {
-    for (size_t i = 0; i < n; i++) {
-        ips_entry e;
-        row_entry(s, i, ip, proto, port, ip2, cidr, false, &e);
-        if (ips_entry_validate(s->type, s->family, &e, NULL, 0) != IPS_OK) {
-            if (bad_index)
-                *bad_index = i;
-            return IPS_ERR_INVALID;
+    size_t bad = n;
+    if (s->type == IPS_HASH_IP_PORT || s->type == IPS_HASH_IP_PORT_IP) {
+        /* What ips_entry_validate says of each protocol, asked once:
+         * bit 0 = valid with port 0, bit 1 = valid with another port. */
+        uint8_t ok[256];
+        for (unsigned p = 0; p < 256; p++) {
+            ips_entry e;
+            memset(&e, 0, sizeof e);
+            e.proto = (uint8_t)p;
+            e.cidr = (uint8_t)host_prefix(s->family);
+            ok[p] = ips_entry_validate(s->type, s->family, &e, NULL, 0) == IPS_OK;
+            e.port = 1;
+            ok[p] |= (uint8_t)((ips_entry_validate(s->type, s->family, &e, NULL, 0) == IPS_OK) << 1);
         }
+        for (size_t i = 0; i < n && bad == n; i++)
+            if (!(ok[proto[i]] >> (port[i] != 0) & 1))
+                bad = i;
+    } else if (s->type == IPS_HASH_NET && cidr) {
+        for (size_t i = 0; i < n && bad == n; i++)
+            if (cidr[i] > host_prefix(s->family))
+                bad = i;
     }
-    return IPS_OK;
+    (void)ip;
+    (void)ip2;
+    if (bad == n)
+        return IPS_OK;
+    if (bad_index)
+        *bad_index = bad;
+    return IPS_ERR_INVALID;
 }
 
 /*
@@ -544,9 +566,7 @@ ips_status ips_set_add_many(ips_set *s, size_t n, const void *ip, const uint8_t 
     if (!added)
         added = &ignored;
     *added = 0;
-    ips_status st = IPS_OK;
-    if (s->type != IPS_HASH_IP) /* every hash:ip row is valid */
-        st = validate_rows(s, n, ip, proto, port, ip2, cidr, bad_index);
+    ips_status st = validate_rows(s, n, ip, proto, port, ip2, cidr, bad_index);
     if (st != IPS_OK)
         return st;
     st = tbl_reserve(&s->table, n);

@@ -27,7 +27,7 @@ void tbl_seed(ips_table *t, uint64_t seed) {
         }
     }
     t->seed0 = splitmix64(&state);
-    t->seed1 = splitmix64(&state) | 1u;
+    t->seed1 = splitmix64(&state) | 1u | 1ull << 63; /* odd, and never cancelled by a 32-bit half */
 }
 
 void tbl_init(ips_table *t, unsigned W, uint32_t last_mask, uint64_t seed) {

@@ -79,15 +79,31 @@ IPS_INLINE uint64_t ips_fold_mul(uint64_t a, uint64_t b) {
     return (uint64_t)r ^ (uint64_t)(r >> 64);
 }
 
-/* Hash of a key whose last word has its flag bits clear. */
+/*
+ * Hash of a key whose last word has its flag bits clear: one multiply of two
+ * seeded 64-bit halves per 128 bits of key (seed1 has its top bit set, so a
+ * short half is never cancelled). Wider keys hash each 128-bit piece under a
+ * position-dependent seed, independently (the multiplies overlap), then mix
+ * the pieces once more.
+ */
+IPS_INLINE uint64_t key_chunk(const uint32_t *k, unsigned W, unsigned i) {
+    return (i < W ? (uint64_t)k[i] << 32 : 0) | (i + 1 < W ? k[i + 1] : 0);
+}
+
 IPS_INLINE uint64_t tbl_hash(const ips_table *t, const uint32_t *k, unsigned W) {
-    uint64_t h = t->seed1;
-    unsigned i = 0;
-    for (; i + 1 < W; i += 2)
-        h = ips_fold_mul(((uint64_t)k[i] << 32 | k[i + 1]) ^ t->seed0, h ^ 0x9E3779B97F4A7C15ull);
-    if (i < W)
-        h = ips_fold_mul((uint64_t)k[i] ^ t->seed0, h ^ 0xD6E8FEB86659FD93ull);
-    return h;
+    if (W == 1)
+        return ips_fold_mul((uint64_t)k[0] ^ t->seed0, t->seed1);
+    if (W == 2)
+        return ips_fold_mul(key_chunk(k, W, 0) ^ t->seed0, t->seed1);
+    if (W == 3)
+        return ips_fold_mul(key_chunk(k, W, 0) ^ t->seed0, (uint64_t)k[2] ^ t->seed1);
+    if (W == 4)
+        return ips_fold_mul(key_chunk(k, W, 0) ^ t->seed0, key_chunk(k, W, 2) ^ t->seed1);
+    uint64_t acc = 0;
+    for (unsigned i = 0; i < W; i += 4)
+        acc ^= ips_fold_mul(key_chunk(k, W, i) ^ t->seed0 ^ (i * 0x9E3779B97F4A7C15ull),
+                            key_chunk(k, W, i + 2) ^ t->seed1);
+    return ips_fold_mul(acc ^ t->seed0, t->seed1 ^ W);
 }
 
 IPS_INLINE size_t hash_home(const ips_table *t, uint64_t h) { return (size_t)(h >> (64 - t->bits)); }
@@ -231,8 +247,22 @@ ips_status tbl_upsert(ips_table *t, const uint32_t *k, bool *added);
 IPS_INLINE bool tbl_insert_fast(ips_table *t, const uint32_t *k, unsigned W, uint64_t h, bool *added) {
     const size_t home = hash_home(t, h);
     const size_t limit = t->cap + IPS_TAIL - IPS_WINDOW(W);
+    const uint8_t tag = hash_tag(h);
     for (size_t i = home; i < limit && i - home <= IPS_PROBE_LIMIT; i++) {
         uint32_t *s = t->slots + i * W;
+        if (IPS_TAGGED(W)) { /* compare the tag first: wide keys are costly */
+            if (t->tags[i] == 0) {
+                slot_store(t, i, k, h);
+                t->count++;
+                *added = true;
+                return true;
+            }
+            if (t->tags[i] == tag && slot_matches(s, k, W, t->last_mask)) {
+                *added = false;
+                return true;
+            }
+            continue;
+        }
         if (slot_matches(s, k, W, t->last_mask)) {
             *added = false;
             return true;
