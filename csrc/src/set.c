@@ -96,6 +96,8 @@ ips_type ips_set_type(const ips_set *set) { return set->type; }
 ips_family ips_set_family(const ips_set *set) { return set->family; }
 size_t ips_set_size(const ips_set *set) { return tbl_size(&set->table); }
 
+size_t ips_set_max_probe(const ips_set *set) { return tbl_max_probe(&set->table); }
+
 size_t ips_set_memory(const ips_set *set) {
     return sizeof *set + tbl_memory(&set->table) + netindex_memory(&set->index);
 }

@@ -66,6 +66,18 @@ static uint64_t slot_hash(const ips_table *t, const uint32_t *slot) {
     return tbl_hash(t, k, t->W);
 }
 
+size_t tbl_max_probe(const ips_table *t) {
+    size_t worst = 0;
+    for (size_t i = 0; i < tbl_phys(t); i++) {
+        const uint32_t *s = t->slots + i * t->W;
+        if (!key_is_zero(s, t->W)) {
+            size_t d = i - hash_home(t, slot_hash(t, s));
+            worst = d > worst ? d : worst;
+        }
+    }
+    return worst;
+}
+
 /*
  * Places a key known to be absent. Returns false, placing nothing, when its
  * run would pass the probe limit or reach the last window of the tail: the

@@ -284,6 +284,7 @@ ips_status tbl_remove(ips_table *t, const uint32_t *k, bool *removed);
 ips_status tbl_reserve(ips_table *t, size_t extra);
 
 size_t tbl_size(const ips_table *t);
+size_t tbl_max_probe(const ips_table *t);
 size_t tbl_memory(const ips_table *t);
 
 /* Writes fresh random seeds (from the OS, or derived from `seed` if nonzero). */

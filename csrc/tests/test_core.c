@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "pyipset/ipset_core.h"
+#include "../src/table.h" /* to build colliding keys for a known seed */
 
 static int failures = 0;
 #define CHECK(cond)                                                          \
@@ -335,6 +336,41 @@ static void test_net_index_random(void) {
     ips_set_free(s);
 }
 
+/*
+ * Hash flooding: keys chosen to share one home slot under a set's seed (here
+ * the seed is known, which an outside sender's is not). The set must reseed
+ * instead of letting the run grow, and stay correct.
+ */
+static void test_flooding_reseeds(void) {
+    const uint64_t seed = 0xC0FFEE;
+    ips_table probe;
+    tbl_init(&probe, 1, 0xFFFFFFFFu, seed);
+    probe.cap = 2048; /* the capacity 1000 keys will have */
+    probe.bits = 11;
+    enum { N = 1000 };
+    static uint32_t keys[N];
+    size_t found = 0;
+    for (uint32_t k = 1; found < N; k++)
+        if (hash_home(&probe, tbl_hash(&probe, &k, 1)) == 5)
+            keys[found++] = k;
+    ips_status st;
+    ips_set *s = ips_set_new(IPS_HASH_IP, IPS_INET, seed, &st);
+    CHECK(ips_set_reserve(s, N) == IPS_OK); /* the same capacity, so the same homes */
+    size_t added = 0, bad = 0;
+    CHECK(ips_set_add_many(s, N, keys, NULL, NULL, NULL, NULL, false, &added, &bad) == IPS_OK);
+    CHECK(added == N && ips_set_size(s) == N);
+    size_t worst = ips_set_max_probe(s);
+    if (worst > 64) {
+        fprintf(stderr, "flooding: longest probe %zu after reseeding\n", worst);
+        failures++;
+    }
+    static uint8_t out[N];
+    ips_set_test_many(s, N, keys, NULL, NULL, NULL, out);
+    for (int i = 0; i < N; i++)
+        CHECK(out[i] == 1);
+    ips_set_free(s);
+}
+
 int main(void) {
     test_parse_format();
     test_zero_and_extremes();
@@ -342,6 +378,7 @@ int main(void) {
     test_churn();
     test_batch_matches_single();
     test_net_index_random();
+    test_flooding_reseeds();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

@@ -123,6 +123,13 @@ size_t ips_set_size(const ips_set *set);
 size_t ips_set_memory(const ips_set *set);
 
 /*
+ * The longest distance of any entry from its home slot (0 when every entry
+ * sits at home). A diagnostic: it stays small for any input, because an
+ * insert that would push it past IPS_PROBE_LIMIT reseeds the table. O(size).
+ */
+size_t ips_set_max_probe(const ips_set *set);
+
+/*
  * Adds an entry. For hash:net, adding a network already present updates its
  * nomatch flag (as `ipset add -exist` does). *added (may be NULL) is true when
  * the entry was not present before.
