@@ -135,14 +135,15 @@ IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W
     unsigned m = 0, e = 0;
 #if defined(__SSE2__)
     if (W == 1) {
+        /* Four compares narrowed into one byte mask: matches in bits 0-7,
+         * empty slots in bits 8-15 (saturating packs keep 0 and -1). */
         const __m128i q = _mm_set1_epi32((int)k[0]), z = _mm_setzero_si128();
         const __m128i a = _mm_loadu_si128((const __m128i *)s), b = _mm_loadu_si128((const __m128i *)(s + 4));
-        m = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(a, q))) |
-            (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(b, q))) << 4;
-        e = (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(a, z))) |
-            (unsigned)_mm_movemask_ps(_mm_castsi128_ps(_mm_cmpeq_epi32(b, z))) << 4;
-        *empty = e;
-        return m;
+        const __m128i hits = _mm_packs_epi32(_mm_cmpeq_epi32(a, q), _mm_cmpeq_epi32(b, q));
+        const __m128i holes = _mm_packs_epi32(_mm_cmpeq_epi32(a, z), _mm_cmpeq_epi32(b, z));
+        unsigned both = (unsigned)_mm_movemask_epi8(_mm_packs_epi16(hits, holes));
+        *empty = both >> 8;
+        return both & 0xFFu;
     }
 #endif
     for (unsigned i = 0; i < K; i++) {
