@@ -155,55 +155,46 @@ nomem:
     return IPS_ERR_NOMEM;
 }
 
-/* Queries advance in lockstep in blocks: each step of each query is an
- * independent load and select, which the CPU overlaps across the block. */
+/*
+ * Queries advance in lockstep in blocks: each step of each query is an
+ * independent load and select, which the CPU overlaps across the block. One
+ * body for both families: ADDR_T is the address type, LOAD(i) reads query i.
+ */
 #define NETINDEX_BLOCK 16
+#define NETINDEX_SEARCH(ADDR_T, STARTS, BITS, LOAD)                                             \
+    do {                                                                                       \
+        const ADDR_T *starts = (STARTS);                                                       \
+        const unsigned shift = (BITS) - ix->k, steps = ix->steps;                              \
+        for (size_t i0 = 0; i0 < n; i0 += NETINDEX_BLOCK) {                                    \
+            size_t cnt = n - i0 < NETINDEX_BLOCK ? n - i0 : NETINDEX_BLOCK;                    \
+            uint32_t base[NETINDEX_BLOCK], len[NETINDEX_BLOCK];                                \
+            ADDR_T q[NETINDEX_BLOCK];                                                          \
+            for (size_t j = 0; j < cnt; j++) {                                                 \
+                q[j] = LOAD(i0 + j);                                                           \
+                size_t b = ix->k ? (size_t)(q[j] >> shift) : 0;                                \
+                base[j] = ix->bucket[b];                                                       \
+                len[j] = ix->bucket[b + 1] - base[j] + 1;                                      \
+            }                                                                                  \
+            for (unsigned s = 0; s < steps; s++) {                                             \
+                for (size_t j = 0; j < cnt; j++) {                                             \
+                    uint32_t half = len[j] >> 1;                                               \
+                    base[j] = starts[base[j] + half] <= q[j] ? base[j] + half : base[j];       \
+                    len[j] -= half;                                                            \
+                }                                                                              \
+            }                                                                                  \
+            for (size_t j = 0; j < cnt; j++)                                                   \
+                out[i0 + j] = ix->verdict[base[j]];                                            \
+        }                                                                                      \
+    } while (0)
 
 void netindex_test4(const ips_netindex *ix, size_t n, const uint32_t *addr, uint8_t *out) {
-    const uint32_t *starts = ix->starts4;
-    const unsigned shift = 32 - ix->k, steps = ix->steps;
-    for (size_t i0 = 0; i0 < n; i0 += NETINDEX_BLOCK) {
-        size_t cnt = n - i0 < NETINDEX_BLOCK ? n - i0 : NETINDEX_BLOCK;
-        uint32_t base[NETINDEX_BLOCK], len[NETINDEX_BLOCK], q[NETINDEX_BLOCK];
-        for (size_t j = 0; j < cnt; j++) {
-            q[j] = addr[i0 + j];
-            size_t b = ix->k ? q[j] >> shift : 0;
-            base[j] = ix->bucket[b];
-            len[j] = ix->bucket[b + 1] - base[j] + 1;
-        }
-        for (unsigned s = 0; s < steps; s++) {
-            for (size_t j = 0; j < cnt; j++) {
-                uint32_t half = len[j] >> 1;
-                base[j] = starts[base[j] + half] <= q[j] ? base[j] + half : base[j];
-                len[j] -= half;
-            }
-        }
-        for (size_t j = 0; j < cnt; j++)
-            out[i0 + j] = ix->verdict[base[j]];
-    }
+#define LOAD4(i) addr[i]
+    NETINDEX_SEARCH(uint32_t, ix->starts4, 32, LOAD4);
+#undef LOAD4
 }
 
 void netindex_test6(const ips_netindex *ix, size_t n, const uint8_t *addr16, uint8_t *out) {
-    const ips_u128 *starts = ix->starts6;
-    const unsigned shift = 128 - ix->k, steps = ix->steps;
-    for (size_t i0 = 0; i0 < n; i0 += NETINDEX_BLOCK) {
-        size_t cnt = n - i0 < NETINDEX_BLOCK ? n - i0 : NETINDEX_BLOCK;
-        uint32_t base[NETINDEX_BLOCK], len[NETINDEX_BLOCK];
-        ips_u128 q[NETINDEX_BLOCK];
-        for (size_t j = 0; j < cnt; j++) {
-            q[j] = ips_load_u128_be(addr16 + (i0 + j) * 16);
-            size_t b = ix->k ? (size_t)(q[j] >> shift) : 0;
-            base[j] = ix->bucket[b];
-            len[j] = ix->bucket[b + 1] - base[j] + 1;
-        }
-        for (unsigned s = 0; s < steps; s++) {
-            for (size_t j = 0; j < cnt; j++) {
-                uint32_t half = len[j] >> 1;
-                base[j] = starts[base[j] + half] <= q[j] ? base[j] + half : base[j];
-                len[j] -= half;
-            }
-        }
-        for (size_t j = 0; j < cnt; j++)
-            out[i0 + j] = ix->verdict[base[j]];
-    }
+#define LOAD6(i) ips_load_u128_be(addr16 + (i) * 16)
+    NETINDEX_SEARCH(ips_u128, ix->starts6, 128, LOAD6);
+#undef LOAD6
 }
