@@ -179,3 +179,31 @@ def test_single_contains_str(benchmark, case):
         return hits
 
     assert benchmark(run) == loops
+
+
+# ---- growth ----
+
+def test_growth_pause(benchmark):
+    """The one add that doubles a 1.68M-member hash:ip table: the longest
+    pause a single add can take at that size (growth is by doubling, so
+    such an add happens once per doubling)."""
+    threshold = (1 << 21) // 5 * 4  # entries a 2^21-slot table holds at load 4/5
+    keys = np.random.default_rng(8).choice(1 << 32, size=threshold + 1, replace=False).astype(np.uint32)
+    last = str(ipaddress.IPv4Address(int(keys[-1])))
+    benchmark.group = "growth: the single add that doubles the table"
+    benchmark.extra_info.update(ops=1, members=threshold)
+
+    def setup():
+        s = IPSet("hash:ip")
+        s.add_many(keys[:-1])
+        return (s,), {}
+
+    before = {}
+
+    def grow(s):
+        before["bytes"] = s.memory_bytes
+        s.add(last)
+        return s
+
+    s = benchmark.pedantic(grow, setup=setup, rounds=3)
+    assert s.memory_bytes > 1.9 * before["bytes"]  # this add did double the table
