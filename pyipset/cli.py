@@ -1,19 +1,66 @@
-"""The `pyipset` command (also `python -m pyipset`)."""
+"""The `pyipset` command (also `python -m pyipset`).
+
+Exit codes: 0 success, 1 rejected input or runtime failure, 2 usage error.
+Errors go to stderr, one line each."""
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
+import json
 import sys
 
 from . import demo
+from .model import load
+from .model.objects import PROTOCOLS, Cluster
+from .verify import reference
+
+
+class UsageError(Exception):
+    """Bad arguments found after parsing (exit code 2)."""
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number 1-65535") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {value}: expected a number 1-65535")
+    return value
+
+
+def _protocol(text: str) -> str:
+    if text.upper() not in PROTOCOLS:
+        raise argparse.ArgumentTypeError(f"invalid protocol {text!r}: expected TCP, UDP or SCTP")
+    return text.upper()
+
+
+def _add_flow_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+                   help="manifest file or directory (repeatable)")
+    p.add_argument("--protocol", type=_protocol, default="TCP", help="TCP (default), UDP or SCTP")
+    p.add_argument("--port", type=_port, required=True, help="destination port")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyipset",
-        description="Kubernetes NetworkPolicy on ipsets: native sets, compiler, verifier, kernel backend.",
-    )
+        description="Kubernetes NetworkPolicy on ipsets: native sets, compiler, verifier, kernel backend.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("matrix", help="which pod may open a connection to which, on one protocol and port")
+    _add_flow_args(p)
+    p.add_argument("-o", "--output", choices=["json", "table"], default="table")
+    p.set_defaults(run=run_matrix)
+
+    p = sub.add_parser("explain", help="the verdict for one connection, and the policies and rule behind it")
+    _add_flow_args(p)
+    p.add_argument("--from", dest="source", required=True, metavar="NS/POD|IP")
+    p.add_argument("--to", dest="destination", required=True, metavar="NS/POD|IP")
+    p.add_argument("-o", "--output", choices=["json", "text"], default="text")
+    p.set_defaults(run=run_explain)
+
     p = sub.add_parser("demo", help="build and exercise the native sets on the built-in three-tier example")
     p.add_argument("--members", type=int, default=100_000,
                    help="members for the batch throughput check (default 100000)")
@@ -21,11 +68,117 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _load(args) -> Cluster:
+    cluster = load(args.filename)
+    for notice in cluster.notices:
+        print(f"pyipset: notice: {notice}", file=sys.stderr)
+    for rejection in cluster.rejections:
+        print(f"pyipset: rejected: {rejection}", file=sys.stderr)
+    return cluster
+
+
+def matrix_json(protocol: str, port: int, pods, allowed) -> dict:
+    return {"protocol": protocol, "port": port, "pods": [p.key for p in pods], "allowed": allowed}
+
+
+def render_table(pods, allowed) -> str:
+    """Rows are sources, columns destinations, numbered like the rows."""
+    width = len(str(len(pods)))
+    lines = ["source \\ destination: " + " ".join(str(j + 1).rjust(width) for j in range(len(pods)))]
+    for i, (pod, row) in enumerate(zip(pods, allowed)):
+        cells = " ".join(("+" if ok else ".").rjust(width) for ok in row)
+        lines.append(f"{str(i + 1).rjust(width)} {pod.key:<{max(len(p.key) for p in pods)}}  {cells}")
+    lines.append("(+ allowed, . denied)")
+    return "\n".join(lines)
+
+
+def run_matrix(args) -> int:
+    cluster = _load(args)
+    pods, allowed = reference.matrix(cluster, args.protocol, args.port)
+    if args.output == "json":
+        print(json.dumps(matrix_json(args.protocol, args.port, pods, allowed)))
+    else:
+        print(f"{args.protocol} port {args.port}, {len(pods)} pods")
+        print(render_table(pods, allowed) if pods else "(no pods)")
+    return 1 if cluster.rejections else 0
+
+
+def resolve_endpoint(cluster: Cluster, text: str, flag: str) -> reference.Endpoint:
+    try:
+        ip = ipaddress.ip_address(text)
+    except ValueError:
+        ip = None
+    if ip is not None:
+        return reference.Endpoint(ip, cluster.pod_by_ip(ip))
+    if "/" not in text:
+        raise UsageError(f"{flag} {text!r}: expected NAMESPACE/POD or an IP address")
+    pod = cluster.pod_by_key(text)
+    if pod is None:
+        raise UsageError(f"{flag} {text!r}: no such pod in the manifests (or it takes no part: see notices)")
+    return reference.Endpoint(pod.ips[0], pod)
+
+
+def _direction_json(d: reference.DirectionVerdict) -> dict:
+    return {
+        "applies": d.applies,
+        "isolated": bool(d.isolating),
+        "isolating_policies": d.isolating,
+        "allowed": d.allows,
+        "admitted_by": None if d.admitted_by is None else {
+            "policy": d.admitted_by.policy, "direction": d.admitted_by.direction, "rule": d.admitted_by.rule},
+    }
+
+
+def _direction_text(name: str, who: str, d: reference.DirectionVerdict) -> str:
+    if not d.applies:
+        return f"{name}: {who} is not a pod: no policy applies"
+    if not d.isolating:
+        return f"{name}: no policy selects {who} for {name}: allowed"
+    head = f"{name}: {who} is isolated by {', '.join(d.isolating)}"
+    if d.admitted_by is not None:
+        return f"{head}; allowed by {d.admitted_by}"
+    return f"{head}; no rule of these policies allows it: denied"
+
+
+def run_explain(args) -> int:
+    cluster = _load(args)
+    source = resolve_endpoint(cluster, args.source, "--from")
+    destination = resolve_endpoint(cluster, args.destination, "--to")
+    if source.pod is not None and source.ip.version != destination.ip.version:
+        other = next((ip for ip in source.pod.ips if ip.version == destination.ip.version), None)
+        if other is None:
+            raise UsageError(f"{source.label} has no IPv{destination.ip.version} address to reach {destination.label}")
+        source = reference.Endpoint(other, source.pod)
+    if destination.pod is not None and destination.ip.version != source.ip.version:
+        other = next((ip for ip in destination.pod.ips if ip.version == source.ip.version), None)
+        if other is None:
+            raise UsageError(f"{destination.label} has no IPv{source.ip.version} address")
+        destination = reference.Endpoint(other, destination.pod)
+    v = reference.judge(cluster, source, destination, args.protocol, args.port)
+    if args.output == "json":
+        print(json.dumps({
+            "from": source.label, "to": destination.label, "from_ip": str(source.ip), "to_ip": str(destination.ip),
+            "protocol": args.protocol, "port": args.port, "allowed": v.allowed, "same_pod": v.same_pod,
+            "egress": _direction_json(v.egress), "ingress": _direction_json(v.ingress)}))
+    else:
+        print(f"{source.label} -> {destination.label} {args.protocol}/{args.port}: "
+              f"{'ALLOWED' if v.allowed else 'DENIED'}")
+        if v.same_pod:
+            print("a pod's traffic to itself never leaves the pod: always allowed")
+        else:
+            print(_direction_text("egress", source.label, v.egress))
+            print(_direction_text("ingress", destination.label, v.ingress))
+    return 1 if cluster.rejections else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.run(args)
+    except UsageError as exc:
+        print(f"pyipset {args.command}: error: {exc}", file=sys.stderr)
+        return 2
     except (ValueError, OSError) as exc:
         print(f"pyipset {args.command}: error: {exc}", file=sys.stderr)
         return 1

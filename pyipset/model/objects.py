@@ -1,0 +1,151 @@
+"""The typed, validated cluster the compiler and the verifier work on."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Optional, Union
+
+from .selectors import LabelSelector
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+
+
+@dataclass(frozen=True)
+class Namespace:
+    name: str
+    labels: dict = field(default_factory=dict, hash=False, compare=False)
+    implicit: bool = False  # made up for a pod whose Namespace object was not given
+
+
+@dataclass(frozen=True)
+class ContainerPort:
+    name: Optional[str]
+    port: int
+    protocol: str = "TCP"
+
+
+@dataclass(frozen=True)
+class Pod:
+    namespace: str
+    name: str
+    labels: dict = field(default_factory=dict, hash=False, compare=False)
+    ips: tuple = ()  # IPAddress, in the order the status gives them
+    ports: tuple = ()  # ContainerPort
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def named_port(self, name: str, protocol: str) -> Optional[int]:
+        """The container port with this name and protocol, as Kubernetes resolves it."""
+        for p in self.ports:
+            if p.name == name and p.protocol == protocol:
+                return p.port
+        return None
+
+
+@dataclass(frozen=True)
+class IPBlock:
+    cidr: IPNetwork
+    excepts: tuple = ()  # IPNetwork, each strictly inside cidr
+
+    def contains(self, ip: IPAddress) -> bool:
+        return (ip.version == self.cidr.version and ip in self.cidr
+                and not any(ip in e for e in self.excepts))
+
+    def describe(self) -> str:
+        return str(self.cidr) + (f" except {', '.join(map(str, self.excepts))}" if self.excepts else "")
+
+
+@dataclass(frozen=True)
+class Peer:
+    """One entry of from/to: a pod/namespace selector pair or an ipBlock."""
+
+    pod_selector: Optional[LabelSelector] = None
+    namespace_selector: Optional[LabelSelector] = None
+    ip_block: Optional[IPBlock] = None
+
+    def describe(self) -> str:
+        if self.ip_block is not None:
+            return f"ipBlock {self.ip_block.describe()}"
+        parts = []
+        if self.namespace_selector is not None:
+            parts.append(f"namespaces {self.namespace_selector.describe()}")
+        if self.pod_selector is not None:
+            parts.append(f"pods {self.pod_selector.describe()}")
+        return " and ".join(parts)
+
+
+@dataclass(frozen=True)
+class PortSpec:
+    protocol: str = "TCP"
+    port: Union[int, str, None] = None  # None: every port of the protocol
+    end_port: Optional[int] = None
+
+    def describe(self) -> str:
+        if self.port is None:
+            return f"{self.protocol} (all ports)"
+        if self.end_port is not None:
+            return f"{self.protocol} {self.port}-{self.end_port}"
+        return f"{self.protocol} {self.port}"
+
+
+@dataclass(frozen=True)
+class PolicyRule:
+    """One ingress or egress rule. peers None: all peers; ports None: all ports."""
+
+    peers: Optional[tuple] = None
+    ports: Optional[tuple] = None
+
+
+@dataclass(frozen=True)
+class NetworkPolicy:
+    namespace: str
+    name: str
+    pod_selector: LabelSelector
+    policy_types: tuple  # ("Ingress",), ("Egress",) or both
+    ingress: tuple = ()  # PolicyRule
+    egress: tuple = ()  # PolicyRule
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclass
+class Rejection:
+    """An object the loader refused: what, where, and why."""
+
+    kind: str
+    object: str  # namespace/name
+    path: str  # field path, e.g. spec.ingress[0].ports[1].port
+    value: object
+    reason: str
+    source: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.source}: " if self.source else ""
+        return f"{where}{self.kind} {self.object}: {self.path}: {self.reason} (got {self.value!r})"
+
+
+@dataclass
+class Cluster:
+    namespaces: dict = field(default_factory=dict)  # name -> Namespace
+    pods: list = field(default_factory=list)  # Pod, only those that take part
+    policies: list = field(default_factory=list)  # NetworkPolicy
+    rejections: list = field(default_factory=list)  # Rejection
+    notices: list = field(default_factory=list)  # str: skipped kinds, pods that take no part
+
+    def sorted_pods(self) -> list:
+        return sorted(self.pods, key=lambda p: (p.namespace, p.name))
+
+    def pod_by_key(self, key: str) -> Optional[Pod]:
+        return next((p for p in self.pods if p.key == key), None)
+
+    def pod_by_ip(self, ip: IPAddress) -> Optional[Pod]:
+        return next((p for p in self.pods if ip in p.ips), None)
