@@ -1,9 +1,9 @@
 """The cluster model: Kubernetes objects loaded, validated and typed."""
 
-from .loader import load
+from .loader import load, load_objects
 from .objects import (Cluster, ContainerPort, IPBlock, Namespace, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec,
                       Rejection)
 from .selectors import LabelSelector, Requirement
 
-__all__ = ["load", "Cluster", "ContainerPort", "IPBlock", "Namespace", "NetworkPolicy", "Peer", "Pod",
+__all__ = ["load", "load_objects", "Cluster", "ContainerPort", "IPBlock", "Namespace", "NetworkPolicy", "Peer", "Pod",
            "PolicyRule", "PortSpec", "Rejection", "LabelSelector", "Requirement"]

@@ -63,6 +63,20 @@ def load(paths: Iterable[str]) -> Cluster:
         for doc in docs:
             for obj in _objects(doc, source, cluster):
                 _add(obj, source, cluster, seen)
+    return _finish(cluster)
+
+
+def load_objects(objects: Iterable[dict], source: str = "") -> Cluster:
+    """The same from objects already in memory (decoded YAML or API objects as dicts)."""
+    cluster = Cluster()
+    seen = set()
+    for doc in objects:
+        for obj in _objects(doc, source, cluster):
+            _add(obj, source, cluster, seen)
+    return _finish(cluster)
+
+
+def _finish(cluster: Cluster) -> Cluster:
     for pod in cluster.pods:
         if pod.namespace not in cluster.namespaces:
             cluster.namespaces[pod.namespace] = Namespace(

@@ -1,0 +1,40 @@
+"""The ways to reach a verdict, behind one interface, so that conformance
+cases run through each of them."""
+
+from __future__ import annotations
+
+import ipaddress
+
+from pyipset.verify import reference
+
+
+def endpoint(c, text: str) -> reference.Endpoint:
+    try:
+        ip = ipaddress.ip_address(text)
+        return reference.Endpoint(ip, c.pod_by_ip(ip))
+    except ValueError:
+        pod = c.pod_by_key(text)
+        return reference.Endpoint(pod.ips[0], pod)
+
+
+def _align(src: reference.Endpoint, dst: reference.Endpoint):
+    """Pick addresses of one family for a pod-to-pod or pod-to-address pair."""
+    if src.pod is not None and src.ip.version != dst.ip.version:
+        src = reference.Endpoint(next(i for i in src.pod.ips if i.version == dst.ip.version), src.pod)
+    if dst.pod is not None and dst.ip.version != src.ip.version:
+        dst = reference.Endpoint(next(i for i in dst.pod.ips if i.version == src.ip.version), dst.pod)
+    return src, dst
+
+
+class ReferenceEngine:
+    @staticmethod
+    def matrix(c, protocol, port):
+        return reference.matrix(c, protocol, port)
+
+    @staticmethod
+    def judge(c, src: str, dst: str, protocol: str, port: int) -> bool:
+        s, d = _align(endpoint(c, src), endpoint(c, dst))
+        return reference.judge(c, s, d, protocol, port).allowed
+
+
+ENGINES = {"reference": ReferenceEngine}

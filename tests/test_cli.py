@@ -1,0 +1,75 @@
+"""The pyipset command: contracts of matrix and explain, exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+EXAMPLE = str(Path(__file__).resolve().parent.parent / "examples" / "three-tier")
+
+
+def run(*args):
+    # From tests/, so that the installed package is run, not the source tree.
+    return subprocess.run([sys.executable, "-m", "pyipset", *args], capture_output=True, text=True, timeout=120,
+                          cwd=Path(__file__).resolve().parent)
+
+
+def tier_matrix(port: int) -> dict:
+    r = run("matrix", "-f", EXAMPLE, "--port", str(port), "-o", "json")
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def test_three_tier_matrices():
+    m = tier_matrix(80)
+    assert m["protocol"] == "TCP" and m["port"] == 80
+    pods = m["pods"]
+    assert pods == sorted(pods) and len(pods) == 9
+    tier = {p: p.split("/")[1].rsplit("-", 1)[0] for p in pods}
+    for i, src in enumerate(pods):
+        for j, dst in enumerate(pods):
+            if src == dst:
+                want = True
+            elif tier[dst] == "presentation":
+                want = True  # presentation-policy: anyone, TCP 80
+            elif tier[dst] == "middle":
+                want = tier[src] == "presentation"  # middle-tier-policy: from presentation, any port
+            else:
+                want = True  # the data tier has no policy
+            assert m["allowed"][i][j] is want, (src, dst)
+    m8080 = tier_matrix(8080)
+    for i, src in enumerate(pods):
+        for j, dst in enumerate(pods):
+            if src != dst and tier[dst] == "presentation":
+                assert m8080["allowed"][i][j] is False, (src, dst)
+
+
+def test_explain_json_and_text():
+    r = run("explain", "-f", EXAMPLE, "--from", "shop/data-0", "--to", "shop/middle-1", "--port", "8080", "-o", "json")
+    assert r.returncode == 0
+    v = json.loads(r.stdout)
+    assert v["allowed"] is False
+    assert v["ingress"]["isolating_policies"] == ["shop/middle-tier-policy"] and v["ingress"]["admitted_by"] is None
+    assert v["egress"]["isolated"] is False
+    r = run("explain", "-f", EXAMPLE, "--from", "shop/presentation-2", "--to", "192.0.2.21", "--port", "5432")
+    assert r.returncode == 0
+    assert "ALLOWED" in r.stdout and "allowed by shop/middle-tier-policy ingress[0]" in r.stdout
+
+
+def test_exit_codes_and_errors(tmp_path):
+    assert run("matrix", "-f", EXAMPLE).returncode == 2  # --port missing
+    r = run("matrix", "-f", EXAMPLE, "--port", "99999")
+    assert r.returncode == 2 and "invalid port 99999" in r.stderr
+    r = run("explain", "-f", EXAMPLE, "--from", "shop/nobody", "--to", "shop/data-0", "--port", "1")
+    assert r.returncode == 2 and "no such pod" in r.stderr
+    r = run("matrix", "-f", str(tmp_path / "missing"), "--port", "1")
+    assert r.returncode == 1 and "no such file or directory" in r.stderr and "Traceback" not in r.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("apiVersion: networking.k8s.io/v1\nkind: NetworkPolicy\nmetadata: {name: x, namespace: shop}\n"
+                   "spec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}\n")
+    r = run("matrix", "-f", EXAMPLE, "-f", str(bad), "--port", "80", "-o", "json")
+    assert r.returncode == 1
+    assert "rejected: " in r.stderr and "NetworkPolicy shop/x: spec.ingress[0].ports[0].port" in r.stderr
+    assert len(json.loads(r.stdout)["pods"]) == 9  # the rest still loaded and answered

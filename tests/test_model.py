@@ -1,0 +1,116 @@
+"""Loading manifests and validating them as the API server does."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from clusterspec import namespace, pod, policy
+from pyipset.model import load, load_objects
+
+
+def rejected(spec: dict) -> str:
+    c = load_objects([policy("ns/p", spec)])
+    assert len(c.rejections) == 1 and not c.policies
+    return str(c.rejections[0])
+
+
+@pytest.mark.parametrize("spec,message", [
+    ({}, "spec.podSelector: is required"),
+    ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Like", "values": ["x"]}]}},
+     "spec.podSelector.matchExpressions[0].operator: must be one of In, NotIn, Exists, DoesNotExist (got 'Like')"),
+    ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "In", "values": []}]}},
+     "spec.podSelector.matchExpressions[0].values: must be non-empty when operator is In"),
+    ({"podSelector": {"matchExpressions": [{"key": "a", "operator": "Exists", "values": ["x"]}]}},
+     "must be empty when operator is Exists"),
+    ({"podSelector": {"matchLabels": {"bad key!": "x"}}}, "label key name"),
+    ({"podSelector": {}, "policyTypes": ["Ingress", "Sideways"]}, "spec.policyTypes[1]: must be Ingress or Egress"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": 0}]}]},
+     "spec.ingress[0].ports[0].port: must be a port number 1-65535 (got 0)"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": 65536}]}]}, "must be a port number 1-65535 (got 65536)"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"protocol": "ICMP", "port": 1}]}]},
+     "spec.ingress[0].ports[0].protocol: must be TCP, UDP or SCTP (got 'ICMP')"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": 90, "endPort": 80}]}]},
+     "spec.ingress[0].ports[0].endPort: must be between port (90) and 65535 (got 80)"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"endPort": 80}]}]}, "endPort: may only be set together with port"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": "http", "endPort": 80}]}]},
+     "may not be set when port is a named port"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": "Http_Port"}]}]}, "must be an IANA service name"),
+    ({"podSelector": {}, "ingress": [{"ports": [{"port": "80"}]}]}, "must be an IANA service name"),
+    ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24", "except": ["198.51.100.0/25"]}}]}]},
+     "spec.egress[0].to[0].ipBlock.except[0]: must be a strict subset of cidr 192.0.2.0/24"),
+    ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0/24", "except": ["192.0.2.0/24"]}}]}]},
+     "must be a strict subset"),
+    ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "192.0.2.300/24"}}]}]},
+     "spec.egress[0].to[0].ipBlock.cidr: is not a valid CIDR"),
+    ({"podSelector": {}, "egress": [{"to": [{"ipBlock": {"cidr": "192.0.2.0"}}]}]}, "must be a CIDR with a prefix"),
+    ({"podSelector": {}, "ingress": [{"from": [{"ipBlock": {"cidr": "192.0.2.0/24"}, "podSelector": {}}]}]},
+     "ipBlock may not be combined"),
+    ({"podSelector": {}, "ingress": [{"from": [{}]}]}, "must set podSelector, namespaceSelector or ipBlock"),
+])
+def test_invalid_policies_are_rejected_with_path_and_value(spec, message):
+    text = rejected(spec)
+    assert "NetworkPolicy ns/p" in text
+    assert message in text
+
+
+def test_rejections_do_not_stop_the_rest(tmp_path):
+    (tmp_path / "a.yaml").write_text("""
+apiVersion: v1
+kind: Namespace
+metadata: {name: a}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: bad, namespace: a}
+spec: {podSelector: {}, ingress: [{ports: [{port: 0}]}]}
+---
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata: {name: good, namespace: a}
+spec: {podSelector: {}}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: a}
+""")
+    (tmp_path / "list.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": [
+        pod("a/p1", "192.0.2.1"), pod("b/p2", "192.0.2.2")]}))
+    (tmp_path / "broken.yml").write_text("kind: [unclosed")
+    (tmp_path / "notes.txt").write_text("not a manifest")
+    c = load([str(tmp_path)])
+    assert [p.key for p in c.policies] == ["a/good"]
+    assert sorted(p.key for p in c.pods) == ["a/p1", "b/p2"]
+    assert len(c.rejections) == 2
+    assert any("broken.yml" in str(r) and "cannot be parsed" in str(r) for r in c.rejections)
+    assert any("a/bad" in str(r) and "spec.ingress[0].ports[0].port" in str(r) for r in c.rejections)
+    assert any("skipped Deployment a/web" in n for n in c.notices)
+    assert set(c.namespaces) == {"a", "b"} and c.namespaces["b"].implicit
+
+
+def test_wrong_api_version_and_duplicates():
+    c = load_objects([
+        {"apiVersion": "extensions/v1beta1", "kind": "NetworkPolicy", "metadata": {"name": "old"}, "spec": {}},
+        namespace("a"), namespace("a"), pod("a/p", "192.0.2.1"),
+        pod("a/q", "not-an-ip")])
+    reasons = [str(r) for r in c.rejections]
+    assert any("apiVersion: must be networking.k8s.io/v1" in r for r in reasons)
+    assert any("duplicate" in r for r in reasons)
+    assert any("Pod a/q: status.podIPs[0].ip: is not an IP address" in r for r in reasons)
+
+
+def test_policy_types_defaulting():
+    c = load_objects([
+        policy("a/i", {"podSelector": {}}),
+        policy("a/ie", {"podSelector": {}, "egress": [{}]}),
+        policy("a/empty-egress", {"podSelector": {}, "egress": []}),
+        policy("a/e", {"podSelector": {}, "policyTypes": ["Egress"]}),
+    ])
+    types = {p.name: p.policy_types for p in c.policies}
+    assert types == {"i": ("Ingress",), "ie": ("Ingress", "Egress"), "empty-egress": ("Ingress",), "e": ("Egress",)}
+
+
+def test_missing_path_is_an_error():
+    with pytest.raises(FileNotFoundError):
+        load(["/nonexistent/manifests"])
