@@ -9,12 +9,14 @@
 //   RuntimeError instead of racing.
 #include <pybind11/numpy.h>
 #include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
 
 #include <cstring>
 #include <string>
 #include <vector>
 
 extern "C" {
+#include "pyipset/evaluator.h"
 #include "pyipset/ipset_core.h"
 }
 
@@ -94,6 +96,17 @@ class NativeSet {
         return ips_set_memory(set_);
     }
     uint64_t version() const { return version_; }
+
+    // For the evaluator: the raw set, and a read lease held across a batch.
+    ips_set *raw() const { return set_; }
+    void begin_read() {
+        check_readable();
+        ips_status st = ips_set_prepare(set_);
+        if (st != IPS_OK && st != IPS_ERR_NOMEM)
+            raise_status(st, "cannot prepare set");
+        readers_++;
+    }
+    void end_read() { readers_--; }
 
     bool contains(py::handle entry) const {
         check_readable();
@@ -403,6 +416,107 @@ class EntryIterator {
     size_t cursor_ = 0;
 };
 
+// A RuleProgram loaded into the native evaluator. It keeps the Python set
+// objects alive and holds a read lease on each during a batch, so a set can
+// not change under a running evaluation.
+class NativeProgram {
+  public:
+    NativeProgram(const std::string &family, py::list sets, std::vector<uint32_t> chain_first,
+                  std::vector<uint32_t> chain_len, const std::vector<std::tuple<int, uint32_t, uint32_t, uint32_t,
+                                                                              uint32_t, uint32_t, uint32_t>> &rules,
+                  const std::vector<std::tuple<int, int, bool, uint32_t, uint32_t, uint32_t>> &matches,
+                  uint32_t entry)
+        : sets_(sets) {
+        if (family != "inet" && family != "inet6")
+            throw py::value_error("unknown family '" + family + "' (expected inet or inet6)");
+        family_ = family == "inet" ? IPS_INET : IPS_INET6;
+        if (chain_first.size() != chain_len.size())
+            throw py::value_error("chain_first and chain_len differ in length");
+        std::vector<ips_set *> raw;
+        for (py::handle h : sets) {
+            raw.push_back(h.cast<NativeSet *>()->raw());
+            natives_.push_back(h.cast<NativeSet *>());
+        }
+        std::vector<ips_rule> r(rules.size());
+        for (size_t i = 0; i < rules.size(); i++) {
+            auto &[target, chain, jump, mark, mask, first, count] = rules[i];
+            r[i] = ips_rule{static_cast<uint8_t>(target), chain, jump, mark, mask, first, count};
+        }
+        std::vector<ips_match> m(matches.size());
+        for (size_t i = 0; i < matches.size(); i++) {
+            auto &[kind, dims, negate, set, value, value2] = matches[i];
+            m[i] = ips_match{static_cast<uint8_t>(kind), static_cast<uint8_t>(dims), static_cast<uint8_t>(negate),
+                             set, value, value2};
+        }
+        ips_status st;
+        char why[256] = "";
+        program_ = ips_program_new(family_, raw.size(), raw.data(), chain_first.size(), chain_first.data(),
+                                   chain_len.data(), r.size(), r.data(), m.size(), m.data(), entry, &st, why,
+                                   sizeof why);
+        if (!program_)
+            raise_status(st, std::string("invalid rule program: ") + why);
+    }
+    ~NativeProgram() { ips_program_free(program_); }
+    NativeProgram(const NativeProgram &) = delete;
+    NativeProgram &operator=(const NativeProgram &) = delete;
+
+    py::tuple evaluate(py::array src, py::array dst, py::array proto, py::array dport) {
+        const bool v4 = family_ == IPS_INET;
+        auto addr = [&](py::array a, const char *what, py::ssize_t n) {
+            if (v4)
+                return check_column(a, std::string(what) + " (IPv4 addresses as uint32)", 'u', 4, 1, 0, n);
+            return check_column(a, std::string(what) + " (IPv6 addresses as (N, 16) uint8)", 'u', 1, 2, 16, n);
+        };
+        py::array s = addr(src, "src", -1);
+        py::ssize_t n = s.shape(0);
+        py::array d = addr(dst, "dst", n);
+        py::array p = check_column(proto, "proto (uint8)", 'u', 1, 1, 0, n);
+        py::array o = check_column(dport, "dport (uint16)", 'u', 2, 1, 0, n);
+        py::array_t<bool> verdict(n);
+        py::array_t<int32_t> rule(n), mark_rule(n);
+        size_t leased = 0;
+        try {
+            for (NativeSet *ns : natives_) {
+                ns->begin_read();
+                leased++;
+            }
+            {
+                py::gil_scoped_release nogil;
+                ips_program_eval(program_, static_cast<size_t>(n), s.data(), d.data(),
+                                 static_cast<const uint8_t *>(p.data()), static_cast<const uint16_t *>(o.data()),
+                                 reinterpret_cast<uint8_t *>(verdict.mutable_data()), rule.mutable_data(),
+                                 mark_rule.mutable_data());
+            }
+        } catch (...) {
+            for (size_t i = 0; i < leased; i++)
+                natives_[i]->end_read();
+            throw;
+        }
+        for (NativeSet *ns : natives_)
+            ns->end_read();
+        return py::make_tuple(verdict, rule, mark_rule);
+    }
+
+  private:
+    static py::array check_column(py::array a, const std::string &what, char kind, size_t itemsize, int ndim,
+                                  py::ssize_t inner, py::ssize_t n) {
+        py::dtype dt = a.dtype();
+        if (dt.kind() != kind || static_cast<size_t>(dt.itemsize()) != itemsize)
+            throw py::type_error(what + ": wrong dtype " + py::str(py::handle(reinterpret_cast<PyObject *>(dt.ptr())))
+                                                                .cast<std::string>());
+        if (a.ndim() != ndim || (ndim == 2 && a.shape(1) != inner) || !(a.flags() & py::array::c_style))
+            throw py::value_error(what + ": wrong shape or not C-contiguous");
+        if (n >= 0 && a.shape(0) != n)
+            throw py::value_error(what + ": " + std::to_string(a.shape(0)) + " rows, expected " + std::to_string(n));
+        return a;
+    }
+
+    py::list sets_;
+    std::vector<NativeSet *> natives_;
+    ips_family family_;
+    ips_program *program_ = nullptr;
+};
+
 // `entry in s` straight from the type slot: the generic pybind11 dispatch
 // costs more than parsing and probing together, and a single lookup from
 // Python is a budgeted operation (bench/README.md).
@@ -460,6 +574,20 @@ PYBIND11_MODULE(_core, m) {
              "and a bad row changes nothing.")
         .def("discard_many", &NativeSet::discard_many, py::arg("cidr") = py::none(),
              "discard_many(*columns, cidr=None) -> int: batch remove; returns how many were present.");
+    py::class_<NativeProgram>(m, "Program")
+        .def(py::init<const std::string &, py::list, std::vector<uint32_t>, std::vector<uint32_t>,
+                      const std::vector<std::tuple<int, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t>> &,
+                      const std::vector<std::tuple<int, int, bool, uint32_t, uint32_t, uint32_t>> &, uint32_t>(),
+             py::arg("family"), py::arg("sets"), py::arg("chain_first"), py::arg("chain_len"), py::arg("rules"),
+             py::arg("matches"), py::arg("entry"),
+             "Program(family, sets, chain_first, chain_len, rules, matches, entry): rules are (target, chain, "
+             "jump, mark, mark_mask, first_match, n_matches), matches (kind, dims, negate, set, value, value2); "
+             "see csrc/include/pyipset/evaluator.h.")
+        .def("evaluate", &NativeProgram::evaluate, py::arg("src"), py::arg("dst"), py::arg("proto"),
+             py::arg("dport"),
+             "evaluate(src, dst, proto, dport) -> (verdict bool[], deciding rule int32[], last MARK rule int32[]) "
+             "for NEW flows; the GIL is released.");
+
     // A Python subclass gets a generic slot that calls __contains__ by name;
     // this puts the direct one back on it (pyipset.sets calls it).
     m.def("_use_fast_contains", [](py::type subclass) {

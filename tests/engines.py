@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pyipset.verify import reference
+from pyipset.verify import native, reference
 
 
 def endpoint(c, text: str) -> reference.Endpoint:
@@ -37,4 +37,19 @@ class ReferenceEngine:
         return reference.judge(c, s, d, protocol, port).allowed
 
 
-ENGINES = {"reference": ReferenceEngine}
+class NativeEngine:
+    """The compiled RuleProgram in the native evaluator."""
+
+    @staticmethod
+    def matrix(c, protocol, port):
+        return native.matrix(c, protocol, port)
+
+    @staticmethod
+    def judge(c, src: str, dst: str, protocol: str, port: int) -> bool:
+        s, d = _align(endpoint(c, src), endpoint(c, dst))
+        if s.pod is not None and s.pod == d.pod:
+            return True
+        return native.ClusterEvaluator(c).judge(s.ip, d.ip, protocol, port)
+
+
+ENGINES = {"reference": ReferenceEngine, "native": NativeEngine}

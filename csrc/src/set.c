@@ -16,6 +16,7 @@
 #include <string.h>
 
 #include "netindex.h"
+#include "set_internal.h"
 #include "table.h"
 
 #define NET_NOMATCH_BIT 0x100u
@@ -295,6 +296,33 @@ bool ips_set_test(const ips_set *s, const ips_entry *e) {
     }
     const uint32_t *slot = tbl_lookup(&s->table, k, s->table.W);
     return slot && ((slot[s->aw] & NET_NOMATCH_BIT) != 0) == e->nomatch;
+}
+
+bool ips_set_test_key(const ips_set *s, const uint32_t *a, uint8_t proto, uint16_t port, const uint32_t *b) {
+    const unsigned aw = s->aw;
+    if (s->type == IPS_HASH_NET) {
+        if (!s->index_fresh)
+            return net_lookup_by_probes(s, a);
+        uint8_t hit;
+        if (aw == 1) {
+            netindex_test4(&s->index, 1, a, &hit);
+        } else {
+            uint8_t bytes[16];
+            for (unsigned w = 0; w < 4; w++)
+                store_be32(bytes + 4 * w, a[w]);
+            netindex_test6(&s->index, 1, bytes, &hit);
+        }
+        return hit != 0;
+    }
+    uint32_t k[IPS_MAX_WORDS];
+    for (unsigned w = 0; w < aw; w++)
+        k[w] = a[w];
+    if (s->type != IPS_HASH_IP)
+        k[aw] = (uint32_t)proto << 16 | port;
+    if (s->type == IPS_HASH_IP_PORT_IP)
+        for (unsigned w = 0; w < aw; w++)
+            k[aw + 1 + w] = b[w];
+    return tbl_contains(&s->table, k, s->table.W);
 }
 
 void ips_set_clear(ips_set *s) {

@@ -1,0 +1,105 @@
+/*
+ * The rule evaluator: runs a RuleProgram (chains of rules over set matches,
+ * with iptables semantics) over batches of NEW connections, so the userspace
+ * verifier decides exactly as the kernel's rules do.
+ *
+ * Semantics (those of iptables, for the matches and targets a RuleProgram uses):
+ *   - A packet starts in the entry chain with mark 0 and walks its rules in
+ *     order; a rule applies when all its matches hold.
+ *   - ACCEPT / DROP end the walk with that verdict. JUMP enters another chain;
+ *     RETURN, or the end of a chain, goes back to the rule after the jump. The
+ *     end (or a RETURN) of the entry chain is ACCEPT, the policy of the
+ *     built-in chains the program hangs from. MARK sets the mark to
+ *     (mark & ~mask) | value and goes on. NFLOG logs and goes on.
+ *   - Conntrack state: every evaluated flow is NEW.
+ *   - Set matches take their key from the packet as `--match-set NAME dims`
+ *     does: src / dst (hash:ip, hash:net), dst,dst (hash:ip,port: destination
+ *     address and port), src,dst,dst (hash:ip,port,ip).
+ *
+ * The program borrows its sets: they must outlive it and must not change
+ * while a batch runs; call ips_set_prepare() on each after its last change.
+ */
+#ifndef PYIPSET_EVALUATOR_H
+#define PYIPSET_EVALUATOR_H
+
+#include "pyipset/ipset_core.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef enum ips_match_kind {
+    IPS_MATCH_SET = 0,
+    IPS_MATCH_PROTO = 1,   /* value: IP protocol number */
+    IPS_MATCH_DPORT = 2,   /* value..value2 inclusive */
+    IPS_MATCH_MARK = 3,    /* (mark & value2) == value */
+    IPS_MATCH_STATE = 4,   /* value: bit mask of IPS_STATE_*; flows are NEW */
+} ips_match_kind;
+
+typedef enum ips_dims {
+    IPS_DIMS_SRC = 0,
+    IPS_DIMS_DST = 1,
+    IPS_DIMS_DST_DPORT = 2,     /* hash:ip,port: dst,dst */
+    IPS_DIMS_SRC_DPORT_DST = 3, /* hash:ip,port,ip: src,dst,dst */
+} ips_dims;
+
+enum { IPS_STATE_NEW = 1, IPS_STATE_ESTABLISHED = 2, IPS_STATE_RELATED = 4, IPS_STATE_INVALID = 8 };
+
+typedef struct ips_match {
+    uint8_t kind;   /* ips_match_kind */
+    uint8_t dims;   /* ips_dims, for IPS_MATCH_SET */
+    uint8_t negate; /* 1: the match holds when the condition does not */
+    uint32_t set;   /* index into the program's sets, for IPS_MATCH_SET */
+    uint32_t value, value2;
+} ips_match;
+
+typedef enum ips_target {
+    IPS_TARGET_ACCEPT = 0,
+    IPS_TARGET_DROP = 1,
+    IPS_TARGET_RETURN = 2,
+    IPS_TARGET_JUMP = 3,
+    IPS_TARGET_MARK = 4,
+    IPS_TARGET_NFLOG = 5,
+} ips_target;
+
+typedef struct ips_rule {
+    uint8_t target;   /* ips_target */
+    uint32_t chain;   /* the chain this rule belongs to */
+    uint32_t jump;    /* IPS_TARGET_JUMP: chain index */
+    uint32_t mark, mark_mask;
+    uint32_t first_match, n_matches; /* a slice of the matches array */
+} ips_rule;
+
+typedef struct ips_program ips_program;
+
+/*
+ * Builds a program. Rules are numbered globally; chain c owns rules
+ * chain_first[c] .. chain_first[c] + chain_len[c] - 1. The arrays are
+ * copied; the sets are borrowed. Checks every index, that each set's type
+ * and family fit its dims and the program's family, and that jumps form no
+ * loop (as iptables does). Returns NULL with IPS_ERR_INVALID and a reason,
+ * or IPS_ERR_NOMEM.
+ */
+ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *sets, size_t n_chains,
+                             const uint32_t *chain_first, const uint32_t *chain_len, size_t n_rules,
+                             const ips_rule *rules, size_t n_matches, const ips_match *matches, uint32_t entry,
+                             ips_status *status, char *why, size_t why_len);
+
+void ips_program_free(ips_program *program);
+
+/*
+ * Evaluates n NEW flows. src/dst: uint32 host-order addresses (inet) or
+ * n*16 bytes (inet6); proto uint8; dport uint16. Writes verdict[i] (1 accept,
+ * 0 drop) and, when rule_out is not NULL, the global index of the rule that
+ * decided (-1: the entry chain ran out, which accepts). When mark_rule_out is
+ * not NULL it also gets the last MARK rule that applied (-1: none): for a
+ * RuleProgram, the policy rule that admitted the flow.
+ */
+void ips_program_eval(const ips_program *program, size_t n, const void *src, const void *dst, const uint8_t *proto,
+                      const uint16_t *dport, uint8_t *verdict, int32_t *rule_out, int32_t *mark_rule_out);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,259 @@
+#include "pyipset/evaluator.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "set_internal.h"
+
+struct ips_program {
+    ips_family family;
+    size_t n_sets, n_chains, n_rules, n_matches;
+    ips_set **sets;
+    uint32_t *chain_first, *chain_len;
+    ips_rule *rules;
+    ips_match *matches;
+    uint32_t entry;
+    unsigned max_depth; /* longest chain of jumps from the entry */
+};
+
+void ips_program_free(ips_program *p) {
+    if (!p)
+        return;
+    free(p->sets);
+    free(p->chain_first);
+    free(p->chain_len);
+    free(p->rules);
+    free(p->matches);
+    free(p);
+}
+
+/* Refuses the program: the reason into `why`, the status, nothing kept. */
+#define REFUSE(st, ...)                                                                                      \
+    do {                                                                                                     \
+        if (why && why_len)                                                                                  \
+            snprintf(why, why_len, __VA_ARGS__);                                                             \
+        if (status)                                                                                          \
+            *status = (st);                                                                                  \
+        ips_program_free(p);                                                                                 \
+        return NULL;                                                                                         \
+    } while (0)
+
+#define MAX_JUMP_DEPTH 64
+
+static void *dup_array(const void *src, size_t n, size_t size) {
+    void *p = malloc(n ? n * size : 1);
+    if (p && n)
+        memcpy(p, src, n * size);
+    return p;
+}
+
+static bool dims_fit(ips_type type, uint8_t dims) {
+    switch (type) {
+    case IPS_HASH_IP:
+    case IPS_HASH_NET: return dims == IPS_DIMS_SRC || dims == IPS_DIMS_DST;
+    case IPS_HASH_IP_PORT: return dims == IPS_DIMS_DST_DPORT;
+    case IPS_HASH_IP_PORT_IP: return dims == IPS_DIMS_SRC_DPORT_DST;
+    }
+    return false;
+}
+
+/* Depth of jumps below chain c; UINT32_MAX marks a loop. */
+static unsigned depth_from(const ips_program *p, uint32_t c, uint8_t *state, unsigned *memo) {
+    if (state[c] == 1)
+        return UINT32_MAX; /* on the current path: a loop */
+    if (state[c] == 2)
+        return memo[c];
+    state[c] = 1;
+    unsigned deepest = 0;
+    for (uint32_t r = p->chain_first[c]; r < p->chain_first[c] + p->chain_len[c]; r++) {
+        if (p->rules[r].target != IPS_TARGET_JUMP)
+            continue;
+        unsigned d = depth_from(p, p->rules[r].jump, state, memo);
+        if (d == UINT32_MAX)
+            return UINT32_MAX;
+        if (d + 1 > deepest)
+            deepest = d + 1;
+    }
+    state[c] = 2;
+    memo[c] = deepest;
+    return deepest;
+}
+
+ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *sets, size_t n_chains,
+                             const uint32_t *chain_first, const uint32_t *chain_len, size_t n_rules,
+                             const ips_rule *rules, size_t n_matches, const ips_match *matches, uint32_t entry,
+                             ips_status *status, char *why, size_t why_len) {
+    ips_program *p = calloc(1, sizeof *p);
+    if (!p)
+        REFUSE(IPS_ERR_NOMEM, "out of memory");
+    p->family = family;
+    p->n_sets = n_sets;
+    p->n_chains = n_chains;
+    p->n_rules = n_rules;
+    p->n_matches = n_matches;
+    p->entry = entry;
+    p->sets = dup_array(sets, n_sets, sizeof *sets);
+    p->chain_first = dup_array(chain_first, n_chains, sizeof *chain_first);
+    p->chain_len = dup_array(chain_len, n_chains, sizeof *chain_len);
+    p->rules = dup_array(rules, n_rules, sizeof *rules);
+    p->matches = dup_array(matches, n_matches, sizeof *matches);
+    if (!p->sets || !p->chain_first || !p->chain_len || !p->rules || !p->matches)
+        REFUSE(IPS_ERR_NOMEM, "out of memory");
+    if (entry >= n_chains)
+        REFUSE(IPS_ERR_INVALID, "entry chain %u of %zu chains", entry, n_chains);
+    for (size_t c = 0; c < n_chains; c++)
+        if ((size_t)chain_first[c] + chain_len[c] > n_rules)
+            REFUSE(IPS_ERR_INVALID, "chain %zu runs past the %zu rules", c, n_rules);
+    for (size_t i = 0; i < n_sets; i++)
+        if (!sets[i] || ips_set_family(sets[i]) != family)
+            REFUSE(IPS_ERR_INVALID, "set %zu is missing or of another family", i);
+    for (size_t r = 0; r < n_rules; r++) {
+        const ips_rule *rule = &rules[r];
+        if (rule->target > IPS_TARGET_NFLOG)
+            REFUSE(IPS_ERR_INVALID, "rule %zu: unknown target %u", r, rule->target);
+        if (rule->target == IPS_TARGET_JUMP && rule->jump >= n_chains)
+            REFUSE(IPS_ERR_INVALID, "rule %zu jumps to chain %u, which does not exist", r, rule->jump);
+        if ((size_t)rule->first_match + rule->n_matches > n_matches)
+            REFUSE(IPS_ERR_INVALID, "rule %zu: matches past the %zu given", r, n_matches);
+        for (uint32_t m = rule->first_match; m < rule->first_match + rule->n_matches; m++) {
+            const ips_match *match = &matches[m];
+            if (match->kind > IPS_MATCH_STATE)
+                REFUSE(IPS_ERR_INVALID, "rule %zu: unknown match kind %u", r, match->kind);
+            if (match->kind == IPS_MATCH_SET &&
+                (match->set >= n_sets || !dims_fit(ips_set_type(sets[match->set]), match->dims)))
+                REFUSE(IPS_ERR_INVALID, "rule %zu: set %u is missing or its type does not fit the match dimensions",
+                       r, match->set);
+        }
+    }
+    uint8_t *state = calloc(n_chains ? n_chains : 1, 1);
+    unsigned *memo = calloc(n_chains ? n_chains : 1, sizeof *memo);
+    if (!state || !memo) {
+        free(state);
+        free(memo);
+        REFUSE(IPS_ERR_NOMEM, "out of memory");
+    }
+    unsigned depth = depth_from(p, entry, state, memo);
+    free(state);
+    free(memo);
+    if (depth == UINT32_MAX)
+        REFUSE(IPS_ERR_INVALID, "the jumps from chain %u form a loop", entry);
+    if (depth >= MAX_JUMP_DEPTH)
+        REFUSE(IPS_ERR_INVALID, "jumps nest %u deep; at most %d", depth, MAX_JUMP_DEPTH - 1);
+    p->max_depth = depth;
+    if (status)
+        *status = IPS_OK;
+    return p;
+}
+
+typedef struct flow {
+    uint32_t src[4], dst[4];
+    uint8_t proto;
+    uint16_t dport;
+} flow;
+
+static bool match_holds(const ips_program *p, const ips_match *m, const flow *f, uint32_t mark) {
+    bool hit;
+    switch (m->kind) {
+    case IPS_MATCH_SET: {
+        const ips_set *s = p->sets[m->set];
+        switch (m->dims) {
+        case IPS_DIMS_SRC: hit = ips_set_test_key(s, f->src, 0, 0, NULL); break;
+        case IPS_DIMS_DST: hit = ips_set_test_key(s, f->dst, 0, 0, NULL); break;
+        case IPS_DIMS_DST_DPORT: hit = ips_set_test_key(s, f->dst, f->proto, f->dport, NULL); break;
+        default: hit = ips_set_test_key(s, f->src, f->proto, f->dport, f->dst); break;
+        }
+        break;
+    }
+    case IPS_MATCH_PROTO: hit = f->proto == m->value; break;
+    case IPS_MATCH_DPORT: hit = f->dport >= m->value && f->dport <= m->value2; break;
+    case IPS_MATCH_MARK: hit = (mark & m->value2) == m->value; break;
+    default: hit = (m->value & IPS_STATE_NEW) != 0; break;
+    }
+    return hit != (m->negate != 0);
+}
+
+static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided, int32_t *marked) {
+    uint32_t stack_chain[MAX_JUMP_DEPTH], stack_pc[MAX_JUMP_DEPTH];
+    unsigned depth = 0;
+    uint32_t chain = p->entry, pc = 0, mark = 0;
+    *marked = -1;
+    for (;;) {
+        if (pc >= p->chain_len[chain]) {
+            if (depth == 0) {
+                *decided = -1;
+                return 1;
+            }
+            depth--;
+            chain = stack_chain[depth];
+            pc = stack_pc[depth];
+            continue;
+        }
+        uint32_t r = p->chain_first[chain] + pc;
+        const ips_rule *rule = &p->rules[r];
+        pc++;
+        bool all = true;
+        for (uint32_t m = 0; m < rule->n_matches && all; m++)
+            all = match_holds(p, &p->matches[rule->first_match + m], f, mark);
+        if (!all)
+            continue;
+        switch (rule->target) {
+        case IPS_TARGET_ACCEPT:
+            *decided = (int32_t)r;
+            return 1;
+        case IPS_TARGET_DROP:
+            *decided = (int32_t)r;
+            return 0;
+        case IPS_TARGET_RETURN:
+            if (depth == 0) {
+                *decided = (int32_t)r;
+                return 1;
+            }
+            depth--;
+            chain = stack_chain[depth];
+            pc = stack_pc[depth];
+            break;
+        case IPS_TARGET_JUMP:
+            stack_chain[depth] = chain;
+            stack_pc[depth] = pc;
+            depth++;
+            chain = rule->jump;
+            pc = 0;
+            break;
+        case IPS_TARGET_MARK:
+            mark = (mark & ~rule->mark_mask) | rule->mark;
+            if (rule->mark)
+                *marked = (int32_t)r;
+            break;
+        default: /* NFLOG: logs and goes on */
+            break;
+        }
+    }
+}
+
+static void load_words(ips_family family, const void *col, size_t i, uint32_t *w) {
+    if (family == IPS_INET) {
+        w[0] = ((const uint32_t *)col)[i];
+        return;
+    }
+    const uint8_t *b = (const uint8_t *)col + i * 16;
+    for (unsigned k = 0; k < 4; k++)
+        w[k] = (uint32_t)b[4 * k] << 24 | (uint32_t)b[4 * k + 1] << 16 | (uint32_t)b[4 * k + 2] << 8 | b[4 * k + 3];
+}
+
+void ips_program_eval(const ips_program *p, size_t n, const void *src, const void *dst, const uint8_t *proto,
+                      const uint16_t *dport, uint8_t *verdict, int32_t *rule_out, int32_t *mark_rule_out) {
+    for (size_t i = 0; i < n; i++) {
+        flow f;
+        load_words(p->family, src, i, f.src);
+        load_words(p->family, dst, i, f.dst);
+        f.proto = proto[i];
+        f.dport = dport[i];
+        int32_t decided, marked;
+        verdict[i] = eval_one(p, &f, &decided, &marked);
+        if (rule_out)
+            rule_out[i] = decided;
+        if (mark_rule_out)
+            mark_rule_out[i] = marked;
+    }
+}

@@ -1,0 +1,242 @@
+"""NetworkPolicy to RuleProgram, one address family at a time.
+
+Layout (weave-npc's, with a mark carrying each direction's verdict):
+
+  PYIPSET                      entry, for every forwarded packet
+    RELATED,ESTABLISHED -> ACCEPT      (only NEW connections are judged)
+    clear the two marks
+    -> PYIPSET-EGRESS                  sets MARK_EGRESS_OK if the source may send
+    no egress mark  -> NFLOG "pyipset egress denied", DROP
+    -> PYIPSET-INGRESS                 sets MARK_INGRESS_OK if the destination may receive
+    no ingress mark -> NFLOG "pyipset ingress denied", DROP
+    ACCEPT
+
+  PYIPSET-EGRESS (PYIPSET-INGRESS mirrors it with src and dst swapped)
+    src not in the egress-isolated set  -> MARK ok      (default allow: ONE set lookup)
+    marked -> RETURN
+    for each policy with Egress: src in its pod set -> PYIPSET-E-<policy>; marked -> RETURN
+
+  PYIPSET-E-<policy>: one MARK rule per (rule, peer, port) of the policy, or
+  one per rule when the rule is flattened (below).
+
+Cost per NEW connection: a pod that no policy isolates costs one set lookup
+per direction, whatever the number of pods or policies. An isolated pod costs
+one lookup per policy of that direction in the cluster (to find the policies
+that select it) plus the rules of the policies that do select it; every
+lookup is a hash probe, so nothing grows with the number of pods.
+
+Sets are shared by canonical key: a selector used by ten policies is one set.
+
+Flattening: a rule whose peers are pod/namespace selectors and whose ports are
+single numbers can be expressed as one hash:ip,port,ip set of (source, port,
+destination) triples instead of a peer-set match plus protocol and port
+matches. That is one lookup instead of three matches, paid for with
+|peers| x |targets| x |ports| members and with member churn on every pod
+change on either side. We flatten when that product is at most
+FLATTEN_LIMIT (1,024) members, and keep the pair of sets otherwise.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Optional
+
+from ..model.objects import PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
+from .program import (ENTRY_CHAIN, MARK_EGRESS_OK, MARK_INGRESS_OK, MARK_MASK, NFLOG_GROUP, Match, Rule,
+                      RuleProgram, SetDef)
+
+FLATTEN_LIMIT = 1024
+PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
+
+
+def _digest(key: str, n: int) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:n]
+
+
+class _Sets:
+    """Named sets by canonical key, for one program."""
+
+    def __init__(self, program: RuleProgram):
+        self.program = program
+
+    def get(self, code: str, key_parts: tuple, set_type: str, members, comment: str) -> str:
+        key = json.dumps([code, self.program.family, *key_parts], separators=(",", ":"), sort_keys=True)
+        name = f"pyi-{code}-{_digest(key, 16)}"
+        if name not in self.program.sets:
+            self.program.sets[name] = SetDef(name, set_type, self.program.family, tuple(sorted(set(members))), key,
+                                             comment)
+        return name
+
+
+class _Compiler:
+    def __init__(self, cluster: Cluster, family: str, flatten_limit: int):
+        self.cluster = cluster
+        self.version = 4 if family == "inet" else 6
+        self.program = RuleProgram(family)
+        self.sets = _Sets(self.program)
+        self.flatten_limit = flatten_limit
+
+    # ---- membership ----
+
+    def ips(self, pod: Pod) -> list:
+        return [ip for ip in pod.ips if ip.version == self.version]
+
+    def selected_pods(self, policy: NetworkPolicy) -> list:
+        return [p for p in self.cluster.pods
+                if p.namespace == policy.namespace and policy.pod_selector.matches(p.labels)]
+
+    def peer_pods(self, policy: NetworkPolicy, peer: Peer) -> list:
+        out = []
+        for p in self.cluster.pods:
+            if peer.namespace_selector is None:
+                ns_ok = p.namespace == policy.namespace
+            else:
+                ns = self.cluster.namespaces.get(p.namespace)
+                ns_ok = ns is not None and peer.namespace_selector.matches(ns.labels)
+            if ns_ok and (peer.pod_selector is None or peer.pod_selector.matches(p.labels)):
+                out.append(p)
+        return out
+
+    def pod_set(self, code: str, key_parts: tuple, pods: list, comment: str) -> str:
+        return self.sets.get(code, key_parts, "hash:ip", [str(ip) for p in pods for ip in self.ips(p)], comment)
+
+    def target_set(self, policy: NetworkPolicy) -> str:
+        return self.pod_set("P", ("pods", policy.namespace, policy.pod_selector.canonical()),
+                            self.selected_pods(policy),
+                            f"pods of {policy.namespace} matching {policy.pod_selector.describe()}")
+
+    def peer_match(self, policy: NetworkPolicy, peer: Peer, dim: str) -> Optional[Match]:
+        """The set match for one peer, or None if the peer cannot match in this family."""
+        if peer.ip_block is not None:
+            block = peer.ip_block
+            if block.cidr.version != self.version:
+                return None
+            members = [str(block.cidr)] + [f"{e} nomatch" for e in block.excepts]
+            name = self.sets.get("B", ("block", str(block.cidr), sorted(map(str, block.excepts))), "hash:net",
+                                 members, f"ipBlock {block.describe()}")
+            return Match("set", name=name, dims=dim)
+        if peer.namespace_selector is None:
+            parts, code = ("pods", policy.namespace, peer.pod_selector.canonical()), "P"
+            comment = f"pods of {policy.namespace} matching {peer.pod_selector.describe()}"
+        elif peer.pod_selector is None:
+            parts, code = ("namespaces", peer.namespace_selector.canonical()), "N"
+            comment = f"pods of namespaces matching {peer.namespace_selector.describe()}"
+        else:
+            parts, code = ("nspods", peer.namespace_selector.canonical(), peer.pod_selector.canonical()), "Q"
+            comment = (f"pods matching {peer.pod_selector.describe()} in namespaces matching "
+                       f"{peer.namespace_selector.describe()}")
+        return Match("set", name=self.pod_set(code, parts, self.peer_pods(policy, peer), comment), dims=dim)
+
+    def port_matches(self, spec: PortSpec) -> tuple:
+        proto = PROTOCOL_NUMBERS[spec.protocol]
+        if spec.port is None:
+            return (Match("proto", value=proto),)
+        if isinstance(spec.port, str):
+            members = []
+            for p in self.cluster.pods:
+                number = p.named_port(spec.port, spec.protocol)
+                if number is not None:
+                    members += [f"{ip},{PROTO_NAMES[proto]}:{number}" for ip in self.ips(p)]
+            name = self.sets.get("T", ("namedport", spec.protocol, spec.port), "hash:ip,port", members,
+                                 f"pods' {spec.protocol} port named {spec.port}")
+            return (Match("proto", value=proto), Match("set", name=name, dims="dst,dst"))
+        return (Match("proto", value=proto), Match("dport", value=spec.port, value2=spec.end_port or spec.port))
+
+    # ---- chains ----
+
+    def flattened(self, policy: NetworkPolicy, index: int, rule: PolicyRule, direction: str) -> Optional[Match]:
+        if rule.peers is None or rule.ports is None:
+            return None
+        if any(p.ip_block is not None for p in rule.peers):
+            return None
+        if any(not isinstance(s.port, int) or s.end_port is not None for s in rule.ports):
+            return None
+        targets = [ip for p in self.selected_pods(policy) for ip in self.ips(p)]
+        peers = sorted({ip for peer in rule.peers for p in self.peer_pods(policy, peer) for ip in self.ips(p)})
+        ports = sorted({(PROTOCOL_NUMBERS[s.protocol], s.port) for s in rule.ports})
+        if len(targets) * len(peers) * len(ports) > self.flatten_limit:
+            return None
+        members = []
+        for t in targets:
+            for q in peers:
+                src, dst = (t, q) if direction == "egress" else (q, t)
+                members += [f"{src},{PROTO_NAMES[proto]}:{port},{dst}" for proto, port in ports]
+        name = self.sets.get("F", ("flat", policy.key, direction, index), "hash:ip,port,ip", members,
+                             f"{policy.key} {direction}[{index}] as (source, port, destination)")
+        self.program.notes.append(f"{policy.key} {direction}[{index}]: flattened into {name} "
+                                  f"({len(members)} members)")
+        return Match("set", name=name, dims="src,dst,dst")
+
+    def policy_chain(self, policy: NetworkPolicy, direction: str, ok_mark: int) -> list:
+        peer_dim = "dst" if direction == "egress" else "src"
+        rules = []
+        for index, rule in enumerate(policy.egress if direction == "egress" else policy.ingress):
+            origin = f"{policy.key} {direction}[{index}]"
+            flat = self.flattened(policy, index, rule, direction)
+            if flat is not None:
+                rules.append(Rule((flat,), "MARK", mark=ok_mark, origin=origin))
+                continue
+            if rule.peers is None:
+                peer_options = [()]
+            else:
+                peer_options = [(m,) for m in (self.peer_match(policy, p, peer_dim) for p in rule.peers) if m]
+                if not peer_options:
+                    continue  # every peer is of the other family: nothing to allow here
+            port_options = [()] if rule.ports is None else [self.port_matches(s) for s in rule.ports]
+            for peer_m in peer_options:
+                for port_m in port_options:
+                    rules.append(Rule(peer_m + port_m, "MARK", mark=ok_mark, origin=origin))
+        return rules
+
+    def direction_chain(self, direction: str) -> str:
+        kind = "Egress" if direction == "egress" else "Ingress"
+        ok = MARK_EGRESS_OK if direction == "egress" else MARK_INGRESS_OK
+        own_dim = "src" if direction == "egress" else "dst"
+        chain = f"PYIPSET-{direction.upper()}"
+        policies = sorted((p for p in self.cluster.policies if kind in p.policy_types), key=lambda p: p.key)
+        isolated = {p.key: p for pol in policies for p in self.selected_pods(pol)}
+        iso = self.pod_set("I", ("isolated", direction), list(isolated.values()),
+                           f"pods isolated for {direction}")
+        marked = Match("mark", value=ok, value2=ok)
+        rules = [Rule((Match("set", name=iso, dims=own_dim, negate=True),), "MARK", mark=ok,
+                      origin=f"default: pods no policy isolates for {direction}"),
+                 Rule((marked,), "RETURN", origin=f"default: pods no policy isolates for {direction}")]
+        for policy in policies:
+            sub = f"PYIPSET-{direction[0].upper()}-{_digest(policy.key + direction, 10)}"
+            self.program.chains[sub] = self.policy_chain(policy, direction, ok)
+            rules.append(Rule((Match("set", name=self.target_set(policy), dims=own_dim),), "JUMP", jump=sub,
+                              origin=f"{policy.key} selects the {'source' if direction == 'egress' else 'destination'}"))
+            rules.append(Rule((marked,), "RETURN", origin=f"{policy.key} allowed it"))
+        self.program.chains[chain] = rules
+        return chain
+
+    def compile(self) -> RuleProgram:
+        prog = self.program
+        prog.chains[ENTRY_CHAIN] = []  # first in render order; filled below
+        egress = self.direction_chain("egress")
+        ingress = self.direction_chain("ingress")
+        no_egress = Match("mark", value=MARK_EGRESS_OK, value2=MARK_EGRESS_OK, negate=True)
+        no_ingress = Match("mark", value=MARK_INGRESS_OK, value2=MARK_INGRESS_OK, negate=True)
+        prog.chains[ENTRY_CHAIN] = [
+            Rule((Match("state", states=("RELATED", "ESTABLISHED")),), "ACCEPT",
+                 origin="established connections were judged when they opened"),
+            Rule((), "MARK", mark=0, mark_mask=MARK_MASK, origin="start every NEW connection unjudged"),
+            Rule((), "JUMP", jump=egress, origin="judge the source's egress"),
+            Rule((no_egress,), "NFLOG", log_prefix="pyipset egress denied", log_group=NFLOG_GROUP,
+                 origin="log connections egress policy denies"),
+            Rule((no_egress,), "DROP", origin="no egress rule allows it"),
+            Rule((), "JUMP", jump=ingress, origin="judge the destination's ingress"),
+            Rule((no_ingress,), "NFLOG", log_prefix="pyipset ingress denied", log_group=NFLOG_GROUP,
+                 origin="log connections ingress policy denies"),
+            Rule((no_ingress,), "DROP", origin="no ingress rule allows it"),
+            Rule((), "ACCEPT", origin="egress and ingress allow it"),
+        ]
+        return prog
+
+
+def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT) -> RuleProgram:
+    """The RuleProgram enforcing every policy of the cluster for one family."""
+    if family not in ("inet", "inet6"):
+        raise ValueError(f"unknown family {family!r} (expected inet or inet6)")
+    return _Compiler(cluster, family, flatten_limit).compile()

@@ -1,0 +1,90 @@
+"""RuleProgram: the one plain-data form of enforcement. Named sets of kernel
+set types and ordered chains of rules, with the semantics of iptables over
+ipset matches. The kernel renderer turns it into `ipset restore` and
+`iptables-restore` input; the native evaluator runs it over batches of flows.
+Nothing else decides a verdict."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+# Packet marks the chains use to carry "egress allowed" and "ingress allowed"
+# from the direction chains back to the entry chain.
+MARK_EGRESS_OK = 0x10000
+MARK_INGRESS_OK = 0x20000
+MARK_MASK = MARK_EGRESS_OK | MARK_INGRESS_OK
+
+ENTRY_CHAIN = "PYIPSET"
+NFLOG_GROUP = 86
+
+TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "MARK", "NFLOG")
+
+
+@dataclass(frozen=True)
+class SetDef:
+    name: str  # at most 31 characters (the kernel's limit)
+    type: str  # hash:ip, hash:ip,port, hash:ip,port,ip, hash:net
+    family: str  # inet or inet6
+    members: tuple  # entries in ipset syntax ("CIDR nomatch" for hash:net exceptions)
+    key: str  # canonical key: equal keys are one set
+    comment: str = ""  # what the set holds, for people
+
+
+@dataclass(frozen=True)
+class Match:
+    """One condition of a rule.
+
+    kind "set":   the flow is in set `name`; `dims` says which packet fields
+                  make the key, as in iptables' `--match-set NAME src,dst`:
+                  "src" / "dst" (hash:ip, hash:net), "dst,dst" (hash:ip,port:
+                  destination address and port), "src,dst,dst" (hash:ip,port,ip:
+                  source, destination port, destination).
+    kind "proto": the IP protocol number equals `value`.
+    kind "dport": the destination port is within value..value2.
+    kind "mark":  (mark & value2) == value.
+    kind "state": conntrack state among `states` (the evaluator sees NEW flows).
+    `negate` inverts the match.
+    """
+
+    kind: str
+    name: str = ""
+    dims: str = ""
+    value: int = 0
+    value2: int = 0
+    states: tuple = ()
+    negate: bool = False
+
+
+@dataclass(frozen=True)
+class Rule:
+    matches: tuple  # Match, all must hold
+    target: str  # one of TARGETS
+    jump: str = ""  # JUMP: the chain
+    mark: int = 0  # MARK: bits set (--or-mark) ...
+    mark_mask: int = 0  # ... after clearing these (--and-mark ~mask); both: --set-xmark
+    log_prefix: str = ""  # NFLOG: prefix ...
+    log_group: int = 0  # ... and netlink group
+    origin: str = ""  # the policy rule it came from ("ns/name ingress[0]") or why it exists
+
+    @property
+    def policy(self) -> Optional[str]:
+        return self.origin.split(" ")[0] if "/" in self.origin.split(" ")[0] else None
+
+
+@dataclass
+class RuleProgram:
+    family: str
+    sets: dict = field(default_factory=dict)  # name -> SetDef
+    chains: dict = field(default_factory=dict)  # name -> list[Rule]; insertion order is render order
+    entry: str = ENTRY_CHAIN
+    notes: list = field(default_factory=list)  # compile-time decisions worth telling (e.g. flattening)
+
+    def rules(self):
+        """(chain, index, rule) in a stable order: the global rule numbering."""
+        for chain, rules in self.chains.items():
+            for i, rule in enumerate(rules):
+                yield chain, i, rule
+
+    def rule_count(self) -> int:
+        return sum(len(r) for r in self.chains.values())

@@ -1,0 +1,134 @@
+"""RuleProgram in the native evaluator (csrc/src/evaluator.c): the same chains
+and sets the kernel gets, judged for batches of NEW flows, and the matrix of a
+cluster computed from them."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import _core
+from ..compile.compiler import compile_cluster
+from ..compile.program import Rule, RuleProgram
+from ..model.objects import PROTOCOL_NUMBERS, Cluster
+from ..sets import IPSet
+from .reference import connection_addresses
+
+_TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5}
+_MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4}
+_DIMS = {"src": 0, "dst": 1, "dst,dst": 2, "src,dst,dst": 3}
+_STATES = {"NEW": 1, "ESTABLISHED": 2, "RELATED": 4, "INVALID": 8}
+
+
+def build_set(setdef) -> IPSet:
+    s = IPSet(setdef.type, setdef.family, name=setdef.name)
+    for member in setdef.members:
+        entry, _, flag = member.partition(" ")
+        s.add(entry, nomatch=flag == "nomatch")
+    return s
+
+
+@dataclass
+class Evaluation:
+    allowed: np.ndarray  # bool
+    rule: np.ndarray  # int32: global index of the deciding rule, -1 when the entry chain ran out
+    mark_rule: np.ndarray  # int32: the last MARK rule that applied (the admitting policy rule), or -1
+
+
+class NativeProgram:
+    """A RuleProgram loaded into the evaluator, with its sets built natively."""
+
+    def __init__(self, program: RuleProgram):
+        self.program = program
+        self.sets = {name: build_set(d) for name, d in program.sets.items()}
+        set_index = {name: i for i, name in enumerate(self.sets)}
+        chain_index = {name: i for i, name in enumerate(program.chains)}
+        self.rules: list[tuple[str, int, Rule]] = []
+        chain_first, chain_len, rules, matches = [], [], [], []
+        for chain, chain_rules in program.chains.items():
+            chain_first.append(len(rules))
+            chain_len.append(len(chain_rules))
+            for i, rule in enumerate(chain_rules):
+                first = len(matches)
+                for m in rule.matches:
+                    if m.kind == "set":
+                        matches.append((0, _DIMS[m.dims], m.negate, set_index[m.name], 0, 0))
+                    elif m.kind == "state":
+                        matches.append((4, 0, m.negate, 0, sum(_STATES[s] for s in m.states), 0))
+                    else:
+                        matches.append((_MATCH_KINDS[m.kind], 0, m.negate, 0, m.value, m.value2))
+                jump = chain_index[rule.jump] if rule.target == "JUMP" else 0
+                rules.append((_TARGETS[rule.target], chain_index[chain], jump, rule.mark, rule.mark_mask, first,
+                              len(rule.matches)))
+                self.rules.append((chain, i, rule))
+        self.native = _core.Program(program.family, list(self.sets.values()), chain_first, chain_len, rules,
+                                    matches, chain_index[program.entry])
+
+    def evaluate(self, src: np.ndarray, dst: np.ndarray, proto: np.ndarray, dport: np.ndarray) -> Evaluation:
+        allowed, rule, mark_rule = self.native.evaluate(src, dst, proto, dport)
+        return Evaluation(allowed, rule, mark_rule)
+
+    def rule(self, index: int):
+        """(chain, position, Rule) of a global rule index."""
+        return self.rules[index]
+
+
+def address_column(ips: list, version: int) -> np.ndarray:
+    if version == 4:
+        return np.fromiter((int(ip) for ip in ips), dtype=np.uint32, count=len(ips))
+    return np.frombuffer(b"".join(ip.packed for ip in ips), dtype=np.uint8).reshape(-1, 16).copy()
+
+
+class ClusterEvaluator:
+    """Both families' programs for a cluster, and the matrix from them."""
+
+    def __init__(self, cluster: Cluster):
+        self.cluster = cluster
+        self.programs = {}
+        for version, family in ((4, "inet"), (6, "inet6")):
+            if any(ip.version == version for p in cluster.pods for ip in p.ips):
+                self.programs[version] = NativeProgram(compile_cluster(cluster, family))
+
+    def program_for(self, version: int) -> NativeProgram:
+        if version not in self.programs:
+            family = "inet" if version == 4 else "inet6"
+            self.programs[version] = NativeProgram(compile_cluster(self.cluster, family))
+        return self.programs[version]
+
+    def judge(self, src: ipaddress._BaseAddress, dst: ipaddress._BaseAddress, protocol: str, port: int) -> bool:
+        program = self.program_for(src.version)
+        ev = program.evaluate(address_column([src], src.version), address_column([dst], dst.version),
+                              np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16))
+        return bool(ev.allowed[0])
+
+    def matrix(self, protocol: str, port: int) -> tuple[list, list]:
+        pods = self.cluster.sorted_pods()
+        n = len(pods)
+        allowed = np.zeros((n, n), dtype=bool)
+        by_version = {4: ([], [], []), 6: ([], [], [])}
+        for i, src in enumerate(pods):
+            for j, dst in enumerate(pods):
+                if i == j:
+                    allowed[i, j] = True  # a pod's traffic to itself never leaves the pod
+                    continue
+                addrs = connection_addresses(src, dst)
+                if addrs is None:
+                    continue  # no common address family: no connection
+                cells, s, d = by_version[addrs[0].version]
+                cells.append(i * n + j)
+                s.append(addrs[0])
+                d.append(addrs[1])
+        for version, (cells, s, d) in by_version.items():
+            if not cells:
+                continue
+            ev = self.program_for(version).evaluate(
+                address_column(s, version), address_column(d, version),
+                np.full(len(cells), PROTOCOL_NUMBERS[protocol], np.uint8), np.full(len(cells), port, np.uint16))
+            allowed.flat[np.array(cells)] = ev.allowed
+        return pods, allowed.tolist()
+
+
+def matrix(cluster: Cluster, protocol: str, port: int) -> tuple[list, list]:
+    return ClusterEvaluator(cluster).matrix(protocol, port)
