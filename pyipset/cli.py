@@ -13,7 +13,9 @@ import sys
 from . import demo
 from .model import load
 from .model.objects import PROTOCOLS, Cluster
-from .verify import reference
+from .compile.compiler import compile_cluster
+from .kernel.render import render_ipset, render_iptables
+from .verify import native, reference
 
 
 class UsageError(Exception):
@@ -61,6 +63,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json", "text"], default="text")
     p.set_defaults(run=run_explain)
 
+    p = sub.add_parser("compile", help="print the ipset and iptables-restore input the kernel backend would load")
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+                   help="manifest file or directory (repeatable)")
+    p.add_argument("--family", choices=["inet", "inet6", "auto"], default="auto",
+                   help="address family (auto: every family the pods use; inet when there are none)")
+    p.set_defaults(run=run_compile)
+
     p = sub.add_parser("demo", help="build and exercise the native sets on the built-in three-tier example")
     p.add_argument("--members", type=int, default=100_000,
                    help="members for the batch throughput check (default 100000)")
@@ -94,12 +103,31 @@ def render_table(pods, allowed) -> str:
 
 def run_matrix(args) -> int:
     cluster = _load(args)
-    pods, allowed = reference.matrix(cluster, args.protocol, args.port)
+    pods, allowed = native.matrix(cluster, args.protocol, args.port)
     if args.output == "json":
         print(json.dumps(matrix_json(args.protocol, args.port, pods, allowed)))
     else:
         print(f"{args.protocol} port {args.port}, {len(pods)} pods")
         print(render_table(pods, allowed) if pods else "(no pods)")
+    return 1 if cluster.rejections else 0
+
+
+def run_compile(args) -> int:
+    cluster = _load(args)
+    if args.family == "auto":
+        versions = sorted({ip.version for p in cluster.pods for ip in p.ips}) or [4]
+        families = ["inet" if v == 4 else "inet6" for v in versions]
+    else:
+        families = [args.family]
+    for family in families:
+        program = compile_cluster(cluster, family)
+        tool = "iptables-restore" if family == "inet" else "ip6tables-restore"
+        print(f"# ipset restore input ({family}): {len(program.sets)} sets")
+        print(render_ipset(program), end="")
+        print(f"# {tool} --noflush input ({family}): {len(program.chains)} chains, {program.rule_count()} rules")
+        for note in program.notes:
+            print(f"# {note}")
+        print(render_iptables(program), end="")
     return 1 if cluster.rejections else 0
 
 

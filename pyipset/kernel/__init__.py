@@ -1,0 +1,1 @@
+"""The kernel backend: RuleProgram to ipset and iptables."""

@@ -1,0 +1,96 @@
+"""RuleProgram to kernel text: `ipset restore` input and `iptables-restore
+--noflush` input. One function each; what they print is what the kernel
+backend loads."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+
+from ..compile.program import Match, Rule, RuleProgram, SetDef
+
+PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
+COMMENT_MAX = 255  # xt_comment's limit (XT_MAX_COMMENT_LEN - 1)
+
+
+def kernel_members(setdef: SetDef) -> list:
+    """Members as the kernel can hold them: hash:net cannot hold a /0, so a /0
+    becomes its two halves (/1 each), which match exactly the same addresses."""
+    if setdef.type != "hash:net":
+        return list(setdef.members)
+    out = []
+    for member in setdef.members:
+        entry, _, flag = member.partition(" ")
+        net = ipaddress.ip_network(entry)
+        if net.prefixlen == 0:
+            out += [f"{half}{' ' + flag if flag else ''}" for half in net.subnets(prefixlen_diff=1)]
+        else:
+            out.append(member)
+    return out
+
+
+def render_ipset(program: RuleProgram) -> str:
+    lines = []
+    for setdef in program.sets.values():
+        members = kernel_members(setdef)
+        hashsize = 1024
+        while hashsize * 4 < len(members):
+            hashsize *= 2
+        maxelem = max(65536, 2 * len(members))
+        lines.append(f"create {setdef.name} {setdef.type} family {setdef.family} hashsize {hashsize} "
+                     f"maxelem {maxelem}")
+        lines += [f"add {setdef.name} {m}" for m in members]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _quote(text: str) -> str:
+    clean = re.sub(r"[^A-Za-z0-9 _./:,\[\]()=+-]", "_", text)[:COMMENT_MAX]
+    return f'"{clean}"'
+
+
+def _match_args(m: Match) -> list:
+    neg = ["!"] if m.negate else []
+    if m.kind == "set":
+        return ["-m", "set", *neg, "--match-set", m.name, m.dims]
+    if m.kind == "proto":
+        return [*neg, "-p", PROTO_NAMES.get(m.value, str(m.value))]
+    if m.kind == "dport":
+        ports = str(m.value) if m.value == m.value2 else f"{m.value}:{m.value2}"
+        return ["-m", "multiport", *neg, "--dports", ports]
+    if m.kind == "mark":
+        return ["-m", "mark", *neg, "--mark", f"{m.value:#x}/{m.value2:#x}"]
+    if m.kind == "state":
+        return ["-m", "conntrack", *neg, "--ctstate", ",".join(m.states)]
+    raise ValueError(f"cannot render match kind {m.kind!r}")
+
+
+def _target_args(rule: Rule) -> list:
+    if rule.target == "JUMP":
+        return ["-j", rule.jump]
+    if rule.target == "MARK":
+        if rule.mark_mask:
+            return ["-j", "MARK", "--set-xmark", f"{rule.mark:#x}/{rule.mark_mask:#x}"]
+        return ["-j", "MARK", "--or-mark", f"{rule.mark:#x}"]
+    if rule.target == "NFLOG":
+        return ["-j", "NFLOG", "--nflog-group", str(rule.log_group), "--nflog-prefix", _quote(rule.log_prefix[:63])]
+    return ["-j", rule.target]
+
+
+def render_rule(chain: str, rule: Rule) -> str:
+    args = ["-A", chain]
+    for m in rule.matches:
+        args += _match_args(m)
+    if rule.origin:
+        args += ["-m", "comment", "--comment", _quote(rule.origin)]
+    return " ".join(args + _target_args(rule))
+
+
+def render_iptables(program: RuleProgram) -> str:
+    """Declares (and so empties) every chain of the program and fills it, in one
+    transaction. Built-in chains and other tables are left alone (--noflush)."""
+    lines = ["*filter"]
+    lines += [f":{chain} - [0:0]" for chain in program.chains]
+    for chain, rules in program.chains.items():
+        lines += [render_rule(chain, rule) for rule in rules]
+    lines.append("COMMIT")
+    return "\n".join(lines) + "\n"
