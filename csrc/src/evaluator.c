@@ -67,13 +67,15 @@ static unsigned depth_from(const ips_program *p, uint32_t c, uint8_t *state, uns
     state[c] = 1;
     unsigned deepest = 0;
     for (uint32_t r = p->chain_first[c]; r < p->chain_first[c] + p->chain_len[c]; r++) {
-        if (p->rules[r].target != IPS_TARGET_JUMP)
+        uint8_t target = p->rules[r].target;
+        if (target != IPS_TARGET_JUMP && target != IPS_TARGET_GOTO)
             continue;
         unsigned d = depth_from(p, p->rules[r].jump, state, memo);
         if (d == UINT32_MAX)
             return UINT32_MAX;
-        if (d + 1 > deepest)
-            deepest = d + 1;
+        d += target == IPS_TARGET_JUMP; /* a GOTO keeps the stack as it is */
+        if (d > deepest)
+            deepest = d;
     }
     state[c] = 2;
     memo[c] = deepest;
@@ -110,9 +112,9 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
             REFUSE(IPS_ERR_INVALID, "set %zu is missing or of another family", i);
     for (size_t r = 0; r < n_rules; r++) {
         const ips_rule *rule = &rules[r];
-        if (rule->target > IPS_TARGET_NFLOG)
+        if (rule->target > IPS_TARGET_GOTO)
             REFUSE(IPS_ERR_INVALID, "rule %zu: unknown target %u", r, rule->target);
-        if (rule->target == IPS_TARGET_JUMP && rule->jump >= n_chains)
+        if ((rule->target == IPS_TARGET_JUMP || rule->target == IPS_TARGET_GOTO) && rule->jump >= n_chains)
             REFUSE(IPS_ERR_INVALID, "rule %zu jumps to chain %u, which does not exist", r, rule->jump);
         if ((size_t)rule->first_match + rule->n_matches > n_matches)
             REFUSE(IPS_ERR_INVALID, "rule %zu: matches past the %zu given", r, n_matches);
@@ -217,6 +219,10 @@ static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided, i
             stack_chain[depth] = chain;
             stack_pc[depth] = pc;
             depth++;
+            chain = rule->jump;
+            pc = 0;
+            break;
+        case IPS_TARGET_GOTO:
             chain = rule->jump;
             pc = 0;
             break;

@@ -1,6 +1,7 @@
 """NetworkPolicy to RuleProgram, one address family at a time.
 
-Layout (weave-npc's, with a mark carrying each direction's verdict):
+Layout (weave-npc's, with a mark carrying each direction's verdict, and a
+search tree instead of a list of policies):
 
   PYIPSET                      entry, for every forwarded packet
     RELATED,ESTABLISHED -> ACCEPT      (only NEW connections are judged)
@@ -14,16 +15,24 @@ Layout (weave-npc's, with a mark carrying each direction's verdict):
   PYIPSET-EGRESS (PYIPSET-INGRESS mirrors it with src and dst swapped)
     src not in the egress-isolated set  -> MARK ok      (default allow: ONE set lookup)
     marked -> RETURN
-    for each policy with Egress: src in its pod set -> PYIPSET-E-<policy>; marked -> RETURN
+    -> the group tree
+
+  Pods selected by exactly the same egress policies form a group. The group
+  tree halves the sorted list of groups at each level: a chain holds
+  "src in the set of the left half's pods -> GOTO left" and "GOTO right", so
+  finding the group takes log2(groups) set lookups. A leaf chain jumps to the
+  chains of its group's policies in turn, returning as soon as one marks.
 
   PYIPSET-E-<policy>: one MARK rule per (rule, peer, port) of the policy, or
   one per rule when the rule is flattened (below).
 
-Cost per NEW connection: a pod that no policy isolates costs one set lookup
-per direction, whatever the number of pods or policies. An isolated pod costs
-one lookup per policy of that direction in the cluster (to find the policies
-that select it) plus the rules of the policies that do select it; every
-lookup is a hash probe, so nothing grows with the number of pods.
+Cost per NEW connection, per direction: a pod that no policy isolates costs
+one set lookup, whatever the number of pods or policies. An isolated pod costs
+1 + ceil(log2(G)) set lookups, G being the number of distinct groups (at most
+the number of pods, usually near the number of distinct pod selectors), plus
+the rules of the policies that select it. Every lookup is a hash probe, so
+nothing grows with the number of pods; the growth with the number of
+policies is logarithmic, plus the rules of the policies that apply.
 
 Sets are shared by canonical key: a selector used by ten policies is one set.
 
@@ -55,7 +64,8 @@ def _digest(key: str, n: int) -> str:
 
 
 class _Sets:
-    """Named sets by canonical key, for one program."""
+    """Named sets by canonical key, for one program. Members are computed only
+    the first time a key is asked for."""
 
     def __init__(self, program: RuleProgram):
         self.program = program
@@ -64,7 +74,8 @@ class _Sets:
         key = json.dumps([code, self.program.family, *key_parts], separators=(",", ":"), sort_keys=True)
         name = f"pyi-{code}-{_digest(key, 16)}"
         if name not in self.program.sets:
-            self.program.sets[name] = SetDef(name, set_type, self.program.family, tuple(sorted(set(members))), key,
+            values = members() if callable(members) else members
+            self.program.sets[name] = SetDef(name, set_type, self.program.family, tuple(sorted(set(values))), key,
                                              comment)
         return name
 
@@ -76,35 +87,46 @@ class _Compiler:
         self.program = RuleProgram(family)
         self.sets = _Sets(self.program)
         self.flatten_limit = flatten_limit
+        self.pods_by_namespace: dict = {}
+        for p in cluster.pods:
+            self.pods_by_namespace.setdefault(p.namespace, []).append(p)
+        self._selected: dict = {}
+        self._namespaces: dict = {}
 
-    # ---- membership ----
+    # ---- membership (memoized: many policies share selectors) ----
 
     def ips(self, pod: Pod) -> list:
         return [ip for ip in pod.ips if ip.version == self.version]
 
+    def pods_matching(self, namespace: str, selector) -> list:
+        key = (namespace, selector.canonical())
+        if key not in self._selected:
+            self._selected[key] = [p for p in self.pods_by_namespace.get(namespace, ())
+                                   if selector.matches(p.labels)]
+        return self._selected[key]
+
+    def namespaces_matching(self, selector) -> list:
+        key = selector.canonical()
+        if key not in self._namespaces:
+            self._namespaces[key] = sorted(n for n, ns in self.cluster.namespaces.items()
+                                           if selector.matches(ns.labels))
+        return self._namespaces[key]
+
     def selected_pods(self, policy: NetworkPolicy) -> list:
-        return [p for p in self.cluster.pods
-                if p.namespace == policy.namespace and policy.pod_selector.matches(p.labels)]
+        return self.pods_matching(policy.namespace, policy.pod_selector)
 
     def peer_pods(self, policy: NetworkPolicy, peer: Peer) -> list:
-        out = []
-        for p in self.cluster.pods:
-            if peer.namespace_selector is None:
-                ns_ok = p.namespace == policy.namespace
-            else:
-                ns = self.cluster.namespaces.get(p.namespace)
-                ns_ok = ns is not None and peer.namespace_selector.matches(ns.labels)
-            if ns_ok and (peer.pod_selector is None or peer.pod_selector.matches(p.labels)):
-                out.append(p)
-        return out
+        namespaces = ([policy.namespace] if peer.namespace_selector is None
+                      else self.namespaces_matching(peer.namespace_selector))
+        if peer.pod_selector is None:
+            return [p for n in namespaces for p in self.pods_by_namespace.get(n, ())]
+        return [p for n in namespaces for p in self.pods_matching(n, peer.pod_selector)]
 
-    def pod_set(self, code: str, key_parts: tuple, pods: list, comment: str) -> str:
-        return self.sets.get(code, key_parts, "hash:ip", [str(ip) for p in pods for ip in self.ips(p)], comment)
-
-    def target_set(self, policy: NetworkPolicy) -> str:
-        return self.pod_set("P", ("pods", policy.namespace, policy.pod_selector.canonical()),
-                            self.selected_pods(policy),
-                            f"pods of {policy.namespace} matching {policy.pod_selector.describe()}")
+    def pod_set(self, code: str, key_parts: tuple, pods, comment: str) -> str:
+        """A hash:ip set of the pods' addresses; pods may be a callable (computed on first use)."""
+        return self.sets.get(code, key_parts, "hash:ip",
+                             lambda: [str(ip) for p in (pods() if callable(pods) else pods) for ip in self.ips(p)],
+                             comment)
 
     def peer_match(self, policy: NetworkPolicy, peer: Peer, dim: str) -> Optional[Match]:
         """The set match for one peer, or None if the peer cannot match in this family."""
@@ -126,20 +148,22 @@ class _Compiler:
             parts, code = ("nspods", peer.namespace_selector.canonical(), peer.pod_selector.canonical()), "Q"
             comment = (f"pods matching {peer.pod_selector.describe()} in namespaces matching "
                        f"{peer.namespace_selector.describe()}")
-        return Match("set", name=self.pod_set(code, parts, self.peer_pods(policy, peer), comment), dims=dim)
+        return Match("set", name=self.pod_set(code, parts, lambda: self.peer_pods(policy, peer), comment), dims=dim)
 
     def port_matches(self, spec: PortSpec) -> tuple:
         proto = PROTOCOL_NUMBERS[spec.protocol]
         if spec.port is None:
             return (Match("proto", value=proto),)
         if isinstance(spec.port, str):
-            members = []
-            for p in self.cluster.pods:
-                number = p.named_port(spec.port, spec.protocol)
-                if number is not None:
-                    members += [f"{ip},{PROTO_NAMES[proto]}:{number}" for ip in self.ips(p)]
+            def members():
+                out = []
+                for p in self.cluster.pods:
+                    number = p.named_port(spec.port, spec.protocol)
+                    if number is not None:
+                        out += [f"{ip},{PROTO_NAMES[proto]}:{number}" for ip in self.ips(p)]
+                return out
             name = self.sets.get("T", ("namedport", spec.protocol, spec.port), "hash:ip,port", members,
-                                 f"pods' {spec.protocol} port named {spec.port}")
+                                 f"TCP/UDP/SCTP port named {spec.port} ({spec.protocol}) of every pod")
             return (Match("proto", value=proto), Match("set", name=name, dims="dst,dst"))
         return (Match("proto", value=proto), Match("dport", value=spec.port, value2=spec.end_port or spec.port))
 
@@ -189,25 +213,63 @@ class _Compiler:
                     rules.append(Rule(peer_m + port_m, "MARK", mark=ok_mark, origin=origin))
         return rules
 
+    def group_tree(self, direction: str, keys: list, by_group: dict, policy_chains: dict, ok: int) -> str:
+        """The chain that finds the pod's group among `keys` (sorted tuples of the
+        policies selecting a pod) by halving: one set lookup per level."""
+        d = direction[0].upper()
+        own_dim = "src" if direction == "egress" else "dst"
+        marked = Match("mark", value=ok, value2=ok)
+        if len(keys) == 1:
+            name = f"PYIPSET-{d}-G{_digest(json.dumps(keys[0]), 9)}"
+            rules = []
+            for policy in keys[0]:
+                rules.append(Rule((), "JUMP", jump=policy_chains[policy],
+                                  origin=f"{policy} selects the {'source' if direction == 'egress' else 'destination'}"))
+                rules.append(Rule((marked,), "RETURN", origin=f"{policy} allowed it"))
+            self.program.chains[name] = rules
+            return name
+        mid = len(keys) // 2
+        left = self.group_tree(direction, keys[:mid], by_group, policy_chains, ok)
+        right = self.group_tree(direction, keys[mid:], by_group, policy_chains, ok)
+        left_set = self.pod_set("G", ("groups", direction, [list(k) for k in keys[:mid]]),
+                                lambda: [p for k in keys[:mid] for p in by_group[k]],
+                                f"pods selected by one of {mid} groups of {direction} policies")
+        name = f"PYIPSET-{d}-T{_digest(json.dumps(keys), 9)}"
+        self.program.chains[name] = [
+            Rule((Match("set", name=left_set, dims=own_dim),), "GOTO", jump=left, origin="policy group search"),
+            Rule((), "GOTO", jump=right, origin="policy group search"),
+        ]
+        return name
+
     def direction_chain(self, direction: str) -> str:
+        """Default allow in one lookup; otherwise find the pod's policy group in a
+        binary tree of sets, then run the rules of the policies that select it."""
         kind = "Egress" if direction == "egress" else "Ingress"
         ok = MARK_EGRESS_OK if direction == "egress" else MARK_INGRESS_OK
         own_dim = "src" if direction == "egress" else "dst"
         chain = f"PYIPSET-{direction.upper()}"
+        self.program.chains[chain] = []  # declared before its sub-chains
         policies = sorted((p for p in self.cluster.policies if kind in p.policy_types), key=lambda p: p.key)
-        isolated = {p.key: p for pol in policies for p in self.selected_pods(pol)}
-        iso = self.pod_set("I", ("isolated", direction), list(isolated.values()),
+        policy_chains = {}
+        selecting: dict = {}  # pod key -> (pod, [policy keys])
+        for policy in policies:
+            sub = f"PYIPSET-{direction[0].upper()}-{_digest(policy.key + direction, 10)}"
+            self.program.chains[sub] = self.policy_chain(policy, direction, ok)
+            policy_chains[policy.key] = sub
+            for pod in self.selected_pods(policy):
+                selecting.setdefault(pod.key, (pod, []))[1].append(policy.key)
+        by_group: dict = {}
+        for pod, keys in selecting.values():
+            by_group.setdefault(tuple(keys), []).append(pod)
+        iso = self.pod_set("I", ("isolated", direction), [pod for pod, _ in selecting.values()],
                            f"pods isolated for {direction}")
         marked = Match("mark", value=ok, value2=ok)
         rules = [Rule((Match("set", name=iso, dims=own_dim, negate=True),), "MARK", mark=ok,
                       origin=f"default: pods no policy isolates for {direction}"),
                  Rule((marked,), "RETURN", origin=f"default: pods no policy isolates for {direction}")]
-        for policy in policies:
-            sub = f"PYIPSET-{direction[0].upper()}-{_digest(policy.key + direction, 10)}"
-            self.program.chains[sub] = self.policy_chain(policy, direction, ok)
-            rules.append(Rule((Match("set", name=self.target_set(policy), dims=own_dim),), "JUMP", jump=sub,
-                              origin=f"{policy.key} selects the {'source' if direction == 'egress' else 'destination'}"))
-            rules.append(Rule((marked,), "RETURN", origin=f"{policy.key} allowed it"))
+        if by_group:
+            root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok)
+            rules.append(Rule((), "JUMP", jump=root, origin=f"the policies that isolate it for {direction}"))
         self.program.chains[chain] = rules
         return chain
 

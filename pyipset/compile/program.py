@@ -18,7 +18,7 @@ MARK_MASK = MARK_EGRESS_OK | MARK_INGRESS_OK
 ENTRY_CHAIN = "PYIPSET"
 NFLOG_GROUP = 86
 
-TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "MARK", "NFLOG")
+TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "NFLOG")
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,7 @@ class Match:
 class Rule:
     matches: tuple  # Match, all must hold
     target: str  # one of TARGETS
-    jump: str = ""  # JUMP: the chain
+    jump: str = ""  # JUMP (returns here) or GOTO (returns to our caller): the chain
     mark: int = 0  # MARK: bits set (--or-mark) ...
     mark_mask: int = 0  # ... after clearing these (--and-mark ~mask); both: --set-xmark
     log_prefix: str = ""  # NFLOG: prefix ...

@@ -67,6 +67,8 @@ def _match_args(m: Match) -> list:
 def _target_args(rule: Rule) -> list:
     if rule.target == "JUMP":
         return ["-j", rule.jump]
+    if rule.target == "GOTO":
+        return ["-g", rule.jump]
     if rule.target == "MARK":
         if rule.mark_mask:
             return ["-j", "MARK", "--set-xmark", f"{rule.mark:#x}/{rule.mark_mask:#x}"]

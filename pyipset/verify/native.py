@@ -16,7 +16,7 @@ from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
 from .reference import connection_addresses
 
-_TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5}
+_TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5, "GOTO": 6}
 _MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4}
 _DIMS = {"src": 0, "dst": 1, "dst,dst": 2, "src,dst,dst": 3}
 _STATES = {"NEW": 1, "ESTABLISHED": 2, "RELATED": 4, "INVALID": 8}
@@ -59,7 +59,7 @@ class NativeProgram:
                         matches.append((4, 0, m.negate, 0, sum(_STATES[s] for s in m.states), 0))
                     else:
                         matches.append((_MATCH_KINDS[m.kind], 0, m.negate, 0, m.value, m.value2))
-                jump = chain_index[rule.jump] if rule.target == "JUMP" else 0
+                jump = chain_index[rule.jump] if rule.target in ("JUMP", "GOTO") else 0
                 rules.append((_TARGETS[rule.target], chain_index[chain], jump, rule.mark, rule.mark_mask, first,
                               len(rule.matches)))
                 self.rules.append((chain, i, rule))

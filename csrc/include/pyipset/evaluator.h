@@ -60,12 +60,13 @@ typedef enum ips_target {
     IPS_TARGET_JUMP = 3,
     IPS_TARGET_MARK = 4,
     IPS_TARGET_NFLOG = 5,
+    IPS_TARGET_GOTO = 6, /* like JUMP, but the chain returns to our caller */
 } ips_target;
 
 typedef struct ips_rule {
     uint8_t target;   /* ips_target */
     uint32_t chain;   /* the chain this rule belongs to */
-    uint32_t jump;    /* IPS_TARGET_JUMP: chain index */
+    uint32_t jump;    /* IPS_TARGET_JUMP, IPS_TARGET_GOTO: chain index */
     uint32_t mark, mark_mask;
     uint32_t first_match, n_matches; /* a slice of the matches array */
 } ips_rule;

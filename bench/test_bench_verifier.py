@@ -1,0 +1,44 @@
+"""The verifier: compile time, native evaluator throughput, and the full
+matrix, on synthetic clusters of fixed shape (bench/synthetic.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pyipset.compile.compiler import compile_cluster
+from pyipset.verify import native
+from synthetic import cluster
+
+
+@pytest.mark.parametrize("n_pods,n_policies", [(1_000, 100), (10_000, 1_000)])
+def test_compile(benchmark, n_pods, n_policies):
+    c = cluster(n_pods, n_policies)
+    benchmark.group = "compile a cluster to a RuleProgram"
+    benchmark.extra_info.update(ops=1, pods=n_pods, policies=n_policies)
+    program = benchmark.pedantic(compile_cluster, args=(c, "inet"), rounds=3, iterations=1)
+    benchmark.extra_info.update(sets=len(program.sets), rules=program.rule_count())
+
+
+@pytest.mark.parametrize("n_pods,n_policies", [(1_000, 100), (1_000, 1_000), (10_000, 100), (10_000, 1_000)])
+def test_evaluator_throughput(benchmark, n_pods, n_policies):
+    c = cluster(n_pods, n_policies)
+    program = native.NativeProgram(compile_cluster(c, "inet"))
+    rng = np.random.default_rng(5)
+    n = 200_000
+    ips = np.array([int(p.ips[0]) for p in c.pods], dtype=np.uint32)
+    src, dst = rng.choice(ips, n), rng.choice(ips, n)
+    proto = np.full(n, 6, np.uint8)
+    port = rng.choice(np.array([80, 8003, 443], np.uint16), n)
+    benchmark.group = "native evaluator, random pod-to-pod NEW flows"
+    benchmark.extra_info.update(ops=n, pods=n_pods, policies=n_policies)
+    result = benchmark(program.evaluate, src, dst, proto, port)
+    benchmark.extra_info["allowed_fraction"] = float(result.allowed.mean())
+
+
+def test_matrix_1000_pods(benchmark):
+    c = cluster(1_000, 100)
+    benchmark.group = "matrix end to end from loaded manifests (compile + evaluate)"
+    benchmark.extra_info.update(ops=1, pods=1_000, policies=100, flows=1_000_000)
+    pods, allowed = benchmark.pedantic(native.matrix, args=(c, "TCP", 80), rounds=3, iterations=1)
+    assert len(pods) == 1_000
