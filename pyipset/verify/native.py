@@ -14,7 +14,6 @@ from ..compile.compiler import compile_cluster
 from ..compile.program import Rule, RuleProgram
 from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
-from .reference import connection_addresses
 
 _TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5, "GOTO": 6}
 _MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4}
@@ -104,29 +103,28 @@ class ClusterEvaluator:
         return bool(ev.allowed[0])
 
     def matrix(self, protocol: str, port: int) -> tuple[list, list]:
+        """All ordered pod pairs: each uses the first address family both pods have
+        (IPv4 before IPv6); a pod reaches itself; pairs with no common family cannot connect."""
         pods = self.cluster.sorted_pods()
         n = len(pods)
         allowed = np.zeros((n, n), dtype=bool)
-        by_version = {4: ([], [], []), 6: ([], [], [])}
-        for i, src in enumerate(pods):
-            for j, dst in enumerate(pods):
-                if i == j:
-                    allowed[i, j] = True  # a pod's traffic to itself never leaves the pod
-                    continue
-                addrs = connection_addresses(src, dst)
-                if addrs is None:
-                    continue  # no common address family: no connection
-                cells, s, d = by_version[addrs[0].version]
-                cells.append(i * n + j)
-                s.append(addrs[0])
-                d.append(addrs[1])
-        for version, (cells, s, d) in by_version.items():
-            if not cells:
+        undecided = ~np.eye(n, dtype=bool)
+        for version in (4, 6):
+            firsts = [next((ip for ip in p.ips if ip.version == version), None) for p in pods]
+            has = np.array([ip is not None for ip in firsts])
+            pairs = undecided & has[:, None] & has[None, :]
+            if not pairs.any():
                 continue
+            src_idx, dst_idx = np.nonzero(pairs)
+            column = address_column([ip for ip in firsts if ip is not None], version)
+            position = np.cumsum(has) - 1  # pod index -> row of `column`
             ev = self.program_for(version).evaluate(
-                address_column(s, version), address_column(d, version),
-                np.full(len(cells), PROTOCOL_NUMBERS[protocol], np.uint8), np.full(len(cells), port, np.uint16))
-            allowed.flat[np.array(cells)] = ev.allowed
+                column[position[src_idx]], column[position[dst_idx]],
+                np.full(len(src_idx), PROTOCOL_NUMBERS[protocol], np.uint8),
+                np.full(len(src_idx), port, np.uint16))
+            allowed[src_idx, dst_idx] = ev.allowed
+            undecided &= ~pairs
+        np.fill_diagonal(allowed, True)  # a pod's traffic to itself never leaves the pod
         return pods, allowed.tolist()
 
 
