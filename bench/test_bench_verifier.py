@@ -20,8 +20,9 @@ def test_compile(benchmark, n_pods, n_policies):
     benchmark.extra_info.update(sets=len(program.sets), rules=program.rule_count())
 
 
+@pytest.mark.parametrize("threads", [1, 0], ids=["1-thread", "all-cores"])
 @pytest.mark.parametrize("n_pods,n_policies", [(1_000, 100), (1_000, 1_000), (10_000, 100), (10_000, 1_000)])
-def test_evaluator_throughput(benchmark, n_pods, n_policies):
+def test_evaluator_throughput(benchmark, n_pods, n_policies, threads):
     c = cluster(n_pods, n_policies)
     program = native.NativeProgram(compile_cluster(c, "inet"))
     rng = np.random.default_rng(5)
@@ -32,7 +33,7 @@ def test_evaluator_throughput(benchmark, n_pods, n_policies):
     port = rng.choice(np.array([80, 8003, 443], np.uint16), n)
     benchmark.group = "native evaluator, random pod-to-pod NEW flows"
     benchmark.extra_info.update(ops=n, pods=n_pods, policies=n_policies)
-    result = benchmark(program.evaluate, src, dst, proto, port)
+    result = benchmark(program.evaluate, src, dst, proto, port, threads)
     benchmark.extra_info["allowed_fraction"] = float(result.allowed.mean())
 
 

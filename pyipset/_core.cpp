@@ -460,7 +460,7 @@ class NativeProgram {
     NativeProgram(const NativeProgram &) = delete;
     NativeProgram &operator=(const NativeProgram &) = delete;
 
-    py::tuple evaluate(py::array src, py::array dst, py::array proto, py::array dport) {
+    py::tuple evaluate(py::array src, py::array dst, py::array proto, py::array dport, unsigned threads) {
         const bool v4 = family_ == IPS_INET;
         auto addr = [&](py::array a, const char *what, py::ssize_t n) {
             if (v4)
@@ -482,10 +482,11 @@ class NativeProgram {
             }
             {
                 py::gil_scoped_release nogil;
-                ips_program_eval(program_, static_cast<size_t>(n), s.data(), d.data(),
-                                 static_cast<const uint8_t *>(p.data()), static_cast<const uint16_t *>(o.data()),
-                                 reinterpret_cast<uint8_t *>(verdict.mutable_data()), rule.mutable_data(),
-                                 mark_rule.mutable_data());
+                ips_program_eval_threads(program_, static_cast<size_t>(n), s.data(), d.data(),
+                                         static_cast<const uint8_t *>(p.data()),
+                                         static_cast<const uint16_t *>(o.data()),
+                                         reinterpret_cast<uint8_t *>(verdict.mutable_data()), rule.mutable_data(),
+                                         mark_rule.mutable_data(), threads);
             }
         } catch (...) {
             for (size_t i = 0; i < leased; i++)
@@ -584,9 +585,9 @@ PYBIND11_MODULE(_core, m) {
              "jump, mark, mark_mask, first_match, n_matches), matches (kind, dims, negate, set, value, value2); "
              "see csrc/include/pyipset/evaluator.h.")
         .def("evaluate", &NativeProgram::evaluate, py::arg("src"), py::arg("dst"), py::arg("proto"),
-             py::arg("dport"),
-             "evaluate(src, dst, proto, dport) -> (verdict bool[], deciding rule int32[], last MARK rule int32[]) "
-             "for NEW flows; the GIL is released.");
+             py::arg("dport"), py::arg("threads") = 0,
+             "evaluate(src, dst, proto, dport, threads=0) -> (verdict bool[], deciding rule int32[], last MARK "
+             "rule int32[]) for NEW flows; the GIL is released; threads=0 uses every core for large batches.");
 
     // A Python subclass gets a generic slot that calls __contains__ by name;
     // this puts the direct one back on it (pyipset.sets calls it).

@@ -183,11 +183,12 @@ def run_explain(args) -> int:
             raise UsageError(f"{destination.label} has no IPv{source.ip.version} address")
         destination = reference.Endpoint(other, destination.pod)
     v = reference.judge(cluster, source, destination, args.protocol, args.port)
+    program = None if v.same_pod else _program_verdict(cluster, source, destination, args.protocol, args.port)
     if args.output == "json":
         print(json.dumps({
             "from": source.label, "to": destination.label, "from_ip": str(source.ip), "to_ip": str(destination.ip),
             "protocol": args.protocol, "port": args.port, "allowed": v.allowed, "same_pod": v.same_pod,
-            "egress": _direction_json(v.egress), "ingress": _direction_json(v.ingress)}))
+            "egress": _direction_json(v.egress), "ingress": _direction_json(v.ingress), "program": program}))
     else:
         print(f"{source.label} -> {destination.label} {args.protocol}/{args.port}: "
               f"{'ALLOWED' if v.allowed else 'DENIED'}")
@@ -196,7 +197,35 @@ def run_explain(args) -> int:
         else:
             print(_direction_text("egress", source.label, v.egress))
             print(_direction_text("ingress", destination.label, v.ingress))
+            rule = program["deciding_rule"]
+            print(f"compiled rules: {'ACCEPT' if program['allowed'] else 'DROP'} by {rule['chain']} "
+                  f"rule {rule['index'] + 1} ({rule['origin']})" if rule else
+                  f"compiled rules: {'ACCEPT' if program['allowed'] else 'DROP'} (end of chains)")
+    if program is not None and program["allowed"] != v.allowed:
+        print("pyipset explain: error: the compiled rules and the reference semantics disagree on this "
+              "connection; please report it", file=sys.stderr)
+        return 1
     return 1 if cluster.rejections else 0
+
+
+def _program_verdict(cluster: Cluster, source, destination, protocol: str, port: int) -> dict:
+    """What the compiled RuleProgram decides in the native evaluator, and by which rules."""
+    import numpy as np
+
+    from .model.objects import PROTOCOL_NUMBERS
+    program = native.NativeProgram(compile_cluster(cluster, "inet" if source.ip.version == 4 else "inet6"))
+    ev = program.evaluate(native.address_column([source.ip], source.ip.version),
+                          native.address_column([destination.ip], destination.ip.version),
+                          np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16), threads=1)
+
+    def describe(index: int):
+        if index < 0:
+            return None
+        chain, position, rule = program.rule(int(index))
+        return {"chain": chain, "index": position, "origin": rule.origin}
+
+    return {"allowed": bool(ev.allowed[0]), "deciding_rule": describe(ev.rule[0]),
+            "admitting_rule": describe(ev.mark_rule[0])}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -53,6 +53,12 @@ def test_explain_json_and_text():
     assert v["allowed"] is False
     assert v["ingress"]["isolating_policies"] == ["shop/middle-tier-policy"] and v["ingress"]["admitted_by"] is None
     assert v["egress"]["isolated"] is False
+    assert v["program"]["allowed"] is False and v["program"]["deciding_rule"]["origin"] == "no ingress rule allows it"
+    r = run("explain", "-f", EXAMPLE, "--from", "shop/presentation-0", "--to", "shop/middle-1", "--port", "9",
+            "-o", "json")
+    v = json.loads(r.stdout)
+    assert v["allowed"] is True and v["program"]["allowed"] is True
+    assert v["program"]["admitting_rule"]["origin"] == "shop/middle-tier-policy ingress[0]"
     r = run("explain", "-f", EXAMPLE, "--from", "shop/presentation-2", "--to", "192.0.2.21", "--port", "5432")
     assert r.returncode == 0
     assert "ALLOWED" in r.stdout and "allowed by shop/middle-tier-policy ingress[0]" in r.stdout
@@ -73,3 +79,10 @@ def test_exit_codes_and_errors(tmp_path):
     assert r.returncode == 1
     assert "rejected: " in r.stderr and "NetworkPolicy shop/x: spec.ingress[0].ports[0].port" in r.stderr
     assert len(json.loads(r.stdout)["pods"]) == 9  # the rest still loaded and answered
+
+
+def test_compile_prints_both_scripts():
+    r = run("compile", "-f", EXAMPLE)
+    assert r.returncode == 0, r.stderr
+    assert "# ipset restore input (inet)" in r.stdout and "*filter" in r.stdout and "COMMIT" in r.stdout
+    assert '--comment "shop/presentation-policy ingress[0]"' in r.stdout

@@ -123,3 +123,27 @@ def test_reference_and_native_agree(objs):
                     for src, dst in ((p.key, outside), (outside, p.key)):
                         assert ReferenceEngine.judge(c, src, dst, protocol, port) == \
                             NativeEngine.judge(c, src, dst, protocol, port, native), (src, dst, protocol, port)
+
+
+def test_threads_give_the_same_answers():
+    import sys
+    from pathlib import Path
+    import numpy as np
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+    from synthetic import cluster
+    from pyipset.compile.compiler import compile_cluster
+    from pyipset.verify.native import NativeProgram
+
+    c = cluster(500, 50)
+    program = NativeProgram(compile_cluster(c, "inet"))
+    rng = np.random.default_rng(1)
+    ips = np.array([int(p.ips[0]) for p in c.pods], dtype=np.uint32)
+    n = 100_000
+    src, dst = rng.choice(ips, n), rng.choice(ips, n)
+    proto = rng.choice(np.array([6, 17, 132], np.uint8), n)
+    port = rng.choice(np.array([53, 80, 8001, 9], np.uint16), n)
+    one = program.evaluate(src, dst, proto, port, threads=1)
+    many = program.evaluate(src, dst, proto, port, threads=4)
+    assert (one.allowed == many.allowed).all() and (one.rule == many.rule).all()
+    assert (one.mark_rule == many.mark_rule).all()
+    assert 0 < one.allowed.mean() < 1

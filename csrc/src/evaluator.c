@@ -1,8 +1,10 @@
 #include "pyipset/evaluator.h"
 
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "set_internal.h"
 
@@ -247,9 +249,10 @@ static void load_words(ips_family family, const void *col, size_t i, uint32_t *w
         w[k] = (uint32_t)b[4 * k] << 24 | (uint32_t)b[4 * k + 1] << 16 | (uint32_t)b[4 * k + 2] << 8 | b[4 * k + 3];
 }
 
-void ips_program_eval(const ips_program *p, size_t n, const void *src, const void *dst, const uint8_t *proto,
-                      const uint16_t *dport, uint8_t *verdict, int32_t *rule_out, int32_t *mark_rule_out) {
-    for (size_t i = 0; i < n; i++) {
+static void eval_range(const ips_program *p, size_t from, size_t to, const void *src, const void *dst,
+                       const uint8_t *proto, const uint16_t *dport, uint8_t *verdict, int32_t *rule_out,
+                       int32_t *mark_rule_out) {
+    for (size_t i = from; i < to; i++) {
         flow f;
         load_words(p->family, src, i, f.src);
         load_words(p->family, dst, i, f.dst);
@@ -261,5 +264,64 @@ void ips_program_eval(const ips_program *p, size_t n, const void *src, const voi
             rule_out[i] = decided;
         if (mark_rule_out)
             mark_rule_out[i] = marked;
+    }
+}
+
+typedef struct eval_job {
+    const ips_program *p;
+    size_t from, to;
+    const void *src, *dst;
+    const uint8_t *proto;
+    const uint16_t *dport;
+    uint8_t *verdict;
+    int32_t *rule_out, *mark_rule_out;
+} eval_job;
+
+static void *eval_job_run(void *arg) {
+    eval_job *j = arg;
+    eval_range(j->p, j->from, j->to, j->src, j->dst, j->proto, j->dport, j->verdict, j->rule_out, j->mark_rule_out);
+    return NULL;
+}
+
+/* Below this many flows a batch is not worth a thread. */
+#define EVAL_MIN_PER_THREAD 16384
+#define EVAL_MAX_THREADS 16
+
+void ips_program_eval(const ips_program *p, size_t n, const void *src, const void *dst, const uint8_t *proto,
+                      const uint16_t *dport, uint8_t *verdict, int32_t *rule_out, int32_t *mark_rule_out) {
+    ips_program_eval_threads(p, n, src, dst, proto, dport, verdict, rule_out, mark_rule_out, 1);
+}
+
+void ips_program_eval_threads(const ips_program *p, size_t n, const void *src, const void *dst, const uint8_t *proto,
+                              const uint16_t *dport, uint8_t *verdict, int32_t *rule_out, int32_t *mark_rule_out,
+                              unsigned threads) {
+    if (threads == 0) {
+        long cores = sysconf(_SC_NPROCESSORS_ONLN);
+        threads = cores > 0 ? (unsigned)cores : 1;
+    }
+    if (threads > EVAL_MAX_THREADS)
+        threads = EVAL_MAX_THREADS;
+    if (threads > n / EVAL_MIN_PER_THREAD)
+        threads = (unsigned)(n / EVAL_MIN_PER_THREAD);
+    if (threads <= 1) {
+        eval_range(p, 0, n, src, dst, proto, dport, verdict, rule_out, mark_rule_out);
+        return;
+    }
+    /* The program and its sets are only read: the threads share them. */
+    pthread_t tid[EVAL_MAX_THREADS];
+    eval_job jobs[EVAL_MAX_THREADS];
+    bool started[EVAL_MAX_THREADS] = {false};
+    for (unsigned t = 0; t < threads; t++) {
+        jobs[t] = (eval_job){p, n * t / threads, n * (t + 1) / threads, src, dst, proto, dport, verdict, rule_out,
+                             mark_rule_out};
+        if (t > 0)
+            started[t] = pthread_create(&tid[t], NULL, eval_job_run, &jobs[t]) == 0;
+    }
+    eval_job_run(&jobs[0]);
+    for (unsigned t = 1; t < threads; t++) {
+        if (started[t])
+            pthread_join(tid[t], NULL);
+        else
+            eval_job_run(&jobs[t]); /* no thread to be had: do its share here */
     }
 }

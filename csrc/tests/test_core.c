@@ -3,6 +3,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "pyipset/evaluator.h"
 #include "pyipset/ipset_core.h"
 #include "../src/table.h" /* to build colliding keys for a known seed */
 
@@ -371,6 +372,80 @@ static void test_flooding_reseeds(void) {
     ips_set_free(s);
 }
 
+/* The evaluator's chain semantics on a hand-made program. */
+static void test_evaluator(void) {
+    ips_status st;
+    ips_set *pods = ips_set_new(IPS_HASH_IP, IPS_INET, 3, &st);
+    ips_set *block = ips_set_new(IPS_HASH_NET, IPS_INET, 3, &st);
+    add_text(pods, "192.0.2.1");
+    add_text(block, "198.51.100.0/24");
+    add_text(block, "198.51.100.128/25 nomatch");
+    CHECK(ips_set_prepare(block) == IPS_OK);
+    ips_set *sets[2] = {pods, block};
+    /* chain 0 (entry): [src in pods -> JUMP 1] [mark 1 -> ACCEPT] [src in block -> GOTO 2] [DROP]
+     * chain 1: [tcp dport 80..90 -> MARK 1] [RETURN] [MARK 2 (never reached)]
+     * chain 2: [udp -> ACCEPT]  (falls off: returns past the entry chain: ACCEPT) */
+    ips_match m[] = {
+        {IPS_MATCH_SET, IPS_DIMS_SRC, 0, 0, 0, 0},   /* 0: src in pods */
+        {IPS_MATCH_MARK, 0, 0, 0, 1, 1},             /* 1: mark 1 */
+        {IPS_MATCH_SET, IPS_DIMS_SRC, 0, 1, 0, 0},   /* 2: src in block */
+        {IPS_MATCH_PROTO, 0, 0, 0, 6, 0},            /* 3: tcp */
+        {IPS_MATCH_DPORT, 0, 0, 0, 80, 90},          /* 4: dport 80..90 */
+        {IPS_MATCH_PROTO, 0, 0, 0, 17, 0},           /* 5: udp */
+        {IPS_MATCH_STATE, 0, 0, 0, IPS_STATE_ESTABLISHED, 0}, /* 6: never for NEW flows */
+    };
+    ips_rule r[] = {
+        {IPS_TARGET_ACCEPT, 0, 0, 0, 0, 6, 1},
+        {IPS_TARGET_JUMP, 0, 1, 0, 0, 0, 1},
+        {IPS_TARGET_ACCEPT, 0, 0, 0, 0, 1, 1},
+        {IPS_TARGET_GOTO, 0, 2, 0, 0, 2, 1},
+        {IPS_TARGET_DROP, 0, 0, 0, 0, 0, 0},
+        {IPS_TARGET_MARK, 1, 0, 1, 0, 3, 2},
+        {IPS_TARGET_RETURN, 1, 0, 0, 0, 0, 0},
+        {IPS_TARGET_MARK, 1, 0, 2, 0, 0, 0},
+        {IPS_TARGET_ACCEPT, 2, 0, 0, 0, 5, 1},
+    };
+    uint32_t first[] = {0, 5, 8}, len[] = {5, 3, 1};
+    char why[256];
+    ips_program *p = ips_program_new(IPS_INET, 2, sets, 3, first, len, 9, r, 7, m, 0, &st, why, sizeof why);
+    CHECK(p != NULL);
+    enum { N = 6 };
+    uint32_t src[N] = {0xC0000201u /* pod */, 0xC0000201u, 0xC6336405u /* block */, 0xC6336405u,
+                       0xC6336481u /* nomatch part */, 0xCB007101u /* elsewhere */};
+    uint32_t dst[N] = {0};
+    uint8_t proto[N] = {6, 6, 17, 6, 17, 6};
+    uint16_t port[N] = {85, 91, 1, 1, 1, 85};
+    uint8_t v[N];
+    int32_t rule[N], mark[N];
+    ips_program_eval(p, N, src, dst, proto, port, v, rule, mark);
+    /* pod on tcp/85: marked in chain 1, accepted by rule 2 */
+    CHECK(v[0] == 1 && rule[0] == 2 && mark[0] == 5);
+    /* pod on tcp/91: not marked, not in block: DROP at rule 4 */
+    CHECK(v[1] == 0 && rule[1] == 4 && mark[1] == -1);
+    /* block udp: GOTO 2 accepts */
+    CHECK(v[2] == 1 && rule[2] == 8);
+    /* block tcp: chain 2 falls off, and a GOTO from the entry chain returns past it: the policy, ACCEPT */
+    CHECK(v[3] == 1 && rule[3] == -1);
+    /* nomatch part of the block: DROP */
+    CHECK(v[4] == 0 && rule[4] == 4);
+    CHECK(v[5] == 0);
+    ips_program_free(p);
+
+    /* A loop is refused with a reason, as iptables refuses it. */
+    ips_rule loop[] = {{IPS_TARGET_JUMP, 0, 1, 0, 0, 0, 0}, {IPS_TARGET_JUMP, 1, 0, 0, 0, 0, 0}};
+    uint32_t lf[] = {0, 1}, ll[] = {1, 1};
+    p = ips_program_new(IPS_INET, 0, NULL, 2, lf, ll, 2, loop, 0, NULL, 0, &st, why, sizeof why);
+    CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "loop"));
+    /* A set match whose dims do not fit the set type is refused. */
+    ips_match bad = {IPS_MATCH_SET, IPS_DIMS_DST_DPORT, 0, 0, 0, 0};
+    ips_rule one = {IPS_TARGET_ACCEPT, 0, 0, 0, 0, 0, 1};
+    uint32_t f0 = 0, l1 = 1;
+    p = ips_program_new(IPS_INET, 2, sets, 1, &f0, &l1, 1, &one, 1, &bad, 0, &st, why, sizeof why);
+    CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "does not fit"));
+    ips_set_free(pods);
+    ips_set_free(block);
+}
+
 int main(void) {
     test_parse_format();
     test_zero_and_extremes();
@@ -379,6 +454,7 @@ int main(void) {
     test_batch_matches_single();
     test_net_index_random();
     test_flooding_reseeds();
+    test_evaluator();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);
         return 1;

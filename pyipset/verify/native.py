@@ -65,8 +65,10 @@ class NativeProgram:
         self.native = _core.Program(program.family, list(self.sets.values()), chain_first, chain_len, rules,
                                     matches, chain_index[program.entry])
 
-    def evaluate(self, src: np.ndarray, dst: np.ndarray, proto: np.ndarray, dport: np.ndarray) -> Evaluation:
-        allowed, rule, mark_rule = self.native.evaluate(src, dst, proto, dport)
+    def evaluate(self, src: np.ndarray, dst: np.ndarray, proto: np.ndarray, dport: np.ndarray,
+                 threads: int = 0) -> Evaluation:
+        """threads=0: one thread per core for large batches; 1: this thread only."""
+        allowed, rule, mark_rule = self.native.evaluate(src, dst, proto, dport, threads)
         return Evaluation(allowed, rule, mark_rule)
 
     def rule(self, index: int):
