@@ -80,6 +80,19 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
         ratios = [b["extra_info"]["bytes_per_member"] / b["extra_info"]["raw_key_bytes"] for b in builds
                   if "raw_key_bytes" in b["extra_info"]]
         target("memory: <= 3x the raw key per member", max(ratios) <= 3, f"worst {max(ratios):.2f}x")
+    compiles = {b["name"]: b for b in benches if b["group"].startswith("compile")}
+    big = next((b for n, b in compiles.items() if "10000-1000" in n), None)
+    if big:
+        target("compile 10k pods, 1,000 policies: < 1 s", ns_per_op(big) < 1e9, f"{ns_per_op(big) / 1e6:.0f} ms")
+    mat = next((b for b in benches if b["group"].startswith("matrix end to end")), None)
+    if mat:
+        target("matrix 1,000 x 1,000 pods, 100 policies: < 0.5 s", ns_per_op(mat) < 5e8,
+               f"{ns_per_op(mat) / 1e6:.0f} ms")
+    ev = {b["name"]: ns_per_op(b) for b in benches if b["group"].startswith("native evaluator")}
+    for name, ns in ev.items():
+        if "1000-100-" in name:
+            mode = "all cores" if "all-cores" in name else "one thread"
+            target(f"evaluator 1k pods, 100 policies, {mode}: >= 10M flows/s", ns <= 100, f"{1e3 / ns:.1f}M/s")
     singles = [ns_per_op(b) for b in benches if b["group"].startswith("single")]
     if singles:
         target("single `entry in s` (str): <= 250 ns", max(singles) <= 250, f"worst {max(singles):.0f} ns")
