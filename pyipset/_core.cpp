@@ -60,6 +60,33 @@ size_t column_count(ips_type t) {
 
 std::string py_repr(py::handle h) { return py::repr(h).cast<std::string>(); }
 
+// Checks one batch column: a numpy array of exactly this dtype, C-contiguous,
+// with the expected shape. No conversion, so no copy.
+py::array column(py::handle obj, const std::string &what, char kind, size_t itemsize, int ndim, py::ssize_t inner,
+                 py::ssize_t n) {
+    const char *want_dtype = kind == 'u' ? (itemsize == 1 ? "uint8" : itemsize == 2 ? "uint16" : "uint32") : "?";
+    std::string shape_desc = ndim == 1 ? "1-D" : "(N, " + std::to_string(inner) + ")";
+    if (!py::isinstance<py::array>(obj))
+        throw py::type_error(what + " must be a numpy.ndarray of " + want_dtype + " with shape " + shape_desc +
+                             ", not " + Py_TYPE(obj.ptr())->tp_name);
+    py::array a = py::reinterpret_borrow<py::array>(obj);
+    py::dtype dt = a.dtype();
+    bool native = dt.byteorder() == '=' || dt.byteorder() == '|' || (dt.byteorder() == '<' && PY_LITTLE_ENDIAN);
+    if (dt.kind() != kind || static_cast<size_t>(dt.itemsize()) != itemsize || !native)
+        throw py::type_error(what + " must have dtype " + want_dtype + ", not " +
+                             py::str(py::handle(reinterpret_cast<PyObject *>(dt.ptr()))).cast<std::string>() +
+                             " (convert with .astype(numpy." + want_dtype + "))");
+    if (a.ndim() != ndim || (ndim == 2 && a.shape(1) != inner))
+        throw py::value_error(what + " must have shape " + shape_desc + ", not " + py_repr(py::getattr(a, "shape")));
+    if (!(a.flags() & py::array::c_style))
+        throw py::value_error(what + " must be C-contiguous (use numpy.ascontiguousarray)");
+    if (n >= 0 && a.shape(0) != n)
+        throw py::value_error(what + " has " + std::to_string(a.shape(0)) + " rows but the first column has " +
+                              std::to_string(n));
+    return a;
+}
+
+
 class NativeSet {
   public:
     NativeSet(const std::string &type, const std::string &family, uint64_t seed) {
@@ -300,32 +327,6 @@ class NativeSet {
         return r == 1;
     }
 
-    // Checks one column: a numpy array of exactly this dtype, C-contiguous,
-    // with the expected shape. No conversion, so no copy.
-    static py::array column(py::handle obj, const std::string &what, char kind, size_t itemsize, int ndim,
-                            py::ssize_t inner, py::ssize_t n) {
-        const char *want_dtype = kind == 'u' ? (itemsize == 1 ? "uint8" : itemsize == 2 ? "uint16" : "uint32") : "?";
-        std::string shape_desc = ndim == 1 ? "1-D" : "(N, " + std::to_string(inner) + ")";
-        if (!py::isinstance<py::array>(obj))
-            throw py::type_error(what + " must be a numpy.ndarray of " + want_dtype + " with shape " + shape_desc +
-                                 ", not " + Py_TYPE(obj.ptr())->tp_name);
-        py::array a = py::reinterpret_borrow<py::array>(obj);
-        py::dtype dt = a.dtype();
-        bool native = dt.byteorder() == '=' || dt.byteorder() == '|' || (dt.byteorder() == '<' && PY_LITTLE_ENDIAN);
-        if (dt.kind() != kind || static_cast<size_t>(dt.itemsize()) != itemsize || !native)
-            throw py::type_error(what + " must have dtype " + want_dtype + ", not " +
-                                 py::str(py::handle(reinterpret_cast<PyObject *>(dt.ptr()))).cast<std::string>() +
-                                 " (convert with .astype(numpy." + want_dtype + "))");
-        if (a.ndim() != ndim || (ndim == 2 && a.shape(1) != inner))
-            throw py::value_error(what + " must have shape " + shape_desc + ", not " + py_repr(py::getattr(a, "shape")));
-        if (!(a.flags() & py::array::c_style))
-            throw py::value_error(what + " must be C-contiguous (use numpy.ascontiguousarray)");
-        if (n >= 0 && a.shape(0) != n)
-            throw py::value_error(what + " has " + std::to_string(a.shape(0)) + " rows but the first column has " +
-                                  std::to_string(n));
-        return a;
-    }
-
     py::array address_column(py::handle obj, const std::string &what, py::ssize_t n) const {
         if (family() == IPS_INET)
             return column(obj, what + " (IPv4 addresses as uint32 in host order)", 'u', 4, 1, 0, n);
@@ -460,18 +461,18 @@ class NativeProgram {
     NativeProgram(const NativeProgram &) = delete;
     NativeProgram &operator=(const NativeProgram &) = delete;
 
-    py::tuple evaluate(py::array src, py::array dst, py::array proto, py::array dport, unsigned threads) {
+    py::tuple evaluate(py::object src, py::object dst, py::object proto, py::object dport, unsigned threads) {
         const bool v4 = family_ == IPS_INET;
-        auto addr = [&](py::array a, const char *what, py::ssize_t n) {
+        auto addr = [&](py::handle a, const char *what, py::ssize_t n) {
             if (v4)
-                return check_column(a, std::string(what) + " (IPv4 addresses as uint32)", 'u', 4, 1, 0, n);
-            return check_column(a, std::string(what) + " (IPv6 addresses as (N, 16) uint8)", 'u', 1, 2, 16, n);
+                return column(a, std::string(what) + " (IPv4 addresses as uint32 in host order)", 'u', 4, 1, 0, n);
+            return column(a, std::string(what) + " (IPv6 addresses as 16 bytes in network order)", 'u', 1, 2, 16, n);
         };
         py::array s = addr(src, "src", -1);
         py::ssize_t n = s.shape(0);
         py::array d = addr(dst, "dst", n);
-        py::array p = check_column(proto, "proto (uint8)", 'u', 1, 1, 0, n);
-        py::array o = check_column(dport, "dport (uint16)", 'u', 2, 1, 0, n);
+        py::array p = column(proto, "proto (IP protocol numbers)", 'u', 1, 1, 0, n);
+        py::array o = column(dport, "dport", 'u', 2, 1, 0, n);
         py::array_t<bool> verdict(n);
         py::array_t<int32_t> rule(n), mark_rule(n);
         size_t leased = 0;
@@ -499,19 +500,6 @@ class NativeProgram {
     }
 
   private:
-    static py::array check_column(py::array a, const std::string &what, char kind, size_t itemsize, int ndim,
-                                  py::ssize_t inner, py::ssize_t n) {
-        py::dtype dt = a.dtype();
-        if (dt.kind() != kind || static_cast<size_t>(dt.itemsize()) != itemsize)
-            throw py::type_error(what + ": wrong dtype " + py::str(py::handle(reinterpret_cast<PyObject *>(dt.ptr())))
-                                                                .cast<std::string>());
-        if (a.ndim() != ndim || (ndim == 2 && a.shape(1) != inner) || !(a.flags() & py::array::c_style))
-            throw py::value_error(what + ": wrong shape or not C-contiguous");
-        if (n >= 0 && a.shape(0) != n)
-            throw py::value_error(what + ": " + std::to_string(a.shape(0)) + " rows, expected " + std::to_string(n));
-        return a;
-    }
-
     py::list sets_;
     std::vector<NativeSet *> natives_;
     ips_family family_;
