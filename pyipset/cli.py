@@ -10,9 +10,11 @@ import ipaddress
 import json
 import sys
 
+import numpy as np
+
 from . import demo
 from .model import load
-from .model.objects import PROTOCOLS, Cluster
+from .model.objects import PROTOCOL_NUMBERS, PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster
 from .kernel.render import render_ipset, render_iptables
 from .verify import native, reference
@@ -210,9 +212,6 @@ def run_explain(args) -> int:
 
 def _program_verdict(cluster: Cluster, source, destination, protocol: str, port: int) -> dict:
     """What the compiled RuleProgram decides in the native evaluator, and by which rules."""
-    import numpy as np
-
-    from .model.objects import PROTOCOL_NUMBERS
     program = native.NativeProgram(compile_cluster(cluster, "inet" if source.ip.version == 4 else "inet6"))
     ev = program.evaluate(native.address_column([source.ip], source.ip.version),
                           native.address_column([destination.ip], destination.ip.version),

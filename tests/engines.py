@@ -56,4 +56,20 @@ class NativeEngine:
         return (evaluator or native.ClusterEvaluator(c)).judge(s.ip, d.ip, protocol, port)
 
 
-ENGINES = {"reference": ReferenceEngine, "native": NativeEngine}
+class NativeUnflattenedEngine(NativeEngine):
+    """The same with flattening off: every rule as a pair of set matches."""
+
+    @staticmethod
+    def evaluator(c):
+        return native.ClusterEvaluator(c, flatten_limit=0)
+
+    @staticmethod
+    def matrix(c, protocol, port):
+        return native.ClusterEvaluator(c, flatten_limit=0).matrix(protocol, port)
+
+    @staticmethod
+    def judge(c, src: str, dst: str, protocol: str, port: int, evaluator=None) -> bool:
+        return NativeEngine.judge(c, src, dst, protocol, port, evaluator or native.ClusterEvaluator(c, 0))
+
+
+ENGINES = {"reference": ReferenceEngine, "native": NativeEngine, "native-unflattened": NativeUnflattenedEngine}

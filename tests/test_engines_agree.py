@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clusterspec import namespace, pod, policy
-from engines import NativeEngine, ReferenceEngine
+from engines import NativeEngine, NativeUnflattenedEngine, ReferenceEngine
 from pyipset.model import load_objects
 
 NAMESPACES = ["a", "b", "c"]
@@ -109,12 +109,14 @@ def test_reference_and_native_agree(objs):
     c = load_objects(objs)
     assert not c.rejections, [str(r) for r in c.rejections]
     native = NativeEngine.evaluator(c)
+    unflattened = NativeUnflattenedEngine.evaluator(c)
     for protocol in ("TCP", "UDP", "SCTP"):
         for port in PORTS:
             ref_pods, ref = ReferenceEngine.matrix(c, protocol, port)
             nat_pods, nat = native.matrix(protocol, port)
             assert [p.key for p in ref_pods] == [p.key for p in nat_pods]
             assert ref == nat, (protocol, port)
+            assert unflattened.matrix(protocol, port)[1] == ref, ("unflattened", protocol, port)
             for p in c.pods:
                 for outside in OUTSIDE:
                     ip = ipaddress.ip_address(outside)

@@ -213,9 +213,7 @@ static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided, i
                 *decided = (int32_t)r;
                 return 1;
             }
-            depth--;
-            chain = stack_chain[depth];
-            pc = stack_pc[depth];
+            pc = p->chain_len[chain]; /* as if at the end of the chain */
             break;
         case IPS_TARGET_JUMP:
             stack_chain[depth] = chain;

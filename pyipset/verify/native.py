@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import _core
-from ..compile.compiler import compile_cluster
+from ..compile.compiler import FLATTEN_LIMIT, compile_cluster
 from ..compile.program import Rule, RuleProgram
 from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
@@ -83,19 +83,17 @@ def address_column(ips: list, version: int) -> np.ndarray:
 
 
 class ClusterEvaluator:
-    """Both families' programs for a cluster, and the matrix from them."""
+    """Both families' programs for a cluster (compiled when first needed), and the matrix from them."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, flatten_limit: int = FLATTEN_LIMIT):
         self.cluster = cluster
+        self.flatten_limit = flatten_limit
         self.programs = {}
-        for version, family in ((4, "inet"), (6, "inet6")):
-            if any(ip.version == version for p in cluster.pods for ip in p.ips):
-                self.programs[version] = NativeProgram(compile_cluster(cluster, family))
 
     def program_for(self, version: int) -> NativeProgram:
         if version not in self.programs:
             family = "inet" if version == 4 else "inet6"
-            self.programs[version] = NativeProgram(compile_cluster(self.cluster, family))
+            self.programs[version] = NativeProgram(compile_cluster(self.cluster, family, self.flatten_limit))
         return self.programs[version]
 
     def judge(self, src: ipaddress._BaseAddress, dst: ipaddress._BaseAddress, protocol: str, port: int) -> bool:
