@@ -481,6 +481,11 @@ class NativeProgram {
                 ns->begin_read();
                 leased++;
             }
+            // Under the GIL, with every set leased: the membership index can not
+            // be rebuilt by two evaluations at once, nor go stale during one.
+            ips_status st = ips_program_prepare(program_);
+            if (st != IPS_OK && st != IPS_ERR_NOMEM)
+                raise_status(st, "cannot prepare the program");
             {
                 py::gil_scoped_release nogil;
                 ips_program_eval_threads(program_, static_cast<size_t>(n), s.data(), d.data(),

@@ -7,9 +7,27 @@
 #include <unistd.h>
 
 #include "set_internal.h"
+#include "table.h"
+
+/*
+ * Membership index: one probe per packet address answers every hash:ip set
+ * match of the program. Each address found in any hash:ip set of the program
+ * gets a row of bits, one per such set; a match is then a bit test. Built by
+ * ips_program_prepare() and valid while no set has changed since (change
+ * counters); otherwise matches fall back to probing each set.
+ */
+typedef struct member_index {
+    bool fresh;
+    ips_table addrs;     /* the addresses; a row is the slot an address sits in */
+    unsigned words;      /* uint64 words per row */
+    uint64_t *bits;      /* (slots + 1) rows; the last row is the all-zero address */
+    int32_t *set_bit;    /* per program set: its bit, or -1 (not hash:ip) */
+    uint64_t *seen;      /* per program set: its change counter when built */
+} member_index;
 
 struct ips_program {
     ips_family family;
+    member_index index;
     size_t n_sets, n_chains, n_rules, n_matches;
     ips_set **sets;
     uint32_t *chain_first, *chain_len;
@@ -19,9 +37,19 @@ struct ips_program {
     unsigned max_depth; /* longest chain of jumps from the entry */
 };
 
+static void index_clear(member_index *ix) {
+    tbl_release(&ix->addrs);
+    free(ix->bits);
+    ix->bits = NULL;
+    ix->fresh = false;
+}
+
 void ips_program_free(ips_program *p) {
     if (!p)
         return;
+    index_clear(&p->index);
+    free(p->index.set_bit);
+    free(p->index.seen);
     free(p->sets);
     free(p->chain_first);
     free(p->chain_len);
@@ -145,21 +173,104 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
     if (depth >= MAX_JUMP_DEPTH)
         REFUSE(IPS_ERR_INVALID, "jumps nest %u deep; at most %d", depth, MAX_JUMP_DEPTH - 1);
     p->max_depth = depth;
+    p->index.set_bit = calloc(n_sets ? n_sets : 1, sizeof *p->index.set_bit);
+    p->index.seen = calloc(n_sets ? n_sets : 1, sizeof *p->index.seen);
+    if (!p->index.set_bit || !p->index.seen)
+        REFUSE(IPS_ERR_NOMEM, "out of memory");
+    int32_t bit = 0;
+    for (size_t i = 0; i < n_sets; i++)
+        p->index.set_bit[i] = ips_set_type(sets[i]) == IPS_HASH_IP ? bit++ : -1;
+    p->index.words = (unsigned)((bit + 63) / 64);
+    tbl_init(&p->index.addrs, family == IPS_INET ? 1 : 4, 0xFFFFFFFFu, 0);
     if (status)
         *status = IPS_OK;
     return p;
 }
 
+static void entry_words(ips_family family, const ips_entry *e, uint32_t *w) {
+    unsigned aw = family == IPS_INET ? 1 : 4;
+    for (unsigned k = 0; k < aw; k++)
+        w[k] = (uint32_t)e->ip[4 * k] << 24 | (uint32_t)e->ip[4 * k + 1] << 16 | (uint32_t)e->ip[4 * k + 2] << 8 |
+               e->ip[4 * k + 3];
+}
+
+/* Row of an address: its slot, the zero row, or -1 when it is in no hash:ip set. */
+static ptrdiff_t index_row(const member_index *ix, const uint32_t *w) {
+    const ips_table *t = &ix->addrs;
+    if (key_is_zero(w, t->W))
+        return t->zero_present ? (ptrdiff_t)tbl_phys(t) : -1;
+    if (t->cap == 0)
+        return -1;
+    return tbl_find_from(t, w, t->W, hash_home(t, tbl_hash(t, w, t->W)));
+}
+
+ips_status ips_program_prepare(ips_program *p) {
+    member_index *ix = &p->index;
+    bool stale = !ix->fresh;
+    for (size_t i = 0; i < p->n_sets && !stale; i++)
+        stale = ix->seen[i] != ips_set_changes(p->sets[i]);
+    if (!stale)
+        return IPS_OK;
+    index_clear(ix);
+    for (size_t i = 0; i < p->n_sets; i++)
+        ix->seen[i] = ips_set_changes(p->sets[i]);
+    if (ix->words == 0)
+        return IPS_OK; /* no hash:ip set: nothing to index */
+    /* Pass 1: every address; pass 2 (slots now final): the bits. */
+    for (int pass = 0; pass < 2; pass++) {
+        for (size_t i = 0; i < p->n_sets; i++) {
+            if (ix->set_bit[i] < 0)
+                continue;
+            size_t cursor = 0;
+            ips_entry e;
+            while (ips_set_next(p->sets[i], &cursor, &e)) {
+                uint32_t w[4];
+                entry_words(p->family, &e, w);
+                if (pass == 0) {
+                    if (tbl_upsert(&ix->addrs, w, NULL) != IPS_OK) {
+                        index_clear(ix);
+                        return IPS_ERR_NOMEM;
+                    }
+                    continue;
+                }
+                ptrdiff_t row = index_row(ix, w);
+                ix->bits[(size_t)row * ix->words + (unsigned)ix->set_bit[i] / 64] |=
+                    1ull << ((unsigned)ix->set_bit[i] % 64);
+            }
+        }
+        if (pass == 0) {
+            ix->bits = calloc((tbl_phys(&ix->addrs) + 1) * ix->words, sizeof *ix->bits);
+            if (!ix->bits) {
+                index_clear(ix);
+                return IPS_ERR_NOMEM;
+            }
+        }
+    }
+    ix->fresh = true;
+    return IPS_OK;
+}
+
 typedef struct flow {
     uint32_t src[4], dst[4];
+    const uint64_t *src_row, *dst_row; /* membership bits, or NULL: in no hash:ip set */
+    bool indexed;                      /* the rows are valid (the index is fresh) */
     uint8_t proto;
     uint16_t dport;
 } flow;
+
+static bool row_has(const uint64_t *row, int32_t bit) {
+    return row != NULL && (row[(unsigned)bit / 64] >> ((unsigned)bit % 64) & 1);
+}
 
 static bool match_holds(const ips_program *p, const ips_match *m, const flow *f, uint32_t mark) {
     bool hit;
     switch (m->kind) {
     case IPS_MATCH_SET: {
+        int32_t bit = p->index.set_bit[m->set];
+        if (f->indexed && bit >= 0 && m->dims <= IPS_DIMS_DST) {
+            hit = row_has(m->dims == IPS_DIMS_SRC ? f->src_row : f->dst_row, bit);
+            break;
+        }
         const ips_set *s = p->sets[m->set];
         switch (m->dims) {
         case IPS_DIMS_SRC: hit = ips_set_test_key(s, f->src, 0, 0, NULL); break;
@@ -250,10 +361,18 @@ static void load_words(ips_family family, const void *col, size_t i, uint32_t *w
 static void eval_range(const ips_program *p, size_t from, size_t to, const void *src, const void *dst,
                        const uint8_t *proto, const uint16_t *dport, uint8_t *verdict, int32_t *rule_out,
                        int32_t *mark_rule_out) {
+    const member_index *ix = &p->index;
     for (size_t i = from; i < to; i++) {
         flow f;
         load_words(p->family, src, i, f.src);
         load_words(p->family, dst, i, f.dst);
+        f.indexed = ix->fresh;
+        f.src_row = f.dst_row = NULL;
+        if (f.indexed) {
+            ptrdiff_t rs = index_row(ix, f.src), rd = index_row(ix, f.dst);
+            f.src_row = rs < 0 ? NULL : ix->bits + (size_t)rs * ix->words;
+            f.dst_row = rd < 0 ? NULL : ix->bits + (size_t)rd * ix->words;
+        }
         f.proto = proto[i];
         f.dport = dport[i];
         int32_t decided, marked;

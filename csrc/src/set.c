@@ -28,6 +28,7 @@ struct ips_set {
     unsigned aw; /* address words */
     ips_table table;
     /* hash:net only */
+    uint64_t changes; /* counts changes to membership: lets derived data know it is stale */
     uint32_t prefix_count[129];
     bool index_fresh;
     ips_netindex index;
@@ -216,7 +217,12 @@ static void unpack(const ips_set *s, const uint32_t *k, ips_entry *e) {
     }
 }
 
-static void changed(ips_set *s) { s->index_fresh = false; }
+static void changed(ips_set *s) {
+    s->index_fresh = false;
+    s->changes++;
+}
+
+uint64_t ips_set_changes(const ips_set *s) { return s->changes; }
 
 ips_status ips_set_add(ips_set *s, const ips_entry *e, bool *added) {
     if (ips_entry_validate(s->type, s->family, e, NULL, 0) != IPS_OK)
@@ -227,11 +233,9 @@ ips_status ips_set_add(ips_set *s, const ips_entry *e, bool *added) {
     ips_status st = tbl_upsert(&s->table, k, &is_new);
     if (st != IPS_OK)
         return st;
-    if (s->type == IPS_HASH_NET) {
-        if (is_new)
-            s->prefix_count[e->cidr]++;
-        changed(s);
-    }
+    if (s->type == IPS_HASH_NET && is_new)
+        s->prefix_count[e->cidr]++;
+    changed(s); /* a new entry, or a hash:net flag that may have flipped */
     if (added)
         *added = is_new;
     return IPS_OK;
@@ -246,8 +250,9 @@ ips_status ips_set_del(ips_set *s, const ips_entry *e, bool *removed) {
     ips_status st = tbl_remove(&s->table, k, &gone);
     if (st != IPS_OK)
         return st;
-    if (gone && s->type == IPS_HASH_NET) {
-        s->prefix_count[e->cidr]--;
+    if (gone) {
+        if (s->type == IPS_HASH_NET)
+            s->prefix_count[e->cidr]--;
         changed(s);
     }
     if (removed)
@@ -603,6 +608,7 @@ ips_status ips_set_add_many(ips_set *s, size_t n, const void *ip, const uint8_t 
     if (st != IPS_OK)
         return st;
     if (s->type != IPS_HASH_NET) {
+        changed(s);
         switch (s->table.W) {
         case 1: return add_many_1_1(s, n, ip, proto, port, ip2, added);
         case 2: return add_many_1_2(s, n, ip, proto, port, ip2, added);

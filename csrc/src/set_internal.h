@@ -12,4 +12,7 @@
  */
 bool ips_set_test_key(const ips_set *set, const uint32_t *a, uint8_t proto, uint16_t port, const uint32_t *b);
 
+/* A counter that moves whenever membership changes (never moves back). */
+uint64_t ips_set_changes(const ips_set *set);
+
 #endif

@@ -429,6 +429,17 @@ static void test_evaluator(void) {
     /* nomatch part of the block: DROP */
     CHECK(v[4] == 0 && rule[4] == 4);
     CHECK(v[5] == 0);
+    /* With the membership index: the same answers; after a change and a new
+     * prepare, the index follows the sets. */
+    CHECK(ips_program_prepare(p) == IPS_OK);
+    uint8_t v2[N];
+    int32_t rule2[N], mark2[N];
+    ips_program_eval(p, N, src, dst, proto, port, v2, rule2, mark2);
+    CHECK(memcmp(v, v2, sizeof v) == 0 && memcmp(rule, rule2, sizeof rule) == 0);
+    add_text(pods, "203.0.113.1"); /* src[5] becomes a pod: tcp/85 is now marked and accepted */
+    CHECK(ips_program_prepare(p) == IPS_OK);
+    ips_program_eval(p, N, src, dst, proto, port, v2, rule2, mark2);
+    CHECK(v2[5] == 1 && rule2[5] == 2);
     ips_program_free(p);
 
     /* A loop is refused with a reason, as iptables refuses it. */

@@ -17,7 +17,8 @@
  *     address and port), src,dst,dst (hash:ip,port,ip).
  *
  * The program borrows its sets: they must outlive it and must not change
- * while a batch runs; call ips_set_prepare() on each after its last change.
+ * while a batch runs; call ips_set_prepare() on each, and
+ * ips_program_prepare(), after their last change.
  */
 #ifndef PYIPSET_EVALUATOR_H
 #define PYIPSET_EVALUATOR_H
@@ -87,6 +88,15 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
                              ips_status *status, char *why, size_t why_len);
 
 void ips_program_free(ips_program *program);
+
+/*
+ * Makes evaluation fast again after its sets changed: indexes which hash:ip
+ * sets each address belongs to, so that one probe per packet address answers
+ * all of them. Call it (not concurrently with an evaluation) after changing
+ * sets; without it, evaluation stays correct and probes each set instead.
+ * IPS_ERR_NOMEM leaves it in that slower mode.
+ */
+ips_status ips_program_prepare(ips_program *program);
 
 /*
  * Evaluates n NEW flows. src/dst: uint32 host-order addresses (inet) or
