@@ -262,7 +262,7 @@ static bool row_has(const uint64_t *row, int32_t bit) {
     return row != NULL && (row[(unsigned)bit / 64] >> ((unsigned)bit % 64) & 1);
 }
 
-static bool match_holds(const ips_program *p, const ips_match *m, const flow *f, uint32_t mark) {
+static inline bool match_holds(const ips_program *p, const ips_match *m, const flow *f, uint32_t mark) {
     bool hit;
     switch (m->kind) {
     case IPS_MATCH_SET: {
@@ -288,64 +288,76 @@ static bool match_holds(const ips_program *p, const ips_match *m, const flow *f,
     return hit != (m->negate != 0);
 }
 
-static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided, int32_t *marked) {
-    uint32_t stack_chain[MAX_JUMP_DEPTH], stack_pc[MAX_JUMP_DEPTH];
+/*
+ * One flow through the chains. Rules are addressed by global index; a chain
+ * is the range [first, first + len). Everything the walk updates lives in
+ * locals (the outputs are written once at the end: an int32_t store may alias
+ * the program's uint32_t arrays and would force them to be reloaded).
+ */
+static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided_out, int32_t *marked_out) {
+    const ips_rule *rules = p->rules;
+    const ips_match *matches = p->matches;
+    const uint32_t *first = p->chain_first, *len = p->chain_len;
+    uint32_t ret_r[MAX_JUMP_DEPTH], ret_end[MAX_JUMP_DEPTH];
     unsigned depth = 0;
-    uint32_t chain = p->entry, pc = 0, mark = 0;
-    *marked = -1;
+    uint32_t r = first[p->entry], end = r + len[p->entry], mark = 0;
+    int32_t decided = -1, marked = -1;
+    uint8_t verdict = 1; /* running off the entry chain: its policy, ACCEPT */
     for (;;) {
-        if (pc >= p->chain_len[chain]) {
-            if (depth == 0) {
-                *decided = -1;
-                return 1;
-            }
+        if (r >= end) {
+            if (depth == 0)
+                break;
             depth--;
-            chain = stack_chain[depth];
-            pc = stack_pc[depth];
+            r = ret_r[depth];
+            end = ret_end[depth];
             continue;
         }
-        uint32_t r = p->chain_first[chain] + pc;
-        const ips_rule *rule = &p->rules[r];
-        pc++;
-        bool all = true;
-        for (uint32_t m = 0; m < rule->n_matches && all; m++)
-            all = match_holds(p, &p->matches[rule->first_match + m], f, mark);
-        if (!all)
+        const ips_rule *rule = &rules[r];
+        const uint32_t here = r++;
+        const ips_match *m = matches + rule->first_match, *mend = m + rule->n_matches;
+        while (m < mend && match_holds(p, m, f, mark))
+            m++;
+        if (m < mend)
             continue;
         switch (rule->target) {
         case IPS_TARGET_ACCEPT:
-            *decided = (int32_t)r;
-            return 1;
+            decided = (int32_t)here;
+            goto done;
         case IPS_TARGET_DROP:
-            *decided = (int32_t)r;
-            return 0;
+            decided = (int32_t)here;
+            verdict = 0;
+            goto done;
         case IPS_TARGET_RETURN:
             if (depth == 0) {
-                *decided = (int32_t)r;
-                return 1;
+                decided = (int32_t)here;
+                goto done;
             }
-            pc = p->chain_len[chain]; /* as if at the end of the chain */
+            r = end; /* as if at the end of the chain */
             break;
         case IPS_TARGET_JUMP:
-            stack_chain[depth] = chain;
-            stack_pc[depth] = pc;
+            ret_r[depth] = r;
+            ret_end[depth] = end;
             depth++;
-            chain = rule->jump;
-            pc = 0;
+            r = first[rule->jump];
+            end = r + len[rule->jump];
             break;
         case IPS_TARGET_GOTO:
-            chain = rule->jump;
-            pc = 0;
+            r = first[rule->jump];
+            end = r + len[rule->jump];
             break;
         case IPS_TARGET_MARK:
             mark = (mark & ~rule->mark_mask) | rule->mark;
             if (rule->mark)
-                *marked = (int32_t)r;
+                marked = (int32_t)here;
             break;
         default: /* NFLOG: logs and goes on */
             break;
         }
     }
+done:
+    *decided_out = decided;
+    *marked_out = marked;
+    return verdict;
 }
 
 static void load_words(ips_family family, const void *col, size_t i, uint32_t *w) {
