@@ -16,6 +16,7 @@ from . import demo
 from .model import load
 from .model.objects import PROTOCOL_NUMBERS, PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster
+from .compile.program import MARK_EGRESS_OK, MARK_INGRESS_OK
 from .kernel.render import render_ipset, render_iptables
 from .verify import native, reference
 
@@ -217,14 +218,16 @@ def _program_verdict(cluster: Cluster, source, destination, protocol: str, port:
                           native.address_column([destination.ip], destination.ip.version),
                           np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16), threads=1)
 
-    def describe(index: int):
+    def describe(index: int, admitting: bool = False):
         if index < 0:
             return None
         chain, position, rule = program.rule(int(index))
+        if admitting and not rule.mark & (MARK_EGRESS_OK | MARK_INGRESS_OK):
+            return None  # the last mark said "denied": no policy rule admitted it
         return {"chain": chain, "index": position, "origin": rule.origin}
 
     return {"allowed": bool(ev.allowed[0]), "deciding_rule": describe(ev.rule[0]),
-            "admitting_rule": describe(ev.mark_rule[0])}
+            "admitting_rule": describe(ev.mark_rule[0], admitting=True)}
 
 
 def main(argv: list[str] | None = None) -> int:

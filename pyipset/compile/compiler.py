@@ -5,23 +5,24 @@ search tree instead of a list of policies):
 
   PYIPSET                      entry, for every forwarded packet
     RELATED,ESTABLISHED -> ACCEPT      (only NEW connections are judged)
-    clear the two marks
-    -> PYIPSET-EGRESS                  sets MARK_EGRESS_OK if the source may send
-    no egress mark  -> NFLOG "pyipset egress denied", DROP
-    -> PYIPSET-INGRESS                 sets MARK_INGRESS_OK if the destination may receive
-    no ingress mark -> NFLOG "pyipset ingress denied", DROP
+    clear our marks
+    -> PYIPSET-EGRESS                  marks EGRESS_DENIED if an egress policy isolates
+                                       the source and none of its rules allows it
+    EGRESS_DENIED  -> PYIPSET-DENY-EGRESS  (NFLOG "pyipset egress denied", DROP)
+    -> PYIPSET-INGRESS                 the same for the destination
+    INGRESS_DENIED -> PYIPSET-DENY-INGRESS
     ACCEPT
 
   PYIPSET-EGRESS (PYIPSET-INGRESS mirrors it with src and dst swapped)
-    src not in the egress-isolated set  -> MARK ok      (default allow: ONE set lookup)
-    marked -> RETURN
-    -> the group tree
+    src in the egress-isolated set -> GOTO the group tree
+    (anything else falls off the end unmarked: default allow, ONE set lookup)
 
   Pods selected by exactly the same egress policies form a group. The group
   tree halves the sorted list of groups at each level: a chain holds
   "src in the set of the left half's pods -> GOTO left" and "GOTO right", so
   finding the group takes log2(groups) set lookups. A leaf chain jumps to the
-  chains of its group's policies in turn, returning as soon as one marks.
+  chains of its group's policies in turn, returning as soon as one marks OK,
+  and marks DENIED when none did.
 
   PYIPSET-E-<policy>: one MARK rule per (rule, peer, port) of the policy, or
   one per rule when the rule is flattened (below).
@@ -52,8 +53,8 @@ import json
 from typing import Optional
 
 from ..model.objects import PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
-from .program import (ENTRY_CHAIN, MARK_EGRESS_OK, MARK_INGRESS_OK, MARK_MASK, NFLOG_GROUP, Match, Rule,
-                      RuleProgram, SetDef)
+from .program import (ENTRY_CHAIN, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
+                      MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
 FLATTEN_LIMIT = 1024
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
@@ -214,7 +215,8 @@ class _Compiler:
                     rules.append(Rule(port_m + peer_m, "MARK", mark=ok_mark, origin=origin))
         return rules
 
-    def group_tree(self, direction: str, keys: list, by_group: dict, policy_chains: dict, ok: int) -> str:
+    def group_tree(self, direction: str, keys: list, by_group: dict, policy_chains: dict, ok: int,
+                   denied: int) -> str:
         """The chain that finds the pod's group among `keys` (sorted tuples of the
         policies selecting a pod) by halving: one set lookup per level."""
         d = direction[0].upper()
@@ -227,11 +229,13 @@ class _Compiler:
                 rules.append(Rule((), "JUMP", jump=policy_chains[policy],
                                   origin=f"{policy} selects the {'source' if direction == 'egress' else 'destination'}"))
                 rules.append(Rule((marked,), "RETURN", origin=f"{policy} allowed it"))
+            rules.append(Rule((), "MARK", mark=denied,
+                              origin=f"no rule of the policies that isolate it allows it ({direction})"))
             self.program.chains[name] = rules
             return name
         mid = len(keys) // 2
-        left = self.group_tree(direction, keys[:mid], by_group, policy_chains, ok)
-        right = self.group_tree(direction, keys[mid:], by_group, policy_chains, ok)
+        left = self.group_tree(direction, keys[:mid], by_group, policy_chains, ok, denied)
+        right = self.group_tree(direction, keys[mid:], by_group, policy_chains, ok, denied)
         left_set = self.pod_set("G", ("groups", direction, [list(k) for k in keys[:mid]]),
                                 lambda: [p for k in keys[:mid] for p in by_group[k]],
                                 f"pods selected by one of {mid} groups of {direction} policies")
@@ -262,15 +266,16 @@ class _Compiler:
         by_group: dict = {}
         for pod, keys in selecting.values():
             by_group.setdefault(tuple(keys), []).append(pod)
-        iso = self.pod_set("I", ("isolated", direction), [pod for pod, _ in selecting.values()],
-                           f"pods isolated for {direction}")
-        marked = Match("mark", value=ok, value2=ok)
-        rules = [Rule((Match("set", name=iso, dims=own_dim, negate=True),), "MARK", mark=ok,
-                      origin=f"default: pods no policy isolates for {direction}"),
-                 Rule((marked,), "RETURN", origin=f"default: pods no policy isolates for {direction}")]
+        rules = []
         if by_group:
-            root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok)
-            rules.append(Rule((), "JUMP", jump=root, origin=f"the policies that isolate it for {direction}"))
+            # Pods no policy isolates fall off the end of this chain unmarked:
+            # allowed, after ONE set lookup.
+            iso = self.pod_set("I", ("isolated", direction), [pod for pod, _ in selecting.values()],
+                               f"pods isolated for {direction}")
+            denied = MARK_EGRESS_DENIED if direction == "egress" else MARK_INGRESS_DENIED
+            root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok, denied)
+            rules.append(Rule((Match("set", name=iso, dims=own_dim),), "GOTO", jump=root,
+                              origin=f"isolated for {direction}: the policies that select it decide"))
         self.program.chains[chain] = rules
         return chain
 
@@ -279,22 +284,25 @@ class _Compiler:
         prog.chains[ENTRY_CHAIN] = []  # first in render order; filled below
         egress = self.direction_chain("egress")
         ingress = self.direction_chain("ingress")
-        no_egress = Match("mark", value=MARK_EGRESS_OK, value2=MARK_EGRESS_OK, negate=True)
-        no_ingress = Match("mark", value=MARK_INGRESS_OK, value2=MARK_INGRESS_OK, negate=True)
+        deny_egress, deny_ingress = "PYIPSET-DENY-EGRESS", "PYIPSET-DENY-INGRESS"
         prog.chains[ENTRY_CHAIN] = [
             Rule((Match("state", states=("RELATED", "ESTABLISHED")),), "ACCEPT",
                  origin="established connections were judged when they opened"),
             Rule((), "MARK", mark=0, mark_mask=MARK_MASK, origin="start every NEW connection unjudged"),
             Rule((), "JUMP", jump=egress, origin="judge egress of the source"),
-            Rule((no_egress,), "NFLOG", log_prefix="pyipset egress denied", log_group=NFLOG_GROUP,
-                 origin="log connections egress policy denies"),
-            Rule((no_egress,), "DROP", origin="no egress rule allows it"),
+            Rule((Match("mark", value=MARK_EGRESS_DENIED, value2=MARK_EGRESS_DENIED),), "JUMP", jump=deny_egress,
+                 origin="egress denied"),
             Rule((), "JUMP", jump=ingress, origin="judge ingress of the destination"),
-            Rule((no_ingress,), "NFLOG", log_prefix="pyipset ingress denied", log_group=NFLOG_GROUP,
-                 origin="log connections ingress policy denies"),
-            Rule((no_ingress,), "DROP", origin="no ingress rule allows it"),
+            Rule((Match("mark", value=MARK_INGRESS_DENIED, value2=MARK_INGRESS_DENIED),), "JUMP",
+                 jump=deny_ingress, origin="ingress denied"),
             Rule((), "ACCEPT", origin="egress and ingress allow it"),
         ]
+        for chain, direction in ((deny_egress, "egress"), (deny_ingress, "ingress")):
+            prog.chains[chain] = [
+                Rule((), "NFLOG", log_prefix=f"pyipset {direction} denied", log_group=NFLOG_GROUP,
+                     origin=f"log connections {direction} policy denies"),
+                Rule((), "DROP", origin=f"no {direction} rule allows it"),
+            ]
         return prog
 
 

@@ -9,11 +9,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-# Packet marks the chains use to carry "egress allowed" and "ingress allowed"
-# from the direction chains back to the entry chain.
+# Packet marks the chains use to carry each direction's verdict for an
+# isolated pod back to the entry chain: "a policy rule allowed it" ends the
+# search for that direction, "no policy rule did" sends it to be dropped.
 MARK_EGRESS_OK = 0x10000
 MARK_INGRESS_OK = 0x20000
-MARK_MASK = MARK_EGRESS_OK | MARK_INGRESS_OK
+MARK_EGRESS_DENIED = 0x40000
+MARK_INGRESS_DENIED = 0x80000
+MARK_MASK = 0xF0000
 
 ENTRY_CHAIN = "PYIPSET"
 NFLOG_GROUP = 86
