@@ -175,16 +175,10 @@ def run_explain(args) -> int:
     cluster = _load(args)
     source = resolve_endpoint(cluster, args.source, "--from")
     destination = resolve_endpoint(cluster, args.destination, "--to")
-    if source.pod is not None and source.ip.version != destination.ip.version:
-        other = next((ip for ip in source.pod.ips if ip.version == destination.ip.version), None)
-        if other is None:
-            raise UsageError(f"{source.label} has no IPv{destination.ip.version} address to reach {destination.label}")
-        source = reference.Endpoint(other, source.pod)
-    if destination.pod is not None and destination.ip.version != source.ip.version:
-        other = next((ip for ip in destination.pod.ips if ip.version == source.ip.version), None)
-        if other is None:
-            raise UsageError(f"{destination.label} has no IPv{source.ip.version} address")
-        destination = reference.Endpoint(other, destination.pod)
+    try:
+        source, destination = reference.same_family(source, destination)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
     v = reference.judge(cluster, source, destination, args.protocol, args.port)
     program = None if v.same_pod else _program_verdict(cluster, source, destination, args.protocol, args.port)
     if args.output == "json":

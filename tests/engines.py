@@ -17,15 +17,6 @@ def endpoint(c, text: str) -> reference.Endpoint:
         return reference.Endpoint(pod.ips[0], pod)
 
 
-def _align(src: reference.Endpoint, dst: reference.Endpoint):
-    """Pick addresses of one family for a pod-to-pod or pod-to-address pair."""
-    if src.pod is not None and src.ip.version != dst.ip.version:
-        src = reference.Endpoint(next(i for i in src.pod.ips if i.version == dst.ip.version), src.pod)
-    if dst.pod is not None and dst.ip.version != src.ip.version:
-        dst = reference.Endpoint(next(i for i in dst.pod.ips if i.version == src.ip.version), dst.pod)
-    return src, dst
-
-
 class ReferenceEngine:
     @staticmethod
     def matrix(c, protocol, port):
@@ -33,7 +24,7 @@ class ReferenceEngine:
 
     @staticmethod
     def judge(c, src: str, dst: str, protocol: str, port: int) -> bool:
-        s, d = _align(endpoint(c, src), endpoint(c, dst))
+        s, d = reference.same_family(endpoint(c, src), endpoint(c, dst))
         return reference.judge(c, s, d, protocol, port).allowed
 
 
@@ -50,7 +41,7 @@ class NativeEngine:
 
     @staticmethod
     def judge(c, src: str, dst: str, protocol: str, port: int, evaluator=None) -> bool:
-        s, d = _align(endpoint(c, src), endpoint(c, dst))
+        s, d = reference.same_family(endpoint(c, src), endpoint(c, dst))
         if s.pod is not None and s.pod == d.pod:
             return True
         return (evaluator or native.ClusterEvaluator(c)).judge(s.ip, d.ip, protocol, port)

@@ -139,6 +139,22 @@ def judge(cluster: Cluster, source: Endpoint, destination: Endpoint, protocol: s
     return Verdict(source, destination, protocol, port, allowed, egress, ingress, same_pod)
 
 
+def same_family(source: Endpoint, destination: Endpoint) -> tuple:
+    """The endpoints with addresses of one family: a pod side takes its address
+    of the other side's family. ValueError if a pod has none."""
+    if source.pod is not None and source.ip.version != destination.ip.version:
+        ip = next((i for i in source.pod.ips if i.version == destination.ip.version), None)
+        if ip is None:
+            raise ValueError(f"{source.label} has no IPv{destination.ip.version} address to reach {destination.label}")
+        source = Endpoint(ip, source.pod)
+    if destination.pod is not None and destination.ip.version != source.ip.version:
+        ip = next((i for i in destination.pod.ips if i.version == source.ip.version), None)
+        if ip is None:
+            raise ValueError(f"{destination.label} has no IPv{source.ip.version} address")
+        destination = Endpoint(ip, destination.pod)
+    return source, destination
+
+
 def connection_addresses(source: Pod, destination: Pod):
     """The addresses a pod-to-pod connection uses: the first family both have."""
     for version in (4, 6):
