@@ -1,0 +1,234 @@
+"""Programming the kernel: bring ipset and iptables from whatever they hold to
+a RuleProgram, touching only our own sets (prefix `pyi-`) and chains (prefix
+`PYIPSET`), and read them back.
+
+- Sets: a new set is created and filled; an existing one of the same type
+  gets the member difference (adds and deletes) in the same single
+  `ipset restore` run; one whose type changed is rebuilt beside the old one
+  and swapped in (`swap` is atomic). Nothing is flushed first.
+- Chains: every chain of the program is declared and filled in one
+  `iptables-restore --noflush` transaction, so at no moment does a packet see
+  a half-written chain. Chains of ours the program no longer has are removed
+  in a second transaction, after nothing jumps to them.
+- Hooks: FORWARD traffic out of and into the pod bridge, and INPUT from it,
+  jump to PYIPSET; inserted once, checked with `-C`.
+- Sets of ours the program no longer uses are destroyed last.
+"""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+from dataclasses import dataclass, field
+from typing import Optional
+
+from ..compile.program import ENTRY_CHAIN, RuleProgram
+from .render import kernel_members, render_iptables
+
+SET_PREFIX = "pyi-"
+CHAIN_PREFIX = "PYIPSET"
+
+
+class KernelError(Exception):
+    """A kernel tool refused its input: which tool, which line, what it said."""
+
+    def __init__(self, command: list, stderr: str, line: Optional[str] = None):
+        self.command, self.stderr, self.line = command, stderr.strip(), line
+        where = f" at line {line!r}" if line else ""
+        super().__init__(f"{' '.join(command)} failed{where}: {self.stderr}")
+
+
+@dataclass
+class Kernel:
+    """Where and how to reach the kernel's tables."""
+
+    netns: Optional[str] = None  # a named network namespace, or None for this one
+    bridge: str = "weave"
+
+    def run(self, *cmd: str, input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
+        full = (["ip", "netns", "exec", self.netns] if self.netns else []) + list(cmd)
+        r = subprocess.run(full, input=input, text=True, capture_output=True, timeout=120)
+        if check and r.returncode != 0:
+            raise KernelError(list(cmd), r.stderr, _failing_line(r.stderr, input))
+        return r
+
+    def tools(self, family: str) -> tuple:
+        return ("iptables", "iptables-restore", "iptables-save") if family == "inet" else \
+            ("ip6tables", "ip6tables-restore", "ip6tables-save")
+
+
+def _failing_line(stderr: str, script: Optional[str]) -> Optional[str]:
+    """The input line a restore tool names in its error ("Error in line N" / "line N failed")."""
+    import re
+    m = re.search(r"[Ll]ine:? (\d+)", stderr)
+    if not m or not script:
+        return None
+    lines = script.splitlines()
+    n = int(m.group(1))
+    return lines[n - 1] if 0 < n <= len(lines) else None
+
+
+# ---- reading the kernel back ----
+
+@dataclass
+class KernelSet:
+    name: str
+    type: str
+    family: str
+    members: set = field(default_factory=set)
+
+
+def read_sets(kernel: Kernel) -> dict:
+    """Our sets as `ipset save` shows them: name -> KernelSet."""
+    out = {}
+    for line in kernel.run("ipset", "save").stdout.splitlines():
+        words = line.split()
+        if len(words) < 3 or not words[1].startswith(SET_PREFIX):
+            continue
+        if words[0] == "create":
+            family = words[words.index("family") + 1] if "family" in words else "inet"
+            out[words[1]] = KernelSet(words[1], words[2], family)
+        elif words[0] == "add" and words[1] in out:
+            out[words[1]].members.add(" ".join(words[2:]))
+    return out
+
+
+def read_chains(kernel: Kernel, family: str) -> dict:
+    """Our chains as `iptables-save` shows them: name -> [rule lines], and the hooks under "hooks"."""
+    _, _, save = kernel.tools(family)
+    chains: dict = {}
+    hooks = []
+    for line in kernel.run(save, "-t", "filter").stdout.splitlines():
+        if line.startswith(":" + CHAIN_PREFIX):
+            chains.setdefault(line[1:].split()[0], [])
+        elif line.startswith("-A "):
+            chain = line.split()[1]
+            if chain.startswith(CHAIN_PREFIX):
+                chains.setdefault(chain, []).append(line)
+            elif f"-j {ENTRY_CHAIN}" in line:
+                hooks.append(line)
+    chains["hooks"] = hooks
+    return chains
+
+
+# ---- applying ----
+
+def hook_specs(kernel: Kernel) -> list:
+    b = kernel.bridge
+    return [("FORWARD", ["-o", b, "-j", ENTRY_CHAIN]),
+            ("FORWARD", ["-i", b, "-j", ENTRY_CHAIN]),
+            ("INPUT", ["-i", b, "-j", ENTRY_CHAIN])]
+
+
+def canonical_members(set_type: str, family: str, members: list) -> set:
+    """Members as the kernel prints them (e.g. 192.0.2.1/32 in hash:net is 192.0.2.1)."""
+    from ..sets import IPSet
+    s = IPSet(set_type, family)
+    for m in members:
+        entry, _, flag = m.partition(" ")
+        s.add(entry, nomatch=flag == "nomatch")
+    return set(s)
+
+
+def ipset_script(program: RuleProgram, current: dict) -> str:
+    lines = []
+    for name, setdef in program.sets.items():
+        members = kernel_members(setdef)
+        opts = f"family {setdef.family} hashsize {_hashsize(len(members))} maxelem {max(65536, 2 * len(members))}"
+        have = current.get(name)
+        if have is not None and have.type == setdef.type and have.family == setdef.family:
+            want = canonical_members(setdef.type, setdef.family, members)
+            # Whole lines compare: a flipped nomatch flag is a delete and an add.
+            lines += [f"del {name} {m.split()[0]}" for m in sorted(have.members - want)]
+            lines += [f"add {name} {m} -exist" for m in sorted(want - have.members)]
+        elif have is not None:
+            tmp = name + "-t"
+            lines.append(f"create {tmp} {setdef.type} {opts}")
+            lines += [f"add {tmp} {m}" for m in members]
+            lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
+        else:
+            lines.append(f"create {name} {setdef.type} {opts}")
+            lines += [f"add {name} {m}" for m in members]
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
+def _hashsize(n: int) -> int:
+    size = 1024
+    while size * 4 < n:
+        size *= 2
+    return size
+
+
+@dataclass
+class ApplyReport:
+    sets_created: int = 0
+    members_added: int = 0
+    members_removed: int = 0
+    sets_destroyed: int = 0
+    chains_removed: int = 0
+    hooks_added: int = 0
+
+
+def apply(program: RuleProgram, kernel: Kernel) -> ApplyReport:
+    """Brings the kernel to `program`; returns what changed."""
+    report = ApplyReport()
+    current = read_sets(kernel)
+    for leftover in [n for n in current if n.endswith("-t")]:  # from an apply that died mid-swap
+        kernel.run("ipset", "destroy", leftover)
+        del current[leftover]
+    script = ipset_script(program, current)
+    for line in script.splitlines():
+        verb = line.split()[0]
+        report.sets_created += verb == "create" and not line.split()[1].endswith("-t")
+        report.members_added += verb == "add" and not line.split()[1].endswith("-t")
+        report.members_removed += verb == "del"
+    if script:
+        kernel.run("ipset", "restore", input=script)
+    _, restore, _ = kernel.tools(program.family)
+    kernel.run(restore, "--noflush", input=render_iptables(program))
+    report.hooks_added = ensure_hooks(kernel, program.family)
+    chains = read_chains(kernel, program.family)
+    stale = [c for c in chains if c != "hooks" and c not in program.chains]
+    if stale:
+        text = "*filter\n" + "".join(f":{c} - [0:0]\n" for c in stale) + "".join(f"-X {c}\n" for c in stale)
+        kernel.run(restore, "--noflush", input=text + "COMMIT\n")
+        report.chains_removed = len(stale)
+    for name, have in read_sets(kernel).items():
+        if name not in program.sets and have.family == program.family:
+            kernel.run("ipset", "destroy", name)
+            report.sets_destroyed += 1
+    return report
+
+
+def ensure_hooks(kernel: Kernel, family: str) -> int:
+    tool, _, _ = kernel.tools(family)
+    added = 0
+    for chain, spec in hook_specs(kernel):
+        if kernel.run(tool, "-C", chain, *spec, check=False).returncode != 0:
+            kernel.run(tool, "-I", chain, "1", *spec)
+            added += 1
+    return added
+
+
+def cleanup(kernel: Kernel) -> dict:
+    """Removes every hook, chain and set of ours, in both families, and nothing else."""
+    removed = {"hooks": 0, "chains": 0, "sets": 0}
+    for family in ("inet", "inet6"):
+        tool, restore, _ = kernel.tools(family)
+        for chain, spec in hook_specs(kernel):
+            while kernel.run(tool, "-C", chain, *spec, check=False).returncode == 0:
+                kernel.run(tool, "-D", chain, *spec)
+                removed["hooks"] += 1
+        chains = [c for c in read_chains(kernel, family) if c != "hooks"]
+        if chains:
+            text = "*filter\n" + "".join(f":{c} - [0:0]\n" for c in chains) + "".join(f"-X {c}\n" for c in chains)
+            kernel.run(restore, "--noflush", input=text + "COMMIT\n")
+            removed["chains"] += len(chains)
+    for name in read_sets(kernel):
+        kernel.run("ipset", "destroy", name)
+        removed["sets"] += 1
+    return removed
+
+
+def describe(cmd: list) -> str:
+    return " ".join(shlex.quote(c) for c in cmd)

@@ -1,0 +1,194 @@
+"""A Kubernetes node built from network namespaces on this machine.
+
+One namespace is the node: it holds a Linux bridge (named like the pod
+network's, default `weave`) with bridge-nf-call-iptables on, and the kernel
+backend's sets and rules. Every pod gets a namespace of its own, joined to the
+bridge by a veth pair and given the pod's addresses (/32, /128, with an
+on-link default route, so pods of any subnet reach each other over the
+bridge). Traffic goes only between these namespaces, to the pods' own
+addresses.
+
+Namespace names carry this process's id (`pyl<pid>-...`); a later run
+removes those whose process is gone. Everything is removed on exit, on error,
+on timeout and on Ctrl-C (the context manager's `finally`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import uuid
+from dataclasses import dataclass
+
+from ..compile.compiler import compile_cluster
+from ..kernel.backend import Kernel, apply
+from ..model.objects import Cluster, Pod
+
+PREFIX = "pyl"
+
+
+def _run(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, input=input)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+    return r
+
+
+def _namespaces() -> list:
+    return [line.split()[0] for line in _run("ip", "netns", "list").stdout.splitlines() if line.strip()]
+
+
+def _delete_namespace(name: str) -> None:
+    for pid in _run("ip", "netns", "pids", name, check=False).stdout.split():
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+    _run("ip", "netns", "delete", name, check=False)
+
+
+def remove_stale() -> list:
+    """Removes lab namespaces left by runs whose process has died."""
+    removed = []
+    for name in _namespaces():
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX):].split("x", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            _delete_namespace(name)
+            removed.append(name)
+    return removed
+
+
+@dataclass
+class LabPod:
+    pod: Pod
+    netns: str
+
+
+class LabNode:
+    def __init__(self, cluster: Cluster, bridge: str = "weave"):
+        self.cluster = cluster
+        self.bridge = bridge
+        self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
+        self.node = f"{self.run_id}-node"
+        self.pods: list[LabPod] = []
+        self.created: list[str] = []
+        self.servers: list[subprocess.Popen] = []
+        self.server_port = None
+
+    # ---- building ----
+
+    def __enter__(self) -> "LabNode":
+        remove_stale()
+        try:
+            self._build()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _netns(self, name: str) -> None:
+        _run("ip", "netns", "add", name)
+        self.created.append(name)
+        _run("ip", "-n", name, "link", "set", "lo", "up")
+
+    def _build(self) -> None:
+        self._netns(self.node)
+        n = self.node
+        _run("ip", "-n", n, "link", "add", self.bridge, "type", "bridge")
+        _run("ip", "-n", n, "link", "set", self.bridge, "up")
+        for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+            _run("ip", "netns", "exec", n, "sysctl", "-qw", f"net.bridge.{key}=1")
+        for i, pod in enumerate(self.cluster.sorted_pods()):
+            ns = f"{self.run_id}-p{i}"
+            self._netns(ns)
+            veth = f"v{i}"
+            _run("ip", "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _run("ip", "-n", n, "link", "set", veth, "master", self.bridge, "up")
+            _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0")
+            _run("ip", "-n", ns, "link", "set", "eth0", "up")
+            for ip in pod.ips:
+                if ip.version == 4:
+                    _run("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
+                else:
+                    _run("ip", "-n", ns, "addr", "add", f"{ip}/128", "dev", "eth0", "nodad")
+            if any(ip.version == 4 for ip in pod.ips):
+                _run("ip", "-n", ns, "route", "add", "default", "dev", "eth0")
+            if any(ip.version == 6 for ip in pod.ips):
+                _run("ip", "-n", ns, "-6", "route", "add", "default", "dev", "eth0")
+            self.pods.append(LabPod(pod, ns))
+        kernel = Kernel(netns=self.node, bridge=self.bridge)
+        for family, version in (("inet", 4), ("inet6", 6)):
+            if any(ip.version == version for p in self.cluster.pods for ip in p.ips) or family == "inet":
+                apply(compile_cluster(self.cluster, family), kernel)
+
+    def stop_servers(self) -> None:
+        for proc in self.servers:
+            proc.kill()
+        for proc in self.servers:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                pass
+        self.servers.clear()
+        self.server_port = None
+
+    def close(self) -> None:
+        self.stop_servers()
+        for name in reversed(self.created):
+            _delete_namespace(name)
+        self.created.clear()
+
+    # ---- probing ----
+
+    def _python(self, netns: str, *args: str) -> list:
+        return ["ip", "netns", "exec", netns, sys.executable, "-m", "pyipset.lab.probe", *args]
+
+    def start_servers(self, port: int) -> None:
+        self.stop_servers()
+        self.server_port = port
+        for lp in self.pods:
+            proc = subprocess.Popen(self._python(lp.netns, "serve", "--port", str(port), *map(str, lp.pod.ips)),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            self.servers.append(proc)
+        for proc in self.servers:
+            line = proc.stdout.readline().strip()
+            if line != "ready":
+                raise RuntimeError(f"a lab server did not start: {proc.stderr.read().strip()}")
+
+    def observed_matrix(self, protocol: str, port: int, timeout: float = 1.0) -> list:
+        """allowed[i][j]: a real connection from pod i to pod j succeeded (pods sorted)."""
+        if self.server_port != port:
+            self.start_servers(port)
+        procs = []
+        for lp in self.pods:
+            targets = [self._target(lp.pod, other.pod) for other in self.pods]
+            addrs = [str(t) for t in targets if t is not None]
+            proc = subprocess.Popen(self._python(lp.netns, "probe", "--protocol", protocol, "--port", str(port),
+                                                 "--timeout", str(timeout), *addrs),
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            procs.append((proc, targets))
+        allowed = []
+        for proc, targets in procs:
+            out, err = proc.communicate(timeout=60)
+            if proc.returncode != 0:
+                raise RuntimeError(f"a lab prober failed: {err.strip()}")
+            results = iter(json.loads(out))
+            allowed.append([next(results) if t is not None else False for t in targets])
+        return allowed
+
+    @staticmethod
+    def _target(src: Pod, dst: Pod):
+        """The address a connection from src to dst uses: the first family both have."""
+        for version in (4, 6):
+            if any(ip.version == version for ip in src.ips):
+                d = next((ip for ip in dst.ips if ip.version == version), None)
+                if d is not None:
+                    return d
+        return None

@@ -1,0 +1,101 @@
+"""What runs inside a lab pod's network namespace: a server that answers on
+one port (TCP accept, UDP echo), and a prober that tries one connection to
+each given address and reports which succeeded.
+
+    python -m pyipset.lab.probe serve --port 80
+    python -m pyipset.lab.probe probe --protocol TCP --port 80 --timeout 1.0 ADDR...
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import select
+import socket
+import sys
+import threading
+
+
+def _family(addr: str) -> int:
+    return socket.AF_INET6 if ":" in addr else socket.AF_INET
+
+
+def serve(port: int, addrs: list) -> None:
+    """TCP and UDP on `port` on each of the pod's addresses; prints 'ready'."""
+    socks = []
+    for addr in addrs:
+        fam = _family(addr)
+        t = socket.socket(fam, socket.SOCK_STREAM)
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind((addr, port))
+        t.listen(128)
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.bind((addr, port))
+        socks += [t, u]
+    print("ready", flush=True)
+    while True:
+        readable, _, _ = select.select(socks, [], [])
+        for s in readable:
+            if s.type == socket.SOCK_STREAM:
+                conn, _ = s.accept()
+                conn.close()
+            else:
+                data, peer = s.recvfrom(2048)
+                s.sendto(b"pong:" + data, peer)
+
+
+def probe_one(protocol: str, addr: str, port: int, timeout: float) -> bool:
+    fam = _family(addr)
+    if protocol == "TCP":
+        with socket.socket(fam, socket.SOCK_STREAM) as s:
+            s.settimeout(timeout)
+            try:
+                s.connect((addr, port))
+                return True
+            except OSError:
+                return False
+    with socket.socket(fam, socket.SOCK_DGRAM) as s:
+        s.settimeout(timeout)
+        try:
+            s.sendto(b"ping", (addr, port))
+            data, _ = s.recvfrom(2048)
+            return data == b"pong:ping"
+        except OSError:
+            return False
+
+
+def probe(protocol: str, port: int, timeout: float, addrs: list) -> list:
+    results = [False] * len(addrs)
+
+    def one(i):
+        results[i] = probe_one(protocol, addrs[i], port, timeout)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(addrs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m pyipset.lab.probe")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("serve")
+    s.add_argument("--port", type=int, required=True)
+    s.add_argument("addrs", nargs="+")
+    p = sub.add_parser("probe")
+    p.add_argument("--protocol", choices=["TCP", "UDP"], required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--timeout", type=float, default=1.0)
+    p.add_argument("addrs", nargs="*")
+    args = parser.parse_args(argv)
+    if args.cmd == "serve":
+        serve(args.port, args.addrs)
+        return 0
+    print(json.dumps(probe(args.protocol, args.port, args.timeout, args.addrs)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
