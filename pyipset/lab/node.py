@@ -148,6 +148,7 @@ class LabNode:
     # ---- probing ----
 
     def _python(self, netns: str, *args: str) -> list:
+        # Run from / so that the installed package is imported, never a source tree in the cwd.
         return ["ip", "netns", "exec", netns, sys.executable, "-m", "pyipset.lab.probe", *args]
 
     def start_servers(self, port: int) -> None:
@@ -155,7 +156,7 @@ class LabNode:
         self.server_port = port
         for lp in self.pods:
             proc = subprocess.Popen(self._python(lp.netns, "serve", "--port", str(port), *map(str, lp.pod.ips)),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
             self.servers.append(proc)
         for proc in self.servers:
             line = proc.stdout.readline().strip()
@@ -172,7 +173,7 @@ class LabNode:
             addrs = [str(t) for t in targets if t is not None]
             proc = subprocess.Popen(self._python(lp.netns, "probe", "--protocol", protocol, "--port", str(port),
                                                  "--timeout", str(timeout), *addrs),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
             procs.append((proc, targets))
         allowed = []
         for proc, targets in procs:

@@ -1,0 +1,67 @@
+"""The kernel agrees with the verifier, checked with real packets in a lab
+node made of network namespaces (root; they run in CI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+
+from clusterspec import cluster, namespace, pod, policy
+from pyipset.lab.node import LabNode, _namespaces
+from pyipset.model import load, load_objects
+from pyipset.verify import native
+from test_engines_agree import PORTS, cluster_objects
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
+
+
+@pytest.fixture(autouse=True)
+def root_and_tools(netns):
+    """Needs what the netns fixture needs (root, ip, ipset); it also leaves nothing behind."""
+    yield
+    assert not [n for n in _namespaces() if n.startswith("pyl")], "the lab left namespaces behind"
+
+
+def check_lab(c, cases, timeout=0.5):
+    with LabNode(c) as lab:
+        for protocol, port in cases:
+            pods, expected = native.matrix(c, protocol, port)
+            observed = lab.observed_matrix(protocol, port, timeout)
+            wrong = [(pods[i].key, pods[j].key, observed[i][j]) for i in range(len(pods))
+                     for j in range(len(pods)) if observed[i][j] != expected[i][j]]
+            assert not wrong, f"{protocol}/{port}: kernel differs from the verifier on {wrong}"
+
+
+def test_three_tier_in_the_kernel():
+    check_lab(load([str(EXAMPLE)]), [("TCP", 80), ("TCP", 8080), ("UDP", 80)])
+
+
+def test_every_kind_of_rule_in_the_kernel():
+    c = cluster(
+        namespace("a", team="x"), namespace("b", team="y"),
+        pod("a/web", ["192.0.2.1", "2001:db8::1"], {"app": "web"}, [("http", 80, "TCP"), ("dns", 53, "UDP")]),
+        pod("a/db", "192.0.2.2", {"app": "db"}, [("http", 8080, "TCP")]),
+        pod("b/web", ["198.51.100.1", "2001:db8::3"], {"app": "web"}, [("http", 81, "TCP")]),
+        pod("b/cli", "198.51.100.2", {"role": "client"}),
+        policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [
+            {"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": "http"}]},
+            {"from": [{"namespaceSelector": {"matchLabels": {"team": "y"}},
+                       "podSelector": {"matchExpressions": [{"key": "role", "operator": "Exists"}]}}]}]}),
+        policy("a/web", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress", "Egress"],
+                         "ingress": [{"from": [{"ipBlock": {"cidr": "198.51.100.0/24",
+                                                            "except": ["198.51.100.2/32"]}}],
+                                      "ports": [{"port": 8000, "endPort": 8090}, {"protocol": "UDP", "port": 53}]},
+                                     {"from": [{"ipBlock": {"cidr": "2001:db8::/64"}}]}],
+                         "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 8080}, {"port": 81}]}]}),
+        policy("b/deny", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
+    check_lab(c, [("TCP", 80), ("TCP", 81), ("TCP", 8080), ("UDP", 53), ("TCP", 8085)])
+
+
+@settings(max_examples=6, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(objs=cluster_objects())
+def test_random_clusters_in_the_kernel(objs):
+    c = load_objects(objs)
+    check_lab(c, [("TCP", 80), ("UDP", 53), ("TCP", PORTS[0])], timeout=0.4)
