@@ -78,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--bridge", default="weave", help="the pod bridge the hooks name (default weave)")
     p.set_defaults(run=run_apply)
 
+    p = sub.add_parser("reconcile", help="read the kernel back, report drift from the manifests' program, repair it")
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH")
+    p.add_argument("--bridge", default="weave", help="the pod bridge the hooks name (default weave)")
+    p.set_defaults(run=run_reconcile)
+
     p = sub.add_parser("cleanup", help="remove every hook, chain and set pyipset installed, and nothing else")
     p.add_argument("--bridge", default="weave", help="the pod bridge the hooks name (default weave)")
     p.set_defaults(run=run_cleanup)
@@ -158,6 +163,19 @@ def run_apply(args) -> int:
     for family in families:
         report = apply(compile_cluster(cluster, family), kernel)
         print(f"{family}: {report}")
+    return 1 if cluster.rejections else 0
+
+
+def run_reconcile(args) -> int:
+    from .kernel.backend import Kernel, reconcile
+    cluster = _load(args)
+    kernel = Kernel(bridge=args.bridge)
+    families = sorted({"inet" if ip.version == 4 else "inet6" for p in cluster.pods for ip in p.ips} | {"inet"})
+    for family in families:
+        drift = reconcile(compile_cluster(cluster, family), kernel)
+        for line in drift.lines():
+            print(f"{family}: drift: {line}")
+        print(f"{family}: {drift.total()} difference(s) found" + (", repaired" if drift.total() else ""))
     return 1 if cluster.rejections else 0
 
 
@@ -295,6 +313,6 @@ def main(argv: list[str] | None = None) -> int:
     except UsageError as exc:
         print(f"pyipset {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, RuntimeError) as exc:
         print(f"pyipset {args.command}: error: {exc}", file=sys.stderr)
         return 1

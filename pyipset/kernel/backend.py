@@ -29,7 +29,7 @@ SET_PREFIX = "pyi-"
 CHAIN_PREFIX = "PYIPSET"
 
 
-class KernelError(Exception):
+class KernelError(RuntimeError):
     """A kernel tool refused its input: which tool, which line, what it said."""
 
     def __init__(self, command: list, stderr: str, line: Optional[str] = None):
@@ -38,12 +38,24 @@ class KernelError(Exception):
         super().__init__(f"{' '.join(command)} failed{where}: {self.stderr}")
 
 
+class KernelLimitError(RuntimeError):
+    """The program does not fit the kernel's limits; nothing was applied."""
+
+
+# The kernel numbers sets with 16 bits (IPSET_INVALID_ID is 65535); the table of
+# sets grows on demand from 256 (measured here: 1,100 sets in one namespace).
+MAX_SETS = 65534
+MAX_SET_NAME = 31  # IPSET_MAXNAMELEN - 1
+MAX_CHAIN_NAME = 28  # XT_EXTENSION_MAXNAMELEN - 1 - 1 for iptables user chains
+
+
 @dataclass
 class Kernel:
     """Where and how to reach the kernel's tables."""
 
     netns: Optional[str] = None  # a named network namespace, or None for this one
     bridge: str = "weave"
+    max_sets: int = MAX_SETS  # sets allowed in the namespace (ours and others')
 
     def run(self, *cmd: str, input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
         full = (["ip", "netns", "exec", self.netns] if self.netns else []) + list(cmd)
@@ -169,8 +181,30 @@ class ApplyReport:
     hooks_added: int = 0
 
 
+def check_limits(program: RuleProgram, kernel: Kernel) -> None:
+    """Refuses, before anything is applied, a program the kernel could not hold."""
+    for name in program.sets:
+        if len(name) > MAX_SET_NAME:
+            raise KernelLimitError(f"set name {name!r} is longer than {MAX_SET_NAME} characters")
+    for chain in program.chains:
+        if len(chain) > MAX_CHAIN_NAME:
+            raise KernelLimitError(f"chain name {chain!r} is longer than {MAX_CHAIN_NAME} characters")
+    names = kernel.run("ipset", "list", "-n").stdout.split()
+    foreign = [n for n in names if not n.startswith(SET_PREFIX)]
+    ours_other_family = [n for n, s in read_sets(kernel).items() if s.family != program.family]
+    # During an apply a changed set briefly has a twin (its rebuilt copy before the swap).
+    needed = len(foreign) + len(ours_other_family) + 2 * len(program.sets)
+    if needed > kernel.max_sets:
+        raise KernelLimitError(
+            f"the program needs {len(program.sets)} sets ({needed} at most during the update, with "
+            f"{len(foreign) + len(ours_other_family)} other sets present); this kernel allows {kernel.max_sets} "
+            "per network namespace: nothing was applied")
+
+
 def apply(program: RuleProgram, kernel: Kernel) -> ApplyReport:
-    """Brings the kernel to `program`; returns what changed."""
+    """Brings the kernel to `program`; returns what changed. A program that does
+    not fit the kernel's limits is refused whole (KernelLimitError)."""
+    check_limits(program, kernel)
     report = ApplyReport()
     current = read_sets(kernel)
     for leftover in [n for n in current if n.endswith("-t")]:  # from an apply that died mid-swap
@@ -232,3 +266,96 @@ def cleanup(kernel: Kernel) -> dict:
 
 def describe(cmd: list) -> str:
     return " ".join(shlex.quote(c) for c in cmd)
+
+
+# ---- reconciling ----
+
+@dataclass
+class Drift:
+    """How the kernel differs from the program: what reconcile found (and repaired)."""
+
+    missing_sets: list = field(default_factory=list)
+    extra_sets: list = field(default_factory=list)
+    missing_members: dict = field(default_factory=dict)  # set -> [entries]
+    extra_members: dict = field(default_factory=dict)
+    missing_chains: list = field(default_factory=list)
+    extra_chains: list = field(default_factory=list)
+    changed_chains: list = field(default_factory=list)
+    missing_hooks: int = 0
+
+    def total(self) -> int:
+        return (len(self.missing_sets) + len(self.extra_sets) + sum(map(len, self.missing_members.values()))
+                + sum(map(len, self.extra_members.values())) + len(self.missing_chains) + len(self.extra_chains)
+                + len(self.changed_chains) + self.missing_hooks)
+
+    def lines(self) -> list:
+        out = [f"set {s} is missing" for s in self.missing_sets]
+        out += [f"set {s} is not in the program" for s in self.extra_sets]
+        out += [f"set {s} lacks {len(m)} member(s), e.g. {sorted(m)[0]}" for s, m in self.missing_members.items()]
+        out += [f"set {s} has {len(m)} extra member(s), e.g. {sorted(m)[0]}" for s, m in self.extra_members.items()]
+        out += [f"chain {c} is missing" for c in self.missing_chains]
+        out += [f"chain {c} is not in the program" for c in self.extra_chains]
+        out += [f"chain {c} has rules that differ from the program" for c in self.changed_chains]
+        if self.missing_hooks:
+            out.append(f"{self.missing_hooks} hook(s) into FORWARD/INPUT are missing")
+        return out
+
+
+_expected_cache: dict = {}
+
+
+def expected_chains(program: RuleProgram) -> dict:
+    """The program's chains as this machine's iptables-save prints them: applied
+    once in a scratch network namespace and read back, so that comparing with
+    the kernel is exact whatever the tool's normal form is. Cached per program."""
+    import hashlib
+    import os
+    import uuid
+    from .render import render_ipset
+    key = hashlib.sha256((render_ipset(program) + render_iptables(program)).encode()).hexdigest()
+    if key not in _expected_cache:
+        scratch = f"pyl{os.getpid()}xref{uuid.uuid4().hex[:4]}"
+        subprocess.run(["ip", "netns", "add", scratch], check=True, capture_output=True)
+        try:
+            kernel = Kernel(netns=scratch, bridge="pyipset-ref")
+            apply(program, kernel)
+            _expected_cache[key] = read_chains(kernel, program.family)
+        finally:
+            subprocess.run(["ip", "netns", "delete", scratch], capture_output=True)
+    return _expected_cache[key]
+
+
+def diff(program: RuleProgram, kernel: Kernel) -> Drift:
+    drift = Drift()
+    have = {n: s for n, s in read_sets(kernel).items() if s.family == program.family}
+    for name, setdef in program.sets.items():
+        if name not in have:
+            drift.missing_sets.append(name)
+            continue
+        want = canonical_members(setdef.type, setdef.family, kernel_members(setdef))
+        if want - have[name].members:
+            drift.missing_members[name] = sorted(want - have[name].members)
+        if have[name].members - want:
+            drift.extra_members[name] = sorted(have[name].members - want)
+    drift.extra_sets = sorted(n for n in have if n not in program.sets)
+    expected = expected_chains(program)
+    actual = read_chains(kernel, program.family)
+    for chain, rules in expected.items():
+        if chain == "hooks":
+            continue
+        if chain not in actual:
+            drift.missing_chains.append(chain)
+        elif actual[chain] != rules:
+            drift.changed_chains.append(chain)
+    drift.extra_chains = sorted(c for c in actual if c != "hooks" and c not in expected)
+    bridge_hooks = [h.replace("pyipset-ref", kernel.bridge) for h in expected["hooks"]]
+    drift.missing_hooks = sum(1 for h in bridge_hooks if h not in actual["hooks"])
+    return drift
+
+
+def reconcile(program: RuleProgram, kernel: Kernel) -> Drift:
+    """Reads the kernel back, reports how it drifted from the program, and repairs it."""
+    drift = diff(program, kernel)
+    if drift.total():
+        apply(program, kernel)
+    return drift

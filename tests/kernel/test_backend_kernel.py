@@ -82,3 +82,39 @@ def test_cleanup_removes_ours_and_nothing_else(netns):
     assert "foreign" in netns.run("ipset", "list", "-n").stdout
     saved = netns.run("iptables-save", "-t", "filter").stdout
     assert ":FOREIGN" in saved and "-A FORWARD -j FOREIGN" in saved
+
+
+def test_reconcile_reports_and_repairs_drift(netns):
+    from pyipset.kernel.backend import reconcile
+    kernel = Kernel(netns=netns.name)
+    program = compile_cluster(base(), "inet")
+    apply(program, kernel)
+    assert reconcile(program, kernel).total() == 0
+    # Behind our back: a member, a rule and a hook disappear.
+    victim = next(n for n, d in program.sets.items() if d.members and d.type == "hash:ip")
+    member = sorted(program.sets[victim].members)[0]
+    netns.run("ipset", "del", victim, member)
+    netns.run("iptables", "-D", "PYIPSET", "1")
+    netns.run("iptables", "-D", "FORWARD", "-o", "weave", "-j", "PYIPSET")
+    drift = reconcile(program, kernel)
+    assert drift.missing_members == {victim: [member]}
+    assert drift.changed_chains == ["PYIPSET"]
+    assert drift.missing_hooks == 1
+    assert len(drift.lines()) == 3
+    assert reconcile(program, kernel).total() == 0  # repaired
+    sets, chains = kernel_state(kernel)
+    assert sets == expected_sets(program) and chains["hooks"] == 3
+
+
+def test_a_program_over_the_limits_is_refused_whole(netns):
+    import pytest
+    from pyipset.kernel.backend import KernelLimitError
+    kernel = Kernel(netns=netns.name)
+    program = compile_cluster(base(), "inet")
+    apply(program, kernel)
+    before = kernel_state(kernel)
+    bigger = compile_cluster(base(extra_policies=[policy("a/new", {"podSelector": {}, "ingress": [{}]})]), "inet")
+    small = Kernel(netns=netns.name, max_sets=len(program.sets) + 1)
+    with pytest.raises(KernelLimitError, match="nothing was applied"):
+        apply(bigger, small)
+    assert kernel_state(kernel) == before
