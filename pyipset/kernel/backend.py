@@ -6,10 +6,12 @@ a RuleProgram, touching only our own sets (prefix `pyi-`) and chains (prefix
   gets the member difference (adds and deletes) in the same single
   `ipset restore` run; one whose type changed is rebuilt beside the old one
   and swapped in (`swap` is atomic). Nothing is flushed first.
-- Chains: every chain of the program is declared and filled in one
-  `iptables-restore --noflush` transaction, so at no moment does a packet see
-  a half-written chain. Chains of ours the program no longer has are removed
-  in a second transaction, after nothing jumps to them.
+- Chains: the chains whose rules differ from the program's (compared in
+  iptables-save's own normal form, see expected_chains) are declared and
+  filled in one `iptables-restore --noflush` transaction, so at no moment does
+  a packet see a half-written chain, and pod churn that changes only set
+  members rewrites no rule. Chains of ours the program no longer has are
+  removed in a second transaction, after nothing jumps to them.
 - Hooks: FORWARD traffic out of and into the pod bridge, and INPUT from it,
   jump to PYIPSET; inserted once, checked with `-C`.
 - Sets of ours the program no longer uses are destroyed last.
@@ -148,12 +150,18 @@ def ipset_script(program: RuleProgram, current: dict) -> str:
         members = kernel_members(setdef)
         opts = f"family {setdef.family} hashsize {_hashsize(len(members))} maxelem {max(65536, 2 * len(members))}"
         have = current.get(name)
-        if have is not None and have.type == setdef.type and have.family == setdef.family:
+        same_kind = have is not None and have.type == setdef.type and have.family == setdef.family
+        if same_kind:
             want = canonical_members(setdef.type, setdef.family, members)
-            # Whole lines compare: a flipped nomatch flag is a delete and an add.
-            lines += [f"del {name} {m.split()[0]}" for m in sorted(have.members - want)]
-            lines += [f"add {name} {m} -exist" for m in sorted(want - have.members)]
+            gone, new = sorted(have.members - want), sorted(want - have.members)
+        if same_kind and len(gone) + len(new) <= max(16, len(want) // 2):
+            # A few members changed: edit the live set. Whole lines compare, so a
+            # flipped nomatch flag is a delete and an add.
+            lines += [f"del {name} {m.split()[0]}" for m in gone]
+            lines += [f"add {name} {m} -exist" for m in new]
         elif have is not None:
+            # Most of it changed, or its type did: build the new one beside it
+            # and swap the two in one step.
             tmp = name + "-t"
             lines.append(f"create {tmp} {setdef.type} {opts}")
             lines += [f"add {tmp} {m}" for m in members]
@@ -177,6 +185,7 @@ class ApplyReport:
     members_added: int = 0
     members_removed: int = 0
     sets_destroyed: int = 0
+    chains_written: int = 0
     chains_removed: int = 0
     hooks_added: int = 0
 
@@ -201,9 +210,11 @@ def check_limits(program: RuleProgram, kernel: Kernel) -> None:
             "per network namespace: nothing was applied")
 
 
-def apply(program: RuleProgram, kernel: Kernel) -> ApplyReport:
-    """Brings the kernel to `program`; returns what changed. A program that does
-    not fit the kernel's limits is refused whole (KernelLimitError)."""
+def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False) -> ApplyReport:
+    """Brings the kernel to `program`; returns what changed. Only chains whose
+    rules differ from the program's are rewritten (all with rewrite_all). A
+    program that does not fit the kernel's limits is refused whole
+    (KernelLimitError)."""
     check_limits(program, kernel)
     report = ApplyReport()
     current = read_sets(kernel)
@@ -219,7 +230,14 @@ def apply(program: RuleProgram, kernel: Kernel) -> ApplyReport:
     if script:
         kernel.run("ipset", "restore", input=script)
     _, restore, _ = kernel.tools(program.family)
-    kernel.run(restore, "--noflush", input=render_iptables(program))
+    if rewrite_all:
+        changed = list(program.chains)
+    else:
+        before, expected = read_chains(kernel, program.family), expected_chains(program)
+        changed = [c for c in program.chains if before.get(c) != expected.get(c)]
+    if changed:
+        kernel.run(restore, "--noflush", input=render_iptables(program, changed))
+    report.chains_written = len(changed)
     report.hooks_added = ensure_hooks(kernel, program.family)
     chains = read_chains(kernel, program.family)
     stale = [c for c in chains if c != "hooks" and c not in program.chains]
@@ -318,7 +336,7 @@ def expected_chains(program: RuleProgram) -> dict:
         subprocess.run(["ip", "netns", "add", scratch], check=True, capture_output=True)
         try:
             kernel = Kernel(netns=scratch, bridge="pyipset-ref")
-            apply(program, kernel)
+            apply(program, kernel, rewrite_all=True)
             _expected_cache[key] = read_chains(kernel, program.family)
         finally:
             subprocess.run(["ip", "netns", "delete", scratch], capture_output=True)

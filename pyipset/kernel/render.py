@@ -87,12 +87,14 @@ def render_rule(chain: str, rule: Rule) -> str:
     return " ".join(args + _target_args(rule))
 
 
-def render_iptables(program: RuleProgram) -> str:
-    """Declares (and so empties) every chain of the program and fills it, in one
-    transaction. Built-in chains and other tables are left alone (--noflush)."""
+def render_iptables(program: RuleProgram, chains=None) -> str:
+    """Declares (and so empties) every chain of the program, or only `chains`,
+    and fills it, in one transaction. Built-in chains, other chains and other
+    tables are left alone (--noflush)."""
+    names = list(program.chains) if chains is None else [c for c in program.chains if c in set(chains)]
     lines = ["*filter"]
-    lines += [f":{chain} - [0:0]" for chain in program.chains]
-    for chain, rules in program.chains.items():
-        lines += [render_rule(chain, rule) for rule in rules]
+    lines += [f":{chain} - [0:0]" for chain in names]
+    for chain in names:
+        lines += [render_rule(chain, rule) for rule in program.chains[chain]]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"
