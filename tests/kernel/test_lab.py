@@ -65,3 +65,16 @@ def test_every_kind_of_rule_in_the_kernel():
 def test_random_clusters_in_the_kernel(objs):
     c = load_objects(objs)
     check_lab(c, [("TCP", 80), ("UDP", 53), ("TCP", PORTS[0])], timeout=0.4)
+
+
+def test_a_killed_runs_leftovers_are_removed():
+    import subprocess
+    stale = "pyl999999x0000-node"  # no process 999999: a run that was killed
+    subprocess.run(["ip", "netns", "add", stale], check=True)
+    try:
+        c = cluster(pod("a/p", "192.0.2.1"))
+        with LabNode(c) as lab:
+            assert stale not in _namespaces()
+            assert lab.observed_matrix("TCP", 80, 0.3) == [[True]]
+    finally:
+        subprocess.run(["ip", "netns", "delete", stale], capture_output=True)
