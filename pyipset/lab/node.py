@@ -123,10 +123,15 @@ class LabNode:
             if any(ip.version == 6 for ip in pod.ips):
                 _run("ip", "-n", ns, "-6", "route", "add", "default", "dev", "eth0")
             self.pods.append(LabPod(pod, ns))
-        kernel = Kernel(netns=self.node, bridge=self.bridge)
+        self.kernel = Kernel(netns=self.node, bridge=self.bridge)
+        self.apply(self.cluster)
+
+    def apply(self, cluster: Cluster) -> None:
+        """Programs the node with a cluster's policies (pods outside the lab are
+        just addresses in sets)."""
         for family, version in (("inet", 4), ("inet6", 6)):
-            if any(ip.version == version for p in self.cluster.pods for ip in p.ips) or family == "inet":
-                apply(compile_cluster(self.cluster, family), kernel)
+            if any(ip.version == version for p in cluster.pods for ip in p.ips) or family == "inet":
+                apply(compile_cluster(cluster, family), self.kernel)
 
     def stop_servers(self) -> None:
         for proc in self.servers:
@@ -183,6 +188,17 @@ class LabNode:
             results = iter(json.loads(out))
             allowed.append([next(results) if t is not None else False for t in targets])
         return allowed
+
+    def watch(self, src: str, dst: str, protocol: str, port: int, seconds: float) -> subprocess.Popen:
+        """Starts connecting from pod `src` to pod `dst` (keys) over and over for
+        `seconds`; the process prints {"ok": n, "fail": m} when done."""
+        s = next(lp for lp in self.pods if lp.pod.key == src)
+        d = next(lp for lp in self.pods if lp.pod.key == dst)
+        if self.server_port != port:
+            self.start_servers(port)
+        return subprocess.Popen(self._python(s.netns, "watch", "--protocol", protocol, "--port", str(port),
+                                             "--seconds", str(seconds), str(self._target(s.pod, d.pod))),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
 
     @staticmethod
     def _target(src: Pod, dst: Pod):

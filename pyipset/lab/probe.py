@@ -4,6 +4,7 @@ each given address and reports which succeeded.
 
     python -m pyipset.lab.probe serve --port 80
     python -m pyipset.lab.probe probe --protocol TCP --port 80 --timeout 1.0 ADDR...
+    python -m pyipset.lab.probe watch --protocol TCP --port 80 --seconds 5 ADDR
 """
 
 from __future__ import annotations
@@ -78,6 +79,20 @@ def probe(protocol: str, port: int, timeout: float, addrs: list) -> list:
     return results
 
 
+def watch(protocol: str, addr: str, port: int, seconds: float, interval: float, timeout: float) -> dict:
+    """Connects again and again for `seconds`; counts what got through and what did not."""
+    import time
+    ok = fail = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if probe_one(protocol, addr, port, timeout):
+            ok += 1
+        else:
+            fail += 1
+        time.sleep(interval)
+    return {"ok": ok, "fail": fail}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyipset.lab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -89,7 +104,17 @@ def main(argv=None) -> int:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("addrs", nargs="*")
+    w = sub.add_parser("watch")
+    w.add_argument("--protocol", choices=["TCP", "UDP"], required=True)
+    w.add_argument("--port", type=int, required=True)
+    w.add_argument("--seconds", type=float, required=True)
+    w.add_argument("--interval", type=float, default=0.01)
+    w.add_argument("--timeout", type=float, default=0.25)
+    w.add_argument("addr")
     args = parser.parse_args(argv)
+    if args.cmd == "watch":
+        print(json.dumps(watch(args.protocol, args.addr, args.port, args.seconds, args.interval, args.timeout)))
+        return 0
     if args.cmd == "serve":
         serve(args.port, args.addrs)
         return 0

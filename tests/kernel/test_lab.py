@@ -78,3 +78,39 @@ def test_a_killed_runs_leftovers_are_removed():
             assert lab.observed_matrix("TCP", 80, 0.3) == [[True]]
     finally:
         subprocess.run(["ip", "netns", "delete", stale], capture_output=True)
+
+
+def test_no_window_while_updates_are_applied():
+    """A pair that is allowed throughout never fails, a pair that is denied
+    throughout never gets through, while policies and pods around them change
+    and the chains on their path are rewritten."""
+    import json
+    import time
+    db_rule = {"from": [{"podSelector": {"matchLabels": {"app": "web"}}}], "ports": [{"port": 5432}]}
+
+    def state(step: int):
+        extra_pods = [pod(f"a/x{i}", f"192.0.2.{100 + i}", {"app": ["web", "db", "other"][(step + i) % 3]})
+                      for i in range(step % 4)]
+        extra_policies = [policy(f"a/p{i}", {"podSelector": {"matchLabels": {"app": "other"}},
+                                             "ingress": [{"ports": [{"port": 7000 + i}]}]})
+                          for i in range(step % 3)]
+        rule = dict(db_rule, ports=db_rule["ports"] + [{"port": 6000 + step}])  # rewrites the db chain
+        return cluster(namespace("a"),
+                       pod("a/web", "192.0.2.1", {"app": "web"}), pod("a/db", "192.0.2.2", {"app": "db"}),
+                       pod("a/other", "192.0.2.3", {"app": "other"}), *extra_pods,
+                       policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [rule]}),
+                       *extra_policies)
+
+    with LabNode(state(0)) as lab:
+        lab.start_servers(5432)
+        allowed = lab.watch("a/web", "a/db", "TCP", 5432, seconds=4)
+        denied = lab.watch("a/other", "a/db", "TCP", 5432, seconds=4)
+        updates = 0
+        end = time.monotonic() + 3.5
+        while time.monotonic() < end:
+            updates += 1
+            lab.apply(state(updates))
+        results = [json.loads(p.communicate(timeout=30)[0]) for p in (allowed, denied)]
+    assert updates >= 5
+    assert results[0]["ok"] > 20 and results[0]["fail"] == 0, results[0]
+    assert results[1]["ok"] == 0 and results[1]["fail"] > 5, results[1]
