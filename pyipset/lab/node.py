@@ -69,8 +69,11 @@ class LabPod:
 
 
 class LabNode:
-    def __init__(self, cluster: Cluster, bridge: str = "weave"):
+    def __init__(self, cluster: Cluster, bridge: str = "weave", only=None):
+        """only: the keys of the pods to build (default all); the others stay
+        addresses in the sets."""
         self.cluster = cluster
+        self.only = None if only is None else set(only)
         self.bridge = bridge
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
         self.node = f"{self.run_id}-node"
@@ -105,7 +108,7 @@ class LabNode:
         _run("ip", "-n", n, "link", "set", self.bridge, "up")
         for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
             _run("ip", "netns", "exec", n, "sysctl", "-qw", f"net.bridge.{key}=1")
-        for i, pod in enumerate(self.cluster.sorted_pods()):
+        for i, pod in enumerate(p for p in self.cluster.sorted_pods() if self.only is None or p.key in self.only):
             ns = f"{self.run_id}-p{i}"
             self._netns(ns)
             veth = f"v{i}"
@@ -199,6 +202,17 @@ class LabNode:
         return subprocess.Popen(self._python(s.netns, "watch", "--protocol", protocol, "--port", str(port),
                                              "--seconds", str(seconds), str(self._target(s.pod, d.pod))),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+
+    def burst(self, src: str, dst: str, protocol: str, port: int, count: int) -> dict:
+        """`count` connections from pod `src` to pod `dst`, one after another:
+        {"ok": how many got through, "seconds": how long they took, timed in the pod}."""
+        s = next(lp for lp in self.pods if lp.pod.key == src)
+        d = next(lp for lp in self.pods if lp.pod.key == dst)
+        if self.server_port != port:
+            self.start_servers(port)
+        out = _run(*self._python(s.netns, "burst", "--protocol", protocol, "--port", str(port), "--count",
+                                 str(count), str(self._target(s.pod, d.pod)))).stdout
+        return json.loads(out)
 
     @staticmethod
     def _target(src: Pod, dst: Pod):

@@ -5,6 +5,7 @@ each given address and reports which succeeded.
     python -m pyipset.lab.probe serve --port 80
     python -m pyipset.lab.probe probe --protocol TCP --port 80 --timeout 1.0 ADDR...
     python -m pyipset.lab.probe watch --protocol TCP --port 80 --seconds 5 ADDR
+    python -m pyipset.lab.probe burst --protocol TCP --port 80 --count 1000 ADDR
 """
 
 from __future__ import annotations
@@ -93,6 +94,14 @@ def watch(protocol: str, addr: str, port: int, seconds: float, interval: float, 
     return {"ok": ok, "fail": fail}
 
 
+def burst(protocol: str, addr: str, port: int, count: int, timeout: float) -> dict:
+    """`count` connections one after another: how many got through, and the seconds they took."""
+    import time
+    start = time.perf_counter()
+    ok = sum(probe_one(protocol, addr, port, timeout) for _ in range(count))
+    return {"ok": ok, "seconds": time.perf_counter() - start}
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyipset.lab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -111,7 +120,16 @@ def main(argv=None) -> int:
     w.add_argument("--interval", type=float, default=0.01)
     w.add_argument("--timeout", type=float, default=0.25)
     w.add_argument("addr")
+    b = sub.add_parser("burst")
+    b.add_argument("--protocol", choices=["TCP", "UDP"], required=True)
+    b.add_argument("--port", type=int, required=True)
+    b.add_argument("--count", type=int, required=True)
+    b.add_argument("--timeout", type=float, default=1.0)
+    b.add_argument("addr")
     args = parser.parse_args(argv)
+    if args.cmd == "burst":
+        print(json.dumps(burst(args.protocol, args.addr, args.port, args.count, args.timeout)))
+        return 0
     if args.cmd == "watch":
         print(json.dumps(watch(args.protocol, args.addr, args.port, args.seconds, args.interval, args.timeout)))
         return 0
