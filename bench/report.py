@@ -97,6 +97,22 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
         if "1000-100-" in name:
             mode = "all cores" if "all-cores" in name else "one thread"
             target(f"evaluator 1k pods, 100 policies, {mode}: >= 10M flows/s", ns <= 100, f"{1e3 / ns:.1f}M/s")
+    for size in ("10,000", "100,000"):
+        ours = next((ns_per_op(b) for b in benches if b["group"] == f"apply into an empty namespace, {size} pods"
+                     and "pyipset-apply" in b["name"]), None)
+        plain = next((ns_per_op(b) for b in benches if b["group"] == f"apply into an empty namespace, {size} pods"
+                      and "ipset-restore" in b["name"]), None)
+        if ours and plain:
+            target(f"apply, {size} pods: not slower than plain ipset restore", ours <= plain,
+                   f"{ours / plain:.2f}x the time")
+    path = {b["name"]: ns_per_op(b) for b in benches if b["group"].startswith("kernel datapath")}
+    ipset0 = next((v for k, v in path.items() if "pyipset-ipset-0]" in k), None)
+    ipset10k = next((v for k, v in path.items() if "pyipset-ipset-10000" in k), None)
+    linear10k = next((v for k, v in path.items() if "linear-iptables-10000" in k), None)
+    if ipset0 and ipset10k and linear10k:
+        target("datapath: ipset layout flat from 0 to 10k other sources (within 10%)", ipset10k <= 1.1 * ipset0,
+               f"{ipset0 / 1e3:.1f} -> {ipset10k / 1e3:.1f} us per connection; linear rules "
+               f"{linear10k / 1e3:.1f} us")
     singles = [ns_per_op(b) for b in benches if b["group"].startswith("single")]
     if singles:
         target("single `entry in s` (str): <= 250 ns", max(singles) <= 250, f"worst {max(singles):.0f} ns")
