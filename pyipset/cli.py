@@ -48,6 +48,12 @@ def _add_flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_port, required=True, help="destination port")
 
 
+def _add_kernel_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--bridge", default="weave", help="the pod bridge the hooks name (default weave)")
+    p.add_argument("--nflog-group", type=int, default=86, metavar="N",
+                   help="netlink group denied connections are logged to (default 86)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyipset",
@@ -71,16 +77,17 @@ def build_parser() -> argparse.ArgumentParser:
                    help="manifest file or directory (repeatable)")
     p.add_argument("--family", choices=["inet", "inet6", "auto"], default="auto",
                    help="address family (auto: every family the pods use; inet when there are none)")
+    _add_kernel_args(p)
     p.set_defaults(run=run_compile)
 
     p = sub.add_parser("apply", help="program this network namespace's kernel with the manifests' policies")
     p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH")
-    p.add_argument("--bridge", default="weave", help="the pod bridge the hooks name (default weave)")
+    _add_kernel_args(p)
     p.set_defaults(run=run_apply)
 
     p = sub.add_parser("reconcile", help="read the kernel back, report drift from the manifests' program, repair it")
     p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH")
-    p.add_argument("--bridge", default="weave", help="the pod bridge the hooks name (default weave)")
+    _add_kernel_args(p)
     p.set_defaults(run=run_reconcile)
 
     p = sub.add_parser("cleanup", help="remove every hook, chain and set pyipset installed, and nothing else")
@@ -89,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lab", help="build a node from network namespaces and check the kernel with real packets")
     _add_flow_args(p)
-    p.add_argument("--bridge", default="weave", help="the lab's pod bridge (default weave)")
+    _add_kernel_args(p)
     p.add_argument("--timeout", type=float, default=1.0, help="seconds a probe waits (default 1.0)")
     p.add_argument("-o", "--output", choices=["json", "table"], default="table")
     p.set_defaults(run=run_lab)
@@ -143,8 +150,9 @@ def run_compile(args) -> int:
         families = ["inet" if v == 4 else "inet6" for v in versions]
     else:
         families = [args.family]
+    from .kernel.backend import Kernel, hook_specs
     for family in families:
-        program = compile_cluster(cluster, family)
+        program = compile_cluster(cluster, family, nflog_group=args.nflog_group)
         tool = "iptables-restore" if family == "inet" else "ip6tables-restore"
         print(f"# ipset restore input ({family}): {len(program.sets)} sets")
         print(render_ipset(program), end="")
@@ -152,6 +160,10 @@ def run_compile(args) -> int:
         for note in program.notes:
             print(f"# {note}")
         print(render_iptables(program), end="")
+        iptables = "iptables" if family == "inet" else "ip6tables"
+        print(f"# hooks, inserted once by apply (checked with {iptables} -C):")
+        for chain, spec in hook_specs(Kernel(bridge=args.bridge)):
+            print(f"#   {iptables} -I {chain} 1 {' '.join(spec)}")
     return 1 if cluster.rejections else 0
 
 
@@ -161,7 +173,7 @@ def run_apply(args) -> int:
     kernel = Kernel(bridge=args.bridge)
     families = sorted({"inet" if ip.version == 4 else "inet6" for p in cluster.pods for ip in p.ips} | {"inet"})
     for family in families:
-        report = apply(compile_cluster(cluster, family), kernel)
+        report = apply(compile_cluster(cluster, family, nflog_group=args.nflog_group), kernel)
         print(f"{family}: {report}")
     return 1 if cluster.rejections else 0
 
@@ -172,7 +184,7 @@ def run_reconcile(args) -> int:
     kernel = Kernel(bridge=args.bridge)
     families = sorted({"inet" if ip.version == 4 else "inet6" for p in cluster.pods for ip in p.ips} | {"inet"})
     for family in families:
-        drift = reconcile(compile_cluster(cluster, family), kernel)
+        drift = reconcile(compile_cluster(cluster, family, nflog_group=args.nflog_group), kernel)
         for line in drift.lines():
             print(f"{family}: drift: {line}")
         print(f"{family}: {drift.total()} difference(s) found" + (", repaired" if drift.total() else ""))
@@ -193,7 +205,7 @@ def run_lab(args) -> int:
                          "the verifier's SCTP answers are checked against the rules, not packets")
     cluster = _load(args)
     pods, expected = native.matrix(cluster, args.protocol, args.port)
-    with LabNode(cluster, bridge=args.bridge) as lab:
+    with LabNode(cluster, bridge=args.bridge, nflog_group=args.nflog_group) as lab:
         observed = lab.observed_matrix(args.protocol, args.port, args.timeout)
     disagreements = [{"from": pods[i].key, "to": pods[j].key, "kernel": observed[i][j], "verifier": expected[i][j]}
                      for i in range(len(pods)) for j in range(len(pods)) if observed[i][j] != expected[i][j]]

@@ -86,3 +86,6 @@ def test_compile_prints_both_scripts():
     assert r.returncode == 0, r.stderr
     assert "# ipset restore input (inet)" in r.stdout and "*filter" in r.stdout and "COMMIT" in r.stdout
     assert '--comment "shop/presentation-policy ingress[0]"' in r.stdout
+    assert "--nflog-group 86" in r.stdout and "#   iptables -I FORWARD 1 -o weave -j PYIPSET" in r.stdout
+    r = run("compile", "-f", EXAMPLE, "--nflog-group", "5", "--bridge", "cni0")
+    assert "--nflog-group 5" in r.stdout and "--nflog-group 86" not in r.stdout and "-o cni0" in r.stdout

@@ -82,8 +82,9 @@ class _Sets:
 
 
 class _Compiler:
-    def __init__(self, cluster: Cluster, family: str, flatten_limit: int):
+    def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int):
         self.cluster = cluster
+        self.nflog_group = nflog_group
         self.version = 4 if family == "inet" else 6
         self.program = RuleProgram(family)
         self.sets = _Sets(self.program)
@@ -299,15 +300,18 @@ class _Compiler:
         ]
         for chain, direction in ((deny_egress, "egress"), (deny_ingress, "ingress")):
             prog.chains[chain] = [
-                Rule((), "NFLOG", log_prefix=f"pyipset {direction} denied", log_group=NFLOG_GROUP,
+                Rule((), "NFLOG", log_prefix=f"pyipset {direction} denied", log_group=self.nflog_group,
                      origin=f"log connections {direction} policy denies"),
                 Rule((), "DROP", origin=f"no {direction} rule allows it"),
             ]
         return prog
 
 
-def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT) -> RuleProgram:
+def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT,
+                    nflog_group: int = NFLOG_GROUP) -> RuleProgram:
     """The RuleProgram enforcing every policy of the cluster for one family."""
     if family not in ("inet", "inet6"):
         raise ValueError(f"unknown family {family!r} (expected inet or inet6)")
-    return _Compiler(cluster, family, flatten_limit).compile()
+    if not 0 <= nflog_group <= 65535:
+        raise ValueError(f"NFLOG group {nflog_group} is out of range 0-65535")
+    return _Compiler(cluster, family, flatten_limit, nflog_group).compile()

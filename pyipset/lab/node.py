@@ -69,10 +69,11 @@ class LabPod:
 
 
 class LabNode:
-    def __init__(self, cluster: Cluster, bridge: str = "weave", only=None):
+    def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = 86):
         """only: the keys of the pods to build (default all); the others stay
         addresses in the sets."""
         self.cluster = cluster
+        self.nflog_group = nflog_group
         self.only = None if only is None else set(only)
         self.bridge = bridge
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
@@ -134,7 +135,7 @@ class LabNode:
         just addresses in sets)."""
         for family, version in (("inet", 4), ("inet6", 6)):
             if any(ip.version == version for p in cluster.pods for ip in p.ips) or family == "inet":
-                apply(compile_cluster(cluster, family), self.kernel)
+                apply(compile_cluster(cluster, family, nflog_group=self.nflog_group), self.kernel)
 
     def stop_servers(self) -> None:
         for proc in self.servers:

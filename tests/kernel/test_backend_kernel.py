@@ -58,6 +58,7 @@ def test_updates_equal_a_fresh_apply(netns, tmp_path):
         base(),                                                                                # pod removed
         base(relabel={"app": "other"}),                                                        # pod relabelled
         base(extra_policies=[policy("a/new", {"podSelector": {}, "ingress": [{}]})]),          # policy added
+        base(extra_policies=[policy("a/new", {"podSelector": {}, "ingress": [{"ports": [{"port": 9}]}]})]),  # changed
         base(),                                                                                # policy deleted
     ]
     for i, c in enumerate(updates):
