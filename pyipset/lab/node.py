@@ -30,7 +30,7 @@ PREFIX = "pyl"
 
 
 def _run(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, input=input)
+    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, input=input, cwd="/")
     if check and r.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
     return r
@@ -69,12 +69,16 @@ class LabPod:
 
 
 class LabNode:
-    def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = 86):
+    def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = 86,
+                 outside=()):
         """only: the keys of the pods to build (default all); the others stay
-        addresses in the sets."""
+        addresses in the sets. outside: addresses of hosts that are not pods
+        (no policy selects them), each given a namespace on the bridge too."""
         self.cluster = cluster
         self.nflog_group = nflog_group
         self.only = None if only is None else set(only)
+        self.outside = list(outside)
+        self.hosts: dict = {}  # outside address -> namespace
         self.bridge = bridge
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
         self.node = f"{self.run_id}-node"
@@ -102,6 +106,24 @@ class LabNode:
         self.created.append(name)
         _run("ip", "-n", name, "link", "set", "lo", "up")
 
+    def _host(self, ns: str, veth: str, ips) -> None:
+        """A namespace on the bridge with these addresses and on-link default routes."""
+        n = self.node
+        self._netns(ns)
+        _run("ip", "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        _run("ip", "-n", n, "link", "set", veth, "master", self.bridge, "up")
+        _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0")
+        _run("ip", "-n", ns, "link", "set", "eth0", "up")
+        for ip in ips:
+            if ip.version == 4:
+                _run("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
+            else:
+                _run("ip", "-n", ns, "addr", "add", f"{ip}/128", "dev", "eth0", "nodad")
+        if any(ip.version == 4 for ip in ips):
+            _run("ip", "-n", ns, "route", "add", "default", "dev", "eth0")
+        if any(ip.version == 6 for ip in ips):
+            _run("ip", "-n", ns, "-6", "route", "add", "default", "dev", "eth0")
+
     def _build(self) -> None:
         self._netns(self.node)
         n = self.node
@@ -111,22 +133,12 @@ class LabNode:
             _run("ip", "netns", "exec", n, "sysctl", "-qw", f"net.bridge.{key}=1")
         for i, pod in enumerate(p for p in self.cluster.sorted_pods() if self.only is None or p.key in self.only):
             ns = f"{self.run_id}-p{i}"
-            self._netns(ns)
-            veth = f"v{i}"
-            _run("ip", "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
-            _run("ip", "-n", n, "link", "set", veth, "master", self.bridge, "up")
-            _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0")
-            _run("ip", "-n", ns, "link", "set", "eth0", "up")
-            for ip in pod.ips:
-                if ip.version == 4:
-                    _run("ip", "-n", ns, "addr", "add", f"{ip}/32", "dev", "eth0")
-                else:
-                    _run("ip", "-n", ns, "addr", "add", f"{ip}/128", "dev", "eth0", "nodad")
-            if any(ip.version == 4 for ip in pod.ips):
-                _run("ip", "-n", ns, "route", "add", "default", "dev", "eth0")
-            if any(ip.version == 6 for ip in pod.ips):
-                _run("ip", "-n", ns, "-6", "route", "add", "default", "dev", "eth0")
+            self._host(ns, f"v{i}", pod.ips)
             self.pods.append(LabPod(pod, ns))
+        for i, ip in enumerate(self.outside):
+            ns = f"{self.run_id}-h{i}"
+            self._host(ns, f"h{i}", [ip])
+            self.hosts[ip] = ns
         self.kernel = Kernel(netns=self.node, bridge=self.bridge)
         self.apply(self.cluster)
 
@@ -163,8 +175,9 @@ class LabNode:
     def start_servers(self, port: int) -> None:
         self.stop_servers()
         self.server_port = port
-        for lp in self.pods:
-            proc = subprocess.Popen(self._python(lp.netns, "serve", "--port", str(port), *map(str, lp.pod.ips)),
+        listeners = [(lp.netns, lp.pod.ips) for lp in self.pods] + [(ns, [ip]) for ip, ns in self.hosts.items()]
+        for netns, ips in listeners:
+            proc = subprocess.Popen(self._python(netns, "serve", "--port", str(port), *map(str, ips)),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
             self.servers.append(proc)
         for proc in self.servers:
@@ -192,6 +205,24 @@ class LabNode:
             results = iter(json.loads(out))
             allowed.append([next(results) if t is not None else False for t in targets])
         return allowed
+
+    def connect(self, src, dst, protocol: str, port: int, timeout: float = 1.0) -> bool:
+        """One real connection from src to dst, each a pod key or an outside address."""
+        def place(end):
+            lp = next((lp for lp in self.pods if lp.pod.key == end), None)
+            return (lp.netns, lp.pod) if lp else (self.hosts[end], None)
+
+        (src_ns, src_pod), (_, dst_pod) = place(src), place(dst)
+        if dst_pod is not None:
+            target = self._target(src_pod, dst_pod) if src_pod else next(
+                ip for ip in dst_pod.ips if ip.version == src.version)
+        else:
+            target = dst
+        if self.server_port != port:
+            self.start_servers(port)
+        out = _run(*self._python(src_ns, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
+                                 str(timeout), str(target))).stdout
+        return json.loads(out)[0]
 
     def watch(self, src: str, dst: str, protocol: str, port: int, seconds: float) -> subprocess.Popen:
         """Starts connecting from pod `src` to pod `dst` (keys) over and over for

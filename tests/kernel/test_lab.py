@@ -3,6 +3,7 @@ node made of network namespaces (root; they run in CI)."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,8 @@ from pyipset.lab.node import LabNode, _namespaces
 from pyipset.model import load, load_objects
 from pyipset.verify import native
 from test_engines_agree import PORTS, cluster_objects
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))  # for test_semantics
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
 
@@ -114,3 +117,42 @@ def test_no_window_while_updates_are_applied():
     assert updates >= 5
     assert results[0]["ok"] > 20 and results[0]["fail"] == 0, results[0]
     assert results[1]["ok"] == 0 and results[1]["fail"] > 5, results[1]
+
+
+class LabEngine:
+    """The conformance cases' engine interface, answered with real packets."""
+
+    protocols = ("TCP", "UDP")  # no SCTP sockets in this kernel (CONFIG_IP_SCTP is off)
+
+    @staticmethod
+    def matrix(c, protocol, port):
+        with LabNode(c) as lab:
+            return c.sorted_pods(), lab.observed_matrix(protocol, port, 0.4)
+
+    @staticmethod
+    def judge(c, src, dst, protocol, port):
+        import ipaddress
+
+        def end(text):
+            try:
+                return ipaddress.ip_address(text)
+            except ValueError:
+                return text
+
+        s, d = end(src), end(dst)
+        outside = [e for e in (s, d) if not isinstance(e, str) and c.pod_by_ip(e) is None]
+        keyed = [e if isinstance(e, str) or e in outside else c.pod_by_ip(e).key for e in (s, d)]
+        with LabNode(c, outside=outside) as lab:
+            return lab.connect(keyed[0], keyed[1], protocol, port, 0.4)
+
+
+def _conformance_cases():
+    import inspect
+    import test_semantics
+    return [f for name, f in inspect.getmembers(test_semantics, inspect.isfunction)
+            if name.startswith("test_") and "engine" in inspect.signature(f).parameters]
+
+
+@pytest.mark.parametrize("case", _conformance_cases(), ids=lambda f: f.__name__)
+def test_conformance_cases_in_the_kernel(case):
+    case(LabEngine)
