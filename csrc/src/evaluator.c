@@ -150,8 +150,11 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
             REFUSE(IPS_ERR_INVALID, "rule %zu: matches past the %zu given", r, n_matches);
         for (uint32_t m = rule->first_match; m < rule->first_match + rule->n_matches; m++) {
             const ips_match *match = &matches[m];
-            if (match->kind > IPS_MATCH_STATE)
+            if (match->kind > IPS_MATCH_LIMIT)
                 REFUSE(IPS_ERR_INVALID, "rule %zu: unknown match kind %u", r, match->kind);
+            if (match->kind == IPS_MATCH_LIMIT && rule->target != IPS_TARGET_NFLOG)
+                REFUSE(IPS_ERR_INVALID, "rule %zu: a rate limit on a rule that decides (only NFLOG rules may have one)",
+                       r);
             if (match->kind == IPS_MATCH_SET &&
                 (match->set >= n_sets || !dims_fit(ips_set_type(sets[match->set]), match->dims)))
                 REFUSE(IPS_ERR_INVALID, "rule %zu: set %u is missing or its type does not fit the match dimensions",
@@ -283,6 +286,7 @@ static inline bool match_holds(const ips_program *p, const ips_match *m, const f
     case IPS_MATCH_PROTO: hit = f->proto == m->value; break;
     case IPS_MATCH_DPORT: hit = f->dport >= m->value && f->dport <= m->value2; break;
     case IPS_MATCH_MARK: hit = (mark & m->value2) == m->value; break;
+    case IPS_MATCH_LIMIT: hit = true; break;
     default: hit = (m->value & IPS_STATE_NEW) != 0; break;
     }
     return hit != (m->negate != 0);

@@ -447,6 +447,12 @@ static void test_evaluator(void) {
     uint32_t lf[] = {0, 1}, ll[] = {1, 1};
     p = ips_program_new(IPS_INET, 0, NULL, 2, lf, ll, 2, loop, 0, NULL, 0, &st, why, sizeof why);
     CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "loop"));
+    /* A rate limit is only for rules that decide nothing. */
+    ips_match lim = {IPS_MATCH_LIMIT, 0, 0, 0, 10, 20};
+    ips_rule dropper = {IPS_TARGET_DROP, 0, 0, 0, 0, 0, 1};
+    uint32_t lf0 = 0, ll1 = 1;
+    p = ips_program_new(IPS_INET, 0, NULL, 1, &lf0, &ll1, 1, &dropper, 1, &lim, 0, &st, why, sizeof why);
+    CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "rate limit"));
     /* A set match whose dims do not fit the set type is refused. */
     ips_match bad = {IPS_MATCH_SET, IPS_DIMS_DST_DPORT, 0, 0, 0, 0};
     ips_rule one = {IPS_TARGET_ACCEPT, 0, 0, 0, 0, 0, 1};

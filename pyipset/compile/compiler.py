@@ -8,7 +8,7 @@ search tree instead of a list of policies):
     clear our marks
     -> PYIPSET-EGRESS                  marks EGRESS_DENIED if an egress policy isolates
                                        the source and none of its rules allows it
-    EGRESS_DENIED  -> PYIPSET-DENY-EGRESS  (NFLOG "pyipset egress denied", DROP)
+    EGRESS_DENIED  -> PYIPSET-DENY-EGRESS  (NFLOG "pyipset egress denied", rate-limited; DROP)
     -> PYIPSET-INGRESS                 the same for the destination
     INGRESS_DENIED -> PYIPSET-DENY-INGRESS
     ACCEPT
@@ -57,6 +57,8 @@ from .program import (ENTRY_CHAIN, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGR
                       MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
 FLATTEN_LIMIT = 1024
+LOG_RATE = 100  # denied connections logged per second, at most ...
+LOG_BURST = 200  # ... after a burst of this many
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
@@ -300,7 +302,9 @@ class _Compiler:
         ]
         for chain, direction in ((deny_egress, "egress"), (deny_ingress, "ingress")):
             prog.chains[chain] = [
-                Rule((), "NFLOG", log_prefix=f"pyipset {direction} denied", log_group=self.nflog_group,
+                # Rate-limited: a flood of denied packets cannot flood the logger.
+                Rule((Match("limit", value=LOG_RATE, value2=LOG_BURST),), "NFLOG",
+                     log_prefix=f"pyipset {direction} denied", log_group=self.nflog_group,
                      origin=f"log connections {direction} policy denies"),
                 Rule((), "DROP", origin=f"no {direction} rule allows it"),
             ]

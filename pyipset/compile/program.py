@@ -47,6 +47,8 @@ class Match:
     kind "dport": the destination port is within value..value2.
     kind "mark":  (mark & value2) == value.
     kind "state": conntrack state among `states` (the evaluator sees NEW flows).
+    kind "limit": at most `value` packets a second, bursts of `value2` (only on
+                  NFLOG rules: the evaluator treats it as holding).
     `negate` inverts the match.
     """
 

@@ -61,6 +61,8 @@ def _match_args(m: Match) -> list:
         return ["-m", "mark", *neg, "--mark", f"{m.value:#x}/{m.value2:#x}"]
     if m.kind == "state":
         return ["-m", "conntrack", *neg, "--ctstate", ",".join(m.states)]
+    if m.kind == "limit":
+        return ["-m", "limit", "--limit", f"{m.value}/second", "--limit-burst", str(m.value2)]
     raise ValueError(f"cannot render match kind {m.kind!r}")
 
 

@@ -16,7 +16,7 @@ from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
 
 _TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5, "GOTO": 6}
-_MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4}
+_MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4, "limit": 5}
 _DIMS = {"src": 0, "dst": 1, "dst,dst": 2, "src,dst,dst": 3}
 _STATES = {"NEW": 1, "ESTABLISHED": 2, "RELATED": 4, "INVALID": 8}
 

@@ -35,6 +35,8 @@ typedef enum ips_match_kind {
     IPS_MATCH_DPORT = 2,   /* value..value2 inclusive */
     IPS_MATCH_MARK = 3,    /* (mark & value2) == value */
     IPS_MATCH_STATE = 4,   /* value: bit mask of IPS_STATE_*; flows are NEW */
+    IPS_MATCH_LIMIT = 5,   /* a rate limit (value per second, burst value2): rates are not modelled, so it
+                              holds, and it is only accepted on NFLOG rules, which decide nothing */
 } ips_match_kind;
 
 typedef enum ips_dims {
