@@ -15,9 +15,11 @@ import numpy as np
 from . import demo
 from .model import load
 from .model.objects import PROTOCOL_NUMBERS, PROTOCOLS, Cluster
-from .compile.compiler import compile_cluster
+from .compile.compiler import compile_cluster, program_families
 from .compile.program import MARK_EGRESS_OK, MARK_INGRESS_OK
+from .kernel.backend import Kernel, apply, cleanup, hook_specs, reconcile
 from .kernel.render import render_ipset, render_iptables
+from .lab.node import LabNode
 from .verify import native, reference
 
 
@@ -76,7 +78,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
                    help="manifest file or directory (repeatable)")
     p.add_argument("--family", choices=["inet", "inet6", "auto"], default="auto",
-                   help="address family (auto: every family the pods use; inet when there are none)")
+                   help="address family (auto: inet, and inet6 when pods have IPv6 addresses)")
     _add_kernel_args(p)
     p.set_defaults(run=run_compile)
 
@@ -145,12 +147,7 @@ def run_matrix(args) -> int:
 
 def run_compile(args) -> int:
     cluster = _load(args)
-    if args.family == "auto":
-        versions = sorted({ip.version for p in cluster.pods for ip in p.ips}) or [4]
-        families = ["inet" if v == 4 else "inet6" for v in versions]
-    else:
-        families = [args.family]
-    from .kernel.backend import Kernel, hook_specs
+    families = program_families(cluster) if args.family == "auto" else [args.family]
     for family in families:
         program = compile_cluster(cluster, family, nflog_group=args.nflog_group)
         tool = "iptables-restore" if family == "inet" else "ip6tables-restore"
@@ -168,22 +165,18 @@ def run_compile(args) -> int:
 
 
 def run_apply(args) -> int:
-    from .kernel.backend import Kernel, apply
     cluster = _load(args)
     kernel = Kernel(bridge=args.bridge)
-    families = sorted({"inet" if ip.version == 4 else "inet6" for p in cluster.pods for ip in p.ips} | {"inet"})
-    for family in families:
+    for family in program_families(cluster):
         report = apply(compile_cluster(cluster, family, nflog_group=args.nflog_group), kernel)
         print(f"{family}: {report}")
     return 1 if cluster.rejections else 0
 
 
 def run_reconcile(args) -> int:
-    from .kernel.backend import Kernel, reconcile
     cluster = _load(args)
     kernel = Kernel(bridge=args.bridge)
-    families = sorted({"inet" if ip.version == 4 else "inet6" for p in cluster.pods for ip in p.ips} | {"inet"})
-    for family in families:
+    for family in program_families(cluster):
         drift = reconcile(compile_cluster(cluster, family, nflog_group=args.nflog_group), kernel)
         for line in drift.lines():
             print(f"{family}: drift: {line}")
@@ -192,14 +185,12 @@ def run_reconcile(args) -> int:
 
 
 def run_cleanup(args) -> int:
-    from .kernel.backend import Kernel, cleanup
     removed = cleanup(Kernel(bridge=args.bridge))
     print(f"removed {removed['hooks']} hooks, {removed['chains']} chains, {removed['sets']} sets")
     return 0
 
 
 def run_lab(args) -> int:
-    from .lab.node import LabNode
     if args.protocol == "SCTP":
         raise UsageError("SCTP cannot be probed here: this kernel has no SCTP sockets (CONFIG_IP_SCTP is off); "
                          "the verifier's SCTP answers are checked against the rules, not packets")

@@ -311,6 +311,12 @@ class _Compiler:
         return prog
 
 
+def program_families(cluster: Cluster) -> list:
+    """The address families to program: those the pods use, and always inet
+    (an inet program with no policy still hooks the bridge and allows all)."""
+    return sorted({"inet" if ip.version == 4 else "inet6" for p in cluster.pods for ip in p.ips} | {"inet"})
+
+
 def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT,
                     nflog_group: int = NFLOG_GROUP) -> RuleProgram:
     """The RuleProgram enforcing every policy of the cluster for one family."""

@@ -321,7 +321,8 @@ class Drift:
         return out
 
 
-_expected_cache: dict = {}
+_expected_cache: dict = {}  # program fingerprint -> chains; the last few programs only
+_EXPECTED_CACHE_SIZE = 8
 
 
 def expected_chains(program: RuleProgram) -> dict:
@@ -343,6 +344,8 @@ def expected_chains(program: RuleProgram) -> dict:
                                                          for n, d in program.sets.items()})
             apply(hollow, kernel, rewrite_all=True)
             _expected_cache[key] = read_chains(kernel, program.family)
+            while len(_expected_cache) > _EXPECTED_CACHE_SIZE:
+                del _expected_cache[next(iter(_expected_cache))]  # oldest first (dicts keep order)
         finally:
             subprocess.run(["ip", "netns", "delete", scratch], capture_output=True)
     return _expected_cache[key]

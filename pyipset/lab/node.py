@@ -22,7 +22,7 @@ import sys
 import uuid
 from dataclasses import dataclass
 
-from ..compile.compiler import compile_cluster
+from ..compile.compiler import compile_cluster, program_families
 from ..kernel.backend import Kernel, apply
 from ..model.objects import Cluster, Pod
 
@@ -145,9 +145,8 @@ class LabNode:
     def apply(self, cluster: Cluster) -> None:
         """Programs the node with a cluster's policies (pods outside the lab are
         just addresses in sets)."""
-        for family, version in (("inet", 4), ("inet6", 6)):
-            if any(ip.version == version for p in cluster.pods for ip in p.ips) or family == "inet":
-                apply(compile_cluster(cluster, family, nflog_group=self.nflog_group), self.kernel)
+        for family in program_families(cluster):
+            apply(compile_cluster(cluster, family, nflog_group=self.nflog_group), self.kernel)
 
     def stop_servers(self) -> None:
         for proc in self.servers:
