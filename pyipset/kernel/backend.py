@@ -3,9 +3,11 @@ a RuleProgram, touching only our own sets (prefix `pyi-`) and chains (prefix
 `PYIPSET`), and read them back.
 
 - Sets: a new set is created and filled; an existing one of the same type
-  gets the member difference (adds and deletes) in the same single
-  `ipset restore` run; one whose type changed is rebuilt beside the old one
-  and swapped in (`swap` is atomic). Nothing is flushed first.
+  gets the member difference (adds and deletes) in one batched `ipset
+  restore`; one that mostly changed, or whose type changed, is rebuilt beside
+  the old one and swapped in (`swap` is atomic). Nothing is flushed first.
+  Additions to the isolation sets wait until after the chains change (see
+  ipset_scripts), so no pod is ever judged by half of an update.
 - Chains: the chains whose rules differ from the program's (compared in
   iptables-save's own normal form, see expected_chains) are declared and
   filled in one `iptables-restore --noflush` transaction, so at no moment does
@@ -145,32 +147,48 @@ def canonical_members(set_type: str, family: str, members: list) -> set:
     return set(s)
 
 
-def ipset_script(program: RuleProgram, current: dict) -> str:
-    lines = []
+ISOLATION_SET_PREFIX = SET_PREFIX + "I-"  # the sets a direction chain's first rule looks pods up in
+
+
+def ipset_scripts(program: RuleProgram, current: dict) -> tuple:
+    """The `ipset restore` input to run before the chain transaction, and the
+    input to run after it.
+
+    Order matters for the isolation sets: a pod added to one before the
+    chains know its policy group would be sent down the old group tree, to
+    another group's policies. So additions to an isolation set wait until
+    after the chains change (until then the pod is judged as before: not
+    isolated), and removals go first (from then on it is judged as
+    afterwards: not isolated). Every other change is safe before the chains:
+    it only makes a pod part of a selection a moment early or late.
+    """
+    before, after = [], []
     for name, setdef in program.sets.items():
         members = kernel_members(setdef)
         opts = f"family {setdef.family} hashsize {_hashsize(len(members))} maxelem {max(65536, 2 * len(members))}"
         have = current.get(name)
         same_kind = have is not None and have.type == setdef.type and have.family == setdef.family
+        isolation = name.startswith(ISOLATION_SET_PREFIX)
         if same_kind:
             want = canonical_members(setdef.type, setdef.family, members)
             gone, new = sorted(have.members - want), sorted(want - have.members)
-        if same_kind and len(gone) + len(new) <= max(16, len(want) // 2):
-            # A few members changed: edit the live set. Whole lines compare, so a
-            # flipped nomatch flag is a delete and an add.
-            lines += [f"del {name} {m.split()[0]}" for m in gone]
-            lines += [f"add {name} {m} -exist" for m in new]
+        if same_kind and (isolation or len(gone) + len(new) <= max(16, len(want) // 2)):
+            # Edit the live set. Whole lines compare, so a flipped nomatch flag
+            # is a delete and an add.
+            before += [f"del {name} {m.split()[0]}" for m in gone]
+            (after if isolation else before).extend(f"add {name} {m} -exist" for m in new)
         elif have is not None:
             # Most of it changed, or its type did: build the new one beside it
             # and swap the two in one step.
             tmp = name + "-t"
-            lines.append(f"create {tmp} {setdef.type} {opts}")
-            lines += [f"add {tmp} {m}" for m in members]
-            lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
+            before.append(f"create {tmp} {setdef.type} {opts}")
+            before += [f"add {tmp} {m}" for m in members]
+            before += [f"swap {tmp} {name}", f"destroy {tmp}"]
         else:
-            lines.append(f"create {name} {setdef.type} {opts}")
-            lines += [f"add {name} {m}" for m in members]
-    return "\n".join(lines) + ("\n" if lines else "")
+            # A new set: no rule of the running program looks at it yet.
+            before.append(f"create {name} {setdef.type} {opts}")
+            before += [f"add {name} {m}" for m in members]
+    return tuple("\n".join(lines) + ("\n" if lines else "") for lines in (before, after))
 
 
 def _hashsize(n: int) -> int:
@@ -212,25 +230,29 @@ def check_limits(program: RuleProgram, kernel: Kernel, ours: dict) -> None:
             "per network namespace: nothing was applied")
 
 
-def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False) -> ApplyReport:
+def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False,
+          stop_after_sets: bool = False) -> ApplyReport:
     """Brings the kernel to `program`; returns what changed. Only chains whose
     rules differ from the program's are rewritten (all with rewrite_all). A
     program that does not fit the kernel's limits is refused whole
-    (KernelLimitError)."""
+    (KernelLimitError). stop_after_sets leaves the kernel after the first set
+    changes, before the chains change: for tests of that intermediate state."""
     current = read_sets(kernel)  # the one read of the sets: `ipset save` costs as much as a restore
     check_limits(program, kernel, current)
     report = ApplyReport()
     for leftover in [n for n in current if n.endswith("-t")]:  # from an apply that died mid-swap
         kernel.run("ipset", "destroy", leftover)
         del current[leftover]
-    script = ipset_script(program, current)
-    for line in script.splitlines():
+    first, last = ipset_scripts(program, current)
+    for line in (first + last).splitlines():
         verb = line.split()[0]
         report.sets_created += verb == "create" and not line.split()[1].endswith("-t")
         report.members_added += verb == "add" and not line.split()[1].endswith("-t")
         report.members_removed += verb == "del"
-    if script:
-        kernel.run("ipset", "restore", input=script)
+    if first:
+        kernel.run("ipset", "restore", input=first)
+    if stop_after_sets:
+        return report
     _, restore, _ = kernel.tools(program.family)
     if rewrite_all:
         changed = list(program.chains)
@@ -240,6 +262,8 @@ def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False) -> Ap
     if changed:
         kernel.run(restore, "--noflush", input=render_iptables(program, changed))
     report.chains_written = len(changed)
+    if last:
+        kernel.run("ipset", "restore", input=last)
     report.hooks_added = ensure_hooks(kernel, program.family)
     chains = read_chains(kernel, program.family)
     stale = [c for c in chains if c != "hooks" and c not in program.chains]

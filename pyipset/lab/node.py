@@ -142,11 +142,12 @@ class LabNode:
         self.kernel = Kernel(netns=self.node, bridge=self.bridge)
         self.apply(self.cluster)
 
-    def apply(self, cluster: Cluster) -> None:
+    def apply(self, cluster: Cluster, stop_after_sets: bool = False) -> None:
         """Programs the node with a cluster's policies (pods outside the lab are
-        just addresses in sets)."""
+        just addresses in sets). stop_after_sets: see kernel.backend.apply."""
         for family in program_families(cluster):
-            apply(compile_cluster(cluster, family, nflog_group=self.nflog_group), self.kernel)
+            apply(compile_cluster(cluster, family, nflog_group=self.nflog_group), self.kernel,
+                  stop_after_sets=stop_after_sets)
 
     def stop_servers(self) -> None:
         for proc in self.servers:

@@ -156,3 +156,28 @@ def _conformance_cases():
 @pytest.mark.parametrize("case", _conformance_cases(), ids=lambda f: f.__name__)
 def test_conformance_cases_in_the_kernel(case):
     case(LabEngine)
+
+
+def test_midway_through_an_update_every_connection_is_judged_old_or_new():
+    """Stop an update after its first set changes, before the chains change:
+    every connection must then get the old program's verdict or the new one's.
+    (Adding a newly isolated pod to the isolation set at this point would send
+    it down the old group tree, to another pod's policies.)"""
+    pods = [pod("a/web", "192.0.2.1", {"app": "web"}), pod("a/db", "192.0.2.2", {"app": "db"}),
+            pod("a/z", "192.0.2.3", {"app": "z"}), pod("a/other", "192.0.2.4", {"app": "other"})]
+    db = policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}},
+                         "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                      "ports": [{"port": 80}]}]})
+    z = policy("a/z", {"podSelector": {"matchLabels": {"app": "z"}},
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}],
+                                    "ports": [{"port": 8080}]}]})
+    old, new = cluster(namespace("a"), *pods, db), cluster(namespace("a"), *pods, db, z)
+    for port in (80, 8080):
+        with LabNode(old) as lab:
+            lab.apply(new, stop_after_sets=True)
+            observed = lab.observed_matrix("TCP", port, 0.4)
+        keys, before = native.matrix(old, "TCP", port)
+        _, after = native.matrix(new, "TCP", port)
+        wrong = [(keys[i].key, keys[j].key) for i in range(len(keys)) for j in range(len(keys))
+                 if observed[i][j] not in (before[i][j], after[i][j])]
+        assert not wrong, f"TCP/{port}: judged by neither program: {wrong}"
