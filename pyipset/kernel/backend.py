@@ -22,13 +22,18 @@ a RuleProgram, touching only our own sets (prefix `pyi-`) and chains (prefix
 from __future__ import annotations
 
 import dataclasses
-import shlex
+import hashlib
+import os
+import re
 import subprocess
+import threading
+import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ..compile.program import ENTRY_CHAIN, RuleProgram
-from .render import kernel_members, render_iptables
+from ..sets import IPSet
+from .render import kernel_members, render_ipset, render_iptables
 
 SET_PREFIX = "pyi-"
 CHAIN_PREFIX = "PYIPSET"
@@ -76,7 +81,6 @@ class Kernel:
 
 def _failing_line(stderr: str, script: Optional[str]) -> Optional[str]:
     """The input line a restore tool names in its error ("Error in line N" / "line N failed")."""
-    import re
     m = re.search(r"[Ll]ine:? (\d+)", stderr)
     if not m or not script:
         return None
@@ -95,12 +99,17 @@ class KernelSet:
     members: set = field(default_factory=set)
 
 
-def read_sets(kernel: Kernel) -> dict:
-    """Our sets as `ipset save` shows them: name -> KernelSet."""
+def read_sets(kernel: Kernel, others: Optional[list] = None) -> dict:
+    """Our sets as `ipset save` shows them: name -> KernelSet. The names of
+    everyone else's sets are appended to `others` when it is given."""
     out = {}
     for line in kernel.run("ipset", "save").stdout.splitlines():
         words = line.split()
-        if len(words) < 3 or not words[1].startswith(SET_PREFIX):
+        if len(words) < 3:
+            continue
+        if not words[1].startswith(SET_PREFIX):
+            if words[0] == "create" and others is not None:
+                others.append(words[1])
             continue
         if words[0] == "create":
             family = words[words.index("family") + 1] if "family" in words else "inet"
@@ -139,7 +148,6 @@ def hook_specs(kernel: Kernel) -> list:
 
 def canonical_members(set_type: str, family: str, members: list) -> set:
     """Members as the kernel prints them (e.g. 192.0.2.1/32 in hash:net is 192.0.2.1)."""
-    from ..sets import IPSet
     s = IPSet(set_type, family)
     for m in members:
         entry, _, flag = m.partition(" ")
@@ -151,8 +159,9 @@ ISOLATION_SET_PREFIX = SET_PREFIX + "I-"  # the sets a direction chain's first r
 
 
 def ipset_scripts(program: RuleProgram, current: dict) -> tuple:
-    """The `ipset restore` input to run before the chain transaction, and the
-    input to run after it.
+    """The `ipset restore` input to run before the chain transaction, as one
+    block of lines per set (blocks are independent: they may run in parallel),
+    and the input to run after it.
 
     Order matters for the isolation sets: a pod added to one before the
     chains know its policy group would be sent down the old group tree, to
@@ -162,8 +171,10 @@ def ipset_scripts(program: RuleProgram, current: dict) -> tuple:
     afterwards: not isolated). Every other change is safe before the chains:
     it only makes a pod part of a selection a moment early or late.
     """
-    before, after = [], []
+    blocks, after = [], []  # blocks: the lines of one set each, independent of each other
     for name, setdef in program.sets.items():
+        before = []
+        blocks.append(before)
         members = kernel_members(setdef)
         opts = f"family {setdef.family} hashsize {_hashsize(len(members))} maxelem {max(65536, 2 * len(members))}"
         have = current.get(name)
@@ -188,7 +199,45 @@ def ipset_scripts(program: RuleProgram, current: dict) -> tuple:
             # A new set: no rule of the running program looks at it yet.
             before.append(f"create {name} {setdef.type} {opts}")
             before += [f"add {name} {m}" for m in members]
-    return tuple("\n".join(lines) + ("\n" if lines else "") for lines in (before, after))
+    return [b for b in blocks if b], "\n".join(after) + ("\n" if after else "")
+
+
+PARALLEL_RESTORE_LINES = 5000  # below this, one `ipset restore` (measured: from 31k lines on, two are quicker)
+
+
+def restore_in_parallel(kernel: Kernel, blocks: list) -> None:
+    """Runs independent per-set blocks through `ipset restore`, split over one
+    process per core when there is enough work: the kernel fills different
+    sets side by side, so a large program loads faster than through a single
+    restore."""
+    total = sum(len(b) for b in blocks)
+    if total == 0:
+        return
+    workers = min(len(blocks), os.cpu_count() or 1, 4) if total >= PARALLEL_RESTORE_LINES else 1
+    bins = [[] for _ in range(workers)]
+    sizes = [0] * workers
+    for block in sorted(blocks, key=len, reverse=True):  # largest first, into the emptiest bin
+        i = sizes.index(min(sizes))
+        bins[i] += block
+        sizes[i] += len(block)
+    scripts = ["\n".join(b) + "\n" for b in bins if b]
+    if len(scripts) == 1:
+        kernel.run("ipset", "restore", input=scripts[0])
+        return
+    prefix = ["ip", "netns", "exec", kernel.netns] if kernel.netns else []
+    procs = [subprocess.Popen(prefix + ["ipset", "restore"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True) for _ in scripts]
+    errors = []
+    threads = []
+    for proc, script in zip(procs, scripts):
+        t = threading.Thread(target=lambda p=proc, sc=script: errors.append((p.communicate(sc)[1], p, sc)))
+        t.start()
+        threads.append(t)
+    for t in threads:
+        t.join()
+    for stderr, proc, script in errors:
+        if proc.returncode != 0:
+            raise KernelError(["ipset", "restore"], stderr, _failing_line(stderr, script))
 
 
 def _hashsize(n: int) -> int:
@@ -209,17 +258,15 @@ class ApplyReport:
     hooks_added: int = 0
 
 
-def check_limits(program: RuleProgram, kernel: Kernel, ours: dict) -> None:
+def check_limits(program: RuleProgram, kernel: Kernel, ours: dict, foreign: list) -> None:
     """Refuses, before anything is applied, a program the kernel could not hold.
-    `ours`: our sets as read_sets() found them."""
+    `ours`, `foreign`: our sets and the names of the others, as read_sets() found them."""
     for name in program.sets:
         if len(name) > MAX_SET_NAME:
             raise KernelLimitError(f"set name {name!r} is longer than {MAX_SET_NAME} characters")
     for chain in program.chains:
         if len(chain) > MAX_CHAIN_NAME:
             raise KernelLimitError(f"chain name {chain!r} is longer than {MAX_CHAIN_NAME} characters")
-    names = kernel.run("ipset", "list", "-n").stdout.split()
-    foreign = [n for n in names if not n.startswith(SET_PREFIX)]
     ours_other_family = [n for n, s in ours.items() if s.family != program.family]
     # During an apply a changed set briefly has a twin (its rebuilt copy before the swap).
     needed = len(foreign) + len(ours_other_family) + 2 * len(program.sets)
@@ -237,36 +284,40 @@ def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False,
     program that does not fit the kernel's limits is refused whole
     (KernelLimitError). stop_after_sets leaves the kernel after the first set
     changes, before the chains change: for tests of that intermediate state."""
-    current = read_sets(kernel)  # the one read of the sets: `ipset save` costs as much as a restore
-    check_limits(program, kernel, current)
+    foreign: list = []
+    current = read_sets(kernel, foreign)  # the one read of the sets: `ipset save` costs as much as a restore
+    check_limits(program, kernel, current, foreign)
     report = ApplyReport()
     for leftover in [n for n in current if n.endswith("-t")]:  # from an apply that died mid-swap
         kernel.run("ipset", "destroy", leftover)
         del current[leftover]
-    first, last = ipset_scripts(program, current)
-    for line in (first + last).splitlines():
+    blocks, last = ipset_scripts(program, current)
+    for line in [line for b in blocks for line in b] + last.splitlines():
         verb = line.split()[0]
         report.sets_created += verb == "create" and not line.split()[1].endswith("-t")
         report.members_added += verb == "add" and not line.split()[1].endswith("-t")
         report.members_removed += verb == "del"
-    if first:
-        kernel.run("ipset", "restore", input=first)
+    restore_in_parallel(kernel, blocks)
     if stop_after_sets:
         return report
     _, restore, _ = kernel.tools(program.family)
+    before = read_chains(kernel, program.family)
     if rewrite_all:
         changed = list(program.chains)
     else:
-        before, expected = read_chains(kernel, program.family), expected_chains(program)
+        expected = expected_chains(program)
         changed = [c for c in program.chains if before.get(c) != expected.get(c)]
-    if changed:
-        kernel.run(restore, "--noflush", input=render_iptables(program, changed))
-    report.chains_written = len(changed)
+    # Hooks go in the same transaction as the chains they jump to.
+    hooks = [f"-I {chain} 1 {' '.join(spec)}" for chain, spec in hook_specs(kernel)
+             if f"-A {chain} {' '.join(spec)}" not in before["hooks"]]
+    if changed or hooks:
+        text = render_iptables(program, changed)
+        text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in hooks) + "COMMIT\n"
+        kernel.run(restore, "--noflush", input=text)
+    report.chains_written, report.hooks_added = len(changed), len(hooks)
     if last:
         kernel.run("ipset", "restore", input=last)
-    report.hooks_added = ensure_hooks(kernel, program.family)
-    chains = read_chains(kernel, program.family)
-    stale = [c for c in chains if c != "hooks" and c not in program.chains]
+    stale = [c for c in before if c != "hooks" and c not in program.chains]
     if stale:
         text = "*filter\n" + "".join(f":{c} - [0:0]\n" for c in stale) + "".join(f"-X {c}\n" for c in stale)
         kernel.run(restore, "--noflush", input=text + "COMMIT\n")
@@ -276,16 +327,6 @@ def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False,
             kernel.run("ipset", "destroy", name)
             report.sets_destroyed += 1
     return report
-
-
-def ensure_hooks(kernel: Kernel, family: str) -> int:
-    tool, _, _ = kernel.tools(family)
-    added = 0
-    for chain, spec in hook_specs(kernel):
-        if kernel.run(tool, "-C", chain, *spec, check=False).returncode != 0:
-            kernel.run(tool, "-I", chain, "1", *spec)
-            added += 1
-    return added
 
 
 def cleanup(kernel: Kernel) -> dict:
@@ -306,10 +347,6 @@ def cleanup(kernel: Kernel) -> dict:
         kernel.run("ipset", "destroy", name)
         removed["sets"] += 1
     return removed
-
-
-def describe(cmd: list) -> str:
-    return " ".join(shlex.quote(c) for c in cmd)
 
 
 # ---- reconciling ----
@@ -353,10 +390,6 @@ def expected_chains(program: RuleProgram) -> dict:
     """The program's chains as this machine's iptables-save prints them: applied
     once in a scratch network namespace and read back, so that comparing with
     the kernel is exact whatever the tool's normal form is. Cached per program."""
-    import hashlib
-    import os
-    import uuid
-    from .render import render_ipset
     key = hashlib.sha256((render_ipset(program) + render_iptables(program)).encode()).hexdigest()
     if key not in _expected_cache:
         scratch = f"pyl{os.getpid()}xref{uuid.uuid4().hex[:4]}"

@@ -122,3 +122,18 @@ def test_a_program_over_the_limits_is_refused_whole(netns):
     with pytest.raises(KernelLimitError, match="nothing was applied"):
         apply(bigger, small)
     assert kernel_state(kernel) == before
+
+
+def test_a_large_program_loads_through_parallel_restores(netns):
+    import sys
+    from pathlib import Path
+    from pyipset.kernel import backend
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
+    from synthetic import cluster as synthetic_cluster
+    program = compile_cluster(synthetic_cluster(3000, 20), "inet")
+    lines = sum(len(d.members) + 1 for d in program.sets.values())
+    assert lines > backend.PARALLEL_RESTORE_LINES  # the parallel path is the one under test
+    kernel = Kernel(netns=netns.name)
+    apply(program, kernel)
+    sets, _ = kernel_state(kernel)
+    assert sets == expected_sets(program)
