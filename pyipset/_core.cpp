@@ -58,7 +58,17 @@ size_t column_count(ips_type t) {
     return 0;
 }
 
-std::string py_repr(py::handle h) { return py::repr(h).cast<std::string>(); }
+// Error messages quote at most this much of a value a user gave: a bad
+// 1.6 MB entry must not become a 1.6 MB message.
+constexpr size_t QUOTE_MAX = 80;
+
+std::string bounded(const std::string &text) {
+    if (text.size() <= QUOTE_MAX)
+        return text;
+    return text.substr(0, QUOTE_MAX) + "... (" + std::to_string(text.size()) + " characters)";
+}
+
+std::string py_repr(py::handle h) { return bounded(py::repr(h).cast<std::string>()); }
 
 // Checks one batch column: a numpy array of exactly this dtype, C-contiguous,
 // with the expected shape. No conversion, so no copy.
@@ -92,7 +102,7 @@ class NativeSet {
     NativeSet(const std::string &type, const std::string &family, uint64_t seed) {
         ips_type t;
         if (ips_type_from_name(type.data(), type.size(), &t) != IPS_OK)
-            throw py::value_error("unknown set type '" + type +
+            throw py::value_error("unknown set type '" + bounded(type) +
                                   "' (expected hash:ip, hash:ip,port, hash:ip,port,ip or hash:net)");
         ips_family f;
         if (family == "inet")
@@ -100,7 +110,7 @@ class NativeSet {
         else if (family == "inet6")
             f = IPS_INET6;
         else
-            throw py::value_error("unknown family '" + family + "' (expected inet or inet6)");
+            throw py::value_error("unknown family '" + bounded(family) + "' (expected inet or inet6)");
         ips_status st;
         set_ = ips_set_new(t, f, seed, &st);
         if (!set_)
@@ -429,7 +439,7 @@ class NativeProgram {
                   uint32_t entry)
         : sets_(sets) {
         if (family != "inet" && family != "inet6")
-            throw py::value_error("unknown family '" + family + "' (expected inet or inet6)");
+            throw py::value_error("unknown family '" + bounded(family) + "' (expected inet or inet6)");
         family_ = family == "inet" ? IPS_INET : IPS_INET6;
         if (chain_first.size() != chain_len.size())
             throw py::value_error("chain_first and chain_len differ in length");

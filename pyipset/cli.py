@@ -1,40 +1,82 @@
 """The `pyipset` command (also `python -m pyipset`).
 
-Exit codes: 0 success, 1 rejected input or runtime failure, 2 usage error.
-Errors go to stderr, one line each."""
+Exit codes: 0 success, 1 rejected input or runtime failure, 2 usage error,
+3 the lab's kernel and the verifier disagree, 130 interrupted (SIGINT), 143
+terminated (SIGTERM). Errors go to stderr, one line each; an unexpected one
+(a bug) says so and how to see its trace (--debug)."""
 
 from __future__ import annotations
 
 import argparse
 import ipaddress
 import json
+import math
+import re
+import signal
 import sys
 
 import numpy as np
 
 from . import demo
-from .model import load
+from .errors import InputRejected, PyipsetError, UsageError, brief
+from .model import fail_closed, load
 from .model.objects import PROTOCOL_NUMBERS, PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster, program_families
 from .compile.program import MARK_EGRESS_OK, MARK_INGRESS_OK
-from .kernel.backend import Kernel, apply, cleanup, hook_specs, reconcile
+from .kernel.backend import Kernel, apply_programs, cleanup, hook_specs, reconcile_programs
 from .kernel.render import render_ipset, render_iptables
 from .lab.node import LabNode
 from .verify import native, reference
 
 
-class UsageError(Exception):
-    """Bad arguments found after parsing (exit code 2)."""
+class Terminated(BaseException):
+    """SIGTERM, raised where the program is, like KeyboardInterrupt for SIGINT."""
+
+
+_DECIMAL = re.compile(r"[0-9]{1,10}\Z")  # ASCII digits only: int() also takes '٨٠' and '8_0'
+
+
+def _integer(text: str, what: str, low: int, high: int) -> int:
+    if not _DECIMAL.match(text) or not low <= int(text) <= high:
+        raise argparse.ArgumentTypeError(f"invalid {what} {brief(text)}: expected a decimal number {low}-{high}")
+    return int(text)
 
 
 def _port(text: str) -> int:
+    return _integer(text, "port", 1, 65535)
+
+
+def _nflog_group(text: str) -> int:
+    return _integer(text, "NFLOG group", 0, 65535)
+
+
+def _members(text: str) -> int:
+    return _integer(text, "member count", 1, 100_000_000)
+
+
+def _seconds(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text) if re.fullmatch(r"[0-9]+(\.[0-9]*)?|\.[0-9]+", text) else math.nan
     except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid port {text!r}: expected a number 1-65535") from None
-    if not 1 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"invalid port {value}: expected a number 1-65535")
+        value = math.nan
+    if not (math.isfinite(value) and 0 < value <= 3600):
+        raise argparse.ArgumentTypeError(f"invalid duration {brief(text)}: expected seconds, more than 0 and at "
+                                         "most 3600")
     return value
+
+
+def _path(text: str) -> str:
+    if text == "":
+        raise argparse.ArgumentTypeError("an empty path: give a file or a directory")
+    return text
+
+
+def _interface(text: str) -> str:
+    from .kernel import names
+    try:
+        return names.interface(text, "bridge name")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _protocol(text: str) -> str:
@@ -44,15 +86,15 @@ def _protocol(text: str) -> str:
 
 
 def _add_flow_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH", type=_path,
                    help="manifest file or directory (repeatable)")
     p.add_argument("--protocol", type=_protocol, default="TCP", help="TCP (default), UDP or SCTP")
     p.add_argument("--port", type=_port, required=True, help="destination port")
 
 
 def _add_kernel_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bridge", default="weave", help="the pod bridge the hooks name (default weave)")
-    p.add_argument("--nflog-group", type=int, default=86, metavar="N",
+    p.add_argument("--bridge", default="weave", type=_interface, help="the pod bridge the hooks name (default weave)")
+    p.add_argument("--nflog-group", type=_nflog_group, default=86, metavar="N",
                    help="netlink group denied connections are logged to (default 86)")
 
 
@@ -60,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="pyipset",
         description="Kubernetes NetworkPolicy on ipsets: native sets, compiler, verifier, kernel backend.")
+    parser.add_argument("--debug", action="store_true", help="show the Python trace of an unexpected error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("matrix", help="which pod may open a connection to which, on one protocol and port")
@@ -75,36 +118,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(run=run_explain)
 
     p = sub.add_parser("compile", help="print the ipset and iptables-restore input the kernel backend would load")
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH",
+    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH", type=_path,
                    help="manifest file or directory (repeatable)")
     p.add_argument("--family", choices=["inet", "inet6", "auto"], default="auto",
                    help="address family (auto: inet, and inet6 when pods have IPv6 addresses)")
     _add_kernel_args(p)
     p.set_defaults(run=run_compile)
 
-    p = sub.add_parser("apply", help="program this network namespace's kernel with the manifests' policies")
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH")
-    _add_kernel_args(p)
-    p.set_defaults(run=run_apply)
-
-    p = sub.add_parser("reconcile", help="read the kernel back, report drift from the manifests' program, repair it")
-    p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH")
-    _add_kernel_args(p)
-    p.set_defaults(run=run_reconcile)
+    for name, run, what in (
+            ("apply", run_apply, "program this network namespace's kernel with the manifests' policies"),
+            ("reconcile", run_reconcile, "read the kernel back, report drift from the manifests' program, repair it")):
+        p = sub.add_parser(name, help=what)
+        p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH", type=_path)
+        _add_kernel_args(p)
+        p.add_argument("--fail-closed", action="store_true",
+                       help="apply the valid objects even when some are rejected; each rejected object fails "
+                            "closed (its namespace isolated, its pod quarantined) instead of refusing the input")
+        p.set_defaults(run=run)
 
     p = sub.add_parser("cleanup", help="remove every hook, chain and set pyipset installed, and nothing else")
-    p.add_argument("--bridge", default="weave", help="the pod bridge the hooks name (default weave)")
     p.set_defaults(run=run_cleanup)
 
     p = sub.add_parser("lab", help="build a node from network namespaces and check the kernel with real packets")
     _add_flow_args(p)
     _add_kernel_args(p)
-    p.add_argument("--timeout", type=float, default=1.0, help="seconds a probe waits (default 1.0)")
+    p.add_argument("--timeout", type=_seconds, default=1.0, help="seconds a probe waits (default 1.0)")
     p.add_argument("-o", "--output", choices=["json", "table"], default="table")
     p.set_defaults(run=run_lab)
 
     p = sub.add_parser("demo", help="build and exercise the native sets on the built-in three-tier example")
-    p.add_argument("--members", type=int, default=100_000,
+    p.add_argument("--members", type=_members, default=100_000,
                    help="members for the batch throughput check (default 100000)")
     p.set_defaults(run=demo.run)
     return parser
@@ -123,25 +166,58 @@ def matrix_json(protocol: str, port: int, pods, allowed) -> dict:
     return {"protocol": protocol, "port": port, "pods": [p.key for p in pods], "allowed": allowed}
 
 
+def _table_head(n: int) -> str:
+    width = len(str(n))
+    return "source \\ destination: " + " ".join(str(j + 1).rjust(width) for j in range(n))
+
+
+def _table_row(i: int, pod, row, width: int, key_width: int) -> str:
+    cells = " ".join(("+" if ok else ".").rjust(width) for ok in row)
+    return f"{str(i + 1).rjust(width)} {pod.key:<{key_width}}  {cells}"
+
+
 def render_table(pods, allowed) -> str:
     """Rows are sources, columns destinations, numbered like the rows."""
-    width = len(str(len(pods)))
-    lines = ["source \\ destination: " + " ".join(str(j + 1).rjust(width) for j in range(len(pods)))]
-    for i, (pod, row) in enumerate(zip(pods, allowed)):
-        cells = " ".join(("+" if ok else ".").rjust(width) for ok in row)
-        lines.append(f"{str(i + 1).rjust(width)} {pod.key:<{max(len(p.key) for p in pods)}}  {cells}")
+    if not pods:
+        return "(no pods)"
+    width, key_width = len(str(len(pods))), max(len(p.key) for p in pods)
+    lines = [_table_head(len(pods))]
+    lines += [_table_row(i, pod, row, width, key_width) for i, (pod, row) in enumerate(zip(pods, allowed))]
     lines.append("(+ allowed, . denied)")
     return "\n".join(lines)
 
 
+_JSON_BOOLS = np.array(["false", "true"])
+
+
 def run_matrix(args) -> int:
+    """Streams the matrix a block of rows at a time: memory stays near one
+    block (a few MB), not the whole answer (10^10 cells at 100k pods)."""
     cluster = _load(args)
-    pods, allowed = native.matrix(cluster, args.protocol, args.port)
+    evaluator = native.ClusterEvaluator(cluster)
+    pods = cluster.sorted_pods()
+    out = sys.stdout
     if args.output == "json":
-        print(json.dumps(matrix_json(args.protocol, args.port, pods, allowed)))
+        head = json.dumps(matrix_json(args.protocol, args.port, pods, []))
+        out.write(head[:-len("[]}")] + "[")
+        first = True
+        for _, block in evaluator.rows(args.protocol, args.port):
+            for row in block:
+                out.write(("" if first else ", ") + "[" + ", ".join(_JSON_BOOLS[row.view(np.uint8)]) + "]")
+                first = False
+        out.write("]}\n")
     else:
-        print(f"{args.protocol} port {args.port}, {len(pods)} pods")
-        print(render_table(pods, allowed) if pods else "(no pods)")
+        out.write(f"{args.protocol} port {args.port}, {len(pods)} pods\n")
+        if not pods:
+            out.write("(no pods)\n")
+        else:
+            width = len(str(len(pods)))
+            key_width = max(len(p.key) for p in pods)
+            out.write(_table_head(len(pods)) + "\n")
+            for r0, block in evaluator.rows(args.protocol, args.port):
+                for k, row in enumerate(block):
+                    out.write(_table_row(r0 + k, pods[r0 + k], row, width, key_width) + "\n")
+            out.write("(+ allowed, . denied)\n")
     return 1 if cluster.rejections else 0
 
 
@@ -164,29 +240,46 @@ def run_compile(args) -> int:
     return 1 if cluster.rejections else 0
 
 
-def run_apply(args) -> int:
+def _programs_to_enforce(args) -> tuple:
+    """The programs of every family, from input that may change the kernel: any
+    rejection refuses the whole input (nothing is changed), unless
+    --fail-closed, where each rejected object fails closed (model/failclosed.py)."""
     cluster = _load(args)
+    if cluster.rejections:
+        if not args.fail_closed:
+            raise InputRejected(f"{len(cluster.rejections)} object(s) rejected (listed above): nothing was changed; "
+                                "fix them, or apply the rest with --fail-closed")
+        cluster = fail_closed(cluster)
+        for line in cluster.failed_closed:
+            print(f"pyipset: failed closed: {line}", file=sys.stderr)
+    programs = [compile_cluster(cluster, family, nflog_group=args.nflog_group)
+                for family in program_families(cluster)]
+    return cluster, programs
+
+
+def run_apply(args) -> int:
     kernel = Kernel(bridge=args.bridge)
-    for family in program_families(cluster):
-        report = apply(compile_cluster(cluster, family, nflog_group=args.nflog_group), kernel)
-        print(f"{family}: {report}")
+    cluster, programs = _programs_to_enforce(args)
+    for program, report in zip(programs, apply_programs(programs, kernel)):
+        print(f"{program.family}: {report}")
     return 1 if cluster.rejections else 0
 
 
 def run_reconcile(args) -> int:
-    cluster = _load(args)
     kernel = Kernel(bridge=args.bridge)
-    for family in program_families(cluster):
-        drift = reconcile(compile_cluster(cluster, family, nflog_group=args.nflog_group), kernel)
+    cluster, programs = _programs_to_enforce(args)
+    for program, drift in zip(programs, reconcile_programs(programs, kernel)):
         for line in drift.lines():
-            print(f"{family}: drift: {line}")
-        print(f"{family}: {drift.total()} difference(s) found" + (", repaired" if drift.total() else ""))
+            print(f"{program.family}: drift: {line}")
+        print(f"{program.family}: {drift.total()} difference(s) found" + (", repaired" if drift.total() else ""))
     return 1 if cluster.rejections else 0
 
 
 def run_cleanup(args) -> int:
-    removed = cleanup(Kernel(bridge=args.bridge))
+    removed = cleanup(Kernel())
     print(f"removed {removed['hooks']} hooks, {removed['chains']} chains, {removed['sets']} sets")
+    for line in removed["references"]:
+        print(f"removed a rule that jumped to a pyipset chain: {line}")
     return 0
 
 
@@ -226,10 +319,10 @@ def resolve_endpoint(cluster: Cluster, text: str, flag: str) -> reference.Endpoi
     if ip is not None:
         return reference.Endpoint(ip, cluster.pod_by_ip(ip))
     if "/" not in text:
-        raise UsageError(f"{flag} {text!r}: expected NAMESPACE/POD or an IP address")
+        raise UsageError(f"{flag} {brief(text)}: expected NAMESPACE/POD or an IP address")
     pod = cluster.pod_by_key(text)
     if pod is None:
-        raise UsageError(f"{flag} {text!r}: no such pod in the manifests (or it takes no part: see notices)")
+        raise UsageError(f"{flag} {brief(text)}: no such pod in the manifests (or it takes no part: see notices)")
     return reference.Endpoint(pod.ips[0], pod)
 
 
@@ -308,14 +401,37 @@ def _program_verdict(cluster: Cluster, source, destination, protocol: str, port:
             "admitting_rule": describe(ev.mark_rule[0], admitting=True)}
 
 
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = signal.signal(signal.SIGTERM, _terminate)
     try:
         return args.run(args)
     except UsageError as exc:
         print(f"pyipset {args.command}: error: {exc}", file=sys.stderr)
         return 2
-    except (ValueError, OSError, RuntimeError) as exc:
+    except BrokenPipeError:  # the reader went away (| head): not an error of ours
+        import os
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except (PyipsetError, OSError) as exc:
         print(f"pyipset {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except KeyboardInterrupt:
+        print(f"pyipset {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"pyipset {args.command}: terminated", file=sys.stderr)
+        return 143
+    except Exception as exc:  # a bug: one line, and the way to its trace
+        if args.debug:
+            raise
+        print(f"pyipset {args.command}: internal error: {type(exc).__name__}: {brief(str(exc))[1:-1]} "
+              "(a bug: please report it; re-run with --debug for the trace)", file=sys.stderr)
+        return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)

@@ -67,7 +67,7 @@ def test_explain_json_and_text():
 def test_exit_codes_and_errors(tmp_path):
     assert run("matrix", "-f", EXAMPLE).returncode == 2  # --port missing
     r = run("matrix", "-f", EXAMPLE, "--port", "99999")
-    assert r.returncode == 2 and "invalid port 99999" in r.stderr
+    assert r.returncode == 2 and "invalid port '99999'" in r.stderr
     r = run("explain", "-f", EXAMPLE, "--from", "shop/nobody", "--to", "shop/data-0", "--port", "1")
     assert r.returncode == 2 and "no such pod" in r.stderr
     r = run("matrix", "-f", str(tmp_path / "missing"), "--port", "1")

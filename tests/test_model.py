@@ -8,6 +8,7 @@ import pytest
 
 from clusterspec import namespace, pod, policy
 from pyipset.model import load, load_objects
+from pyipset.model.loader import LoadError
 
 
 def rejected(spec: dict) -> str:
@@ -83,7 +84,7 @@ metadata: {name: web, namespace: a}
     assert [p.key for p in c.policies] == ["a/good"]
     assert sorted(p.key for p in c.pods) == ["a/p1", "b/p2"]
     assert len(c.rejections) == 2
-    assert any("broken.yml" in str(r) and "cannot be parsed" in str(r) for r in c.rejections)
+    assert any("broken.yml" in str(r) and "cannot be loaded" in str(r) for r in c.rejections)
     assert any("a/bad" in str(r) and "spec.ingress[0].ports[0].port" in str(r) for r in c.rejections)
     assert any("skipped Deployment a/web" in n for n in c.notices)
     assert set(c.namespaces) == {"a", "b"} and c.namespaces["b"].implicit
@@ -112,5 +113,5 @@ def test_policy_types_defaulting():
 
 
 def test_missing_path_is_an_error():
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(LoadError, match="no such file or directory"):
         load(["/nonexistent/manifests"])

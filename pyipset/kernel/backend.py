@@ -25,54 +25,82 @@ import dataclasses
 import hashlib
 import os
 import re
+import shutil
 import subprocess
 import threading
-import uuid
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ..compile.program import ENTRY_CHAIN, RuleProgram
+from ..errors import PyipsetError, brief_text
 from ..sets import IPSet
+from . import names
+from .lock import NamespaceLock
+from .names import CHAIN_PREFIX, MAX_CHAIN_NAME, MAX_SET_NAME, SET_PREFIX
 from .render import kernel_members, render_ipset, render_iptables
-
-SET_PREFIX = "pyi-"
-CHAIN_PREFIX = "PYIPSET"
+from .scratch import remove_stale, scratch_namespace
 
 
-class KernelError(RuntimeError):
+class KernelError(PyipsetError):
     """A kernel tool refused its input: which tool, which line, what it said."""
 
     def __init__(self, command: list, stderr: str, line: Optional[str] = None):
         self.command, self.stderr, self.line = command, stderr.strip(), line
-        where = f" at line {line!r}" if line else ""
-        super().__init__(f"{' '.join(command)} failed{where}: {self.stderr}")
+        where = f" at line {brief_text(line)!r}" if line else ""
+        super().__init__(f"{' '.join(command)} failed{where}: {brief_text(self.stderr)}")
 
 
-class KernelLimitError(RuntimeError):
+class KernelLimitError(PyipsetError):
     """The program does not fit the kernel's limits; nothing was applied."""
+
+
+class PreflightError(PyipsetError):
+    """Something the program needs is missing or refused; nothing was changed."""
 
 
 # The kernel numbers sets with 16 bits (IPSET_INVALID_ID is 65535); the table of
 # sets grows on demand from 256 (measured here: 1,100 sets in one namespace).
 MAX_SETS = 65534
-MAX_SET_NAME = 31  # IPSET_MAXNAMELEN - 1
-MAX_CHAIN_NAME = 28  # XT_EXTENSION_MAXNAMELEN - 1 - 1 for iptables user chains
+TOOL_TIMEOUT = 300  # seconds one kernel tool may take (a 1M-member restore takes ~5)
 
 
 @dataclass
 class Kernel:
-    """Where and how to reach the kernel's tables."""
+    """Where and how to reach the kernel's tables. Names are checked here, so a
+    bad one is refused before anything runs."""
 
     netns: Optional[str] = None  # a named network namespace, or None for this one
     bridge: str = "weave"
     max_sets: int = MAX_SETS  # sets allowed in the namespace (ours and others')
+    lock_wait: float = 120.0  # seconds to wait for another pyipset process to finish
+    _lock: NamespaceLock = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        names.interface(self.bridge, "bridge name")
+        if self.netns is not None:
+            names.netns(self.netns)
+        self._lock = NamespaceLock(self.netns, self.lock_wait)
+
+    def locked(self):
+        """Holds this namespace's lock (re-entrant): one writer at a time."""
+        return self._lock.held()
 
     def run(self, *cmd: str, input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
         full = (["ip", "netns", "exec", self.netns] if self.netns else []) + list(cmd)
-        r = subprocess.run(full, input=input, text=True, capture_output=True, timeout=120)
+        try:
+            r = subprocess.run(full, input=input, text=True, capture_output=True, timeout=TOOL_TIMEOUT)
+        except FileNotFoundError:
+            raise KernelError(list(cmd), f"{full[0]}: command not found") from None
+        except subprocess.TimeoutExpired:
+            raise KernelError(list(cmd), f"did not finish within {TOOL_TIMEOUT} s") from None
         if check and r.returncode != 0:
             raise KernelError(list(cmd), r.stderr, _failing_line(r.stderr, input))
         return r
+
+    def restore(self, family: str, text: str) -> None:
+        """One iptables-restore transaction, waiting for the xtables lock."""
+        _, restore, _ = self.tools(family)
+        self.run(restore, "--wait", "--noflush", input=text)
 
     def tools(self, family: str) -> tuple:
         return ("iptables", "iptables-restore", "iptables-save") if family == "inet" else \
@@ -170,6 +198,10 @@ def ipset_scripts(program: RuleProgram, current: dict) -> tuple:
     isolated), and removals go first (from then on it is judged as
     afterwards: not isolated). Every other change is safe before the chains:
     it only makes a pod part of a selection a moment early or late.
+
+    A set of one of our names but another type or family (made by hand, or
+    left by another version) cannot be swapped with ours: preflight has made
+    sure nothing uses it, so it is destroyed and made anew.
     """
     blocks, after = [], []  # blocks: the lines of one set each, independent of each other
     for name, setdef in program.sets.items():
@@ -188,14 +220,15 @@ def ipset_scripts(program: RuleProgram, current: dict) -> tuple:
             # is a delete and an add.
             before += [f"del {name} {m.split()[0]}" for m in gone]
             (after if isolation else before).extend(f"add {name} {m} -exist" for m in new)
-        elif have is not None:
-            # Most of it changed, or its type did: build the new one beside it
-            # and swap the two in one step.
+        elif same_kind:
+            # Most of it changed: build the new one beside it and swap the two in one step.
             tmp = name + "-t"
             before.append(f"create {tmp} {setdef.type} {opts}")
             before += [f"add {tmp} {m}" for m in members]
             before += [f"swap {tmp} {name}", f"destroy {tmp}"]
         else:
+            if have is not None:
+                before.append(f"destroy {name}")  # another type, unused (see preflight)
             # A new set: no rule of the running program looks at it yet.
             before.append(f"create {name} {setdef.type} {opts}")
             before += [f"add {name} {m}" for m in members]
@@ -233,8 +266,13 @@ def restore_in_parallel(kernel: Kernel, blocks: list) -> None:
         t = threading.Thread(target=lambda p=proc, sc=script: errors.append((p.communicate(sc)[1], p, sc)))
         t.start()
         threads.append(t)
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    finally:
+        for proc in procs:  # interrupted: no restore outlives us
+            if proc.poll() is None:
+                proc.kill()
     for stderr, proc, script in errors:
         if proc.returncode != 0:
             raise KernelError(["ipset", "restore"], stderr, _failing_line(stderr, script))
@@ -256,6 +294,12 @@ class ApplyReport:
     chains_written: int = 0
     chains_removed: int = 0
     hooks_added: int = 0
+    warnings: list = field(default_factory=list)
+
+    def __str__(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)}" for f in dataclasses.fields(self)
+                           if f.name != "warnings")
+        return f"ApplyReport({fields})" + "".join(f"\n  warning: {w}" for w in self.warnings)
 
 
 def check_limits(program: RuleProgram, kernel: Kernel, ours: dict, foreign: list) -> None:
@@ -277,19 +321,89 @@ def check_limits(program: RuleProgram, kernel: Kernel, ours: dict, foreign: list
             "per network namespace: nothing was applied")
 
 
+def set_references(kernel: Kernel, name: str) -> int:
+    """How many rules (or list:set sets) use a set, as the kernel counts them."""
+    out = kernel.run("ipset", "list", "-t", name).stdout
+    m = re.search(r"^References: (\d+)", out, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def required_tools(families) -> list:
+    tools = ["ip", "ipset"]
+    for family in families:
+        _, restore, save = Kernel.tools(None, family)
+        tools += [restore, save]
+    return tools
+
+
+def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> None:
+    """Everything that can be checked before the first change, for every
+    family at once, so that a program is never left applied in one family and
+    refused in the other: the tools are there, every name and member is one the
+    kernel accepts, the limits hold, no set of ours is in the way, and the
+    chains and sets load into a scratch namespace (a dry run against the real
+    kernel)."""
+    missing = [t for t in required_tools(p.family for p in programs) if shutil.which(t) is None]
+    if missing:
+        raise PreflightError(f"missing kernel tools: {', '.join(missing)} (Debian: apt-get install iproute2 ipset "
+                             "iptables); nothing was changed")
+    for program in programs:
+        try:
+            render_ipset(program)
+            render_iptables(program)
+        except ValueError as exc:
+            raise PreflightError(f"the {program.family} program cannot be rendered: {exc}; nothing was changed") \
+                from None
+        check_limits(program, kernel, current, foreign)
+        for name, setdef in program.sets.items():
+            try:
+                canonical_members(setdef.type, setdef.family, kernel_members(setdef))
+            except ValueError as exc:
+                raise PreflightError(f"set {name} ({setdef.comment}): a member the kernel cannot hold: {exc}; "
+                                     "nothing was changed") from None
+            have = current.get(name)
+            if have is not None and (have.type, have.family) != (setdef.type, setdef.family):
+                refs = set_references(kernel, name)
+                if refs:
+                    raise PreflightError(
+                        f"set {name} exists as {have.type} family {have.family} (the program needs {setdef.type} "
+                        f"family {setdef.family}) and {refs} rule(s) or set(s) use it: remove them, or run "
+                        "`pyipset cleanup` first; nothing was changed")
+        expected_chains(program)  # the dry run
+
+
 def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False,
           stop_after_sets: bool = False) -> ApplyReport:
-    """Brings the kernel to `program`; returns what changed. Only chains whose
-    rules differ from the program's are rewritten (all with rewrite_all). A
-    program that does not fit the kernel's limits is refused whole
-    (KernelLimitError). stop_after_sets leaves the kernel after the first set
-    changes, before the chains change: for tests of that intermediate state."""
-    foreign: list = []
-    current = read_sets(kernel, foreign)  # the one read of the sets: `ipset save` costs as much as a restore
-    check_limits(program, kernel, current, foreign)
+    """Brings the kernel to one family's program; see apply_programs."""
+    return apply_programs([program], kernel, rewrite_all, stop_after_sets)[0]
+
+
+def apply_programs(programs: list, kernel: Kernel, rewrite_all: bool = False,
+                   stop_after_sets: bool = False) -> list:
+    """Brings the kernel to `programs` (one per family); returns what changed,
+    per program. Holds the namespace's lock throughout. Everything is checked
+    before the first change (preflight): a program that cannot be applied
+    whole is refused whole (PreflightError, KernelLimitError) and the kernel is
+    left as it was. Only chains whose rules differ from the program's are
+    rewritten (all with rewrite_all). stop_after_sets leaves the kernel after
+    the first set changes, before the chains change: for tests of that
+    intermediate state."""
+    families = [p.family for p in programs]
+    if len(set(families)) != len(families):
+        raise ValueError("one program per address family")
+    with kernel.locked():
+        remove_stale()  # scratch namespaces of runs that were killed
+        foreign: list = []
+        current = read_sets(kernel, foreign)  # one read: `ipset save` costs as much as a restore
+        preflight(programs, kernel, current, foreign)
+        return [_apply_one(p, kernel, current, rewrite_all, stop_after_sets) for p in programs]
+
+
+def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all: bool,
+               stop_after_sets: bool) -> ApplyReport:
     report = ApplyReport()
-    for leftover in [n for n in current if n.endswith("-t")]:  # from an apply that died mid-swap
-        kernel.run("ipset", "destroy", leftover)
+    for leftover in [n for n, s in current.items() if n.endswith("-t") and s.family == program.family]:
+        kernel.run("ipset", "destroy", leftover)  # from an apply that died mid-swap
         del current[leftover]
     blocks, last = ipset_scripts(program, current)
     for line in [line for b in blocks for line in b] + last.splitlines():
@@ -300,7 +414,6 @@ def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False,
     restore_in_parallel(kernel, blocks)
     if stop_after_sets:
         return report
-    _, restore, _ = kernel.tools(program.family)
     before = read_chains(kernel, program.family)
     if rewrite_all:
         changed = list(program.chains)
@@ -313,40 +426,101 @@ def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False,
     if changed or hooks:
         text = render_iptables(program, changed)
         text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in hooks) + "COMMIT\n"
-        kernel.run(restore, "--noflush", input=text)
+        kernel.restore(program.family, text)
     report.chains_written, report.hooks_added = len(changed), len(hooks)
     if last:
         kernel.run("ipset", "restore", input=last)
     stale = [c for c in before if c != "hooks" and c not in program.chains]
     if stale:
         text = "*filter\n" + "".join(f":{c} - [0:0]\n" for c in stale) + "".join(f"-X {c}\n" for c in stale)
-        kernel.run(restore, "--noflush", input=text + "COMMIT\n")
+        kernel.restore(program.family, text + "COMMIT\n")
         report.chains_removed = len(stale)
-    for name, have in current.items():
+    for name, have in list(current.items()):
         if name not in program.sets and have.family == program.family:
-            kernel.run("ipset", "destroy", name)
-            report.sets_destroyed += 1
+            r = kernel.run("ipset", "destroy", name, check=False)
+            if r.returncode == 0:
+                report.sets_destroyed += 1
+                del current[name]
+            else:  # something else uses it: the program is applied, the set is left
+                report.warnings.append(f"set {name} is no longer used by the program but cannot be removed: "
+                                       f"{brief_text(r.stderr.strip())}")
     return report
 
 
+def _references_to(lines: list, targets: set) -> list:
+    """The rules (iptables-save -A lines) outside our chains that jump or go to one of `targets`."""
+    out = []
+    for line in lines:
+        words = line.split()
+        if len(words) < 2 or words[0] != "-A" or words[1].startswith(CHAIN_PREFIX):
+            continue
+        for flag in ("-j", "-g", "--jump", "--goto"):
+            if flag in words[:-1] and words[words.index(flag) + 1] in targets:
+                out.append(line)
+                break
+    return out
+
+
 def cleanup(kernel: Kernel) -> dict:
-    """Removes every hook, chain and set of ours, in both families, and nothing else."""
-    removed = {"hooks": 0, "chains": 0, "sets": 0}
-    for family in ("inet", "inet6"):
-        tool, restore, _ = kernel.tools(family)
-        for chain, spec in hook_specs(kernel):
-            while kernel.run(tool, "-C", chain, *spec, check=False).returncode == 0:
-                kernel.run(tool, "-D", chain, *spec)
-                removed["hooks"] += 1
-        chains = [c for c in read_chains(kernel, family) if c != "hooks"]
-        if chains:
-            text = "*filter\n" + "".join(f":{c} - [0:0]\n" for c in chains) + "".join(f"-X {c}\n" for c in chains)
-            kernel.run(restore, "--noflush", input=text + "COMMIT\n")
-            removed["chains"] += len(chains)
-    for name in read_sets(kernel):
-        kernel.run("ipset", "destroy", name)
-        removed["sets"] += 1
+    """Removes every chain and set of ours, in both families, and every rule
+    that jumps to one of our chains (our hooks, whatever interface they name,
+    and any foreign rule that points at our chains), and nothing else.
+
+    Checked first, so nothing is half-removed: a set of ours that something
+    else uses (a foreign rule's --match-set, a list:set) stops the cleanup
+    before any change, naming what uses it."""
+    removed = {"hooks": 0, "chains": 0, "sets": 0, "references": []}
+    with kernel.locked():
+        plans = []
+        for family in ("inet", "inet6"):
+            _, _, save = kernel.tools(family)
+            if shutil.which(save) is None:
+                continue
+            text = kernel.run(save).stdout  # every table: set matches can be anywhere
+            ours = sorted({line[1:].split()[0] for line in text.splitlines() if line.startswith(":" + CHAIN_PREFIX)})
+            filter_lines = _table_lines(text, "filter")
+            refs = _references_to(filter_lines, set(ours))
+            foreign_set_users = [line for table in ("filter", "nat", "mangle", "raw", "security")
+                                 for line in _table_lines(text, table)
+                                 if f"--match-set {SET_PREFIX}" in line and not line.split()[1].startswith(CHAIN_PREFIX)]
+            if foreign_set_users:
+                raise PreflightError(
+                    f"{len(foreign_set_users)} rule(s) outside pyipset's chains use pyipset's sets, e.g. "
+                    f"{brief_text(foreign_set_users[0])!r} ({family}); remove them first: nothing was removed")
+            plans.append((family, ours, refs))
+        sets = read_sets(kernel)
+        for line in kernel.run("ipset", "save").stdout.splitlines():
+            words = line.split()
+            if len(words) >= 3 and words[0] == "add" and not words[1].startswith(SET_PREFIX) \
+                    and words[2].startswith(SET_PREFIX):
+                raise PreflightError(f"set {words[1]} (not ours) holds our set {words[2]}; remove it from there "
+                                     "first: nothing was removed")
+        for family, ours, refs in plans:
+            if not ours and not refs:
+                continue
+            lines = ["*filter"] + [f"-D {line[3:]}" for line in refs]
+            lines += [f":{c} - [0:0]" for c in ours] + [f"-X {c}" for c in ours] + ["COMMIT"]
+            kernel.restore(family, "\n".join(lines) + "\n")
+            removed["chains"] += len(ours)
+            for line in refs:
+                if line.split()[1] in ("FORWARD", "INPUT", "OUTPUT") and f"-j {ENTRY_CHAIN}" in line:
+                    removed["hooks"] += 1
+                else:
+                    removed["references"].append(f"{family}: {line}")
+        for name in sets:
+            kernel.run("ipset", "destroy", name)
+            removed["sets"] += 1
     return removed
+
+
+def _table_lines(save_text: str, table: str) -> list:
+    out, inside = [], False
+    for line in save_text.splitlines():
+        if line.startswith("*"):
+            inside = line[1:].strip() == table
+        elif inside:
+            out.append(line)
+    return out
 
 
 # ---- reconciling ----
@@ -382,6 +556,7 @@ class Drift:
         return out
 
 
+SCRATCH_BRIDGE = "pyipset-ref"
 _expected_cache: dict = {}  # program fingerprint -> chains; the last few programs only
 _EXPECTED_CACHE_SIZE = 8
 
@@ -392,19 +567,19 @@ def expected_chains(program: RuleProgram) -> dict:
     the kernel is exact whatever the tool's normal form is. Cached per program."""
     key = hashlib.sha256((render_ipset(program) + render_iptables(program)).encode()).hexdigest()
     if key not in _expected_cache:
-        scratch = f"pyl{os.getpid()}xref{uuid.uuid4().hex[:4]}"
-        subprocess.run(["ip", "netns", "add", scratch], check=True, capture_output=True)
-        try:
-            kernel = Kernel(netns=scratch, bridge="pyipset-ref")
+        with scratch_namespace() as scratch:
+            kernel = Kernel(netns=scratch, bridge=SCRATCH_BRIDGE)
             # Rules only name their sets: empty ones do, and cost nothing to load.
             hollow = dataclasses.replace(program, sets={n: dataclasses.replace(d, members=())
                                                          for n, d in program.sets.items()})
-            apply(hollow, kernel, rewrite_all=True)
+            try:
+                _apply_one(hollow, kernel, {}, rewrite_all=True, stop_after_sets=False)
+            except KernelError as exc:
+                raise PreflightError(f"the {program.family} program does not load into a scratch network "
+                                     f"namespace: {exc}; nothing was changed") from None
             _expected_cache[key] = read_chains(kernel, program.family)
             while len(_expected_cache) > _EXPECTED_CACHE_SIZE:
                 del _expected_cache[next(iter(_expected_cache))]  # oldest first (dicts keep order)
-        finally:
-            subprocess.run(["ip", "netns", "delete", scratch], capture_output=True)
     return _expected_cache[key]
 
 
@@ -431,14 +606,21 @@ def diff(program: RuleProgram, kernel: Kernel) -> Drift:
         elif actual[chain] != rules:
             drift.changed_chains.append(chain)
     drift.extra_chains = sorted(c for c in actual if c != "hooks" and c not in expected)
-    bridge_hooks = [h.replace("pyipset-ref", kernel.bridge) for h in expected["hooks"]]
+    bridge_hooks = [h.replace(SCRATCH_BRIDGE, kernel.bridge) for h in expected["hooks"]]
     drift.missing_hooks = sum(1 for h in bridge_hooks if h not in actual["hooks"])
     return drift
 
 
 def reconcile(program: RuleProgram, kernel: Kernel) -> Drift:
     """Reads the kernel back, reports how it drifted from the program, and repairs it."""
-    drift = diff(program, kernel)
-    if drift.total():
-        apply(program, kernel)
-    return drift
+    return reconcile_programs([program], kernel)[0]
+
+
+def reconcile_programs(programs: list, kernel: Kernel) -> list:
+    """The same for one program per family, under the namespace's lock: the
+    drift of each, all repaired by one apply."""
+    with kernel.locked():
+        drifts = [diff(p, kernel) for p in programs]
+        if any(d.total() for d in drifts):
+            apply_programs(programs, kernel)
+    return drifts

@@ -7,7 +7,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from ..compile.program import Match, Rule, RuleProgram, SetDef
+from ..compile.program import TARGETS, Match, Rule, RuleProgram, SetDef
+from ..sets import FAMILIES, SET_TYPES
+from . import names
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 COMMENT_MAX = 255  # xt_comment's limit (XT_MAX_COMMENT_LEN - 1)
@@ -37,8 +39,10 @@ def render_ipset(program: RuleProgram) -> str:
         while hashsize * 4 < len(members):
             hashsize *= 2
         maxelem = max(65536, 2 * len(members))
-        lines.append(f"create {setdef.name} {setdef.type} family {setdef.family} hashsize {hashsize} "
-                     f"maxelem {maxelem}")
+        if setdef.type not in SET_TYPES or setdef.family not in FAMILIES:
+            raise ValueError(f"set {names.set_name(setdef.name)}: unknown type or family")
+        lines.append(f"create {names.set_name(setdef.name)} {setdef.type} family {setdef.family} "
+                     f"hashsize {hashsize} maxelem {maxelem}")
         lines += [f"add {setdef.name} {m}" for m in members]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -51,7 +55,9 @@ def _quote(text: str) -> str:
 def _match_args(m: Match) -> list:
     neg = ["!"] if m.negate else []
     if m.kind == "set":
-        return ["-m", "set", *neg, "--match-set", m.name, m.dims]
+        if m.dims not in ("src", "dst", "dst,dst", "src,dst,dst"):
+            raise ValueError(f"cannot render set dimensions {m.dims!r}")
+        return ["-m", "set", *neg, "--match-set", names.set_name(m.name), m.dims]
     if m.kind == "proto":
         return [*neg, "-p", PROTO_NAMES.get(m.value, str(m.value))]
     if m.kind == "dport":
@@ -67,21 +73,26 @@ def _match_args(m: Match) -> list:
 
 
 def _target_args(rule: Rule) -> list:
+    if rule.target not in TARGETS:
+        raise ValueError(f"cannot render target {rule.target!r}")
     if rule.target == "JUMP":
-        return ["-j", rule.jump]
+        return ["-j", names.chain_name(rule.jump)]
     if rule.target == "GOTO":
-        return ["-g", rule.jump]
+        return ["-g", names.chain_name(rule.jump)]
     if rule.target == "MARK":
         if rule.mark_mask:
             return ["-j", "MARK", "--set-xmark", f"{rule.mark:#x}/{rule.mark_mask:#x}"]
         return ["-j", "MARK", "--or-mark", f"{rule.mark:#x}"]
     if rule.target == "NFLOG":
-        return ["-j", "NFLOG", "--nflog-group", str(rule.log_group), "--nflog-prefix", _quote(rule.log_prefix[:63])]
+        if not 0 <= rule.log_group <= 65535:
+            raise ValueError(f"NFLOG group {rule.log_group} is out of range 0-65535")
+        return ["-j", "NFLOG", "--nflog-group", str(int(rule.log_group)), "--nflog-prefix",
+                _quote(rule.log_prefix[:63])]
     return ["-j", rule.target]
 
 
 def render_rule(chain: str, rule: Rule) -> str:
-    args = ["-A", chain]
+    args = ["-A", names.chain_name(chain)]
     for m in rule.matches:
         args += _match_args(m)
     if rule.origin:
@@ -93,10 +104,10 @@ def render_iptables(program: RuleProgram, chains=None) -> str:
     """Declares (and so empties) every chain of the program, or only `chains`,
     and fills it, in one transaction. Built-in chains, other chains and other
     tables are left alone (--noflush)."""
-    names = list(program.chains) if chains is None else [c for c in program.chains if c in set(chains)]
+    chosen = list(program.chains) if chains is None else [c for c in program.chains if c in set(chains)]
     lines = ["*filter"]
-    lines += [f":{chain} - [0:0]" for chain in names]
-    for chain in names:
+    lines += [f":{names.chain_name(chain)} - [0:0]" for chain in chosen]
+    for chain in chosen:
         lines += [render_rule(chain, rule) for rule in program.chains[chain]]
     lines.append("COMMIT")
     return "\n".join(lines) + "\n"

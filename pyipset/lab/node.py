@@ -17,49 +17,31 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import uuid
 from dataclasses import dataclass
 
 from ..compile.compiler import compile_cluster, program_families
-from ..kernel.backend import Kernel, apply
+from ..errors import PyipsetError, brief_text
+from ..kernel import names
+from ..kernel.backend import Kernel, apply_programs
+from ..kernel.scratch import PREFIX, delete_namespace, remove_stale
 from ..model.objects import Cluster, Pod
 
-PREFIX = "pyl"
+class LabError(PyipsetError):
+    """A lab step failed: which command, what it said."""
 
 
 def _run(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, input=input, cwd="/")
+    try:
+        r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, input=input, cwd="/")
+    except subprocess.TimeoutExpired:
+        raise LabError(f"{' '.join(cmd)}: did not finish within 60 s") from None
     if check and r.returncode != 0:
-        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+        raise LabError(f"{' '.join(cmd)}: {brief_text(r.stderr.strip())}")
     return r
-
-
-def _namespaces() -> list:
-    return [line.split()[0] for line in _run("ip", "netns", "list").stdout.splitlines() if line.strip()]
-
-
-def _delete_namespace(name: str) -> None:
-    for pid in _run("ip", "netns", "pids", name, check=False).stdout.split():
-        try:
-            os.kill(int(pid), 9)
-        except (ProcessLookupError, ValueError):
-            pass
-    _run("ip", "netns", "delete", name, check=False)
-
-
-def remove_stale() -> list:
-    """Removes lab namespaces left by runs whose process has died."""
-    removed = []
-    for name in _namespaces():
-        if not name.startswith(PREFIX):
-            continue
-        pid = name[len(PREFIX):].split("x", 1)[0]
-        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
-            _delete_namespace(name)
-            removed.append(name)
-    return removed
 
 
 @dataclass
@@ -79,7 +61,7 @@ class LabNode:
         self.only = None if only is None else set(only)
         self.outside = list(outside)
         self.hosts: dict = {}  # outside address -> namespace
-        self.bridge = bridge
+        self.bridge = names.interface(bridge, "bridge name")
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
         self.node = f"{self.run_id}-node"
         self.pods: list[LabPod] = []
@@ -145,9 +127,8 @@ class LabNode:
     def apply(self, cluster: Cluster, stop_after_sets: bool = False) -> None:
         """Programs the node with a cluster's policies (pods outside the lab are
         just addresses in sets). stop_after_sets: see kernel.backend.apply."""
-        for family in program_families(cluster):
-            apply(compile_cluster(cluster, family, nflog_group=self.nflog_group), self.kernel,
-                  stop_after_sets=stop_after_sets)
+        apply_programs([compile_cluster(cluster, family, nflog_group=self.nflog_group)
+                        for family in program_families(cluster)], self.kernel, stop_after_sets=stop_after_sets)
 
     def stop_servers(self) -> None:
         for proc in self.servers:
@@ -161,10 +142,16 @@ class LabNode:
         self.server_port = None
 
     def close(self) -> None:
-        self.stop_servers()
-        for name in reversed(self.created):
-            _delete_namespace(name)
-        self.created.clear()
+        """Removes everything the lab made. SIGINT and SIGTERM wait until it is
+        done (a second Ctrl-C must not leave half a lab behind)."""
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            self.stop_servers()
+            for name in reversed(self.created):
+                delete_namespace(name)
+            self.created.clear()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
     # ---- probing ----
 

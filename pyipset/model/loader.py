@@ -1,117 +1,331 @@
 """Reading Kubernetes manifests: files or directories of *.yaml, *.yml and
-*.json, multi-document YAML, and `kind: List`. Invalid objects are rejected
-one by one (the rest still loads); unknown kinds are skipped with a notice."""
+*.json, multi-document YAML, and `kind: List` (or `PodList` and the like).
+
+Every object is checked as `kubectl apply --validate=strict` and the API
+server would check it (schema.py: unknown and duplicate fields; validation.py:
+values). An invalid object becomes a Rejection naming the object, the field
+path and a bounded quote of the value; the rest still loads. Whether a
+rejection stops a command is the command's decision (apply refuses the whole
+input, see failclosed.py); unknown kinds are skipped with a notice.
+
+Hostile input costs bounded work: a file may hold at most `Limits.file_bytes`;
+nesting deeper than `Limits.depth` and YAML aliases that expand a document
+past `Limits.alias_expansion` times its size are refused before any object is
+built (a 641-byte alias bomb otherwise expands to millions of nodes), and
+recursive aliases are refused. Loading is linear in the input's size.
+"""
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Optional
 
 import yaml
 
+from ..errors import PyipsetError, brief, brief_text
+from . import schema
 from .objects import Cluster, Namespace, Rejection
-from .validation import Invalid, parse_namespace, parse_pod, parse_policy
+from .validation import Invalid, parse_namespace, parse_pod, parse_policy, rejected_pod_addresses, resolve_shared_ips
 
 SUFFIXES = (".yaml", ".yml", ".json")
 KINDS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
 
 
+@dataclass(frozen=True)
+class Limits:
+    """What one load may cost. Kubernetes objects are far inside all of these."""
+
+    file_bytes: int = 1 << 30  # 1 GiB per file: a 10k-pod cluster dump is ~50 MB
+    depth: int = 64  # nesting of maps and lists; a Pod needs about 12
+    alias_expansion: int = 10  # YAML nodes after alias expansion, per node written ...
+    alias_floor: int = 1_000_000  # ... but always allowed up to this many
+
+
+class LoadError(PyipsetError):
+    """A path that cannot be read at all (missing, not a regular file)."""
+
+
 def _files(paths: Iterable[str]) -> list[Path]:
     out = []
-    for p in map(Path, paths):
+    for text in paths:
+        if text == "":
+            raise LoadError("-f '': an empty path (give a file or a directory)")
+        p = Path(text)
         if p.is_dir():
             out.extend(sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file()))
-        elif p.exists():
+        elif p.is_file():
             out.append(p)
+        elif p.exists():
+            raise LoadError(f"{brief(text)}: not a regular file or directory")
         else:
-            raise FileNotFoundError(f"{p}: no such file or directory")
+            raise LoadError(f"{brief(text)}: no such file or directory")
     return out
 
 
-def _documents(path: Path) -> list:
-    text = path.read_text()
+class _Refused(Exception):
+    """A document that may not be built (too deep, aliases expanding too far)."""
+
+
+def _json_pairs(pairs):
+    seen, dups = set(), []
+    for k, _ in pairs:
+        if k in seen:
+            dups.append(k)
+        seen.add(k)
+    return schema.DuplicateKeys(pairs, dups)
+
+
+class _YamlLoader(yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) else yaml.SafeLoader):
+    """Safe YAML whose mappings remember duplicate keys."""
+
+    def construct_mapping(self, node, deep=False):
+        if not isinstance(node, yaml.MappingNode):
+            return super().construct_mapping(node, deep)
+        self.flatten_mapping(node)
+        pairs, seen, dups = [], set(), []
+        for key_node, value_node in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                hash(key)
+            except TypeError:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping", node.start_mark, "found an unhashable key",
+                    key_node.start_mark) from None
+            if key in seen:
+                dups.append(key)
+            seen.add(key)
+            pairs.append((key, self.construct_object(value_node, deep=deep)))
+        return schema.DuplicateKeys(pairs, dups)
+
+
+_YamlLoader.add_constructor("tag:yaml.org,2002:map", _YamlLoader.construct_mapping)
+
+
+def _check_nodes(root, limits: Limits) -> None:
+    """Refuses a composed YAML document that is too deep, recursive, or whose
+    aliases expand it past the limit. Iterative, memoized per node: linear in
+    the nodes written, whatever they expand to."""
+    size: dict = {}  # id(node) -> nodes after expansion
+    depth: dict = {}
+    distinct = 0
+    stack = [(root, False)]
+    on_path: set = set()
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        children = ([c for pair in node.value for c in pair] if isinstance(node, yaml.MappingNode)
+                    else node.value if isinstance(node, yaml.SequenceNode) else [])
+        if done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            depth[key] = 1 + max((depth[id(c)] for c in children), default=0)
+            if depth[key] > limits.depth:
+                raise _Refused(f"nested deeper than {limits.depth} levels (line {node.start_mark.line + 1})")
+            if size[key] > max(limits.alias_floor, limits.alias_expansion * distinct):
+                raise _Refused(f"YAML aliases expand it to more than {size[key]} nodes from {distinct} written "
+                               f"(an alias bomb?); the limit is {limits.alias_expansion}x or "
+                               f"{limits.alias_floor} nodes")
+            continue
+        if key in size:
+            continue  # an alias to a node already measured
+        if key in on_path:
+            raise _Refused(f"a recursive YAML alias (line {node.start_mark.line + 1})")
+        if len(on_path) >= limits.depth:
+            raise _Refused(f"nested deeper than {limits.depth} levels (line {node.start_mark.line + 1})")
+        on_path.add(key)
+        distinct += 1
+        stack.append((node, True))
+        stack.extend((c, False) for c in children if id(c) not in size)
+
+
+def _check_depth(doc, limits: Limits) -> None:
+    """The same depth limit for decoded JSON (no aliases there)."""
+    stack = [(doc, 1)]
+    while stack:
+        value, d = stack.pop()
+        if d > limits.depth:
+            raise _Refused(f"nested deeper than {limits.depth} levels")
+        if isinstance(value, dict):
+            stack.extend((v, d + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, d + 1) for v in value)
+
+
+def _documents(path: Path, limits: Limits) -> list:
+    with open(path, "rb") as f:
+        data = f.read(limits.file_bytes + 1)
+    if len(data) > limits.file_bytes:
+        raise _Refused(f"larger than {limits.file_bytes} bytes")
+    text = data.decode("utf-8")
     if path.suffix == ".json":
-        return [json.loads(text)]
-    return [d for d in yaml.safe_load_all(text) if d is not None]
+        try:
+            doc = json.loads(text, object_pairs_hook=_json_pairs)
+        except RecursionError:
+            raise _Refused(f"nested deeper than {limits.depth} levels") from None
+        _check_depth(doc, limits)
+        return [doc]
+    loader = _YamlLoader(text)
+    docs = []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            _check_nodes(node, limits)
+            doc = loader.construct_document(node)
+            if doc is not None:
+                docs.append(doc)
+    finally:
+        loader.dispose()
+    return docs
 
 
-def _objects(doc, source: str, cluster: Cluster):
-    if not isinstance(doc, dict):
-        cluster.rejections.append(Rejection("Document", "-", "", type(doc).__name__, "is not a Kubernetes object", source))
-        return
-    if doc.get("kind") == "List" or (isinstance(doc.get("kind"), str) and doc["kind"].endswith("List")
-                                     and isinstance(doc.get("items"), list)):
-        for item in doc.get("items") or []:
-            yield from _objects(item, source, cluster)
-        return
-    yield doc
-
-
-def load(paths: Iterable[str]) -> Cluster:
+def load(paths: Iterable[str], limits: Limits = Limits(), strict: bool = True) -> Cluster:
     """Loads every manifest under paths into one Cluster."""
     cluster = Cluster()
-    seen = set()
+    seen: dict = {}
     for path in _files(paths):
         source = str(path)
         try:
-            docs = _documents(path)
-        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError) as exc:
+            docs = _documents(path, limits)
+        except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError, _Refused, RecursionError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            cluster.rejections.append(Rejection("File", source, "", "", f"cannot be parsed: {reason}"))
+            cluster.rejections.append(Rejection("File", source, "", "", f"cannot be loaded: {brief_text(reason)}",
+                                                fail_closed=False))
             continue
         for doc in docs:
-            for obj in _objects(doc, source, cluster):
-                _add(obj, source, cluster, seen)
-    return _finish(cluster)
+            for obj, where in _objects(doc, source, cluster):
+                _add(obj, where, cluster, seen, strict)
+    return _finish(cluster, seen)
 
 
-def load_objects(objects: Iterable[dict], source: str = "") -> Cluster:
+def load_objects(objects: Iterable[dict], source: str = "", strict: bool = True) -> Cluster:
     """The same from objects already in memory (decoded YAML or API objects as dicts)."""
     cluster = Cluster()
-    seen = set()
+    seen: dict = {}
     for doc in objects:
-        for obj in _objects(doc, source, cluster):
-            _add(obj, source, cluster, seen)
-    return _finish(cluster)
+        for obj, where in _objects(doc, source, cluster):
+            _add(obj, where, cluster, seen, strict)
+    return _finish(cluster, seen)
 
 
-def _finish(cluster: Cluster) -> Cluster:
-    for pod in cluster.pods:
-        if pod.namespace not in cluster.namespaces:
-            cluster.namespaces[pod.namespace] = Namespace(
-                pod.namespace, {"kubernetes.io/metadata.name": pod.namespace}, implicit=True)
-    return cluster
-
-
-def _add(obj: dict, source: str, cluster: Cluster, seen: set) -> None:
-    kind = obj.get("kind")
-    meta = obj.get("metadata") if isinstance(obj.get("metadata"), dict) else {}
-    name = f"{meta.get('namespace') or 'default'}/{meta.get('name')}" if kind != "Namespace" else str(meta.get("name"))
-    if kind not in KINDS:
-        cluster.notices.append(f"{source}: skipped {kind or 'an object without kind'} {name}: not a Namespace, "
-                               "Pod or NetworkPolicy")
+def _objects(doc, source: str, cluster: Cluster, path: str = ""):
+    """(object, where) for each object of a document, lists opened."""
+    where = f"{source}{' ' if source and path else ''}{path}"
+    if not isinstance(doc, dict):
+        cluster.rejections.append(Rejection("Document", where or "-", "", doc, "is not a Kubernetes object (a map "
+                                            "with apiVersion, kind, metadata)", fail_closed=False))
         return
+    kind = doc.get("kind")
+    if isinstance(kind, str) and kind.endswith("List") and kind not in KINDS:
+        items = doc.get("items")
+        if items is None:
+            return
+        if not isinstance(items, list):
+            cluster.rejections.append(Rejection(kind, where or "-", "items", items, "must be a list of objects",
+                                                fail_closed=False))
+            return
+        for i, item in enumerate(items):
+            yield from _objects(item, source, cluster, f"{path}items[{i}]")
+        return
+    yield doc, where
+
+
+def _identity(obj: dict) -> tuple:
+    """(kind, "namespace/name" or name, namespace or None) as far as they can be read."""
+    kind = obj.get("kind")
+    meta = obj.get("metadata")
+    meta = meta if isinstance(meta, dict) else {}
+    name = meta.get("name")
+    namespace = meta.get("namespace") or "default"
+    name_text = name if isinstance(name, str) else "?"
+    if kind == "Namespace":
+        return kind, name_text, name if isinstance(name, str) else None
+    ns_ok = isinstance(namespace, str)
+    return kind, f"{namespace if ns_ok else '?'}/{name_text}", namespace if ns_ok else None
+
+
+def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool) -> None:
+    kind, name, namespace = _identity(obj)
+    if not isinstance(kind, str):
+        cluster.rejections.append(Rejection("Object", name, "kind", kind, "must be a string naming the kind",
+                                            source, fail_closed=False))
+        return
+    if kind not in KINDS:
+        cluster.notices.append(f"{source}: skipped {brief_text(kind) or 'an object without kind'} {brief_text(name)}"
+                               ": not a Namespace, Pod or NetworkPolicy")
+        return
+
+    def reject(path: str, value, reason: str) -> None:
+        addresses, readable = rejected_pod_addresses(obj) if kind == "Pod" else ((), True)
+        cluster.rejections.append(Rejection(kind, name, path, value, reason, source, namespace=namespace,
+                                            addresses=addresses, fail_closed=readable))
+
     api = obj.get("apiVersion")
     if api != KINDS[kind]:
-        cluster.rejections.append(Rejection(kind, name, "apiVersion", api, f"must be {KINDS[kind]}", source))
-        return
+        return reject("apiVersion", api, f"must be {KINDS[kind]}")
+    if strict or kind == "NetworkPolicy":
+        problems = schema.check(obj, kind)
+        if problems:
+            for path, value, reason in problems:
+                reject(path, value, reason)
+            return
     if (kind, name) in seen:
-        cluster.rejections.append(Rejection(kind, name, "metadata.name", meta.get("name"),
-                                            "duplicate: an object of this kind and name was already loaded", source))
-        return
+        # Both copies are refused: which one was meant cannot be known.
+        first = seen[(kind, name)]
+        if first is not None:
+            _withdraw(cluster, kind, first)
+            seen[(kind, name)] = None
+        return reject("metadata.name", obj.get("metadata", {}).get("name"),
+                      "duplicate: another object of this kind and name is in the input (both are refused)")
     try:
         if kind == "Namespace":
             ns = parse_namespace(obj)
             cluster.namespaces[ns.name] = ns
+            seen[(kind, name)] = ns
         elif kind == "Pod":
             pod, why_not = parse_pod(obj)
             if pod is None:
                 cluster.notices.append(f"{source}: {why_not}")
             else:
                 cluster.pods.append(pod)
+            seen[(kind, name)] = pod if pod is not None else obj
         else:
-            cluster.policies.append(parse_policy(obj))
-        seen.add((kind, name))
+            policy = parse_policy(obj)
+            cluster.policies.append(policy)
+            seen[(kind, name)] = policy
     except Invalid as exc:
-        cluster.rejections.append(Rejection(kind, name, exc.path, exc.value, exc.reason, source))
+        reject(exc.path, exc.value, exc.reason)
+        seen[(kind, name)] = None
+
+
+def _withdraw(cluster: Cluster, kind: str, loaded) -> None:
+    """Takes back an object loaded earlier, now known to be one of two copies."""
+    if kind == "Namespace":
+        cluster.namespaces.pop(loaded.name, None)
+        cluster.rejections.append(Rejection(kind, loaded.name, "metadata.name", loaded.name,
+                                            "duplicate: another object of this kind and name is in the input "
+                                            "(both are refused)", namespace=loaded.name))
+    elif kind == "Pod":
+        if isinstance(loaded, dict):
+            return  # took no part (no IP, finished, host network)
+        cluster.pods.remove(loaded)
+        cluster.rejections.append(Rejection(kind, loaded.key, "metadata.name", loaded.name,
+                                            "duplicate: another object of this kind and name is in the input "
+                                            "(both are refused)", namespace=loaded.namespace, addresses=loaded.ips))
+    else:
+        cluster.policies.remove(loaded)
+        cluster.rejections.append(Rejection(kind, loaded.key, "metadata.name", loaded.name,
+                                            "duplicate: another object of this kind and name is in the input "
+                                            "(both are refused)", namespace=loaded.namespace))
+
+
+def _finish(cluster: Cluster, seen: Optional[dict] = None) -> Cluster:
+    cluster.pods, notices = resolve_shared_ips(cluster.pods)
+    cluster.notices.extend(notices)
+    rejected_namespaces = {r.namespace for r in cluster.rejections if r.kind == "Namespace"}
+    for pod in cluster.pods:
+        if pod.namespace not in cluster.namespaces and pod.namespace not in rejected_namespaces:
+            cluster.namespaces[pod.namespace] = Namespace(
+                pod.namespace, {"kubernetes.io/metadata.name": pod.namespace}, implicit=True)
+    return cluster

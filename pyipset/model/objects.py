@@ -6,6 +6,7 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional, Union
 
+from ..errors import brief, brief_text
 from .selectors import LabelSelector
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
@@ -36,6 +37,9 @@ class Pod:
     labels: dict = field(default_factory=dict, hash=False, compare=False)
     ips: tuple = ()  # IPAddress, in the order the status gives them
     ports: tuple = ()  # ContainerPort
+    node: Optional[str] = field(default=None, compare=False)  # spec.nodeName
+    deleting: bool = field(default=False, compare=False)  # metadata.deletionTimestamp is set
+    created: str = field(default="", compare=False)  # metadata.creationTimestamp, ISO 8601
 
     @property
     def key(self) -> str:
@@ -119,7 +123,8 @@ class NetworkPolicy:
 
 @dataclass
 class Rejection:
-    """An object the loader refused: what, where, and why."""
+    """An object the loader refused: what, where, and why; and what is known
+    of it for failing closed (failclosed.py)."""
 
     kind: str
     object: str  # namespace/name
@@ -127,10 +132,15 @@ class Rejection:
     value: object
     reason: str
     source: str = ""
+    namespace: Optional[str] = None  # the object's namespace (a Namespace's own name), when it can be read
+    addresses: tuple = ()  # a rejected pod's addresses, as far as they can be read
+    fail_closed: bool = True  # False: too little is known of it to fail closed (an unreadable address, file, kind)
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""
-        return f"{where}{self.kind} {self.object}: {self.path}: {self.reason} (got {self.value!r})"
+        path = f"{self.path}: " if self.path else ""
+        got = f" (got {brief(self.value)})" if self.path or self.value not in ("", None) else ""
+        return f"{where}{self.kind} {brief_text(self.object)}: {path}{self.reason}{got}"
 
 
 @dataclass
@@ -140,6 +150,7 @@ class Cluster:
     policies: list = field(default_factory=list)  # NetworkPolicy
     rejections: list = field(default_factory=list)  # Rejection
     notices: list = field(default_factory=list)  # str: skipped kinds, pods that take no part
+    failed_closed: list = field(default_factory=list)  # str: what rejected objects became (failclosed.py)
 
     def sorted_pods(self) -> list:
         return sorted(self.pods, key=lambda p: (p.namespace, p.name))
@@ -148,4 +159,5 @@ class Cluster:
         return next((p for p in self.pods if p.key == key), None)
 
     def pod_by_ip(self, ip: IPAddress) -> Optional[Pod]:
+        """The pod holding an address (the loader gives every address to one pod at most)."""
         return next((p for p in self.pods if ip in p.ips), None)

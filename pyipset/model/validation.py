@@ -4,10 +4,12 @@ value; the loader turns it into a Rejection naming the object."""
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 from typing import Any, Optional
 
+from ..errors import brief
 from .objects import (PROTOCOLS, ContainerPort, IPBlock, Namespace, NetworkPolicy, Peer, Pod, PolicyRule,
                       PortSpec)
 from .selectors import LabelSelector, Requirement
@@ -15,7 +17,7 @@ from .selectors import LabelSelector, Requirement
 
 class Invalid(Exception):
     def __init__(self, path: str, value: Any, reason: str):
-        super().__init__(f"{path}: {reason} (got {value!r})")
+        super().__init__(f"{path}: {reason} (got {brief(value)})")
         self.path, self.value, self.reason = path, value, reason
 
 
@@ -70,7 +72,7 @@ def parse_labels(raw: Any, path: str) -> dict:
     if raw is None:
         return {}
     _expect(raw, dict, path, "a map of label keys to values")
-    return {validate_label_key(k, f"{path}[{k!r}]"): validate_label_value(v, f"{path}[{k!r}]") for k, v in raw.items()}
+    return {validate_label_key(k, f"{path}[{brief(k)}]"): validate_label_value(v, f"{path}[{brief(k)}]") for k, v in raw.items()}
 
 
 def parse_selector(raw: Any, path: str) -> LabelSelector:
@@ -100,8 +102,15 @@ def parse_selector(raw: Any, path: str) -> LabelSelector:
     return LabelSelector(tuple(sorted(labels.items())), tuple(requirements))
 
 
+def _meta(obj: dict) -> dict:
+    meta = obj.get("metadata")
+    if meta is None:
+        raise Invalid("metadata", meta, "is required (name, namespace, labels)")
+    return _expect(meta, dict, "metadata", "an object (name, namespace, labels)")
+
+
 def parse_namespace(obj: dict) -> Namespace:
-    meta = obj.get("metadata") or {}
+    meta = _meta(obj)
     name = validate_name(meta.get("name"), "metadata.name", dns_label=True)
     labels = parse_labels(meta.get("labels"), "metadata.labels")
     labels["kubernetes.io/metadata.name"] = name  # set by the API server on every namespace
@@ -109,21 +118,111 @@ def parse_namespace(obj: dict) -> Namespace:
 
 
 def _parse_ip(value: Any, path: str):
+    """A pod address as the kernel's sets can hold it: no IPv6 zone (fe80::1%eth0),
+    no IPv4-mapped IPv6 (the API server's strict validation refuses both), not
+    the unspecified address (the kernel's hash:ip refuses it)."""
     _expect(value, str, path, "an IP address")
+    if "%" in value:
+        raise Invalid(path, value, "must not carry an IPv6 zone (%...): a pod's address is global to the node")
     try:
-        return ipaddress.ip_address(value)
+        ip = ipaddress.ip_address(value)
     except ValueError:
         raise Invalid(path, value, "is not an IP address") from None
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        raise Invalid(path, value, "must not be an IPv4-mapped IPv6 address: give the IPv4 address")
+    if ip.is_unspecified:
+        raise Invalid(path, value, "cannot be a pod's address (the unspecified address)")
+    return ip
+
+
+def _pod_ip_entries(status: dict) -> list:
+    """(path, raw value) of every address the status gives."""
+    out = []
+    raw_ips = status.get("podIPs")
+    if isinstance(raw_ips, list):
+        for i, entry in enumerate(raw_ips):
+            out.append((f"status.podIPs[{i}].ip", entry.get("ip") if isinstance(entry, dict) else entry))
+    if status.get("podIP") is not None:
+        out.append(("status.podIP", status.get("podIP")))
+    return out
+
+
+def rejected_pod_addresses(obj: dict) -> tuple:
+    """For a pod that was rejected: (the addresses it may be using, whether all
+    of them could be read), to fail closed on. A pod on the host network or
+    finished uses no address of its own."""
+    spec, status = obj.get("spec"), obj.get("status")
+    spec = spec if isinstance(spec, dict) else {}
+    status = status if isinstance(status, dict) else {}
+    if spec.get("hostNetwork") is True or status.get("phase") in ("Succeeded", "Failed"):
+        return (), True
+    ips, readable = [], True
+    for _, raw in _pod_ip_entries(status):
+        try:
+            ip = ipaddress.ip_address(raw.split("%", 1)[0] if isinstance(raw, str) else raw)
+            if not isinstance(raw, str):
+                raise ValueError
+        except ValueError:
+            readable = False
+            continue
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if not ip.is_unspecified:
+            ips.append(ip)
+    return tuple(dict.fromkeys(ips)), readable
+
+
+def resolve_shared_ips(pods: list) -> tuple:
+    """Gives every address to one pod. Two running pods claim one address
+    when it is reused before the old pod is gone: the pod not being deleted
+    holds it, then the one created last, then the first by namespace/name.
+    The others lose the address (and take no part if none is left); the kernel
+    can only judge an address, so one pod's policies must decide for it.
+    Returns (pods, notices)."""
+    claims: dict = {}
+    for pod in pods:
+        for ip in pod.ips:
+            claims.setdefault(ip, []).append(pod)
+    lost: dict = {}
+    notices = []
+    for ip, claimants in claims.items():
+        if len(claimants) < 2:
+            continue
+        ranked = sorted(claimants, key=lambda p: (p.deleting, _negated(p.created), p.namespace, p.name))
+        holder = ranked[0]
+        for other in ranked[1:]:
+            lost.setdefault(other.key, set()).add(ip)
+        notices.append(f"address {ip} is claimed by {', '.join(p.key for p in claimants)}: {holder.key} holds it "
+                       "(not being deleted, then newest, then first by name); the others lose it")
+    if not lost:
+        return pods, notices
+    out = []
+    for pod in pods:
+        gone = lost.get(pod.key)
+        if not gone:
+            out.append(pod)
+            continue
+        left = tuple(ip for ip in pod.ips if ip not in gone)
+        if left:
+            out.append(dataclasses.replace(pod, ips=left))
+        else:
+            notices.append(f"pod {pod.key} has no address of its own left: it takes no part")
+    return out, notices
+
+
+def _negated(created: str) -> tuple:
+    """Sorts ISO 8601 timestamps newest first (and missing ones last)."""
+    return (created == "", tuple(-ord(c) for c in created))
 
 
 def parse_pod(obj: dict) -> tuple[Optional[Pod], Optional[str]]:
     """The pod, or None and the reason it takes no part in policy."""
-    meta = obj.get("metadata") or {}
+    meta = _meta(obj)
     name = validate_name(meta.get("name"), "metadata.name")
     namespace = validate_name(meta.get("namespace") or "default", "metadata.namespace", dns_label=True)
     labels = parse_labels(meta.get("labels"), "metadata.labels")
-    spec = obj.get("spec") or {}
-    status = obj.get("status") or {}
+    spec = _expect(obj.get("spec") or {}, dict, "spec", "an object")
+    status = _expect(obj.get("status") or {}, dict, "status", "an object")
     ports = []
     for ci, container in enumerate(_opt_list(spec, "containers", "spec")):
         cpath = f"spec.containers[{ci}]"
@@ -146,11 +245,26 @@ def parse_pod(obj: dict) -> tuple[Optional[Pod], Optional[str]]:
     if raw_ips:
         for i, entry in enumerate(_expect(raw_ips, list, "status.podIPs", "a list")):
             _expect(entry, dict, f"status.podIPs[{i}]", "an object with 'ip'")
-            ips.append(_parse_ip(entry.get("ip"), f"status.podIPs[{i}].ip"))
+            ip = _parse_ip(entry.get("ip"), f"status.podIPs[{i}].ip")
+            if any(other.version == ip.version for other in ips):
+                raise Invalid(f"status.podIPs[{i}].ip", entry.get("ip"),
+                              f"a second IPv{ip.version} address: a pod has at most one address per family")
+            ips.append(ip)
+        if status.get("podIP") is not None and _parse_ip(status.get("podIP"), "status.podIP") != ips[0]:
+            raise Invalid("status.podIP", status.get("podIP"), f"must equal status.podIPs[0].ip ({ips[0]})")
     elif status.get("podIP"):
         ips.append(_parse_ip(status.get("podIP"), "status.podIP"))
-    pod = Pod(namespace, name, labels, tuple(dict.fromkeys(ips)), tuple(ports))
-    if spec.get("hostNetwork") is True:
+    host_network = spec.get("hostNetwork")
+    if host_network is not None and not isinstance(host_network, bool):
+        raise Invalid("spec.hostNetwork", host_network, "must be true or false")
+    node = spec.get("nodeName")
+    if node is not None:
+        validate_name(node, "spec.nodeName")
+    created = meta.get("creationTimestamp")
+    created = created.isoformat() if hasattr(created, "isoformat") else str(created or "")
+    pod = Pod(namespace, name, labels, tuple(ips), tuple(ports), node=node,
+              deleting=meta.get("deletionTimestamp") is not None, created=created)
+    if host_network is True:
         return None, f"pod {pod.key} uses the host network: policy does not apply to it"
     if status.get("phase") in ("Succeeded", "Failed"):
         return None, f"pod {pod.key} has finished (phase {status['phase']}): it takes no part"
@@ -202,10 +316,15 @@ def _parse_cidr(value: Any, path: str):
     _expect(value, str, path, "a CIDR such as 192.0.2.0/24")
     if "/" not in value:
         raise Invalid(path, value, "must be a CIDR with a prefix length, such as 192.0.2.0/24")
+    if "%" in value:
+        raise Invalid(path, value, "must not carry an IPv6 zone (%...)")
     try:
-        return ipaddress.ip_network(value, strict=False)
+        net = ipaddress.ip_network(value, strict=False)
     except ValueError:
         raise Invalid(path, value, "is not a valid CIDR") from None
+    if net.version == 6 and net.network_address.ipv4_mapped is not None and net.prefixlen >= 96:
+        raise Invalid(path, value, "must not be an IPv4-mapped IPv6 network: give the IPv4 network")
+    return net
 
 
 def parse_peer(raw: Any, path: str) -> Peer:
@@ -255,7 +374,7 @@ def _parse_rules(spec: dict, direction: str, peer_key: str) -> tuple:
 
 
 def parse_policy(obj: dict) -> NetworkPolicy:
-    meta = obj.get("metadata") or {}
+    meta = _meta(obj)
     name = validate_name(meta.get("name"), "metadata.name")
     namespace = validate_name(meta.get("namespace") or "default", "metadata.namespace", dns_label=True)
     spec = obj.get("spec")

@@ -102,30 +102,47 @@ class ClusterEvaluator:
                               np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16))
         return bool(ev.allowed[0])
 
-    def matrix(self, protocol: str, port: int) -> tuple[list, list]:
-        """All ordered pod pairs: each uses the first address family both pods have
-        (IPv4 before IPv6); a pod reaches itself; pairs with no common family cannot connect."""
+    def rows(self, protocol: str, port: int, block_cells: int = 1 << 22):
+        """Yields (first row, bool array of rows x pods) for blocks of sources, so
+        that memory stays near one block whatever the cluster's size. Each pair
+        uses the first address family both pods have (IPv4 before IPv6); a pod
+        reaches itself; pairs with no common family cannot connect."""
         pods = self.cluster.sorted_pods()
         n = len(pods)
-        allowed = np.zeros((n, n), dtype=bool)
-        undecided = ~np.eye(n, dtype=bool)
+        block = max(1, block_cells // max(n, 1))
+        families = []
         for version in (4, 6):
             firsts = [next((ip for ip in p.ips if ip.version == version), None) for p in pods]
-            has = np.array([ip is not None for ip in firsts])
-            pairs = undecided & has[:, None] & has[None, :]
-            if not pairs.any():
+            has = np.array([ip is not None for ip in firsts], dtype=bool)
+            if not has.any():
                 continue
-            src_idx, dst_idx = np.nonzero(pairs)
             column = address_column([ip for ip in firsts if ip is not None], version)
-            position = np.cumsum(has) - 1  # pod index -> row of `column`
-            ev = self.program_for(version).evaluate(
-                column[position[src_idx]], column[position[dst_idx]],
-                np.full(len(src_idx), PROTOCOL_NUMBERS[protocol], np.uint8),
-                np.full(len(src_idx), port, np.uint16))
-            allowed[src_idx, dst_idx] = ev.allowed
-            undecided &= ~pairs
-        np.fill_diagonal(allowed, True)  # a pod's traffic to itself never leaves the pod
-        return pods, allowed.tolist()
+            families.append((version, has, column, np.cumsum(has) - 1))  # pod index -> row of `column`
+        proto = PROTOCOL_NUMBERS[protocol]
+        for r0 in range(0, n, block):
+            r1 = min(n, r0 + block)
+            allowed = np.zeros((r1 - r0, n), dtype=bool)
+            undecided = np.ones((r1 - r0, n), dtype=bool)
+            own = np.arange(r1 - r0)
+            undecided[own, own + r0] = False
+            for version, has, column, position in families:
+                pairs = undecided & has[r0:r1, None] & has[None, :]
+                if not pairs.any():
+                    continue
+                src_idx, dst_idx = np.nonzero(pairs)
+                ev = self.program_for(version).evaluate(
+                    column[position[src_idx + r0]], column[position[dst_idx]],
+                    np.full(len(src_idx), proto, np.uint8), np.full(len(src_idx), port, np.uint16))
+                allowed[src_idx, dst_idx] = ev.allowed
+                undecided &= ~pairs
+            allowed[own, own + r0] = True  # a pod's traffic to itself never leaves the pod
+            yield r0, allowed
+
+    def matrix(self, protocol: str, port: int) -> tuple[list, list]:
+        """(pods sorted, allowed[i][j]) in memory: see rows() for large clusters."""
+        pods = self.cluster.sorted_pods()
+        allowed = [row for _, block in self.rows(protocol, port) for row in block.tolist()]
+        return pods, allowed
 
 
 def matrix(cluster: Cluster, protocol: str, port: int) -> tuple[list, list]:

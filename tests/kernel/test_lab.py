@@ -10,7 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from clusterspec import cluster, namespace, pod, policy
-from pyipset.lab.node import LabNode, _namespaces
+from pyipset.kernel.scratch import namespaces as _namespaces
+from pyipset.lab.node import LabNode
 from pyipset.model import load, load_objects
 from pyipset.verify import native
 from test_engines_agree import PORTS, cluster_objects

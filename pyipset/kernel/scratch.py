@@ -1,0 +1,63 @@
+"""Network namespaces pyipset makes for itself: the lab's nodes and pods, and
+the scratch namespace `apply` loads a program into first (a dry run against
+the real kernel, and iptables-save's normal form of the chains).
+
+Their names start with `pyl<pid>x`, the pid of the process that made them; a
+later run removes those whose process is gone (killed before it could clean
+up), so a kill -9 leaves nothing that is not recovered."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import uuid
+from contextlib import contextmanager
+
+PREFIX = "pyl"
+
+
+def _ip(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def namespaces() -> list:
+    return [line.split()[0] for line in _ip("netns", "list").stdout.splitlines() if line.strip()]
+
+
+def delete_namespace(name: str) -> None:
+    for pid in _ip("netns", "pids", name).stdout.split():
+        try:
+            os.kill(int(pid), 9)
+        except (ProcessLookupError, ValueError):
+            pass
+    _ip("netns", "delete", name)
+
+
+def remove_stale() -> list:
+    """Removes our namespaces left by processes that have died."""
+    removed = []
+    for name in namespaces():
+        if not name.startswith(PREFIX):
+            continue
+        pid = name[len(PREFIX):].split("x", 1)[0]
+        if pid.isdigit() and not os.path.exists(f"/proc/{pid}"):
+            delete_namespace(name)
+            removed.append(name)
+    return removed
+
+
+def new_name(role: str) -> str:
+    return f"{PREFIX}{os.getpid()}x{role}{uuid.uuid4().hex[:4]}"
+
+
+@contextmanager
+def scratch_namespace(role: str = "ref"):
+    """A new, empty network namespace, removed afterwards whatever happens."""
+    name = new_name(role)
+    r = _ip("netns", "add", name)
+    if r.returncode != 0:
+        raise OSError(f"cannot create a scratch network namespace: {r.stderr.strip()}")
+    try:
+        yield name
+    finally:
+        delete_namespace(name)

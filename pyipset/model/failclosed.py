@@ -1,0 +1,81 @@
+"""Failing closed: what a rejected object becomes when the user asks to apply
+the rest of an input anyway (`apply --fail-closed`), so that a rejected
+object never leaves any pod less isolated than before, whatever its last
+good version said.
+
+- A rejected NetworkPolicy isolates every pod of its namespace, for ingress
+  and egress, and admits nothing. A policy can only select pods of its own
+  namespace, so this covers whatever selector its previous version had.
+- A rejected Pod (unless it is on the host network or finished) is
+  quarantined: its addresses are isolated both ways and admitted nowhere,
+  and no other pod may hold them.
+- A rejected Namespace matches no namespaceSelector (not even NotIn or
+  DoesNotExist ones, which would otherwise match a namespace without labels).
+- An object of which too little can be read to do this (its namespace, a
+  pod's addresses, a document that is not an object, a file that cannot be
+  parsed) cannot fail closed: the whole input is refused, as without the
+  option.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import InputRejected
+from .objects import Cluster, NetworkPolicy, Pod
+from .selectors import LabelSelector
+
+# A label no Kubernetes object can carry (label keys have no spaces): it marks
+# quarantined pods for the policy that isolates them, and nothing else.
+QUARANTINE_LABEL = "pyipset rejected pod"
+QUARANTINE_POLICY = "(rejected pods)"
+
+
+def fail_closed(cluster: Cluster) -> Cluster:
+    """A copy of the cluster in which every rejected object fails closed, or
+    InputRejected when some cannot. cluster.failed_closed says what was done."""
+    cannot = [r for r in cluster.rejections if not r.fail_closed or r.namespace is None
+              or r.kind not in ("Namespace", "Pod", "NetworkPolicy")]
+    if cannot:
+        raise InputRejected(
+            f"{len(cannot)} rejected object(s) cannot fail closed (too little of them can be read): "
+            + "; ".join(str(r) for r in cannot[:5]) + (" ..." if len(cannot) > 5 else ""))
+    out = dataclasses.replace(cluster, pods=list(cluster.pods), policies=list(cluster.policies),
+                              namespaces=dict(cluster.namespaces), failed_closed=list(cluster.failed_closed))
+    quarantined: dict = {}  # address -> Pod
+    done = set()
+    for i, r in enumerate(cluster.rejections):
+        if (r.kind, r.object) in done:
+            continue  # one object, several problems
+        done.add((r.kind, r.object))
+        if r.kind == "NetworkPolicy":
+            name = r.object.split("/", 1)[1]
+            out.policies.append(NetworkPolicy(r.namespace, f"{name} (rejected #{i})", LabelSelector(),
+                                              ("Ingress", "Egress")))
+            out.failed_closed.append(f"NetworkPolicy {r.object}: every pod of namespace {r.namespace} is isolated "
+                                     "for ingress and egress by it, and it admits nothing")
+        elif r.kind == "Pod" and r.addresses:
+            name = r.object.split("/", 1)[1]
+            pod = Pod(r.namespace, f"{name} (rejected #{i})", {QUARANTINE_LABEL: ""}, tuple(r.addresses))
+            for ip in r.addresses:
+                quarantined[ip] = pod
+            out.failed_closed.append(f"Pod {r.object}: its addresses {', '.join(map(str, r.addresses))} are "
+                                     "quarantined (isolated both ways, admitted nowhere)")
+        elif r.kind == "Namespace":
+            out.namespaces.pop(r.namespace, None)
+            out.failed_closed.append(f"Namespace {r.namespace}: its labels are unknown, so no namespaceSelector "
+                                     "selects it")
+    if quarantined:
+        kept = []
+        for pod in out.pods:
+            left = tuple(ip for ip in pod.ips if ip not in quarantined)
+            if len(left) < len(pod.ips):
+                out.notices.append(f"pod {pod.key} loses {', '.join(str(ip) for ip in pod.ips if ip in quarantined)}"
+                                   " to a quarantined pod")
+            if left:
+                kept.append(dataclasses.replace(pod, ips=left) if len(left) < len(pod.ips) else pod)
+        out.pods = kept + list(dict.fromkeys(quarantined.values()))
+        for namespace in sorted({p.namespace for p in quarantined.values()}):
+            out.policies.append(NetworkPolicy(namespace, QUARANTINE_POLICY,
+                                              LabelSelector(((QUARANTINE_LABEL, ""),)), ("Ingress", "Egress")))
+    return out
