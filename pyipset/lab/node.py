@@ -67,6 +67,7 @@ class LabNode:
         self.pods: list[LabPod] = []
         self.created: list[str] = []
         self.servers: list[subprocess.Popen] = []
+        self.macs: list = []  # (namespace, MAC, addresses) of every host on the bridge
         self.server_port = None
 
     # ---- building ----
@@ -92,7 +93,10 @@ class LabNode:
         """A namespace on the bridge with these addresses and on-link default routes."""
         n = self.node
         self._netns(ns)
-        _run("ip", "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        mac = f"02:70:{len(self.macs) >> 24 & 255:02x}:{len(self.macs) >> 16 & 255:02x}:" \
+              f"{len(self.macs) >> 8 & 255:02x}:{len(self.macs) & 255:02x}"
+        self.macs.append((ns, mac, list(ips)))
+        _run("ip", "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", mac, "netns", ns)
         _run("ip", "-n", n, "link", "set", veth, "master", self.bridge, "up")
         _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0")
         _run("ip", "-n", ns, "link", "set", "eth0", "up")
@@ -121,8 +125,22 @@ class LabNode:
             ns = f"{self.run_id}-h{i}"
             self._host(ns, f"h{i}", [ip])
             self.hosts[ip] = ns
+        self._static_neighbours()
         self.kernel = Kernel(netns=self.node, bridge=self.bridge)
         self.apply(self.cluster)
+
+    def _static_neighbours(self) -> None:
+        """Every host knows every other's link address from the start. With
+        ARP and neighbour discovery, N hosts probing each other at once send
+        N*(N-1) broadcasts that the bridge floods to N ports; from about 40
+        hosts that overflows the per-CPU backlog (netdev_max_backlog), the
+        resolutions that are dropped wait a second to retry, and a probe with
+        a 1 s timeout reports a connection that policy allows as denied."""
+        for ns, _, _ in self.macs:
+            lines = [f"neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+                     for other, mac, ips in self.macs if other != ns for ip in ips]
+            if lines:
+                _run("ip", "-n", ns, "-batch", "-", input="\n".join(lines) + "\n")
 
     def apply(self, cluster: Cluster, stop_after_sets: bool = False) -> None:
         """Programs the node with a cluster's policies (pods outside the lab are
@@ -172,25 +190,51 @@ class LabNode:
             if line != "ready":
                 raise RuntimeError(f"a lab server did not start: {proc.stderr.read().strip()}")
 
+    def _probe_all(self, protocol: str, port: int, timeout: float, plan: list) -> list:
+        """plan: [(LabPod, [address, ...])]; one prober per source pod, all at
+        once; returns their answers in the same shape."""
+        procs = []
+        for lp, addrs in plan:
+            procs.append(subprocess.Popen(self._python(lp.netns, "probe", "--protocol", protocol, "--port", str(port),
+                                                       "--timeout", str(timeout), *map(str, addrs)),
+                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"))
+        answers = []
+        try:
+            for proc in procs:
+                out, err = proc.communicate(timeout=60 + timeout)
+                if proc.returncode != 0:
+                    raise LabError(f"a lab prober failed: {brief_text(err.strip())}")
+                answers.append(json.loads(out))
+        finally:
+            for proc in procs:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait()
+        return answers
+
     def observed_matrix(self, protocol: str, port: int, timeout: float = 1.0) -> list:
-        """allowed[i][j]: a real connection from pod i to pod j succeeded (pods sorted)."""
+        """allowed[i][j]: a real connection from pod i to pod j succeeded (pods sorted).
+
+        A denial is only reported once confirmed: every pair that failed is
+        tried again with three times the timeout (a TCP SYN is sent again
+        after 1 s, a UDP request every third of the timeout), so a packet
+        lost to load is not taken for policy."""
         if self.server_port != port:
             self.start_servers(port)
-        procs = []
-        for lp in self.pods:
-            targets = [self._target(lp.pod, other.pod) for other in self.pods]
-            addrs = [str(t) for t in targets if t is not None]
-            proc = subprocess.Popen(self._python(lp.netns, "probe", "--protocol", protocol, "--port", str(port),
-                                                 "--timeout", str(timeout), *addrs),
-                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
-            procs.append((proc, targets))
+        targets = [[self._target(lp.pod, other.pod) for other in self.pods] for lp in self.pods]
+        plan = [(lp, [t for t in row if t is not None]) for lp, row in zip(self.pods, targets)]
         allowed = []
-        for proc, targets in procs:
-            out, err = proc.communicate(timeout=60)
-            if proc.returncode != 0:
-                raise RuntimeError(f"a lab prober failed: {err.strip()}")
-            results = iter(json.loads(out))
-            allowed.append([next(results) if t is not None else False for t in targets])
+        for row, answers in zip(targets, self._probe_all(protocol, port, timeout, plan)):
+            results = iter(answers)
+            allowed.append([next(results) if t is not None else False for t in row])
+        retry = [(i, [j for j, t in enumerate(targets[i]) if t is not None and not allowed[i][j]])
+                 for i in range(len(self.pods))]
+        retry = [(i, cols) for i, cols in retry if cols]
+        if retry:
+            plan = [(self.pods[i], [targets[i][j] for j in cols]) for i, cols in retry]
+            for (i, cols), answers in zip(retry, self._probe_all(protocol, port, 3 * timeout, plan)):
+                for j, ok in zip(cols, answers):
+                    allowed[i][j] = ok
         return allowed
 
     def connect(self, src, dst, protocol: str, port: int, timeout: float = 1.0) -> bool:

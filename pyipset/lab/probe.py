@@ -15,7 +15,6 @@ import json
 import select
 import socket
 import sys
-import threading
 
 
 def _family(addr: str) -> int:
@@ -30,20 +29,28 @@ def serve(port: int, addrs: list) -> None:
         t = socket.socket(fam, socket.SOCK_STREAM)
         t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         t.bind((addr, port))
-        t.listen(128)
+        t.listen(4096)
         u = socket.socket(fam, socket.SOCK_DGRAM)
         u.bind((addr, port))
         socks += [t, u]
     print("ready", flush=True)
+    for s in socks:
+        s.setblocking(False)
     while True:
         readable, _, _ = select.select(socks, [], [])
         for s in readable:
-            if s.type == socket.SOCK_STREAM:
-                conn, _ = s.accept()
-                conn.close()
-            else:
-                data, peer = s.recvfrom(2048)
-                s.sendto(b"pong:" + data, peer)
+            while True:  # everything that is waiting: a full accept queue drops SYNs
+                try:
+                    if s.type == socket.SOCK_STREAM:
+                        conn, _ = s.accept()
+                        conn.close()
+                    else:
+                        data, peer = s.recvfrom(2048)
+                        s.sendto(b"pong:" + data, peer)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError:
+                    break
 
 
 def probe_one(protocol: str, addr: str, port: int, timeout: float) -> bool:
@@ -67,16 +74,60 @@ def probe_one(protocol: str, addr: str, port: int, timeout: float) -> bool:
 
 
 def probe(protocol: str, port: int, timeout: float, addrs: list) -> list:
+    """One connection attempt to each address at once, from one thread: TCP
+    connects without blocking and waits for each to finish; UDP sends a
+    numbered request and sends it again every third of the timeout until the
+    echo comes back, so one lost datagram is not taken for a verdict."""
+    import errno
+    import time
     results = [False] * len(addrs)
-
-    def one(i):
-        results[i] = probe_one(protocol, addrs[i], port, timeout)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(addrs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    poller = select.poll()
+    socks = {}  # fd -> (index, socket)
+    deadline = time.monotonic() + timeout
+    try:
+        for i, addr in enumerate(addrs):
+            s = socket.socket(_family(addr), socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM)
+            s.setblocking(False)
+            socks[s.fileno()] = (i, s)
+            if protocol == "TCP":
+                err = s.connect_ex((addr, port))
+                if err not in (0, errno.EINPROGRESS):
+                    del socks[s.fileno()]
+                    s.close()
+                    continue
+                poller.register(s, select.POLLOUT)
+            else:
+                s.connect((addr, port))
+                poller.register(s, select.POLLIN)
+        next_send = time.monotonic()
+        pending = len(socks)
+        while pending:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if protocol == "UDP" and now >= next_send:
+                for fd, (i, s) in socks.items():
+                    if not results[i]:
+                        try:
+                            s.send(b"ping:%d" % i)
+                        except OSError:
+                            pass
+                next_send = now + timeout / 3
+            wait = min(deadline, next_send) if protocol == "UDP" else deadline
+            for fd, _ in poller.poll(max(0.0, wait - time.monotonic()) * 1000):
+                i, s = socks[fd]
+                poller.unregister(fd)
+                pending -= 1
+                if protocol == "TCP":
+                    results[i] = s.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR) == 0
+                else:
+                    try:
+                        results[i] = s.recv(2048) == b"pong:ping:%d" % i
+                    except OSError:
+                        results[i] = False
+    finally:
+        for _, s in socks.values():
+            s.close()
     return results
 
 
