@@ -43,6 +43,9 @@ def brief(value) -> str:
 
 
 def brief_text(text: str) -> str:
-    """A bounded copy of free text (a tool's stderr, a line of input)."""
+    """A bounded, one-line copy of free text (a name, a tool's stderr, a line of
+    input): control characters are escaped, so a message stays one line."""
     text = str(text)
+    if not text.isprintable():
+        text = text.encode("unicode_escape").decode("ascii")
     return text if len(text) <= 4 * QUOTE_MAX else text[:4 * QUOTE_MAX] + f"... ({len(text)} characters)"

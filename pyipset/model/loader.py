@@ -27,7 +27,7 @@ import yaml
 from ..errors import PyipsetError, brief, brief_text
 from . import schema
 from .objects import Cluster, Namespace, Rejection
-from .validation import Invalid, parse_namespace, parse_pod, parse_policy, rejected_pod_addresses, resolve_shared_ips
+from .validation import Invalid, validate_name, parse_namespace, parse_pod, parse_policy, rejected_pod_addresses, resolve_shared_ips
 
 SUFFIXES = (".yaml", ".yml", ".json")
 KINDS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
@@ -231,8 +231,17 @@ def _objects(doc, source: str, cluster: Cluster, path: str = ""):
     yield doc, where
 
 
+def _valid_namespace(value) -> bool:
+    try:
+        validate_name(value, "", dns_label=True)
+        return True
+    except Invalid:
+        return False
+
+
 def _identity(obj: dict) -> tuple:
-    """(kind, "namespace/name" or name, namespace or None) as far as they can be read."""
+    """(kind, "namespace/name" or name, namespace or None): the namespace only
+    when it is a valid one, since failing closed acts on it."""
     kind = obj.get("kind")
     meta = obj.get("metadata")
     meta = meta if isinstance(meta, dict) else {}
@@ -240,9 +249,9 @@ def _identity(obj: dict) -> tuple:
     namespace = meta.get("namespace") or "default"
     name_text = name if isinstance(name, str) else "?"
     if kind == "Namespace":
-        return kind, name_text, name if isinstance(name, str) else None
-    ns_ok = isinstance(namespace, str)
-    return kind, f"{namespace if ns_ok else '?'}/{name_text}", namespace if ns_ok else None
+        return kind, name_text, name if _valid_namespace(name) else None
+    ns_ok = _valid_namespace(namespace)
+    return kind, f"{namespace if isinstance(namespace, str) else '?'}/{name_text}", namespace if ns_ok else None
 
 
 def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool) -> None:

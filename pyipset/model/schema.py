@@ -58,8 +58,14 @@ def check(obj: dict, kind: str) -> list:
     return problems[:MAX_PROBLEMS]
 
 
+_PLAIN_KEY = re.compile(r"[A-Za-z0-9_$-]{1,64}\Z")
+
+
 def _join(path: str, key) -> str:
-    return f"{path}.{key}" if path else str(key)
+    """path.key, or path[<quoted key>] for a key that is not a plain word."""
+    if isinstance(key, str) and _PLAIN_KEY.match(key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{brief(key)}]"
 
 
 def _check(value, type_text: str, path: str, problems: list) -> None:
@@ -98,7 +104,7 @@ def _check(value, type_text: str, path: str, problems: list) -> None:
     _duplicates(value, path, problems)
     for key, item in value.items():
         if key not in fields:
-            problems.append((_join(path, key) if isinstance(key, str) else path, key,
+            problems.append((_join(path, key), key,
                              "unknown field (the Kubernetes API defines no such field here)"))
             continue
         _check(item, fields[key], _join(path, key), problems)
@@ -106,4 +112,4 @@ def _check(value, type_text: str, path: str, problems: list) -> None:
 
 def _duplicates(value: dict, path: str, problems: list) -> None:
     for key in getattr(value, "duplicates", ()):
-        problems.append((_join(path, key) if isinstance(key, str) else path, key, "duplicate field"))
+        problems.append((_join(path, key), key, "duplicate field"))

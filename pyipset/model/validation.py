@@ -91,7 +91,7 @@ def parse_selector(raw: Any, path: str) -> LabelSelector:
         op = expr.get("operator")
         if op not in ("In", "NotIn", "Exists", "DoesNotExist"):
             raise Invalid(f"{p}.operator", op, "must be one of In, NotIn, Exists, DoesNotExist")
-        values = expr.get("values") or []
+        values = [] if expr.get("values") is None else expr["values"]
         _expect(values, list, f"{p}.values", "a list of strings")
         if op in ("In", "NotIn") and not values:
             raise Invalid(f"{p}.values", values, f"must be non-empty when operator is {op}")
@@ -221,8 +221,8 @@ def parse_pod(obj: dict) -> tuple[Optional[Pod], Optional[str]]:
     name = validate_name(meta.get("name"), "metadata.name")
     namespace = validate_name(meta.get("namespace") or "default", "metadata.namespace", dns_label=True)
     labels = parse_labels(meta.get("labels"), "metadata.labels")
-    spec = _expect(obj.get("spec") or {}, dict, "spec", "an object")
-    status = _expect(obj.get("status") or {}, dict, "status", "an object")
+    spec = _expect({} if obj.get("spec") is None else obj["spec"], dict, "spec", "an object")
+    status = _expect({} if obj.get("status") is None else obj["status"], dict, "status", "an object")
     ports = []
     for ci, container in enumerate(_opt_list(spec, "containers", "spec")):
         cpath = f"spec.containers[{ci}]"
