@@ -89,3 +89,67 @@ def test_compile_prints_both_scripts():
     assert "--nflog-group 86" in r.stdout and "#   iptables -I FORWARD 1 -o weave -j PYIPSET" in r.stdout
     r = run("compile", "-f", EXAMPLE, "--nflog-group", "5", "--bridge", "cni0")
     assert "--nflog-group 5" in r.stdout and "--nflog-group 86" not in r.stdout and "-o cni0" in r.stdout
+
+
+# ---- hostile arguments and empty input ----
+
+import pytest  # noqa: E402
+
+
+@pytest.mark.parametrize("args,message", [
+    (["matrix", "-f", EXAMPLE, "--port", "٨٠"], "invalid port"),
+    (["matrix", "-f", EXAMPLE, "--port", "8_0"], "invalid port"),
+    (["matrix", "-f", EXAMPLE, "--port", "+80"], "invalid port"),
+    (["matrix", "-f", EXAMPLE, "--port", " 80"], "invalid port"),
+    (["matrix", "-f", EXAMPLE, "--port", "0"], "invalid port"),
+    (["matrix", "-f", "", "--port", "80"], "an empty path"),
+    (["compile", "-f", EXAMPLE, "--nflog-group", "65536"], "invalid NFLOG group"),
+    (["compile", "-f", EXAMPLE, "--nflog-group", "-1"], "invalid NFLOG group"),
+    (["compile", "-f", EXAMPLE, "--bridge", "br0 -j PYIPSET\n-F INPUT"], "invalid bridge name"),
+    (["compile", "-f", EXAMPLE, "--bridge", "a" * 16], "invalid bridge name"),
+    (["compile", "-f", EXAMPLE, "--bridge", "br/0"], "invalid bridge name"),
+    (["apply", "-f", EXAMPLE, "--bridge", 'br"0'], "invalid bridge name"),
+    (["lab", "-f", EXAMPLE, "--port", "80", "--timeout", "nan"], "invalid duration"),
+    (["lab", "-f", EXAMPLE, "--port", "80", "--timeout", "-1"], "invalid duration"),
+    (["lab", "-f", EXAMPLE, "--port", "80", "--timeout", "inf"], "invalid duration"),
+    (["demo", "--members", "1e3"], "invalid member count"),
+])
+def test_bad_arguments_are_usage_errors(args, message):
+    r = run(*args)
+    assert r.returncode == 2, r.stderr
+    assert message in r.stderr and "Traceback" not in r.stderr
+    assert len(r.stderr) < 2000
+
+
+def test_zero_pods(tmp_path):
+    (tmp_path / "ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata: {name: a}\n")
+    r = run("matrix", "-f", str(tmp_path), "--port", "80", "-o", "json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == {"protocol": "TCP", "port": 80, "pods": [], "allowed": []}
+    r = run("matrix", "-f", str(tmp_path), "--port", "80")
+    assert r.returncode == 0 and "(no pods)" in r.stdout
+    r = run("explain", "-f", str(tmp_path), "--from", "192.0.2.1", "--to", "192.0.2.2", "--port", "80")
+    assert r.returncode == 0 and "ALLOWED" in r.stdout, r.stderr
+    r = run("compile", "-f", str(tmp_path))
+    assert r.returncode == 0 and "*filter" in r.stdout
+
+
+def test_streamed_matrix_equals_the_in_memory_one():
+    from pyipset.model import load
+    from pyipset.verify import native
+    pods, allowed = native.matrix(load([EXAMPLE]), "TCP", 80)
+    assert tier_matrix(80)["allowed"] == allowed
+    ev = native.ClusterEvaluator(load([EXAMPLE]))
+    blocks = [block.tolist() for _, block in ev.rows("TCP", 80, block_cells=20)]  # two rows a block
+    assert len(blocks) == 5 and [row for b in blocks for row in b] == allowed
+
+
+def test_a_bug_is_one_line_with_a_hint(monkeypatch, capsys):
+    from pyipset import cli
+    monkeypatch.setattr(cli.native, "ClusterEvaluator", lambda *a: (_ for _ in ()).throw(KeyError("boom")))
+    assert cli.main(["matrix", "-f", EXAMPLE, "--port", "80"]) == 1
+    err = capsys.readouterr().err
+    assert "internal error: KeyError" in err and "--debug" in err and "Traceback" not in err
+    with pytest.raises(KeyError):
+        cli.main(["--debug", "matrix", "-f", EXAMPLE, "--port", "80"])
+

@@ -22,9 +22,9 @@ MAX_CHAIN_NAME = 28  # XT_EXTENSION_MAXNAMELEN - 1 - 1 for iptables user chains
 # The kernel (dev_valid_name) refuses '/', ':', blanks, "." and ".."; iptables
 # reads a trailing '+' as "any interface with this prefix". We accept the
 # characters real interfaces use (cni0, weave, eth0.100, cali_x-1, br+).
-_INTERFACE = re.compile(r"[A-Za-z0-9_.-]{1,15}\+?\Z|\+\Z")
-_SET_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,%d}\Z" % MAX_SET_NAME)
-_CHAIN_NAME = re.compile(r"[A-Za-z0-9_.-]{1,%d}\Z" % MAX_CHAIN_NAME)
+_INTERFACE = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,14}\+?\Z|\+\Z")  # no leading '-': an option
+_SET_NAME = re.compile(r"[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,%d}\Z" % (MAX_SET_NAME - 1))
+_CHAIN_NAME = re.compile(r"[A-Za-z0-9_.][A-Za-z0-9_.-]{0,%d}\Z" % (MAX_CHAIN_NAME - 1))
 _NETNS = re.compile(r"[A-Za-z0-9_.-]{1,200}\Z")
 
 
@@ -35,7 +35,7 @@ class InvalidName(UsageError):
 def interface(name: str, what: str = "interface name") -> str:
     if not isinstance(name, str) or not _INTERFACE.match(name) or name in (".", ".."):
         raise InvalidName(f"invalid {what} {brief(name)}: at most {IFNAMSIZ - 1} characters of letters, digits, "
-                          "'_', '.', '-' (a trailing '+' matches a prefix)")
+                          "'_', '.', '-', not starting with '-' (a trailing '+' matches a prefix)")
     return name
 
 
