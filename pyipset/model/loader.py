@@ -69,6 +69,9 @@ class _Refused(Exception):
 
 
 def _json_pairs(pairs):
+    mapping = dict(pairs)
+    if len(mapping) == len(pairs):
+        return mapping  # the usual case, at C speed
     seen, dups = set(), []
     for k, _ in pairs:
         if k in seen:
@@ -84,7 +87,7 @@ class _YamlLoader(yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) e
         if not isinstance(node, yaml.MappingNode):
             return super().construct_mapping(node, deep)
         self.flatten_mapping(node)
-        pairs, seen, dups = [], set(), []
+        pairs = []
         for key_node, value_node in node.value:
             key = self.construct_object(key_node, deep=deep)
             try:
@@ -93,11 +96,8 @@ class _YamlLoader(yaml.CSafeLoader if getattr(yaml, "__with_libyaml__", False) e
                 raise yaml.constructor.ConstructorError(
                     "while constructing a mapping", node.start_mark, "found an unhashable key",
                     key_node.start_mark) from None
-            if key in seen:
-                dups.append(key)
-            seen.add(key)
             pairs.append((key, self.construct_object(value_node, deep=deep)))
-        return schema.DuplicateKeys(pairs, dups)
+        return _json_pairs(pairs)
 
 
 _YamlLoader.add_constructor("tag:yaml.org,2002:map", _YamlLoader.construct_mapping)
@@ -141,16 +141,21 @@ def _check_nodes(root, limits: Limits) -> None:
 
 
 def _check_depth(doc, limits: Limits) -> None:
-    """The same depth limit for decoded JSON (no aliases there)."""
+    """The same depth limit for a decoded document without aliases (a tree)."""
     stack = [(doc, 1)]
+    pop, push = stack.pop, stack.append
     while stack:
-        value, d = stack.pop()
+        value, d = pop()
         if d > limits.depth:
             raise _Refused(f"nested deeper than {limits.depth} levels")
-        if isinstance(value, dict):
-            stack.extend((v, d + 1) for v in value.values())
+        if type(value) is dict or isinstance(value, dict):
+            for v in value.values():
+                if isinstance(v, (dict, list)):
+                    push((v, d + 1))
         elif isinstance(value, list):
-            stack.extend((v, d + 1) for v in value)
+            for v in value:
+                if isinstance(v, (dict, list)):
+                    push((v, d + 1))
 
 
 def _documents(path: Path, limits: Limits) -> list:
@@ -159,24 +164,31 @@ def _documents(path: Path, limits: Limits) -> list:
     if len(data) > limits.file_bytes:
         raise _Refused(f"larger than {limits.file_bytes} bytes")
     text = data.decode("utf-8")
-    if path.suffix == ".json":
-        try:
-            doc = json.loads(text, object_pairs_hook=_json_pairs)
-        except RecursionError:
-            raise _Refused(f"nested deeper than {limits.depth} levels") from None
-        _check_depth(doc, limits)
-        return [doc]
-    loader = _YamlLoader(text)
-    docs = []
     try:
-        while loader.check_node():
-            node = loader.get_node()
-            _check_nodes(node, limits)
-            doc = loader.construct_document(node)
-            if doc is not None:
-                docs.append(doc)
-    finally:
-        loader.dispose()
+        if path.suffix == ".json":
+            doc = json.loads(text, object_pairs_hook=_json_pairs)
+            _check_depth(doc, limits)
+            return [doc]
+        # Without an anchor ('&') there is no alias to expand: the node check
+        # (a Python walk of every node) is only needed when there is one.
+        aliases = "&" in text
+        loader = _YamlLoader(text)
+        docs = []
+        try:
+            while loader.check_node():
+                node = loader.get_node()
+                if aliases:
+                    _check_nodes(node, limits)
+                doc = loader.construct_document(node)
+                if doc is not None:
+                    docs.append(doc)
+        finally:
+            loader.dispose()
+    except RecursionError:
+        raise _Refused("nested too deeply") from None
+    if not aliases:
+        for doc in docs:
+            _check_depth(doc, limits)
     return docs
 
 

@@ -54,62 +54,91 @@ def _fields(model: str) -> Optional[dict]:
 def check(obj: dict, kind: str) -> list:
     """[(path, value, reason)] of every field problem of the object, at most MAX_PROBLEMS."""
     problems: list = []
-    _check(obj, ROOT_MODELS[kind], "", problems)
-    return problems[:MAX_PROBLEMS]
+    _check(obj, ROOT_MODELS[kind], (), problems)
+    return [(_path(parts), value, reason) for parts, value, reason in problems[:MAX_PROBLEMS]]
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_$-]{1,64}\Z")
 
 
-def _join(path: str, key) -> str:
-    """path.key, or path[<quoted key>] for a key that is not a plain word."""
-    if isinstance(key, str) and _PLAIN_KEY.match(key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{brief(key)}]"
+def _path(parts: tuple) -> str:
+    """("spec", "ingress", 0, "from") -> spec.ingress[0].from; a key that is not
+    a plain word is quoted in brackets. Built only for a problem found."""
+    out = ""
+    for part in parts:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif isinstance(part, str) and _PLAIN_KEY.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f"[{brief(part)}]"
+    return out
 
 
-def _check(value, type_text: str, path: str, problems: list) -> None:
-    if len(problems) >= MAX_PROBLEMS or value is None:
-        return  # null: the field is unset
+@lru_cache(maxsize=None)
+def _shape(type_text: str) -> tuple:
+    """A client type text, parsed once: ("list", inner), ("map", inner),
+    ("any",), ("scalar", name) or ("model", fields or None)."""
     m = _LIST.match(type_text)
     if m:
-        if not isinstance(value, list):
-            problems.append((path, value, "must be a list"))
-            return
-        for i, item in enumerate(value):
-            _check(item, m.group(1), f"{path}[{i}]", problems)
-        return
+        return ("list", m.group(1))
     m = _DICT.match(type_text)
     if m:
-        if not isinstance(value, dict):
-            problems.append((path, value, "must be a map"))
-            return
-        _duplicates(value, path, problems)
-        for key, item in value.items():
-            _check(item, m.group(1) or m.group(2), f"{path}[{brief(key)}]", problems)
-        return
+        return ("map", m.group(1) or m.group(2))
     if type_text == "object":
-        return  # int-or-string and free-form fields
+        return ("any",)  # int-or-string and free-form fields
     if type_text in _SCALARS:
+        return ("scalar", "string" if type_text == "str" else type_text)
+    return ("model", _fields(type_text))
+
+
+def _check(value, type_text: str, parts: tuple, problems: list) -> None:
+    if value is None or len(problems) >= MAX_PROBLEMS:
+        return  # null: the field is unset
+    shape = _shape(type_text)
+    kind = shape[0]
+    if kind == "model":
+        fields = shape[1]
+        if fields is None:
+            return  # a type this client does not describe: nothing to check against
+        if not isinstance(value, dict):
+            problems.append((parts, value, "must be an object"))
+            return
+        if type(value) is not dict:
+            _duplicates(value, parts, problems)
+        for key, item in value.items():
+            field_type = fields.get(key) if isinstance(key, str) else None
+            if field_type is None:
+                problems.append((parts + (key,), key, "unknown field (the Kubernetes API defines no such field here)"))
+            elif item is not None and not (type(item) is str and field_type == "str"):
+                _check(item, field_type, parts + (key,), problems)
+    elif kind == "list":
+        if not isinstance(value, list):
+            problems.append((parts, value, "must be a list"))
+            return
+        for i, item in enumerate(value):
+            _check(item, shape[1], parts + (i,), problems)
+    elif kind == "map":
+        if not isinstance(value, dict):
+            problems.append((parts, value, "must be a map"))
+            return
+        if type(value) is not dict:
+            _duplicates(value, parts, problems)
+        inner = shape[1]
+        if inner == "str":  # labels, annotations: scalars only
+            for key, item in value.items():
+                if isinstance(item, (dict, list)):
+                    problems.append((parts + (key,), item, "must be a string, not "
+                                     + ("an object" if isinstance(item, dict) else "a list")))
+            return
+        for key, item in value.items():
+            _check(item, inner, parts + (key,), problems)
+    elif kind == "scalar":
         if isinstance(value, (dict, list)):
-            problems.append((path, value, f"must be a {'string' if type_text == 'str' else type_text}, "
-                                          f"not {'an object' if isinstance(value, dict) else 'a list'}"))
-        return
-    fields = _fields(type_text)
-    if fields is None:
-        return  # a type this client does not describe: nothing to check against
-    if not isinstance(value, dict):
-        problems.append((path, value, "must be an object"))
-        return
-    _duplicates(value, path, problems)
-    for key, item in value.items():
-        if key not in fields:
-            problems.append((_join(path, key), key,
-                             "unknown field (the Kubernetes API defines no such field here)"))
-            continue
-        _check(item, fields[key], _join(path, key), problems)
+            problems.append((parts, value, f"must be a {shape[1]}, "
+                                           f"not {'an object' if isinstance(value, dict) else 'a list'}"))
 
 
-def _duplicates(value: dict, path: str, problems: list) -> None:
+def _duplicates(value: dict, parts: tuple, problems: list) -> None:
     for key in getattr(value, "duplicates", ()):
-        problems.append((_join(path, key), key, "duplicate field"))
+        problems.append((parts + (key,), key, "duplicate field"))

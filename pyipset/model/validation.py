@@ -24,6 +24,8 @@ class Invalid(Exception):
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 _DNS_SUBDOMAIN = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*\Z")
 _LABEL_NAME = re.compile(r"([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]\Z")
+# A label key without prefix, or a value: both 1-63 characters of this shape (the common case, checked fast).
+_PLAIN_LABEL = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?\Z")
 _IANA_SVC_NAME = re.compile(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?\Z")
 
 
@@ -72,7 +74,12 @@ def parse_labels(raw: Any, path: str) -> dict:
     if raw is None:
         return {}
     _expect(raw, dict, path, "a map of label keys to values")
-    return {validate_label_key(k, f"{path}[{brief(k)}]"): validate_label_value(v, f"{path}[{brief(k)}]") for k, v in raw.items()}
+    for k, v in raw.items():
+        if not (type(k) is str and type(v) is str and _PLAIN_LABEL.match(k) and (not v or _PLAIN_LABEL.match(v))):
+            # The full check only for what the fast one cannot vouch for; paths are built only then.
+            validate_label_key(k, f"{path}[{brief(k)}]")
+            validate_label_value(v, f"{path}[{brief(k)}]")
+    return dict(raw)
 
 
 def parse_selector(raw: Any, path: str) -> LabelSelector:
