@@ -146,8 +146,8 @@ items:
 
 @pytest.mark.parametrize("text,reason", [
     ("a: &x [*x]\n", "recursive"),
-    ("a: " + "[" * 200 + "]" * 200 + "\n", "deeper"),
-    ("a: " + "{b: " * 200 + "1" + "}" * 200 + "\n", "deeper"),
+    ("a: " + "[" * 200 + "]" * 200 + "\n", "nested"),
+    ("a: " + "{b: " * 200 + "1" + "}" * 200 + "\n", "nested"),
 ])
 def test_recursive_and_deep_yaml_is_refused(tmp_path, text, reason):
     (tmp_path / "x.yaml").write_text(text)
@@ -159,7 +159,7 @@ def test_deep_json_and_large_files_are_refused(tmp_path):
     (tmp_path / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
     (tmp_path / "big.yaml").write_text("a: " + "b" * 5000 + "\n")
     c = load([str(tmp_path)], Limits(file_bytes=300_000))
-    assert any("deep.json" in str(r) and "deeper" in str(r) for r in c.rejections)
+    assert any("deep.json" in str(r) and "nested" in str(r) for r in c.rejections)
     c = load([str(tmp_path / "big.yaml")], Limits(file_bytes=4096))
     assert len(c.rejections) == 1 and "larger than 4096 bytes" in str(c.rejections[0])
 

@@ -102,7 +102,7 @@ class ClusterEvaluator:
                               np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16))
         return bool(ev.allowed[0])
 
-    def rows(self, protocol: str, port: int, block_cells: int = 1 << 22):
+    def rows(self, protocol: str, port: int, block_cells: int = 1 << 20):
         """Yields (first row, bool array of rows x pods) for blocks of sources, so
         that memory stays near one block whatever the cluster's size. Each pair
         uses the first address family both pods have (IPv4 before IPv6); a pod
