@@ -417,9 +417,23 @@ def _terminate(signum, frame):
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     previous = signal.signal(signal.SIGTERM, _terminate)
+    command = "command"
+    try:
+        args = build_parser().parse_args(argv)
+        command = args.command
+        return _run(args)
+    except KeyboardInterrupt:
+        print(f"pyipset {command}: interrupted", file=sys.stderr)
+        return 130
+    except Terminated:
+        print(f"pyipset {command}: terminated", file=sys.stderr)
+        return 143
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _run(args) -> int:
     try:
         return args.run(args)
     except UsageError as exc:
@@ -432,17 +446,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PyipsetError, OSError) as exc:
         print(f"pyipset {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"pyipset {args.command}: interrupted", file=sys.stderr)
-        return 130
-    except Terminated:
-        print(f"pyipset {args.command}: terminated", file=sys.stderr)
-        return 143
     except Exception as exc:  # a bug: one line, and the way to its trace
         if args.debug:
             raise
         print(f"pyipset {args.command}: internal error: {type(exc).__name__}: {brief(str(exc))[1:-1]} "
               "(a bug: please report it; re-run with --debug for the trace)", file=sys.stderr)
         return 1
-    finally:
-        signal.signal(signal.SIGTERM, previous)

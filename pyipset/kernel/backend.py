@@ -186,7 +186,22 @@ def canonical_members(set_type: str, family: str, members: list) -> set:
 ISOLATION_SET_PREFIX = SET_PREFIX + "I-"  # the sets a direction chain's first rule looks pods up in
 
 
-def ipset_scripts(program: RuleProgram, current: dict) -> tuple:
+def check_members(set_type: str, family: str, members: list) -> None:
+    """ValueError naming the first member the kernel could not hold. Only
+    parses (no set is kept): the cheap check for sets that are new."""
+    s = IPSet(set_type, family)
+    if set_type == "hash:net":
+        for m in members:
+            entry, _, flag = m.partition(" ")
+            s.add(entry, nomatch=flag == "nomatch")
+    else:
+        for _ in map(s.add, members):
+            pass
+    if set_type == "hash:ip" and ("0.0.0.0" in members or "::" in members):
+        raise ValueError("the unspecified address (the kernel's hash:ip refuses it)")
+
+
+def ipset_scripts(program: RuleProgram, current: dict, wanted: Optional[dict] = None) -> tuple:
     """The `ipset restore` input to run before the chain transaction, as one
     block of lines per set (blocks are independent: they may run in parallel),
     and the input to run after it.
@@ -213,7 +228,9 @@ def ipset_scripts(program: RuleProgram, current: dict) -> tuple:
         same_kind = have is not None and have.type == setdef.type and have.family == setdef.family
         isolation = name.startswith(ISOLATION_SET_PREFIX)
         if same_kind:
-            want = canonical_members(setdef.type, setdef.family, members)
+            want = (wanted or {}).get(name)
+            if want is None:
+                want = canonical_members(setdef.type, setdef.family, members)
             gone, new = sorted(have.members - want), sorted(want - have.members)
         if same_kind and (isolation or len(gone) + len(new) <= max(16, len(want) // 2)):
             # Edit the live set. Whole lines compare, so a flipped nomatch flag
@@ -336,32 +353,38 @@ def required_tools(families) -> list:
     return tools
 
 
-def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> None:
+def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> dict:
     """Everything that can be checked before the first change, for every
     family at once, so that a program is never left applied in one family and
     refused in the other: the tools are there, every name and member is one the
     kernel accepts, the limits hold, no set of ours is in the way, and the
     chains and sets load into a scratch namespace (a dry run against the real
-    kernel)."""
+    kernel). Returns the members of the sets that exist already, as the
+    kernel prints them (set name -> set), for the member diff."""
     missing = [t for t in required_tools(p.family for p in programs) if shutil.which(t) is None]
     if missing:
         raise PreflightError(f"missing kernel tools: {', '.join(missing)} (Debian: apt-get install iproute2 ipset "
                              "iptables); nothing was changed")
+    wanted = {}
     for program in programs:
         try:
-            render_ipset(program)
+            _render_headers(program)
             render_iptables(program)
         except ValueError as exc:
             raise PreflightError(f"the {program.family} program cannot be rendered: {exc}; nothing was changed") \
                 from None
         check_limits(program, kernel, current, foreign)
         for name, setdef in program.sets.items():
+            have = current.get(name)
+            members = kernel_members(setdef)
             try:
-                canonical_members(setdef.type, setdef.family, kernel_members(setdef))
+                if have is not None and (have.type, have.family) == (setdef.type, setdef.family):
+                    wanted[name] = canonical_members(setdef.type, setdef.family, members)
+                else:
+                    check_members(setdef.type, setdef.family, members)
             except ValueError as exc:
                 raise PreflightError(f"set {name} ({setdef.comment}): a member the kernel cannot hold: {exc}; "
                                      "nothing was changed") from None
-            have = current.get(name)
             if have is not None and (have.type, have.family) != (setdef.type, setdef.family):
                 refs = set_references(kernel, name)
                 if refs:
@@ -370,6 +393,7 @@ def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> N
                         f"family {setdef.family}) and {refs} rule(s) or set(s) use it: remove them, or run "
                         "`pyipset cleanup` first; nothing was changed")
         expected_chains(program)  # the dry run
+    return wanted
 
 
 def apply(program: RuleProgram, kernel: Kernel, rewrite_all: bool = False,
@@ -395,17 +419,27 @@ def apply_programs(programs: list, kernel: Kernel, rewrite_all: bool = False,
         remove_stale()  # scratch namespaces of runs that were killed
         foreign: list = []
         current = read_sets(kernel, foreign)  # one read: `ipset save` costs as much as a restore
-        preflight(programs, kernel, current, foreign)
-        return [_apply_one(p, kernel, current, rewrite_all, stop_after_sets) for p in programs]
+        wanted = preflight(programs, kernel, current, foreign)
+        return [_apply_one(p, kernel, current, rewrite_all, stop_after_sets, wanted) for p in programs]
+
+
+def _hollow(program: RuleProgram) -> RuleProgram:
+    """The program with empty sets: rules only name their sets."""
+    return dataclasses.replace(program, sets={n: dataclasses.replace(d, members=()) for n, d in program.sets.items()})
+
+
+def _render_headers(program: RuleProgram) -> str:
+    """The program's sets without members (names, types, families), checked as render_ipset checks them."""
+    return render_ipset(_hollow(program))
 
 
 def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all: bool,
-               stop_after_sets: bool) -> ApplyReport:
+               stop_after_sets: bool, wanted: Optional[dict] = None) -> ApplyReport:
     report = ApplyReport()
     for leftover in [n for n, s in current.items() if n.endswith("-t") and s.family == program.family]:
         kernel.run("ipset", "destroy", leftover)  # from an apply that died mid-swap
         del current[leftover]
-    blocks, last = ipset_scripts(program, current)
+    blocks, last = ipset_scripts(program, current, wanted)
     for line in [line for b in blocks for line in b] + last.splitlines():
         verb = line.split()[0]
         report.sets_created += verb == "create" and not line.split()[1].endswith("-t")
@@ -565,13 +599,12 @@ def expected_chains(program: RuleProgram) -> dict:
     """The program's chains as this machine's iptables-save prints them: applied
     once in a scratch network namespace and read back, so that comparing with
     the kernel is exact whatever the tool's normal form is. Cached per program."""
-    key = hashlib.sha256((render_ipset(program) + render_iptables(program)).encode()).hexdigest()
+    key = hashlib.sha256((_render_headers(program) + render_iptables(program)).encode()).hexdigest()
     if key not in _expected_cache:
         with scratch_namespace() as scratch:
             kernel = Kernel(netns=scratch, bridge=SCRATCH_BRIDGE)
             # Rules only name their sets: empty ones do, and cost nothing to load.
-            hollow = dataclasses.replace(program, sets={n: dataclasses.replace(d, members=())
-                                                         for n, d in program.sets.items()})
+            hollow = _hollow(program)
             try:
                 _apply_one(hollow, kernel, {}, rewrite_all=True, stop_after_sets=False)
             except KernelError as exc:
