@@ -269,8 +269,8 @@ def _identity(obj: dict) -> tuple:
 def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool) -> None:
     kind, name, namespace = _identity(obj)
     if not isinstance(kind, str):
-        cluster.rejections.append(Rejection("Object", name, "kind", kind, "must be a string naming the kind",
-                                            source, fail_closed=False))
+        cluster.rejections.append(Rejection("Object", name, "kind", kind, "is required" if kind is None else
+                                            "must be a string naming the kind", source, fail_closed=False))
         return
     if kind not in KINDS:
         cluster.notices.append(f"{source}: skipped {brief_text(kind) or 'an object without kind'} {brief_text(name)}"
