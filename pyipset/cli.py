@@ -256,6 +256,11 @@ def _programs_to_enforce(args) -> tuple:
     rejection refuses the whole input (nothing is changed), unless
     --fail-closed, where each rejected object fails closed (model/failclosed.py)."""
     cluster = _load(args)
+    if cluster.objects_read == 0 and not cluster.rejections:
+        # Like kubectl apply: an empty input is more likely a wrong path than
+        # a wish to remove every policy (that is what `pyipset cleanup` is for).
+        raise InputRejected("no objects in the input: nothing was changed (an empty input would remove every "
+                            "policy; to remove pyipset's rules use `pyipset cleanup`)")
     if cluster.rejections:
         if not args.fail_closed:
             raise InputRejected(f"{len(cluster.rejections)} object(s) rejected (listed above): nothing was changed; "

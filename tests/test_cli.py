@@ -153,3 +153,4 @@ def test_a_bug_is_one_line_with_a_hint(monkeypatch, capsys):
     with pytest.raises(KeyError):
         cli.main(["--debug", "matrix", "-f", EXAMPLE, "--port", "80"])
 
+

@@ -267,6 +267,7 @@ def _identity(obj: dict) -> tuple:
 
 
 def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool) -> None:
+    cluster.objects_read += 1
     kind, name, namespace = _identity(obj)
     if not isinstance(kind, str):
         cluster.rejections.append(Rejection("Object", name, "kind", kind, "is required" if kind is None else

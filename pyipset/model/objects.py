@@ -151,6 +151,7 @@ class Cluster:
     rejections: list = field(default_factory=list)  # Rejection
     notices: list = field(default_factory=list)  # str: skipped kinds, pods that take no part
     failed_closed: list = field(default_factory=list)  # str: what rejected objects became (failclosed.py)
+    objects_read: int = 0  # objects in the input, of any kind, valid or not
 
     def sorted_pods(self) -> list:
         return sorted(self.pods, key=lambda p: (p.namespace, p.name))

@@ -101,6 +101,19 @@ def test_rejected_input_leaves_the_kernel_untouched(netns, tmp_path, update):
     assert r.returncode == 1 and snapshot(netns) == before
 
 
+def test_an_empty_input_is_refused(netns, tmp_path):
+    """Like kubectl apply: a directory without manifests is a wrong path, not a wish to remove every policy."""
+    assert cli(netns, "apply", "-f", write(tmp_path, "live.json", variant(1))).returncode == 0
+    before = snapshot(netns)
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (empty / "notes.txt").write_text("not a manifest")
+    for command in ("apply", "reconcile"):
+        r = cli(netns, command, "-f", str(empty))
+        assert r.returncode == 1 and "no objects in the input: nothing was changed" in r.stderr, r.stderr
+    assert snapshot(netns) == before
+
+
 def test_fail_closed_applies_the_rest_and_isolates_what_was_rejected(netns, tmp_path):
     live = variant(1)
     bad = variant(1)
