@@ -72,9 +72,9 @@ def _path(text: str) -> str:
 
 
 def _interface(text: str) -> str:
-    from .kernel import names
+    from .compile import naming as names
     try:
-        return names.interface(text, "bridge name")
+        return names.check_interface(text, "bridge name")
     except UsageError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
 

@@ -48,11 +48,12 @@ FLATTEN_LIMIT (1,024) members, and keep the pair of sets otherwise.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Optional
 
 from ..model.objects import PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
+from . import naming
+from .naming import (ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_NAMED_PORT, ROLE_PEER, deny_chain,
+                     direction_chain, group_chain, policy_chain, tree_chain)
 from .program import (ENTRY_CHAIN, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
                       MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
@@ -62,10 +63,6 @@ LOG_BURST = 200  # ... after a burst of this many
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
-def _digest(key: str, n: int) -> str:
-    return hashlib.sha256(key.encode()).hexdigest()[:n]
-
-
 class _Sets:
     """Named sets by canonical key, for one program. Members are computed only
     the first time a key is asked for."""
@@ -73,13 +70,13 @@ class _Sets:
     def __init__(self, program: RuleProgram):
         self.program = program
 
-    def get(self, code: str, key_parts: tuple, set_type: str, members, comment: str) -> str:
-        key = json.dumps([code, self.program.family, *key_parts], separators=(",", ":"), sort_keys=True)
-        name = f"pyi-{code}-{_digest(key, 16)}"
+    def get(self, role: str, key_parts: tuple, set_type: str, members, comment: str, peer_kind: str = "") -> str:
+        key = naming.set_key(role, self.program.family, key_parts, peer_kind)
+        name = naming.set_name(role, key, peer_kind)
         if name not in self.program.sets:
             values = members() if callable(members) else members
             self.program.sets[name] = SetDef(name, set_type, self.program.family, tuple(sorted(set(values))), key,
-                                             comment)
+                                             comment, role)
         return name
 
 
@@ -126,11 +123,11 @@ class _Compiler:
             return [p for n in namespaces for p in self.pods_by_namespace.get(n, ())]
         return [p for n in namespaces for p in self.pods_matching(n, peer.pod_selector)]
 
-    def pod_set(self, code: str, key_parts: tuple, pods, comment: str) -> str:
+    def pod_set(self, role: str, key_parts: tuple, pods, comment: str, peer_kind: str = "") -> str:
         """A hash:ip set of the pods' addresses; pods may be a callable (computed on first use)."""
-        return self.sets.get(code, key_parts, "hash:ip",
+        return self.sets.get(role, key_parts, "hash:ip",
                              lambda: [str(ip) for p in (pods() if callable(pods) else pods) for ip in self.ips(p)],
-                             comment)
+                             comment, peer_kind)
 
     def peer_match(self, policy: NetworkPolicy, peer: Peer, dim: str) -> Optional[Match]:
         """The set match for one peer, or None if the peer cannot match in this family."""
@@ -139,20 +136,21 @@ class _Compiler:
             if block.cidr.version != self.version:
                 return None
             members = [str(block.cidr)] + [f"{e} nomatch" for e in block.excepts]
-            name = self.sets.get("B", ("block", str(block.cidr), sorted(map(str, block.excepts))), "hash:net",
+            name = self.sets.get(ROLE_BLOCK, ("block", str(block.cidr), sorted(map(str, block.excepts))), "hash:net",
                                  members, f"ipBlock {block.describe()}")
             return Match("set", name=name, dims=dim)
         if peer.namespace_selector is None:
-            parts, code = ("pods", policy.namespace, peer.pod_selector.canonical()), "P"
+            parts, kind = ("pods", policy.namespace, peer.pod_selector.canonical()), "pods"
             comment = f"pods of {policy.namespace} matching {peer.pod_selector.describe()}"
         elif peer.pod_selector is None:
-            parts, code = ("namespaces", peer.namespace_selector.canonical()), "N"
+            parts, kind = ("namespaces", peer.namespace_selector.canonical()), "namespaces"
             comment = f"pods of namespaces matching {peer.namespace_selector.describe()}"
         else:
-            parts, code = ("nspods", peer.namespace_selector.canonical(), peer.pod_selector.canonical()), "Q"
+            parts, kind = ("nspods", peer.namespace_selector.canonical(), peer.pod_selector.canonical()), "nspods"
             comment = (f"pods matching {peer.pod_selector.describe()} in namespaces matching "
                        f"{peer.namespace_selector.describe()}")
-        return Match("set", name=self.pod_set(code, parts, lambda: self.peer_pods(policy, peer), comment), dims=dim)
+        return Match("set", name=self.pod_set(ROLE_PEER, parts, lambda: self.peer_pods(policy, peer), comment, kind),
+                     dims=dim)
 
     def port_matches(self, spec: PortSpec) -> tuple:
         proto = PROTOCOL_NUMBERS[spec.protocol]
@@ -166,7 +164,7 @@ class _Compiler:
                     if number is not None:
                         out += [f"{ip},{PROTO_NAMES[proto]}:{number}" for ip in self.ips(p)]
                 return out
-            name = self.sets.get("T", ("namedport", spec.protocol, spec.port), "hash:ip,port", members,
+            name = self.sets.get(ROLE_NAMED_PORT, ("namedport", spec.protocol, spec.port), "hash:ip,port", members,
                                  f"TCP/UDP/SCTP port named {spec.port} ({spec.protocol}) of every pod")
             return (Match("proto", value=proto), Match("set", name=name, dims="dst,dst"))
         return (Match("proto", value=proto), Match("dport", value=spec.port, value2=spec.end_port or spec.port))
@@ -190,7 +188,7 @@ class _Compiler:
             for q in peers:
                 src, dst = (t, q) if direction == "egress" else (q, t)
                 members += [f"{src},{PROTO_NAMES[proto]}:{port},{dst}" for proto, port in ports]
-        name = self.sets.get("F", ("flat", policy.key, direction, index), "hash:ip,port,ip", members,
+        name = self.sets.get(ROLE_FLAT, ("flat", policy.key, direction, index), "hash:ip,port,ip", members,
                              f"{policy.key} {direction}[{index}] as (source, port, destination)")
         self.program.notes.append(f"{policy.key} {direction}[{index}]: flattened into {name} "
                                   f"({len(members)} members)")
@@ -222,11 +220,10 @@ class _Compiler:
                    denied: int) -> str:
         """The chain that finds the pod's group among `keys` (sorted tuples of the
         policies selecting a pod) by halving: one set lookup per level."""
-        d = direction[0].upper()
         own_dim = "src" if direction == "egress" else "dst"
         marked = Match("mark", value=ok, value2=ok)
         if len(keys) == 1:
-            name = f"PYIPSET-{d}-G{_digest(json.dumps(keys[0]), 9)}"
+            name = group_chain(direction, keys[0])
             rules = []
             for policy in keys[0]:
                 rules.append(Rule((), "JUMP", jump=policy_chains[policy],
@@ -239,10 +236,10 @@ class _Compiler:
         mid = len(keys) // 2
         left = self.group_tree(direction, keys[:mid], by_group, policy_chains, ok, denied)
         right = self.group_tree(direction, keys[mid:], by_group, policy_chains, ok, denied)
-        left_set = self.pod_set("G", ("groups", direction, [list(k) for k in keys[:mid]]),
+        left_set = self.pod_set(ROLE_GROUP, ("groups", direction, [list(k) for k in keys[:mid]]),
                                 lambda: [p for k in keys[:mid] for p in by_group[k]],
                                 f"pods selected by one of {mid} groups of {direction} policies")
-        name = f"PYIPSET-{d}-T{_digest(json.dumps(keys), 9)}"
+        name = tree_chain(direction, keys)
         self.program.chains[name] = [
             Rule((Match("set", name=left_set, dims=own_dim),), "GOTO", jump=left, origin="policy group search"),
             Rule((), "GOTO", jump=right, origin="policy group search"),
@@ -255,13 +252,13 @@ class _Compiler:
         kind = "Egress" if direction == "egress" else "Ingress"
         ok = MARK_EGRESS_OK if direction == "egress" else MARK_INGRESS_OK
         own_dim = "src" if direction == "egress" else "dst"
-        chain = f"PYIPSET-{direction.upper()}"
+        chain = direction_chain(direction)
         self.program.chains[chain] = []  # declared before its sub-chains
         policies = sorted((p for p in self.cluster.policies if kind in p.policy_types), key=lambda p: p.key)
         policy_chains = {}
         selecting: dict = {}  # pod key -> (pod, [policy keys])
         for policy in policies:
-            sub = f"PYIPSET-{direction[0].upper()}-{_digest(policy.key + direction, 10)}"
+            sub = policy_chain(policy.key, direction)
             self.program.chains[sub] = self.policy_chain(policy, direction, ok)
             policy_chains[policy.key] = sub
             for pod in self.selected_pods(policy):
@@ -273,7 +270,7 @@ class _Compiler:
         if by_group:
             # Pods no policy isolates fall off the end of this chain unmarked:
             # allowed, after ONE set lookup.
-            iso = self.pod_set("I", ("isolated", direction), [pod for pod, _ in selecting.values()],
+            iso = self.pod_set(ROLE_ISOLATED, ("isolated", direction), [pod for pod, _ in selecting.values()],
                                f"pods isolated for {direction}")
             denied = MARK_EGRESS_DENIED if direction == "egress" else MARK_INGRESS_DENIED
             root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok, denied)
@@ -287,7 +284,7 @@ class _Compiler:
         prog.chains[ENTRY_CHAIN] = []  # first in render order; filled below
         egress = self.direction_chain("egress")
         ingress = self.direction_chain("ingress")
-        deny_egress, deny_ingress = "PYIPSET-DENY-EGRESS", "PYIPSET-DENY-INGRESS"
+        deny_egress, deny_ingress = deny_chain("egress"), deny_chain("ingress")
         prog.chains[ENTRY_CHAIN] = [
             Rule((Match("state", states=("RELATED", "ESTABLISHED")),), "ACCEPT",
                  origin="established connections were judged when they opened"),

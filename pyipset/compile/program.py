@@ -18,7 +18,8 @@ MARK_EGRESS_DENIED = 0x40000
 MARK_INGRESS_DENIED = 0x80000
 MARK_MASK = 0xF0000
 
-ENTRY_CHAIN = "PYIPSET"
+from .naming import ENTRY_CHAIN  # noqa: E402  (re-exported: the chain the hooks jump to)
+
 NFLOG_GROUP = 86
 
 TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "NFLOG")
@@ -32,6 +33,7 @@ class SetDef:
     members: tuple  # entries in ipset syntax ("CIDR nomatch" for hash:net exceptions)
     key: str  # canonical key: equal keys are one set
     comment: str = ""  # what the set holds, for people
+    role: str = ""  # what the set is for: one of naming.ROLES
 
 
 @dataclass(frozen=True)

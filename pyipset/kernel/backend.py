@@ -31,12 +31,14 @@ import threading
 from dataclasses import dataclass, field
 from typing import Optional
 
+from ..compile.naming import ROLE_ISOLATED
 from ..compile.program import ENTRY_CHAIN, RuleProgram
 from ..errors import PyipsetError, brief_text
 from ..sets import IPSet
-from . import names
+from ..compile import naming as names
 from .lock import NamespaceLock
-from .names import CHAIN_PREFIX, MAX_CHAIN_NAME, MAX_SET_NAME, SET_PREFIX
+from ..compile.naming import CHAIN_PREFIX, SET_PREFIX
+from ..compile.naming import MAX_CHAIN_NAME, MAX_SET_NAME
 from .render import kernel_members, render_ipset, render_iptables
 from .scratch import remove_stale, scratch_namespace
 
@@ -76,9 +78,9 @@ class Kernel:
     _lock: NamespaceLock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        names.interface(self.bridge, "bridge name")
+        names.check_interface(self.bridge, "bridge name")
         if self.netns is not None:
-            names.netns(self.netns)
+            names.check_netns(self.netns)
         self._lock = NamespaceLock(self.netns, self.lock_wait)
 
     def locked(self):
@@ -183,9 +185,6 @@ def canonical_members(set_type: str, family: str, members: list) -> set:
     return set(s)
 
 
-ISOLATION_SET_PREFIX = SET_PREFIX + "I-"  # the sets a direction chain's first rule looks pods up in
-
-
 def check_members(set_type: str, family: str, members: list) -> None:
     """ValueError naming the first member the kernel could not hold. Only
     parses (no set is kept): the cheap check for sets that are new."""
@@ -226,7 +225,7 @@ def ipset_scripts(program: RuleProgram, current: dict, wanted: Optional[dict] = 
         opts = f"family {setdef.family} hashsize {_hashsize(len(members))} maxelem {max(65536, 2 * len(members))}"
         have = current.get(name)
         same_kind = have is not None and have.type == setdef.type and have.family == setdef.family
-        isolation = name.startswith(ISOLATION_SET_PREFIX)
+        isolation = setdef.role == ROLE_ISOLATED
         if same_kind:
             want = (wanted or {}).get(name)
             if want is None:

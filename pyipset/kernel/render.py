@@ -9,7 +9,7 @@ import re
 
 from ..compile.program import TARGETS, Match, Rule, RuleProgram, SetDef
 from ..sets import FAMILIES, SET_TYPES
-from . import names
+from ..compile import naming as names
 
 PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 COMMENT_MAX = 255  # xt_comment's limit (XT_MAX_COMMENT_LEN - 1)
@@ -40,8 +40,8 @@ def render_ipset(program: RuleProgram) -> str:
             hashsize *= 2
         maxelem = max(65536, 2 * len(members))
         if setdef.type not in SET_TYPES or setdef.family not in FAMILIES:
-            raise ValueError(f"set {names.set_name(setdef.name)}: unknown type or family")
-        lines.append(f"create {names.set_name(setdef.name)} {setdef.type} family {setdef.family} "
+            raise ValueError(f"set {names.check_set_name(setdef.name)}: unknown type or family")
+        lines.append(f"create {names.check_set_name(setdef.name)} {setdef.type} family {setdef.family} "
                      f"hashsize {hashsize} maxelem {maxelem}")
         lines += [f"add {setdef.name} {m}" for m in members]
     return "\n".join(lines) + ("\n" if lines else "")
@@ -57,7 +57,7 @@ def _match_args(m: Match) -> list:
     if m.kind == "set":
         if m.dims not in ("src", "dst", "dst,dst", "src,dst,dst"):
             raise ValueError(f"cannot render set dimensions {m.dims!r}")
-        return ["-m", "set", *neg, "--match-set", names.set_name(m.name), m.dims]
+        return ["-m", "set", *neg, "--match-set", names.check_set_name(m.name), m.dims]
     if m.kind == "proto":
         return [*neg, "-p", PROTO_NAMES.get(m.value, str(m.value))]
     if m.kind == "dport":
@@ -76,9 +76,9 @@ def _target_args(rule: Rule) -> list:
     if rule.target not in TARGETS:
         raise ValueError(f"cannot render target {rule.target!r}")
     if rule.target == "JUMP":
-        return ["-j", names.chain_name(rule.jump)]
+        return ["-j", names.check_chain_name(rule.jump)]
     if rule.target == "GOTO":
-        return ["-g", names.chain_name(rule.jump)]
+        return ["-g", names.check_chain_name(rule.jump)]
     if rule.target == "MARK":
         if rule.mark_mask:
             return ["-j", "MARK", "--set-xmark", f"{rule.mark:#x}/{rule.mark_mask:#x}"]
@@ -92,7 +92,7 @@ def _target_args(rule: Rule) -> list:
 
 
 def render_rule(chain: str, rule: Rule) -> str:
-    args = ["-A", names.chain_name(chain)]
+    args = ["-A", names.check_chain_name(chain)]
     for m in rule.matches:
         args += _match_args(m)
     if rule.origin:
@@ -106,7 +106,7 @@ def render_iptables(program: RuleProgram, chains=None) -> str:
     tables are left alone (--noflush)."""
     chosen = list(program.chains) if chains is None else [c for c in program.chains if c in set(chains)]
     lines = ["*filter"]
-    lines += [f":{names.chain_name(chain)} - [0:0]" for chain in chosen]
+    lines += [f":{names.check_chain_name(chain)} - [0:0]" for chain in chosen]
     for chain in chosen:
         lines += [render_rule(chain, rule) for rule in program.chains[chain]]
     lines.append("COMMIT")

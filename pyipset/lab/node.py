@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 from ..compile.compiler import compile_cluster, program_families
 from ..errors import PyipsetError, brief_text
-from ..kernel import names
+from ..compile import naming as names
 from ..kernel.backend import Kernel, apply_programs
 from ..kernel.scratch import PREFIX, delete_namespace, remove_stale
 from ..model.objects import Cluster, Pod
@@ -61,7 +61,7 @@ class LabNode:
         self.only = None if only is None else set(only)
         self.outside = list(outside)
         self.hosts: dict = {}  # outside address -> namespace
-        self.bridge = names.interface(bridge, "bridge name")
+        self.bridge = names.check_interface(bridge, "bridge name")
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
         self.node = f"{self.run_id}-node"
         self.pods: list[LabPod] = []

@@ -22,7 +22,7 @@ from pyipset.compile.compiler import compile_cluster, program_families
 from pyipset.compile.program import Rule
 from pyipset.kernel import backend
 from pyipset.kernel.backend import Kernel, PreflightError, apply, apply_programs, diff, read_chains, read_sets
-from pyipset.kernel.names import InvalidName
+from pyipset.compile.naming import InvalidName
 from pyipset.kernel.scratch import namespaces as netns_list
 from pyipset.model import fail_closed, load_objects
 
