@@ -71,6 +71,14 @@ def _path(text: str) -> str:
     return text
 
 
+def _node_name(text: str) -> str:
+    from .model.validation import Invalid, validate_name
+    try:
+        return validate_name(text, "--node")
+    except Invalid as exc:
+        raise argparse.ArgumentTypeError(f"invalid node name {brief(text)}: {exc.reason}") from None
+
+
 def _interface(text: str) -> str:
     from .compile import naming as names
     try:
@@ -122,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="manifest file or directory (repeatable)")
     p.add_argument("--family", choices=["inet", "inet6", "auto"], default="auto",
                    help="address family (auto: inet, and inet6 when pods have IPv6 addresses)")
+    p.add_argument("--node", metavar="NAME", type=_node_name,
+                   help="one node's program: policies that select its pods (spec.nodeName), peers cluster-wide")
     _add_kernel_args(p)
     p.set_defaults(run=run_compile)
 
@@ -236,7 +246,7 @@ def run_compile(args) -> int:
     cluster = _load(args)
     families = program_families(cluster) if args.family == "auto" else [args.family]
     for family in families:
-        program = compile_cluster(cluster, family, nflog_group=args.nflog_group)
+        program = compile_cluster(cluster, family, nflog_group=args.nflog_group, node=args.node)
         tool = "iptables-restore" if family == "inet" else "ip6tables-restore"
         print(f"# ipset restore input ({family}): {len(program.sets)} sets")
         print(render_ipset(program), end="")

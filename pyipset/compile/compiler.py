@@ -36,6 +36,14 @@ nothing grows with the number of pods; the growth with the number of
 policies is logarithmic, plus the rules of the policies that apply.
 
 Sets are shared by canonical key: a selector used by ten policies is one set.
+Names and roles come from naming.py.
+
+Node-local programs (compile_cluster(node=...)): a node judges egress for its
+own pods as sources and ingress for its own pods as destinations, so its
+isolation sets, group trees and policy chains hold only the policies that
+select one of its pods; peer, ipBlock and named-port sets stay cluster-wide.
+A flow between nodes gets its egress verdict on the source's node and its
+ingress verdict on the destination's; on any other node it is not isolated.
 
 Flattening: a rule whose peers are pod/namespace selectors and whose ports are
 single numbers can be expressed as one hash:ip,port,ip set of (source, port,
@@ -81,8 +89,10 @@ class _Sets:
 
 
 class _Compiler:
-    def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int):
+    def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
+                 node: Optional[str] = None):
         self.cluster = cluster
+        self.node = node
         self.nflog_group = nflog_group
         self.version = 4 if family == "inet" else 6
         self.program = RuleProgram(family)
@@ -115,6 +125,11 @@ class _Compiler:
 
     def selected_pods(self, policy: NetworkPolicy) -> list:
         return self.pods_matching(policy.namespace, policy.pod_selector)
+
+    def local_selected(self, policy: NetworkPolicy) -> list:
+        """The pods of this node that the policy selects (all of them without a node)."""
+        pods = self.selected_pods(policy)
+        return pods if self.node is None else [p for p in pods if p.node == self.node]
 
     def peer_pods(self, policy: NetworkPolicy, peer: Peer) -> list:
         namespaces = ([policy.namespace] if peer.namespace_selector is None
@@ -178,7 +193,7 @@ class _Compiler:
             return None
         if any(not isinstance(s.port, int) or s.end_port is not None for s in rule.ports):
             return None
-        targets = [ip for p in self.selected_pods(policy) for ip in self.ips(p)]
+        targets = [ip for p in self.local_selected(policy) for ip in self.ips(p)]
         peers = sorted({ip for peer in rule.peers for p in self.peer_pods(policy, peer) for ip in self.ips(p)})
         ports = sorted({(PROTOCOL_NUMBERS[s.protocol], s.port) for s in rule.ports})
         if len(targets) * len(peers) * len(ports) > self.flatten_limit:
@@ -258,10 +273,13 @@ class _Compiler:
         policy_chains = {}
         selecting: dict = {}  # pod key -> (pod, [policy keys])
         for policy in policies:
+            local = self.local_selected(policy)
+            if not local:
+                continue  # it isolates no pod of this node: other nodes judge its pods
             sub = policy_chain(policy.key, direction)
             self.program.chains[sub] = self.policy_chain(policy, direction, ok)
             policy_chains[policy.key] = sub
-            for pod in self.selected_pods(policy):
+            for pod in local:
                 selecting.setdefault(pod.key, (pod, []))[1].append(policy.key)
         by_group: dict = {}
         for pod, keys in selecting.values():
@@ -315,10 +333,18 @@ def program_families(cluster: Cluster) -> list:
 
 
 def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT,
-                    nflog_group: int = NFLOG_GROUP) -> RuleProgram:
-    """The RuleProgram enforcing every policy of the cluster for one family."""
+                    nflog_group: int = NFLOG_GROUP, node: Optional[str] = None) -> RuleProgram:
+    """The RuleProgram enforcing every policy of the cluster for one family.
+
+    node: the program of one node (pods with spec.nodeName == node): egress
+    is judged for its pods as sources and ingress for its pods as
+    destinations, so isolation sets, group trees and policy chains exist only
+    for policies that select one of its pods; peer sets stay cluster-wide (a
+    peer can be on any node). A flow between two nodes is judged for egress
+    on the source's node and for ingress on the destination's. None: every
+    pod is local (one node holds the whole cluster)."""
     if family not in ("inet", "inet6"):
         raise ValueError(f"unknown family {family!r} (expected inet or inet6)")
     if not 0 <= nflog_group <= 65535:
         raise ValueError(f"NFLOG group {nflog_group} is out of range 0-65535")
-    return _Compiler(cluster, family, flatten_limit, nflog_group).compile()
+    return _Compiler(cluster, family, flatten_limit, nflog_group, node).compile()

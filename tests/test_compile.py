@@ -1,0 +1,128 @@
+"""The compiler without a kernel: node-local programs judge exactly what the
+whole-cluster program judges, set sharing, the flatten limit, names and roles."""
+
+from __future__ import annotations
+
+import copy
+import ipaddress
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from clusterspec import cluster, namespace, pod, policy
+from strategies import OUTSIDE, PORTS, cluster_objects
+from pyipset.compile import naming
+from pyipset.compile.compiler import compile_cluster, program_families
+from pyipset.model import load_objects
+from pyipset.verify.native import NativeProgram, address_column
+
+import numpy as np
+
+NODES = ["n1", "n2", "n3"]
+
+
+def verdict(program: NativeProgram, src, dst, protocol: int, port: int) -> bool:
+    ev = program.evaluate(address_column([src], src.version), address_column([dst], dst.version),
+                          np.array([protocol], np.uint8), np.array([port], np.uint16), threads=1)
+    return bool(ev.allowed[0])
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=cluster_objects(), data=st.data())
+def test_node_programs_together_judge_as_the_whole_cluster(objs, data):
+    """Pods spread over nodes: every flow's verdict equals the AND of the
+    programs of the nodes it touches (egress on the source's node, ingress on
+    the destination's), and a node it does not touch lets it pass."""
+    objs = copy.deepcopy(objs)
+    for obj in objs:
+        if obj["kind"] == "Pod":
+            obj["spec"]["nodeName"] = data.draw(st.sampled_from(NODES))
+    c = load_objects(objs)
+    assert not c.rejections
+    node_of = {ip: p.node for p in c.pods for ip in p.ips}
+    addresses = sorted(set(node_of) | {ipaddress.ip_address(a) for a in OUTSIDE}, key=str)
+    for family in program_families(c):
+        version = 4 if family == "inet" else 6
+        whole = NativeProgram(compile_cluster(c, family))
+        per_node = {n: NativeProgram(compile_cluster(c, family, node=n)) for n in NODES}
+        for src in addresses:
+            for dst in addresses:
+                if src == dst or src.version != version or dst.version != version:
+                    continue
+                touched = {node_of.get(src), node_of.get(dst)} - {None}
+                for proto in (6, 17, 132):
+                    for port in PORTS:
+                        want = verdict(whole, src, dst, proto, port)
+                        got = all(verdict(per_node[n], src, dst, proto, port) for n in touched)
+                        assert got == want, (str(src), str(dst), proto, port, touched)
+                        for n in set(NODES) - touched:
+                            assert verdict(per_node[n], src, dst, proto, port), (str(src), str(dst), n)
+
+
+def _spread(n_pods: int, busy_node_pods: int):
+    """Two namespaces; namespace 'big' lives on n2, 'small' has a few pods on n1."""
+    objs = [namespace("big"), namespace("small")]
+    for i in range(n_pods):
+        obj = pod(f"big/p{i}", f"198.18.0.{i + 1}", {"app": f"a{i % 10}"})
+        obj["spec"]["nodeName"] = "n2"
+        objs.append(obj)
+    for i in range(busy_node_pods):
+        obj = pod(f"small/q{i}", f"198.18.1.{i + 1}", {"app": "q"})
+        obj["spec"]["nodeName"] = "n1"
+        objs.append(obj)
+    for k in range(10):
+        objs.append(policy(f"big/pol{k}", {"podSelector": {"matchLabels": {"app": f"a{k}"}},
+                                           "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "a0"}}}]}]}))
+    objs.append(policy("small/only", {"podSelector": {}, "ingress": [
+        {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"app": "a1"}}}]}]}))
+    return cluster(*objs)
+
+
+def test_a_node_carries_only_what_its_pods_need():
+    c = _spread(100, 3)
+    whole, n1, n2 = (compile_cluster(c, "inet", node=n) for n in (None, "n1", "n2"))
+    policy_chains = {n: [ch for ch in p.chains if ch.startswith("PYIPSET-I-") and "-G" not in ch and "-T" not in ch]
+                     for n, p in (("whole", whole), ("n1", n1), ("n2", n2))}
+    assert len(policy_chains["whole"]) == 11 and len(policy_chains["n1"]) == 1 and len(policy_chains["n2"]) == 10
+    isolated = {n: next(d for d in p.sets.values() if d.role == naming.ROLE_ISOLATED and "ingress" in d.key)
+                for n, p in (("n1", n1), ("n2", n2))}
+    assert set(isolated["n1"].members) == {"198.18.1.1", "198.18.1.2", "198.18.1.3"}
+    assert len(isolated["n2"].members) == 100
+    # the peer set of n1's policy holds pods of the other node: peers are cluster-wide
+    peer = next(d for d in n1.sets.values() if d.role == naming.ROLE_PEER)
+    assert len(peer.members) == 10 and all(m.startswith("198.18.0.") for m in peer.members)
+    assert n1.rule_count() < n2.rule_count() < whole.rule_count() + 1
+
+
+def test_shared_selectors_are_one_set_and_names_fit_the_kernel():
+    sel = {"podSelector": {"matchLabels": {"app": "web"}}}
+    c = cluster(namespace("a"), pod("a/w", "192.0.2.1", {"app": "web"}), pod("a/d", "192.0.2.2", {"app": "db"}),
+                *[policy(f"a/p{i}", {"podSelector": {"matchLabels": {"app": "db"}},
+                                     "ingress": [{"from": [sel], "ports": [{"port": 1000 + i, "endPort": 2000}]}]})
+                  for i in range(5)])
+    program = compile_cluster(c, "inet")
+    peers = [d for d in program.sets.values() if d.role == naming.ROLE_PEER]
+    assert len(peers) == 1
+    for name, setdef in program.sets.items():
+        assert setdef.role in naming.ROLES
+        assert naming.check_set_name(name) and name.startswith(naming.SET_PREFIX)
+    for chain in program.chains:
+        assert naming.check_chain_name(chain) and chain.startswith(naming.CHAIN_PREFIX)
+
+
+def test_the_flatten_limit():
+    objs = [namespace("a")] + [pod(f"a/p{i}", f"192.0.2.{i + 1}", {"app": "x" if i < 8 else "y"}) for i in range(16)]
+    objs.append(policy("a/p", {"podSelector": {"matchLabels": {"app": "y"}},
+                               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "x"}}}],
+                                            "ports": [{"port": 80}, {"port": 443}]}]}))
+    c = cluster(*objs)
+    flat = compile_cluster(c, "inet", flatten_limit=8 * 8 * 2)  # 8 targets x 8 peers x 2 ports = 128 members
+    kept = compile_cluster(c, "inet", flatten_limit=127)
+    flat_sets = [d for d in flat.sets.values() if d.role == naming.ROLE_FLAT]
+    assert len(flat_sets) == 1 and len(flat_sets[0].members) == 128 and flat.notes
+    assert not [d for d in kept.sets.values() if d.role == naming.ROLE_FLAT] and not kept.notes
+    # on a node with half of the targets, the flattened set holds only theirs
+    for obj in objs[1:-1]:
+        obj["spec"]["nodeName"] = "n1" if int(obj["metadata"]["name"][1:]) % 2 else "n2"
+    local = compile_cluster(cluster(*objs), "inet", flatten_limit=128, node="n1")
+    assert len(next(d for d in local.sets.values() if d.role == naming.ROLE_FLAT).members) == 64
