@@ -22,9 +22,9 @@ from .errors import InputRejected, PyipsetError, UsageError, brief
 from .model import fail_closed, load
 from .model.objects import PROTOCOL_NUMBERS, PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster, program_families
-from .compile.program import MARK_EGRESS_OK, MARK_INGRESS_OK
-from .kernel.backend import Kernel, apply_programs, cleanup, hook_specs, reconcile_programs
-from .kernel.render import render_ipset, render_iptables
+from .compile.program import MARK_EGRESS_OK, MARK_INGRESS_OK, Attach
+from .kernel.backend import Kernel, apply_programs, cleanup, reconcile_programs
+from .kernel.render import render_hooks, render_ipset, render_iptables
 from .lab.node import LabNode
 from .verify import native, reference
 
@@ -100,8 +100,21 @@ def _add_flow_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=_port, required=True, help="destination port")
 
 
-def _add_kernel_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--bridge", default="weave", type=_interface, help="the pod bridge the hooks name (default weave)")
+def _attach(text: str) -> Attach:
+    try:
+        return Attach.parse(text)
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_kernel_args(p: argparse.ArgumentParser, lab: bool = False) -> None:
+    p.add_argument("--attach", type=_attach, default=Attach(), metavar="pod-ips|bridge:NAME",
+                   help="which traffic is judged: to and from this node's pods, found by their addresses on any "
+                        "CNI (pod-ips, the default), or everything crossing one bridge (bridge:NAME)")
+    if lab:
+        p.add_argument("--bridge", default="weave", type=_interface, help="the lab node's pod bridge (default weave)")
+    else:
+        p.add_argument("--bridge", type=_interface, metavar="NAME", help="the same as --attach bridge:NAME")
     p.add_argument("--nflog-group", type=_nflog_group, default=86, metavar="N",
                    help="netlink group denied connections are logged to (default 86)")
 
@@ -153,7 +166,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("lab", help="build a node from network namespaces and check the kernel with real packets")
     _add_flow_args(p)
-    _add_kernel_args(p)
+    _add_kernel_args(p, lab=True)
     p.add_argument("--timeout", type=_seconds, default=1.0, help="seconds a probe waits (default 1.0)")
     p.add_argument("-o", "--output", choices=["json", "table"], default="table")
     p.set_defaults(run=run_lab)
@@ -246,7 +259,8 @@ def run_compile(args) -> int:
     cluster = _load(args)
     families = program_families(cluster) if args.family == "auto" else [args.family]
     for family in families:
-        program = compile_cluster(cluster, family, nflog_group=args.nflog_group, node=args.node)
+        program = compile_cluster(cluster, family, nflog_group=args.nflog_group, node=args.node,
+                                  attach=_attach_of(args))
         tool = "iptables-restore" if family == "inet" else "ip6tables-restore"
         print(f"# ipset restore input ({family}): {len(program.sets)} sets")
         print(render_ipset(program), end="")
@@ -255,9 +269,9 @@ def run_compile(args) -> int:
             print(f"# {note}")
         print(render_iptables(program), end="")
         iptables = "iptables" if family == "inet" else "ip6tables"
-        print(f"# hooks, inserted once by apply (checked with {iptables} -C):")
-        for chain, spec in hook_specs(Kernel(bridge=args.bridge)):
-            print(f"#   {iptables} -I {chain} 1 {' '.join(spec)}")
+        print(f"# hooks ({_attach_of(args)}), inserted at the head of their chains by apply:")
+        for line in render_hooks(program):
+            print(f"#   {iptables} -I {line[len('-A '):].replace(' ', ' 1 ', 1)}")
     return 1 if cluster.rejections else 0
 
 
@@ -278,13 +292,20 @@ def _programs_to_enforce(args) -> tuple:
         cluster = fail_closed(cluster)
         for line in cluster.failed_closed:
             print(f"pyipset: failed closed: {line}", file=sys.stderr)
-    programs = [compile_cluster(cluster, family, nflog_group=args.nflog_group)
+    programs = [compile_cluster(cluster, family, nflog_group=args.nflog_group, attach=_attach_of(args))
                 for family in program_families(cluster)]
     return cluster, programs
 
 
+def _attach_of(args) -> Attach:
+    """--attach, or --bridge NAME as bridge:NAME (not in the lab, where --bridge names its bridge)."""
+    if args.command != "lab" and getattr(args, "bridge", None):
+        return Attach("bridge", args.bridge)
+    return args.attach
+
+
 def run_apply(args) -> int:
-    kernel = Kernel(bridge=args.bridge)
+    kernel = Kernel()
     cluster, programs = _programs_to_enforce(args)
     for program, report in zip(programs, apply_programs(programs, kernel)):
         print(f"{program.family}: {report}")
@@ -292,7 +313,7 @@ def run_apply(args) -> int:
 
 
 def run_reconcile(args) -> int:
-    kernel = Kernel(bridge=args.bridge)
+    kernel = Kernel()
     cluster, programs = _programs_to_enforce(args)
     for program, drift in zip(programs, reconcile_programs(programs, kernel)):
         for line in drift.lines():
@@ -315,7 +336,7 @@ def run_lab(args) -> int:
                          "the verifier's SCTP answers are checked against the rules, not packets")
     cluster = _load(args)
     pods, expected = native.matrix(cluster, args.protocol, args.port)
-    with LabNode(cluster, bridge=args.bridge, nflog_group=args.nflog_group) as lab:
+    with LabNode(cluster, bridge=args.bridge, nflog_group=args.nflog_group, attach=args.attach) as lab:
         observed = lab.observed_matrix(args.protocol, args.port, args.timeout)
     disagreements = [{"from": pods[i].key, "to": pods[j].key, "kernel": observed[i][j], "verifier": expected[i][j]}
                      for i in range(len(pods)) for j in range(len(pods)) if observed[i][j] != expected[i][j]]

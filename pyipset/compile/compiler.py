@@ -1,5 +1,26 @@
 """NetworkPolicy to RuleProgram, one address family at a time.
 
+Hooks: what reaches the entry chain (RuleProgram.hooks, inserted first in
+the built-in chains; --attach):
+
+  pod-ips (default), any CNI whose pod traffic crosses the node's netfilter:
+    FORWARD  dst in this node's pods (set pyi-L-...)  -> PYIPSET   ingress of local pods
+    FORWARD  src in this node's pods                  -> PYIPSET   egress of local pods
+    INPUT    src in this node's pods                  -> PYIPSET   local pods to the node itself
+  Routed veths (kindnet, Calico-style) send pod traffic through FORWARD; a
+  bridge (bridge plugin, flannel) does so for pod-to-pod traffic on one node
+  only with br_netfilter (bridge-nf-call-iptables=1), which the node needs.
+  bridge:NAME (weave-npc's): FORWARD -o NAME, FORWARD -i NAME, INPUT -i NAME.
+
+  Not hooked, so always allowed: traffic from the node to its own pods
+  (OUTPUT: kubelet probes, as Kubernetes requires), and traffic that touches
+  no pod of this node. Host-network pods are their node: to pods on their own
+  node they are never judged; to pods of other nodes they are judged there by
+  the destination's ingress as the node's address (only an ipBlock can admit
+  them; the NetworkPolicy docs leave this undefined). A pod whose address the
+  node has not been told yet is not in the set: it is judged as not a pod of
+  this node (not isolated) until it is programmed.
+
 Layout (weave-npc's, with a mark carrying each direction's verdict, and a
 search tree instead of a list of policies):
 
@@ -60,9 +81,10 @@ from typing import Optional
 
 from ..model.objects import PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
 from . import naming
-from .naming import (ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_NAMED_PORT, ROLE_PEER, deny_chain,
+from .naming import (ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL, ROLE_NAMED_PORT, ROLE_PEER,
+                     deny_chain,
                      direction_chain, group_chain, policy_chain, tree_chain)
-from .program import (ENTRY_CHAIN, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
+from .program import (ENTRY_CHAIN, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
                       MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
 FLATTEN_LIMIT = 1024
@@ -90,9 +112,10 @@ class _Sets:
 
 class _Compiler:
     def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
-                 node: Optional[str] = None):
+                 node: Optional[str] = None, attach: Attach = Attach()):
         self.cluster = cluster
         self.node = node
+        self.attach = attach
         self.nflog_group = nflog_group
         self.version = 4 if family == "inet" else 6
         self.program = RuleProgram(family)
@@ -323,7 +346,23 @@ class _Compiler:
                      origin=f"log connections {direction} policy denies"),
                 Rule((), "DROP", origin=f"no {direction} rule allows it"),
             ]
+        prog.hooks = self.hooks()
         return prog
+
+    def hooks(self) -> list:
+        """(built-in chain, rule) pairs that send traffic to the entry chain."""
+        to_entry = dict(target="JUMP", jump=ENTRY_CHAIN)
+        if self.attach.mode == "bridge":
+            b = self.attach.bridge
+            return [("FORWARD", Rule((Match("out", name=b),), **to_entry)),
+                    ("FORWARD", Rule((Match("in", name=b),), **to_entry)),
+                    ("INPUT", Rule((Match("in", name=b),), **to_entry))]
+        local = self.pod_set(ROLE_LOCAL, ("local", self.node or ""),
+                             [p for p in self.cluster.pods if self.node is None or p.node == self.node],
+                             "this node's pods: the hooks judge their traffic")
+        return [("FORWARD", Rule((Match("set", name=local, dims="dst"),), **to_entry)),
+                ("FORWARD", Rule((Match("set", name=local, dims="src"),), **to_entry)),
+                ("INPUT", Rule((Match("set", name=local, dims="src"),), **to_entry))]
 
 
 def program_families(cluster: Cluster) -> list:
@@ -333,7 +372,8 @@ def program_families(cluster: Cluster) -> list:
 
 
 def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT,
-                    nflog_group: int = NFLOG_GROUP, node: Optional[str] = None) -> RuleProgram:
+                    nflog_group: int = NFLOG_GROUP, node: Optional[str] = None,
+                    attach: Attach = Attach()) -> RuleProgram:
     """The RuleProgram enforcing every policy of the cluster for one family.
 
     node: the program of one node (pods with spec.nodeName == node): egress
@@ -342,9 +382,12 @@ def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int =
     for policies that select one of its pods; peer sets stay cluster-wide (a
     peer can be on any node). A flow between two nodes is judged for egress
     on the source's node and for ingress on the destination's. None: every
-    pod is local (one node holds the whole cluster)."""
+    pod is local (one node holds the whole cluster).
+
+    attach: which traffic the hooks send to the entry chain (pod-ips, the
+    default, or bridge:NAME); see the top of this module."""
     if family not in ("inet", "inet6"):
         raise ValueError(f"unknown family {family!r} (expected inet or inet6)")
     if not 0 <= nflog_group <= 65535:
         raise ValueError(f"NFLOG group {nflog_group} is out of range 0-65535")
-    return _Compiler(cluster, family, flatten_limit, nflog_group, node).compile()
+    return _Compiler(cluster, family, flatten_limit, nflog_group, node, attach).compile()

@@ -51,6 +51,8 @@ class Match:
     kind "state": conntrack state among `states` (the evaluator sees NEW flows).
     kind "limit": at most `value` packets a second, bursts of `value2` (only on
                   NFLOG rules: the evaluator treats it as holding).
+    kind "in" / "out": the packet enters / leaves by interface `name` (only in
+                  hooks, which the evaluator does not run).
     `negate` inverts the match.
     """
 
@@ -79,6 +81,32 @@ class Rule:
         return self.origin.split(" ")[0] if "/" in self.origin.split(" ")[0] else None
 
 
+@dataclass(frozen=True)
+class Attach:
+    """Which traffic the hooks send to the entry chain (see compiler.py).
+
+    "pod-ips": NEW connections to or from this node's pods, found by a set
+    of their addresses, whatever interfaces the CNI uses (the default).
+    "bridge": everything that crosses one bridge (weave-npc's layout)."""
+
+    mode: str = "pod-ips"
+    bridge: str = ""
+
+    @classmethod
+    def parse(cls, text: str) -> "Attach":
+        """`pod-ips` or `bridge:NAME` (the name checked as the kernel would)."""
+        from .naming import check_interface
+        if text == "pod-ips":
+            return cls()
+        if isinstance(text, str) and text.startswith("bridge:"):
+            return cls("bridge", check_interface(text[len("bridge:"):], "bridge name"))
+        from ..errors import UsageError, brief
+        raise UsageError(f"invalid attach mode {brief(text)}: expected pod-ips or bridge:NAME")
+
+    def __str__(self) -> str:
+        return self.mode if self.mode == "pod-ips" else f"bridge:{self.bridge}"
+
+
 @dataclass
 class RuleProgram:
     family: str
@@ -86,6 +114,7 @@ class RuleProgram:
     chains: dict = field(default_factory=dict)  # name -> list[Rule]; insertion order is render order
     entry: str = ENTRY_CHAIN
     notes: list = field(default_factory=list)  # compile-time decisions worth telling (e.g. flattening)
+    hooks: list = field(default_factory=list)  # (built-in chain, Rule jumping to `entry`): what is judged
 
     def rules(self):
         """(chain, index, rule) in a stable order: the global rule numbering."""

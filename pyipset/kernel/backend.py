@@ -14,8 +14,10 @@ a RuleProgram, touching only our own sets (prefix `pyi-`) and chains (prefix
   a packet see a half-written chain, and pod churn that changes only set
   members rewrites no rule. Chains of ours the program no longer has are
   removed in a second transaction, after nothing jumps to them.
-- Hooks: FORWARD traffic out of and into the pod bridge, and INPUT from it,
-  jump to PYIPSET; inserted once, checked with `-C`.
+- Hooks: the program's (RuleProgram.hooks: by this node's pod addresses, or
+  by a bridge) jump to PYIPSET; inserted at the head of their chains in the
+  chain transaction, compared in iptables-save's form; hooks of ours the
+  program no longer has (another attach mode) leave in the same transaction.
 - Sets of ours the program no longer uses are destroyed last.
 """
 
@@ -39,7 +41,7 @@ from ..compile import naming as names
 from .lock import NamespaceLock
 from ..compile.naming import CHAIN_PREFIX, SET_PREFIX
 from ..compile.naming import MAX_CHAIN_NAME, MAX_SET_NAME
-from .render import kernel_members, render_ipset, render_iptables
+from .render import kernel_members, render_hooks, render_ipset, render_iptables
 from .scratch import remove_stale, scratch_namespace
 
 
@@ -72,13 +74,11 @@ class Kernel:
     bad one is refused before anything runs."""
 
     netns: Optional[str] = None  # a named network namespace, or None for this one
-    bridge: str = "weave"
     max_sets: int = MAX_SETS  # sets allowed in the namespace (ours and others')
     lock_wait: float = 120.0  # seconds to wait for another pyipset process to finish
     _lock: NamespaceLock = field(init=False, repr=False, compare=False)
 
     def __post_init__(self):
-        names.check_interface(self.bridge, "bridge name")
         if self.netns is not None:
             names.check_netns(self.netns)
         self._lock = NamespaceLock(self.netns, self.lock_wait)
@@ -149,6 +149,11 @@ def read_sets(kernel: Kernel, others: Optional[list] = None) -> dict:
     return out
 
 
+def _jumps_to_entry(line: str) -> bool:
+    words = line.split()
+    return any(words[i] in ("-j", "-g") and words[i + 1] == ENTRY_CHAIN for i in range(len(words) - 1))
+
+
 def read_chains(kernel: Kernel, family: str) -> dict:
     """Our chains as `iptables-save` shows them: name -> [rule lines], and the hooks under "hooks"."""
     _, _, save = kernel.tools(family)
@@ -161,20 +166,13 @@ def read_chains(kernel: Kernel, family: str) -> dict:
             chain = line.split()[1]
             if chain.startswith(CHAIN_PREFIX):
                 chains.setdefault(chain, []).append(line)
-            elif f"-j {ENTRY_CHAIN}" in line:
+            elif _jumps_to_entry(line):
                 hooks.append(line)
     chains["hooks"] = hooks
     return chains
 
 
 # ---- applying ----
-
-def hook_specs(kernel: Kernel) -> list:
-    b = kernel.bridge
-    return [("FORWARD", ["-o", b, "-j", ENTRY_CHAIN]),
-            ("FORWARD", ["-i", b, "-j", ENTRY_CHAIN]),
-            ("INPUT", ["-i", b, "-j", ENTRY_CHAIN])]
-
 
 def canonical_members(set_type: str, family: str, members: list) -> set:
     """Members as the kernel prints them (e.g. 192.0.2.1/32 in hash:net is 192.0.2.1)."""
@@ -310,6 +308,7 @@ class ApplyReport:
     chains_written: int = 0
     chains_removed: int = 0
     hooks_added: int = 0
+    hooks_removed: int = 0
     warnings: list = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -453,14 +452,16 @@ def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all:
     else:
         expected = expected_chains(program)
         changed = [c for c in program.chains if before.get(c) != expected.get(c)]
-    # Hooks go in the same transaction as the chains they jump to.
-    hooks = [f"-I {chain} 1 {' '.join(spec)}" for chain, spec in hook_specs(kernel)
-             if f"-A {chain} {' '.join(spec)}" not in before["hooks"]]
-    if changed or hooks:
+    # Hooks go in the same transaction as the chains they jump to; hooks of
+    # ours that the program does not have (another attach mode) leave in it.
+    wanted_hooks = render_hooks(program)
+    add = ["-I " + h[len("-A "):].replace(" ", " 1 ", 1) for h in wanted_hooks if h not in before["hooks"]]
+    drop = ["-D " + h[len("-A "):] for h in before["hooks"] if h not in wanted_hooks]
+    if changed or add or drop:
         text = render_iptables(program, changed)
-        text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in hooks) + "COMMIT\n"
+        text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in add + drop) + "COMMIT\n"
         kernel.restore(program.family, text)
-    report.chains_written, report.hooks_added = len(changed), len(hooks)
+    report.chains_written, report.hooks_added, report.hooks_removed = len(changed), len(add), len(drop)
     if last:
         kernel.run("ipset", "restore", input=last)
     stale = [c for c in before if c != "hooks" and c not in program.chains]
@@ -515,7 +516,8 @@ def cleanup(kernel: Kernel) -> dict:
             refs = _references_to(filter_lines, set(ours))
             foreign_set_users = [line for table in ("filter", "nat", "mangle", "raw", "security")
                                  for line in _table_lines(text, table)
-                                 if f"--match-set {SET_PREFIX}" in line and not line.split()[1].startswith(CHAIN_PREFIX)]
+                                 if f"--match-set {SET_PREFIX}" in line and not line.split()[1].startswith(CHAIN_PREFIX)
+                                 and not (table == "filter" and line in refs)]  # our hooks go with our chains
             if foreign_set_users:
                 raise PreflightError(
                     f"{len(foreign_set_users)} rule(s) outside pyipset's chains use pyipset's sets, e.g. "
@@ -536,7 +538,7 @@ def cleanup(kernel: Kernel) -> dict:
             kernel.restore(family, "\n".join(lines) + "\n")
             removed["chains"] += len(ours)
             for line in refs:
-                if line.split()[1] in ("FORWARD", "INPUT", "OUTPUT") and f"-j {ENTRY_CHAIN}" in line:
+                if line.split()[1] in ("FORWARD", "INPUT", "OUTPUT") and _jumps_to_entry(line):
                     removed["hooks"] += 1
                 else:
                     removed["references"].append(f"{family}: {line}")
@@ -570,11 +572,12 @@ class Drift:
     extra_chains: list = field(default_factory=list)
     changed_chains: list = field(default_factory=list)
     missing_hooks: int = 0
+    extra_hooks: int = 0
 
     def total(self) -> int:
         return (len(self.missing_sets) + len(self.extra_sets) + sum(map(len, self.missing_members.values()))
                 + sum(map(len, self.extra_members.values())) + len(self.missing_chains) + len(self.extra_chains)
-                + len(self.changed_chains) + self.missing_hooks)
+                + len(self.changed_chains) + self.missing_hooks + self.extra_hooks)
 
     def lines(self) -> list:
         out = [f"set {s} is missing" for s in self.missing_sets]
@@ -586,10 +589,11 @@ class Drift:
         out += [f"chain {c} has rules that differ from the program" for c in self.changed_chains]
         if self.missing_hooks:
             out.append(f"{self.missing_hooks} hook(s) into FORWARD/INPUT are missing")
+        if self.extra_hooks:
+            out.append(f"{self.extra_hooks} hook(s) jump to {ENTRY_CHAIN} that the program does not have")
         return out
 
 
-SCRATCH_BRIDGE = "pyipset-ref"
 _expected_cache: dict = {}  # program fingerprint -> chains; the last few programs only
 _EXPECTED_CACHE_SIZE = 8
 
@@ -601,7 +605,7 @@ def expected_chains(program: RuleProgram) -> dict:
     key = hashlib.sha256((_render_headers(program) + render_iptables(program)).encode()).hexdigest()
     if key not in _expected_cache:
         with scratch_namespace() as scratch:
-            kernel = Kernel(netns=scratch, bridge=SCRATCH_BRIDGE)
+            kernel = Kernel(netns=scratch)
             # Rules only name their sets: empty ones do, and cost nothing to load.
             hollow = _hollow(program)
             try:
@@ -638,8 +642,9 @@ def diff(program: RuleProgram, kernel: Kernel) -> Drift:
         elif actual[chain] != rules:
             drift.changed_chains.append(chain)
     drift.extra_chains = sorted(c for c in actual if c != "hooks" and c not in expected)
-    bridge_hooks = [h.replace(SCRATCH_BRIDGE, kernel.bridge) for h in expected["hooks"]]
-    drift.missing_hooks = sum(1 for h in bridge_hooks if h not in actual["hooks"])
+    wanted_hooks = render_hooks(program)
+    drift.missing_hooks = sum(1 for h in wanted_hooks if h not in actual["hooks"])
+    drift.extra_hooks = sum(1 for h in actual["hooks"] if h not in wanted_hooks)
     return drift
 
 

@@ -67,6 +67,8 @@ def _match_args(m: Match) -> list:
         return ["-m", "mark", *neg, "--mark", f"{m.value:#x}/{m.value2:#x}"]
     if m.kind == "state":
         return ["-m", "conntrack", *neg, "--ctstate", ",".join(m.states)]
+    if m.kind in ("in", "out"):
+        return [*neg, "-i" if m.kind == "in" else "-o", names.check_interface(m.name)]
     if m.kind == "limit":
         return ["-m", "limit", "--limit", f"{m.value}/second", "--limit-burst", str(m.value2)]
     raise ValueError(f"cannot render match kind {m.kind!r}")
@@ -91,13 +93,20 @@ def _target_args(rule: Rule) -> list:
     return ["-j", rule.target]
 
 
-def render_rule(chain: str, rule: Rule) -> str:
-    args = ["-A", names.check_chain_name(chain)]
+def render_rule(chain: str, rule: Rule, verb: str = "-A") -> str:
+    args = [verb, names.check_chain_name(chain)]
     for m in rule.matches:
         args += _match_args(m)
     if rule.origin:
         args += ["-m", "comment", "--comment", _quote(rule.origin)]
     return " ".join(args + _target_args(rule))
+
+
+def render_hooks(program: RuleProgram) -> list:
+    """The hooks as iptables-save prints them (`-A FORWARD ... -j PYIPSET`):
+    apply inserts each at the head of its chain (`-I`), and compares these
+    lines with what the kernel holds."""
+    return [render_rule(chain, rule) for chain, rule in program.hooks]
 
 
 def render_iptables(program: RuleProgram, chains=None) -> str:

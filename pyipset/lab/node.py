@@ -24,6 +24,7 @@ import uuid
 from dataclasses import dataclass
 
 from ..compile.compiler import compile_cluster, program_families
+from ..compile.program import Attach
 from ..errors import PyipsetError, brief_text
 from ..compile import naming as names
 from ..kernel.backend import Kernel, apply_programs
@@ -52,7 +53,7 @@ class LabPod:
 
 class LabNode:
     def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = 86,
-                 outside=()):
+                 outside=(), attach: Attach = Attach()):
         """only: the keys of the pods to build (default all); the others stay
         addresses in the sets. outside: addresses of hosts that are not pods
         (no policy selects them), each given a namespace on the bridge too."""
@@ -62,6 +63,7 @@ class LabNode:
         self.outside = list(outside)
         self.hosts: dict = {}  # outside address -> namespace
         self.bridge = names.check_interface(bridge, "bridge name")
+        self.attach = attach
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
         self.node = f"{self.run_id}-node"
         self.pods: list[LabPod] = []
@@ -126,7 +128,7 @@ class LabNode:
             self._host(ns, f"h{i}", [ip])
             self.hosts[ip] = ns
         self._static_neighbours()
-        self.kernel = Kernel(netns=self.node, bridge=self.bridge)
+        self.kernel = Kernel(netns=self.node)
         self.apply(self.cluster)
 
     def _static_neighbours(self) -> None:
@@ -145,7 +147,7 @@ class LabNode:
     def apply(self, cluster: Cluster, stop_after_sets: bool = False) -> None:
         """Programs the node with a cluster's policies (pods outside the lab are
         just addresses in sets). stop_after_sets: see kernel.backend.apply."""
-        apply_programs([compile_cluster(cluster, family, nflog_group=self.nflog_group)
+        apply_programs([compile_cluster(cluster, family, nflog_group=self.nflog_group, attach=self.attach)
                         for family in program_families(cluster)], self.kernel, stop_after_sets=stop_after_sets)
 
     def stop_servers(self) -> None:

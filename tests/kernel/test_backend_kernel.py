@@ -7,7 +7,7 @@ from __future__ import annotations
 from clusterspec import cluster, namespace, pod, policy
 from pyipset.compile.compiler import compile_cluster
 from pyipset.kernel.backend import Kernel, apply, canonical_members, cleanup, read_chains, read_sets
-from pyipset.kernel.render import kernel_members
+from pyipset.kernel.render import kernel_members, render_hooks
 
 
 def base(extra_pods=(), extra_policies=(), relabel=None):
@@ -99,7 +99,7 @@ def test_reconcile_reports_and_repairs_drift(netns):
     member = sorted(program.sets[victim].members)[0]
     netns.run("ipset", "del", victim, member)
     netns.run("iptables", "-D", "PYIPSET", "1")
-    netns.run("iptables", "-D", "FORWARD", "-o", "weave", "-j", "PYIPSET")
+    netns.run("iptables", "-D", *render_hooks(program)[0].split()[1:])
     drift = reconcile(program, kernel)
     assert drift.missing_members == {victim: [member]}
     assert drift.changed_chains == ["PYIPSET"]
@@ -137,3 +137,20 @@ def test_a_large_program_loads_through_parallel_restores(netns):
     apply(program, kernel)
     sets, _ = kernel_state(kernel)
     assert sets == expected_sets(program)
+
+
+def test_switching_the_attach_mode_replaces_the_hooks_in_one_step(netns):
+    from pyipset.compile.program import Attach
+    kernel = Kernel(netns=netns.name)
+    bridge = compile_cluster(base(), "inet", attach=Attach("bridge", "weave"))
+    apply(bridge, kernel)
+    assert sorted(read_chains(kernel, "inet")["hooks"]) == sorted(render_hooks(bridge))
+    pod_ips = compile_cluster(base(), "inet")
+    report = apply(pod_ips, kernel)
+    assert (report.hooks_added, report.hooks_removed) == (3, 3)
+    hooks = read_chains(kernel, "inet")["hooks"]
+    assert sorted(hooks) == sorted(render_hooks(pod_ips)) and all("--match-set pyi-L-" in h for h in hooks)
+    local = next(d for d in pod_ips.sets.values() if d.role == "local")
+    assert set(local.members) == {"192.0.2.1", "192.0.2.2"}
+    from pyipset.kernel.backend import reconcile
+    assert reconcile(pod_ips, kernel).total() == 0
