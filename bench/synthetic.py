@@ -13,7 +13,8 @@ from pyipset.model import load_objects
 BASE = int(ipaddress.IPv4Address("198.18.0.0"))
 
 
-def objects(n_pods: int, n_policies: int) -> list:
+def objects(n_pods: int, n_policies: int, nodes: int = 0) -> list:
+    """nodes > 0: pods get spec.nodeName node0..node{nodes-1}, spread across namespaces."""
     objs = []
     n_ns = max(1, n_pods // 50)
     for ns in range(n_ns):
@@ -27,6 +28,8 @@ def objects(n_pods: int, n_policies: int) -> list:
                      "spec": {"containers": [{"name": "c", "ports": [
                          {"name": "http", "containerPort": 8000 + app, "protocol": "TCP"}]}]},
                      "status": {"phase": "Running", "podIP": str(ipaddress.IPv4Address(BASE + i))}})
+        if nodes:
+            objs[-1]["spec"]["nodeName"] = f"node{(i * 7919) % nodes}"
     for k in range(n_policies):
         ns = k % n_ns
         app = k % 5
@@ -45,7 +48,7 @@ def objects(n_pods: int, n_policies: int) -> list:
     return objs
 
 
-def cluster(n_pods: int, n_policies: int):
-    c = load_objects(objects(n_pods, n_policies))
+def cluster(n_pods: int, n_policies: int, nodes: int = 0):
+    c = load_objects(objects(n_pods, n_policies, nodes))
     assert not c.rejections
     return c

@@ -43,3 +43,22 @@ def test_matrix_1000_pods(benchmark):
     benchmark.extra_info.update(ops=1, pods=1_000, policies=100, flows=1_000_000)
     pods, allowed = benchmark.pedantic(native.matrix, args=(c, "TCP", 80), rounds=3, iterations=1)
     assert len(pods) == 1_000
+
+
+def _size(program) -> dict:
+    return {"sets": len(program.sets), "members": sum(len(d.members) for d in program.sets.values()),
+            "chains": len(program.chains), "rules": program.rule_count()}
+
+
+def test_node_program(benchmark):
+    """10k pods on 200 nodes (50 each), 1,000 policies: one node's program
+    against the whole cluster's, and the time to compile it."""
+    c = cluster(10_000, 1_000, nodes=200)
+    whole = _size(compile_cluster(c, "inet"))
+    benchmark.group = "one node's program (10k pods on 200 nodes, 1,000 policies)"
+    node = benchmark.pedantic(compile_cluster, args=(c, "inet"), kwargs={"node": "node0"}, rounds=3, iterations=1)
+    local = _size(node)
+    benchmark.extra_info.update(ops=1, pods=10_000, nodes=200, policies=1_000,
+                                **{f"node_{k}": v for k, v in local.items()},
+                                **{f"cluster_{k}": v for k, v in whole.items()})
+    assert local["rules"] < whole["rules"] / 10
