@@ -357,3 +357,22 @@ def test_failing_closed_never_allows_what_was_denied(objs, data):
                     if after.judge(src, dst, protocol, port):
                         assert before.judge(src, dst, protocol, port), (str(src), str(dst), protocol, port,
                                                                         [str(r) for r in new.rejections])
+
+
+def test_a_quarantined_pod_is_selected_by_no_other_policy():
+    """Found by the property above: a NotIn selector matches a pod without the
+    label, so a quarantined pod left in its namespace was selected by a policy
+    admitting everything. Quarantined addresses live where no policy can reach."""
+    objs = [namespace("a"), namespace("c"),
+            pod("c/p0", "192.0.2.1", {"app": "web"}), pod("a/p1", "192.0.2.2"),
+            policy("c/pol0", {"podSelector": {"matchExpressions": [
+                {"key": "app", "operator": "NotIn", "values": ["web"]}]}, "ingress": [{}]}),
+            policy("c/pol3", {"podSelector": {}})]
+    old = load_objects(objs)
+    update = copy.deepcopy(objs)
+    update[2]["spec_typo"] = 1
+    closed = fail_closed(load_objects(update))
+    src, dst = ipaddress.ip_address("192.0.2.2"), ipaddress.ip_address("192.0.2.1")
+    assert not ClusterEvaluator(old).judge(src, dst, "TCP", 9)
+    assert not ClusterEvaluator(closed).judge(src, dst, "TCP", 9)
+    assert not ClusterEvaluator(closed).judge(dst, src, "TCP", 9)

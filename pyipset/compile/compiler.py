@@ -6,15 +6,16 @@ the built-in chains; --attach):
   pod-ips (default), any CNI whose pod traffic crosses the node's netfilter:
     FORWARD  dst in this node's pods (set pyi-L-...)  -> PYIPSET   ingress of local pods
     FORWARD  src in this node's pods                  -> PYIPSET   egress of local pods
-    INPUT    src in this node's pods                  -> PYIPSET   local pods to the node itself
   Routed veths (kindnet, Calico-style) send pod traffic through FORWARD; a
   bridge (bridge plugin, flannel) does so for pod-to-pod traffic on one node
   only with br_netfilter (bridge-nf-call-iptables=1), which the node needs.
-  bridge:NAME (weave-npc's): FORWARD -o NAME, FORWARD -i NAME, INPUT -i NAME.
+  bridge:NAME (weave-npc's): FORWARD -o NAME, FORWARD -i NAME, INPUT -i NAME
+  (its INPUT hook also judges pods' traffic to the node itself).
 
-  Not hooked, so always allowed: traffic from the node to its own pods
-  (OUTPUT: kubelet probes, as Kubernetes requires), and traffic that touches
-  no pod of this node. Host-network pods are their node: to pods on their own
+  Not hooked, so always allowed, as the NetworkPolicy docs require ("traffic
+  to and from the node where a Pod is running is always allowed"): the node
+  to its own pods (OUTPUT: kubelet probes) and its pods to the node (INPUT);
+  and traffic that touches no pod of this node. Host-network pods are their node: to pods on their own
   node they are never judged; to pods of other nodes they are judged there by
   the destination's ingress as the node's address (only an ipBlock can admit
   them; the NetworkPolicy docs leave this undefined). A pod whose address the
@@ -361,8 +362,7 @@ class _Compiler:
                              [p for p in self.cluster.pods if self.node is None or p.node == self.node],
                              "this node's pods: the hooks judge their traffic")
         return [("FORWARD", Rule((Match("set", name=local, dims="dst"),), **to_entry)),
-                ("FORWARD", Rule((Match("set", name=local, dims="src"),), **to_entry)),
-                ("INPUT", Rule((Match("set", name=local, dims="src"),), **to_entry))]
+                ("FORWARD", Rule((Match("set", name=local, dims="src"),), **to_entry))]
 
 
 def program_families(cluster: Cluster) -> list:

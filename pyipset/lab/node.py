@@ -279,6 +279,56 @@ class LabNode:
                                  str(count), str(self._target(s.pod, d.pod)))).stdout
         return json.loads(out)
 
+    # ---- the node itself ----
+
+    NODE_ADDRESS = "198.19.255.254"  # the node's own address on its pod bridge (benchmark range)
+
+    def _node_address(self):
+        """Gives the node namespace an address on the bridge, once, with routes
+        and static neighbours both ways (as a node's address on cni0)."""
+        import ipaddress
+        address = ipaddress.ip_address(self.NODE_ADDRESS)
+        if getattr(self, "_node_ready", False):
+            return address
+        n, b = self.node, self.bridge
+        _run("ip", "-n", n, "addr", "add", f"{address}/32", "dev", b)
+        _run("ip", "-n", n, "route", "add", "default", "dev", b)
+        bridge_mac = json.loads(_run("ip", "-n", n, "-j", "link", "show", b).stdout)[0]["address"]
+        lines = [f"neigh replace {ip} lladdr {mac} dev {b} nud permanent"
+                 for _, mac, ips in self.macs for ip in ips if ip.version == 4]
+        _run("ip", "-n", n, "-batch", "-", input="\n".join(lines) + "\n")
+        for ns, _, _ in self.macs:
+            _run("ip", "-n", ns, "neigh", "replace", str(address), "lladdr", bridge_mac, "dev", "eth0",
+                 "nud", "permanent")
+        self._node_ready = True
+        return address
+
+    def connect_from_node(self, dst: str, protocol: str, port: int, timeout: float = 1.0) -> bool:
+        """A real connection from the node itself (its address on the bridge) to pod `dst`."""
+        target = next(ip for ip in next(lp for lp in self.pods if lp.pod.key == dst).pod.ips if ip.version == 4)
+        self._node_address()
+        if self.server_port != port:
+            self.start_servers(port)
+        out = _run(*self._python(self.node, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
+                                 str(timeout), str(target))).stdout
+        return json.loads(out)[0]
+
+    def connect_to_node(self, src: str, protocol: str, port: int, timeout: float = 1.0) -> bool:
+        """A real connection from pod `src` to a server on the node itself."""
+        address = self._node_address()
+        server = subprocess.Popen(self._python(self.node, "serve", "--port", str(port), str(address)),
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        try:
+            if server.stdout.readline().strip() != "ready":
+                raise LabError(f"the node's server did not start: {brief_text(server.stderr.read().strip())}")
+            s = next(lp for lp in self.pods if lp.pod.key == src)
+            out = _run(*self._python(s.netns, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
+                                     str(timeout), str(address))).stdout
+            return json.loads(out)[0]
+        finally:
+            server.kill()
+            server.wait()
+
     @staticmethod
     def _target(src: Pod, dst: Pod):
         """The address a connection from src to dst uses: the first family both have."""

@@ -8,7 +8,9 @@ good version said.
   namespace, so this covers whatever selector its previous version had.
 - A rejected Pod (unless it is on the host network or finished) is
   quarantined: its addresses are isolated both ways and admitted nowhere,
-  and no other pod may hold them.
+  and no other pod may hold them. They are given to a pod of a namespace no
+  object can name, so that no other policy selects it (a NotIn selector
+  would match a pod without labels, and its rules could admit traffic).
 - A rejected Namespace matches no namespaceSelector (not even NotIn or
   DoesNotExist ones, which would otherwise match a namespace without labels).
 - An object of which too little can be read to do this (its namespace, a
@@ -25,10 +27,11 @@ from ..errors import InputRejected
 from .objects import Cluster, NetworkPolicy, Pod
 from .selectors import LabelSelector
 
-# A label no Kubernetes object can carry (label keys have no spaces): it marks
-# quarantined pods for the policy that isolates them, and nothing else.
-QUARANTINE_LABEL = "pyipset rejected pod"
-QUARANTINE_POLICY = "(rejected pods)"
+# A namespace no Kubernetes object can name (names have no spaces or
+# parentheses): only the quarantine policy lives there, and no
+# namespaceSelector can select it (it has no Namespace object).
+QUARANTINE_NAMESPACE = "(rejected pods)"
+QUARANTINE_POLICY = "quarantine"
 
 
 def fail_closed(cluster: Cluster) -> Cluster:
@@ -56,7 +59,7 @@ def fail_closed(cluster: Cluster) -> Cluster:
                                      "for ingress and egress by it, and it admits nothing")
         elif r.kind == "Pod" and r.addresses:
             name = r.object.split("/", 1)[1]
-            pod = Pod(r.namespace, f"{name} (rejected #{i})", {QUARANTINE_LABEL: ""}, tuple(r.addresses))
+            pod = Pod(QUARANTINE_NAMESPACE, f"{r.namespace}/{name} #{i}", {}, tuple(r.addresses))
             for ip in r.addresses:
                 quarantined[ip] = pod
             out.failed_closed.append(f"Pod {r.object}: its addresses {', '.join(map(str, r.addresses))} are "
@@ -75,7 +78,6 @@ def fail_closed(cluster: Cluster) -> Cluster:
             if left:
                 kept.append(dataclasses.replace(pod, ips=left) if len(left) < len(pod.ips) else pod)
         out.pods = kept + list(dict.fromkeys(quarantined.values()))
-        for namespace in sorted({p.namespace for p in quarantined.values()}):
-            out.policies.append(NetworkPolicy(namespace, QUARANTINE_POLICY,
-                                              LabelSelector(((QUARANTINE_LABEL, ""),)), ("Ingress", "Egress")))
+        out.policies.append(NetworkPolicy(QUARANTINE_NAMESPACE, QUARANTINE_POLICY, LabelSelector(),
+                                          ("Ingress", "Egress")))
     return out

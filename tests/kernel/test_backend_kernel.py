@@ -39,11 +39,11 @@ def test_apply_reads_back_and_is_idempotent(netns):
     kernel = Kernel(netns=netns.name)
     program = compile_cluster(base(), "inet")
     first = apply(program, kernel)
-    assert first.sets_created == len(program.sets) and first.hooks_added == 3
+    assert first.sets_created == len(program.sets) and first.hooks_added == 2
     sets, chains = kernel_state(kernel)
     assert sets == expected_sets(program)
     assert {c: n for c, n in chains.items() if c != "hooks"} == {c: len(r) for c, r in program.chains.items()}
-    assert chains["hooks"] == 3
+    assert chains["hooks"] == 2
     again = apply(program, kernel)
     assert (again.sets_created, again.members_added, again.members_removed, again.sets_destroyed,
             again.chains_written, again.chains_removed, again.hooks_added) == (0, 0, 0, 0, 0, 0, 0)
@@ -70,7 +70,7 @@ def test_updates_equal_a_fresh_apply(netns, tmp_path):
         sets, chains = kernel_state(kernel)
         assert sets == expected_sets(program)
         assert {k: v for k, v in chains.items() if k != "hooks"} == {k: len(r) for k, r in program.chains.items()}
-        assert chains["hooks"] == 3
+        assert chains["hooks"] == 2
 
 
 def test_cleanup_removes_ours_and_nothing_else(netns):
@@ -80,7 +80,7 @@ def test_cleanup_removes_ours_and_nothing_else(netns):
     netns.run("iptables", "-A", "FORWARD", "-j", "FOREIGN")
     apply(compile_cluster(base(), "inet"), kernel)
     removed = cleanup(kernel)
-    assert removed["hooks"] == 3 and removed["sets"] > 0 and removed["chains"] > 0
+    assert removed["hooks"] == 2 and removed["sets"] > 0 and removed["chains"] > 0
     assert read_sets(kernel) == {}
     assert read_chains(kernel, "inet") == {"hooks": []}
     assert "foreign" in netns.run("ipset", "list", "-n").stdout
@@ -107,7 +107,7 @@ def test_reconcile_reports_and_repairs_drift(netns):
     assert len(drift.lines()) == 3
     assert reconcile(program, kernel).total() == 0  # repaired
     sets, chains = kernel_state(kernel)
-    assert sets == expected_sets(program) and chains["hooks"] == 3
+    assert sets == expected_sets(program) and chains["hooks"] == 2
 
 
 def test_a_program_over_the_limits_is_refused_whole(netns):
@@ -147,7 +147,7 @@ def test_switching_the_attach_mode_replaces_the_hooks_in_one_step(netns):
     assert sorted(read_chains(kernel, "inet")["hooks"]) == sorted(render_hooks(bridge))
     pod_ips = compile_cluster(base(), "inet")
     report = apply(pod_ips, kernel)
-    assert (report.hooks_added, report.hooks_removed) == (3, 3)
+    assert (report.hooks_added, report.hooks_removed) == (2, 3)
     hooks = read_chains(kernel, "inet")["hooks"]
     assert sorted(hooks) == sorted(render_hooks(pod_ips)) and all("--match-set pyi-L-" in h for h in hooks)
     local = next(d for d in pod_ips.sets.values() if d.role == "local")

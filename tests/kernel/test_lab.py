@@ -227,3 +227,16 @@ def test_a_signal_during_the_lab_removes_everything(tmp_path, sig, code):
     assert proc.returncode == code, err
     assert "Traceback" not in err
     # the autouse fixture checks that no lab namespace is left
+
+
+def test_a_node_and_its_own_pods_always_reach_each_other():
+    """The NetworkPolicy docs: traffic to and from the node where a pod runs
+    is always allowed (kubelet probes). Under default deny both ways, pods
+    cannot reach each other, but the node reaches them and they the node."""
+    c = cluster(namespace("a"), pod("a/p0", "192.0.2.1"), pod("a/p1", "192.0.2.2"),
+                policy("a/deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))
+    with LabNode(c) as lab:
+        for protocol in ("TCP", "UDP"):
+            assert not lab.connect("a/p0", "a/p1", protocol, 80, timeout=0.5)
+            assert lab.connect_from_node("a/p1", protocol, 80)
+            assert lab.connect_to_node("a/p0", protocol, 81)
