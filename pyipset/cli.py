@@ -168,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_flow_args(p)
     _add_kernel_args(p, lab=True)
     p.add_argument("--timeout", type=_seconds, default=1.0, help="seconds a probe waits (default 1.0)")
+    p.add_argument("--topology", choices=["bridge", "routed"], default="bridge",
+                   help="pods on a bridge with br_netfilter (bridge plugin, flannel), or one routed veth each "
+                        "with a host route (kindnet, Calico-style)")
     p.add_argument("-o", "--output", choices=["json", "table"], default="table")
     p.set_defaults(run=run_lab)
 
@@ -336,7 +339,8 @@ def run_lab(args) -> int:
                          "the verifier's SCTP answers are checked against the rules, not packets")
     cluster = _load(args)
     pods, expected = native.matrix(cluster, args.protocol, args.port)
-    with LabNode(cluster, bridge=args.bridge, nflog_group=args.nflog_group, attach=args.attach) as lab:
+    with LabNode(cluster, bridge=args.bridge, nflog_group=args.nflog_group, attach=args.attach,
+                 topology=args.topology) as lab:
         observed = lab.observed_matrix(args.protocol, args.port, args.timeout)
     disagreements = [{"from": pods[i].key, "to": pods[j].key, "kernel": observed[i][j], "verifier": expected[i][j]}
                      for i in range(len(pods)) for j in range(len(pods)) if observed[i][j] != expected[i][j]]

@@ -31,6 +31,9 @@ from ..kernel.backend import Kernel, apply_programs
 from ..kernel.scratch import PREFIX, delete_namespace, remove_stale
 from ..model.objects import Cluster, Pod
 
+TOPOLOGIES = ("bridge", "routed")
+
+
 class LabError(PyipsetError):
     """A lab step failed: which command, what it said."""
 
@@ -53,7 +56,7 @@ class LabPod:
 
 class LabNode:
     def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = 86,
-                 outside=(), attach: Attach = Attach()):
+                 outside=(), attach: Attach = Attach(), topology: str = "bridge"):
         """only: the keys of the pods to build (default all); the others stay
         addresses in the sets. outside: addresses of hosts that are not pods
         (no policy selects them), each given a namespace on the bridge too."""
@@ -64,12 +67,15 @@ class LabNode:
         self.hosts: dict = {}  # outside address -> namespace
         self.bridge = names.check_interface(bridge, "bridge name")
         self.attach = attach
+        if topology not in TOPOLOGIES:
+            raise LabError(f"unknown lab topology {topology!r} (expected {' or '.join(TOPOLOGIES)})")
+        self.topology = topology
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
         self.node = f"{self.run_id}-node"
         self.pods: list[LabPod] = []
         self.created: list[str] = []
         self.servers: list[subprocess.Popen] = []
-        self.macs: list = []  # (namespace, MAC, addresses) of every host on the bridge
+        self.macs: list = []  # (namespace, MAC, addresses, node-side veth, its MAC) of every host
         self.server_port = None
 
     # ---- building ----
@@ -91,15 +97,28 @@ class LabNode:
         self.created.append(name)
         _run("ip", "-n", name, "link", "set", "lo", "up")
 
+    @staticmethod
+    def _mac(kind: int, index: int) -> str:
+        return f"02:7{kind}:{index >> 24 & 255:02x}:{index >> 16 & 255:02x}:{index >> 8 & 255:02x}:{index & 255:02x}"
+
     def _host(self, ns: str, veth: str, ips) -> None:
-        """A namespace on the bridge with these addresses and on-link default routes."""
+        """A namespace with these addresses and on-link default routes, joined
+        to the node by a veth pair: on the bridge, or routed (a host route per
+        address on the node side)."""
         n = self.node
         self._netns(ns)
-        mac = f"02:70:{len(self.macs) >> 24 & 255:02x}:{len(self.macs) >> 16 & 255:02x}:" \
-              f"{len(self.macs) >> 8 & 255:02x}:{len(self.macs) & 255:02x}"
-        self.macs.append((ns, mac, list(ips)))
-        _run("ip", "-n", n, "link", "add", veth, "type", "veth", "peer", "name", "eth0", "address", mac, "netns", ns)
-        _run("ip", "-n", n, "link", "set", veth, "master", self.bridge, "up")
+        index = len(self.macs)
+        mac, node_mac = self._mac(0, index), self._mac(1, index)
+        self.macs.append((ns, mac, list(ips), veth, node_mac))
+        _run("ip", "-n", n, "link", "add", veth, "address", node_mac, "type", "veth", "peer", "name", "eth0",
+             "address", mac, "netns", ns)
+        if self.topology == "bridge":
+            _run("ip", "-n", n, "link", "set", veth, "master", self.bridge, "up")
+        else:
+            _run("ip", "-n", n, "link", "set", veth, "up")
+            for ip in ips:
+                _run("ip", "-n", n, *(["-6"] if ip.version == 6 else []), "route", "add",
+                     f"{ip}/{ip.max_prefixlen}", "dev", veth)
         _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0")
         _run("ip", "-n", ns, "link", "set", "eth0", "up")
         for ip in ips:
@@ -115,10 +134,15 @@ class LabNode:
     def _build(self) -> None:
         self._netns(self.node)
         n = self.node
-        _run("ip", "-n", n, "link", "add", self.bridge, "type", "bridge")
-        _run("ip", "-n", n, "link", "set", self.bridge, "up")
-        for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
-            _run("ip", "netns", "exec", n, "sysctl", "-qw", f"net.bridge.{key}=1")
+        if self.topology == "bridge":
+            _run("ip", "-n", n, "link", "add", self.bridge, "type", "bridge")
+            _run("ip", "-n", n, "link", "set", self.bridge, "up")
+            for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+                _run("ip", "netns", "exec", n, "sysctl", "-qw", f"net.bridge.{key}=1")
+        else:
+            for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
+                        "net.ipv4.conf.default.rp_filter=0"):
+                _run("ip", "netns", "exec", n, "sysctl", "-qw", key)
         for i, pod in enumerate(p for p in self.cluster.sorted_pods() if self.only is None or p.key in self.only):
             ns = f"{self.run_id}-p{i}"
             self._host(ns, f"v{i}", pod.ips)
@@ -137,12 +161,19 @@ class LabNode:
         N*(N-1) broadcasts that the bridge floods to N ports; from about 40
         hosts that overflows the per-CPU backlog (netdev_max_backlog), the
         resolutions that are dropped wait a second to retry, and a probe with
-        a 1 s timeout reports a connection that policy allows as denied."""
-        for ns, _, _ in self.macs:
-            lines = [f"neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
-                     for other, mac, ips in self.macs if other != ns for ip in ips]
+        a 1 s timeout reports a connection that policy allows as denied.
+        Routed, a host's every neighbour is the node's end of its veth, and the
+        node knows each host's address on that veth."""
+        for ns, _, _, _, node_mac in self.macs:
+            lines = [f"neigh replace {ip} lladdr {node_mac if self.topology == 'routed' else mac} dev eth0 "
+                     "nud permanent" for other, mac, ips, _, _ in self.macs if other != ns for ip in ips]
             if lines:
                 _run("ip", "-n", ns, "-batch", "-", input="\n".join(lines) + "\n")
+        if self.topology == "routed":
+            lines = [f"neigh replace {ip} lladdr {mac} dev {veth} nud permanent"
+                     for _, mac, ips, veth, _ in self.macs for ip in ips]
+            if lines:
+                _run("ip", "-n", self.node, "-batch", "-", input="\n".join(lines) + "\n")
 
     def apply(self, cluster: Cluster, stop_after_sets: bool = False) -> None:
         """Programs the node with a cluster's policies (pods outside the lab are
@@ -291,13 +322,20 @@ class LabNode:
         if getattr(self, "_node_ready", False):
             return address
         n, b = self.node, self.bridge
+        if self.topology == "routed":  # on lo; each host reaches it through its veth
+            _run("ip", "-n", n, "addr", "add", f"{address}/32", "dev", "lo")
+            for ns, _, _, _, node_mac in self.macs:
+                _run("ip", "-n", ns, "neigh", "replace", str(address), "lladdr", node_mac, "dev", "eth0",
+                     "nud", "permanent")
+            self._node_ready = True
+            return address
         _run("ip", "-n", n, "addr", "add", f"{address}/32", "dev", b)
         _run("ip", "-n", n, "route", "add", "default", "dev", b)
         bridge_mac = json.loads(_run("ip", "-n", n, "-j", "link", "show", b).stdout)[0]["address"]
         lines = [f"neigh replace {ip} lladdr {mac} dev {b} nud permanent"
-                 for _, mac, ips in self.macs for ip in ips if ip.version == 4]
+                 for _, mac, ips, _, _ in self.macs for ip in ips if ip.version == 4]
         _run("ip", "-n", n, "-batch", "-", input="\n".join(lines) + "\n")
-        for ns, _, _ in self.macs:
+        for ns, _, _, _, _ in self.macs:
             _run("ip", "-n", ns, "neigh", "replace", str(address), "lladdr", bridge_mac, "dev", "eth0",
                  "nud", "permanent")
         self._node_ready = True

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from clusterspec import cluster, namespace, pod, policy
 from pyipset.kernel.scratch import namespaces as _namespaces
@@ -28,8 +29,11 @@ def root_and_tools(netns):
     assert not [n for n in _namespaces() if n.startswith("pyl")], "the lab left namespaces behind"
 
 
-def check_lab(c, cases, timeout=0.5):
-    with LabNode(c) as lab:
+TOPOLOGIES = ["bridge", "routed"]
+
+
+def check_lab(c, cases, timeout=0.5, topology="bridge"):
+    with LabNode(c, topology=topology) as lab:
         for protocol, port in cases:
             pods, expected = native.matrix(c, protocol, port)
             observed = lab.observed_matrix(protocol, port, timeout)
@@ -38,11 +42,13 @@ def check_lab(c, cases, timeout=0.5):
             assert not wrong, f"{protocol}/{port}: kernel differs from the verifier on {wrong}"
 
 
-def test_three_tier_in_the_kernel():
-    check_lab(load([str(EXAMPLE)]), [("TCP", 80), ("TCP", 8080), ("UDP", 80)])
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_three_tier_in_the_kernel(topology):
+    check_lab(load([str(EXAMPLE)]), [("TCP", 80), ("TCP", 8080), ("UDP", 80)], topology=topology)
 
 
-def test_every_kind_of_rule_in_the_kernel():
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_every_kind_of_rule_in_the_kernel(topology):
     c = cluster(
         namespace("a", team="x"), namespace("b", team="y"),
         pod("a/web", ["192.0.2.1", "2001:db8::1"], {"app": "web"}, [("http", 80, "TCP"), ("dns", 53, "UDP")]),
@@ -60,15 +66,15 @@ def test_every_kind_of_rule_in_the_kernel():
                                      {"from": [{"ipBlock": {"cidr": "2001:db8::/64"}}]}],
                          "egress": [{"to": [{"namespaceSelector": {}}], "ports": [{"port": 8080}, {"port": 81}]}]}),
         policy("b/deny", {"podSelector": {"matchLabels": {"app": "web"}}, "policyTypes": ["Ingress"]}))
-    check_lab(c, [("TCP", 80), ("TCP", 81), ("TCP", 8080), ("UDP", 53), ("TCP", 8085)])
+    check_lab(c, [("TCP", 80), ("TCP", 81), ("TCP", 8080), ("UDP", 53), ("TCP", 8085)], topology=topology)
 
 
 @settings(max_examples=6, deadline=None, derandomize=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(objs=cluster_objects())
-def test_random_clusters_in_the_kernel(objs):
+@given(objs=cluster_objects(), topology=st.sampled_from(TOPOLOGIES))
+def test_random_clusters_in_the_kernel(objs, topology):
     c = load_objects(objs)
-    check_lab(c, [("TCP", 80), ("UDP", 53), ("TCP", PORTS[0])], timeout=0.4)
+    check_lab(c, [("TCP", 80), ("UDP", 53), ("TCP", PORTS[0])], timeout=0.4, topology=topology)
 
 
 def test_a_killed_runs_leftovers_are_removed():
@@ -124,14 +130,15 @@ class LabEngine:
     """The conformance cases' engine interface, answered with real packets."""
 
     protocols = ("TCP", "UDP")  # no SCTP sockets in this kernel (CONFIG_IP_SCTP is off)
+    topology = "bridge"
 
-    @staticmethod
-    def matrix(c, protocol, port):
-        with LabNode(c) as lab:
+    @classmethod
+    def matrix(cls, c, protocol, port):
+        with LabNode(c, topology=cls.topology) as lab:
             return c.sorted_pods(), lab.observed_matrix(protocol, port, 0.4)
 
-    @staticmethod
-    def judge(c, src, dst, protocol, port):
+    @classmethod
+    def judge(cls, c, src, dst, protocol, port):
         import ipaddress
 
         def end(text):
@@ -143,8 +150,12 @@ class LabEngine:
         s, d = end(src), end(dst)
         outside = [e for e in (s, d) if not isinstance(e, str) and c.pod_by_ip(e) is None]
         keyed = [e if isinstance(e, str) or e in outside else c.pod_by_ip(e).key for e in (s, d)]
-        with LabNode(c, outside=outside) as lab:
+        with LabNode(c, outside=outside, topology=cls.topology) as lab:
             return lab.connect(keyed[0], keyed[1], protocol, port, 0.4)
+
+
+class RoutedLabEngine(LabEngine):
+    topology = "routed"
 
 
 def _conformance_cases():
@@ -154,9 +165,10 @@ def _conformance_cases():
             if name.startswith("test_") and "engine" in inspect.signature(f).parameters]
 
 
+@pytest.mark.parametrize("engine", [LabEngine, RoutedLabEngine], ids=TOPOLOGIES)
 @pytest.mark.parametrize("case", _conformance_cases(), ids=lambda f: f.__name__)
-def test_conformance_cases_in_the_kernel(case):
-    case(LabEngine)
+def test_conformance_cases_in_the_kernel(case, engine):
+    case(engine)
 
 
 def test_midway_through_an_update_every_connection_is_judged_old_or_new():
@@ -229,13 +241,14 @@ def test_a_signal_during_the_lab_removes_everything(tmp_path, sig, code):
     # the autouse fixture checks that no lab namespace is left
 
 
-def test_a_node_and_its_own_pods_always_reach_each_other():
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_a_node_and_its_own_pods_always_reach_each_other(topology):
     """The NetworkPolicy docs: traffic to and from the node where a pod runs
     is always allowed (kubelet probes). Under default deny both ways, pods
     cannot reach each other, but the node reaches them and they the node."""
     c = cluster(namespace("a"), pod("a/p0", "192.0.2.1"), pod("a/p1", "192.0.2.2"),
                 policy("a/deny", {"podSelector": {}, "policyTypes": ["Ingress", "Egress"]}))
-    with LabNode(c) as lab:
+    with LabNode(c, topology=topology) as lab:
         for protocol in ("TCP", "UDP"):
             assert not lab.connect("a/p0", "a/p1", protocol, 80, timeout=0.5)
             assert lab.connect_from_node("a/p1", protocol, 80)
