@@ -1,6 +1,4 @@
-import sys
-from pathlib import Path
-
-# Test helpers (setmodel.py) live beside the tests; the package itself is
-# imported from the installed copy, never from the source tree.
-sys.path.insert(0, str(Path(__file__).parent))
+"""Test helpers live beside the tests (clusterspec.py, strategies.py,
+engines.py, setmodel.py) and are importable through pytest's `pythonpath`
+(pyproject.toml); the package is imported from its installed copy, never
+from the source tree."""

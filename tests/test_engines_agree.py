@@ -37,10 +37,7 @@ def test_reference_and_native_agree(objs):
 
 
 def test_threads_give_the_same_answers():
-    import sys
-    from pathlib import Path
     import numpy as np
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
     from synthetic import cluster
     from pyipset.compile.compiler import compile_cluster
     from pyipset.verify.native import NativeProgram

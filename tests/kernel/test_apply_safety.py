@@ -285,7 +285,6 @@ def test_cleanup_refuses_whole_when_something_else_uses_our_sets(netns):
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_a_signal_during_apply_exits_cleanly_and_the_next_apply_converges(netns, tmp_path, sig, code):
-    sys.path.insert(0, str(TESTS.parent / "bench"))
     from synthetic import objects
     objs = objects(20000, 200)
     path = write(tmp_path, "big.json", objs)

@@ -125,10 +125,7 @@ def test_a_program_over_the_limits_is_refused_whole(netns):
 
 
 def test_a_large_program_loads_through_parallel_restores(netns):
-    import sys
-    from pathlib import Path
     from pyipset.kernel import backend
-    sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "bench"))
     from synthetic import cluster as synthetic_cluster
     program = compile_cluster(synthetic_cluster(3000, 20), "inet")
     lines = sum(len(d.members) + 1 for d in program.sets.values())

@@ -17,7 +17,6 @@ from pyipset.model import load, load_objects
 from pyipset.verify import native
 from strategies import PORTS, cluster_objects
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "conformance"))  # for test_semantics
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
 
