@@ -36,22 +36,19 @@ from typing import Optional
 from ..compile.naming import ROLE_ISOLATED
 from ..compile.program import ENTRY_CHAIN, RuleProgram
 from ..errors import PyipsetError, brief_text
-from ..sets import IPSet
+from ..sets import IPSet, creation_options
 from ..compile import naming as names
 from .lock import NamespaceLock
+from .runner import ToolError, failing_line
+from .runner import run as run_tool
 from ..compile.naming import CHAIN_PREFIX, SET_PREFIX
 from ..compile.naming import MAX_CHAIN_NAME, MAX_SET_NAME
 from .render import kernel_members, render_hooks, render_ipset, render_iptables
 from .scratch import remove_stale, scratch_namespace
 
 
-class KernelError(PyipsetError):
+class KernelError(ToolError):
     """A kernel tool refused its input: which tool, which line, what it said."""
-
-    def __init__(self, command: list, stderr: str, line: Optional[str] = None):
-        self.command, self.stderr, self.line = command, stderr.strip(), line
-        where = f" at line {brief_text(line)!r}" if line else ""
-        super().__init__(f"{' '.join(command)} failed{where}: {brief_text(self.stderr)}")
 
 
 class KernelLimitError(PyipsetError):
@@ -65,7 +62,6 @@ class PreflightError(PyipsetError):
 # The kernel numbers sets with 16 bits (IPSET_INVALID_ID is 65535); the table of
 # sets grows on demand from 256 (measured here: 1,100 sets in one namespace).
 MAX_SETS = 65534
-TOOL_TIMEOUT = 300  # seconds one kernel tool may take (a 1M-member restore takes ~5)
 
 
 @dataclass
@@ -88,16 +84,7 @@ class Kernel:
         return self._lock.held()
 
     def run(self, *cmd: str, input: Optional[str] = None, check: bool = True) -> subprocess.CompletedProcess:
-        full = (["ip", "netns", "exec", self.netns] if self.netns else []) + list(cmd)
-        try:
-            r = subprocess.run(full, input=input, text=True, capture_output=True, timeout=TOOL_TIMEOUT)
-        except FileNotFoundError:
-            raise KernelError(list(cmd), f"{full[0]}: command not found") from None
-        except subprocess.TimeoutExpired:
-            raise KernelError(list(cmd), f"did not finish within {TOOL_TIMEOUT} s") from None
-        if check and r.returncode != 0:
-            raise KernelError(list(cmd), r.stderr, _failing_line(r.stderr, input))
-        return r
+        return run_tool(list(cmd), input=input, check=check, netns=self.netns, error=KernelError)
 
     def restore(self, family: str, text: str) -> None:
         """One iptables-restore transaction, waiting for the xtables lock."""
@@ -107,16 +94,6 @@ class Kernel:
     def tools(self, family: str) -> tuple:
         return ("iptables", "iptables-restore", "iptables-save") if family == "inet" else \
             ("ip6tables", "ip6tables-restore", "ip6tables-save")
-
-
-def _failing_line(stderr: str, script: Optional[str]) -> Optional[str]:
-    """The input line a restore tool names in its error ("Error in line N" / "line N failed")."""
-    m = re.search(r"[Ll]ine:? (\d+)", stderr)
-    if not m or not script:
-        return None
-    lines = script.splitlines()
-    n = int(m.group(1))
-    return lines[n - 1] if 0 < n <= len(lines) else None
 
 
 # ---- reading the kernel back ----
@@ -220,7 +197,7 @@ def ipset_scripts(program: RuleProgram, current: dict, wanted: Optional[dict] = 
         before = []
         blocks.append(before)
         members = kernel_members(setdef)
-        opts = f"family {setdef.family} hashsize {_hashsize(len(members))} maxelem {max(65536, 2 * len(members))}"
+        opts = f"family {setdef.family} {creation_options(len(members))}"
         have = current.get(name)
         same_kind = have is not None and have.type == setdef.type and have.family == setdef.family
         isolation = setdef.role == ROLE_ISOLATED
@@ -289,14 +266,7 @@ def restore_in_parallel(kernel: Kernel, blocks: list) -> None:
                 proc.kill()
     for stderr, proc, script in errors:
         if proc.returncode != 0:
-            raise KernelError(["ipset", "restore"], stderr, _failing_line(stderr, script))
-
-
-def _hashsize(n: int) -> int:
-    size = 1024
-    while size * 4 < n:
-        size *= 2
-    return size
+            raise KernelError(["ipset", "restore"], stderr, failing_line(stderr, script))
 
 
 @dataclass

@@ -13,11 +13,13 @@ import subprocess
 import uuid
 from contextlib import contextmanager
 
+from .runner import run
+
 PREFIX = "pyl"
 
 
 def _ip(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["ip", *args], capture_output=True, text=True, timeout=60, cwd="/")
+    return run(["ip", *args], check=False, timeout=60)
 
 
 def namespaces() -> list:
