@@ -35,7 +35,7 @@ def test_new_connection_rate(benchmark, others, layout):
     c = lab_cluster(others)
     with LabNode(c, only={"a/client", "a/server"}) as lab:
         if layout == "linear-iptables":
-            lab.kernel.run("iptables-restore", "--noflush", input=linear_rules(others, "192.0.2.1", "192.0.2.2"))
+            lab.kernel.run("iptables-restore", "--wait", "--noflush", input=linear_rules(others, "192.0.2.1", "192.0.2.2"))
         lab.start_servers(5432)
         assert lab.burst("a/client", "a/server", "TCP", 5432, 5)["ok"] == 5
         benchmark.group = f"kernel datapath: new TCP connections, {others:,} other allowed sources"

@@ -18,6 +18,16 @@ _NAME_MAX = 31
 _NAME_RE = re.compile(r"[^\s\"']{1,%d}\Z" % _NAME_MAX)
 
 # Create-line options that only tune the kernel's table: accepted, not needed here.
+def creation_options(size: int) -> str:
+    """The one sizing rule for a kernel set of `size` members: hashsize the
+    smallest power of two from 1024 with at most 4 members per bucket, and
+    maxelem room to double in place (at least the kernel's default, 65536)."""
+    hashsize = 1024
+    while hashsize * 4 < size:
+        hashsize *= 2
+    return f"hashsize {hashsize} maxelem {max(65536, 2 * size)}"
+
+
 _TUNING_OPTIONS = {"hashsize", "maxelem", "bucketsize", "initval"}
 # Options that would add per-entry data or change membership: refused.
 _UNSUPPORTED_OPTIONS = {"timeout", "counters", "comment", "skbinfo", "forceadd", "netmask", "markmask"}
@@ -80,12 +90,7 @@ class IPSet(_core.IPSet):
         entry. Entries are sorted (the kernel prints them in hash order), so equal
         sets save to identical text."""
         name = _check_name(name or self.name or "pyipset")
-        size = len(self)
-        hashsize = 1024
-        while hashsize * 4 < size:
-            hashsize *= 2
-        maxelem = max(65536, size)
-        lines = [f"create {name} {self.type} family {self.family} hashsize {hashsize} maxelem {maxelem}"]
+        lines = [f"create {name} {self.type} family {self.family} {creation_options(len(self))}"]
         lines.extend(f"add {name} {entry}" for entry in sorted(self))
         return "\n".join(lines) + "\n"
 

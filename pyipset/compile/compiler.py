@@ -80,7 +80,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from ..model.objects import PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
+from ..model.objects import KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
 from . import naming
 from .naming import (ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL, ROLE_NAMED_PORT, ROLE_PEER,
                      deny_chain,
@@ -91,7 +91,6 @@ from .program import (ENTRY_CHAIN, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, M
 FLATTEN_LIMIT = 1024
 LOG_RATE = 100  # denied connections logged per second, at most ...
 LOG_BURST = 200  # ... after a burst of this many
-PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 
 
 class _Sets:
@@ -201,7 +200,7 @@ class _Compiler:
                 for p in self.cluster.pods:
                     number = p.named_port(spec.port, spec.protocol)
                     if number is not None:
-                        out += [f"{ip},{PROTO_NAMES[proto]}:{number}" for ip in self.ips(p)]
+                        out += [f"{ip},{KERNEL_PROTOCOL_NAMES[proto]}:{number}" for ip in self.ips(p)]
                 return out
             name = self.sets.get(ROLE_NAMED_PORT, ("namedport", spec.protocol, spec.port), "hash:ip,port", members,
                                  f"TCP/UDP/SCTP port named {spec.port} ({spec.protocol}) of every pod")
@@ -226,7 +225,7 @@ class _Compiler:
         for t in targets:
             for q in peers:
                 src, dst = (t, q) if direction == "egress" else (q, t)
-                members += [f"{src},{PROTO_NAMES[proto]}:{port},{dst}" for proto, port in ports]
+                members += [f"{src},{KERNEL_PROTOCOL_NAMES[proto]}:{port},{dst}" for proto, port in ports]
         name = self.sets.get(ROLE_FLAT, ("flat", policy.key, direction, index), "hash:ip,port,ip", members,
                              f"{policy.key} {direction}[{index}] as (source, port, destination)")
         self.program.notes.append(f"{policy.key} {direction}[{index}]: flattened into {name} "

@@ -8,10 +8,10 @@ import ipaddress
 import re
 
 from ..compile.program import TARGETS, Match, Rule, RuleProgram, SetDef
-from ..sets import FAMILIES, SET_TYPES
+from ..model.objects import KERNEL_PROTOCOL_NAMES
+from ..sets import FAMILIES, SET_TYPES, creation_options
 from ..compile import naming as names
 
-PROTO_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 COMMENT_MAX = 255  # xt_comment's limit (XT_MAX_COMMENT_LEN - 1)
 
 
@@ -35,14 +35,10 @@ def render_ipset(program: RuleProgram) -> str:
     lines = []
     for setdef in program.sets.values():
         members = kernel_members(setdef)
-        hashsize = 1024
-        while hashsize * 4 < len(members):
-            hashsize *= 2
-        maxelem = max(65536, 2 * len(members))
         if setdef.type not in SET_TYPES or setdef.family not in FAMILIES:
             raise ValueError(f"set {names.check_set_name(setdef.name)}: unknown type or family")
         lines.append(f"create {names.check_set_name(setdef.name)} {setdef.type} family {setdef.family} "
-                     f"hashsize {hashsize} maxelem {maxelem}")
+                     f"{creation_options(len(members))}")
         lines += [f"add {setdef.name} {m}" for m in members]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -59,7 +55,7 @@ def _match_args(m: Match) -> list:
             raise ValueError(f"cannot render set dimensions {m.dims!r}")
         return ["-m", "set", *neg, "--match-set", names.check_set_name(m.name), m.dims]
     if m.kind == "proto":
-        return [*neg, "-p", PROTO_NAMES.get(m.value, str(m.value))]
+        return [*neg, "-p", KERNEL_PROTOCOL_NAMES.get(m.value, str(m.value))]
     if m.kind == "dport":
         ports = str(m.value) if m.value == m.value2 else f"{m.value}:{m.value2}"
         return ["-m", "multiport", *neg, "--dports", ports]

@@ -14,6 +14,8 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
+KERNEL_PROTOCOL_NAMES = {number: name.lower() for name, number in PROTOCOL_NUMBERS.items()}  # ipset's, iptables'
+
 
 
 @dataclass(frozen=True)
