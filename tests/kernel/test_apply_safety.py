@@ -26,6 +26,7 @@ from pyipset.kernel.backend import Kernel, PreflightError, apply, apply_programs
 from pyipset.compile.naming import InvalidName
 from pyipset.kernel.scratch import namespaces as netns_list
 from pyipset.model import fail_closed, load_objects
+from signals import terminal_signals
 
 TESTS = Path(__file__).resolve().parents[1]
 EXAMPLE = str(TESTS.parent / "examples" / "three-tier")
@@ -288,14 +289,18 @@ def test_a_signal_during_apply_exits_cleanly_and_the_next_apply_converges(netns,
     from synthetic import objects
     objs = objects(20000, 200)
     path = write(tmp_path, "big.json", objs)
-    start = time.monotonic()
-    assert cli(netns, "apply", "-f", path).returncode == 0
-    whole = time.monotonic() - start
-    assert cli(netns, "cleanup").returncode == 0
+    times = []
+    for _ in range(2):  # the first run after an install also compiles bytecode: time a warm one
+        start = time.monotonic()
+        assert cli(netns, "apply", "-f", path).returncode == 0
+        times.append(time.monotonic() - start)
+        assert cli(netns, "cleanup").returncode == 0
+    whole = min(times)
     interrupted = 0
-    for fraction in (0.4, 0.6, 0.8):  # part-way, each from what the last one left
+    for fraction in (0.3, 0.45, 0.6, 0.75):  # part-way, each from what the last one left
         proc = subprocess.Popen(["ip", "netns", "exec", netns.name, sys.executable, "-m", "pyipset", "apply",
-                                 "-f", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TESTS)
+                                 "-f", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TESTS,
+                                preexec_fn=terminal_signals)
         time.sleep(whole * fraction)
         proc.send_signal(sig)  # ip netns exec execs python: the pid is the process's own
         _, err = proc.communicate(timeout=120)
