@@ -87,6 +87,13 @@ def _interface(text: str) -> str:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _lab_nodes(text: str) -> int:
+    from .lab.node import MAX_NODES
+    if not (text.isascii() and text.isdecimal() and 1 <= int(text) <= MAX_NODES):
+        raise argparse.ArgumentTypeError(f"invalid number of nodes {brief(text)}: expected 1 to {MAX_NODES}")
+    return int(text)
+
+
 def _protocol(text: str) -> str:
     if text.upper() not in PROTOCOLS:
         raise argparse.ArgumentTypeError(f"invalid protocol {text!r}: expected TCP, UDP or SCTP")
@@ -153,6 +160,9 @@ def build_parser() -> argparse.ArgumentParser:
             ("reconcile", run_reconcile, "read the kernel back, report drift from the manifests' program, repair it")):
         p = sub.add_parser(name, help=what)
         p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH", type=_path)
+        p.add_argument("--node", metavar="NAME", type=_node_name,
+                       help="this node's name: enforce only what its pods (spec.nodeName) need, peers "
+                            "cluster-wide (default: every pod is this node's)")
         _add_kernel_args(p)
         p.add_argument("--fail-closed", action="store_true",
                        help="apply the valid objects even when some are rejected; each rejected object fails "
@@ -171,6 +181,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--topology", choices=["bridge", "routed"], default="bridge",
                    help="pods on a bridge with br_netfilter (bridge plugin, flannel), or one routed veth each "
                         "with a host route (kindnet, Calico-style)")
+    p.add_argument("--nodes", type=_lab_nodes, default=1, metavar="N",
+                   help="nodes joined by a wire, each with its own pods (by spec.nodeName, else spread evenly) "
+                        "and its own node-local program (default 1: one node holds the whole cluster's)")
     p.add_argument("-o", "--output", choices=["json", "table"], default="table")
     p.set_defaults(run=run_lab)
 
@@ -295,8 +308,8 @@ def _programs_to_enforce(args) -> tuple:
         cluster = fail_closed(cluster)
         for line in cluster.failed_closed:
             print(f"pyipset: failed closed: {line}", file=sys.stderr)
-    programs = [compile_cluster(cluster, family, nflog_group=args.nflog_group, attach=_attach_of(args))
-                for family in program_families(cluster)]
+    programs = [compile_cluster(cluster, family, nflog_group=args.nflog_group, attach=_attach_of(args),
+                                node=args.node) for family in program_families(cluster)]
     return cluster, programs
 
 
@@ -334,13 +347,10 @@ def run_cleanup(args) -> int:
 
 
 def run_lab(args) -> int:
-    if args.protocol == "SCTP":
-        raise UsageError("SCTP cannot be probed here: this kernel has no SCTP sockets (CONFIG_IP_SCTP is off); "
-                         "the verifier's SCTP answers are checked against the rules, not packets")
     cluster = _load(args)
     pods, expected = native.matrix(cluster, args.protocol, args.port)
     with LabNode(cluster, bridge=args.bridge, nflog_group=args.nflog_group, attach=args.attach,
-                 topology=args.topology) as lab:
+                 topology=args.topology, nodes=args.nodes) as lab:
         observed = lab.observed_matrix(args.protocol, args.port, args.timeout)
     disagreements = [{"from": pods[i].key, "to": pods[j].key, "kernel": observed[i][j], "verifier": expected[i][j]}
                      for i in range(len(pods)) for j in range(len(pods)) if observed[i][j] != expected[i][j]]

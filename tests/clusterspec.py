@@ -11,7 +11,8 @@ def namespace(name: str, **labels) -> dict:
 
 
 def pod(key: str, ip, labels: dict | None = None, ports=(), **extra) -> dict:
-    """key 'ns/name'; ip one address or a list; ports [(name, number, protocol)]."""
+    """key 'ns/name'; ip one address or a list; ports [(name, number, protocol)];
+    extra: host_network, phase, node (spec.nodeName)."""
     ns, name = key.split("/")
     ips = [ip] if isinstance(ip, str) else list(ip)
     obj = {
@@ -26,6 +27,8 @@ def pod(key: str, ip, labels: dict | None = None, ports=(), **extra) -> dict:
         obj["spec"]["hostNetwork"] = True
     if extra.get("phase"):
         obj["status"]["phase"] = extra["phase"]
+    if extra.get("node"):
+        obj["spec"]["nodeName"] = extra["node"]
     return obj
 
 

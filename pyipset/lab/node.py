@@ -1,12 +1,25 @@
-"""A Kubernetes node built from network namespaces on this machine.
+"""Kubernetes nodes built from network namespaces on this machine.
 
-One namespace is the node: it holds a Linux bridge (named like the pod
-network's, default `weave`) with bridge-nf-call-iptables on, and the kernel
-backend's sets and rules. Every pod gets a namespace of its own, joined to the
-bridge by a veth pair and given the pod's addresses (/32, /128, with an
-on-link default route, so pods of any subnet reach each other over the
-bridge). Traffic goes only between these namespaces, to the pods' own
-addresses.
+One namespace per node holds the kernel backend's sets and rules and joins
+its pods, each a namespace of its own with the pod's addresses (/32, /128,
+on-link default routes, static neighbours), in one of two topologies:
+
+  bridge  a Linux bridge (named like the pod network's, default `weave`) with
+          bridge-nf-call-iptables on, one veth port per pod: pod-to-pod
+          traffic on the node is bridged (the bridge plugin, flannel);
+  routed  one veth per pod with a host route on the node, forwarding on, no
+          bridge (kindnet, Calico-style).
+
+With several nodes (nodes=N) a wire joins them: a namespace holding a plain
+bridge (no netfilter of its own), each node on it with an address of
+198.19.254.0/24 and 2001:db8:ffff::/64 and a host route to every pod of
+every other node through that node. A pod reaches a pod of another node
+through its own node (the node's bridge or veth end is its neighbour for
+every remote address), so a connection between nodes crosses the FORWARD
+chains of both: egress is judged on the source's node, ingress on the
+destination's, each by its own node-local program. Pods go to the node their
+spec.nodeName names, and are spread evenly over the nodes when it is unset.
+Traffic goes only between these namespaces, to their own addresses.
 
 Namespace names carry this process's id (`pyl<pid>-...`); a later run
 removes those whose process is gone. Everything is removed on exit, on error,
@@ -15,51 +28,103 @@ on timeout and on Ctrl-C (the context manager's `finally`).
 
 from __future__ import annotations
 
+import dataclasses
+import ipaddress
 import json
 import os
 import signal
 import subprocess
 import sys
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ..compile.compiler import compile_cluster, program_families
 from ..compile.program import Attach
 from ..errors import PyipsetError, brief_text
 from ..compile import naming as names
 from ..kernel.backend import Kernel, apply_programs
+from ..kernel.runner import ToolError
+from ..kernel.runner import run as run_tool
 from ..kernel.scratch import PREFIX, delete_namespace, remove_stale
 from ..model.objects import Cluster, Pod
 
 TOPOLOGIES = ("bridge", "routed")
+MAX_NODES = 16
+UNDERLAY4, UNDERLAY6 = "198.19.254.", "2001:db8:ffff::"  # the wire between nodes
+NODE_ADDRESS = "198.19.255."  # a node's own address on its pod network: .254 for node 0, .253 for node 1, ...
 
 
-class LabError(PyipsetError):
-    """A lab step failed: which command, what it said."""
+class LabError(ToolError):
+    """A lab step failed: which command, what it said (or just what went wrong)."""
+
+    def __init__(self, command, stderr: str = "", line=None):
+        if isinstance(command, str):
+            PyipsetError.__init__(self, command)
+            self.command, self.stderr, self.line = [], command, None
+        else:
+            super().__init__(command, stderr, line)
 
 
 def _run(*cmd: str, check: bool = True, input: str | None = None) -> subprocess.CompletedProcess:
-    try:
-        r = subprocess.run(list(cmd), capture_output=True, text=True, timeout=60, input=input, cwd="/")
-    except subprocess.TimeoutExpired:
-        raise LabError(f"{' '.join(cmd)}: did not finish within 60 s") from None
-    if check and r.returncode != 0:
-        raise LabError(f"{' '.join(cmd)}: {brief_text(r.stderr.strip())}")
-    return r
+    return run_tool(list(cmd), input=input, check=check, timeout=60, error=LabError)
 
 
 @dataclass
 class LabPod:
     pod: Pod
     netns: str
+    node: int = 0  # index of its lab node
+
+
+@dataclass
+class Host:
+    """A pod's or an outside host's namespace as its node sees it."""
+    netns: str
+    mac: str
+    ips: list
+    veth: str  # the node's end
+    node_mac: str  # its MAC
+    node: int
+
+
+@dataclass
+class Node:
+    name: str  # the Kubernetes node name its program is compiled for
+    netns: str
+    index: int
+    bridge_mac: str
+    kernel: Kernel = None
+    hosts: list = field(default_factory=list)
+
+    @property
+    def underlay(self) -> tuple:
+        return (ipaddress.ip_address(f"{UNDERLAY4}{self.index + 1}"),
+                ipaddress.ip_address(f"{UNDERLAY6}{self.index + 1:x}"))
+
+
+def place_pods(cluster: Cluster, nodes: int) -> tuple:
+    """(node names, the cluster with every pod given one of them): the names
+    the pods' spec.nodeName gives, sorted, then node0, node1, ... up to
+    `nodes`; pods without a name spread over all nodes in turn."""
+    named = sorted({p.node for p in cluster.pods if p.node})
+    if len(named) > nodes:
+        raise LabError(f"the pods name {len(named)} nodes ({', '.join(brief_text(n) for n in named[:5])}"
+                       f"{', ...' if len(named) > 5 else ''}) but the lab has {nodes}: use --nodes {len(named)}")
+    node_names = named + [n for n in (f"node{i}" for i in range(2 * nodes)) if n not in named][:nodes - len(named)]
+    spread = iter(range(10 ** 9))
+    pods = [p if p.node else dataclasses.replace(p, node=node_names[next(spread) % nodes])
+            for p in cluster.sorted_pods()]
+    return node_names, dataclasses.replace(cluster, pods=pods)
 
 
 class LabNode:
     def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = 86,
-                 outside=(), attach: Attach = Attach(), topology: str = "bridge"):
+                 outside=(), attach: Attach = Attach(), topology: str = "bridge", nodes: int = 1):
         """only: the keys of the pods to build (default all); the others stay
         addresses in the sets. outside: addresses of hosts that are not pods
-        (no policy selects them), each given a namespace on the bridge too."""
+        (no policy selects them), each given a namespace on the first node.
+        nodes: how many nodes, each with its own node-local program (one node
+        holds the whole cluster's)."""
         self.cluster = cluster
         self.nflog_group = nflog_group
         self.only = None if only is None else set(only)
@@ -70,12 +135,17 @@ class LabNode:
         if topology not in TOPOLOGIES:
             raise LabError(f"unknown lab topology {topology!r} (expected {' or '.join(TOPOLOGIES)})")
         self.topology = topology
+        if not 1 <= nodes <= MAX_NODES:
+            raise LabError(f"a lab has 1 to {MAX_NODES} nodes, not {nodes}")
+        self.node_names, self.placed = place_pods(cluster, nodes) if nodes > 1 else ([None], cluster)
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
-        self.node = f"{self.run_id}-node"
+        self.nodes = [Node(name, f"{self.run_id}-node" + (str(i) if nodes > 1 else ""), i, self._mac(2, i))
+                      for i, name in enumerate(self.node_names)]
+        self.node = self.nodes[0].netns
+        self.wire = f"{self.run_id}-wire"
         self.pods: list[LabPod] = []
         self.created: list[str] = []
         self.servers: list[subprocess.Popen] = []
-        self.macs: list = []  # (namespace, MAC, addresses, node-side veth, its MAC) of every host
         self.server_port = None
 
     # ---- building ----
@@ -101,24 +171,26 @@ class LabNode:
     def _mac(kind: int, index: int) -> str:
         return f"02:7{kind}:{index >> 24 & 255:02x}:{index >> 16 & 255:02x}:{index >> 8 & 255:02x}:{index & 255:02x}"
 
-    def _host(self, ns: str, veth: str, ips) -> None:
+    def _host(self, node: Node, ns: str, veth: str, ips) -> None:
         """A namespace with these addresses and on-link default routes, joined
-        to the node by a veth pair: on the bridge, or routed (a host route per
-        address on the node side)."""
-        n = self.node
+        to its node by a veth pair: on the bridge, or routed (a host route per
+        address on the node side). The node routes to it either way, so that
+        traffic from other nodes reaches it."""
+        n = node.netns
         self._netns(ns)
-        index = len(self.macs)
+        index = sum(len(x.hosts) for x in self.nodes)
         mac, node_mac = self._mac(0, index), self._mac(1, index)
-        self.macs.append((ns, mac, list(ips), veth, node_mac))
+        node.hosts.append(Host(ns, mac, list(ips), veth, node_mac, node.index))
         _run("ip", "-n", n, "link", "add", veth, "address", node_mac, "type", "veth", "peer", "name", "eth0",
              "address", mac, "netns", ns)
         if self.topology == "bridge":
             _run("ip", "-n", n, "link", "set", veth, "master", self.bridge, "up")
         else:
             _run("ip", "-n", n, "link", "set", veth, "up")
-            for ip in ips:
-                _run("ip", "-n", n, *(["-6"] if ip.version == 6 else []), "route", "add",
-                     f"{ip}/{ip.max_prefixlen}", "dev", veth)
+        dev = self.bridge if self.topology == "bridge" else veth
+        for ip in ips:
+            _run("ip", "-n", n, *(["-6"] if ip.version == 6 else []), "route", "add",
+                 f"{ip}/{ip.max_prefixlen}", "dev", dev)
         _run("ip", "netns", "exec", ns, "sysctl", "-qw", "net.ipv4.conf.all.rp_filter=0")
         _run("ip", "-n", ns, "link", "set", "eth0", "up")
         for ip in ips:
@@ -132,28 +204,80 @@ class LabNode:
             _run("ip", "-n", ns, "-6", "route", "add", "default", "dev", "eth0")
 
     def _build(self) -> None:
-        self._netns(self.node)
-        n = self.node
+        for node in self.nodes:
+            self._node(node)
+        if len(self.nodes) > 1:
+            self._wire()
+        by_name = {node.name: node for node in self.nodes}
+        for i, pod in enumerate(p for p in self.placed.sorted_pods() if self.only is None or p.key in self.only):
+            node = by_name[pod.node] if len(self.nodes) > 1 else self.nodes[0]
+            ns = f"{self.run_id}-p{i}"
+            self._host(node, ns, f"v{i}", pod.ips)
+            self.pods.append(LabPod(self.cluster.pod_by_key(pod.key), ns, node.index))
+        for i, ip in enumerate(self.outside):
+            ns = f"{self.run_id}-h{i}"
+            self._host(self.nodes[0], ns, f"h{i}", [ip])
+            self.hosts[ip] = ns
+        self._static_neighbours()
+        if len(self.nodes) > 1:
+            self._routes_between_nodes()
+        for node in self.nodes:
+            node.kernel = Kernel(netns=node.netns)
+        self.kernel = self.nodes[0].kernel
+        self.apply(self.cluster)
+
+    def _node(self, node: Node) -> None:
+        n = node.netns
+        self._netns(n)
+        for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
+                    "net.ipv4.conf.default.rp_filter=0"):
+            _run("ip", "netns", "exec", n, "sysctl", "-qw", key)
         if self.topology == "bridge":
-            _run("ip", "-n", n, "link", "add", self.bridge, "type", "bridge")
+            _run("ip", "-n", n, "link", "add", self.bridge, "address", node.bridge_mac, "type", "bridge")
             _run("ip", "-n", n, "link", "set", self.bridge, "up")
             for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
                 _run("ip", "netns", "exec", n, "sysctl", "-qw", f"net.bridge.{key}=1")
-        else:
-            for key in ("net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", "net.ipv4.conf.all.rp_filter=0",
-                        "net.ipv4.conf.default.rp_filter=0"):
-                _run("ip", "netns", "exec", n, "sysctl", "-qw", key)
-        for i, pod in enumerate(p for p in self.cluster.sorted_pods() if self.only is None or p.key in self.only):
-            ns = f"{self.run_id}-p{i}"
-            self._host(ns, f"v{i}", pod.ips)
-            self.pods.append(LabPod(pod, ns))
-        for i, ip in enumerate(self.outside):
-            ns = f"{self.run_id}-h{i}"
-            self._host(ns, f"h{i}", [ip])
-            self.hosts[ip] = ns
-        self._static_neighbours()
-        self.kernel = Kernel(netns=self.node)
-        self.apply(self.cluster)
+
+    def _wire(self) -> None:
+        """A plain bridge in a namespace of its own joining the nodes (its
+        netfilter stays out of the way: br_netfilter off there)."""
+        w = self.wire
+        self._netns(w)
+        _run("ip", "-n", w, "link", "add", "wire", "type", "bridge")
+        _run("ip", "-n", w, "link", "set", "wire", "up")
+        for key in ("bridge-nf-call-iptables", "bridge-nf-call-ip6tables"):
+            _run("ip", "netns", "exec", w, "sysctl", "-qw", f"net.bridge.{key}=0", check=False)
+        for node in self.nodes:
+            v4, v6 = node.underlay
+            _run("ip", "-n", w, "link", "add", f"n{node.index}", "type", "veth", "peer", "name", "uplink",
+                 "address", self._mac(3, node.index), "netns", node.netns)
+            _run("ip", "-n", w, "link", "set", f"n{node.index}", "master", "wire", "up")
+            _run("ip", "-n", node.netns, "addr", "add", f"{v4}/24", "dev", "uplink")
+            _run("ip", "-n", node.netns, "addr", "add", f"{v6}/64", "dev", "uplink", "nodad")
+            _run("ip", "-n", node.netns, "link", "set", "uplink", "up")
+
+    def _routes_between_nodes(self) -> None:
+        """On every node: each other node's wire addresses as static
+        neighbours, and a host route to each of its pods through it."""
+        for node in self.nodes:
+            lines = []
+            for other in self.nodes:
+                if other is node:
+                    continue
+                v4, v6 = other.underlay
+                mac = self._mac(3, other.index)
+                lines += [f"neigh replace {v4} lladdr {mac} dev uplink nud permanent",
+                          f"neigh replace {v6} lladdr {mac} dev uplink nud permanent"]
+                lines += [f"route add {ip}/{ip.max_prefixlen} via {v4 if ip.version == 4 else v6} dev uplink"
+                          for host in other.hosts for ip in host.ips]
+            _run("ip", "-n", node.netns, "-batch", "-", input="\n".join(lines) + "\n")
+            for h in node.hosts:  # other nodes' wire addresses are reached through this node
+                mac = node.bridge_mac if self.topology == "bridge" else h.node_mac
+                lines = [f"neigh replace {ip} lladdr {mac} dev eth0 nud permanent"
+                         for other in self.nodes if other is not node for ip in other.underlay
+                         if any(a.version == ip.version for a in h.ips)]
+                if lines:
+                    _run("ip", "-n", h.netns, "-batch", "-", input="\n".join(lines) + "\n")
 
     def _static_neighbours(self) -> None:
         """Every host knows every other's link address from the start. With
@@ -162,24 +286,39 @@ class LabNode:
         hosts that overflows the per-CPU backlog (netdev_max_backlog), the
         resolutions that are dropped wait a second to retry, and a probe with
         a 1 s timeout reports a connection that policy allows as denied.
-        Routed, a host's every neighbour is the node's end of its veth, and the
-        node knows each host's address on that veth."""
-        for ns, _, _, _, node_mac in self.macs:
-            lines = [f"neigh replace {ip} lladdr {node_mac if self.topology == 'routed' else mac} dev eth0 "
-                     "nud permanent" for other, mac, ips, _, _ in self.macs if other != ns for ip in ips]
+        Routed, a host's every neighbour is the node's end of its veth; on a
+        bridge, a host of the same node is reached directly and one of another
+        node through the node's bridge. The node knows each of its hosts."""
+        hosts = [h for node in self.nodes for h in node.hosts]
+        for h in hosts:
+            def via(other: Host) -> str:
+                if self.topology == "routed":
+                    return h.node_mac
+                return other.mac if other.node == h.node else self.nodes[h.node].bridge_mac
+            lines = [f"neigh replace {ip} lladdr {via(other)} dev eth0 nud permanent"
+                     for other in hosts if other.netns != h.netns for ip in other.ips]
             if lines:
-                _run("ip", "-n", ns, "-batch", "-", input="\n".join(lines) + "\n")
-        if self.topology == "routed":
-            lines = [f"neigh replace {ip} lladdr {mac} dev {veth} nud permanent"
-                     for _, mac, ips, veth, _ in self.macs for ip in ips]
+                _run("ip", "-n", h.netns, "-batch", "-", input="\n".join(lines) + "\n")
+        for node in self.nodes:
+            lines = [f"neigh replace {ip} lladdr {h.mac} dev {self.bridge if self.topology == 'bridge' else h.veth} "
+                     "nud permanent" for h in node.hosts for ip in h.ips]
             if lines:
-                _run("ip", "-n", self.node, "-batch", "-", input="\n".join(lines) + "\n")
+                _run("ip", "-n", node.netns, "-batch", "-", input="\n".join(lines) + "\n")
 
     def apply(self, cluster: Cluster, stop_after_sets: bool = False) -> None:
-        """Programs the node with a cluster's policies (pods outside the lab are
-        just addresses in sets). stop_after_sets: see kernel.backend.apply."""
-        apply_programs([compile_cluster(cluster, family, nflog_group=self.nflog_group, attach=self.attach)
-                        for family in program_families(cluster)], self.kernel, stop_after_sets=stop_after_sets)
+        """Programs every node with its program for a cluster's policies (pods
+        outside the lab are just addresses in sets; with several nodes, pods
+        keep the node they were built on). stop_after_sets: see
+        kernel.backend.apply."""
+        if len(self.nodes) > 1:
+            where = {p.key: p.node for p in self.placed.pods}
+            _, placed = place_pods(cluster, len(self.nodes))
+            cluster = dataclasses.replace(placed, pods=[dataclasses.replace(p, node=where.get(p.key, p.node))
+                                                        for p in placed.pods])
+        for node in self.nodes:
+            apply_programs([compile_cluster(cluster, family, nflog_group=self.nflog_group, attach=self.attach,
+                                            node=node.name)
+                            for family in program_families(cluster)], node.kernel, stop_after_sets=stop_after_sets)
 
     def stop_servers(self) -> None:
         for proc in self.servers:
@@ -221,7 +360,7 @@ class LabNode:
         for proc in self.servers:
             line = proc.stdout.readline().strip()
             if line != "ready":
-                raise RuntimeError(f"a lab server did not start: {proc.stderr.read().strip()}")
+                raise LabError(f"a lab server did not start: {proc.stderr.read().strip()}")
 
     def _probe_all(self, protocol: str, port: int, timeout: float, plan: list) -> list:
         """plan: [(LabPod, [address, ...])]; one prober per source pod, all at
@@ -312,55 +451,55 @@ class LabNode:
 
     # ---- the node itself ----
 
-    NODE_ADDRESS = "198.19.255.254"  # the node's own address on its pod bridge (benchmark range)
-
-    def _node_address(self):
-        """Gives the node namespace an address on the bridge, once, with routes
-        and static neighbours both ways (as a node's address on cni0)."""
-        import ipaddress
-        address = ipaddress.ip_address(self.NODE_ADDRESS)
-        if getattr(self, "_node_ready", False):
+    def _node_address(self, node: Node):
+        """Gives a node an address of its own on its pod network, once (as a
+        node's address on cni0, or on lo when routed), with static neighbours
+        both ways; its pods reach it through the bridge or their veth."""
+        address = ipaddress.ip_address(f"{NODE_ADDRESS}{254 - node.index}")
+        if getattr(node, "ready", False):
             return address
-        n, b = self.node, self.bridge
-        if self.topology == "routed":  # on lo; each host reaches it through its veth
-            _run("ip", "-n", n, "addr", "add", f"{address}/32", "dev", "lo")
-            for ns, _, _, _, node_mac in self.macs:
-                _run("ip", "-n", ns, "neigh", "replace", str(address), "lladdr", node_mac, "dev", "eth0",
-                     "nud", "permanent")
-            self._node_ready = True
-            return address
-        _run("ip", "-n", n, "addr", "add", f"{address}/32", "dev", b)
-        _run("ip", "-n", n, "route", "add", "default", "dev", b)
-        bridge_mac = json.loads(_run("ip", "-n", n, "-j", "link", "show", b).stdout)[0]["address"]
-        lines = [f"neigh replace {ip} lladdr {mac} dev {b} nud permanent"
-                 for _, mac, ips, _, _ in self.macs for ip in ips if ip.version == 4]
-        _run("ip", "-n", n, "-batch", "-", input="\n".join(lines) + "\n")
-        for ns, _, _, _, _ in self.macs:
-            _run("ip", "-n", ns, "neigh", "replace", str(address), "lladdr", bridge_mac, "dev", "eth0",
-                 "nud", "permanent")
-        self._node_ready = True
+        n = node.netns
+        dev = self.bridge if self.topology == "bridge" else "lo"
+        _run("ip", "-n", n, "addr", "add", f"{address}/32", "dev", dev)
+        for h in node.hosts:
+            _run("ip", "-n", h.netns, "neigh", "replace", str(address), "lladdr",
+                 node.bridge_mac if self.topology == "bridge" else h.node_mac, "dev", "eth0", "nud", "permanent")
+        node.ready = True
         return address
 
-    def connect_from_node(self, dst: str, protocol: str, port: int, timeout: float = 1.0) -> bool:
-        """A real connection from the node itself (its address on the bridge) to pod `dst`."""
-        target = next(ip for ip in next(lp for lp in self.pods if lp.pod.key == dst).pod.ips if ip.version == 4)
-        self._node_address()
+    def _lab_pod(self, key: str) -> LabPod:
+        lp = next((lp for lp in self.pods if lp.pod.key == key), None)
+        if lp is None:
+            raise LabError(f"no pod {brief_text(key)} in the lab")
+        return lp
+
+    def connect_from_node(self, dst: str, protocol: str, port: int, timeout: float = 1.0,
+                          node: int | None = None) -> bool:
+        """A real connection to pod `dst` from a node: its own (from the node's
+        address on its pod network), or another (from that node's address on
+        the wire, as a kubelet or a host-network pod there would)."""
+        lp = self._lab_pod(dst)
+        source = self.nodes[lp.node if node is None else node]
+        target = next(ip for ip in lp.pod.ips if ip.version == 4)
+        if source.index == lp.node:
+            self._node_address(source)
         if self.server_port != port:
             self.start_servers(port)
-        out = _run(*self._python(self.node, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
+        out = _run(*self._python(source.netns, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
                                  str(timeout), str(target))).stdout
         return json.loads(out)[0]
 
     def connect_to_node(self, src: str, protocol: str, port: int, timeout: float = 1.0) -> bool:
-        """A real connection from pod `src` to a server on the node itself."""
-        address = self._node_address()
-        server = subprocess.Popen(self._python(self.node, "serve", "--port", str(port), str(address)),
+        """A real connection from pod `src` to a server on its node itself."""
+        lp = self._lab_pod(src)
+        node = self.nodes[lp.node]
+        address = self._node_address(node)
+        server = subprocess.Popen(self._python(node.netns, "serve", "--port", str(port), str(address)),
                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
         try:
             if server.stdout.readline().strip() != "ready":
                 raise LabError(f"the node's server did not start: {brief_text(server.stderr.read().strip())}")
-            s = next(lp for lp in self.pods if lp.pod.key == src)
-            out = _run(*self._python(s.netns, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
+            out = _run(*self._python(lp.netns, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
                                      str(timeout), str(address))).stdout
             return json.loads(out)[0]
         finally:

@@ -1,6 +1,16 @@
 """What runs inside a lab pod's network namespace: a server that answers on
-one port (TCP accept, UDP echo), and a prober that tries one connection to
-each given address and reports which succeeded.
+one port (TCP accept, UDP echo, SCTP INIT -> INIT ACK), and a prober that
+tries one connection to each given address and reports which succeeded.
+
+SCTP without SCTP sockets: kernels built without CONFIG_IP_SCTP (this one)
+still track SCTP in conntrack and deliver protocol 132 to raw sockets. The
+prober sends an INIT chunk (valid CRC32c, a fresh source port and initiate
+tag per target) from a raw socket, and a connection counts as made when the
+matching INIT ACK comes back; the server answers INITs for its port from a
+raw socket bound to each of its addresses. That is the association's first
+round trip, as SYN / SYN-ACK is TCP's: the INIT is the NEW packet policy
+judges, the INIT ACK the reply conntrack lets through. A kernel whose raw
+sockets refuse protocol 132 makes both sides fail with that reason.
 
     python -m pyipset.lab.probe serve --port 80
     python -m pyipset.lab.probe probe --protocol TCP --port 80 --timeout 1.0 ADDR...
@@ -12,18 +22,105 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import select
 import socket
+import struct
 import sys
+
+IPPROTO_SCTP = 132
+SCTP_INIT, SCTP_INIT_ACK = 1, 2
 
 
 def _family(addr: str) -> int:
     return socket.AF_INET6 if ":" in addr else socket.AF_INET
 
 
+# ---- SCTP over raw sockets ----
+
+def _crc32c_table() -> list:
+    table = []
+    for n in range(256):
+        c = n
+        for _ in range(8):
+            c = (c >> 1) ^ 0x82F63B78 if c & 1 else c >> 1
+        table.append(c)
+    return table
+
+
+_CRC32C = _crc32c_table()
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), as SCTP's checksum (RFC 9260 appendix A)."""
+    c = 0xFFFFFFFF
+    for b in data:
+        c = _CRC32C[(c ^ b) & 0xFF] ^ (c >> 8)
+    return c ^ 0xFFFFFFFF
+
+
+def sctp_packet(sport: int, dport: int, vtag: int, chunk_type: int, init_tag: int, params: bytes = b"") -> bytes:
+    """An SCTP packet with one INIT or INIT ACK chunk: a_rwnd 65535, one
+    stream each way, initial TSN = the tag. The checksum goes in little-endian
+    (the CRC's bytes in the order they are computed), as Linux writes it."""
+    chunk = struct.pack("!BBHIIHHI", chunk_type, 0, 20 + len(params), init_tag, 65535, 1, 1, init_tag) + params
+    header = struct.pack("!HHII", sport, dport, vtag, 0)
+    packet = header + chunk
+    return packet[:8] + struct.pack("<I", crc32c(packet)) + packet[12:]
+
+
+def parse_sctp(packet: bytes):
+    """(sport, dport, vtag, first chunk type, its initiate tag) of a packet
+    whose checksum is right and whose first chunk is an INIT or INIT ACK;
+    None for anything else."""
+    if len(packet) < 32:
+        return None
+    sport, dport, vtag, checksum = struct.unpack("!HHI4s", packet[:12])
+    if struct.unpack("<I", checksum)[0] != crc32c(packet[:8] + bytes(4) + packet[12:]):
+        return None
+    chunk_type, _, length, init_tag = struct.unpack("!BBHI", packet[12:20])
+    if chunk_type not in (SCTP_INIT, SCTP_INIT_ACK) or length < 20:
+        return None
+    return sport, dport, vtag, chunk_type, init_tag
+
+
+def sctp_socket(fam: int) -> socket.socket:
+    try:
+        return socket.socket(fam, socket.SOCK_RAW, IPPROTO_SCTP)
+    except OSError as e:
+        raise SystemExit(f"SCTP cannot be probed here: raw sockets for protocol 132 are refused ({e.strerror}); "
+                         "the verifier's SCTP answers can only be checked against the rules") from None
+
+
+def _payload(fam: int, data: bytes) -> bytes:
+    """A raw IPv4 socket reads the IP header too; IPv6 gives the payload."""
+    return data[(data[0] & 0x0F) * 4:] if fam == socket.AF_INET and data else data
+
+
+def _sctp_answer(s: socket.socket, port: int) -> None:
+    """Answers every INIT waiting on raw socket s for `port` with an INIT ACK."""
+    while True:
+        try:
+            data, peer = s.recvfrom(65535)
+        except (BlockingIOError, InterruptedError):
+            return
+        got = parse_sctp(_payload(s.family, data))
+        if got is None or got[1] != port or got[3] != SCTP_INIT or got[2] != 0:
+            continue
+        sport, _, _, _, their_tag = got
+        cookie = os.urandom(8)  # State Cookie parameter (type 7), which an INIT ACK must carry
+        reply = sctp_packet(port, sport, their_tag, SCTP_INIT_ACK, int.from_bytes(os.urandom(4), "big") | 1,
+                            struct.pack("!HH", 7, 4 + len(cookie)) + cookie)
+        try:
+            s.sendto(reply, (peer[0], 0))
+        except OSError:
+            pass
+
+
 def serve(port: int, addrs: list) -> None:
-    """TCP and UDP on `port` on each of the pod's addresses; prints 'ready'."""
-    socks = []
+    """TCP, UDP and SCTP on `port` on each of the pod's addresses; prints 'ready'
+    (SCTP only where raw sockets take protocol 132: see sctp_socket)."""
+    socks, sctp = [], set()
     for addr in addrs:
         fam = _family(addr)
         t = socket.socket(fam, socket.SOCK_STREAM)
@@ -33,12 +130,22 @@ def serve(port: int, addrs: list) -> None:
         u = socket.socket(fam, socket.SOCK_DGRAM)
         u.bind((addr, port))
         socks += [t, u]
+        try:
+            r = socket.socket(fam, socket.SOCK_RAW, IPPROTO_SCTP)
+        except OSError:
+            continue  # the prober says why SCTP cannot be probed
+        r.bind((addr, 0))  # only packets to this address
+        socks.append(r)
+        sctp.add(r)
     print("ready", flush=True)
     for s in socks:
         s.setblocking(False)
     while True:
         readable, _, _ = select.select(socks, [], [])
         for s in readable:
+            if s in sctp:
+                _sctp_answer(s, port)
+                continue
             while True:  # everything that is waiting: a full accept queue drops SYNs
                 try:
                     if s.type == socket.SOCK_STREAM:
@@ -54,6 +161,8 @@ def serve(port: int, addrs: list) -> None:
 
 
 def probe_one(protocol: str, addr: str, port: int, timeout: float) -> bool:
+    if protocol == "SCTP":
+        return probe_sctp(port, timeout, [addr])[0]
     fam = _family(addr)
     if protocol == "TCP":
         with socket.socket(fam, socket.SOCK_STREAM) as s:
@@ -73,11 +182,70 @@ def probe_one(protocol: str, addr: str, port: int, timeout: float) -> bool:
             return False
 
 
+def probe_sctp(port: int, timeout: float, addrs: list) -> list:
+    """An INIT to each address at once (sent again every third of the
+    timeout, as SCTP retransmits an INIT); True where the INIT ACK with our
+    tag, from that address and port, came back in time."""
+    import random
+    import time
+    results = [False] * len(addrs)
+    socks = {}
+    for addr in addrs:
+        fam = _family(addr)
+        if fam not in socks:
+            socks[fam] = sctp_socket(fam)
+            socks[fam].setblocking(False)
+    base = random.randrange(20000, 60000 - len(addrs))
+    waiting = {}  # (address, our port, our tag) -> index
+    packets = []
+    for i, addr in enumerate(addrs):
+        tag = random.randrange(1, 1 << 32)
+        waiting[(socket.inet_pton(_family(addr), addr), base + i, tag)] = i
+        packets.append((i, socks[_family(addr)], sctp_packet(base + i, port, 0, SCTP_INIT, tag), addr))
+    deadline = time.monotonic() + timeout
+    next_send = time.monotonic()
+    try:
+        while waiting:
+            now = time.monotonic()
+            if now >= deadline:
+                break
+            if now >= next_send:
+                for i, s, packet, addr in packets:
+                    if not results[i]:
+                        try:
+                            s.sendto(packet, (addr, 0))
+                        except OSError:
+                            pass
+                next_send = now + timeout / 3
+            readable, _, _ = select.select(list(socks.values()), [], [],
+                                           max(0.0, min(deadline, next_send) - time.monotonic()))
+            for s in readable:
+                while True:
+                    try:
+                        data, peer = s.recvfrom(65535)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    got = parse_sctp(_payload(s.family, data))
+                    if got is None or got[3] != SCTP_INIT_ACK or got[0] != port:
+                        continue
+                    key = (socket.inet_pton(s.family, peer[0].split("%")[0]), got[1], got[2])
+                    i = waiting.pop(key, None)
+                    if i is not None:
+                        results[i] = True
+    finally:
+        for s in socks.values():
+            s.close()
+    return results
+
+
 def probe(protocol: str, port: int, timeout: float, addrs: list) -> list:
     """One connection attempt to each address at once, from one thread: TCP
     connects without blocking and waits for each to finish; UDP sends a
     numbered request and sends it again every third of the timeout until the
-    echo comes back, so one lost datagram is not taken for a verdict."""
+    echo comes back, so one lost datagram is not taken for a verdict. SCTP:
+    probe_sctp."""
+    if protocol == "SCTP":
+        return probe_sctp(port, timeout, addrs)
     import errno
     import time
     results = [False] * len(addrs)
@@ -160,19 +328,19 @@ def main(argv=None) -> int:
     s.add_argument("--port", type=int, required=True)
     s.add_argument("addrs", nargs="+")
     p = sub.add_parser("probe")
-    p.add_argument("--protocol", choices=["TCP", "UDP"], required=True)
+    p.add_argument("--protocol", choices=["TCP", "UDP", "SCTP"], required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--timeout", type=float, default=1.0)
     p.add_argument("addrs", nargs="*")
     w = sub.add_parser("watch")
-    w.add_argument("--protocol", choices=["TCP", "UDP"], required=True)
+    w.add_argument("--protocol", choices=["TCP", "UDP", "SCTP"], required=True)
     w.add_argument("--port", type=int, required=True)
     w.add_argument("--seconds", type=float, required=True)
     w.add_argument("--interval", type=float, default=0.01)
     w.add_argument("--timeout", type=float, default=0.25)
     w.add_argument("addr")
     b = sub.add_parser("burst")
-    b.add_argument("--protocol", choices=["TCP", "UDP"], required=True)
+    b.add_argument("--protocol", choices=["TCP", "UDP", "SCTP"], required=True)
     b.add_argument("--port", type=int, required=True)
     b.add_argument("--count", type=int, required=True)
     b.add_argument("--timeout", type=float, default=1.0)

@@ -151,3 +151,29 @@ def test_switching_the_attach_mode_replaces_the_hooks_in_one_step(netns):
     assert set(local.members) == {"192.0.2.1", "192.0.2.2"}
     from pyipset.kernel.backend import reconcile
     assert reconcile(pod_ips, kernel).total() == 0
+
+
+def test_apply_with_node_enforces_that_nodes_program(netns, tmp_path):
+    """`apply --node NAME` programs exactly compile_cluster(node=NAME), and
+    `reconcile --node NAME` then finds nothing to repair."""
+    import json
+    import subprocess
+    import sys
+    objs = [namespace("a"), pod("a/web", "192.0.2.1", {"app": "web"}, node="n1"),
+            pod("a/db", "192.0.2.2", {"app": "db"}, node="n2"),
+            policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}},
+                            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]})]
+    path = tmp_path / "c.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    kernel = Kernel(netns=netns.name)
+    for node in ("n1", "n2"):
+        for command in ("apply", "reconcile"):
+            r = subprocess.run(["ip", "netns", "exec", netns.name, sys.executable, "-m", "pyipset", command,
+                                "-f", str(path), "--node", node], capture_output=True, text=True, cwd="/")
+            assert r.returncode == 0, r.stderr
+        assert "inet: 0 difference(s) found" in r.stdout
+        program = compile_cluster(cluster(*objs), "inet", node=node)
+        sets, chains = kernel_state(kernel)
+        assert sets == expected_sets(program)
+        assert {c: n for c, n in chains.items() if c != "hooks"} == {c: len(r) for c, r in program.chains.items()}
+    assert len(compile_cluster(cluster(*objs), "inet", node="n1").chains) < len(program.chains)
