@@ -187,6 +187,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json", "table"], default="table")
     p.set_defaults(run=run_lab)
 
+    p = sub.add_parser("agent", help="the node agent: watch the cluster's API and keep this node's kernel equal "
+                                     "to its policies (flags below; each also has an environment variable)")
+    from .agent import settings as agent_settings
+    agent_settings.add_arguments(p)
+    p.set_defaults(run=_run_agent)
+
     p = sub.add_parser("demo", help="build and exercise the native sets on the built-in three-tier example")
     p.add_argument("--members", type=_members, default=100_000,
                    help="members for the batch throughput check (default 100000)")
@@ -460,6 +466,11 @@ def _program_verdict(cluster: Cluster, source, destination, protocol: str, port:
 
     return {"allowed": bool(ev.allowed[0]), "deciding_rule": describe(ev.rule[0]),
             "admitting_rule": describe(ev.mark_rule[0], admitting=True)}
+
+
+def _run_agent(args) -> int:
+    from .agent.main import run
+    return run(args)
 
 
 def _terminate(signum, frame):

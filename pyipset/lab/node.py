@@ -105,8 +105,11 @@ class Node:
 def place_pods(cluster: Cluster, nodes: int) -> tuple:
     """(node names, the cluster with every pod given one of them): the names
     the pods' spec.nodeName gives, sorted, then node0, node1, ... up to
-    `nodes`; pods without a name spread over all nodes in turn."""
+    `nodes`; pods without a name spread over all nodes in turn. One node
+    holds every pod (named after them if they all name one)."""
     named = sorted({p.node for p in cluster.pods if p.node})
+    if nodes == 1:  # one node holds every pod, whatever node they name
+        return (named if len(named) == 1 else ["node0"]), cluster
     if len(named) > nodes:
         raise LabError(f"the pods name {len(named)} nodes ({', '.join(brief_text(n) for n in named[:5])}"
                        f"{', ...' if len(named) > 5 else ''}) but the lab has {nodes}: use --nodes {len(named)}")
@@ -119,12 +122,14 @@ def place_pods(cluster: Cluster, nodes: int) -> tuple:
 
 class LabNode:
     def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = 86,
-                 outside=(), attach: Attach = Attach(), topology: str = "bridge", nodes: int = 1):
+                 outside=(), attach: Attach = Attach(), topology: str = "bridge", nodes: int = 1,
+                 program: bool = True):
         """only: the keys of the pods to build (default all); the others stay
         addresses in the sets. outside: addresses of hosts that are not pods
         (no policy selects them), each given a namespace on the first node.
         nodes: how many nodes, each with its own node-local program (one node
-        holds the whole cluster's)."""
+        holds the whole cluster's). program: False leaves the kernels empty,
+        for an agent to program (each node's name is nodes[i].name)."""
         self.cluster = cluster
         self.nflog_group = nflog_group
         self.only = None if only is None else set(only)
@@ -137,7 +142,8 @@ class LabNode:
         self.topology = topology
         if not 1 <= nodes <= MAX_NODES:
             raise LabError(f"a lab has 1 to {MAX_NODES} nodes, not {nodes}")
-        self.node_names, self.placed = place_pods(cluster, nodes) if nodes > 1 else ([None], cluster)
+        self.node_names, self.placed = place_pods(cluster, nodes)
+        self.program = program
         self.run_id = f"{PREFIX}{os.getpid()}x{uuid.uuid4().hex[:4]}"
         self.nodes = [Node(name, f"{self.run_id}-node" + (str(i) if nodes > 1 else ""), i, self._mac(2, i))
                       for i, name in enumerate(self.node_names)]
@@ -224,7 +230,8 @@ class LabNode:
         for node in self.nodes:
             node.kernel = Kernel(netns=node.netns)
         self.kernel = self.nodes[0].kernel
-        self.apply(self.cluster)
+        if self.program:
+            self.apply(self.cluster)
 
     def _node(self, node: Node) -> None:
         n = node.netns
@@ -317,7 +324,7 @@ class LabNode:
                                                         for p in placed.pods])
         for node in self.nodes:
             apply_programs([compile_cluster(cluster, family, nflog_group=self.nflog_group, attach=self.attach,
-                                            node=node.name)
+                                            node=node.name if len(self.nodes) > 1 else None)
                             for family in program_families(cluster)], node.kernel, stop_after_sets=stop_after_sets)
 
     def stop_servers(self) -> None:

@@ -1,0 +1,201 @@
+"""The agent: reflectors feed the cluster state; one loop turns every change
+(a burst of them within the batch delay) into one kernel update of this
+node's program, and reconciles the kernel with the program periodically.
+
+- Nothing is applied until the first list of all three resources is in;
+  until the first update is applied the agent is not ready.
+- Start-up adopts what the kernel holds: `apply` diffs against it (sets by
+  members, chains by rules) and never flushes, so a restart or an upgrade
+  leaves no moment without policy.
+- An object the agent cannot enforce as written fails closed (a policy
+  isolates the pods it selects, in its directions, and admits nothing; a pod
+  is quarantined), logged by name and counted; everything else is enforced.
+- A failed update is logged, counted and retried with backoff; the agent
+  never exits on one. SIGTERM stops it and leaves the rules in place."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from .. import __version__
+from ..compile.compiler import compile_cluster, program_families
+from ..compile.program import Attach
+from ..errors import PyipsetError
+from ..kernel.backend import Kernel, apply_programs, reconcile_programs
+from ..model import fail_closed, load_objects
+from .health import HealthServer
+from .metrics import Metrics
+from .reflector import Backoff, Reflector
+from .state import RESOURCES, ClusterState
+
+log = logging.getLogger("pyipset.agent")
+
+
+def api_client(settings):
+    """The official client's configuration and transport: the kubeconfig
+    when given, else the pod's service account. No retries inside the
+    client: the reflectors back off themselves."""
+    from kubernetes import client, config
+    cfg = client.Configuration()
+    if settings.kubeconfig:
+        config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
+    else:
+        config.load_incluster_config(client_configuration=cfg)
+    cfg.retries = False
+    return client.ApiClient(cfg)
+
+
+def list_calls(api) -> dict:
+    """resource -> call(**query) returning the raw response of a list or watch."""
+    from kubernetes import client
+    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    methods = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
+               "networkpolicies": net.list_network_policy_for_all_namespaces}
+    return {r: (lambda m: lambda **q: m(_preload_content=False, **q))(m) for r, m in methods.items()}
+
+
+class Agent:
+    def __init__(self, settings, calls=None):
+        self.settings = settings
+        self.state = ClusterState()
+        self.metrics = Metrics(__version__)
+        self.stop = threading.Event()
+        self.kernel = Kernel(netns=settings.netns)
+        self.attach = Attach.parse(settings.attach)
+        self.calls = calls
+        self.reflectors: list = []
+        self.families = {"inet"}
+        self.applied_version = None
+        self.first_sync = threading.Event()
+        self.last_loop = time.monotonic()
+        self.last_error = None
+        self.health = None
+        self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+        self.rejected: set = set()  # what was logged as rejected, so each is logged once
+
+    # ---- health ----
+
+    def alive(self) -> tuple:
+        stalled = time.monotonic() - self.last_loop
+        if stalled > self.settings.stall_after:
+            return False, f"the sync loop has not come round for {stalled:.0f} s"
+        return True, "ok"
+
+    def ready(self) -> tuple:
+        if not self.first_sync.is_set():
+            waiting = [r.resource for r in self.reflectors if not r.synced.is_set()]
+            return False, ("waiting for the first list of " + ", ".join(waiting)) if waiting else \
+                "the first kernel update is not applied yet"
+        unhealthy = [r.resource for r in self.reflectors if not r.healthy]
+        if unhealthy:
+            return False, "watch not healthy: " + ", ".join(unhealthy)
+        if self.last_error:
+            return False, f"the last kernel update failed: {self.last_error}"
+        return True, "ok"
+
+    # ---- running ----
+
+    def start(self) -> "Agent":
+        if self.calls is None:
+            self.calls = list_calls(api_client(self.settings))
+        self.health = HealthServer(self.settings.listen_address, self).start()
+        self.reflectors = [Reflector(r, self.calls[r], self.settings, self.state, self.metrics, self.stop).start()
+                           for r in RESOURCES]
+        log.info("agent %s for node %s started; health and metrics on port %d", __version__,
+                 self.settings.node_name, self.health.port)
+        return self
+
+    def shutdown(self) -> None:
+        """Stops watching and serving; the kernel keeps its rules."""
+        self.stop.set()
+        if self.health is not None:
+            self.health.stop()
+        with self.state.lock:
+            self.state.lock.notify_all()
+
+    def run(self) -> None:
+        """The sync loop, until stop is set."""
+        next_reconcile = time.monotonic() + self.settings.resync_period
+        retry_at = 0.0
+        while not self.stop.is_set():
+            self.last_loop = now = time.monotonic()
+            self.metrics.ready.set(1 if self.ready()[0] else 0)
+            synced = all(r.synced.is_set() for r in self.reflectors)
+            pending = synced and self.state.version != self.applied_version
+            if pending and now >= retry_at:
+                if self.settings.batch_delay:
+                    self.stop.wait(self.settings.batch_delay)  # the rest of a burst joins this update
+                if self._sync():
+                    self.backoff.reset()
+                    retry_at = 0.0
+                else:
+                    retry_at = time.monotonic() + self.backoff.next()
+                continue
+            if synced and self.first_sync.is_set() and now >= next_reconcile:
+                self._reconcile()
+                next_reconcile = time.monotonic() + self.settings.resync_period
+                continue
+            wake = min(next_reconcile, retry_at if pending else now + 1.0, now + 1.0)
+            with self.state.lock:
+                if self.state.version == self.applied_version or not synced or pending:
+                    self.state.lock.wait(max(0.0, wake - time.monotonic()))
+
+    def _programs(self, objs: list) -> list:
+        cluster = load_objects(objs, source="api", strict=False)
+        for r in cluster.rejections:
+            if str(r) not in self.rejected:
+                log.error("cannot enforce as written, fails closed: %s", r, extra={"object": r.object, "kind": r.kind})
+        self.rejected = {str(r) for r in cluster.rejections}
+        self.metrics.policies_rejected.set(sum(1 for r in cluster.rejections if r.kind == "NetworkPolicy"))
+        for kind in ("Namespace", "Pod", "NetworkPolicy"):
+            self.metrics.objects_rejected.labels(kind).set(sum(1 for r in cluster.rejections if r.kind == kind))
+        if cluster.rejections:
+            cluster = fail_closed(cluster)
+        self.families |= set(program_families(cluster))
+        return [compile_cluster(cluster, family, nflog_group=self.settings.nflog_group, attach=self.attach,
+                                node=self.settings.node_name) for family in sorted(self.families)]
+
+    def _sync(self) -> bool:
+        started = time.monotonic()
+        version, objs = self.state.manifests()
+        try:
+            programs = self._programs(objs)
+            reports = apply_programs(programs, self.kernel)
+        except PyipsetError as exc:
+            self.last_error = str(exc)[:300]
+            self.metrics.apply_errors.inc()
+            log.error("kernel update failed, will retry: %s", exc)
+            return False
+        self.metrics.programs = programs
+        self.metrics.kernel_updates.inc()
+        self.metrics.sync_duration.observe(time.monotonic() - started)
+        self.applied_version = version
+        self.last_error = None
+        if not self.first_sync.is_set():
+            self.first_sync.set()
+            log.info("first kernel update applied: %s", "; ".join(f"{p.family}: {r}" for p, r in
+                                                                  zip(programs, reports)))
+        else:
+            log.debug("kernel updated: %s", "; ".join(f"{p.family}: {r}" for p, r in zip(programs, reports)))
+        return True
+
+    def _reconcile(self) -> None:
+        version, objs = self.state.manifests()
+        try:
+            programs = self._programs(objs)
+            drifts = reconcile_programs(programs, self.kernel)
+        except PyipsetError as exc:
+            self.metrics.apply_errors.inc()
+            log.error("reconcile failed, will retry: %s", exc)
+            return
+        self.metrics.reconciles.inc()
+        total = sum(d.total() for d in drifts)
+        if total:
+            self.metrics.drift_repaired.inc(total)
+            for p, d in zip(programs, drifts):
+                for line in d.lines():
+                    log.warning("drift repaired: %s: %s", p.family, line)
+        self.metrics.programs = programs
+        self.applied_version = version

@@ -1,0 +1,57 @@
+"""The agent's Prometheus metrics, named by the Prometheus guide under one
+prefix (pyipset_), in a registry of its own. Sets and members are collected
+at scrape time from the program the kernel was last given."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+PREFIX = "pyipset"
+
+
+class _ProgramCollector:
+    def __init__(self, agent_metrics: "Metrics"):
+        self.m = agent_metrics
+
+    def collect(self):
+        sets = GaugeMetricFamily(f"{PREFIX}_kernel_sets", "Sets of the program last applied, by family",
+                                 labels=["family"])
+        members = GaugeMetricFamily(f"{PREFIX}_kernel_set_members",
+                                    "Members of the sets of the program last applied, by family", labels=["family"])
+        rules = GaugeMetricFamily(f"{PREFIX}_kernel_rules", "Rules of the program last applied, by family",
+                                  labels=["family"])
+        for program in self.m.programs:
+            sets.add_metric([program.family], len(program.sets))
+            members.add_metric([program.family], sum(len(s.members) for s in program.sets.values()))
+            rules.add_metric([program.family], sum(len(c) for c in program.chains.values()))
+        yield sets
+        yield members
+        yield rules
+
+
+class Metrics:
+    def __init__(self, version: str = ""):
+        self.registry = r = CollectorRegistry()
+        self.programs: list = []
+        self.sync_duration = Histogram(
+            f"{PREFIX}_sync_duration_seconds", "Time from a change being seen to the kernel holding it "
+            "(compile and apply)", registry=r, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
+        self.kernel_updates = Counter(f"{PREFIX}_kernel_updates", "Kernel updates applied", registry=r)
+        self.apply_errors = Counter(f"{PREFIX}_apply_errors", "Kernel updates that failed (retried)", registry=r)
+        self.drift_repaired = Counter(f"{PREFIX}_drift_repaired", "Differences between the kernel and the "
+                                      "program found by a periodic reconcile and repaired", registry=r)
+        self.reconciles = Counter(f"{PREFIX}_reconciles", "Periodic reconciles run", registry=r)
+        self.watch_restarts = Counter(f"{PREFIX}_watch_restarts", "Watches (re)started, by resource and reason",
+                                      ["resource", "reason"], registry=r)
+        self.events = Counter(f"{PREFIX}_watch_events", "Objects received, by resource and event type (LIST: "
+                              "objects of a full list)", ["resource", "type"], registry=r)
+        self.policies_rejected = Gauge(f"{PREFIX}_policies_rejected", "NetworkPolicies the agent cannot enforce "
+                                       "as written (each fails closed)", registry=r)
+        self.objects_rejected = Gauge(f"{PREFIX}_objects_rejected", "Objects rejected, by kind (policies fail "
+                                      "closed, pods are quarantined)", ["kind"], registry=r)
+        self.ready = Gauge(f"{PREFIX}_ready", "1 when the first sync is applied and every watch is healthy",
+                           registry=r)
+        self.build_info = Gauge(f"{PREFIX}_build_info", "The running version", ["version"], registry=r)
+        self.build_info.labels(version).set(1)
+        r.register(_ProgramCollector(self))

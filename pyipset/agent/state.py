@@ -1,0 +1,140 @@
+"""The agent's picture of the cluster: for each watched object only what the
+compiler needs (labels, addresses, named ports, node, phase, hostNetwork,
+and a policy's spec), kept in the shape of a manifest so that the same
+loader and validation as `pyipset apply -f` read it.
+
+Events may arrive duplicated, out of order, or for a name whose object was
+deleted and made again (a new uid). The state converges regardless: an
+event older than what is held for the same object (by resourceVersion,
+which API servers backed by etcd number in order) is ignored, a deletion
+is remembered (a tombstone) so that a late event of the deleted object
+does not bring it back, and a delete of an older incarnation does not
+remove the new one. A relist replaces everything and emits deletes for
+objects that vanished while the watch was down."""
+
+from __future__ import annotations
+
+import threading
+from typing import Optional
+
+RESOURCES = ("namespaces", "pods", "networkpolicies")
+KIND = {"namespaces": ("v1", "Namespace"), "pods": ("v1", "Pod"),
+        "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy")}
+
+
+def _rv(obj: dict) -> Optional[int]:
+    text = (obj.get("metadata") or {}).get("resourceVersion")
+    return int(text) if isinstance(text, str) and text.isdecimal() else None
+
+
+def _uid(obj: dict):
+    return (obj.get("metadata") or {}).get("uid")
+
+
+def key_of(obj: dict) -> tuple:
+    meta = obj.get("metadata") or {}
+    return meta.get("namespace") or "", meta.get("name") or ""
+
+
+def slim(resource: str, obj: dict) -> dict:
+    """What the compiler needs of an API object, as a manifest."""
+    meta = obj.get("metadata") or {}
+    api_version, kind = KIND[resource]
+    keep = {k: meta[k] for k in ("name", "namespace", "labels", "uid", "resourceVersion", "creationTimestamp",
+                                 "deletionTimestamp") if meta.get(k) is not None}
+    out = {"apiVersion": api_version, "kind": kind, "metadata": keep}
+    if resource == "pods":
+        spec, status = obj.get("spec") or {}, obj.get("status") or {}
+        containers = []
+        for c in spec.get("containers") or []:
+            if not isinstance(c, dict):
+                continue
+            ports = [{k: p[k] for k in ("name", "containerPort", "protocol") if k in p}
+                     for p in c.get("ports") or [] if isinstance(p, dict)]
+            containers.append({"name": c.get("name", ""), **({"ports": ports} if ports else {})})
+        out["spec"] = {"containers": containers,
+                       **{k: spec[k] for k in ("nodeName", "hostNetwork") if spec.get(k) is not None}}
+        out["status"] = {k: status[k] for k in ("phase", "podIP", "podIPs") if status.get(k) is not None}
+    elif resource == "networkpolicies":
+        out["spec"] = obj.get("spec")
+    return out
+
+
+class ClusterState:
+    """Thread-safe; `version` grows with every change that matters."""
+
+    def __init__(self):
+        self.lock = threading.Condition()
+        self.objects = {r: {} for r in RESOURCES}  # resource -> {key: slim object}
+        self.tombstones = {r: {} for r in RESOURCES}  # resource -> {key: (uid, rv)} of deletions
+        self.version = 0
+
+    def _changed(self) -> None:
+        self.version += 1
+        self.lock.notify_all()
+
+    def event(self, resource: str, kind: str, obj: dict) -> bool:
+        """Applies one watch event; True when the state changed."""
+        new = slim(resource, obj)
+        key, uid, rv = key_of(new), _uid(new), _rv(new)
+        with self.lock:
+            have = self.objects[resource].get(key)
+            gone = self.tombstones[resource].get(key)
+            if kind == "DELETED":
+                if have is None:
+                    return False
+                if uid is not None and _uid(have) is not None and uid != _uid(have):
+                    return False  # an older incarnation's delete: the one held was made after it
+                if rv is not None and _rv(have) is not None and rv < _rv(have):
+                    return False
+                del self.objects[resource][key]
+                self.tombstones[resource][key] = (uid, rv)
+                self._changed()
+                return True
+            if gone is not None and rv is not None and gone[1] is not None and rv <= gone[1]:
+                return False  # an event from before the deletion, arriving after it
+            if have is not None and rv is not None and _rv(have) is not None and rv <= _rv(have):
+                return False  # a duplicate, or older than what is held
+            self.tombstones[resource].pop(key, None)
+            if have == new:
+                return False
+            changed = have is None or {k: v for k, v in have.items() if k != "metadata"} != \
+                {k: v for k, v in new.items() if k != "metadata"} or \
+                _meta_that_matters(have) != _meta_that_matters(new)
+            self.objects[resource][key] = new
+            if changed:
+                self._changed()
+            return changed
+
+    def replace(self, resource: str, objs: list) -> tuple:
+        """A fresh list: (added or changed, deleted) counts; objects that
+        vanished since the last list are deleted."""
+        fresh = {key_of(s): s for s in (slim(resource, o) for o in objs)}
+        with self.lock:
+            old = self.objects[resource]
+            deleted = [k for k in old if k not in fresh]
+            changed = [k for k, s in fresh.items() if old.get(k) is None or
+                       _without_rv(old[k]) != _without_rv(s)]
+            self.objects[resource] = fresh
+            self.tombstones[resource] = {}
+            if deleted or changed:
+                self._changed()
+        return len(changed), len(deleted)
+
+    def manifests(self) -> tuple:
+        """(state version, every object as a manifest) at one instant."""
+        with self.lock:
+            return self.version, [o for r in RESOURCES for o in self.objects[r].values()]
+
+    def counts(self) -> dict:
+        with self.lock:
+            return {r: len(v) for r, v in self.objects.items()}
+
+
+def _meta_that_matters(obj: dict) -> tuple:
+    meta = obj.get("metadata") or {}
+    return (meta.get("labels"), meta.get("deletionTimestamp"), meta.get("uid"), meta.get("creationTimestamp"))
+
+
+def _without_rv(obj: dict) -> dict:
+    return {**obj, "metadata": {k: v for k, v in obj["metadata"].items() if k != "resourceVersion"}}
