@@ -69,7 +69,7 @@ class APIServer:
         self.duplicate = False
         self.reorder = False
         self.generation = 0  # bumped to cut every open watch stream
-        self.requests: list = []  # (method, path, query) of every request, for assertions
+        self.requests: list = []  # (method, path, query, monotonic time) of every request, for assertions
         self.port = port
         self._server = None
         self._open: set = set()  # sockets of open connections
@@ -151,7 +151,7 @@ class APIServer:
         return t
 
     def watch_count(self, resource: str) -> int:
-        return sum(1 for m, p, q in self.requests if m == "GET" and q.get("watch") == ["true"]
+        return sum(1 for m, p, q, _ in self.requests if m == "GET" and q.get("watch") == ["true"]
                    and p.rstrip("/").endswith(resource))
 
     # ---- the store ----
@@ -357,7 +357,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _request(self, method: str) -> None:
         url = urlsplit(self.path)
         query = parse_qs(url.query)
-        self.api.requests.append((method, url.path, query))
+        self.api.requests.append((method, url.path, query, time.monotonic()))
         body = None
         if method in ("POST", "PUT"):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")

@@ -324,13 +324,14 @@ def _corruptions(obj):
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(objs=cluster_objects(), data=st.data())
-def test_failing_closed_never_allows_what_was_denied(objs, data):
+@given(objs=cluster_objects(), data=st.data(), scoped=st.booleans())
+def test_failing_closed_never_allows_what_was_denied(objs, data, scoped):
     """A live cluster, then an update in which objects turn invalid: with
     --fail-closed, every flow the update allows was allowed before (isolation
     never shrinks); without it the update is refused whole (tested in the
     kernel). Flows between every pair of addresses, to and from outside ones,
-    on TCP, UDP and SCTP."""
+    on TCP, UDP and SCTP. scoped: as the agent fails closed, knowing each
+    policy's last accepted version."""
     old = load_objects(objs)
     assert not old.rejections
     update = copy.deepcopy(objs)
@@ -343,7 +344,7 @@ def test_failing_closed_never_allows_what_was_denied(objs, data):
     new = load_objects(update)
     assume(new.rejections)
     try:
-        closed = fail_closed(new)
+        closed = fail_closed(new, previous={p.key: p for p in old.policies} if scoped else None)
     except InputRejected:
         return  # refused whole: nothing changes
     addresses = sorted({ip for p in old.pods for ip in p.ips} | {ipaddress.ip_address(a) for a in OUTSIDE}, key=str)
@@ -376,3 +377,25 @@ def test_a_quarantined_pod_is_selected_by_no_other_policy():
     assert not ClusterEvaluator(old).judge(src, dst, "TCP", 9)
     assert not ClusterEvaluator(closed).judge(src, dst, "TCP", 9)
     assert not ClusterEvaluator(closed).judge(dst, src, "TCP", 9)
+
+
+def test_the_agent_fails_a_policy_closed_for_the_pods_it_selects_only():
+    """Knowing the last accepted version, a policy with an unknown field
+    isolates the pods its selector (and that version's) selects, in its
+    directions, and admits nothing; the namespace's other pods stay open."""
+    objs = [namespace("a"), pod("a/web", "192.0.2.1", {"app": "web"}), pod("a/db", "192.0.2.2", {"app": "db"}),
+            pod("a/cache", "192.0.2.3", {"app": "cache"}),
+            policy("a/p", {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                           "ingress": [{}]})]
+    old = load_objects(objs)
+    update = copy.deepcopy(objs)
+    update[-1]["spec"].update(podSelector={"matchLabels": {"app": "cache"}}, futureField=1)
+    closed = fail_closed(load_objects(update), previous={p.key: p for p in old.policies})
+    ev = ClusterEvaluator(closed)
+    ip = {k: ipaddress.ip_address(a) for k, a in (("web", "192.0.2.1"), ("db", "192.0.2.2"), ("cache", "192.0.2.3"))}
+    assert not ev.judge(ip["web"], ip["cache"], "TCP", 80)   # selected now: isolated, admits nothing
+    assert not ev.judge(ip["web"], ip["db"], "TCP", 80)      # selected by the accepted version
+    assert ev.judge(ip["db"], ip["web"], "TCP", 80)          # not selected: open
+    assert ev.judge(ip["cache"], ip["web"], "TCP", 80)       # ingress only: cache may still connect out
+    namespace_wide = ClusterEvaluator(fail_closed(load_objects(update)))
+    assert not namespace_wide.judge(ip["db"], ip["web"], "TCP", 80)

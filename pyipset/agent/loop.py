@@ -74,6 +74,7 @@ class Agent:
         self.health = None
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self.rejected: set = set()  # what was logged as rejected, so each is logged once
+        self.accepted: dict = {}  # key -> the last accepted version of each NetworkPolicy
 
     # ---- health ----
 
@@ -151,8 +152,11 @@ class Agent:
         self.metrics.policies_rejected.set(sum(1 for r in cluster.rejections if r.kind == "NetworkPolicy"))
         for kind in ("Namespace", "Pod", "NetworkPolicy"):
             self.metrics.objects_rejected.labels(kind).set(sum(1 for r in cluster.rejections if r.kind == kind))
+        rejected = {r.object for r in cluster.rejections if r.kind == "NetworkPolicy"}
+        self.accepted = {k: p for k, p in self.accepted.items() if k in rejected}  # still needed
+        self.accepted.update({p.key: p for p in cluster.policies})
         if cluster.rejections:
-            cluster = fail_closed(cluster)
+            cluster = fail_closed(cluster, previous=self.accepted)
         self.families |= set(program_families(cluster))
         return [compile_cluster(cluster, family, nflog_group=self.settings.nflog_group, attach=self.attach,
                                 node=self.settings.node_name) for family in sorted(self.families)]

@@ -5,11 +5,10 @@ loader and validation as `pyipset apply -f` read it.
 
 Events may arrive duplicated, out of order, or for a name whose object was
 deleted and made again (a new uid). The state converges regardless: an
-event older than what is held for the same object (by resourceVersion,
-which API servers backed by etcd number in order) is ignored, a deletion
-is remembered (a tombstone) so that a late event of the deleted object
-does not bring it back, and a delete of an older incarnation does not
-remove the new one. A relist replaces everything and emits deletes for
+event no newer than what is known of the same name (by resourceVersion,
+which API servers backed by etcd number in order) is ignored, and a
+deletion is remembered (a tombstone) so that a late event from before it
+does not bring the object back. A relist replaces everything and emits deletes for
 objects that vanished while the watch was down."""
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import threading
 from typing import Optional
 
 RESOURCES = ("namespaces", "pods", "networkpolicies")
+MAX_TOMBSTONES = 100_000  # deletions remembered per resource between relists (oldest forgotten first)
 KIND = {"namespaces": ("v1", "Namespace"), "pods": ("v1", "Pod"),
         "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy")}
 
@@ -25,10 +25,6 @@ KIND = {"namespaces": ("v1", "Namespace"), "pods": ("v1", "Pod"),
 def _rv(obj: dict) -> Optional[int]:
     text = (obj.get("metadata") or {}).get("resourceVersion")
     return int(text) if isinstance(text, str) and text.isdecimal() else None
-
-
-def _uid(obj: dict):
-    return (obj.get("metadata") or {}).get("uid")
 
 
 def key_of(obj: dict) -> tuple:
@@ -66,7 +62,7 @@ class ClusterState:
     def __init__(self):
         self.lock = threading.Condition()
         self.objects = {r: {} for r in RESOURCES}  # resource -> {key: slim object}
-        self.tombstones = {r: {} for r in RESOURCES}  # resource -> {key: (uid, rv)} of deletions
+        self.tombstones = {r: {} for r in RESOURCES}  # resource -> {key: rv of its deletion}, oldest first
         self.version = 0
 
     def _changed(self) -> None:
@@ -74,34 +70,35 @@ class ClusterState:
         self.lock.notify_all()
 
     def event(self, resource: str, kind: str, obj: dict) -> bool:
-        """Applies one watch event; True when the state changed."""
+        """Applies one watch event; True when the state changed.
+
+        The newest event of an object wins, whatever order they arrive in:
+        an event no newer than the last one seen for the same name (held, or
+        remembered as deleted) is dropped. Without numeric resourceVersions
+        the last to arrive wins."""
         new = slim(resource, obj)
-        key, uid, rv = key_of(new), _uid(new), _rv(new)
+        key, rv = key_of(new), _rv(new)
         with self.lock:
             have = self.objects[resource].get(key)
             gone = self.tombstones[resource].get(key)
+            last = max((v for v in (_rv(have) if have else None, gone) if v is not None), default=None)
+            if rv is not None and last is not None and rv <= last:
+                return False  # a duplicate, or older than what is known
             if kind == "DELETED":
+                if rv is not None:
+                    tombstones = self.tombstones[resource]
+                    tombstones.pop(key, None)
+                    tombstones[key] = rv
+                    while len(tombstones) > MAX_TOMBSTONES:
+                        del tombstones[next(iter(tombstones))]
                 if have is None:
                     return False
-                if uid is not None and _uid(have) is not None and uid != _uid(have):
-                    return False  # an older incarnation's delete: the one held was made after it
-                if rv is not None and _rv(have) is not None and rv < _rv(have):
-                    return False
                 del self.objects[resource][key]
-                self.tombstones[resource][key] = (uid, rv)
                 self._changed()
                 return True
-            if gone is not None and rv is not None and gone[1] is not None and rv <= gone[1]:
-                return False  # an event from before the deletion, arriving after it
-            if have is not None and rv is not None and _rv(have) is not None and rv <= _rv(have):
-                return False  # a duplicate, or older than what is held
             self.tombstones[resource].pop(key, None)
-            if have == new:
-                return False
-            changed = have is None or {k: v for k, v in have.items() if k != "metadata"} != \
-                {k: v for k, v in new.items() if k != "metadata"} or \
-                _meta_that_matters(have) != _meta_that_matters(new)
             self.objects[resource][key] = new
+            changed = have is None or _without_rv(have) != _without_rv(new)
             if changed:
                 self._changed()
             return changed
@@ -129,11 +126,6 @@ class ClusterState:
     def counts(self) -> dict:
         with self.lock:
             return {r: len(v) for r, v in self.objects.items()}
-
-
-def _meta_that_matters(obj: dict) -> tuple:
-    meta = obj.get("metadata") or {}
-    return (meta.get("labels"), meta.get("deletionTimestamp"), meta.get("uid"), meta.get("creationTimestamp"))
 
 
 def _without_rv(obj: dict) -> dict:

@@ -4,8 +4,12 @@ object never leaves any pod less isolated than before, whatever its last
 good version said.
 
 - A rejected NetworkPolicy isolates every pod of its namespace, for ingress
-  and egress, and admits nothing. A policy can only select pods of its own
-  namespace, so this covers whatever selector its previous version had.
+  and egress, and admits nothing: a policy can only select pods of its own
+  namespace, so this covers whatever selector its previous version had. The
+  agent, which knows each policy's last accepted version, narrows this to
+  the pods the rejected version's podSelector selects (in the directions its
+  policyTypes name, both when not given) and those the accepted version
+  selected (in its directions), when the podSelector can be read.
 - A rejected Pod (unless it is on the host network or finished) is
   quarantined: its addresses are isolated both ways and admitted nowhere,
   and no other pod may hold them. They are given to a pod of a namespace no
@@ -34,9 +38,15 @@ QUARANTINE_NAMESPACE = "(rejected pods)"
 QUARANTINE_POLICY = "quarantine"
 
 
-def fail_closed(cluster: Cluster) -> Cluster:
+def fail_closed(cluster: Cluster, previous: dict | None = None) -> Cluster:
     """A copy of the cluster in which every rejected object fails closed, or
-    InputRejected when some cannot. cluster.failed_closed says what was done."""
+    InputRejected when some cannot. cluster.failed_closed says what was done.
+
+    previous: the last accepted version of each NetworkPolicy by key (the
+    agent keeps them). When given, a rejected policy whose podSelector can
+    be read isolates only the pods that selector selects, plus those its
+    last accepted version selected, in the directions of both, instead of
+    its whole namespace: still never less isolation than before."""
     cannot = [r for r in cluster.rejections if not r.fail_closed or r.namespace is None
               or r.kind not in ("Namespace", "Pod", "NetworkPolicy")]
     if cannot:
@@ -53,10 +63,17 @@ def fail_closed(cluster: Cluster) -> Cluster:
         done.add((r.kind, r.object))
         if r.kind == "NetworkPolicy":
             name = r.object.split("/", 1)[1]
-            out.policies.append(NetworkPolicy(r.namespace, f"{name} (rejected #{i})", LabelSelector(),
-                                              ("Ingress", "Egress")))
-            out.failed_closed.append(f"NetworkPolicy {r.object}: every pod of namespace {r.namespace} is isolated "
-                                     "for ingress and egress by it, and it admits nothing")
+            scoped = previous is not None and r.scope is not None
+            selector, types = r.scope if scoped else (LabelSelector(), ("Ingress", "Egress"))
+            out.policies.append(NetworkPolicy(r.namespace, f"{name} (rejected #{i})", selector, types))
+            before = (previous or {}).get(r.object) if scoped else None
+            if before is not None:
+                out.policies.append(NetworkPolicy(r.namespace, f"{name} (rejected #{i}, as accepted before)",
+                                                  before.pod_selector, before.policy_types))
+            whom = "the pods its podSelector selects" + (" (and its last accepted version's)" if before else "") \
+                + " are" if scoped else f"every pod of namespace {r.namespace} is"
+            out.failed_closed.append(f"NetworkPolicy {r.object}: {whom} isolated for "
+                                     f"{' and '.join(t.lower() for t in types)} by it, and it admits nothing")
         elif r.kind == "Pod" and r.addresses:
             name = r.object.split("/", 1)[1]
             pod = Pod(QUARANTINE_NAMESPACE, f"{r.namespace}/{name} #{i}", {}, tuple(r.addresses))

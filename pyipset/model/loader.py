@@ -27,7 +27,8 @@ import yaml
 from ..errors import PyipsetError, brief, brief_text
 from . import schema
 from .objects import Cluster, Namespace, Rejection
-from .validation import Invalid, validate_name, parse_namespace, parse_pod, parse_policy, rejected_pod_addresses, resolve_shared_ips
+from .validation import (Invalid, validate_name, parse_namespace, parse_pod, parse_policy, rejected_policy_scope,
+                         rejected_pod_addresses, resolve_shared_ips)
 
 SUFFIXES = (".yaml", ".yml", ".json")
 KINDS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
@@ -280,8 +281,9 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool) -> 
 
     def reject(path: str, value, reason: str) -> None:
         addresses, readable = rejected_pod_addresses(obj) if kind == "Pod" else ((), True)
+        scope = rejected_policy_scope(obj) if kind == "NetworkPolicy" else None
         cluster.rejections.append(Rejection(kind, name, path, value, reason, source, namespace=namespace,
-                                            addresses=addresses, fail_closed=readable))
+                                            addresses=addresses, fail_closed=readable, scope=scope))
 
     api = obj.get("apiVersion")
     if api != KINDS[kind]:

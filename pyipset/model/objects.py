@@ -137,6 +137,9 @@ class Rejection:
     namespace: Optional[str] = None  # the object's namespace (a Namespace's own name), when it can be read
     addresses: tuple = ()  # a rejected pod's addresses, as far as they can be read
     fail_closed: bool = True  # False: too little is known of it to fail closed (an unreadable address, file, kind)
+    # A rejected NetworkPolicy whose podSelector can be read: (LabelSelector, policy types) it fails closed
+    # for; None: its whole namespace, both ways.
+    scope: Optional[tuple] = None
 
     def __str__(self) -> str:
         where = f"{self.source}: " if self.source else ""

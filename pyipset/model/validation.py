@@ -380,6 +380,24 @@ def _parse_rules(spec: dict, direction: str, peer_key: str) -> tuple:
     return tuple(rules)
 
 
+def rejected_policy_scope(obj: dict):
+    """(pod selector, policy types) a rejected NetworkPolicy fails closed for,
+    when its podSelector can be read: the directions its policyTypes name, or
+    both when they cannot be read or are not given (its rules, which would
+    decide the default, are what was rejected). None: not readable."""
+    spec = obj.get("spec") if isinstance(obj, dict) else None
+    if not isinstance(spec, dict) or "podSelector" not in spec:
+        return None
+    try:
+        selector = parse_selector(spec.get("podSelector"), "spec.podSelector")
+    except Invalid:
+        return None
+    raw = spec.get("policyTypes")
+    if isinstance(raw, list) and raw and all(t in ("Ingress", "Egress") for t in raw):
+        return selector, tuple(t for t in ("Ingress", "Egress") if t in raw)
+    return selector, ("Ingress", "Egress")
+
+
 def parse_policy(obj: dict) -> NetworkPolicy:
     meta = _meta(obj)
     name = validate_name(meta.get("name"), "metadata.name")

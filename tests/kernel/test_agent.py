@@ -9,6 +9,7 @@ import json
 import signal
 import socket
 import subprocess
+import threading
 import sys
 import time
 import urllib.request
@@ -189,3 +190,118 @@ def test_changes_through_the_api_change_real_connectivity(api, tmp_path):
         assert codes == [0, 0]
         # SIGTERM leaves the rules: the kernel still holds the program
         assert kernel_converged(api, lab)
+
+
+def test_faults_never_open_a_window(api, tmp_path):
+    """Through every fault, continuous probers of an allowed and a denied
+    pair never see the other verdict, and after each fault the kernel holds
+    exactly the program for what the API holds."""
+    universe = [namespace("a"), namespace("b"),
+                pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
+                pod("a/db", "192.0.2.2", {"app": "db"}, node="n0"),
+                pod("b/cli", "198.51.100.1", {"role": "client"}, node="n0"), DB]
+    load_into(api, universe)
+    with LabNode(load_objects(universe), nodes=1, program=False) as lab:
+        node = lab.nodes[0]
+        assert node.name == "n0"
+        # a previous version's program (the whole cluster's, another attach) is live: the agent adopts it
+        from pyipset.compile.program import Attach
+        from pyipset.kernel.backend import apply_programs
+        c = load_objects(universe)
+        apply_programs([compile_cluster(c, f, attach=Attach("bridge", "weave"))
+                        for f in program_families(c)], node.kernel)
+        allowed = lab.watch("a/web", "a/db", "TCP", 5432, 40)
+        denied = lab.watch("b/cli", "a/db", "TCP", 5432, 40)
+        time.sleep(0.5)
+        agent = AgentProcess(api, node, tmp_path, "--resync-period", "1")
+        try:
+            agent.wait_ready()
+            wait_converged(api, lab, [agent])
+
+            extra = [pod(f"b/x{i}", f"198.18.{i // 200}.{i % 200 + 1}", {"i": str(i % 5)}, node="n0")
+                     for i in range(300)]
+            burst = threading.Thread(target=load_into, args=(api, extra))
+            burst.start()
+            while burst.is_alive():  # streams cut mid-burst
+                time.sleep(0.02)
+                api.cut_watches()
+            wait_converged(api, lab, [agent])
+
+            api.compact()  # 410 on resume: relist
+            api.cut_watches()
+            for i in range(0, 300, 2):
+                api.delete("Pod", f"b/x{i}")
+            wait_converged(api, lab, [agent])
+            assert agent.metric("pyipset_watch_restarts_total", reason="gone") >= 1
+
+            api.fail_next(500, times=3, match="/pods")  # errors, and a 429 with Retry-After
+            api.fail_next(429, times=1, retry_after=1, match="/networkpolicies")
+            api.cut_watches()
+            load_into(api, [policy("b/quiet", {"podSelector": {"matchLabels": {"i": "1"}}})])
+            wait_converged(api, lab, [agent])
+
+            api.duplicate = api.reorder = True  # duplicated and reordered events
+            for i in range(1, 300, 2):
+                load_into(api, [pod(f"b/x{i}", f"198.18.{i // 200}.{i % 200 + 1}", {"i": "moved"}, node="n0")])
+            wait_converged(api, lab, [agent])
+            api.duplicate = api.reorder = False
+
+            api.delete("Pod", "b/x1")  # an address reused by a pod with other labels
+            load_into(api, [pod("b/reuse", "198.18.0.2", {"app": "web"}, node="n0")])
+            wait_converged(api, lab, [agent])
+
+            back = api.outage(2.0)  # unreachable for a while, changes meanwhile
+            load_into(api, [pod("b/during", "198.18.5.5", {"app": "web"}, node="n0")])
+            back.join()
+            wait_converged(api, lab, [agent])
+
+            load_into(api, [pod(f"b/y{i}", f"198.18.{10 + i // 200}.{i % 200 + 1}", node="n0")
+                            for i in range(200)])
+            agent.stop(signal.SIGKILL)  # killed mid-update, then restarted
+            agent = AgentProcess(api, node, tmp_path, "--resync-period", "1")
+            agent.wait_ready()
+            wait_converged(api, lab, [agent])
+
+            sets = node.kernel.run("ipset", "list", "-n").stdout.split()
+            victim = next(s for s in sets if s.startswith("pyi-") and node.kernel.run(
+                "ipset", "list", s).stdout.count("\n198.18.") > 0)
+            member = next(line for line in node.kernel.run("ipset", "list", victim).stdout.splitlines()
+                          if line.startswith("198.18."))
+            node.kernel.run("ipset", "del", victim, member.split()[0])  # drift behind its back: a member
+            node.kernel.run("iptables", "-w", "-A", "PYIPSET-INGRESS", "-j", "RETURN")  # and a rule (inert)
+            wait_converged(api, lab, [agent])
+            assert agent.metric("pyipset_drift_repaired_total") >= 2
+        finally:
+            agent.stop()
+        results = [json.loads(p.communicate(timeout=60)[0]) for p in (allowed, denied)]
+    assert results[0]["fail"] == 0 and results[0]["ok"] > 50, results[0]
+    assert results[1]["ok"] == 0 and results[1]["fail"] > 5, results[1]
+
+
+def test_an_unenforceable_policy_fails_closed_and_the_rest_is_enforced(api, tmp_path):
+    """A policy this agent cannot read as written (an unknown field: an API
+    server of another version may store it) isolates the pods it selects and
+    admits nothing; the other policies hold; a metric and the log name it."""
+    universe = [namespace("a"), pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
+                pod("a/db", "192.0.2.2", {"app": "db"}, node="n0"),
+                pod("a/cache", "192.0.2.3", {"app": "cache"}, node="n0"), DB]
+    load_into(api, universe)
+    future = policy("a/cache", {"podSelector": {"matchLabels": {"app": "cache"}}, "policyTypes": ["Ingress"],
+                                "ingress": [{"from": [{"podSelector": {}}]}], "futureField": {"x": 1}})
+    api.apply(future)
+    with LabNode(load_objects(universe), nodes=1, program=False) as lab:
+        agent = AgentProcess(api, lab.nodes[0], tmp_path)
+        try:
+            agent.wait_ready()
+            assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)       # the valid policy admits
+            assert lab.connect("a/db", "a/web", "TCP", 5432, 0.5)       # web is not isolated
+            assert not lab.connect("a/web", "a/cache", "TCP", 80, 0.5)  # fails closed: admits nothing
+            assert not lab.connect("a/db", "a/cache", "UDP", 53, 0.5)
+            assert agent.metric("pyipset_policies_rejected") == 1
+        finally:
+            agent.stop()
+        assert "a/cache" in agent_log_text(tmp_path)
+
+
+def agent_log_text(tmp_path) -> str:
+    return "\n".join(p.read_text() for p in tmp_path.glob("agent-*.log"))
