@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job on the built-in example: the reachability matrix, one
 # explained verdict, and (as root) the same matrix from real packets in a lab
-# node built from network namespaces, beside the verifier's.
+# node built from network namespaces, beside the verifier's; then the agent
+# at work: watching the test API server, programming a lab node, following a
+# policy created through the API.
 set -euo pipefail
 here="$(cd "$(dirname "$0")" && pwd)"
 cd /  # use the installed package, whatever the current directory holds
@@ -15,6 +17,10 @@ echo
 if [ "$(id -u)" = 0 ]; then
   echo "== pyipset lab (TCP 80): the kernel, probed with real connections, beside the verifier"
   pyipset lab -f "$here" --port 80
+  echo
+  echo "== pyipset agent: the example served by the test API server, the agent programming a lab node,"
+  echo "   a policy arriving through the API and the lab's matrix following it"
+  python3 "$here/agent_demo.py"
 else
-  echo "== pyipset lab skipped: building network namespaces needs root"
+  echo "== pyipset lab and agent skipped: building network namespaces needs root"
 fi

@@ -1,0 +1,96 @@
+"""The agent's settings (one dataclass: flags over environment over
+defaults, each bad value a clear message and exit 2) and its deployment
+manifests (every object loads into the official client's models)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pyipset.agent.settings import Settings, add_arguments, from_args
+from pyipset.errors import UsageError
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+def parse(argv, env=None):
+    import argparse
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    return from_args(p.parse_args(argv), env or {})
+
+
+def test_flags_win_over_the_environment_over_defaults():
+    s = parse(["--batch-delay", "0.5"], {"NODE_NAME": "n1", "PYIPSET_BATCH_DELAY": "2", "PYIPSET_PAGE_SIZE": "7"})
+    assert (s.node_name, s.batch_delay, s.page_size, s.resync_period) == ("n1", 0.5, 7, 300.0)
+
+
+def test_every_setting_has_a_flag_an_environment_variable_and_a_reason():
+    import dataclasses
+    envs = [f.metadata["env"] for f in dataclasses.fields(Settings)]
+    assert len(set(envs)) == len(envs)
+    assert all(f.metadata["help"] for f in dataclasses.fields(Settings))
+
+
+@pytest.mark.parametrize("argv,env,message", [
+    ([], {}, "node name is not set"),
+    (["--node-name", "n1", "--batch-delay", "soon"], {}, "--batch-delay 'soon': expected seconds"),
+    (["--node-name", "n1", "--batch-delay", "nan"], {}, "expected seconds"),
+    (["--node-name", "n1"], {"PYIPSET_PAGE_SIZE": "0"}, "--page-size '0': expected 1 to 100000"),
+    (["--node-name", "n1", "--nflog-group", "70000"], {}, "expected 0 to 65535"),
+    (["--node-name", "n1", "--listen", "9586"], {}, "expected ADDRESS:PORT"),
+    (["--node-name", "n1", "--attach", "bridge:bad name"], {}, "bridge"),
+    (["--node-name", "Bad_Node"], {}, "invalid node name"),
+    (["--node-name", "n1", "--log-format", "xml"], {}, "expected text or json"),
+    (["--node-name", "n1", "--backoff-initial", "10", "--backoff-max", "1"], {}, "longer than --backoff-max"),
+])
+def test_a_bad_setting_is_a_clear_message(argv, env, message):
+    with pytest.raises(UsageError, match=message.replace("(", r"\(").replace("?", r"\?")):
+        parse(argv, env)
+
+
+def test_a_bad_setting_exits_2_without_a_traceback():
+    r = subprocess.run([sys.executable, "-m", "pyipset", "agent", "--node-name", "n1", "--resync-period", "-5"],
+                       capture_output=True, text=True, cwd="/", timeout=60)
+    assert r.returncode == 2 and "--resync-period '-5'" in r.stderr and "Traceback" not in r.stderr
+
+
+def deploy_objects():
+    out = []
+    for path in sorted(DEPLOY.glob("*.yaml")):
+        out += [(path.name, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return out
+
+
+@pytest.mark.parametrize("name,obj", deploy_objects(), ids=lambda v: v if isinstance(v, str) else v["kind"])
+def test_deploy_manifests_load_into_the_clients_models(name, obj):
+    from kubernetes.client import models
+    from pyipset.model import schema
+    cls = getattr(models, f"V1{obj['kind']}")
+    problems: list = []
+    schema._check(obj, cls.__name__, (), problems)
+    assert not problems, problems
+    assert cls.from_dict(obj) is not None
+
+
+def test_the_daemonset_is_what_an_operator_expects():
+    ds = next(o for _, o in deploy_objects() if o["kind"] == "DaemonSet")
+    spec = ds["spec"]["template"]["spec"]
+    agent = spec["containers"][0]
+    assert spec["hostNetwork"] and spec["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in spec["tolerations"]
+    assert ds["spec"]["updateStrategy"]["rollingUpdate"]["maxUnavailable"] == 1
+    env = {e["name"]: e for e in agent["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert agent["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert agent["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert not agent["securityContext"].get("privileged")
+    assert set(agent["securityContext"]["capabilities"]["add"]) <= {"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}
+    assert "/run/xtables.lock" in {m["mountPath"] for m in agent["volumeMounts"]}
+    role = next(o for _, o in deploy_objects() if o["kind"] == "ClusterRole")
+    assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in role["rules"])
+    assert sorted(res for r in role["rules"] for res in r["resources"]) == ["namespaces", "networkpolicies", "pods"]
