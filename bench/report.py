@@ -113,6 +113,18 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
         target("datapath: ipset layout flat from 0 to 10k other sources (within 10%)", ipset10k <= 1.1 * ipset0,
                f"{ipset0 / 1e3:.1f} -> {ipset10k / 1e3:.1f} us per connection; linear rules "
                f"{linear10k / 1e3:.1f} us")
+    for what in ("pod", "policy"):
+        for b in benches:
+            if b["group"] == f"agent: {what} created at the API -> in the kernel":
+                pods = 1000 if "1000-100" in b["name"] else 10000
+                limit = 50 if pods == 1000 else 100
+                p50, p99 = b["extra_info"]["p50_ms"], b["extra_info"]["p99_ms"]
+                target(f"agent: {what} created -> in the kernel, {pods:,} pods: p99 <= {limit} ms", p99 <= limit,
+                       f"p50 {p50:.0f} ms, p99 {p99:.0f} ms over {b['extra_info']['creations']}")
+    ready = next((b for b in benches if b["group"].startswith("agent: start to ready")), None)
+    if ready:
+        target("agent: start to ready, 10k pods, 1,000 policies: <= 5 s", ready["extra_info"]["ready_s"] <= 5,
+               f"{ready['extra_info']['ready_s']:.2f} s")
     singles = [ns_per_op(b) for b in benches if b["group"].startswith("single")]
     if singles:
         target("single `entry in s` (str): <= 250 ns", max(singles) <= 250, f"worst {max(singles):.0f} ns")

@@ -56,6 +56,29 @@ def list_calls(api) -> dict:
     return {r: (lambda m: lambda **q: m(_preload_content=False, **q))(m) for r, m in methods.items()}
 
 
+class ParseCache(dict):
+    """What parsing each object gave, by kind, name and resourceVersion
+    (model.load_objects(cache=...)); what one load did not ask for is
+    dropped after it (an object changed or gone)."""
+
+    def __init__(self):
+        super().__init__()
+        self.used: set = set()
+
+    def get(self, key, default=None):
+        self.used.add(key)
+        return super().get(key, default)
+
+    def __setitem__(self, key, value):
+        self.used.add(key)
+        super().__setitem__(key, value)
+
+    def prune(self) -> None:
+        for key in [k for k in self if k not in self.used]:
+            del self[key]
+        self.used = set()
+
+
 class Agent:
     def __init__(self, settings, calls=None):
         self.settings = settings
@@ -75,6 +98,7 @@ class Agent:
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self.rejected: set = set()  # what was logged as rejected, so each is logged once
         self.accepted: dict = {}  # key -> the last accepted version of each NetworkPolicy
+        self.parsed = ParseCache()
 
     # ---- health ----
 
@@ -144,7 +168,8 @@ class Agent:
                     self.state.lock.wait(max(0.0, wake - time.monotonic()))
 
     def _programs(self, objs: list) -> list:
-        cluster = load_objects(objs, source="api", strict=False)
+        cluster = load_objects(objs, source="api", strict=False, cache=self.parsed)
+        self.parsed.prune()
         for r in cluster.rejections:
             if str(r) not in self.rejected:
                 log.error("cannot enforce as written, fails closed: %s", r, extra={"object": r.object, "kind": r.kind})

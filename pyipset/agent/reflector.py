@@ -16,8 +16,9 @@
   by resource and reason.
 
 The official client makes the requests (configuration, authentication,
-transport); the JSON is read here, not by the client's models, which cost
-about 40x more per pod (bench/test_bench_agent.py)."""
+transport); the JSON is read here and only what the compiler needs is kept:
+decoding 10,000 pods takes 36 ms against 97 ms through the client's
+models (bench/test_bench_agent.py), and the models would keep whole objects."""
 
 from __future__ import annotations
 

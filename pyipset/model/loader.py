@@ -212,13 +212,18 @@ def load(paths: Iterable[str], limits: Limits = Limits(), strict: bool = True) -
     return _finish(cluster, seen)
 
 
-def load_objects(objects: Iterable[dict], source: str = "", strict: bool = True) -> Cluster:
-    """The same from objects already in memory (decoded YAML or API objects as dicts)."""
+def load_objects(objects: Iterable[dict], source: str = "", strict: bool = True,
+                 cache: Optional[dict] = None) -> Cluster:
+    """The same from objects already in memory (decoded YAML or API objects as dicts).
+
+    cache: a dict kept by the caller between loads (the agent's): what
+    parsing an object gave is kept by kind, name and resourceVersion, so an
+    object the API has not changed is not parsed again."""
     cluster = Cluster()
     seen: dict = {}
     for doc in objects:
         for obj, where in _objects(doc, source, cluster):
-            _add(obj, where, cluster, seen, strict)
+            _add(obj, where, cluster, seen, strict, cache)
     return _finish(cluster, seen)
 
 
@@ -267,7 +272,7 @@ def _identity(obj: dict) -> tuple:
     return kind, f"{namespace if isinstance(namespace, str) else '?'}/{name_text}", namespace if ns_ok else None
 
 
-def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool) -> None:
+def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cache: Optional[dict] = None) -> None:
     cluster.objects_read += 1
     kind, name, namespace = _identity(obj)
     if not isinstance(kind, str):
@@ -288,12 +293,19 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool) -> 
     api = obj.get("apiVersion")
     if api != KINDS[kind]:
         return reject("apiVersion", api, f"must be {KINDS[kind]}")
-    if strict or kind == "NetworkPolicy":
-        problems = schema.check(obj, kind)
-        if problems:
-            for path, value, reason in problems:
-                reject(path, value, reason)
-            return
+    meta = obj.get("metadata")
+    rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
+    memo = (kind, name, rv, strict) if cache is not None and isinstance(rv, str) and rv else None
+    outcome = cache.get(memo) if memo is not None else None
+    if outcome is None:
+        outcome = _parse(obj, kind, strict)
+        if memo is not None:
+            cache[memo] = outcome
+    problems, parsed, why_not, invalid = outcome
+    if problems:
+        for path, value, reason in problems:
+            reject(path, value, reason)
+        return
     if (kind, name) in seen:
         # Both copies are refused: which one was meant cannot be known.
         first = seen[(kind, name)]
@@ -302,25 +314,40 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool) -> 
             seen[(kind, name)] = None
         return reject("metadata.name", obj.get("metadata", {}).get("name"),
                       "duplicate: another object of this kind and name is in the input (both are refused)")
+    if invalid is not None:
+        reject(invalid.path, invalid.value, invalid.reason)
+        seen[(kind, name)] = None
+    elif kind == "Namespace":
+        cluster.namespaces[parsed.name] = parsed
+        seen[(kind, name)] = parsed
+    elif kind == "Pod":
+        if parsed is None:
+            cluster.notices.append(f"{source}: {why_not}")
+        else:
+            cluster.pods.append(parsed)
+        seen[(kind, name)] = parsed if parsed is not None else obj
+    else:
+        cluster.policies.append(parsed)
+        seen[(kind, name)] = parsed
+
+
+def _parse(obj: dict, kind: str, strict: bool) -> tuple:
+    """(schema problems, parsed object, why a pod takes no part, Invalid):
+    everything about one object that depends on the object alone, so that
+    the agent can keep it from one update to the next (by resourceVersion)."""
+    if strict or kind == "NetworkPolicy":
+        problems = schema.check(obj, kind)
+        if problems:
+            return problems, None, None, None
     try:
         if kind == "Namespace":
-            ns = parse_namespace(obj)
-            cluster.namespaces[ns.name] = ns
-            seen[(kind, name)] = ns
-        elif kind == "Pod":
+            return (), parse_namespace(obj), None, None
+        if kind == "Pod":
             pod, why_not = parse_pod(obj)
-            if pod is None:
-                cluster.notices.append(f"{source}: {why_not}")
-            else:
-                cluster.pods.append(pod)
-            seen[(kind, name)] = pod if pod is not None else obj
-        else:
-            policy = parse_policy(obj)
-            cluster.policies.append(policy)
-            seen[(kind, name)] = policy
+            return (), pod, why_not, None
+        return (), parse_policy(obj), None, None
     except Invalid as exc:
-        reject(exc.path, exc.value, exc.reason)
-        seen[(kind, name)] = None
+        return (), None, None, exc
 
 
 def _withdraw(cluster: Cluster, kind: str, loaded) -> None:

@@ -1,0 +1,150 @@
+"""The agent's figures (root): a pod or a policy created at the API until
+the kernel holds it (p50, p99), start to ready with the kernel programmed,
+and what reading a list costs through the client's models against reading
+the JSON (the reflectors read the JSON).
+
+The agent runs in this process against the test API server, programming a
+scratch network namespace, for node0 of synthetic clusters (bench/synthetic.py,
+50 pods per node). Quick mode (CI) times 20 creations at each size;
+PYIPSET_BENCH_FULL=1 times 1,000."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import subprocess
+import threading
+import time
+
+import pytest
+
+from apiserver import APIServer  # the test API server (tests/, on pytest's pythonpath)
+from synthetic import objects
+
+FULL = os.environ.get("PYIPSET_BENCH_FULL") == "1"
+CREATIONS = 1000 if FULL else 20
+NEW = int(ipaddress.IPv4Address("198.19.0.0"))
+
+
+def _root():
+    if os.geteuid() != 0:
+        pytest.fail("the agent benchmarks program a network namespace: run them as root")
+
+
+class Running:
+    """An API server with a synthetic cluster and an agent for node0 in a scratch netns."""
+
+    def __init__(self, pods: int, policies: int, tmp_path):
+        from pyipset.agent.loop import Agent
+        from pyipset.agent.settings import Settings
+        from pyipset.kernel.scratch import new_name
+        _root()
+        self.netns = new_name("bench")
+        subprocess.run(["ip", "netns", "add", self.netns], check=True)
+        self.api = APIServer().start()
+        objs = objects(pods, policies, nodes=max(1, pods // 50))
+        for kind in ("Namespace", "Pod", "NetworkPolicy"):
+            for o in objs:
+                if o["kind"] == kind:
+                    self.api.apply(o)
+        settings = Settings(node_name="node0", kubeconfig=self.api.kubeconfig(tmp_path / "kc.json"),
+                            netns=self.netns, listen="127.0.0.1:0", batch_delay=0.0)
+        self.agent = Agent(settings)
+        self.started = time.monotonic()
+        self.agent.start()
+        threading.Thread(target=self.agent.run, daemon=True).start()
+        self.agent.first_sync.wait(120)
+        self.ready_after = time.monotonic() - self.started
+        self.count = 0
+
+    def applied(self, kind: str, key: tuple) -> None:
+        """Waits until the agent has seen the object and applied a state holding it."""
+        resource = {"Pod": "pods", "NetworkPolicy": "networkpolicies"}[kind]
+        while True:
+            with self.agent.state.lock:
+                if key in self.agent.state.objects[resource]:
+                    version = self.agent.state.version
+                    break
+            time.sleep(0.0002)
+        while (self.agent.applied_version or -1) < version:
+            time.sleep(0.0002)
+
+    def create_pod(self) -> float:
+        i = self.count = self.count + 1
+        start = time.perf_counter()
+        self.api.apply({"apiVersion": "v1", "kind": "Pod",
+                        "metadata": {"name": f"new{i}", "namespace": "ns0", "labels": {"app": "app1"}},
+                        "spec": {"nodeName": "node0", "containers": [{"name": "c"}]},
+                        "status": {"phase": "Running", "podIP": str(ipaddress.IPv4Address(NEW + i))}})
+        self.applied("Pod", ("ns0", f"new{i}"))
+        return time.perf_counter() - start
+
+    def create_policy(self) -> float:
+        i = self.count = self.count + 1
+        start = time.perf_counter()
+        self.api.apply({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+                        "metadata": {"name": f"new{i}", "namespace": "ns0"},
+                        "spec": {"podSelector": {"matchLabels": {"app": "app2"}},
+                                 "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 1000 + i}]}]}})
+        self.applied("NetworkPolicy", ("ns0", f"new{i}"))
+        return time.perf_counter() - start
+
+    def close(self) -> None:
+        self.agent.shutdown()
+        self.api.stop()
+        subprocess.run(["ip", "netns", "delete", self.netns])
+
+
+def _percentiles(benchmark, times) -> None:
+    times = sorted(times)
+    benchmark.extra_info.update(p50_ms=1e3 * times[len(times) // 2],
+                                p99_ms=1e3 * times[min(len(times) - 1, int(len(times) * 0.99))],
+                                creations=len(times))
+
+
+@pytest.mark.parametrize("pods,policies", [(1000, 100), (10000, 1000)])
+@pytest.mark.parametrize("what", ["pod", "policy"])
+def test_created_at_the_api_to_the_kernel(benchmark, tmp_path, pods, policies, what):
+    benchmark.group = f"agent: {what} created at the API -> in the kernel"
+    run = Running(pods, policies, tmp_path)
+    try:
+        step = run.create_pod if what == "pod" else run.create_policy
+        step()  # warm
+        times = []
+        benchmark.pedantic(lambda: times.append(step()), rounds=CREATIONS, iterations=1)
+        _percentiles(benchmark, times)
+    finally:
+        run.close()
+
+
+def test_start_to_ready(benchmark, tmp_path):
+    """10k pods, 1,000 policies: from start to the first kernel update applied."""
+    benchmark.group = "agent: start to ready, 10,000 pods, 1,000 policies"
+    seconds = []
+
+    def start():
+        run = Running(10000, 1000, tmp_path)
+        seconds.append(run.ready_after)
+        run.close()
+    benchmark.pedantic(start, rounds=1 if not FULL else 3, iterations=1)
+    benchmark.extra_info["ready_s"] = min(seconds)
+
+
+@pytest.mark.parametrize("reader", ["client-models", "own-json"])
+def test_reading_a_list_of_10k_pods(benchmark, reader):
+    """What the reflector reads a page of pods with: the client's models, or
+    the JSON and only the fields the compiler needs."""
+    from kubernetes import client
+    from pyipset.agent.state import slim
+    benchmark.group = "agent: decode a list of 10,000 pods"
+    items = [o for o in objects(10000, 0) if o["kind"] == "Pod"]
+    for o in items:
+        o["spec"]["containers"][0]["image"] = "registry.example/app:1"
+    body = json.dumps({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "1"},
+                       "items": items})
+    if reader == "client-models":
+        benchmark(lambda: client.V1PodList.from_dict(json.loads(body)))
+    else:
+        benchmark(lambda: [slim("pods", o) for o in json.loads(body)["items"]])
+    benchmark.extra_info["ops"] = 10000
