@@ -148,7 +148,8 @@ class Agent:
             self.last_loop = now = time.monotonic()
             self.metrics.ready.set(1 if self.ready()[0] else 0)
             synced = all(r.synced.is_set() for r in self.reflectors)
-            pending = synced and self.state.version != self.applied_version
+            seen = self.state.version
+            pending = synced and seen != self.applied_version
             if pending and now >= retry_at:
                 if self.settings.batch_delay:
                     self.stop.wait(self.settings.batch_delay)  # the rest of a burst joins this update
@@ -162,9 +163,11 @@ class Agent:
                 self._reconcile()
                 next_reconcile = time.monotonic() + self.settings.resync_period
                 continue
+            # Nothing to do now (not synced, nothing new, or a retry not due): sleep until a
+            # change, unless one came in since `seen` was read.
             wake = min(next_reconcile, retry_at if pending else now + 1.0, now + 1.0)
             with self.state.lock:
-                if self.state.version == self.applied_version or not synced or pending:
+                if self.state.version == seen:
                     self.state.lock.wait(max(0.0, wake - time.monotonic()))
 
     def _programs(self, objs: list) -> list:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import itertools
 import json
 import os
 import signal
@@ -95,6 +96,7 @@ class Node:
     bridge_mac: str
     kernel: Kernel = None
     hosts: list = field(default_factory=list)
+    ready: bool = False  # it has its own address on its pod network (_node_address)
 
     @property
     def underlay(self) -> tuple:
@@ -114,7 +116,7 @@ def place_pods(cluster: Cluster, nodes: int) -> tuple:
         raise LabError(f"the pods name {len(named)} nodes ({', '.join(brief_text(n) for n in named[:5])}"
                        f"{', ...' if len(named) > 5 else ''}) but the lab has {nodes}: use --nodes {len(named)}")
     node_names = named + [n for n in (f"node{i}" for i in range(2 * nodes)) if n not in named][:nodes - len(named)]
-    spread = iter(range(10 ** 9))
+    spread = itertools.count()
     pods = [p if p.node else dataclasses.replace(p, node=node_names[next(spread) % nodes])
             for p in cluster.sorted_pods()]
     return node_names, dataclasses.replace(cluster, pods=pods)
@@ -463,7 +465,7 @@ class LabNode:
         node's address on cni0, or on lo when routed), with static neighbours
         both ways; its pods reach it through the bridge or their veth."""
         address = ipaddress.ip_address(f"{NODE_ADDRESS}{254 - node.index}")
-        if getattr(node, "ready", False):
+        if node.ready:
             return address
         n = node.netns
         dev = self.bridge if self.topology == "bridge" else "lo"

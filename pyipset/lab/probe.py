@@ -97,15 +97,23 @@ def _payload(fam: int, data: bytes) -> bytes:
     return data[(data[0] & 0x0F) * 4:] if fam == socket.AF_INET and data else data
 
 
-def _sctp_answer(s: socket.socket, port: int) -> None:
-    """Answers every INIT waiting on raw socket s for `port` with an INIT ACK."""
+def _sctp_waiting(s: socket.socket):
+    """(parsed packet, sender) of every INIT or INIT ACK waiting on the
+    non-blocking raw socket s (see parse_sctp); anything else is skipped."""
     while True:
         try:
             data, peer = s.recvfrom(65535)
         except (BlockingIOError, InterruptedError):
             return
         got = parse_sctp(_payload(s.family, data))
-        if got is None or got[1] != port or got[3] != SCTP_INIT or got[2] != 0:
+        if got is not None:
+            yield got, peer
+
+
+def _sctp_answer(s: socket.socket, port: int) -> None:
+    """Answers every INIT waiting on raw socket s for `port` with an INIT ACK."""
+    for got, peer in _sctp_waiting(s):
+        if got[1] != port or got[3] != SCTP_INIT or got[2] != 0:
             continue
         sport, _, _, _, their_tag = got
         cookie = os.urandom(8)  # State Cookie parameter (type 7), which an INIT ACK must carry
@@ -220,13 +228,8 @@ def probe_sctp(port: int, timeout: float, addrs: list) -> list:
             readable, _, _ = select.select(list(socks.values()), [], [],
                                            max(0.0, min(deadline, next_send) - time.monotonic()))
             for s in readable:
-                while True:
-                    try:
-                        data, peer = s.recvfrom(65535)
-                    except (BlockingIOError, InterruptedError):
-                        break
-                    got = parse_sctp(_payload(s.family, data))
-                    if got is None or got[3] != SCTP_INIT_ACK or got[0] != port:
+                for got, peer in _sctp_waiting(s):
+                    if got[3] != SCTP_INIT_ACK or got[0] != port:
                         continue
                     key = (socket.inet_pton(s.family, peer[0].split("%")[0]), got[1], got[2])
                     i = waiting.pop(key, None)
