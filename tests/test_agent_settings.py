@@ -94,3 +94,15 @@ def test_the_daemonset_is_what_an_operator_expects():
     role = next(o for _, o in deploy_objects() if o["kind"] == "ClusterRole")
     assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in role["rules"])
     assert sorted(res for r in role["rules"] for res in r["resources"]) == ["namespaces", "networkpolicies", "pods"]
+
+
+@pytest.mark.parametrize("kubeconfig", ["/nonexistent/kubeconfig", "{}"])
+def test_an_unusable_kubeconfig_exits_2_with_the_reason(tmp_path, kubeconfig):
+    if kubeconfig == "{}":
+        path = tmp_path / "kubeconfig.json"
+        path.write_text(kubeconfig)
+        kubeconfig = str(path)
+    r = subprocess.run([sys.executable, "-m", "pyipset", "agent", "--node-name", "n1", "--kubeconfig", kubeconfig,
+                        "--listen", "127.0.0.1:0"], capture_output=True, text=True, cwd="/", timeout=60)
+    assert r.returncode == 2, r.stderr
+    assert "cannot configure the API client from --kubeconfig" in r.stderr and "internal error" not in r.stderr

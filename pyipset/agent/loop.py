@@ -38,11 +38,17 @@ def api_client(settings):
     when given, else the pod's service account. No retries inside the
     client: the reflectors back off themselves."""
     from kubernetes import client, config
+    from ..errors import UsageError, brief_text
     cfg = client.Configuration()
-    if settings.kubeconfig:
-        config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
-    else:
-        config.load_incluster_config(client_configuration=cfg)
+    try:
+        if settings.kubeconfig:
+            config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
+        else:
+            config.load_incluster_config(client_configuration=cfg)
+    except (config.ConfigException, OSError, ValueError) as exc:
+        where = f"--kubeconfig {brief_text(settings.kubeconfig)}" if settings.kubeconfig else \
+            "the in-cluster service account (outside a cluster, give --kubeconfig)"
+        raise UsageError(f"cannot configure the API client from {where}: {brief_text(str(exc))}") from None
     cfg.retries = False
     return client.ApiClient(cfg)
 
