@@ -126,6 +126,13 @@ class _Compiler:
             self.pods_by_namespace.setdefault(p.namespace, []).append(p)
         self._selected: dict = {}
         self._namespaces: dict = {}
+        # For incremental updates (incremental.py): how each pod-derived set gets
+        # its members from one pod, the rules that flattening decided on, and
+        # the policies of each direction by namespace (a pod's group).
+        self.members_of: dict = {}  # set name -> pod -> [member]
+        self.eligible: list = []  # (policy, index, rule, direction): flattened or not, by size
+        self.groups: dict = {}  # direction -> {group key: pods}
+        self._policies_by_ns: dict = {}  # direction -> namespace -> [policy], sorted by key
 
     # ---- membership (memoized: many policies share selectors) ----
 
@@ -161,11 +168,34 @@ class _Compiler:
             return [p for n in namespaces for p in self.pods_by_namespace.get(n, ())]
         return [p for n in namespaces for p in self.pods_matching(n, peer.pod_selector)]
 
-    def pod_set(self, role: str, key_parts: tuple, pods, comment: str, peer_kind: str = "") -> str:
-        """A hash:ip set of the pods' addresses; pods may be a callable (computed on first use)."""
-        return self.sets.get(role, key_parts, "hash:ip",
+    def pod_set(self, role: str, key_parts: tuple, pods, comment: str, member_of, peer_kind: str = "") -> str:
+        """A hash:ip set of the pods' addresses; pods may be a callable (computed
+        on first use). member_of(pod): whether a pod belongs, the same rule for one pod."""
+        name = self.sets.get(role, key_parts, "hash:ip",
                              lambda: [str(ip) for p in (pods() if callable(pods) else pods) for ip in self.ips(p)],
                              comment, peer_kind)
+        if name not in self.members_of:
+            self.members_of[name] = lambda pod: [str(ip) for ip in self.ips(pod)] if member_of(pod) else []
+        return name
+
+    def is_local(self, pod: Pod) -> bool:
+        return self.node is None or pod.node == self.node
+
+    def peer_admits(self, policy: NetworkPolicy, peer: Peer, pod: Pod) -> bool:
+        """Whether a selector peer matches one pod (peer_pods for one pod)."""
+        if peer.namespace_selector is None:
+            if pod.namespace != policy.namespace:
+                return False
+        elif pod.namespace not in self.namespaces_matching(peer.namespace_selector):
+            return False
+        return peer.pod_selector is None or peer.pod_selector.matches(pod.labels)
+
+    def group_key(self, pod: Pod, direction: str) -> tuple:
+        """The policies isolating a pod in a direction here (its group; () if none)."""
+        if not self.is_local(pod):
+            return ()
+        return tuple(p.key for p in self._policies_by_ns[direction].get(pod.namespace, ())
+                     if p.pod_selector.matches(pod.labels))
 
     def peer_match(self, policy: NetworkPolicy, peer: Peer, dim: str) -> Optional[Match]:
         """The set match for one peer, or None if the peer cannot match in this family."""
@@ -187,8 +217,9 @@ class _Compiler:
             parts, kind = ("nspods", peer.namespace_selector.canonical(), peer.pod_selector.canonical()), "nspods"
             comment = (f"pods matching {peer.pod_selector.describe()} in namespaces matching "
                        f"{peer.namespace_selector.describe()}")
-        return Match("set", name=self.pod_set(ROLE_PEER, parts, lambda: self.peer_pods(policy, peer), comment, kind),
-                     dims=dim)
+        name = self.pod_set(ROLE_PEER, parts, lambda: self.peer_pods(policy, peer), comment,
+                            lambda pod: self.peer_admits(policy, peer, pod), kind)
+        return Match("set", name=name, dims=dim)
 
     def port_matches(self, spec: PortSpec) -> tuple:
         proto = PROTOCOL_NUMBERS[spec.protocol]
@@ -204,6 +235,12 @@ class _Compiler:
                 return out
             name = self.sets.get(ROLE_NAMED_PORT, ("namedport", spec.protocol, spec.port), "hash:ip,port", members,
                                  f"TCP/UDP/SCTP port named {spec.port} ({spec.protocol}) of every pod")
+
+            def member_of(pod, name=spec.port, protocol=spec.protocol):
+                number = pod.named_port(name, protocol)
+                return [] if number is None else [f"{ip},{KERNEL_PROTOCOL_NAMES[proto]}:{number}"
+                                                  for ip in self.ips(pod)]
+            self.members_of.setdefault(name, member_of)
             return (Match("proto", value=proto), Match("set", name=name, dims="dst,dst"))
         return (Match("proto", value=proto), Match("dport", value=spec.port, value2=spec.end_port or spec.port))
 
@@ -216,6 +253,7 @@ class _Compiler:
             return None
         if any(not isinstance(s.port, int) or s.end_port is not None for s in rule.ports):
             return None
+        self.eligible.append((policy, index, rule, direction))
         targets = [ip for p in self.local_selected(policy) for ip in self.ips(p)]
         peers = sorted({ip for peer in rule.peers for p in self.peer_pods(policy, peer) for ip in self.ips(p)})
         ports = sorted({(PROTOCOL_NUMBERS[s.protocol], s.port) for s in rule.ports})
@@ -274,9 +312,11 @@ class _Compiler:
         mid = len(keys) // 2
         left = self.group_tree(direction, keys[:mid], by_group, policy_chains, ok, denied)
         right = self.group_tree(direction, keys[mid:], by_group, policy_chains, ok, denied)
+        covered = frozenset(keys[:mid])
         left_set = self.pod_set(ROLE_GROUP, ("groups", direction, [list(k) for k in keys[:mid]]),
                                 lambda: [p for k in keys[:mid] for p in by_group[k]],
-                                f"pods selected by one of {mid} groups of {direction} policies")
+                                f"pods selected by one of {mid} groups of {direction} policies",
+                                lambda pod: self.group_key(pod, direction) in covered)
         name = tree_chain(direction, keys)
         self.program.chains[name] = [
             Rule((Match("set", name=left_set, dims=own_dim),), "GOTO", jump=left, origin="policy group search"),
@@ -293,6 +333,9 @@ class _Compiler:
         chain = direction_chain(direction)
         self.program.chains[chain] = []  # declared before its sub-chains
         policies = sorted((p for p in self.cluster.policies if kind in p.policy_types), key=lambda p: p.key)
+        by_ns = self._policies_by_ns[direction] = {}
+        for policy in policies:
+            by_ns.setdefault(policy.namespace, []).append(policy)
         policy_chains = {}
         selecting: dict = {}  # pod key -> (pod, [policy keys])
         for policy in policies:
@@ -307,12 +350,13 @@ class _Compiler:
         by_group: dict = {}
         for pod, keys in selecting.values():
             by_group.setdefault(tuple(keys), []).append(pod)
+        self.groups[direction] = by_group
         rules = []
         if by_group:
             # Pods no policy isolates fall off the end of this chain unmarked:
             # allowed, after ONE set lookup.
             iso = self.pod_set(ROLE_ISOLATED, ("isolated", direction), [pod for pod, _ in selecting.values()],
-                               f"pods isolated for {direction}")
+                               f"pods isolated for {direction}", lambda pod: bool(self.group_key(pod, direction)))
             denied = MARK_EGRESS_DENIED if direction == "egress" else MARK_INGRESS_DENIED
             root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok, denied)
             rules.append(Rule((Match("set", name=iso, dims=own_dim),), "GOTO", jump=root,
@@ -358,8 +402,8 @@ class _Compiler:
                     ("FORWARD", Rule((Match("in", name=b),), **to_entry)),
                     ("INPUT", Rule((Match("in", name=b),), **to_entry))]
         local = self.pod_set(ROLE_LOCAL, ("local", self.node or ""),
-                             [p for p in self.cluster.pods if self.node is None or p.node == self.node],
-                             "this node's pods: the hooks judge their traffic")
+                             [p for p in self.cluster.pods if self.is_local(p)],
+                             "this node's pods: the hooks judge their traffic", self.is_local)
         return [("FORWARD", Rule((Match("set", name=local, dims="dst"),), **to_entry)),
                 ("FORWARD", Rule((Match("set", name=local, dims="src"),), **to_entry))]
 

@@ -372,7 +372,9 @@ def _withdraw(cluster: Cluster, kind: str, loaded) -> None:
 
 
 def _finish(cluster: Cluster, seen: Optional[dict] = None) -> Cluster:
-    cluster.pods, notices = resolve_shared_ips(cluster.pods)
+    pods, notices = resolve_shared_ips(cluster.pods)
+    cluster.addresses_shared = pods is not cluster.pods
+    cluster.pods = pods
     cluster.notices.extend(notices)
     rejected_namespaces = {r.namespace for r in cluster.rejections if r.kind == "Namespace"}
     for pod in cluster.pods:

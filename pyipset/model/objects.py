@@ -157,6 +157,7 @@ class Cluster:
     notices: list = field(default_factory=list)  # str: skipped kinds, pods that take no part
     failed_closed: list = field(default_factory=list)  # str: what rejected objects became (failclosed.py)
     objects_read: int = 0  # objects in the input, of any kind, valid or not
+    addresses_shared: bool = False  # two pods claimed one address (validation.resolve_shared_ips decided)
 
     def sorted_pods(self) -> list:
         return sorted(self.pods, key=lambda p: (p.namespace, p.name))
