@@ -10,6 +10,12 @@ node's program, and reconciles the kernel with the program periodically.
 - An object the agent cannot enforce as written fails closed (a policy
   isolates the pods it selects, in its directions, and admits nothing; a pod
   is quarantined), logged by name and counted; everything else is enforced.
+- Pod churn (only pods changed since the last update, none of them
+  rejected, no policy group appearing or emptying) takes the incremental
+  path: the kept programs' set members change and one `ipset restore`
+  applies the difference (compile/incremental.py, kernel
+  apply_member_changes). Anything else, or a kernel refusing that, is a full
+  update. The periodic reconcile compiles in full and repairs what differs.
 - A failed update is logged, counted and retried with backoff; the agent
   never exits on one. SIGTERM stops it and leaves the rules in place."""
 
@@ -20,10 +26,11 @@ import threading
 import time
 
 from .. import __version__
-from ..compile.compiler import compile_cluster, program_families
+from ..compile.compiler import program_families
+from ..compile.incremental import Incremental
 from ..compile.program import Attach
 from ..errors import PyipsetError
-from ..kernel.backend import Kernel, apply_programs, reconcile_programs
+from ..kernel.backend import Kernel, apply_member_changes, apply_programs, reconcile_programs
 from ..model import fail_closed, load_objects
 from .health import HealthServer
 from .metrics import Metrics
@@ -105,6 +112,8 @@ class Agent:
         self.rejected: set = set()  # what was logged as rejected, so each is logged once
         self.accepted: dict = {}  # key -> the last accepted version of each NetworkPolicy
         self.parsed = ParseCache()
+        self.engine: Incremental = None  # the programs applied last, kept for pod churn
+        self.applied_objects = None  # resource -> {key: object} of the state they were compiled from
 
     # ---- health ----
 
@@ -192,22 +201,65 @@ class Agent:
         if cluster.rejections:
             cluster = fail_closed(cluster, previous=self.accepted)
         self.families |= set(program_families(cluster))
-        return [compile_cluster(cluster, family, nflog_group=self.settings.nflog_group, attach=self.attach,
-                                node=self.settings.node_name) for family in sorted(self.families)]
+        self.engine = Incremental(cluster, sorted(self.families), nflog_group=self.settings.nflog_group,
+                                  attach=self.attach, node=self.settings.node_name)
+        return self.engine.programs
+
+    def _pod_churn(self, objects: dict):
+        """The programs after the pods that changed since the last update, or
+        None when that is more than set members (see Incremental)."""
+        before = self.applied_objects
+        if self.engine is None or before is None:
+            return None
+        for resource in ("namespaces", "networkpolicies"):
+            was, now = before[resource], objects[resource]
+            if was.keys() != now.keys() or any(now[k] is not o for k, o in was.items()):
+                return None
+        was, now = before["pods"], objects["pods"]
+        keys = [k for k, o in now.items() if was.get(k) is not o] + [k for k in was if k not in now]
+        if len(keys) > max(100, len(now) // 100):
+            return None  # a relist or a mass change: one full compile costs less
+        changes = {}
+        for key in keys:
+            obj = now.get(key)
+            pod = None
+            if obj is not None:
+                one = load_objects([obj], source="api", strict=False, cache=self.parsed)
+                if one.rejections:
+                    return None  # fails closed: compile in full
+                pod = one.pods[0] if one.pods else None
+            changes[f"{key[0]}/{key[1]}"] = pod
+        return self.engine.pods_changed(changes)
 
     def _sync(self) -> bool:
         started = time.monotonic()
-        version, objs = self.state.manifests()
+        version, objects = self.state.snapshot()
+        previous = self.metrics.programs
+        programs, path = None, "full"
         try:
-            programs = self._programs(objs)
-            reports = apply_programs(programs, self.kernel)
-        except PyipsetError as exc:
-            self.last_error = str(exc)[:300]
-            self.metrics.apply_errors.inc()
-            log.error("kernel update failed, will retry: %s", exc)
-            return False
+            programs = self._pod_churn(objects)
+        except PyipsetError:
+            programs = None
+        if programs is not None:
+            try:
+                reports = apply_member_changes(previous, programs, self.kernel)
+                path = "incremental"
+            except (PyipsetError, ValueError) as exc:
+                log.warning("incremental update refused, updating in full: %s", exc)
+                programs = None
+        if programs is None:
+            try:
+                programs = self._programs([o for r in RESOURCES for o in objects[r].values()])
+                reports = apply_programs(programs, self.kernel)
+            except PyipsetError as exc:
+                self.engine = None
+                self.last_error = str(exc)[:300]
+                self.metrics.apply_errors.inc()
+                log.error("kernel update failed, will retry: %s", exc)
+                return False
+        self.applied_objects = objects
         self.metrics.programs = programs
-        self.metrics.kernel_updates.inc()
+        self.metrics.kernel_updates.labels(path).inc()
         self.metrics.sync_duration.observe(time.monotonic() - started)
         self.applied_version = version
         self.last_error = None
@@ -216,15 +268,17 @@ class Agent:
             log.info("first kernel update applied: %s", "; ".join(f"{p.family}: {r}" for p, r in
                                                                   zip(programs, reports)))
         else:
-            log.debug("kernel updated: %s", "; ".join(f"{p.family}: {r}" for p, r in zip(programs, reports)))
+            log.debug("kernel updated (%s): %s", path, "; ".join(f"{p.family}: {r}" for p, r in
+                                                                 zip(programs, reports)))
         return True
 
     def _reconcile(self) -> None:
-        version, objs = self.state.manifests()
+        version, objects = self.state.snapshot()
         try:
-            programs = self._programs(objs)
+            programs = self._programs([o for r in RESOURCES for o in objects[r].values()])
             drifts = reconcile_programs(programs, self.kernel)
         except PyipsetError as exc:
+            self.engine = None
             self.metrics.apply_errors.inc()
             log.error("reconcile failed, will retry: %s", exc)
             return
@@ -236,4 +290,5 @@ class Agent:
                 for line in d.lines():
                     log.warning("drift repaired: %s: %s", p.family, line)
         self.metrics.programs = programs
+        self.applied_objects = objects
         self.applied_version = version

@@ -37,7 +37,8 @@ class Metrics:
         self.sync_duration = Histogram(
             f"{PREFIX}_sync_duration_seconds", "Time from a change being seen to the kernel holding it "
             "(compile and apply)", registry=r, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
-        self.kernel_updates = Counter(f"{PREFIX}_kernel_updates", "Kernel updates applied", registry=r)
+        self.kernel_updates = Counter(f"{PREFIX}_kernel_updates", "Kernel updates applied, by path (incremental: "
+                                      "pod churn as set members; full: compile and apply)", ["path"], registry=r)
         self.apply_errors = Counter(f"{PREFIX}_apply_errors", "Kernel updates that failed (retried)", registry=r)
         self.drift_repaired = Counter(f"{PREFIX}_drift_repaired", "Differences between the kernel and the "
                                       "program found by a periodic reconcile and repaired", registry=r)

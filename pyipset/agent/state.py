@@ -123,6 +123,12 @@ class ClusterState:
         with self.lock:
             return self.version, [o for r in RESOURCES for o in self.objects[r].values()]
 
+    def snapshot(self) -> tuple:
+        """(state version, resource -> {key: object}) at one instant. Objects
+        are replaced, never changed in place, so identity tells what changed."""
+        with self.lock:
+            return self.version, {r: dict(v) for r, v in self.objects.items()}
+
     def counts(self) -> dict:
         with self.lock:
             return {r: len(v) for r, v in self.objects.items()}

@@ -451,6 +451,46 @@ def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all:
     return report
 
 
+def apply_member_changes(before: list, after: list, kernel: Kernel) -> list:
+    """Brings the kernel from `before` to `after`, programs (one per family)
+    that differ only in the members of sets they both have: the agent's path
+    for pod churn (compile/incremental.py). `before` is what this process
+    applied last, trusted to be what the kernel holds (the agent's periodic
+    reconcile checks that); nothing is read back. One `ipset restore`, ordered
+    as ipset_scripts orders an update: removals from the isolation sets
+    first, additions to them last, everything else between. Every line is
+    `-exist`, so only a missing set fails it (KernelError: the caller applies
+    in full, which reads the kernel). Returns what changed, per program."""
+    first, middle, last = [], [], []
+    reports = []
+    for old, new in zip(before, after, strict=True):
+        if old.family != new.family or (old.chains is not new.chains and old.chains != new.chains) \
+                or (old.hooks is not new.hooks and old.hooks != new.hooks):
+            raise ValueError("only set members may differ: apply the programs in full")
+        report = ApplyReport()
+        for name, setdef in new.sets.items():
+            had = old.sets.get(name)
+            if had is setdef:
+                continue
+            if had is None or (had.type, had.family) != (setdef.type, setdef.family):
+                raise ValueError(f"set {name} is new or of another type: apply the programs in full")
+            was, now = set(had.members), set(setdef.members)
+            gone, added = sorted(was - now), sorted(now - was)
+            isolation = setdef.role == ROLE_ISOLATED
+            (first if isolation else middle).extend(f"del {name} {m.split()[0]} -exist" for m in gone)
+            (last if isolation else middle).extend(f"add {name} {m} -exist" for m in added)
+            report.members_added += len(added)
+            report.members_removed += len(gone)
+        if set(old.sets) != set(new.sets):
+            raise ValueError("the programs' sets differ: apply the programs in full")
+        reports.append(report)
+    lines = first + middle + last
+    if lines:
+        with kernel.locked():
+            kernel.run("ipset", "restore", input="\n".join(lines) + "\n")
+    return reports
+
+
 def _references_to(lines: list, targets: set) -> list:
     """The rules (iptables-save -A lines) outside our chains that jump or go to one of `targets`."""
     out = []

@@ -184,6 +184,8 @@ def test_changes_through_the_api_change_real_connectivity(api, tmp_path):
                 wait_converged(api, lab, agents)
                 matrix_matches(api, lab, CASES)
             assert all(a.metric("pyipset_kernel_updates_total") >= 2 for a in agents)
+            # pod churn on the other node only changes set members here: the incremental path
+            assert sum(a.metric("pyipset_kernel_updates_total", path="incremental") for a in agents) >= 2
             assert all(a.get("/healthz")[0] == 200 for a in agents)
         finally:
             codes = [a.stop() for a in agents]

@@ -177,3 +177,36 @@ def test_apply_with_node_enforces_that_nodes_program(netns, tmp_path):
         assert sets == expected_sets(program)
         assert {c: n for c, n in chains.items() if c != "hooks"} == {c: len(r) for c, r in program.chains.items()}
     assert len(compile_cluster(cluster(*objs), "inet", node="n1").chains) < len(program.chains)
+
+
+def test_member_changes_bring_the_kernel_to_the_new_program(netns):
+    """apply_member_changes (the agent's path for pod churn) leaves the kernel
+    exactly as a full apply of the new program would; a set removed behind
+    its back is an error (the agent then applies in full), never a silent gap."""
+    import pytest
+    from pyipset.compile.incremental import Incremental
+    from pyipset.kernel.backend import KernelError, apply_member_changes, diff
+    kernel = Kernel(netns=netns.name)
+    before = base(extra_pods=[pod("a/web2", "192.0.2.3", {"app": "web"})])
+    inc = Incremental(before, ["inet"])
+    apply(inc.programs[0], kernel)
+    old = inc.programs
+    after = base(extra_pods=[pod("a/web3", "192.0.2.4", {"app": "web"}, [("http", 80, "TCP")])])
+    changes = {"a/web2": None, "a/web3": next(p for p in after.pods if p.name == "web3")}
+    new = inc.pods_changed(changes)
+    assert new is not None
+    reports = apply_member_changes(old, new, kernel)
+    assert reports[0].members_added > 0 and reports[0].members_removed > 0
+    assert diff(new[0], kernel).total() == 0
+    assert diff(compile_cluster(after, "inet"), kernel).total() == 0
+    with pytest.raises(ValueError):
+        apply_member_changes(new, [compile_cluster(base(extra_policies=[policy("a/x", {"podSelector": {}})]),
+                                                   "inet")], kernel)
+    victim = next(n for n, s in new[0].sets.items() if "192.0.2.4" in " ".join(s.members)
+                  and s.role != "isolated")
+    kernel.run("iptables", "-F")
+    kernel.run("iptables", "-X")
+    kernel.run("ipset", "destroy", victim)
+    back = inc.pods_changed({"a/web3": None, "a/web2": next(p for p in before.pods if p.name == "web2")})
+    with pytest.raises(KernelError):
+        apply_member_changes(new, back, kernel)
