@@ -166,3 +166,30 @@ def test_structure_changes_are_declined():
         inc = Incremental(before, ["inet"], node="n1")
         assert inc.pods_changed(changes_between(before, load_objects(_objects(extra)))) is None, extra
         same_program(inc.programs[0], compile_cluster(before, "inet", node="n1"))  # kept as it was
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=cluster_objects(), other=cluster_objects(), data=st.data())
+def test_policy_changes_give_what_a_full_compile_gives(objs, other, data):
+    """Policies replaced (some kept, some dropped, some new), after pod churn
+    or not: the recompile that takes pod-derived sets from the kept programs
+    equals a full compile."""
+    before_objs, after_objs = data.draw(pod_churn(objs))
+    before, after = load_objects(before_objs), load_objects(after_objs)
+    if before.rejections or after.rejections:
+        return
+    node = data.draw(st.sampled_from([None, *NODES]))
+    inc = Incremental(before, FAMILIES, node=node)
+    cluster = before
+    if data.draw(st.booleans()) and inc.pods_changed(changes_between(before, after)) is not None:
+        cluster = after
+    kept = [p for p in cluster.policies if data.draw(st.booleans())]
+    new = [p for p in load_objects([o for o in other if o["kind"] == "NetworkPolicy"]).policies
+           if p.key not in {k.key for k in kept}]
+    policies = kept + new
+    got = inc.policies_changed(policies)
+    assert got is not None
+    import dataclasses
+    want_cluster = dataclasses.replace(cluster, policies=policies)
+    for program, family in zip(got, FAMILIES):
+        same_program(program, compile_cluster(want_cluster, family, node=node))

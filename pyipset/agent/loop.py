@@ -10,12 +10,16 @@ node's program, and reconciles the kernel with the program periodically.
 - An object the agent cannot enforce as written fails closed (a policy
   isolates the pods it selects, in its directions, and admits nothing; a pod
   is quarantined), logged by name and counted; everything else is enforced.
-- Pod churn (only pods changed since the last update, none of them
-  rejected, no policy group appearing or emptying) takes the incremental
-  path: the kept programs' set members change and one `ipset restore`
-  applies the difference (compile/incremental.py, kernel
-  apply_member_changes). Anything else, or a kernel refusing that, is a full
-  update. The periodic reconcile compiles in full and repairs what differs.
+- Between reconciles the agent trusts its record of the kernel (the
+  programs it applied) and applies only the difference (kernel
+  apply_changes, no read back, no dry run: iptables-restore is one
+  transaction, and set changes before it are the kind pod churn makes).
+  Pod churn (only pods changed, none rejected, no policy group appearing or
+  emptying) changes the kept programs' set members without compiling;
+  policy churn compiles again with the pod-derived sets taken from the kept
+  programs (compile/incremental.py). Anything else is a full load and
+  compile; an error, a full update that reads the kernel. The periodic
+  reconcile reads the kernel back and repairs what differs.
 - A failed update is logged, counted and retried with backoff; the agent
   never exits on one. SIGTERM stops it and leaves the rules in place."""
 
@@ -29,8 +33,8 @@ from .. import __version__
 from ..compile.compiler import program_families
 from ..compile.incremental import Incremental
 from ..compile.program import Attach
-from ..errors import PyipsetError
-from ..kernel.backend import Kernel, apply_member_changes, apply_programs, reconcile_programs
+from ..errors import PyipsetError, brief_text
+from ..kernel.backend import Kernel, apply_changes, apply_programs, reconcile_programs
 from ..model import fail_closed, load_objects
 from .health import HealthServer
 from .metrics import Metrics
@@ -114,6 +118,7 @@ class Agent:
         self.parsed = ParseCache()
         self.engine: Incremental = None  # the programs applied last, kept for pod churn
         self.applied_objects = None  # resource -> {key: object} of the state they were compiled from
+        self.trusted = False  # the kernel holds metrics.programs (applied by this process, no error since)
 
     # ---- health ----
 
@@ -231,32 +236,61 @@ class Agent:
             changes[f"{key[0]}/{key[1]}"] = pod
         return self.engine.pods_changed(changes)
 
+    def _policy_churn(self, objects: dict):
+        """The programs after the policies that changed since the last update
+        when nothing else did, or None (see Incremental.policies_changed)."""
+        before = self.applied_objects
+        if self.engine is None or before is None:
+            return None
+        for resource in ("namespaces", "pods"):
+            was, now = before[resource], objects[resource]
+            if was.keys() != now.keys() or any(now[k] is not o for k, o in was.items()):
+                return None
+        was, now = before["networkpolicies"], objects["networkpolicies"]
+        policies = {p.key: p for p in self.engine.cluster.policies}
+        for key in [k for k in was if k not in now]:
+            del policies[f"{key[0]}/{key[1]}"]
+        for key, obj in now.items():
+            if was.get(key) is obj:
+                continue
+            one = load_objects([obj], source="api", strict=False, cache=self.parsed)
+            if one.rejections or len(one.policies) != 1:
+                return None  # fails closed: load and compile in full
+            policies[one.policies[0].key] = one.policies[0]
+        self.accepted.update(policies)
+        return self.engine.policies_changed(list(policies.values()))
+
     def _sync(self) -> bool:
+        """One kernel update. Between reconciles the agent trusts its record of
+        the kernel (the programs it applied last) and applies the difference
+        (apply_changes); the first update, and any after an error, reads the
+        kernel and brings it to the program whatever it holds (apply_programs)."""
         started = time.monotonic()
         version, objects = self.state.snapshot()
-        previous = self.metrics.programs
-        programs, path = None, "full"
+        previous = self.metrics.programs if self.trusted else None
+        self.trusted = False  # until this update is applied
+        path, programs = "incremental", None
         try:
-            programs = self._pod_churn(objects)
-        except PyipsetError:
-            programs = None
-        if programs is not None:
-            try:
-                reports = apply_member_changes(previous, programs, self.kernel)
-                path = "incremental"
-            except (PyipsetError, ValueError) as exc:
-                log.warning("incremental update refused, updating in full: %s", exc)
-                programs = None
-        if programs is None:
-            try:
-                programs = self._programs([o for r in RESOURCES for o in objects[r].values()])
+            programs = (self._pod_churn(objects) or self._policy_churn(objects)) if previous else None
+            if programs is None:
+                path, programs = "full", self._programs([o for r in RESOURCES for o in objects[r].values()])
+            reports = None
+            if previous is not None:
+                try:
+                    reports = apply_changes(previous, programs, self.kernel, dry_run=False)
+                except (PyipsetError, ValueError) as exc:
+                    log.warning("updating from the kernel's contents: %s", brief_text(str(exc)))
+                    if path == "incremental":
+                        path, programs = "full", self._programs([o for r in RESOURCES for o in objects[r].values()])
+            if reports is None:
                 reports = apply_programs(programs, self.kernel)
-            except PyipsetError as exc:
-                self.engine = None
-                self.last_error = str(exc)[:300]
-                self.metrics.apply_errors.inc()
-                log.error("kernel update failed, will retry: %s", exc)
-                return False
+        except PyipsetError as exc:
+            self.engine = None
+            self.last_error = str(exc)[:300]
+            self.metrics.apply_errors.inc()
+            log.error("kernel update failed, will retry: %s", exc)
+            return False
+        self.trusted = True
         self.applied_objects = objects
         self.metrics.programs = programs
         self.metrics.kernel_updates.labels(path).inc()
@@ -279,6 +313,7 @@ class Agent:
             drifts = reconcile_programs(programs, self.kernel)
         except PyipsetError as exc:
             self.engine = None
+            self.trusted = False
             self.metrics.apply_errors.inc()
             log.error("reconcile failed, will retry: %s", exc)
             return
@@ -290,5 +325,6 @@ class Agent:
                 for line in d.lines():
                     log.warning("drift repaired: %s: %s", p.family, line)
         self.metrics.programs = programs
+        self.trusted = True
         self.applied_objects = objects
         self.applied_version = version

@@ -93,33 +93,43 @@ LOG_RATE = 100  # denied connections logged per second, at most ...
 LOG_BURST = 200  # ... after a burst of this many
 
 
+# Roles whose members follow from the set's key, the pods and the namespaces
+# alone (not from the policies): a compile for changed policies and the same
+# pods may take them from the previous program (incremental.py).
+REUSABLE_ROLES = (ROLE_PEER, ROLE_NAMED_PORT, ROLE_LOCAL, ROLE_BLOCK)
+
+
 class _Sets:
     """Named sets by canonical key, for one program. Members are computed only
-    the first time a key is asked for."""
+    the first time a key is asked for, or taken from `reuse` (set key ->
+    members, for REUSABLE_ROLES, as of the same pods and namespaces)."""
 
-    def __init__(self, program: RuleProgram):
+    def __init__(self, program: RuleProgram, reuse: Optional[dict] = None):
         self.program = program
+        self.reuse = reuse or {}
 
     def get(self, role: str, key_parts: tuple, set_type: str, members, comment: str, peer_kind: str = "") -> str:
         key = naming.set_key(role, self.program.family, key_parts, peer_kind)
         name = naming.set_name(role, key, peer_kind)
         if name not in self.program.sets:
-            values = members() if callable(members) else members
-            self.program.sets[name] = SetDef(name, set_type, self.program.family, tuple(sorted(set(values))), key,
-                                             comment, role)
+            values = self.reuse.get(key) if role in REUSABLE_ROLES else None
+            if values is None:
+                values = members() if callable(members) else members
+                values = tuple(sorted(set(values)))
+            self.program.sets[name] = SetDef(name, set_type, self.program.family, values, key, comment, role)
         return name
 
 
 class _Compiler:
     def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
-                 node: Optional[str] = None, attach: Attach = Attach()):
+                 node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None):
         self.cluster = cluster
         self.node = node
         self.attach = attach
         self.nflog_group = nflog_group
         self.version = 4 if family == "inet" else 6
         self.program = RuleProgram(family)
-        self.sets = _Sets(self.program)
+        self.sets = _Sets(self.program, reuse)
         self.flatten_limit = flatten_limit
         self.pods_by_namespace: dict = {}
         for p in cluster.pods:

@@ -451,43 +451,71 @@ def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all:
     return report
 
 
-def apply_member_changes(before: list, after: list, kernel: Kernel) -> list:
-    """Brings the kernel from `before` to `after`, programs (one per family)
-    that differ only in the members of sets they both have: the agent's path
-    for pod churn (compile/incremental.py). `before` is what this process
-    applied last, trusted to be what the kernel holds (the agent's periodic
-    reconcile checks that); nothing is read back. One `ipset restore`, ordered
-    as ipset_scripts orders an update: removals from the isolation sets
-    first, additions to them last, everything else between. Every line is
-    `-exist`, so only a missing set fails it (KernelError: the caller applies
-    in full, which reads the kernel). Returns what changed, per program."""
-    first, middle, last = [], [], []
+def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = True) -> list:
+    """Brings the kernel from `before` to `after` (one program per family,
+    the same families), trusting that it holds `before`: the agent's path
+    between reconciles, where `before` is what it applied last. Nothing is
+    read back; what differs is found by comparing the two programs (sets by
+    their members, chains by their rules, hooks as rendered), and applied in
+    the order apply_programs uses. dry_run: load the new chains into a
+    scratch namespace first (expected_chains) when any chain changes, so a
+    program the kernel refuses is refused before the first change.
+
+    Errors (KernelError: a set or member missing behind our back; a refused
+    program) leave the kernel safe to bring up to date with apply_programs,
+    which reads it: the agent does so. ValueError: the families differ."""
+    if [p.family for p in before] != [p.family for p in after]:
+        raise ValueError("the families differ: apply the programs in full")
+    plans = []
+    for old, new in zip(before, after):
+        # Isolation sets first: a pod leaves isolation before it leaves its group's sets.
+        sets = {n: d for n, d in sorted(new.sets.items(), key=lambda item: item[1].role != ROLE_ISOLATED)
+                if old.sets.get(n) != d}
+        current = {n: KernelSet(n, d.type, d.family, set(kernel_members(d))) for n, d in old.sets.items() if n in sets}
+        wanted = {n: set(kernel_members(d)) for n, d in sets.items()}
+        blocks, last = ipset_scripts(dataclasses.replace(new, sets=sets), current, wanted)
+        chains = [c for c in new.chains if old.chains.get(c) != new.chains[c]]
+        old_hooks, new_hooks = render_hooks(old), render_hooks(new)
+        add = ["-I " + h[len("-A "):].replace(" ", " 1 ", 1) for h in new_hooks if h not in old_hooks]
+        drop = ["-D " + h[len("-A "):] for h in old_hooks if h not in new_hooks]
+        stale_chains = [c for c in old.chains if c not in new.chains]
+        stale_sets = [n for n in old.sets if n not in new.sets]
+        plans.append((new, blocks, last, chains, add, drop, stale_chains, stale_sets))
     reports = []
-    for old, new in zip(before, after, strict=True):
-        if old.family != new.family or (old.chains is not new.chains and old.chains != new.chains) \
-                or (old.hooks is not new.hooks and old.hooks != new.hooks):
-            raise ValueError("only set members may differ: apply the programs in full")
-        report = ApplyReport()
-        for name, setdef in new.sets.items():
-            had = old.sets.get(name)
-            if had is setdef:
-                continue
-            if had is None or (had.type, had.family) != (setdef.type, setdef.family):
-                raise ValueError(f"set {name} is new or of another type: apply the programs in full")
-            was, now = set(had.members), set(setdef.members)
-            gone, added = sorted(was - now), sorted(now - was)
-            isolation = setdef.role == ROLE_ISOLATED
-            (first if isolation else middle).extend(f"del {name} {m.split()[0]} -exist" for m in gone)
-            (last if isolation else middle).extend(f"add {name} {m} -exist" for m in added)
-            report.members_added += len(added)
-            report.members_removed += len(gone)
-        if set(old.sets) != set(new.sets):
-            raise ValueError("the programs' sets differ: apply the programs in full")
-        reports.append(report)
-    lines = first + middle + last
-    if lines:
-        with kernel.locked():
-            kernel.run("ipset", "restore", input="\n".join(lines) + "\n")
+    with kernel.locked():
+        if dry_run:
+            for new, _, _, chains, add, drop, _, _ in plans:
+                if chains or add or drop:
+                    expected_chains(new)
+        for new, blocks, last, chains, add, drop, stale_chains, stale_sets in plans:
+            report = ApplyReport()
+            for line in [line for b in blocks for line in b] + last.splitlines():
+                verb, name = line.split()[:2]
+                report.sets_created += verb == "create" and not name.endswith("-t")
+                report.members_added += verb == "add" and not name.endswith("-t")
+                report.members_removed += verb == "del"
+            if not (chains or add or drop) and sum(map(len, blocks)) < PARALLEL_RESTORE_LINES:
+                blocks, last = [[line for b in blocks for line in b] + last.splitlines()], ""  # one restore
+            restore_in_parallel(kernel, blocks)
+            if chains or add or drop:
+                text = render_iptables(new, chains)
+                text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in add + drop) + "COMMIT\n"
+                kernel.restore(new.family, text)
+            if last:
+                kernel.run("ipset", "restore", input=last)
+            if stale_chains:
+                text = "*filter\n" + "".join(f":{c} - [0:0]\n" for c in stale_chains)
+                kernel.restore(new.family, text + "".join(f"-X {c}\n" for c in stale_chains) + "COMMIT\n")
+            for name in stale_sets:
+                r = kernel.run("ipset", "destroy", name, check=False)
+                if r.returncode == 0:
+                    report.sets_destroyed += 1
+                else:
+                    report.warnings.append(f"set {name} is no longer used by the program but cannot be removed: "
+                                           f"{brief_text(r.stderr.strip())}")
+            report.chains_written, report.chains_removed = len(chains), len(stale_chains)
+            report.hooks_added, report.hooks_removed = len(add), len(drop)
+            reports.append(report)
     return reports
 
 

@@ -179,34 +179,41 @@ def test_apply_with_node_enforces_that_nodes_program(netns, tmp_path):
     assert len(compile_cluster(cluster(*objs), "inet", node="n1").chains) < len(program.chains)
 
 
-def test_member_changes_bring_the_kernel_to_the_new_program(netns):
-    """apply_member_changes (the agent's path for pod churn) leaves the kernel
-    exactly as a full apply of the new program would; a set removed behind
-    its back is an error (the agent then applies in full), never a silent gap."""
+def test_changes_from_the_record_equal_a_full_apply(netns):
+    """apply_changes (the agent's path between reconciles: the difference of
+    two programs, nothing read back) leaves the kernel exactly as a full apply
+    of the new program would, for pod churn, policy changes and removals; a
+    set removed behind its back is an error (the agent then applies in full,
+    reading the kernel), never a silent gap."""
     import pytest
     from pyipset.compile.incremental import Incremental
-    from pyipset.kernel.backend import KernelError, apply_member_changes, diff
+    from pyipset.kernel.backend import KernelError, apply_changes, diff
     kernel = Kernel(netns=netns.name)
     before = base(extra_pods=[pod("a/web2", "192.0.2.3", {"app": "web"})])
     inc = Incremental(before, ["inet"])
     apply(inc.programs[0], kernel)
     old = inc.programs
     after = base(extra_pods=[pod("a/web3", "192.0.2.4", {"app": "web"}, [("http", 80, "TCP")])])
-    changes = {"a/web2": None, "a/web3": next(p for p in after.pods if p.name == "web3")}
-    new = inc.pods_changed(changes)
+    new = inc.pods_changed({"a/web2": None, "a/web3": next(p for p in after.pods if p.name == "web3")})
     assert new is not None
-    reports = apply_member_changes(old, new, kernel)
-    assert reports[0].members_added > 0 and reports[0].members_removed > 0
+    reports = apply_changes(old, new, kernel)
+    assert reports[0].members_added > 0 and reports[0].members_removed > 0 and reports[0].chains_written == 0
     assert diff(new[0], kernel).total() == 0
-    assert diff(compile_cluster(after, "inet"), kernel).total() == 0
-    with pytest.raises(ValueError):
-        apply_member_changes(new, [compile_cluster(base(extra_policies=[policy("a/x", {"podSelector": {}})]),
-                                                   "inet")], kernel)
-    victim = next(n for n, s in new[0].sets.items() if "192.0.2.4" in " ".join(s.members)
-                  and s.role != "isolated")
+    steps = [base(extra_policies=[policy("a/x", {"podSelector": {}, "ingress": [{"ports": [{"port": 9}]}]})]),
+             base(relabel={"app": "other"}),
+             base(extra_pods=[pod(f"a/many{i}", f"192.0.2.{100 + i}", {"app": "web"}) for i in range(40)]),
+             base()]
+    current = new
+    for step in steps:
+        programs = [compile_cluster(step, "inet")]
+        apply_changes(current, programs, kernel)
+        assert diff(programs[0], kernel).total() == 0
+        current = programs
+    victim = next(n for n, s in current[0].sets.items() if s.role == "peer")
     kernel.run("iptables", "-F")
     kernel.run("iptables", "-X")
     kernel.run("ipset", "destroy", victim)
-    back = inc.pods_changed({"a/web3": None, "a/web2": next(p for p in before.pods if p.name == "web2")})
     with pytest.raises(KernelError):
-        apply_member_changes(new, back, kernel)
+        apply_changes(current, [compile_cluster(base(relabel={"app": "db"}), "inet")], kernel)
+    with pytest.raises(ValueError):
+        apply_changes(current, [], kernel)
