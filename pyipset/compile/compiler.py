@@ -122,7 +122,8 @@ class _Sets:
 
 class _Compiler:
     def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
-                 node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None):
+                 node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None,
+                 text: Optional[dict] = None):
         self.cluster = cluster
         self.node = node
         self.attach = attach
@@ -132,8 +133,13 @@ class _Compiler:
         self.sets = _Sets(self.program, reuse)
         self.flatten_limit = flatten_limit
         self.pods_by_namespace: dict = {}
+        self.local_by_namespace: dict = {}  # this node's pods
         for p in cluster.pods:
             self.pods_by_namespace.setdefault(p.namespace, []).append(p)
+            if node is None or p.node == node:
+                self.local_by_namespace.setdefault(p.namespace, []).append(p)
+        self.text: dict = {} if text is None else text  # address -> str (a cache: str() of ipaddress is slow)
+        self._local: dict = {}
         self._selected: dict = {}
         self._namespaces: dict = {}
         # For incremental updates (incremental.py): how each pod-derived set gets
@@ -168,8 +174,24 @@ class _Compiler:
 
     def local_selected(self, policy: NetworkPolicy) -> list:
         """The pods of this node that the policy selects (all of them without a node)."""
-        pods = self.selected_pods(policy)
-        return pods if self.node is None else [p for p in pods if p.node == self.node]
+        if self.node is None:
+            return self.selected_pods(policy)
+        key = (policy.namespace, policy.pod_selector.canonical())
+        if key not in self._local:
+            self._local[key] = [p for p in self.local_by_namespace.get(policy.namespace, ())
+                                if policy.pod_selector.matches(p.labels)]
+        return self._local[key]
+
+    def texts(self, pod: Pod) -> list:
+        """The pod's addresses of this family, as text."""
+        out = []
+        for ip in pod.ips:
+            if ip.version == self.version:
+                t = self.text.get(ip)
+                if t is None:
+                    t = self.text[ip] = str(ip)
+                out.append(t)
+        return out
 
     def peer_pods(self, policy: NetworkPolicy, peer: Peer) -> list:
         namespaces = ([policy.namespace] if peer.namespace_selector is None
@@ -182,10 +204,10 @@ class _Compiler:
         """A hash:ip set of the pods' addresses; pods may be a callable (computed
         on first use). member_of(pod): whether a pod belongs, the same rule for one pod."""
         name = self.sets.get(role, key_parts, "hash:ip",
-                             lambda: [str(ip) for p in (pods() if callable(pods) else pods) for ip in self.ips(p)],
+                             lambda: [ip for p in (pods() if callable(pods) else pods) for ip in self.texts(p)],
                              comment, peer_kind)
         if name not in self.members_of:
-            self.members_of[name] = lambda pod: [str(ip) for ip in self.ips(pod)] if member_of(pod) else []
+            self.members_of[name] = lambda pod: self.texts(pod) if member_of(pod) else []
         return name
 
     def is_local(self, pod: Pod) -> bool:
@@ -264,8 +286,8 @@ class _Compiler:
         if any(not isinstance(s.port, int) or s.end_port is not None for s in rule.ports):
             return None
         self.eligible.append((policy, index, rule, direction))
-        targets = [ip for p in self.local_selected(policy) for ip in self.ips(p)]
-        peers = sorted({ip for peer in rule.peers for p in self.peer_pods(policy, peer) for ip in self.ips(p)})
+        targets = [ip for p in self.local_selected(policy) for ip in self.texts(p)]
+        peers = sorted({ip for peer in rule.peers for p in self.peer_pods(policy, peer) for ip in self.texts(p)})
         ports = sorted({(PROTOCOL_NUMBERS[s.protocol], s.port) for s in rule.ports})
         if len(targets) * len(peers) * len(ports) > self.flatten_limit:
             return None

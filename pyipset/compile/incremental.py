@@ -46,6 +46,7 @@ class Incremental:
     def __init__(self, cluster: Cluster, families: Optional[list] = None, flatten_limit: int = FLATTEN_LIMIT,
                  nflog_group: int = NFLOG_GROUP, node: Optional[str] = None, attach: Attach = Attach()):
         self.options = dict(flatten_limit=flatten_limit, nflog_group=nflog_group, node=node, attach=attach)
+        self.text: dict = {}  # address -> str, for every compile of this cluster's pods
         self._compile(cluster, sorted(families or program_families(cluster)))
         self.pods = {p.key: p for p in cluster.pods}
         self.holder = {ip: p.key for p in cluster.pods for ip in p.ips}
@@ -53,7 +54,8 @@ class Incremental:
 
     def _compile(self, cluster: Cluster, families: list, reuse: Optional[dict] = None) -> None:
         self.cluster = cluster
-        self.compilers = {f: _Compiler(cluster, f, **self.options, reuse=(reuse or {}).get(f)) for f in families}
+        self.compilers = {f: _Compiler(cluster, f, **self.options, reuse=(reuse or {}).get(f), text=self.text)
+                          for f in families}
         self.programs = [self.compilers[f].compile() for f in families]
         # Group sizes per family and direction: a group appearing or emptying changes chains.
         self.group_sizes = {f: {d: {k: len(v) for k, v in c.groups.get(d, {}).items()} for d in ("egress", "ingress")}
@@ -165,7 +167,7 @@ class Incremental:
             if not touched:
                 continue
             if fresh is None:
-                fresh = _Compiler(cluster, program.family, **self.options)
+                fresh = _Compiler(cluster, program.family, **self.options, text=self.text)
             was = naming.set_name(ROLE_FLAT, naming.set_key(ROLE_FLAT, program.family,
                                                             ("flat", policy.key, direction, index)))
             match = fresh.flattened(policy, index, rule, direction)

@@ -484,8 +484,8 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
     reports = []
     with kernel.locked():
         if dry_run:
-            for new, _, _, chains, add, drop, _, _ in plans:
-                if chains or add or drop:
+            for new, _, _, chains, add, drop, stale_chains, _ in plans:
+                if chains or add or drop or stale_chains:
                     expected_chains(new)
         for new, blocks, last, chains, add, drop, stale_chains, stale_sets in plans:
             report = ApplyReport()
@@ -494,18 +494,19 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
                 report.sets_created += verb == "create" and not name.endswith("-t")
                 report.members_added += verb == "add" and not name.endswith("-t")
                 report.members_removed += verb == "del"
-            if not (chains or add or drop) and sum(map(len, blocks)) < PARALLEL_RESTORE_LINES:
+            if not (chains or add or drop or stale_chains) and sum(map(len, blocks)) < PARALLEL_RESTORE_LINES:
                 blocks, last = [[line for b in blocks for line in b] + last.splitlines()], ""  # one restore
             restore_in_parallel(kernel, blocks)
-            if chains or add or drop:
+            if chains or add or drop or stale_chains:
+                # One transaction: chains rewritten, hooks changed, and the chains
+                # nothing jumps to any more emptied and removed (both backends
+                # resolve references at the end of the transaction).
                 text = render_iptables(new, chains)
-                text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in add + drop) + "COMMIT\n"
-                kernel.restore(new.family, text)
+                text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in add + drop)
+                text += "".join(f":{c} - [0:0]\n" for c in stale_chains) + "".join(f"-X {c}\n" for c in stale_chains)
+                kernel.restore(new.family, text + "COMMIT\n")
             if last:
                 kernel.run("ipset", "restore", input=last)
-            if stale_chains:
-                text = "*filter\n" + "".join(f":{c} - [0:0]\n" for c in stale_chains)
-                kernel.restore(new.family, text + "".join(f"-X {c}\n" for c in stale_chains) + "COMMIT\n")
             for name in stale_sets:
                 r = kernel.run("ipset", "destroy", name, check=False)
                 if r.returncode == 0:
