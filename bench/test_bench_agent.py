@@ -148,3 +148,97 @@ def test_reading_a_list_of_10k_pods(benchmark, reader):
     else:
         benchmark(lambda: [slim("pods", o) for o in json.loads(body)["items"]])
     benchmark.extra_info["ops"] = 10000
+
+
+STEADY_SECONDS = 120 if FULL else 30
+EVENTS_PER_SECOND = 10
+
+
+def _proc_figures(pid: int) -> tuple:
+    """(CPU seconds of the process and its reaped children, RSS bytes, peak RSS bytes)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    ticks = os.sysconf("SC_CLK_TCK")
+    cpu = sum(int(fields[i]) for i in (11, 12, 13, 14)) / ticks  # utime stime cutime cstime
+    status = dict(line.split(":", 1) for line in open(f"/proc/{pid}/status"))
+    return cpu, int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
+
+
+def test_steady_state_cpu_and_memory(benchmark, tmp_path):
+    """10k pods, 1,000 policies, 10 pod events per second (a rollout's churn:
+    pods created into existing apps on any node, the oldest deleted) for
+    STEADY_SECONDS: the agent's CPU (its own and its tools', as a share of one
+    core) and resident memory, measured from /proc. The agent runs as its own
+    process (`pyipset agent`), as on a node."""
+    import random
+    import socket
+    import sys
+    import urllib.request
+    from pyipset.kernel.scratch import new_name
+    _root()
+    benchmark.group = "agent: steady state, 10,000 pods, 1,000 policies, 10 pod events/s"
+    netns = new_name("bench")
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    api = APIServer().start()
+    proc = None
+    try:
+        for kind in ("Namespace", "Pod", "NetworkPolicy"):
+            for o in objects(10000, 1000, nodes=200):
+                if o["kind"] == kind:
+                    api.apply(o)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "pyipset", "agent", "--node-name", "node0",
+                                 "--kubeconfig", api.kubeconfig(tmp_path / "kc.json"), "--netns", netns,
+                                 "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
+                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "w"))
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                    break
+            except OSError:
+                pass
+            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "agent.log").read_text()
+            time.sleep(0.1)
+        time.sleep(2)  # settle after the first update
+        if os.environ.get("PYSPY"):
+            subprocess.Popen(["py-spy", "record", "-p", str(proc.pid), "-o", os.environ["PYSPY"], "-f", "raw", "-d", "25", "-s", "-t"])
+        rng = random.Random(1)
+        alive: list = []
+        figures = {}
+
+        def churn():
+            cpu0, _, _ = _proc_figures(proc.pid)
+            start = time.monotonic()
+            rss = []
+            for i in range(STEADY_SECONDS * EVENTS_PER_SECOND):
+                due = start + i / EVENTS_PER_SECOND
+                time.sleep(max(0.0, due - time.monotonic()))
+                if len(alive) >= 50 or (alive and rng.random() < 0.5):
+                    api.delete("Pod", alive.pop(0))
+                else:
+                    ns, name = f"ns{rng.randrange(200)}", f"churn{i}"
+                    api.apply({"apiVersion": "v1", "kind": "Pod",
+                               "metadata": {"name": name, "namespace": ns,
+                                            "labels": {"app": f"app{rng.randrange(5)}"}},
+                               "spec": {"nodeName": f"node{rng.randrange(200)}", "containers": [{"name": "c"}]},
+                               "status": {"phase": "Running", "podIP": str(ipaddress.IPv4Address(NEW + i))}})
+                    alive.append(f"{ns}/{name}")
+                if i % EVENTS_PER_SECOND == 0:
+                    rss.append(_proc_figures(proc.pid)[1])
+            cpu1, _, peak = _proc_figures(proc.pid)
+            wall = time.monotonic() - start
+            figures.update(cpu_percent=100 * (cpu1 - cpu0) / wall, rss_mb_max=max(rss) / 2**20,
+                           rss_mb_median=sorted(rss)[len(rss) // 2] / 2**20, peak_rss_mb=peak / 2**20,
+                           seconds=wall, events=STEADY_SECONDS * EVENTS_PER_SECOND)
+        benchmark.pedantic(churn, rounds=1, iterations=1)
+        assert proc.poll() is None, (tmp_path / "agent.log").read_text()
+        benchmark.extra_info.update(figures)
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        api.stop()
+        subprocess.run(["ip", "netns", "delete", netns])

@@ -117,7 +117,6 @@ class Agent:
         self.accepted: dict = {}  # key -> the last accepted version of each NetworkPolicy
         self.parsed = ParseCache()
         self.engine: Incremental = None  # the programs applied last, kept for pod churn
-        self.applied_objects = None  # resource -> {key: object} of the state they were compiled from
         self.trusted = False  # the kernel holds metrics.programs (applied by this process, no error since)
 
     # ---- health ----
@@ -210,23 +209,13 @@ class Agent:
                                   attach=self.attach, node=self.settings.node_name)
         return self.engine.programs
 
-    def _pod_churn(self, objects: dict):
-        """The programs after the pods that changed since the last update, or
-        None when that is more than set members (see Incremental)."""
-        before = self.applied_objects
-        if self.engine is None or before is None:
-            return None
-        for resource in ("namespaces", "networkpolicies"):
-            was, now = before[resource], objects[resource]
-            if was.keys() != now.keys() or any(now[k] is not o for k, o in was.items()):
-                return None
-        was, now = before["pods"], objects["pods"]
-        keys = [k for k, o in now.items() if was.get(k) is not o] + [k for k in was if k not in now]
-        if len(keys) > max(100, len(now) // 100):
-            return None  # a relist or a mass change: one full compile costs less
+    def _pod_churn(self, pods: dict):
+        """The programs after these pod changes (key -> object, None if gone),
+        or None when that is more than set members (see Incremental)."""
+        if len(pods) > 100:
+            return None  # a mass change: one full compile costs less
         changes = {}
-        for key in keys:
-            obj = now.get(key)
+        for key, obj in pods.items():
             pod = None
             if obj is not None:
                 one = load_objects([obj], source="api", strict=False, cache=self.parsed)
@@ -236,29 +225,31 @@ class Agent:
             changes[f"{key[0]}/{key[1]}"] = pod
         return self.engine.pods_changed(changes)
 
-    def _policy_churn(self, objects: dict):
-        """The programs after the policies that changed since the last update
-        when nothing else did, or None (see Incremental.policies_changed)."""
-        before = self.applied_objects
-        if self.engine is None or before is None:
-            return None
-        for resource in ("namespaces", "pods"):
-            was, now = before[resource], objects[resource]
-            if was.keys() != now.keys() or any(now[k] is not o for k, o in was.items()):
-                return None
-        was, now = before["networkpolicies"], objects["networkpolicies"]
-        policies = {p.key: p for p in self.engine.cluster.policies}
-        for key in [k for k in was if k not in now]:
-            del policies[f"{key[0]}/{key[1]}"]
-        for key, obj in now.items():
-            if was.get(key) is obj:
+    def _policy_churn(self, policies: dict):
+        """The programs after these policy changes (key -> object, None if
+        gone), or None (see Incremental.policies_changed)."""
+        current = {p.key: p for p in self.engine.cluster.policies}
+        for key, obj in policies.items():
+            current.pop(f"{key[0]}/{key[1]}", None)
+            if obj is None:
                 continue
             one = load_objects([obj], source="api", strict=False, cache=self.parsed)
             if one.rejections or len(one.policies) != 1:
                 return None  # fails closed: load and compile in full
-            policies[one.policies[0].key] = one.policies[0]
-        self.accepted.update(policies)
-        return self.engine.policies_changed(list(policies.values()))
+            current[one.policies[0].key] = one.policies[0]
+        self.accepted.update(current)
+        return self.engine.policies_changed(list(current.values()))
+
+    def _incremental(self, changes: dict, relisted: bool):
+        """The programs after `changes` when they are pod churn or policy
+        churn alone and the last update left a trusted record, else None."""
+        if relisted or self.engine is None or not self.trusted or changes["namespaces"]:
+            return None
+        if changes["pods"] and changes["networkpolicies"]:
+            return None
+        if changes["networkpolicies"]:
+            return self._policy_churn(changes["networkpolicies"])
+        return self._pod_churn(changes["pods"])
 
     def _sync(self) -> bool:
         """One kernel update. Between reconciles the agent trusts its record of
@@ -266,14 +257,16 @@ class Agent:
         (apply_changes); the first update, and any after an error, reads the
         kernel and brings it to the program whatever it holds (apply_programs)."""
         started = time.monotonic()
-        version, objects = self.state.snapshot()
+        version, changes, relisted = self.state.take_changes()
         previous = self.metrics.programs if self.trusted else None
-        self.trusted = False  # until this update is applied
-        path, programs = "incremental", None
+        path = "incremental"
         try:
-            programs = (self._pod_churn(objects) or self._policy_churn(objects)) if previous else None
+            programs = self._incremental(changes, relisted)
+            self.trusted = False  # until this update is applied
             if programs is None:
-                path, programs = "full", self._programs([o for r in RESOURCES for o in objects[r].values()])
+                path = "full"
+                version, objs = self.state.manifests()
+                programs = self._programs(objs)
             reports = None
             if previous is not None:
                 try:
@@ -281,17 +274,19 @@ class Agent:
                 except (PyipsetError, ValueError) as exc:
                     log.warning("updating from the kernel's contents: %s", brief_text(str(exc)))
                     if path == "incremental":
-                        path, programs = "full", self._programs([o for r in RESOURCES for o in objects[r].values()])
+                        path = "full"
+                        version, objs = self.state.manifests()
+                        programs = self._programs(objs)
             if reports is None:
                 reports = apply_programs(programs, self.kernel)
         except PyipsetError as exc:
             self.engine = None
+            self.trusted = False
             self.last_error = str(exc)[:300]
             self.metrics.apply_errors.inc()
             log.error("kernel update failed, will retry: %s", exc)
             return False
         self.trusted = True
-        self.applied_objects = objects
         self.metrics.programs = programs
         self.metrics.kernel_updates.labels(path).inc()
         self.metrics.sync_duration.observe(time.monotonic() - started)
@@ -307,9 +302,9 @@ class Agent:
         return True
 
     def _reconcile(self) -> None:
-        version, objects = self.state.snapshot()
+        version, objs = self.state.manifests()
         try:
-            programs = self._programs([o for r in RESOURCES for o in objects[r].values()])
+            programs = self._programs(objs)
             drifts = reconcile_programs(programs, self.kernel)
         except PyipsetError as exc:
             self.engine = None
@@ -326,5 +321,4 @@ class Agent:
                     log.warning("drift repaired: %s: %s", p.family, line)
         self.metrics.programs = programs
         self.trusted = True
-        self.applied_objects = objects
         self.applied_version = version

@@ -64,9 +64,15 @@ class ClusterState:
         self.objects = {r: {} for r in RESOURCES}  # resource -> {key: slim object}
         self.tombstones = {r: {} for r in RESOURCES}  # resource -> {key: rv of its deletion}, oldest first
         self.version = 0
+        self.dirty = {r: set() for r in RESOURCES}  # keys changed since the last take_changes()
+        self.relisted = True  # a list replaced everything since then (the first list too)
 
-    def _changed(self) -> None:
+    def _changed(self, resource: str, key=None) -> None:
         self.version += 1
+        if key is None:
+            self.relisted = True
+        else:
+            self.dirty[resource].add(key)
         self.lock.notify_all()
 
     def event(self, resource: str, kind: str, obj: dict) -> bool:
@@ -94,13 +100,13 @@ class ClusterState:
                 if have is None:
                     return False
                 del self.objects[resource][key]
-                self._changed()
+                self._changed(resource, key)
                 return True
             self.tombstones[resource].pop(key, None)
             self.objects[resource][key] = new
             changed = have is None or _without_rv(have) != _without_rv(new)
             if changed:
-                self._changed()
+                self._changed(resource, key)
             return changed
 
     def replace(self, resource: str, objs: list) -> tuple:
@@ -115,7 +121,7 @@ class ClusterState:
             self.objects[resource] = fresh
             self.tombstones[resource] = {}
             if deleted or changed:
-                self._changed()
+                self._changed(resource)
         return len(changed), len(deleted)
 
     def manifests(self) -> tuple:
@@ -123,11 +129,16 @@ class ClusterState:
         with self.lock:
             return self.version, [o for r in RESOURCES for o in self.objects[r].values()]
 
-    def snapshot(self) -> tuple:
-        """(state version, resource -> {key: object}) at one instant. Objects
-        are replaced, never changed in place, so identity tells what changed."""
+    def take_changes(self) -> tuple:
+        """(state version, resource -> {key: object now, or None if gone},
+        relisted) for what changed since the last call, which starts the next
+        round. relisted: a list replaced a resource since (take everything)."""
         with self.lock:
-            return self.version, {r: dict(v) for r, v in self.objects.items()}
+            out = {r: {k: self.objects[r].get(k) for k in keys} for r, keys in self.dirty.items()}
+            relisted = self.relisted
+            self.dirty = {r: set() for r in RESOURCES}
+            self.relisted = False
+            return self.version, out, relisted
 
     def counts(self) -> dict:
         with self.lock:

@@ -53,7 +53,7 @@ class Incremental:
         self.exact = not cluster.rejections and not cluster.addresses_shared
 
     def _compile(self, cluster: Cluster, families: list, reuse: Optional[dict] = None) -> None:
-        self.cluster = cluster
+        self._cluster, self._pods_listed = cluster, True
         self.compilers = {f: _Compiler(cluster, f, **self.options, reuse=(reuse or {}).get(f), text=self.text)
                           for f in families}
         self.programs = [self.compilers[f].compile() for f in families]
@@ -87,18 +87,16 @@ class Incremental:
             return None
         olds = {k: self.pods.get(k) for k in changes}
         for pod in [p for p in (*olds.values(), *changes.values()) if p is not None]:
-            ns = self.cluster.namespaces.get(pod.namespace)
+            ns = self._cluster.namespaces.get(pod.namespace)
             if ns is None or ns.implicit:
                 return None
-        holder = dict(self.holder)
-        for key, old in olds.items():
-            for ip in old.ips if old else ():
-                del holder[ip]
+        freed = {ip for old in olds.values() if old is not None for ip in old.ips}
+        taken = {}
         for key, new in changes.items():
             for ip in new.ips if new else ():
-                if ip in holder:
+                if ip in taken or (ip in self.holder and ip not in freed):
                     return None  # who holds it is decided across pods: compile in full
-                holder[ip] = key
+                taken[ip] = key
                 if ("inet" if ip.version == 4 else "inet6") not in self.compilers:
                     return None
         sizes = {}
@@ -119,21 +117,38 @@ class Incremental:
                             return None  # a new group: the tree changes
                         counts[group] += 1
                 sizes[family][direction] = counts
-        pods = {k: p for k, p in self.pods.items() if k not in changes}
-        pods.update({k: p for k, p in changes.items() if p is not None})
-        cluster = dataclasses.replace(self.cluster, pods=list(pods.values()))
+
+        def cluster() -> Cluster:  # the cluster after the change (only flattening needs it)
+            pods = {k: p for k, p in self.pods.items() if k not in changes}
+            pods.update({k: p for k, p in changes.items() if p is not None})
+            return dataclasses.replace(self._cluster, pods=list(pods.values()))
         programs = []
         for program in self.programs:
             new = self._program(program, self.compilers[program.family], cluster, olds, changes)
             if new is None:
                 return None
             programs.append(new)
-        self.programs, self.cluster, self.pods, self.holder, self.group_sizes = programs, cluster, pods, holder, sizes
-        for compiler in self.compilers.values():
-            compiler.cluster = cluster  # what the pod rules read (namespaces, policies) is unchanged
+        # Kept: in place, nothing copied per pod.
+        for ip in freed:
+            del self.holder[ip]
+        self.holder.update(taken)
+        for key, pod in changes.items():
+            if pod is None:
+                self.pods.pop(key, None)
+            else:
+                self.pods[key] = pod
+        self.programs, self.group_sizes, self._pods_listed = programs, sizes, False
         return programs
 
-    def _program(self, program, compiler: _Compiler, cluster: Cluster, olds: dict, changes: dict):
+    @property
+    def cluster(self) -> Cluster:
+        """The cluster the programs are for (its pods listed again after pod changes)."""
+        if not self._pods_listed:
+            self._cluster = dataclasses.replace(self._cluster, pods=list(self.pods.values()))
+            self._pods_listed = True
+        return self._cluster
+
+    def _program(self, program, compiler: _Compiler, cluster, olds: dict, changes: dict):
         gone: dict = {}
         new: dict = {}
         for name, member_of in compiler.members_of.items():
@@ -167,7 +182,7 @@ class Incremental:
             if not touched:
                 continue
             if fresh is None:
-                fresh = _Compiler(cluster, program.family, **self.options, text=self.text)
+                fresh = _Compiler(cluster(), program.family, **self.options, text=self.text)
             was = naming.set_name(ROLE_FLAT, naming.set_key(ROLE_FLAT, program.family,
                                                             ("flat", policy.key, direction, index)))
             match = fresh.flattened(policy, index, rule, direction)

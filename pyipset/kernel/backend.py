@@ -470,11 +470,11 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
     for old, new in zip(before, after):
         # Isolation sets first: a pod leaves isolation before it leaves its group's sets.
         sets = {n: d for n, d in sorted(new.sets.items(), key=lambda item: item[1].role != ROLE_ISOLATED)
-                if old.sets.get(n) != d}
+                if old.sets.get(n) is not d and old.sets.get(n) != d}
         current = {n: KernelSet(n, d.type, d.family, set(kernel_members(d))) for n, d in old.sets.items() if n in sets}
         wanted = {n: set(kernel_members(d)) for n, d in sets.items()}
         blocks, last = ipset_scripts(dataclasses.replace(new, sets=sets), current, wanted)
-        chains = [c for c in new.chains if old.chains.get(c) != new.chains[c]]
+        chains = [] if new.chains is old.chains else [c for c in new.chains if old.chains.get(c) != new.chains[c]]
         old_hooks, new_hooks = render_hooks(old), render_hooks(new)
         add = ["-I " + h[len("-A "):].replace(" ", " 1 ", 1) for h in new_hooks if h not in old_hooks]
         drop = ["-D " + h[len("-A "):] for h in old_hooks if h not in new_hooks]
