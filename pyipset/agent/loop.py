@@ -270,7 +270,8 @@ class Agent:
             reports = None
             if previous is not None:
                 try:
-                    reports = apply_changes(previous, programs, self.kernel, dry_run=False)
+                    reports = apply_changes(previous, programs, self.kernel, dry_run=False,
+                                            deltas=self.engine.deltas if path == "incremental" else None)
                 except (PyipsetError, ValueError) as exc:
                     log.warning("updating from the kernel's contents: %s", brief_text(str(exc)))
                     if path == "incremental":

@@ -47,6 +47,10 @@ class Incremental:
                  nflog_group: int = NFLOG_GROUP, node: Optional[str] = None, attach: Attach = Attach()):
         self.options = dict(flatten_limit=flatten_limit, nflog_group=nflog_group, node=node, attach=attach)
         self.text: dict = {}  # address -> str, for every compile of this cluster's pods
+        # What the last pods_changed did to each set: (family, name) -> (set
+        # before, set after, members taken out, members put in), for the kernel
+        # backend's apply_changes(deltas=...): no diff of large sets needed.
+        self.deltas: dict = {}
         self._compile(cluster, sorted(families or program_families(cluster)))
         self.pods = {p.key: p for p in cluster.pods}
         self.holder = {ip: p.key for p in cluster.pods for ip in p.ips}
@@ -71,6 +75,7 @@ class Incremental:
             return None
         reuse = {p.family: {d.key: d.members for d in p.sets.values() if d.role in REUSABLE_ROLES}
                  for p in self.programs}
+        self.deltas = {}
         self._compile(dataclasses.replace(self.cluster, policies=list(policies)), self.families, reuse)
         return self.programs
 
@@ -122,9 +127,9 @@ class Incremental:
             pods = {k: p for k, p in self.pods.items() if k not in changes}
             pods.update({k: p for k, p in changes.items() if p is not None})
             return dataclasses.replace(self._cluster, pods=list(pods.values()))
-        programs = []
+        programs, deltas = [], {}
         for program in self.programs:
-            new = self._program(program, self.compilers[program.family], cluster, olds, changes)
+            new = self._program(program, self.compilers[program.family], cluster, olds, changes, deltas)
             if new is None:
                 return None
             programs.append(new)
@@ -138,6 +143,7 @@ class Incremental:
             else:
                 self.pods[key] = pod
         self.programs, self.group_sizes, self._pods_listed = programs, sizes, False
+        self.deltas = deltas
         return programs
 
     @property
@@ -148,7 +154,7 @@ class Incremental:
             self._pods_listed = True
         return self._cluster
 
-    def _program(self, program, compiler: _Compiler, cluster, olds: dict, changes: dict):
+    def _program(self, program, compiler: _Compiler, cluster, olds: dict, changes: dict, deltas: dict):
         gone: dict = {}
         new: dict = {}
         for name, member_of in compiler.members_of.items():
@@ -165,15 +171,20 @@ class Incremental:
             if not removed and not added:
                 continue
             members = list(sets[name].members)
+            taken_out, put_in = [], []
             for m in removed:
                 i = bisect.bisect_left(members, m)
                 if i < len(members) and members[i] == m:
                     del members[i]
+                    taken_out.append(m)
             for m in added:
                 i = bisect.bisect_left(members, m)
                 if i == len(members) or members[i] != m:
                     members.insert(i, m)
-            sets[name] = dataclasses.replace(sets[name], members=tuple(members))
+                    put_in.append(m)
+            was = sets[name]
+            sets[name] = dataclasses.replace(was, members=tuple(members))
+            deltas[(program.family, name)] = (was, sets[name], taken_out, put_in)
         notes = list(program.notes)
         fresh = None
         for policy, index, rule, direction in compiler.eligible:

@@ -451,7 +451,8 @@ def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all:
     return report
 
 
-def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = True) -> list:
+def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = True,
+                  deltas: Optional[dict] = None) -> list:
     """Brings the kernel from `before` to `after` (one program per family,
     the same families), trusting that it holds `before`: the agent's path
     between reconciles, where `before` is what it applied last. Nothing is
@@ -463,7 +464,11 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
 
     Errors (KernelError: a set or member missing behind our back; a refused
     program) leave the kernel safe to bring up to date with apply_programs,
-    which reads it: the agent does so. ValueError: the families differ."""
+    which reads it: the agent does so. ValueError: the families differ.
+
+    deltas: (family, set name) -> (set before, set after, members taken out,
+    members put in), as compile.incremental records them; used for a set
+    only when both SetDefs are the very objects of `before` and `after`."""
     if [p.family for p in before] != [p.family for p in after]:
         raise ValueError("the families differ: apply the programs in full")
     plans = []
@@ -471,9 +476,22 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
         # Isolation sets first: a pod leaves isolation before it leaves its group's sets.
         sets = {n: d for n, d in sorted(new.sets.items(), key=lambda item: item[1].role != ROLE_ISOLATED)
                 if old.sets.get(n) is not d and old.sets.get(n) != d}
+        known = []  # lines for the sets whose change is known (deltas), in the order ipset_scripts uses
+        known_last = []
+        for name in list(sets):
+            hint = (deltas or {}).get((new.family, name))
+            if hint is None or hint[0] is not old.sets.get(name) or hint[1] is not sets[name]:
+                continue
+            isolation = sets.pop(name).role == ROLE_ISOLATED
+            known.extend(f"del {name} {m.split()[0]}" for m in hint[2])
+            (known_last if isolation else known).extend(f"add {name} {m} -exist" for m in hint[3])
         current = {n: KernelSet(n, d.type, d.family, set(kernel_members(d))) for n, d in old.sets.items() if n in sets}
         wanted = {n: set(kernel_members(d)) for n, d in sets.items()}
         blocks, last = ipset_scripts(dataclasses.replace(new, sets=sets), current, wanted)
+        if known:
+            blocks.insert(0, known)
+        if known_last:
+            last += "\n".join(known_last) + "\n"
         chains = [] if new.chains is old.chains else [c for c in new.chains if old.chains.get(c) != new.chains[c]]
         old_hooks, new_hooks = render_hooks(old), render_hooks(new)
         add = ["-I " + h[len("-A "):].replace(" ", " 1 ", 1) for h in new_hooks if h not in old_hooks]

@@ -196,9 +196,17 @@ def test_changes_from_the_record_equal_a_full_apply(netns):
     after = base(extra_pods=[pod("a/web3", "192.0.2.4", {"app": "web"}, [("http", 80, "TCP")])])
     new = inc.pods_changed({"a/web2": None, "a/web3": next(p for p in after.pods if p.name == "web3")})
     assert new is not None
-    reports = apply_changes(old, new, kernel)
+    reports = apply_changes(old, new, kernel, deltas=inc.deltas)
     assert reports[0].members_added > 0 and reports[0].members_removed > 0 and reports[0].chains_written == 0
     assert diff(new[0], kernel).total() == 0
+    # and back, once with the recorded deltas and once without: the same kernel
+    for deltas in (True, False):
+        back = inc.pods_changed({"a/web3": None, "a/web2": next(p for p in before.pods if p.name == "web2")})
+        apply_changes(new, back, kernel, deltas=inc.deltas if deltas else None)
+        assert diff(compile_cluster(before, "inet"), kernel).total() == 0
+        new = inc.pods_changed({"a/web2": None, "a/web3": next(p for p in after.pods if p.name == "web3")})
+        apply_changes(back, new, kernel, deltas=inc.deltas if deltas else None)
+        assert diff(compile_cluster(after, "inet"), kernel).total() == 0
     steps = [base(extra_policies=[policy("a/x", {"podSelector": {}, "ingress": [{"ports": [{"port": 9}]}]})]),
              base(relabel={"app": "other"}),
              base(extra_pods=[pod(f"a/many{i}", f"192.0.2.{100 + i}", {"app": "web"}) for i in range(40)]),
