@@ -40,6 +40,7 @@ from urllib.parse import parse_qs, urlsplit
 RESOURCES = {
     "pods": ("/api/v1", "v1", "Pod", True),
     "namespaces": ("/api/v1", "v1", "Namespace", False),
+    "nodes": ("/api/v1", "v1", "Node", False),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "networking.k8s.io/v1", "NetworkPolicy", True),
 }
 KINDS = {kind: resource for resource, (_, _, kind, _) in RESOURCES.items()}
@@ -319,7 +320,7 @@ def _route(path: str):
         parts = path[len(prefix) + 1:].strip("/").split("/")
         if parts == [resource]:
             return resource, None, None
-        if resource == "namespaces" and len(parts) == 2 and parts[0] == "namespaces":
+        if not namespaced and len(parts) == 2 and parts[0] == resource:
             return resource, None, parts[1]
         if namespaced and len(parts) in (3, 4) and parts[0] == "namespaces" and parts[2] == resource:
             return resource, parts[1], parts[3] if len(parts) == 4 else None

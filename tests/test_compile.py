@@ -126,3 +126,53 @@ def test_the_flatten_limit():
         obj["spec"]["nodeName"] = "n1" if int(obj["metadata"]["name"][1:]) % 2 else "n2"
     local = compile_cluster(cluster(*objs), "inet", flatten_limit=128, node="n1")
     assert len(next(d for d in local.sets.values() if d.role == naming.ROLE_FLAT).members) == 64
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=cluster_objects(), data=st.data())
+def test_deny_unknown_denies_exactly_the_unknown_addresses_of_the_pod_cidrs(objs, data):
+    """With this node's pod CIDRs given, a flow whose source or destination is
+    in them and held by no pod of this node is denied; every other flow is
+    judged exactly as without the option."""
+    objs = copy.deepcopy(objs)
+    for obj in objs:
+        if obj["kind"] == "Pod":
+            obj["spec"]["nodeName"] = data.draw(st.sampled_from(NODES[:2]))
+    c = load_objects(objs)
+    assert not c.rejections
+    cidrs = (ipaddress.ip_network("192.0.2.0/25"), ipaddress.ip_network("2001:db8::/112"))
+    node = data.draw(st.sampled_from([None, "n1"]))
+    local = {ip for p in c.pods if node is None or p.node == node for ip in p.ips}
+    unknown = [ipaddress.ip_address(a) for a in ("192.0.2.90", "192.0.2.126", "2001:db8::ff")]
+    others = [ipaddress.ip_address(a) for a in OUTSIDE]
+    addresses = sorted({ip for p in c.pods for ip in p.ips} | set(unknown) | set(others), key=str)
+    for family in ("inet", "inet6"):
+        version = 4 if family == "inet" else 6
+        plain = NativeProgram(compile_cluster(c, family, node=node))
+        guarded = NativeProgram(compile_cluster(c, family, node=node, deny_unknown=cidrs))
+        for src in addresses:
+            for dst in addresses:
+                if src == dst or src.version != version or dst.version != version:
+                    continue
+                stranger = any(any(ip in n for n in cidrs) and ip not in local for ip in (src, dst))
+                for proto, port in ((6, 80), (17, 53)):
+                    want = False if stranger else verdict(plain, src, dst, proto, port)
+                    assert verdict(guarded, src, dst, proto, port) == want, (str(src), str(dst), stranger)
+
+
+def test_deny_unknown_renders_a_negated_set_match_and_hooks_for_the_cidrs():
+    from pyipset.kernel.render import render_hooks, render_iptables
+    c = cluster(namespace("a"), pod("a/web", "192.0.2.1", {"app": "web"}, node="n1"))
+    program = compile_cluster(c, "inet", node="n1", deny_unknown=(ipaddress.ip_network("192.0.2.0/24"),))
+    text = render_iptables(program)
+    cidr_set = next(n for n, s in program.sets.items() if s.role == naming.ROLE_POD_CIDR)
+    local_set = next(n for n, s in program.sets.items() if s.role == naming.ROLE_LOCAL)
+    line = next(x for x in text.splitlines() if x.startswith("-A PYIPSET ") and "DENY-UNKNOWN" in x)
+    assert line.startswith(f"-A PYIPSET -m set --match-set {cidr_set} src -m set ! --match-set {local_set} src ")
+    assert line.endswith("-j PYIPSET-DENY-UNKNOWN")
+    assert program.sets[cidr_set].members == ("192.0.2.0/24",)
+    hooks = render_hooks(program)
+    assert hooks[-2:] == [f"-A FORWARD -m set --match-set {cidr_set} dst -j PYIPSET",
+                          f"-A FORWARD -m set --match-set {cidr_set} src -j PYIPSET"]
+    assert not any(s.role == naming.ROLE_POD_CIDR for s in compile_cluster(c, "inet6", node="n1",
+                   deny_unknown=(ipaddress.ip_network("192.0.2.0/24"),)).sets.values())

@@ -12,6 +12,12 @@ the built-in chains; --attach):
   bridge:NAME (weave-npc's): FORWARD -o NAME, FORWARD -i NAME, INPUT -i NAME
   (its INPUT hook also judges pods' traffic to the node itself).
 
+  --deny-unknown-pod-ips (the agent; compile_cluster(deny_unknown=CIDRs)):
+    FORWARD  dst / src in this node's pod CIDRs (set pyi-U-...) -> PYIPSET,
+    after the hooks above; the entry chain first drops (NFLOG, then DROP in
+    PYIPSET-DENY-UNKNOWN) traffic from or to an address of those CIDRs that
+    no pod of this node holds: a pod is denied, not open, until programmed.
+
   Not hooked, so always allowed, as the NetworkPolicy docs require ("traffic
   to and from the node where a Pod is running is always allowed"): the node
   to its own pods (OUTPUT: kubelet probes) and its pods to the node (INPUT);
@@ -83,12 +89,14 @@ from typing import Optional
 from ..model.objects import KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
 from . import naming
 from .naming import (ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL, ROLE_NAMED_PORT, ROLE_PEER,
+                     ROLE_POD_CIDR,
                      deny_chain,
                      direction_chain, group_chain, policy_chain, tree_chain)
 from .program import (ENTRY_CHAIN, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
                       MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
 FLATTEN_LIMIT = 1024
+UNKNOWN_CHAIN = "PYIPSET-DENY-UNKNOWN"
 LOG_RATE = 100  # denied connections logged per second, at most ...
 LOG_BURST = 200  # ... after a burst of this many
 
@@ -96,7 +104,7 @@ LOG_BURST = 200  # ... after a burst of this many
 # Roles whose members follow from the set's key, the pods and the namespaces
 # alone (not from the policies): a compile for changed policies and the same
 # pods may take them from the previous program (incremental.py).
-REUSABLE_ROLES = (ROLE_PEER, ROLE_NAMED_PORT, ROLE_LOCAL, ROLE_BLOCK)
+REUSABLE_ROLES = (ROLE_PEER, ROLE_NAMED_PORT, ROLE_LOCAL, ROLE_BLOCK, ROLE_POD_CIDR)
 
 
 class _Sets:
@@ -123,7 +131,7 @@ class _Sets:
 class _Compiler:
     def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
                  node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None,
-                 text: Optional[dict] = None):
+                 text: Optional[dict] = None, deny_unknown: tuple = ()):
         self.cluster = cluster
         self.node = node
         self.attach = attach
@@ -138,6 +146,7 @@ class _Compiler:
             self.pods_by_namespace.setdefault(p.namespace, []).append(p)
             if node is None or p.node == node:
                 self.local_by_namespace.setdefault(p.namespace, []).append(p)
+        self.deny_unknown = tuple(n for n in deny_unknown if n.version == self.version)
         self.text: dict = {} if text is None else text  # address -> str (a cache: str() of ipaddress is slow)
         self._local: dict = {}
         self._selected: dict = {}
@@ -402,7 +411,7 @@ class _Compiler:
         egress = self.direction_chain("egress")
         ingress = self.direction_chain("ingress")
         deny_egress, deny_ingress = deny_chain("egress"), deny_chain("ingress")
-        prog.chains[ENTRY_CHAIN] = [
+        prog.chains[ENTRY_CHAIN] = self.unknown_rules() + [
             Rule((Match("state", states=("RELATED", "ESTABLISHED")),), "ACCEPT",
                  origin="established connections were judged when they opened"),
             Rule((), "MARK", mark=0, mark_mask=MARK_MASK, origin="start every NEW connection unjudged"),
@@ -422,8 +431,37 @@ class _Compiler:
                      origin=f"log connections {direction} policy denies"),
                 Rule((), "DROP", origin=f"no {direction} rule allows it"),
             ]
+        if self.deny_unknown:
+            prog.chains[UNKNOWN_CHAIN] = [
+                Rule((Match("limit", value=LOG_RATE, value2=LOG_BURST),), "NFLOG",
+                     log_prefix="pyipset unknown denied", log_group=self.nflog_group,
+                     origin="log traffic of addresses in this node's pod CIDRs that no known pod holds"),
+                Rule((), "DROP", origin="an address of this node's pod CIDRs that no known pod holds"),
+            ]
         prog.hooks = self.hooks()
         return prog
+
+    def local_set(self) -> str:
+        return self.pod_set(ROLE_LOCAL, ("local", self.node or ""),
+                            [p for p in self.cluster.pods if self.is_local(p)],
+                            "this node's pods: the hooks judge their traffic", self.is_local)
+
+    def cidr_set(self) -> str:
+        return self.sets.get(ROLE_POD_CIDR, ("podcidrs", sorted(map(str, self.deny_unknown))), "hash:net",
+                             [str(n) for n in self.deny_unknown], "this node's pod CIDRs")
+
+    def unknown_rules(self) -> list:
+        """--deny-unknown-pod-ips: traffic from or to an address of this node's
+        pod CIDRs that no pod of this node holds (a pod the agent has not heard
+        of yet, or one gone) is dropped, established or not, before anything
+        else: not isolated-by-default until programmed, but denied."""
+        if not self.deny_unknown:
+            return []
+        cidrs, local = self.cidr_set(), self.local_set()
+        return [Rule((Match("set", name=cidrs, dims=dim), Match("set", name=local, dims=dim, negate=True)), "JUMP",
+                     jump=UNKNOWN_CHAIN, origin=f"{'source' if dim == 'src' else 'destination'} in this node's pod "
+                                                "CIDRs, held by no known pod")
+                for dim in ("src", "dst")]
 
     def hooks(self) -> list:
         """(built-in chain, rule) pairs that send traffic to the entry chain."""
@@ -433,11 +471,14 @@ class _Compiler:
             return [("FORWARD", Rule((Match("out", name=b),), **to_entry)),
                     ("FORWARD", Rule((Match("in", name=b),), **to_entry)),
                     ("INPUT", Rule((Match("in", name=b),), **to_entry))]
-        local = self.pod_set(ROLE_LOCAL, ("local", self.node or ""),
-                             [p for p in self.cluster.pods if self.is_local(p)],
-                             "this node's pods: the hooks judge their traffic", self.is_local)
-        return [("FORWARD", Rule((Match("set", name=local, dims="dst"),), **to_entry)),
-                ("FORWARD", Rule((Match("set", name=local, dims="src"),), **to_entry))]
+        local = self.local_set()
+        hooks = [("FORWARD", Rule((Match("set", name=local, dims="dst"),), **to_entry)),
+                 ("FORWARD", Rule((Match("set", name=local, dims="src"),), **to_entry))]
+        if self.deny_unknown:  # the rest of the pod CIDRs: addresses no known pod holds
+            cidrs = self.cidr_set()
+            hooks += [("FORWARD", Rule((Match("set", name=cidrs, dims="dst"),), **to_entry)),
+                      ("FORWARD", Rule((Match("set", name=cidrs, dims="src"),), **to_entry))]
+        return hooks
 
 
 def program_families(cluster: Cluster) -> list:
@@ -448,7 +489,7 @@ def program_families(cluster: Cluster) -> list:
 
 def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT,
                     nflog_group: int = NFLOG_GROUP, node: Optional[str] = None,
-                    attach: Attach = Attach()) -> RuleProgram:
+                    attach: Attach = Attach(), deny_unknown: tuple = ()) -> RuleProgram:
     """The RuleProgram enforcing every policy of the cluster for one family.
 
     node: the program of one node (pods with spec.nodeName == node): egress
@@ -460,9 +501,14 @@ def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int =
     pod is local (one node holds the whole cluster).
 
     attach: which traffic the hooks send to the entry chain (pod-ips, the
-    default, or bridge:NAME); see the top of this module."""
+    default, or bridge:NAME); see the top of this module.
+
+    deny_unknown: this node's pod CIDRs (ip_network); traffic from or to an
+    address in them that no pod of this node holds is dropped (the race
+    between a pod getting its address and the agent hearing of it)."""
     if family not in ("inet", "inet6"):
         raise ValueError(f"unknown family {family!r} (expected inet or inet6)")
     if not 0 <= nflog_group <= 65535:
         raise ValueError(f"NFLOG group {nflog_group} is out of range 0-65535")
-    return _Compiler(cluster, family, flatten_limit, nflog_group, node, attach).compile()
+    return _Compiler(cluster, family, flatten_limit, nflog_group, node, attach,
+                     deny_unknown=tuple(deny_unknown)).compile()

@@ -44,8 +44,10 @@ class Incremental:
     """A cluster's programs, one per family, kept for pod changes."""
 
     def __init__(self, cluster: Cluster, families: Optional[list] = None, flatten_limit: int = FLATTEN_LIMIT,
-                 nflog_group: int = NFLOG_GROUP, node: Optional[str] = None, attach: Attach = Attach()):
-        self.options = dict(flatten_limit=flatten_limit, nflog_group=nflog_group, node=node, attach=attach)
+                 nflog_group: int = NFLOG_GROUP, node: Optional[str] = None, attach: Attach = Attach(),
+                 deny_unknown: tuple = ()):
+        self.options = dict(flatten_limit=flatten_limit, nflog_group=nflog_group, node=node, attach=attach,
+                            deny_unknown=tuple(deny_unknown))
         self.text: dict = {}  # address -> str, for every compile of this cluster's pods
         # What the last pods_changed did to each set: (family, name) -> (set
         # before, set after, members taken out, members put in), for the kernel

@@ -38,11 +38,12 @@ ROLE_BLOCK = "block"  # an ipBlock (hash:net, except as nomatch)
 ROLE_NAMED_PORT = "named-port"  # (pod address, port) of a named port
 ROLE_FLAT = "flat"  # a rule flattened into (source, port, destination)
 ROLE_LOCAL = "local"  # this node's pods: the hooks send their traffic to our chains
-ROLES = (ROLE_ISOLATED, ROLE_GROUP, ROLE_PEER, ROLE_BLOCK, ROLE_NAMED_PORT, ROLE_FLAT, ROLE_LOCAL)
+ROLE_POD_CIDR = "pod-cidr"  # this node's pod CIDRs (--deny-unknown-pod-ips)
+ROLES = (ROLE_ISOLATED, ROLE_GROUP, ROLE_PEER, ROLE_BLOCK, ROLE_NAMED_PORT, ROLE_FLAT, ROLE_LOCAL, ROLE_POD_CIDR)
 
 # One letter per role in set names, for people reading `ipset list`.
 _SET_CODES = {ROLE_ISOLATED: "I", ROLE_GROUP: "G", ROLE_BLOCK: "B", ROLE_NAMED_PORT: "T", ROLE_FLAT: "F",
-              ROLE_LOCAL: "L"}
+              ROLE_LOCAL: "L", ROLE_POD_CIDR: "U"}
 _PEER_CODES = {"pods": "P", "namespaces": "N", "nspods": "Q"}
 
 
