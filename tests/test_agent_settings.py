@@ -4,6 +4,7 @@ manifests (every object loads into the official client's models)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -92,8 +93,9 @@ def test_the_daemonset_is_what_an_operator_expects():
     assert set(agent["securityContext"]["capabilities"]["add"]) <= {"NET_ADMIN", "NET_RAW", "SYS_ADMIN"}
     assert "/run/xtables.lock" in {m["mountPath"] for m in agent["volumeMounts"]}
     role = next(o for _, o in deploy_objects() if o["kind"] == "ClusterRole")
-    assert all(set(r["verbs"]) == {"get", "list", "watch"} for r in role["rules"])
-    assert sorted(res for r in role["rules"] for res in r["resources"]) == ["namespaces", "networkpolicies", "pods"]
+    verbs = {res: set(r["verbs"]) for r in role["rules"] for res in r["resources"]}
+    assert verbs == {"pods": {"get", "list", "watch"}, "namespaces": {"get", "list", "watch"},
+                     "networkpolicies": {"get", "list", "watch"}, "nodes": {"get"}}
 
 
 @pytest.mark.parametrize("kubeconfig", ["/nonexistent/kubeconfig", "{}"])
@@ -106,3 +108,31 @@ def test_an_unusable_kubeconfig_exits_2_with_the_reason(tmp_path, kubeconfig):
                         "--listen", "127.0.0.1:0"], capture_output=True, text=True, cwd="/", timeout=60)
     assert r.returncode == 2, r.stderr
     assert "cannot configure the API client from --kubeconfig" in r.stderr and "internal error" not in r.stderr
+
+
+def test_pod_cidrs_from_the_node_object_or_a_clear_reason():
+    """--deny-unknown-pod-ips without --pod-cidrs reads spec.podCIDRs (else
+    spec.podCIDR) of this node's Node; none, a bad one, or an unreadable Node
+    is a PodCIDRsUnknown naming the node (the agent retries and is not ready)."""
+    import ipaddress
+    from types import SimpleNamespace
+    from pyipset.agent.loop import PodCIDRsUnknown, node_pod_cidrs
+
+    def reply(spec):
+        return lambda name, **_: SimpleNamespace(data=json.dumps({"metadata": {"name": name}, "spec": spec}))
+    assert node_pod_cidrs(reply({"podCIDRs": ["10.244.1.0/24", "fd00:1::/64"]}), "n1", (1, 1)) == (
+        ipaddress.ip_network("10.244.1.0/24"), ipaddress.ip_network("fd00:1::/64"))
+    assert node_pod_cidrs(reply({"podCIDR": "10.244.2.0/24"}), "n1", (1, 1)) == (ipaddress.ip_network("10.244.2.0/24"),)
+    for spec, words in (({}, "has no spec.podCIDRs"), ({"podCIDRs": ["10.0.0.1/8"]}, "spec.podCIDRs")):
+        with pytest.raises(PodCIDRsUnknown, match=words):
+            node_pod_cidrs(reply(spec), "n1", (1, 1))
+
+    def refused(name, **_):
+        raise OSError("connection refused")
+    with pytest.raises(PodCIDRsUnknown, match="cannot read Node n1"):
+        node_pod_cidrs(refused, "n1", (1, 1))
+    s = parse(["--node-name", "n1", "--deny-unknown-pod-ips", "--pod-cidrs", "10.244.1.0/24,fd00::/64"])
+    assert s.deny_unknown_pod_ips and s.pod_cidrs == (ipaddress.ip_network("10.244.1.0/24"),
+                                                       ipaddress.ip_network("fd00::/64"))
+    with pytest.raises(UsageError, match="--pod-cidrs"):
+        parse(["--node-name", "n1", "--pod-cidrs", "10.244.1.1/24"])

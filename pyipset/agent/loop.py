@@ -70,7 +70,37 @@ def list_calls(api) -> dict:
     core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
     methods = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
                "networkpolicies": net.list_network_policy_for_all_namespaces}
-    return {r: (lambda m: lambda **q: m(_preload_content=False, **q))(m) for r, m in methods.items()}
+    calls = {r: (lambda m: lambda **q: m(_preload_content=False, **q))(m) for r, m in methods.items()}
+    calls["node"] = lambda name, **q: core.read_node(name, _preload_content=False, **q)
+    return calls
+
+
+class PodCIDRsUnknown(PyipsetError):
+    """--deny-unknown-pod-ips without --pod-cidrs, and the Node says none (or cannot be read yet)."""
+
+
+def node_pod_cidrs(call, name: str, timeout: tuple) -> tuple:
+    """This node's pod CIDRs from its Node object (spec.podCIDRs, else spec.podCIDR)."""
+    import ipaddress
+    import json
+    try:
+        response = call(name, _request_timeout=timeout)
+        node = json.loads(response.data)
+    except Exception as exc:  # the client raises ApiException, urllib3 errors, OSError, ValueError
+        status = getattr(exc, "status", None)
+        raise PodCIDRsUnknown(f"cannot read Node {name} for its pod CIDRs"
+                              f"{f' (HTTP {status})' if status else ''}: {brief_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
+                              "; will retry (or give --pod-cidrs)") from None
+    spec = node.get("spec") or {}
+    texts = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    try:
+        cidrs = tuple(ipaddress.ip_network(t) for t in texts)
+    except (TypeError, ValueError) as exc:
+        raise PodCIDRsUnknown(f"Node {name} spec.podCIDRs {brief_text(str(texts))}: {exc}") from None
+    if not cidrs:
+        raise PodCIDRsUnknown(f"Node {name} has no spec.podCIDRs (the CNI or IPAM does not set it): give --pod-cidrs "
+                              "for --deny-unknown-pod-ips; will retry")
+    return cidrs
 
 
 class ParseCache(dict):
@@ -118,6 +148,9 @@ class Agent:
         self.parsed = ParseCache()
         self.engine: Incremental = None  # the programs applied last, kept for pod churn
         self.trusted = False  # the kernel holds metrics.programs (applied by this process, no error since)
+        # --deny-unknown-pod-ips: this node's pod CIDRs (None: to be read from the Node before the first update)
+        self.pod_cidrs = None if settings.deny_unknown_pod_ips and not settings.pod_cidrs else \
+            (settings.pod_cidrs if settings.deny_unknown_pod_ips else ())
 
     # ---- health ----
 
@@ -205,8 +238,13 @@ class Agent:
         if cluster.rejections:
             cluster = fail_closed(cluster, previous=self.accepted)
         self.families |= set(program_families(cluster))
+        if self.pod_cidrs is None:
+            self.pod_cidrs = node_pod_cidrs(self.calls["node"], self.settings.node_name,
+                                            (self.settings.connect_timeout, self.settings.read_timeout))
+            log.info("denying addresses of pod CIDRs %s that no known pod holds",
+                     ", ".join(map(str, self.pod_cidrs)))
         self.engine = Incremental(cluster, sorted(self.families), nflog_group=self.settings.nflog_group,
-                                  attach=self.attach, node=self.settings.node_name)
+                                  attach=self.attach, node=self.settings.node_name, deny_unknown=self.pod_cidrs)
         return self.engine.programs
 
     def _pod_churn(self, pods: dict):

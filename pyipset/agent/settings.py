@@ -65,6 +65,15 @@ class Settings:
     attach: str = _setting(
         "pod-ips", "which traffic is judged: pod-ips (to and from this node's pods, any CNI) or bridge:NAME",
         "PYIPSET_ATTACH")
+    deny_unknown_pod_ips: bool = _setting(
+        False, "deny traffic from and to addresses of this node's pod CIDRs that no known pod holds, until the "
+               "agent has programmed the pod (closes the race between a pod getting its address and the agent "
+               "hearing of it; off by default: a pod's first packets may then be dropped)",
+        "PYIPSET_DENY_UNKNOWN_POD_IPS", kind="bool")
+    pod_cidrs: tuple = _setting(
+        (), "this node's pod CIDRs, comma-separated, for --deny-unknown-pod-ips (default: read once from this "
+            "node's Node object, spec.podCIDRs; the ClusterRole allows get on nodes for it)", "PYIPSET_POD_CIDRS",
+        kind="cidrs")
     nflog_group: int = _setting(
         86, "the netlink group denied connections are logged to", "PYIPSET_NFLOG_GROUP", "", "int", 0, 65535)
 

@@ -307,3 +307,46 @@ def test_an_unenforceable_policy_fails_closed_and_the_rest_is_enforced(api, tmp_
 
 def agent_log_text(tmp_path) -> str:
     return "\n".join(p.read_text() for p in tmp_path.glob("agent-*.log"))
+
+
+def test_deny_unknown_pod_ips_denies_a_pod_until_the_agent_has_heard_of_it(api, tmp_path):
+    """--deny-unknown-pod-ips, each node's pod CIDRs read from its Node object:
+    a pod that is on the wire but not (yet, or no longer) in the API is cut off
+    both ways, with no policy at all; once created through the API it is
+    reachable; once deleted, cut off again. Without the option it would be
+    open throughout (no policy isolates anything)."""
+    universe = [namespace("a"), namespace("b"),
+                pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
+                pod("a/late", "192.0.2.2", {"app": "web"}, node="n0"),
+                pod("b/cli", "192.0.2.65", {}, node="n1")]
+    late = next(o for o in universe if o["metadata"]["name"] == "late")
+    load_into(api, [o for o in universe if o is not late])
+    for name, cidr in (("n0", "192.0.2.0/26"), ("n1", "192.0.2.64/26")):
+        api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
+                   "spec": {"podCIDRs": [cidr]}})
+    with LabNode(load_objects(universe), nodes=2, program=False) as lab:
+        agents = [AgentProcess(api, node, tmp_path, "--deny-unknown-pod-ips") for node in lab.nodes]
+        keys = [lp.pod.key for lp in lab.pods]
+
+        def expect(late_known: bool) -> None:
+            want = [[i == j or late_known or "a/late" not in (keys[i], keys[j]) for j in range(len(keys))]
+                    for i in range(len(keys))]
+            end = time.monotonic() + CONVERGE
+            while True:
+                got = lab.observed_matrix("TCP", 80, 0.4)
+                if all(got[i][j] == want[i][j] for i in range(len(keys)) for j in range(len(keys)) if i != j):
+                    return
+                assert time.monotonic() < end, (keys, got, "\n".join(a.logs() for a in agents))
+                time.sleep(0.1)
+        try:
+            for a in agents:
+                a.wait_ready()
+            assert "denying addresses of pod CIDRs 192.0.2.0/26" in agents[0].logs()
+            expect(late_known=False)
+            load_into(api, [late])
+            expect(late_known=True)
+            api.delete("Pod", "a/late")
+            expect(late_known=False)
+        finally:
+            codes = [a.stop() for a in agents]
+        assert codes == [0, 0]
