@@ -125,6 +125,14 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
     if ready:
         target("agent: start to ready, 10k pods, 1,000 policies: <= 5 s", ready["extra_info"]["ready_s"] <= 5,
                f"{ready['extra_info']['ready_s']:.2f} s")
+    steady = next((b for b in benches if b["group"].startswith("agent: steady state")), None)
+    if steady:
+        info = steady["extra_info"]
+        target("agent: steady state, 10k pods, 1,000 policies, 10 pod events/s: CPU <= 5% of one core",
+               info["cpu_percent"] <= 5, f"{info['cpu_percent']:.1f}% (the agent {info['cpu_percent_agent']:.1f}%, "
+               f"its kernel tools {info['cpu_percent_tools']:.1f}%) over {info['seconds']:.0f} s")
+        target("agent: steady state: RSS <= 300 MB", info["rss_mb_max"] <= 300,
+               f"{info['rss_mb_max']:.0f} MB (peak {info['peak_rss_mb']:.0f} MB)")
     singles = [ns_per_op(b) for b in benches if b["group"].startswith("single")]
     if singles:
         target("single `entry in s` (str): <= 250 ns", max(singles) <= 250, f"worst {max(singles):.0f} ns")

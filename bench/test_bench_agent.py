@@ -1,12 +1,15 @@
 """The agent's figures (root): a pod or a policy created at the API until
-the kernel holds it (p50, p99), start to ready with the kernel programmed,
+the kernel holds it (p50, p99; each deleted again, untimed, so every
+creation meets the cluster at its stated size), start to ready with the
+kernel programmed, steady-state CPU and memory under pod churn,
 and what reading a list costs through the client's models against reading
 the JSON (the reflectors read the JSON).
 
-The agent runs in this process against the test API server, programming a
-scratch network namespace, for node0 of synthetic clusters (bench/synthetic.py,
-50 pods per node). Quick mode (CI) times 20 creations at each size;
-PYIPSET_BENCH_FULL=1 times 1,000."""
+The agent runs against the test API server, programming a scratch network
+namespace, for node0 of synthetic clusters (bench/synthetic.py, 50 pods per
+node): in this process for the latencies, as its own `pyipset agent` process
+for the steady state. Quick mode (CI) times 20 creations at each size and 30
+s of churn; PYIPSET_BENCH_FULL=1 times 1,000 creations and 120 s."""
 
 from __future__ import annotations
 
@@ -58,17 +61,23 @@ class Running:
         self.ready_after = time.monotonic() - self.started
         self.count = 0
 
-    def applied(self, kind: str, key: tuple) -> None:
-        """Waits until the agent has seen the object and applied a state holding it."""
+    def applied(self, kind: str, key: tuple, present: bool = True) -> None:
+        """Waits until the agent has seen the object (or its deletion) and applied a state with it."""
         resource = {"Pod": "pods", "NetworkPolicy": "networkpolicies"}[kind]
         while True:
             with self.agent.state.lock:
-                if key in self.agent.state.objects[resource]:
+                if (key in self.agent.state.objects[resource]) == present:
                     version = self.agent.state.version
                     break
             time.sleep(0.0002)
         while (self.agent.applied_version or -1) < version:
             time.sleep(0.0002)
+
+    def remove(self, kind: str, key: tuple) -> None:
+        """Deletes what a timed creation made and waits until the kernel no
+        longer holds it (not timed): every creation meets the cluster at its size."""
+        self.api.delete(kind, f"{key[0]}/{key[1]}")
+        self.applied(kind, key, present=False)
 
     def create_pod(self) -> float:
         i = self.count = self.count + 1
@@ -78,7 +87,9 @@ class Running:
                         "spec": {"nodeName": "node0", "containers": [{"name": "c"}]},
                         "status": {"phase": "Running", "podIP": str(ipaddress.IPv4Address(NEW + i))}})
         self.applied("Pod", ("ns0", f"new{i}"))
-        return time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.remove("Pod", ("ns0", f"new{i}"))
+        return took
 
     def create_policy(self) -> float:
         i = self.count = self.count + 1
@@ -88,7 +99,9 @@ class Running:
                         "spec": {"podSelector": {"matchLabels": {"app": "app2"}},
                                  "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 1000 + i}]}]}})
         self.applied("NetworkPolicy", ("ns0", f"new{i}"))
-        return time.perf_counter() - start
+        took = time.perf_counter() - start
+        self.remove("NetworkPolicy", ("ns0", f"new{i}"))
+        return took
 
     def close(self) -> None:
         self.agent.shutdown()

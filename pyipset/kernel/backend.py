@@ -523,15 +523,22 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
                 text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in add + drop)
                 text += "".join(f":{c} - [0:0]\n" for c in stale_chains) + "".join(f"-X {c}\n" for c in stale_chains)
                 kernel.restore(new.family, text + "COMMIT\n")
-            if last:
-                kernel.run("ipset", "restore", input=last)
-            for name in stale_sets:
-                r = kernel.run("ipset", "destroy", name, check=False)
-                if r.returncode == 0:
-                    report.sets_destroyed += 1
-                else:
-                    report.warnings.append(f"set {name} is no longer used by the program but cannot be removed: "
-                                           f"{brief_text(r.stderr.strip())}")
+            # After the chains, one restore: additions to the isolation sets, then
+            # the sets nothing uses any more. If a set cannot go (something else
+            # uses it), the additions are made and each set is tried alone.
+            after_chains = last + "".join(f"destroy {name}\n" for name in stale_sets)
+            if after_chains and kernel.run("ipset", "restore", input=after_chains, check=False).returncode == 0:
+                report.sets_destroyed += len(stale_sets)
+            elif after_chains:
+                if last:
+                    kernel.run("ipset", "restore", input=last)  # again: every line is -exist
+                for name in stale_sets:
+                    r = kernel.run("ipset", "destroy", name, check=False)
+                    if r.returncode == 0:
+                        report.sets_destroyed += 1
+                    elif "does not exist" not in r.stderr:
+                        report.warnings.append(f"set {name} is no longer used by the program but cannot be "
+                                               f"removed: {brief_text(r.stderr.strip())}")
             report.chains_written, report.chains_removed = len(chains), len(stale_chains)
             report.hooks_added, report.hooks_removed = len(add), len(drop)
             reports.append(report)
