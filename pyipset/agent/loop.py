@@ -49,7 +49,7 @@ def api_client(settings):
     when given, else the pod's service account. No retries inside the
     client: the reflectors back off themselves."""
     from kubernetes import client, config
-    from ..errors import UsageError, brief_text
+    from ..errors import UsageError
     cfg = client.Configuration()
     try:
         if settings.kubeconfig:

@@ -17,8 +17,9 @@
 
 The official client makes the requests (configuration, authentication,
 transport); the JSON is read here and only what the compiler needs is kept:
-decoding 10,000 pods takes 36 ms against 97 ms through the client's
-models (bench/test_bench_agent.py), and the models would keep whole objects."""
+decoding a list of 10,000 pods takes 275 ms against 796 ms through the
+client's models (bench/test_bench_agent.py), and the models would keep
+whole objects."""
 
 from __future__ import annotations
 

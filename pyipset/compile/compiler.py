@@ -116,9 +116,13 @@ class _Sets:
         self.program = program
         self.reuse = reuse or {}
 
-    def get(self, role: str, key_parts: tuple, set_type: str, members, comment: str, peer_kind: str = "") -> str:
+    def name(self, role: str, key_parts: tuple, peer_kind: str = "") -> tuple:
+        """(name, key) of the set with this role and key in this program's family."""
         key = naming.set_key(role, self.program.family, key_parts, peer_kind)
-        name = naming.set_name(role, key, peer_kind)
+        return naming.set_name(role, key, peer_kind), key
+
+    def get(self, role: str, key_parts: tuple, set_type: str, members, comment: str, peer_kind: str = "") -> str:
+        name, key = self.name(role, key_parts, peer_kind)
         if name not in self.program.sets:
             values = self.reuse.get(key) if role in REUSABLE_ROLES else None
             if values is None:
@@ -126,6 +130,11 @@ class _Sets:
                 values = tuple(sorted(set(values)))
             self.program.sets[name] = SetDef(name, set_type, self.program.family, values, key, comment, role)
         return name
+
+
+def flat_key(policy: NetworkPolicy, direction: str, index: int) -> tuple:
+    """The key of the set a flattened rule becomes."""
+    return ("flat", policy.key, direction, index)
 
 
 class _Compiler:
@@ -160,9 +169,6 @@ class _Compiler:
         self._policies_by_ns: dict = {}  # direction -> namespace -> [policy], sorted by key
 
     # ---- membership (memoized: many policies share selectors) ----
-
-    def ips(self, pod: Pod) -> list:
-        return [ip for ip in pod.ips if ip.version == self.version]
 
     def pods_matching(self, namespace: str, selector) -> list:
         key = (namespace, selector.canonical())
@@ -272,7 +278,7 @@ class _Compiler:
                 for p in self.cluster.pods:
                     number = p.named_port(spec.port, spec.protocol)
                     if number is not None:
-                        out += [f"{ip},{KERNEL_PROTOCOL_NAMES[proto]}:{number}" for ip in self.ips(p)]
+                        out += [f"{ip},{KERNEL_PROTOCOL_NAMES[proto]}:{number}" for ip in self.texts(p)]
                 return out
             name = self.sets.get(ROLE_NAMED_PORT, ("namedport", spec.protocol, spec.port), "hash:ip,port", members,
                                  f"TCP/UDP/SCTP port named {spec.port} ({spec.protocol}) of every pod")
@@ -280,7 +286,7 @@ class _Compiler:
             def member_of(pod, name=spec.port, protocol=spec.protocol):
                 number = pod.named_port(name, protocol)
                 return [] if number is None else [f"{ip},{KERNEL_PROTOCOL_NAMES[proto]}:{number}"
-                                                  for ip in self.ips(pod)]
+                                                  for ip in self.texts(pod)]
             self.members_of.setdefault(name, member_of)
             return (Match("proto", value=proto), Match("set", name=name, dims="dst,dst"))
         return (Match("proto", value=proto), Match("dport", value=spec.port, value2=spec.end_port or spec.port))
@@ -305,7 +311,7 @@ class _Compiler:
             for q in peers:
                 src, dst = (t, q) if direction == "egress" else (q, t)
                 members += [f"{src},{KERNEL_PROTOCOL_NAMES[proto]}:{port},{dst}" for proto, port in ports]
-        name = self.sets.get(ROLE_FLAT, ("flat", policy.key, direction, index), "hash:ip,port,ip", members,
+        name = self.sets.get(ROLE_FLAT, flat_key(policy, direction, index), "hash:ip,port,ip", members,
                              f"{policy.key} {direction}[{index}] as (source, port, destination)")
         self.program.notes.append(f"{policy.key} {direction}[{index}]: flattened into {name} "
                                   f"({len(members)} members)")

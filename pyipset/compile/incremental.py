@@ -34,8 +34,7 @@ import dataclasses
 from typing import Optional
 
 from ..model.objects import Cluster, Pod
-from . import naming
-from .compiler import FLATTEN_LIMIT, REUSABLE_ROLES, _Compiler, program_families
+from .compiler import FLATTEN_LIMIT, REUSABLE_ROLES, _Compiler, flat_key, program_families
 from .naming import ROLE_FLAT
 from .program import Attach, NFLOG_GROUP
 
@@ -196,8 +195,7 @@ class Incremental:
                 continue
             if fresh is None:
                 fresh = _Compiler(cluster(), program.family, **self.options, text=self.text)
-            was = naming.set_name(ROLE_FLAT, naming.set_key(ROLE_FLAT, program.family,
-                                                            ("flat", policy.key, direction, index)))
+            was, _ = compiler.sets.name(ROLE_FLAT, flat_key(policy, direction, index))
             match = fresh.flattened(policy, index, rule, direction)
             if (match is None) != (was not in program.sets):
                 return None  # flattening is decided otherwise now: the rules change

@@ -175,7 +175,8 @@ def check_members(set_type: str, family: str, members: list) -> None:
         raise ValueError("the unspecified address (the kernel's hash:ip refuses it)")
 
 
-def ipset_scripts(program: RuleProgram, current: dict, wanted: Optional[dict] = None) -> tuple:
+def ipset_scripts(program: RuleProgram, current: dict, wanted: Optional[dict] = None,
+                  known: Optional[dict] = None) -> tuple:
     """The `ipset restore` input to run before the chain transaction, as one
     block of lines per set (blocks are independent: they may run in parallel),
     and the input to run after it.
@@ -191,16 +192,25 @@ def ipset_scripts(program: RuleProgram, current: dict, wanted: Optional[dict] = 
     A set of one of our names but another type or family (made by hand, or
     left by another version) cannot be swapped with ours: preflight has made
     sure nothing uses it, so it is destroyed and made anew.
+
+    known: set name -> (members gone, members new) of sets whose change is
+    known already (compile.incremental records it): edited in place, with no
+    diff of their members and no entry in `current` needed.
     """
     blocks, after = [], []  # blocks: the lines of one set each, independent of each other
     for name, setdef in program.sets.items():
         before = []
         blocks.append(before)
+        isolation = setdef.role == ROLE_ISOLATED
+        if name in (known or {}):
+            gone, new = known[name]
+            before += [f"del {name} {m.split()[0]}" for m in gone]
+            (after if isolation else before).extend(f"add {name} {m} -exist" for m in new)
+            continue
         members = kernel_members(setdef)
         opts = f"family {setdef.family} {creation_options(len(members))}"
         have = current.get(name)
         same_kind = have is not None and have.type == setdef.type and have.family == setdef.family
-        isolation = setdef.role == ROLE_ISOLATED
         if same_kind:
             want = (wanted or {}).get(name)
             if want is None:
@@ -476,22 +486,15 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
         # Isolation sets first: a pod leaves isolation before it leaves its group's sets.
         sets = {n: d for n, d in sorted(new.sets.items(), key=lambda item: item[1].role != ROLE_ISOLATED)
                 if old.sets.get(n) is not d and old.sets.get(n) != d}
-        known = []  # lines for the sets whose change is known (deltas), in the order ipset_scripts uses
-        known_last = []
-        for name in list(sets):
+        known = {}  # sets whose change the deltas give: no diff of their members
+        for name, setdef in sets.items():
             hint = (deltas or {}).get((new.family, name))
-            if hint is None or hint[0] is not old.sets.get(name) or hint[1] is not sets[name]:
-                continue
-            isolation = sets.pop(name).role == ROLE_ISOLATED
-            known.extend(f"del {name} {m.split()[0]}" for m in hint[2])
-            (known_last if isolation else known).extend(f"add {name} {m} -exist" for m in hint[3])
-        current = {n: KernelSet(n, d.type, d.family, set(kernel_members(d))) for n, d in old.sets.items() if n in sets}
-        wanted = {n: set(kernel_members(d)) for n, d in sets.items()}
-        blocks, last = ipset_scripts(dataclasses.replace(new, sets=sets), current, wanted)
-        if known:
-            blocks.insert(0, known)
-        if known_last:
-            last += "\n".join(known_last) + "\n"
+            if hint is not None and hint[0] is old.sets.get(name) and hint[1] is setdef:
+                known[name] = (hint[2], hint[3])
+        current = {n: KernelSet(n, d.type, d.family, set(kernel_members(d))) for n, d in old.sets.items()
+                   if n in sets and n not in known}
+        wanted = {n: set(kernel_members(d)) for n, d in sets.items() if n not in known}
+        blocks, last = ipset_scripts(dataclasses.replace(new, sets=sets), current, wanted, known)
         chains = [] if new.chains is old.chains else [c for c in new.chains if old.chains.get(c) != new.chains[c]]
         old_hooks, new_hooks = render_hooks(old), render_hooks(new)
         add = ["-I " + h[len("-A "):].replace(" ", " 1 ", 1) for h in new_hooks if h not in old_hooks]
