@@ -64,14 +64,11 @@ class Running:
     def applied(self, kind: str, key: tuple, present: bool = True) -> None:
         """Waits until the agent has seen the object (or its deletion) and applied a state with it."""
         resource = {"Pod": "pods", "NetworkPolicy": "networkpolicies"}[kind]
-        while True:
-            with self.agent.state.lock:
-                if (key in self.agent.state.objects[resource]) == present:
-                    version = self.agent.state.version
-                    break
-            time.sleep(0.0002)
-        while (self.agent.applied_version or -1) < version:
-            time.sleep(0.0002)
+        state = self.agent.state
+        with state.lock:
+            state.lock.wait_for(lambda: (key in state.objects[resource]) == present)
+            version = state.version
+        self.agent.wait_applied(version)
 
     def remove(self, kind: str, key: tuple) -> None:
         """Deletes what a timed creation made and waits until the kernel no

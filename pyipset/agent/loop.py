@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from typing import Optional
 
 from .. import __version__
 from ..compile.compiler import program_families
@@ -137,7 +138,8 @@ class Agent:
         self.calls = calls
         self.reflectors: list = []
         self.families = {"inet"}
-        self.applied_version = None
+        self.applied_version = None  # the state version the kernel enforces
+        self.applied = threading.Condition()  # notified when applied_version moves
         self.first_sync = threading.Event()
         self.last_loop = time.monotonic()
         self.last_error = None
@@ -171,6 +173,16 @@ class Agent:
         if self.last_error:
             return False, f"the last kernel update failed: {self.last_error}"
         return True, "ok"
+
+    def wait_applied(self, version: int, timeout: Optional[float] = None) -> bool:
+        """Waits until the kernel enforces state `version` (or a later one)."""
+        with self.applied:
+            return self.applied.wait_for(lambda: (self.applied_version or -1) >= version, timeout)
+
+    def _enforces(self, version: int) -> None:
+        with self.applied:
+            self.applied_version = version
+            self.applied.notify_all()
 
     # ---- running ----
 
@@ -309,7 +321,8 @@ class Agent:
             if previous is not None:
                 try:
                     reports = apply_changes(previous, programs, self.kernel, dry_run=False,
-                                            deltas=self.engine.deltas if path == "incremental" else None)
+                                            deltas=self.engine.deltas if path == "incremental" else None,
+                                            enforced=lambda: self._enforces(version))
                 except (PyipsetError, ValueError) as exc:
                     log.warning("updating from the kernel's contents: %s", brief_text(str(exc)))
                     if path == "incremental":
@@ -329,7 +342,7 @@ class Agent:
         self.metrics.programs = programs
         self.metrics.kernel_updates.labels(path).inc()
         self.metrics.sync_duration.observe(time.monotonic() - started)
-        self.applied_version = version
+        self._enforces(version)
         self.last_error = None
         if not self.first_sync.is_set():
             self.first_sync.set()
@@ -360,4 +373,4 @@ class Agent:
                     log.warning("drift repaired: %s: %s", p.family, line)
         self.metrics.programs = programs
         self.trusted = True
-        self.applied_version = version
+        self._enforces(version)

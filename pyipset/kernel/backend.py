@@ -31,7 +31,7 @@ import shutil
 import subprocess
 import threading
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 from ..compile.naming import ROLE_ISOLATED
 from ..compile.program import ENTRY_CHAIN, RuleProgram
@@ -462,7 +462,7 @@ def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all:
 
 
 def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = True,
-                  deltas: Optional[dict] = None) -> list:
+                  deltas: Optional[dict] = None, enforced: Optional[Callable[[], None]] = None) -> list:
     """Brings the kernel from `before` to `after` (one program per family,
     the same families), trusting that it holds `before`: the agent's path
     between reconciles, where `before` is what it applied last. Nothing is
@@ -478,7 +478,10 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
 
     deltas: (family, set name) -> (set before, set after, members taken out,
     members put in), as compile.incremental records them; used for a set
-    only when both SetDefs are the very objects of `before` and `after`."""
+    only when both SetDefs are the very objects of `before` and `after`.
+
+    enforced: called once the kernel enforces `after` (before the removal
+    of sets nothing uses any more, when that is all that is left)."""
     if [p.family for p in before] != [p.family for p in after]:
         raise ValueError("the families differ: apply the programs in full")
     plans = []
@@ -508,6 +511,7 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
             for new, _, _, chains, add, drop, stale_chains, _ in plans:
                 if chains or add or drop or stale_chains:
                     expected_chains(new)
+        lasts, stale = [], []
         for new, blocks, last, chains, add, drop, stale_chains, stale_sets in plans:
             report = ApplyReport()
             for line in [line for b in blocks for line in b] + last.splitlines():
@@ -526,25 +530,35 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
                 text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in add + drop)
                 text += "".join(f":{c} - [0:0]\n" for c in stale_chains) + "".join(f"-X {c}\n" for c in stale_chains)
                 kernel.restore(new.family, text + "COMMIT\n")
-            # After the chains, one restore: additions to the isolation sets, then
-            # the sets nothing uses any more. If a set cannot go (something else
-            # uses it), the additions are made and each set is tried alone.
-            after_chains = last + "".join(f"destroy {name}\n" for name in stale_sets)
-            if after_chains and kernel.run("ipset", "restore", input=after_chains, check=False).returncode == 0:
-                report.sets_destroyed += len(stale_sets)
-            elif after_chains:
-                if last:
-                    kernel.run("ipset", "restore", input=last)  # again: every line is -exist
-                for name in stale_sets:
-                    r = kernel.run("ipset", "destroy", name, check=False)
-                    if r.returncode == 0:
-                        report.sets_destroyed += 1
-                    elif "does not exist" not in r.stderr:
-                        report.warnings.append(f"set {name} is no longer used by the program but cannot be "
-                                               f"removed: {brief_text(r.stderr.strip())}")
+            lasts.append(last)
+            stale += [(name, report) for name in stale_sets]
             report.chains_written, report.chains_removed = len(chains), len(stale_chains)
             report.hooks_added, report.hooks_removed = len(add), len(drop)
             reports.append(report)
+        # After every family's chains, one restore: the additions to the isolation
+        # sets (enforcement), then the sets nothing uses any more (housekeeping).
+        # With no additions, `enforced` is told before the removals, which do not
+        # change what the kernel lets through. If a set cannot go (something else
+        # uses it), the additions are made and each set is tried alone.
+        last = "".join(lasts)
+        if not last and enforced is not None:
+            enforced()
+        after_chains = last + "".join(f"destroy {name}\n" for name, _ in stale)
+        if after_chains and kernel.run("ipset", "restore", input=after_chains, check=False).returncode == 0:
+            for _, report in stale:
+                report.sets_destroyed += 1
+        elif after_chains:
+            if last:
+                kernel.run("ipset", "restore", input=last)  # again: every line is -exist
+            for name, report in stale:
+                r = kernel.run("ipset", "destroy", name, check=False)
+                if r.returncode == 0:
+                    report.sets_destroyed += 1
+                elif "does not exist" not in r.stderr:
+                    report.warnings.append(f"set {name} is no longer used by the program but cannot be "
+                                           f"removed: {brief_text(r.stderr.strip())}")
+        if last and enforced is not None:
+            enforced()
     return reports
 
 

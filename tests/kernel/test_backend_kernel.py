@@ -214,7 +214,13 @@ def test_changes_from_the_record_equal_a_full_apply(netns):
     current = new
     for step in steps:
         programs = [compile_cluster(step, "inet")]
-        apply_changes(current, programs, kernel)
+        told = []  # what the kernel held when apply_changes said it enforces the program
+
+        def enforced():
+            drift = diff(programs[0], kernel)
+            told.append(drift.total() - len(drift.extra_sets))  # unused sets may still be there
+        apply_changes(current, programs, kernel, enforced=enforced)
+        assert told == [0]
         assert diff(programs[0], kernel).total() == 0
         current = programs
     victim = next(n for n, s in current[0].sets.items() if s.role == "peer")
