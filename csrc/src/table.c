@@ -47,7 +47,6 @@ static void free_arrays(ips_table *t) {
 void tbl_release(ips_table *t) {
     free_arrays(t);
     t->cap = 0;
-    t->bits = 0;
     t->count = 0;
     t->zero_present = false;
 }
@@ -101,7 +100,7 @@ static bool place(ips_table *t, const uint32_t *slot_words) {
 static bool alloc_arrays(ips_table *t, size_t cap) {
     const unsigned W = t->W;
     const size_t phys = cap + IPS_TAIL;
-    if (cap > SIZE_MAX / 8 / (W * sizeof(uint32_t)))
+    if (cap > IPS_MAX_CAP || cap > SIZE_MAX / 8 / (W * sizeof(uint32_t)))
         return false;
     t->slots = calloc(phys * W, sizeof(uint32_t));
     t->tags = IPS_TAGGED(W) ? calloc(phys, 1) : NULL;
@@ -110,7 +109,6 @@ static bool alloc_arrays(ips_table *t, size_t cap) {
         return false;
     }
     t->cap = cap;
-    t->bits = (unsigned)__builtin_ctzll((unsigned long long)cap);
     return true;
 }
 
@@ -125,7 +123,6 @@ static ips_status rebuild(ips_table *t, size_t new_cap, bool reseed) {
     if (new_cap == 0) {
         free_arrays(t);
         t->cap = 0;
-        t->bits = 0;
         return IPS_OK;
     }
     for (unsigned attempt = 0;; attempt++) {
@@ -149,26 +146,27 @@ static ips_status rebuild(ips_table *t, size_t new_cap, bool reseed) {
         }
         free_arrays(t);
         if (reseed && attempt >= 2)
-            new_cap *= 2; /* fresh seeds keep clustering: more room */
+            new_cap = new_cap * 2 > IPS_MAX_CAP ? IPS_MAX_CAP : new_cap * 2; /* fresh seeds keep clustering: more room */
         reseed = true;
     }
 }
 
-/* Smallest capacity that holds n keys at load <= 4/5. */
+/* The capacity for n keys at load 5/12 (a multiple of 8), or 0 if too large. */
 static size_t cap_for(size_t n) {
-    size_t cap = IPS_MIN_CAP;
-    while (cap / 5 * 4 < n && cap < (SIZE_MAX >> 4))
-        cap <<= 1;
-    return cap;
+    if (n > IPS_MAX_CAP / 12 * 5)
+        return 0;
+    size_t cap = (n * 12 / 5 + 8) & ~(size_t)7;
+    return cap < IPS_MIN_CAP ? IPS_MIN_CAP : cap;
 }
 
 ips_status tbl_reserve(ips_table *t, size_t extra) {
     size_t want = t->count + extra;
     if (want < t->count)
         return IPS_ERR_NOMEM;
-    if (t->cap != 0 && want <= t->cap / 5 * 4)
+    if (t->cap != 0 && want <= tbl_max_count(t->cap))
         return IPS_OK;
-    return rebuild(t, cap_for(want), false);
+    size_t cap = cap_for(want);
+    return cap ? rebuild(t, cap, false) : IPS_ERR_NOMEM;
 }
 
 ips_status tbl_upsert(ips_table *t, const uint32_t *k, bool *added) {
@@ -248,7 +246,7 @@ ips_status tbl_remove(ips_table *t, const uint32_t *k, bool *removed) {
         rebuild(t, 0, false);
     } else if (t->cap > IPS_MIN_CAP && t->count < t->cap / 5) {
         /* Shrinking is an optimisation: on failure the table stays valid. */
-        (void)rebuild(t, t->cap / 2, false);
+        (void)rebuild(t, cap_for(t->count), false);
     }
     return IPS_OK;
 }

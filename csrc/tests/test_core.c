@@ -346,8 +346,7 @@ static void test_flooding_reseeds(void) {
     const uint64_t seed = 0xC0FFEE;
     ips_table probe;
     tbl_init(&probe, 1, 0xFFFFFFFFu, seed);
-    probe.cap = 2048; /* the capacity 1000 keys will have */
-    probe.bits = 11;
+    probe.cap = 2408; /* the capacity 1000 keys will have: 1000 * 12/5, rounded up to a multiple of 8 */
     enum { N = 1000 };
     static uint32_t keys[N];
     size_t found = 0;
@@ -370,6 +369,44 @@ static void test_flooding_reseeds(void) {
     for (int i = 0; i < N; i++)
         CHECK(out[i] == 1);
     ips_set_free(s);
+}
+
+/*
+ * The load stays in its band whatever the history: at most 5/8 after every
+ * insert, at least 1/5 after every delete (until empty), 5/12 right after
+ * each growth; capacities are multiples of 8; every key stays findable.
+ */
+static void test_load_band(void) {
+    for (unsigned W = 1; W <= 3; W += 2) {
+        ips_table t;
+        tbl_init(&t, W, 0xFFFFFFFFu, 77);
+        enum { N = 20000 };
+        uint32_t k[IPS_MAX_WORDS] = {0};
+        size_t growths = 0;
+        for (uint32_t i = 1; i <= N; i++) {
+            const size_t cap = t.cap;
+            k[0] = i * 2654435761u;
+            k[W - 1] |= 1; /* never the zero key */
+            bool added = false;
+            CHECK(tbl_upsert(&t, k, &added) == IPS_OK && added);
+            CHECK(t.cap % 8 == 0 && t.count * 8 <= t.cap * 5);
+            if (t.cap != cap && cap != 0) {
+                growths++;
+                CHECK(t.cap * 5 >= t.count * 12 - 5 * 8 && t.cap * 5 <= t.count * 12 + 5 * 8); /* 5/12 */
+            }
+        }
+        CHECK(growths >= 10 && tbl_size(&t) == N);
+        for (uint32_t i = 1; i <= N; i++) {
+            k[0] = i * 2654435761u;
+            k[W - 1] |= 1;
+            CHECK(tbl_contains(&t, k, W));
+            bool removed = false;
+            CHECK(tbl_remove(&t, k, &removed) == IPS_OK && removed);
+            CHECK(t.count == 0 || t.cap <= IPS_MIN_CAP || t.count * 5 >= t.cap - 5);
+        }
+        CHECK(t.cap == 0 && tbl_size(&t) == 0);
+        tbl_release(&t);
+    }
 }
 
 /* The evaluator's chain semantics on a hand-made program. */
@@ -471,6 +508,7 @@ int main(void) {
     test_batch_matches_single();
     test_net_index_random();
     test_flooding_reseeds();
+    test_load_band();
     test_evaluator();
     if (failures) {
         fprintf(stderr, "%d check(s) failed\n", failures);

@@ -18,9 +18,10 @@
  *     metadata: an all-zero slot is empty, and the one key that is all zeros
  *     (0.0.0.0 or :: in hash:ip) is kept beside the table. This keeps a
  *     hash:ip inet set at 4 bytes a slot.
- *   - The table grows at load 4/5 and doubles, so it always runs between 2/5
- *     and 4/5 full: at most 2.5 slots per member, i.e. memory per member is at
- *     most 2.5 times the packed key (plus a fixed header).
+ *   - The capacity is any multiple of 8: a build or a growth leaves the table
+ *     5/12 full and it grows (by 1.5x) above 5/8, so lookups cost the same at
+ *     every size and memory per member is at most 2.4 slots (plus a one-byte
+ *     tag per slot for keys of 12 bytes or more, and a fixed tail).
  *   - Deletion shifts the following run back (no tombstones), so a set that
  *     churns forever never degrades.
  *   - The hash is keyed by a per-set random seed (pod IPs and ports are chosen
