@@ -1,0 +1,102 @@
+"""The benchmark curves as PNG files, from pytest-benchmark JSON (one or
+more runs; a later file's benchmark replaces an earlier one of the same
+name). matplotlib is the `bench` extra, not a runtime dependency.
+
+    python3 bench/plots.py build/bench.json --out bench/plots
+
+Each figure names the machine and the date of the run it came from. A
+figure whose benchmarks are not in the JSON is skipped and said so.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections import defaultdict
+
+from report import ns_per_op  # bench/report.py: one definition of "ns per operation"
+
+
+def load(paths: list) -> tuple:
+    """(benchmarks by name, a caption: machine and date of the runs)."""
+    benches, captions = {}, []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        for b in data["benchmarks"]:
+            benches[b["fullname"]] = b
+        mi = data.get("machine_info", {})
+        cpu = mi.get("cpu", {})
+        captions.append(f"{cpu.get('brand_raw') or mi.get('processor', '?')}, "
+                        f"{cpu.get('count', '?')} CPUs, {mi.get('system', '')} {mi.get('release', '')}, "
+                        f"Python {mi.get('python_version', '?')}; {data.get('datetime', '?')[:10]}")
+    return list(benches.values()), "; ".join(dict.fromkeys(captions))
+
+
+def lookup_over_sizes(benches: list, plt, caption: str):
+    """ns per lookup against members, one line per set type and load."""
+    lines = defaultdict(list)
+    for b in benches:
+        if b["group"].startswith("lookup over sizes: "):
+            e = b["extra_info"]
+            lines[(e["set_type"], e["load"])].append((e["members"], ns_per_op(b)))
+    if not lines:
+        return None
+    fig, ax = plt.subplots(figsize=(8, 5))
+    limits = {"hash:ip": 4, "hash:ip,port,ip": 8}
+    colours = {"hash:ip": "tab:blue", "hash:ip,port,ip": "tab:orange"}
+    for (set_type, load), points in sorted(lines.items()):
+        points.sort()
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                linestyle="-" if load == "built" else "--", color=colours.get(set_type),
+                label=f"{set_type}, {'as built (load 5/12)' if load == 'built' else 'highest load (5/8)'}")
+    for set_type, limit in limits.items():
+        if any(k[0] == set_type for k in lines):
+            ax.axhline(limit, color=colours[set_type], linewidth=0.8, alpha=0.5)
+            ax.annotate(f"target {set_type}: {limit} ns", (1000, limit), textcoords="offset points",
+                        xytext=(0, 3), fontsize=8, color=colours[set_type])
+    ax.set_xscale("log")
+    ax.set_ylim(bottom=0)
+    ax.set_xlabel("members in the set")
+    ax.set_ylabel("ns per lookup (batch of 1M queries, half members)")
+    ax.set_title("Native set lookups over sizes")
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.text(0.01, 0.005, caption, fontsize=7, alpha=0.7)
+    return fig
+
+
+FIGURES = {"lookups-over-sizes.png": lookup_over_sizes}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("json_files", nargs="+", help="pytest-benchmark JSON (--benchmark-json)")
+    parser.add_argument("--out", default="bench/plots", help="directory for the PNG files")
+    args = parser.parse_args(argv)
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("plots need matplotlib: pip install '.[bench]'", file=sys.stderr)
+        return 2
+    benches, caption = load(args.json_files)
+    os.makedirs(args.out, exist_ok=True)
+    for name, figure in FIGURES.items():
+        fig = figure(benches, plt, caption)
+        if fig is None:
+            print(f"{name}: no such benchmarks in the JSON, skipped")
+            continue
+        fig.tight_layout(rect=(0, 0.03, 1, 1))
+        path = os.path.join(args.out, name)
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        print(f"{path}: written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
