@@ -68,7 +68,40 @@ def lookup_over_sizes(benches: list, plt, caption: str):
     return fig
 
 
-FIGURES = {"lookups-over-sizes.png": lookup_over_sizes}
+def growth(benches: list, plt, caption: str):
+    """Compile and apply time against pods (log-log), and the compile's peak allocation."""
+    series = defaultdict(list)
+    for b in benches:
+        if b["group"] in ("growth: compile the whole cluster", "growth: apply into an empty namespace"):
+            series[b["group"].split(": ")[1]].append((b["extra_info"]["pods"], b["stats"]["median"], b))
+    if not series:
+        return None
+    fig, (ax, mem) = plt.subplots(1, 2, figsize=(11, 4.8))
+    for label, points in sorted(series.items()):
+        points.sort(key=lambda p: p[0])
+        ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=label)
+        if label.startswith("compile"):
+            mem.plot([p[0] for p in points], [p[2]["extra_info"]["peak_alloc_mb"] for p in points], marker="o",
+                     color="tab:green", label="peak allocation while compiling")
+    pods = sorted({p[0] for points in series.values() for p in points})
+    if len(pods) > 1:  # a line of slope 1 through the first compile point: what linear growth looks like
+        first = min(series.get("compile the whole cluster", next(iter(series.values()))), key=lambda p: p[0])
+        ax.plot(pods, [first[1] * n / first[0] for n in pods], linestyle=":", color="grey", label="linear in pods")
+    for a in (ax, mem):
+        a.set_xscale("log")
+        a.set_yscale("log")
+        a.set_xlabel("pods (one policy per 10 pods)")
+        a.grid(True, which="both", alpha=0.3)
+        a.legend(fontsize=8)
+    ax.set_ylabel("seconds (median)")
+    ax.set_title("Compile and apply against cluster size")
+    mem.set_ylabel("MiB (tracemalloc peak)")
+    mem.set_title("Memory of a compile")
+    fig.text(0.01, 0.005, caption, fontsize=7, alpha=0.7)
+    return fig
+
+
+FIGURES = {"lookups-over-sizes.png": lookup_over_sizes, "growth.png": growth}
 
 
 def main(argv=None) -> int:
