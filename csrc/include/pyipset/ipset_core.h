@@ -20,8 +20,9 @@
  *     hash:ip inet set at 4 bytes a slot.
  *   - The capacity is any multiple of 8: a build or a growth leaves the table
  *     5/12 full and it grows (by 1.5x) above 5/8, so lookups cost the same at
- *     every size and memory per member is at most 2.4 slots (plus a one-byte
- *     tag per slot for keys of 12 bytes or more, and a fixed tail).
+ *     every size; memory is 1.6 to 2.4 slots a member as built or grown, up
+ *     to 5 after deletions (below 1/5 it shrinks back to 5/12), plus a
+ *     one-byte tag per slot for keys of 12 bytes or more and a fixed tail.
  *   - Deletion shifts the following run back (no tombstones), so a set that
  *     churns forever never degrades.
  *   - The hash is keyed by a per-set random seed (pod IPs and ports are chosen
