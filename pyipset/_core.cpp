@@ -11,6 +11,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <array>
 #include <cstring>
 #include <string>
 #include <vector>
@@ -436,7 +437,7 @@ class NativeProgram {
                   std::vector<uint32_t> chain_len, const std::vector<std::tuple<int, uint32_t, uint32_t, uint32_t,
                                                                               uint32_t, uint32_t, uint32_t>> &rules,
                   const std::vector<std::tuple<int, int, bool, uint32_t, uint32_t, uint32_t>> &matches,
-                  uint32_t entry)
+                  uint32_t entry, const std::vector<std::array<uint32_t, 8>> &nets)
         : sets_(sets) {
         if (family != "inet" && family != "inet6")
             throw py::value_error("unknown family '" + bounded(family) + "' (expected inet or inet6)");
@@ -459,11 +460,17 @@ class NativeProgram {
             m[i] = ips_match{static_cast<uint8_t>(kind), static_cast<uint8_t>(dims), static_cast<uint8_t>(negate),
                              set, value, value2};
         }
+        std::vector<ips_net6> n(nets.size());
+        for (size_t i = 0; i < nets.size(); i++)
+            for (unsigned k = 0; k < 4; k++) {
+                n[i].addr[k] = nets[i][k];
+                n[i].mask[k] = nets[i][4 + k];
+            }
         ips_status st;
         char why[256] = "";
         program_ = ips_program_new(family_, raw.size(), raw.data(), chain_first.size(), chain_first.data(),
-                                   chain_len.data(), r.size(), r.data(), m.size(), m.data(), entry, &st, why,
-                                   sizeof why);
+                                   chain_len.data(), r.size(), r.data(), m.size(), m.data(), n.size(), n.data(),
+                                   entry, &st, why, sizeof why);
         if (!program_)
             raise_status(st, std::string("invalid rule program: ") + why);
     }
@@ -581,12 +588,14 @@ PYBIND11_MODULE(_core, m) {
     py::class_<NativeProgram>(m, "Program")
         .def(py::init<const std::string &, py::list, std::vector<uint32_t>, std::vector<uint32_t>,
                       const std::vector<std::tuple<int, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t>> &,
-                      const std::vector<std::tuple<int, int, bool, uint32_t, uint32_t, uint32_t>> &, uint32_t>(),
+                      const std::vector<std::tuple<int, int, bool, uint32_t, uint32_t, uint32_t>> &, uint32_t,
+                      const std::vector<std::array<uint32_t, 8>> &>(),
              py::arg("family"), py::arg("sets"), py::arg("chain_first"), py::arg("chain_len"), py::arg("rules"),
-             py::arg("matches"), py::arg("entry"),
-             "Program(family, sets, chain_first, chain_len, rules, matches, entry): rules are (target, chain, "
-             "jump, mark, mark_mask, first_match, n_matches), matches (kind, dims, negate, set, value, value2); "
-             "see csrc/include/pyipset/evaluator.h.")
+             py::arg("matches"), py::arg("entry"), py::arg("nets") = std::vector<std::array<uint32_t, 8>>(),
+             "Program(family, sets, chain_first, chain_len, rules, matches, entry, nets=[]): rules are (target, "
+             "chain, jump, mark, mark_mask, first_match, n_matches), matches (kind, dims, negate, set, value, "
+             "value2), nets the IPv6 networks of address matches (4 address words, 4 mask words); see "
+             "csrc/include/pyipset/evaluator.h.")
         .def("evaluate", &NativeProgram::evaluate, py::arg("src"), py::arg("dst"), py::arg("proto"),
              py::arg("dport"), py::arg("threads") = 0,
              "evaluate(src, dst, proto, dport, threads=0) -> (verdict bool[], deciding rule int32[], last MARK "

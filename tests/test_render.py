@@ -66,3 +66,15 @@ def test_programs_with_names_the_kernel_would_refuse_are_not_printed():
         render_rule("PYIPSET-DENY-EGRESS", Rule((), "NFLOG", log_group=70000))
     with pytest.raises(ValueError, match="target"):
         render_rule("PYIPSET", Rule((), "SNAT"))
+
+
+def test_address_matches_render_as_iptables_save_prints_them():
+    from pyipset.compile.program import Match
+    rule = Rule((Match("addr", name="192.0.2.1/32", dims="src"), Match("addr", name="198.51.100.0/24", dims="dst",
+                                                                      negate=True)), "ACCEPT")
+    assert render_rule("C", rule) == "-A C -s 192.0.2.1/32 ! -d 198.51.100.0/24 -j ACCEPT"
+    six = Rule((Match("addr", name="2001:db8::1/128", dims="dst"),), "DROP")
+    assert render_rule("C", six) == "-A C -d 2001:db8::1/128 -j DROP"
+    for bad in (Match("addr", name="192.0.2.1/24", dims="src"), Match("addr", name="192.0.2.1/32", dims="src,dst")):
+        with pytest.raises(ValueError):
+            render_rule("C", Rule((bad,), "ACCEPT"))

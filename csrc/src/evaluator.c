@@ -33,6 +33,8 @@ struct ips_program {
     uint32_t *chain_first, *chain_len;
     ips_rule *rules;
     ips_match *matches;
+    ips_net6 *nets;
+    size_t n_nets;
     uint32_t entry;
     unsigned max_depth; /* longest chain of jumps from the entry */
 };
@@ -55,6 +57,7 @@ void ips_program_free(ips_program *p) {
     free(p->chain_len);
     free(p->rules);
     free(p->matches);
+    free(p->nets);
     free(p);
 }
 
@@ -114,8 +117,9 @@ static unsigned depth_from(const ips_program *p, uint32_t c, uint8_t *state, uns
 
 ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *sets, size_t n_chains,
                              const uint32_t *chain_first, const uint32_t *chain_len, size_t n_rules,
-                             const ips_rule *rules, size_t n_matches, const ips_match *matches, uint32_t entry,
-                             ips_status *status, char *why, size_t why_len) {
+                             const ips_rule *rules, size_t n_matches, const ips_match *matches, size_t n_nets,
+                             const ips_net6 *nets, uint32_t entry, ips_status *status, char *why,
+                             size_t why_len) {
     ips_program *p = calloc(1, sizeof *p);
     if (!p)
         REFUSE(IPS_ERR_NOMEM, "out of memory");
@@ -130,7 +134,9 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
     p->chain_len = dup_array(chain_len, n_chains, sizeof *chain_len);
     p->rules = dup_array(rules, n_rules, sizeof *rules);
     p->matches = dup_array(matches, n_matches, sizeof *matches);
-    if (!p->sets || !p->chain_first || !p->chain_len || !p->rules || !p->matches)
+    p->nets = dup_array(nets, n_nets, sizeof *nets);
+    p->n_nets = n_nets;
+    if (!p->sets || !p->chain_first || !p->chain_len || !p->rules || !p->matches || !p->nets)
         REFUSE(IPS_ERR_NOMEM, "out of memory");
     if (entry >= n_chains)
         REFUSE(IPS_ERR_INVALID, "entry chain %u of %zu chains", entry, n_chains);
@@ -140,6 +146,12 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
     for (size_t i = 0; i < n_sets; i++)
         if (!sets[i] || ips_set_family(sets[i]) != family)
             REFUSE(IPS_ERR_INVALID, "set %zu is missing or of another family", i);
+    if (family == IPS_INET && n_nets)
+        REFUSE(IPS_ERR_INVALID, "IPv6 networks given to an IPv4 program");
+    for (size_t i = 0; i < n_nets; i++)
+        for (unsigned k = 0; k < 4; k++)
+            if (nets[i].addr[k] & ~nets[i].mask[k])
+                REFUSE(IPS_ERR_INVALID, "network %zu has address bits outside its mask", i);
     for (size_t r = 0; r < n_rules; r++) {
         const ips_rule *rule = &rules[r];
         if (rule->target > IPS_TARGET_GOTO)
@@ -150,7 +162,7 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
             REFUSE(IPS_ERR_INVALID, "rule %zu: matches past the %zu given", r, n_matches);
         for (uint32_t m = rule->first_match; m < rule->first_match + rule->n_matches; m++) {
             const ips_match *match = &matches[m];
-            if (match->kind > IPS_MATCH_LIMIT)
+            if (match->kind > IPS_MATCH_ADDR)
                 REFUSE(IPS_ERR_INVALID, "rule %zu: unknown match kind %u", r, match->kind);
             if (match->kind == IPS_MATCH_LIMIT && rule->target != IPS_TARGET_NFLOG)
                 REFUSE(IPS_ERR_INVALID, "rule %zu: a rate limit on a rule that decides (only NFLOG rules may have one)",
@@ -159,6 +171,13 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
                 (match->set >= n_sets || !dims_fit(ips_set_type(sets[match->set]), match->dims)))
                 REFUSE(IPS_ERR_INVALID, "rule %zu: set %u is missing or its type does not fit the match dimensions",
                        r, match->set);
+            if (match->kind == IPS_MATCH_ADDR) {
+                if (match->dims != IPS_DIMS_SRC && match->dims != IPS_DIMS_DST)
+                    REFUSE(IPS_ERR_INVALID, "rule %zu: an address match is on the source or the destination", r);
+                if (family == IPS_INET ? (match->value & ~match->value2) != 0 : match->set >= n_nets)
+                    REFUSE(IPS_ERR_INVALID, "rule %zu: address match %u names no network or has bits outside its mask",
+                           r, m);
+            }
         }
     }
     uint8_t *state = calloc(n_chains ? n_chains : 1, 1);
@@ -287,6 +306,17 @@ static inline bool match_holds(const ips_program *p, const ips_match *m, const f
     case IPS_MATCH_DPORT: hit = f->dport >= m->value && f->dport <= m->value2; break;
     case IPS_MATCH_MARK: hit = (mark & m->value2) == m->value; break;
     case IPS_MATCH_LIMIT: hit = true; break;
+    case IPS_MATCH_ADDR: {
+        const uint32_t *a = m->dims == IPS_DIMS_SRC ? f->src : f->dst;
+        if (p->family == IPS_INET) {
+            hit = (a[0] & m->value2) == m->value;
+            break;
+        }
+        const ips_net6 *n = &p->nets[m->set];
+        hit = ((a[0] & n->mask[0]) ^ n->addr[0]) == 0 && ((a[1] & n->mask[1]) ^ n->addr[1]) == 0 &&
+              ((a[2] & n->mask[2]) ^ n->addr[2]) == 0 && ((a[3] & n->mask[3]) ^ n->addr[3]) == 0;
+        break;
+    }
     default: hit = (m->value & IPS_STATE_NEW) != 0; break;
     }
     return hit != (m->negate != 0);

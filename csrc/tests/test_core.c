@@ -444,7 +444,7 @@ static void test_evaluator(void) {
     };
     uint32_t first[] = {0, 5, 8}, len[] = {5, 3, 1};
     char why[256];
-    ips_program *p = ips_program_new(IPS_INET, 2, sets, 3, first, len, 9, r, 7, m, 0, &st, why, sizeof why);
+    ips_program *p = ips_program_new(IPS_INET, 2, sets, 3, first, len, 9, r, 7, m, 0, NULL, 0, &st, why, sizeof why);
     CHECK(p != NULL);
     enum { N = 6 };
     uint32_t src[N] = {0xC0000201u /* pod */, 0xC0000201u, 0xC6336405u /* block */, 0xC6336405u,
@@ -482,25 +482,104 @@ static void test_evaluator(void) {
     /* A loop is refused with a reason, as iptables refuses it. */
     ips_rule loop[] = {{IPS_TARGET_JUMP, 0, 1, 0, 0, 0, 0}, {IPS_TARGET_JUMP, 1, 0, 0, 0, 0, 0}};
     uint32_t lf[] = {0, 1}, ll[] = {1, 1};
-    p = ips_program_new(IPS_INET, 0, NULL, 2, lf, ll, 2, loop, 0, NULL, 0, &st, why, sizeof why);
+    p = ips_program_new(IPS_INET, 0, NULL, 2, lf, ll, 2, loop, 0, NULL, 0, NULL, 0, &st, why, sizeof why);
     CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "loop"));
     /* A rate limit is only for rules that decide nothing. */
     ips_match lim = {IPS_MATCH_LIMIT, 0, 0, 0, 10, 20};
     ips_rule dropper = {IPS_TARGET_DROP, 0, 0, 0, 0, 0, 1};
     uint32_t lf0 = 0, ll1 = 1;
-    p = ips_program_new(IPS_INET, 0, NULL, 1, &lf0, &ll1, 1, &dropper, 1, &lim, 0, &st, why, sizeof why);
+    p = ips_program_new(IPS_INET, 0, NULL, 1, &lf0, &ll1, 1, &dropper, 1, &lim, 0, NULL, 0, &st, why, sizeof why);
     CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "rate limit"));
     /* A set match whose dims do not fit the set type is refused. */
     ips_match bad = {IPS_MATCH_SET, IPS_DIMS_DST_DPORT, 0, 0, 0, 0};
     ips_rule one = {IPS_TARGET_ACCEPT, 0, 0, 0, 0, 0, 1};
     uint32_t f0 = 0, l1 = 1;
-    p = ips_program_new(IPS_INET, 2, sets, 1, &f0, &l1, 1, &one, 1, &bad, 0, &st, why, sizeof why);
+    p = ips_program_new(IPS_INET, 2, sets, 1, &f0, &l1, 1, &one, 1, &bad, 0, NULL, 0, &st, why, sizeof why);
     CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "does not fit"));
     ips_set_free(pods);
     ips_set_free(block);
 }
 
+static uint32_t xorshift(uint32_t *s) {
+    *s ^= *s << 13;
+    *s ^= *s >> 17;
+    *s ^= *s << 5;
+    return *s;
+}
+
+/* Address matches (-s / -d): against a plain masked compare, both families,
+ * negated or not, on random addresses near and inside random networks. */
+static void test_evaluator_addr(void) {
+    ips_status st;
+    char why[256];
+    uint32_t seed = 7;
+    for (int trial = 0; trial < 200; trial++) {
+        bool v6 = trial % 2;
+        unsigned W = v6 ? 4 : 1, prefix = xorshift(&seed) % (32 * W + 1);
+        ips_net6 net = {{0}, {0}};
+        for (unsigned k = 0; k < W; k++) {
+            unsigned bits = prefix > 32 * k ? (prefix - 32 * k > 32 ? 32 : prefix - 32 * k) : 0;
+            net.mask[k] = bits ? 0xFFFFFFFFu << (32 - bits) : 0;
+            net.addr[k] = xorshift(&seed) & net.mask[k];
+        }
+        uint8_t dims = xorshift(&seed) & 1 ? IPS_DIMS_DST : IPS_DIMS_SRC, negate = xorshift(&seed) & 1;
+        ips_match m = {IPS_MATCH_ADDR, dims, negate, 0, v6 ? 0 : net.addr[0], v6 ? 0 : net.mask[0]};
+        ips_rule r[] = {{IPS_TARGET_ACCEPT, 0, 0, 0, 0, 0, 1}, {IPS_TARGET_DROP, 0, 0, 0, 0, 0, 0}};
+        uint32_t first = 0, len = 2;
+        ips_program *p = ips_program_new(v6 ? IPS_INET6 : IPS_INET, 0, NULL, 1, &first, &len, 2, r, 1, &m,
+                                         v6 ? 1 : 0, v6 ? &net : NULL, 0, &st, why, sizeof why);
+        CHECK(p != NULL);
+        enum { N = 64 };
+        uint32_t w[2][N][4];
+        uint8_t src[N * 16], dst[N * 16], proto[N] = {0}, v[N];
+        uint16_t port[N] = {0};
+        for (unsigned i = 0; i < N; i++)
+            for (unsigned side = 0; side < 2; side++)
+                for (unsigned k = 0; k < W; k++) {
+                    /* half inside the network, half with one random bit flipped somewhere */
+                    uint32_t x = net.addr[k] | (xorshift(&seed) & ~net.mask[k]);
+                    if (i % 2 && xorshift(&seed) % W == k)
+                        x ^= 1u << (xorshift(&seed) % 32);
+                    w[side][i][k] = x;
+                    if (v6) {
+                        uint8_t *b = (side ? dst : src) + 16 * i + 4 * k;
+                        b[0] = x >> 24, b[1] = x >> 16, b[2] = x >> 8, b[3] = x;
+                    } else {
+                        ((uint32_t *)(side ? dst : src))[i] = x;
+                    }
+                }
+        ips_program_eval(p, N, src, dst, proto, port, v, NULL, NULL);
+        for (unsigned i = 0; i < N; i++) {
+            const uint32_t *a = w[dims == IPS_DIMS_DST][i];
+            bool in = true;
+            for (unsigned k = 0; k < W; k++)
+                in = in && (a[k] & net.mask[k]) == net.addr[k];
+            CHECK(v[i] == (in != negate));
+        }
+        ips_program_free(p);
+    }
+    /* Bits outside the mask, an IPv6 network for an IPv4 program, a missing network: refused. */
+    ips_rule one = {IPS_TARGET_ACCEPT, 0, 0, 0, 0, 0, 1};
+    uint32_t f0 = 0, l1 = 1;
+    ips_match loose = {IPS_MATCH_ADDR, IPS_DIMS_SRC, 0, 0, 0xC0000201u, 0xFFFFFF00u};
+    ips_program *p = ips_program_new(IPS_INET, 0, NULL, 1, &f0, &l1, 1, &one, 1, &loose, 0, NULL, 0, &st, why,
+                                     sizeof why);
+    CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "outside its mask"));
+    ips_net6 n6 = {{1, 0, 0, 0}, {0xFFFFFFFFu, 0, 0, 0}};
+    ips_match six = {IPS_MATCH_ADDR, IPS_DIMS_DST, 0, 0, 0, 0};
+    p = ips_program_new(IPS_INET, 0, NULL, 1, &f0, &l1, 1, &one, 1, &six, 1, &n6, 0, &st, why, sizeof why);
+    CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "IPv6 networks"));
+    six.set = 1;
+    p = ips_program_new(IPS_INET6, 0, NULL, 1, &f0, &l1, 1, &one, 1, &six, 1, &n6, 0, &st, why, sizeof why);
+    CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "names no network"));
+    n6.addr[1] = 1;
+    six.set = 0;
+    p = ips_program_new(IPS_INET6, 0, NULL, 1, &f0, &l1, 1, &one, 1, &six, 1, &n6, 0, &st, why, sizeof why);
+    CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "outside its mask"));
+}
+
 int main(void) {
+    test_evaluator_addr();
     test_parse_format();
     test_zero_and_extremes();
     test_net_nomatch();

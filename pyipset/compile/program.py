@@ -45,6 +45,9 @@ class Match:
                   "src" / "dst" (hash:ip, hash:net), "dst,dst" (hash:ip,port:
                   destination address and port), "src,dst,dst" (hash:ip,port,ip:
                   source, destination port, destination).
+    kind "addr":  the source (`dims` "src") or destination ("dst") address is
+                  in network `name` (CIDR text, as iptables' -s / -d); the
+                  compiler does not use it: the comparison layouts do.
     kind "proto": the IP protocol number equals `value`.
     kind "dport": the destination port is within value..value2.
     kind "mark":  (mark & value2) == value.

@@ -54,6 +54,10 @@ def _match_args(m: Match) -> list:
         if m.dims not in ("src", "dst", "dst,dst", "src,dst,dst"):
             raise ValueError(f"cannot render set dimensions {m.dims!r}")
         return ["-m", "set", *neg, "--match-set", names.check_set_name(m.name), m.dims]
+    if m.kind == "addr":
+        if m.dims not in ("src", "dst"):
+            raise ValueError(f"cannot render address match dimensions {m.dims!r}")
+        return [*neg, "-s" if m.dims == "src" else "-d", str(ipaddress.ip_network(m.name))]
     if m.kind == "proto":
         return [*neg, "-p", KERNEL_PROTOCOL_NAMES.get(m.value, str(m.value))]
     if m.kind == "dport":

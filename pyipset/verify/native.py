@@ -16,7 +16,7 @@ from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
 
 _TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5, "GOTO": 6}
-_MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4, "limit": 5}
+_MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4, "limit": 5, "addr": 6}
 _DIMS = {"src": 0, "dst": 1, "dst,dst": 2, "src,dst,dst": 3}
 _STATES = {"NEW": 1, "ESTABLISHED": 2, "RELATED": 4, "INVALID": 8}
 
@@ -27,6 +27,19 @@ def build_set(setdef) -> IPSet:
         entry, _, flag = member.partition(" ")
         s.add(entry, nomatch=flag == "nomatch")
     return s
+
+
+def _address_match(m, family: str, nets: list) -> tuple:
+    """An address match (`-s`/`-d` CIDR) for the evaluator: IPv4 networks in
+    the match itself, IPv6 ones appended to `nets` (4 address words, 4 mask words)."""
+    net = ipaddress.ip_network(m.name)
+    if (net.version == 4) != (family == "inet"):
+        raise ValueError(f"address match {m.name} in a program of family {family}")
+    if net.version == 4:
+        return (6, _DIMS[m.dims], m.negate, 0, int(net.network_address), int(net.netmask))
+    words = [(int(x) >> s) & 0xFFFFFFFF for x in (net.network_address, net.netmask) for s in (96, 64, 32, 0)]
+    nets.append(words)
+    return (6, _DIMS[m.dims], m.negate, len(nets) - 1, 0, 0)
 
 
 @dataclass
@@ -45,7 +58,7 @@ class NativeProgram:
         set_index = {name: i for i, name in enumerate(self.sets)}
         chain_index = {name: i for i, name in enumerate(program.chains)}
         self.rules: list[tuple[str, int, Rule]] = []
-        chain_first, chain_len, rules, matches = [], [], [], []
+        chain_first, chain_len, rules, matches, nets = [], [], [], [], []
         for chain, chain_rules in program.chains.items():
             chain_first.append(len(rules))
             chain_len.append(len(chain_rules))
@@ -56,6 +69,8 @@ class NativeProgram:
                         matches.append((0, _DIMS[m.dims], m.negate, set_index[m.name], 0, 0))
                     elif m.kind == "state":
                         matches.append((4, 0, m.negate, 0, sum(_STATES[s] for s in m.states), 0))
+                    elif m.kind == "addr":
+                        matches.append(_address_match(m, program.family, nets))
                     else:
                         matches.append((_MATCH_KINDS[m.kind], 0, m.negate, 0, m.value, m.value2))
                 jump = chain_index[rule.jump] if rule.target in ("JUMP", "GOTO") else 0
@@ -63,7 +78,7 @@ class NativeProgram:
                               len(rule.matches)))
                 self.rules.append((chain, i, rule))
         self.native = _core.Program(program.family, list(self.sets.values()), chain_first, chain_len, rules,
-                                    matches, chain_index[program.entry])
+                                    matches, chain_index[program.entry], nets)
 
     def evaluate(self, src: np.ndarray, dst: np.ndarray, proto: np.ndarray, dport: np.ndarray,
                  threads: int = 0) -> Evaluation:
@@ -83,17 +98,20 @@ def address_column(ips: list, version: int) -> np.ndarray:
 
 
 class ClusterEvaluator:
-    """Both families' programs for a cluster (compiled when first needed), and the matrix from them."""
+    """Both families' programs for a cluster (compiled when first needed), and the matrix from them.
 
-    def __init__(self, cluster: Cluster, flatten_limit: int = FLATTEN_LIMIT):
+    program: another way from (cluster, family) to a RuleProgram than the
+    compiler (the benchmarks' comparison layouts): judged the same way."""
+
+    def __init__(self, cluster: Cluster, flatten_limit: int = FLATTEN_LIMIT, program=None):
         self.cluster = cluster
         self.flatten_limit = flatten_limit
+        self.make = program or (lambda c, family: compile_cluster(c, family, self.flatten_limit))
         self.programs = {}
 
     def program_for(self, version: int) -> NativeProgram:
         if version not in self.programs:
-            family = "inet" if version == 4 else "inet6"
-            self.programs[version] = NativeProgram(compile_cluster(self.cluster, family, self.flatten_limit))
+            self.programs[version] = NativeProgram(self.make(self.cluster, "inet" if version == 4 else "inet6"))
         return self.programs[version]
 
     def judge(self, src: ipaddress._BaseAddress, dst: ipaddress._BaseAddress, protocol: str, port: int) -> bool:

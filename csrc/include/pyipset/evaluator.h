@@ -37,6 +37,9 @@ typedef enum ips_match_kind {
     IPS_MATCH_STATE = 4,   /* value: bit mask of IPS_STATE_*; flows are NEW */
     IPS_MATCH_LIMIT = 5,   /* a rate limit (value per second, burst value2): rates are not modelled, so it
                               holds, and it is only accepted on NFLOG rules, which decide nothing */
+    IPS_MATCH_ADDR = 6,    /* iptables' -s / -d (dims IPS_DIMS_SRC or IPS_DIMS_DST): the address is in a
+                              network. IPv4: (address & value2) == value, value2 the mask. IPv6: the
+                              network nets[set] of the program */
 } ips_match_kind;
 
 typedef enum ips_dims {
@@ -52,7 +55,7 @@ typedef struct ips_match {
     uint8_t kind;   /* ips_match_kind */
     uint8_t dims;   /* ips_dims, for IPS_MATCH_SET */
     uint8_t negate; /* 1: the match holds when the condition does not */
-    uint32_t set;   /* index into the program's sets, for IPS_MATCH_SET */
+    uint32_t set;   /* index into the program's sets (IPS_MATCH_SET) or nets (IPS_MATCH_ADDR, IPv6) */
     uint32_t value, value2;
 } ips_match;
 
@@ -74,20 +77,29 @@ typedef struct ips_rule {
     uint32_t first_match, n_matches; /* a slice of the matches array */
 } ips_rule;
 
+/* An IPv6 network for IPS_MATCH_ADDR: address and mask as four host-order
+ * words, most significant first; address bits outside the mask are zero. */
+typedef struct ips_net6 {
+    uint32_t addr[4], mask[4];
+} ips_net6;
+
 typedef struct ips_program ips_program;
 
 /*
  * Builds a program. Rules are numbered globally; chain c owns rules
  * chain_first[c] .. chain_first[c] + chain_len[c] - 1. The arrays are
- * copied; the sets are borrowed. Checks every index, that each set's type
- * and family fit its dims and the program's family, and that jumps form no
- * loop (as iptables does). Returns NULL with IPS_ERR_INVALID and a reason,
+ * copied; the sets are borrowed. `nets` (IPv6 programs only; n_nets 0 for
+ * IPv4) are the networks of address matches. Checks every index, that each
+ * set's type and family fit its dims and the program's family, that address
+ * matches have no bits outside their masks, and that jumps form no loop (as
+ * iptables does). Returns NULL with IPS_ERR_INVALID and a reason,
  * or IPS_ERR_NOMEM.
  */
 ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *sets, size_t n_chains,
                              const uint32_t *chain_first, const uint32_t *chain_len, size_t n_rules,
-                             const ips_rule *rules, size_t n_matches, const ips_match *matches, uint32_t entry,
-                             ips_status *status, char *why, size_t why_len);
+                             const ips_rule *rules, size_t n_matches, const ips_match *matches, size_t n_nets,
+                             const ips_net6 *nets, uint32_t entry, ips_status *status, char *why,
+                             size_t why_len);
 
 void ips_program_free(ips_program *program);
 
