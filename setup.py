@@ -1,5 +1,6 @@
-"""Builds the native extension pyipset._core by running CMake (CMakeLists.txt
-holds every compiler flag; this file only drives it)."""
+"""Builds the native extension pyipset._core and the lab's prober
+(pyipset/lab/synprobe) by running CMake (CMakeLists.txt holds every compiler
+flag; this file only drives it)."""
 
 import os
 import subprocess
@@ -36,9 +37,11 @@ class CMakeBuild(build_ext):
             f"-DPython_EXECUTABLE={sys.executable}",
             f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
             f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out_dir}",
+            # the lab's prober, beside the lab's code: pyipset/lab/synprobe
+            f"-DCMAKE_RUNTIME_OUTPUT_DIRECTORY={out_dir / 'lab'}",
         ]
         subprocess.run(configure, check=True)
-        subprocess.run(["cmake", "--build", str(build_dir), "--target", "_core"], check=True)
+        subprocess.run(["cmake", "--build", str(build_dir), "--target", "_core", "synprobe"], check=True)
 
 
 setup(ext_modules=[CMakeExtension("pyipset._core")], cmdclass={"build_ext": CMakeBuild})

@@ -458,6 +458,36 @@ class LabNode:
                                  str(count), str(self._target(s.pod, d.pod)))).stdout
         return json.loads(out)
 
+    # Conntrack timeouts (seconds) a node gets before a SYN flood: the entries
+    # of refused and half-open connections go within seconds, not minutes (the
+    # conntrack table is shared by every namespace of the machine).
+    FLOOD_TIMEOUTS = {"syn_sent": 5, "syn_recv": 5, "close": 1, "close_wait": 1, "time_wait": 1, "last_ack": 1,
+                      "fin_wait": 1}
+    SYNPROBE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "synprobe")
+
+    def syn_probe(self, src: str, dst: str, port: int, count: int, wait_ms: int = 500) -> dict:
+        """`count` new TCP connections from pod `src` to pod `dst` (keys, IPv4),
+        as fast as a raw socket sends them, each from its own source port
+        (pyipset/lab/synprobe, run in the source pod): {"sent", "answered",
+        "seconds", "send_seconds"}, timed in the pod. Nothing needs to listen:
+        the destination's kernel answers a SYN with a RST. Shortens the
+        conntrack timeouts of the nodes first (FLOOD_TIMEOUTS)."""
+        s, d = self._lab_pod(src), self._lab_pod(dst)
+        if not os.access(self.SYNPROBE, os.X_OK):
+            raise LabError(f"the prober {self.SYNPROBE} is missing: install the package (pip install .), "
+                           "which builds it")
+        addrs = self._target(s.pod, d.pod)
+        source = next((ip for ip in s.pod.ips if ip.version == 4), None)
+        if source is None or addrs is None or addrs.version != 4:
+            raise LabError(f"syn_probe needs IPv4 on both {brief_text(src)} and {brief_text(dst)}")
+        for node in self.nodes:
+            for name, seconds in self.FLOOD_TIMEOUTS.items():
+                _run("ip", "netns", "exec", node.netns, "sysctl", "-qw",
+                     f"net.netfilter.nf_conntrack_tcp_timeout_{name}={seconds}")
+        out = _run("ip", "netns", "exec", s.netns, self.SYNPROBE, str(source), str(addrs), str(port), str(count),
+                   str(wait_ms)).stdout
+        return json.loads(out)
+
     # ---- the node itself ----
 
     def _node_address(self, node: Node):
