@@ -170,6 +170,8 @@ def linear_program(cluster, family: str = "inet") -> RuleProgram:
     r = _Resolver(cluster, family)
     prog = RuleProgram(family=family)
     rules = {"egress": {}, "ingress": {}}  # dict as an ordered set: identical rules once
+    # Egress to any address on a named port: the pods that have the port, each on its number.
+    every_pod = [(_host(r.ip(p)), p) for pods in r.by_ns.values() for p in pods]
     for policy in sorted(cluster.policies, key=lambda p: p.key):
         targets = r.targets(policy)
         for direction, kind in (("ingress", "Ingress"), ("egress", "Egress")):
@@ -185,17 +187,18 @@ def linear_program(cluster, family: str = "inet") -> RuleProgram:
                         [(_host(r.ip(p)), p) for p in r.peer_pods(policy, peer)])]
                 for t in targets:
                     near = _host(r.ip(t))
-                    for f in far:
-                        dst_pod = t if direction == "ingress" else (f[1] if f else None)
-                        if rule.ports is None:
-                            port_sets = [[]]
-                        else:
-                            port_sets = [m for spec in rule.ports
-                                         if (m := _port_matches(spec, dst_pod)) is not None]
-                        src, dst = (f[0] if f else None, near) if direction == "ingress" else (near, f[0] if f else None)
-                        addr = ([Match("addr", name=src, dims="src")] if src else []) + \
-                               ([Match("addr", name=dst, dims="dst")] if dst else [])
-                        for ports in port_sets:
+                    for spec in (None,) if rule.ports is None else rule.ports:
+                        named = spec is not None and isinstance(spec.port, str)
+                        fars = every_pod if (named and direction == "egress" and rule.peers is None) else far
+                        for f in fars:
+                            dst_pod = t if direction == "ingress" else (f[1] if f else None)
+                            ports = [] if spec is None else _port_matches(spec, dst_pod)
+                            if ports is None:
+                                continue
+                            src, dst = (f[0] if f else None, near) if direction == "ingress" else \
+                                (near, f[0] if f else None)
+                            addr = ([Match("addr", name=src, dims="src")] if src else []) + \
+                                   ([Match("addr", name=dst, dims="dst")] if dst else [])
                             rules[direction].setdefault(tuple(addr + ports), origin)
     prog.chains[ENTRY_CHAIN] = [Rule((ESTABLISHED,), "ACCEPT", origin="established"),
                                 Rule((), "JUMP", jump="LINEAR-EGRESS", origin="egress"),

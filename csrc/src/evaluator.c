@@ -12,16 +12,20 @@
 /*
  * Membership index: one probe per packet address answers every hash:ip set
  * match of the program. Each address found in any hash:ip set of the program
- * gets a row of bits, one per such set; a match is then a bit test. Built by
- * ips_program_prepare() and valid while no set has changed since (change
- * counters); otherwise matches fall back to probing each set.
+ * gets a row: the numbers of the hash:ip sets it is in, ascending (a pod is
+ * in a handful of sets however many the program has, so rows are short and
+ * the index grows with the memberships, not with addresses x sets); a match
+ * is a scan of one short row. Built by ips_program_prepare() and valid while
+ * no set has changed since (change counters); otherwise matches fall back to
+ * probing each set.
  */
 typedef struct member_index {
     bool fresh;
+    bool any;            /* the program has a hash:ip set */
     ips_table addrs;     /* the addresses; a row is the slot an address sits in */
-    unsigned words;      /* uint64 words per row */
-    uint64_t *bits;      /* (slots + 1) rows; the last row is the all-zero address */
-    int32_t *set_bit;    /* per program set: its bit, or -1 (not hash:ip) */
+    uint32_t *first;     /* (slots + 2): row r is ids[first[r] .. first[r + 1]); row `slots` is the zero address */
+    uint32_t *ids;       /* set numbers, ascending within a row */
+    int32_t *set_bit;    /* per program set: its number among the hash:ip sets, or -1 (not hash:ip) */
     uint64_t *seen;      /* per program set: its change counter when built */
 } member_index;
 
@@ -41,8 +45,9 @@ struct ips_program {
 
 static void index_clear(member_index *ix) {
     tbl_release(&ix->addrs);
-    free(ix->bits);
-    ix->bits = NULL;
+    free(ix->first);
+    free(ix->ids);
+    ix->first = ix->ids = NULL;
     ix->fresh = false;
 }
 
@@ -202,7 +207,7 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
     int32_t bit = 0;
     for (size_t i = 0; i < n_sets; i++)
         p->index.set_bit[i] = ips_set_type(sets[i]) == IPS_HASH_IP ? bit++ : -1;
-    p->index.words = (unsigned)((bit + 63) / 64);
+    p->index.any = bit > 0;
     tbl_init(&p->index.addrs, family == IPS_INET ? 1 : 4, 0xFFFFFFFFu, 0);
     if (status)
         *status = IPS_OK;
@@ -236,10 +241,12 @@ ips_status ips_program_prepare(ips_program *p) {
     index_clear(ix);
     for (size_t i = 0; i < p->n_sets; i++)
         ix->seen[i] = ips_set_changes(p->sets[i]);
-    if (ix->words == 0)
+    if (!ix->any)
         return IPS_OK; /* no hash:ip set: nothing to index */
-    /* Pass 1: every address; pass 2 (slots now final): the bits. */
-    for (int pass = 0; pass < 2; pass++) {
+    /* Pass 0: every address; pass 1 (slots now final): the length of each
+     * row; pass 2: the rows, filled in set order, so each comes out ascending. */
+    size_t rows = 0, *fill = NULL;
+    for (int pass = 0; pass < 3; pass++) {
         for (size_t i = 0; i < p->n_sets; i++) {
             if (ix->set_bit[i] < 0)
                 continue;
@@ -249,39 +256,55 @@ ips_status ips_program_prepare(ips_program *p) {
                 uint32_t w[4];
                 entry_words(p->family, &e, w);
                 if (pass == 0) {
-                    if (tbl_upsert(&ix->addrs, w, NULL) != IPS_OK) {
-                        index_clear(ix);
-                        return IPS_ERR_NOMEM;
-                    }
+                    if (tbl_upsert(&ix->addrs, w, NULL) != IPS_OK)
+                        goto nomem;
                     continue;
                 }
-                ptrdiff_t row = index_row(ix, w);
-                ix->bits[(size_t)row * ix->words + (unsigned)ix->set_bit[i] / 64] |=
-                    1ull << ((unsigned)ix->set_bit[i] % 64);
+                size_t row = (size_t)index_row(ix, w);
+                if (pass == 1)
+                    ix->first[row + 1]++;
+                else
+                    ix->ids[fill[row]++] = (uint32_t)ix->set_bit[i];
             }
         }
         if (pass == 0) {
-            ix->bits = calloc((tbl_phys(&ix->addrs) + 1) * ix->words, sizeof *ix->bits);
-            if (!ix->bits) {
-                index_clear(ix);
-                return IPS_ERR_NOMEM;
-            }
+            rows = tbl_phys(&ix->addrs) + 1;
+            ix->first = calloc(rows + 1, sizeof *ix->first);
+            if (!ix->first)
+                goto nomem;
+        } else if (pass == 1) {
+            for (size_t r = 0; r < rows; r++)
+                ix->first[r + 1] += ix->first[r];
+            ix->ids = malloc((ix->first[rows] ? ix->first[rows] : 1) * sizeof *ix->ids);
+            fill = malloc(rows * sizeof *fill);
+            if (!ix->ids || !fill)
+                goto nomem;
+            for (size_t r = 0; r < rows; r++)
+                fill[r] = ix->first[r];
         }
     }
+    free(fill);
     ix->fresh = true;
     return IPS_OK;
+nomem:
+    free(fill);
+    index_clear(ix);
+    return IPS_ERR_NOMEM;
 }
 
 typedef struct flow {
     uint32_t src[4], dst[4];
-    const uint64_t *src_row, *dst_row; /* membership bits, or NULL: in no hash:ip set */
+    const uint32_t *src_ids, *src_end; /* the hash:ip sets the source is in (empty: none) */
+    const uint32_t *dst_ids, *dst_end;
     bool indexed;                      /* the rows are valid (the index is fresh) */
     uint8_t proto;
     uint16_t dport;
 } flow;
 
-static bool row_has(const uint64_t *row, int32_t bit) {
-    return row != NULL && (row[(unsigned)bit / 64] >> ((unsigned)bit % 64) & 1);
+static inline bool row_has(const uint32_t *ids, const uint32_t *end, int32_t bit) {
+    while (ids < end && *ids < (uint32_t)bit)
+        ids++;
+    return ids < end && *ids == (uint32_t)bit;
 }
 
 static inline bool match_holds(const ips_program *p, const ips_match *m, const flow *f, uint32_t mark) {
@@ -290,7 +313,8 @@ static inline bool match_holds(const ips_program *p, const ips_match *m, const f
     case IPS_MATCH_SET: {
         int32_t bit = p->index.set_bit[m->set];
         if (f->indexed && bit >= 0 && m->dims <= IPS_DIMS_DST) {
-            hit = row_has(m->dims == IPS_DIMS_SRC ? f->src_row : f->dst_row, bit);
+            hit = m->dims == IPS_DIMS_SRC ? row_has(f->src_ids, f->src_end, bit)
+                                          : row_has(f->dst_ids, f->dst_end, bit);
             break;
         }
         const ips_set *s = p->sets[m->set];
@@ -413,11 +437,13 @@ static void eval_range(const ips_program *p, size_t from, size_t to, const void 
         load_words(p->family, src, i, f.src);
         load_words(p->family, dst, i, f.dst);
         f.indexed = ix->fresh;
-        f.src_row = f.dst_row = NULL;
+        f.src_ids = f.src_end = f.dst_ids = f.dst_end = NULL;
         if (f.indexed) {
             ptrdiff_t rs = index_row(ix, f.src), rd = index_row(ix, f.dst);
-            f.src_row = rs < 0 ? NULL : ix->bits + (size_t)rs * ix->words;
-            f.dst_row = rd < 0 ? NULL : ix->bits + (size_t)rd * ix->words;
+            if (rs >= 0)
+                f.src_ids = ix->ids + ix->first[rs], f.src_end = ix->ids + ix->first[rs + 1];
+            if (rd >= 0)
+                f.dst_ids = ix->ids + ix->first[rd], f.dst_end = ix->ids + ix->first[rd + 1];
         }
         f.proto = proto[i];
         f.dport = dport[i];
