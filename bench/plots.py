@@ -16,7 +16,7 @@ import os
 import sys
 from collections import defaultdict
 
-from report import ns_per_op  # bench/report.py: one definition of "ns per operation"
+from report import KERNEL, USERSPACE, ns_per_op  # bench/report.py: one definition of each
 
 
 def load(paths: list) -> tuple:
@@ -101,7 +101,42 @@ def growth(benches: list, plt, caption: str):
     return fig
 
 
-FIGURES = {"lookups-over-sizes.png": lookup_over_sizes, "growth.png": growth}
+LAYOUT_STYLE = {"ours": ("tab:green", "ours (the compiler's layout)"), "weave": ("tab:orange", "weave-npc's layout"),
+                "linear": ("tab:red", "linear rules, no ipsets")}
+
+
+def layouts(benches: list, plt, caption: str):
+    """Cost per NEW flow (evaluator) and per NEW connection (kernel) against
+    pods, one line per layout, log-log."""
+    panels = {USERSPACE: defaultdict(list), KERNEL: defaultdict(list)}
+    for b in benches:
+        if b["group"] in panels:
+            panels[b["group"]][b["extra_info"]["layout"]].append((b["extra_info"]["pods"], ns_per_op(b)))
+    if not any(panels.values()):
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(12, 5))
+    titles = {USERSPACE: ("Userspace: native evaluator, one thread", "ns per NEW flow"),
+              KERNEL: ("Kernel: lab node, raw SYNs timed in the pod", "µs per NEW TCP connection")}
+    for ax, (group, lines) in zip(axes, panels.items()):
+        scale = 1e-3 if group == KERNEL else 1
+        for layout in ("linear", "weave", "ours"):
+            points = sorted(lines.get(layout, []))
+            if points:
+                colour, label = LAYOUT_STYLE[layout]
+                ax.plot([p[0] for p in points], [p[1] * scale for p in points], marker="o", color=colour,
+                        label=label)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("pods (namespaces of 50; one policy per 10 pods)")
+        ax.set_ylabel(titles[group][1])
+        ax.set_title(titles[group][0])
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.text(0.01, 0.005, caption, fontsize=7, alpha=0.7)
+    return fig
+
+
+FIGURES = {"lookups-over-sizes.png": lookup_over_sizes, "growth.png": growth, "layouts.png": layouts}
 
 
 def main(argv=None) -> int:

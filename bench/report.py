@@ -22,10 +22,15 @@ def ns_per_op(b: dict) -> float:
     return b["stats"]["median"] / b["extra_info"].get("ops", 1) * 1e9
 
 
+USERSPACE = "userspace: cost per NEW flow by layout (native evaluator, one thread)"
+KERNEL = "kernel: cost per NEW TCP connection by layout (lab, C prober)"
+
+
 def tables(benches) -> str:
     groups = defaultdict(list)
     for b in benches:
-        groups[b["group"]].append(b)
+        if b["group"] not in (USERSPACE, KERNEL):  # those have their own table (layout_tables)
+            groups[b["group"]].append(b)
     out = []
     for group, items in groups.items():
         out.append(f"### {group}\n")
@@ -45,6 +50,49 @@ def tables(benches) -> str:
                 bpm = b["extra_info"].get("bytes_per_member")
                 raw = b["extra_info"].get("raw_key_bytes")
                 row += f" {bpm:.1f}" + (f" ({bpm / raw:.2f}x key)" if raw else "") + " |" if bpm else " |"
+            out.append(row)
+        out.append("")
+    return "\n".join(out)
+
+
+def _by_layout(benches, group) -> dict:
+    """{pods: {layout: benchmark}} for one of the layout curves."""
+    out = defaultdict(dict)
+    for b in benches:
+        if b["group"] == group:
+            out[b["extra_info"]["pods"]][b["extra_info"]["layout"]] = b
+    return dict(sorted(out.items()))
+
+
+def layout_tables(benches) -> str:
+    """The layout curves side by side: per size, each layout's cost and rules,
+    and in the kernel what one rule walked costs in the linear layout (its
+    excess over ours divided by the extra rules its SYN walks)."""
+    out = []
+    for group, unit, scale in ((USERSPACE, "ns per flow", 1), (KERNEL, "us per connection", 1e-3)):
+        rows = _by_layout(benches, group)
+        if not rows:
+            continue
+        out += [f"### {group}\n", f"| pods | ours ({unit}) | weave | linear | weave / ours | linear / ours | rules: "
+                f"ours / weave / linear |" + (" SYN walks: ours / weave / linear | ns per linear rule walked |"
+                                               if group == KERNEL else ""),
+                "|---:|---:|---:|---:|---:|---:|---:|" + ("---:|---:|" if group == KERNEL else "")]
+        for pods, by in rows.items():
+            cost = {k: ns_per_op(b) for k, b in by.items()}
+            cell = lambda k: f"{cost[k] * scale:,.{1 if scale != 1 else 0}f}" if k in cost else "-"  # noqa: E731
+            ratio = lambda k: f"{cost[k] / cost['ours']:.1f}x" if k in cost and "ours" in cost else "-"  # noqa: E731
+            rules = " / ".join(f"{by[k]['extra_info']['rules']:,}" if k in by else "-"
+                               for k in ("ours", "weave", "linear"))
+            row = f"| {pods:,} | {cell('ours')} | {cell('weave')} | {cell('linear')} | {ratio('weave')} | " \
+                  f"{ratio('linear')} | {rules} |"
+            if group == KERNEL:
+                walks = " / ".join(str(by[k]["extra_info"]["walked"]) if k in by else "-"
+                                   for k in ("ours", "weave", "linear"))
+                per_rule = "-"
+                if "linear" in by and "ours" in by:
+                    extra = by["linear"]["extra_info"]["walked"] - by["ours"]["extra_info"]["walked"]
+                    per_rule = f"{(cost['linear'] - cost['ours']) / extra:.1f}" if extra > 0 else "-"
+                row += f" {walks} | {per_rule} |"
             out.append(row)
         out.append("")
     return "\n".join(out)
@@ -114,14 +162,6 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
         if ours and plain:
             target(f"apply, {size} pods: not slower than plain ipset restore", ours <= plain,
                    f"{ours / plain:.2f}x the time")
-    path = {b["name"]: ns_per_op(b) for b in benches if b["group"].startswith("kernel datapath")}
-    ipset0 = next((v for k, v in path.items() if "pyipset-ipset-0]" in k), None)
-    ipset10k = next((v for k, v in path.items() if "pyipset-ipset-10000" in k), None)
-    linear10k = next((v for k, v in path.items() if "linear-iptables-10000" in k), None)
-    if ipset0 and ipset10k and linear10k:
-        target("datapath: ipset layout flat from 0 to 10k other sources (within 10%)", ipset10k <= 1.1 * ipset0,
-               f"{ipset0 / 1e3:.1f} -> {ipset10k / 1e3:.1f} us per connection; linear rules "
-               f"{linear10k / 1e3:.1f} us")
     for what in ("pod", "policy"):
         for b in benches:
             if b["group"] == f"agent: {what} created at the API -> in the kernel":
@@ -142,6 +182,27 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
                f"its kernel tools {info['cpu_percent_tools']:.1f}%) over {info['seconds']:.0f} s")
         target("agent: steady state: RSS <= 300 MB", info["rss_mb_max"] <= 300,
                f"{info['rss_mb_max']:.0f} MB (peak {info['peak_rss_mb']:.0f} MB)")
+    kernel = _by_layout(benches, KERNEL)
+    ours = {n: ns_per_op(by["ours"]) for n, by in kernel.items() if "ours" in by}
+    if len(ours) > 1:
+        first = ours[min(ours)]
+        worst = max(ours.values(), key=lambda v: abs(v / first - 1))
+        target(f"kernel: ours within +-20% per connection from {min(ours):,} to {max(ours):,} pods",
+               all(0.8 <= v / first <= 1.2 for v in ours.values()),
+               ", ".join(f"{n // 1000}k {v / 1e3:.1f}" for n, v in ours.items()) + f" us (worst {worst / first:.2f}x)")
+    at10k = kernel.get(10_000, {})
+    if "ours" in at10k and "linear" in at10k:
+        r = ns_per_op(at10k["linear"]) / ns_per_op(at10k["ours"])
+        target("kernel, 10k pods: ours >= 10x the linear layout's connection rate", r >= 10, f"{r:.1f}x")
+    weave = {n: (ns_per_op(by["weave"]), ns_per_op(by["ours"])) for n, by in kernel.items()
+             if "weave" in by and "ours" in by}
+    if weave:
+        target("kernel: ours ahead of weave-npc's layout at every size", all(w > o for w, o in weave.values()),
+               ", ".join(f"{n // 1000}k {w / o:.1f}x" for n, (w, o) in weave.items()))
+    user = _by_layout(benches, USERSPACE).get(10_000, {})
+    if "ours" in user and "linear" in user:
+        r = ns_per_op(user["linear"]) / ns_per_op(user["ours"])
+        target("userspace, 10k pods: ours >= 100x the linear layout per flow", r >= 100, f"{r:.0f}x")
     singles = [ns_per_op(b) for b in benches if b["group"].startswith("single")]
     if singles:
         target("single `entry in s` (str): <= 250 ns", max(singles) <= 250, f"worst {max(singles):.0f} ns")
@@ -161,6 +222,7 @@ def main() -> int:
     print(f"Machine: {cpu}, {mi.get('cpu', {}).get('count', '?')} cores, Python {mi.get('python_version', '?')}, "
           f"{data.get('datetime', '')}\n")
     print(tables(benches))
+    print(layout_tables(benches))
     print("### Targets\n")
     print("| target | met | measured |")
     print("|---|---|---|")
