@@ -176,3 +176,51 @@ def test_deny_unknown_renders_a_negated_set_match_and_hooks_for_the_cidrs():
                           f"-A FORWARD -m set --match-set {cidr_set} src -j PYIPSET"]
     assert not any(s.role == naming.ROLE_POD_CIDR for s in compile_cluster(c, "inet6", node="n1",
                    deny_unknown=(ipaddress.ip_network("192.0.2.0/24"),)).sets.values())
+
+
+def chain_nesting(program) -> int:
+    """How many chains deep a rule can sit, the hook's own chain being level 0
+    and the entry chain level 1: JUMP and GOTO both count, as nf_tables counts
+    them when it validates a ruleset."""
+    memo = {}
+
+    def depth(chain: str) -> int:
+        if chain not in memo:
+            memo[chain] = 1 + max((depth(r.jump) for r in program.chains[chain] if r.target in ("JUMP", "GOTO")),
+                                  default=0)
+        return memo[chain]
+
+    return depth(program.entry)
+
+
+def groups_cluster(n: int):
+    """n pods in one namespace, each selected by a policy of its own: n policy groups per direction."""
+    objs = [namespace("a")]
+    objs += [pod(f"a/p{i}", [str(ipaddress.IPv4Address(0xC6120000 + i))], {"app": f"x{i}"}) for i in range(n)]
+    objs += [policy(f"a/q{i}", {"podSelector": {"matchLabels": {"app": f"x{i}"}}, "policyTypes": ["Ingress", "Egress"],
+                                "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": f"x{(i + 1) % n}"}}}]}],
+                                "egress": [{}]}) for i in range(n)]
+    return cluster(*objs)
+
+
+def test_group_trees_stay_within_the_kernels_nesting_limit():
+    """nf_tables refuses a ruleset nested 16 chains deep from its hook
+    (EMLINK): however many policy groups, the deepest rule stays at 13. And
+    finding the group stays cheap: at most (k - 1) * TREE_DEPTH lookups."""
+    from pyipset.compile.compiler import TREE_DEPTH, tree_fanout
+    for n in (1, 2, 3, 255, 256, 257, 300, 1000, 5000):
+        program = compile_cluster(groups_cluster(n), "inet")
+        assert chain_nesting(program) <= 3 + TREE_DEPTH + 2, n
+        k = tree_fanout(n)
+        assert k ** TREE_DEPTH >= n and (k == 2 or (k - 1) ** TREE_DEPTH < n)
+        tree = [rules for name, rules in program.chains.items() if "-T" in name]
+        assert all(len(rules) <= k for rules in tree), n
+    # and the verdicts are still right where the tree is wide
+    c = groups_cluster(300)
+    ev = NativeProgram(compile_cluster(c, "inet"))
+    ips = np.array([int(p.ips[0]) for p in c.pods], dtype=np.uint32)
+    src = np.concatenate([np.roll(ips, -1), ips, np.roll(ips, 1)])  # p(i+1), p(i), p(i-1) ...
+    dst = np.concatenate([ips, ips, ips])  # ... to p(i)
+    got = ev.evaluate(src, dst, np.full(len(src), 6, np.uint8), np.full(len(src), 80, np.uint16)).allowed
+    # pod i admits app x(i+1) only (its own traffic never reaches the rules in a kernel)
+    assert got[:len(ips)].all() and not got[len(ips):].any()

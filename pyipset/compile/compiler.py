@@ -46,11 +46,15 @@ search tree instead of a list of policies):
     (anything else falls off the end unmarked: default allow, ONE set lookup)
 
   Pods selected by exactly the same egress policies form a group. The group
-  tree halves the sorted list of groups at each level: a chain holds
-  "src in the set of the left half's pods -> GOTO left" and "GOTO right", so
-  finding the group takes log2(groups) set lookups. A leaf chain jumps to the
-  chains of its group's policies in turn, returning as soon as one marks OK,
-  and marks DENIED when none did.
+  tree splits the sorted list of groups into k parts at each level: a chain
+  holds "src in the set of part i's pods -> GOTO part i" for the first k - 1
+  parts and "GOTO the last part". k is 2 (halving: log2(groups) lookups) up
+  to 2^TREE_DEPTH groups, and above that the smallest k that keeps the tree
+  TREE_DEPTH chains deep: nf_tables refuses a ruleset whose jumps and gotos
+  nest 16 chains deep from the hook (EMLINK, "Too many links"; measured: a
+  binary tree of 5,000 groups did not load). A leaf chain jumps to the chains
+  of its group's policies in turn, returning as soon as one marks OK, and
+  marks DENIED when none did.
 
   PYIPSET-E-<policy>: one MARK rule per (rule, peer, port) of the policy, or
   one per rule when the rule is flattened (below).
@@ -96,6 +100,20 @@ from .program import (ENTRY_CHAIN, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, M
                       MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
 FLATTEN_LIMIT = 1024
+# Chains a group tree may nest. With the entry, direction, leaf and policy
+# chains around it and the hook's own level, the deepest rule stays 13 chains
+# below the hook, within nf_tables' 16 (NFT_JUMP_STACK_SIZE).
+TREE_DEPTH = 8
+
+
+def tree_fanout(groups: int) -> int:
+    """Parts per level of a group tree: 2, or more when halving would nest
+    deeper than TREE_DEPTH chains."""
+    k = 2
+    while k ** TREE_DEPTH < groups:
+        k += 1
+    return k
+
 UNKNOWN_CHAIN = "PYIPSET-DENY-UNKNOWN"
 LOG_RATE = 100  # denied connections logged per second, at most ...
 LOG_BURST = 200  # ... after a burst of this many
@@ -340,9 +358,10 @@ class _Compiler:
         return rules
 
     def group_tree(self, direction: str, keys: list, by_group: dict, policy_chains: dict, ok: int,
-                   denied: int) -> str:
+                   denied: int, fanout: int = 2) -> str:
         """The chain that finds the pod's group among `keys` (sorted tuples of the
-        policies selecting a pod) by halving: one set lookup per level."""
+        policies selecting a pod) by splitting them into `fanout` parts: up to
+        fanout - 1 set lookups per level."""
         own_dim = "src" if direction == "egress" else "dst"
         marked = Match("mark", value=ok, value2=ok)
         if len(keys) == 1:
@@ -356,19 +375,24 @@ class _Compiler:
                               origin=f"no rule of the policies that isolate it allows it ({direction})"))
             self.program.chains[name] = rules
             return name
-        mid = len(keys) // 2
-        left = self.group_tree(direction, keys[:mid], by_group, policy_chains, ok, denied)
-        right = self.group_tree(direction, keys[mid:], by_group, policy_chains, ok, denied)
-        covered = frozenset(keys[:mid])
-        left_set = self.pod_set(ROLE_GROUP, ("groups", direction, [list(k) for k in keys[:mid]]),
-                                lambda: [p for k in keys[:mid] for p in by_group[k]],
-                                f"pods selected by one of {mid} groups of {direction} policies",
-                                lambda pod: self.group_key(pod, direction) in covered)
+        k = min(fanout, len(keys))
+        cuts = [len(keys) * i // k for i in range(k + 1)]
+        parts = [keys[cuts[i]:cuts[i + 1]] for i in range(k)]
+        rules = []
+        for i, part in enumerate(parts):
+            child = self.group_tree(direction, part, by_group, policy_chains, ok, denied, fanout)
+            if i == k - 1:
+                rules.append(Rule((), "GOTO", jump=child, origin="policy group search"))
+                break
+            covered = frozenset(part)
+            part_set = self.pod_set(ROLE_GROUP, ("groups", direction, [list(g) for g in part]),
+                                    lambda part=part: [p for g in part for p in by_group[g]],
+                                    f"pods selected by one of {len(part)} groups of {direction} policies",
+                                    lambda pod, covered=covered: self.group_key(pod, direction) in covered)
+            rules.append(Rule((Match("set", name=part_set, dims=own_dim),), "GOTO", jump=child,
+                              origin="policy group search"))
         name = tree_chain(direction, keys)
-        self.program.chains[name] = [
-            Rule((Match("set", name=left_set, dims=own_dim),), "GOTO", jump=left, origin="policy group search"),
-            Rule((), "GOTO", jump=right, origin="policy group search"),
-        ]
+        self.program.chains[name] = rules
         return name
 
     def direction_chain(self, direction: str) -> str:
@@ -405,7 +429,8 @@ class _Compiler:
             iso = self.pod_set(ROLE_ISOLATED, ("isolated", direction), [pod for pod, _ in selecting.values()],
                                f"pods isolated for {direction}", lambda pod: bool(self.group_key(pod, direction)))
             denied = MARK_EGRESS_DENIED if direction == "egress" else MARK_INGRESS_DENIED
-            root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok, denied)
+            root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok, denied,
+                                   tree_fanout(len(by_group)))
             rules.append(Rule((Match("set", name=iso, dims=own_dim),), "GOTO", jump=root,
                               origin=f"isolated for {direction}: the policies that select it decide"))
         self.program.chains[chain] = rules

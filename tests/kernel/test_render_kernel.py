@@ -55,3 +55,20 @@ def test_zero_prefix_is_split_for_the_kernel(netns):
     text = render_ipset(program)
     assert "0.0.0.0/0" not in text and "0.0.0.0/1" in text and "128.0.0.0/1" in text
     netns.run("ipset", "restore", input=text)
+
+
+def test_thousands_of_policy_groups_load_under_the_kernels_nesting_limit(netns):
+    """4,100 policy groups per direction: a binary group tree would nest 17
+    chains deep from the hook, and nf_tables refuses that (EMLINK, "Too many
+    links"; measured by hand). The compiler widens the tree instead; the
+    kernel takes the program with its hooks."""
+    from test_compile import chain_nesting, groups_cluster
+    from pyipset.kernel.render import render_hooks
+    program = compile_cluster(groups_cluster(4100), "inet")
+    assert chain_nesting(program) <= 13
+    netns.run("ipset", "restore", input=render_ipset(program))
+    hooks = [line.replace("-A ", "-I ", 1) for line in render_hooks(program)]
+    netns.run("iptables-restore", "--noflush", input=render_iptables(program).replace("COMMIT\n", "\n".join(
+        hooks) + "\nCOMMIT\n"))
+    saved = netns.run("iptables-save", "-t", "filter").stdout
+    assert saved.count("-j PYIPSET\n") == 2 and saved.count("\n-A ") >= program.rule_count()
