@@ -11,28 +11,11 @@ figure whose benchmarks are not in the JSON is skipped and said so.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from collections import defaultdict
 
-from report import KERNEL, USERSPACE, ns_per_op  # bench/report.py: one definition of each
-
-
-def load(paths: list) -> tuple:
-    """(benchmarks by name, a caption: machine and date of the runs)."""
-    benches, captions = {}, []
-    for path in paths:
-        with open(path) as f:
-            data = json.load(f)
-        for b in data["benchmarks"]:
-            benches[b["fullname"]] = b
-        mi = data.get("machine_info", {})
-        cpu = mi.get("cpu", {})
-        captions.append(f"{cpu.get('brand_raw') or mi.get('processor', '?')}, "
-                        f"{cpu.get('count', '?')} CPUs, {mi.get('system', '')} {mi.get('release', '')}, "
-                        f"Python {mi.get('python_version', '?')}; {data.get('datetime', '?')[:10]}")
-    return list(benches.values()), "; ".join(dict.fromkeys(captions))
+from report import KERNEL, USERSPACE, load, ns_per_op  # bench/report.py: one definition of each
 
 
 def lookup_over_sizes(benches: list, plt, caption: str):
@@ -47,11 +30,11 @@ def lookup_over_sizes(benches: list, plt, caption: str):
     fig, ax = plt.subplots(figsize=(8, 5))
     limits = {"hash:ip": 4, "hash:ip,port,ip": 8}
     colours = {"hash:ip": "tab:blue", "hash:ip,port,ip": "tab:orange"}
-    for (set_type, load), points in sorted(lines.items()):
+    for (set_type, fill), points in sorted(lines.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
-                linestyle="-" if load == "built" else "--", color=colours.get(set_type),
-                label=f"{set_type}, {'as built (load 5/12)' if load == 'built' else 'highest load (5/8)'}")
+                linestyle="-" if fill == "built" else "--", color=colours.get(set_type),
+                label=f"{set_type}, {'as built (load 5/12)' if fill == 'built' else 'highest load (5/8)'}")
     for set_type, limit in limits.items():
         if any(k[0] == set_type for k in lines):
             ax.axhline(limit, color=colours[set_type], linewidth=0.8, alpha=0.5)

@@ -1,7 +1,7 @@
 """Turns pytest-benchmark JSON into the tables of bench/README.md and checks
 the targets of the native set core.
 
-    python bench/report.py bench.json            # markdown tables + target check
+    python bench/report.py bench.json [more.json]  # markdown tables + target check
     python bench/report.py bench.json --strict   # exit 1 if a target is missed
 """
 
@@ -209,18 +209,31 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
     return results
 
 
+def load(paths: list) -> tuple:
+    """(benchmarks, a caption: machine and date of the runs) from one or more
+    JSON files; a later file's benchmark replaces an earlier one of the same name."""
+    benches, captions = {}, []
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        for b in data["benchmarks"]:
+            benches[b["fullname"]] = b
+        mi = data.get("machine_info", {})
+        cpu = mi.get("cpu", {})
+        captions.append(f"{cpu.get('brand_raw') or mi.get('processor') or platform.processor()}, "
+                        f"{cpu.get('count', '?')} CPUs, {mi.get('system', '')} {mi.get('release', '')}, "
+                        f"Python {mi.get('python_version', '?')}; {data.get('datetime', '?')[:10]}")
+    return list(benches.values()), "; ".join(dict.fromkeys(captions))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json_file")
+    parser.add_argument("json_files", nargs="+", help="pytest-benchmark JSON; a later file's benchmark replaces "
+                        "an earlier one of the same name")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any target (not the stretch) is missed")
     args = parser.parse_args()
-    with open(args.json_file) as f:
-        data = json.load(f)
-    benches = data["benchmarks"]
-    mi = data.get("machine_info", {})
-    cpu = mi.get("cpu", {}).get("brand_raw", platform.processor())
-    print(f"Machine: {cpu}, {mi.get('cpu', {}).get('count', '?')} cores, Python {mi.get('python_version', '?')}, "
-          f"{data.get('datetime', '')}\n")
+    benches, caption = load(args.json_files)
+    print(f"Machine: {caption}\n")
     print(tables(benches))
     print(layout_tables(benches))
     print("### Targets\n")
