@@ -231,4 +231,3 @@ def test_changes_from_the_record_equal_a_full_apply(netns):
         apply_changes(current, [compile_cluster(base(relabel={"app": "db"}), "inet")], kernel)
     with pytest.raises(ValueError):
         apply_changes(current, [], kernel)
-
