@@ -161,8 +161,12 @@ def test_streams_cut_mid_burst(api, watched):
     done = threading.Event()
 
     def writer():
-        for p in pods(400):
+        for i, p in enumerate(pods(400)):
             api.apply(p)
+            if i == 100:  # mid-burst: go on once a cut has broken a stream (a fast writer could finish first)
+                deadline = time.monotonic() + 10
+                while watched.restarts("stream_broken") < 1 and time.monotonic() < deadline:
+                    time.sleep(0.01)
         for p in pods(200, labels={"relabelled": "yes"}):
             api.apply(p)
         done.set()
