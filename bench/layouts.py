@@ -69,11 +69,10 @@ def comparison_objects(n_pods: int, pods_per_app: int = 10, apps: int = 5) -> li
     tcp80 = [{"protocol": "TCP", "port": 80}]
     for ns in range(n_ns):
         for app in range(apps):
-            if app % 2 == 0:
-                peer = {"podSelector": {"matchLabels": {"app": f"a{(app + 1) % apps}"}}}
-            else:
-                peer = {"namespaceSelector": {"matchLabels": {"name": f"ns{(ns + 1) % n_ns}"}},
-                        "podSelector": {"matchLabels": {"app": f"a{app}"}}}
+            peer_ns, peer_app = comparison_peer(ns, app, n_ns, apps)
+            peer = {"podSelector": {"matchLabels": {"app": f"a{peer_app}"}}}
+            if app % 2:  # the next namespace, by its label (itself when there is one namespace)
+                peer["namespaceSelector"] = {"matchLabels": {"name": f"ns{peer_ns}"}}
             spec = {"podSelector": {"matchLabels": {"app": f"a{app}"}}, "policyTypes": ["Ingress"],
                     "ingress": [{"from": [peer], "ports": tcp80}]}
             if app == 0:
@@ -82,6 +81,13 @@ def comparison_objects(n_pods: int, pods_per_app: int = 10, apps: int = 5) -> li
             objs.append({"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
                          "metadata": {"name": f"a{app}", "namespace": f"ns{ns}"}, "spec": spec})
     return objs
+
+
+def comparison_peer(ns: int, app: int, n_ns: int, apps: int = 5) -> tuple:
+    """(namespace, app) numbers of the pods the policy of app `app` in namespace
+    `ns` admits: the next app of its namespace (even apps), or its own app in
+    the next namespace (odd apps)."""
+    return (ns, (app + 1) % apps) if app % 2 == 0 else ((ns + 1) % n_ns, app)
 
 
 def comparison_cluster(n_pods: int, pods_per_app: int = 10, apps: int = 5):

@@ -66,10 +66,9 @@ def _flows(c, n: int, seed: int = 11):
     dst, src = np.empty(half, np.int64), np.empty(half, np.int64)
     for k, pick in enumerate(rng.integers(0, len(keys), half)):
         ns, app = keys[pick]
-        a, i = int(app[1:]), int(ns[2:])
-        peer = (ns, f"a{(a + 1) % 5}") if a % 2 == 0 else (f"ns{(i + 1) % n_ns}", app)
+        peer_ns, peer_app = layouts.comparison_peer(int(ns[2:]), int(app[1:]), n_ns)
         dst[k] = rng.choice(by_app[(ns, app)])
-        src[k] = rng.choice(by_app[peer])
+        src[k] = rng.choice(by_app[(f"ns{peer_ns}", f"a{peer_app}")])
     src = np.concatenate([ips[src], rng.choice(ips, n - half)])
     dst = np.concatenate([ips[dst], rng.choice(ips, n - half)])
     return src, dst, np.full(n, 6, np.uint8), np.full(n, 80, np.uint16)

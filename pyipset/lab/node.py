@@ -155,6 +155,7 @@ class LabNode:
         self.created: list[str] = []
         self.servers: list[subprocess.Popen] = []
         self.server_port = None
+        self.flood_ready = False  # the nodes' conntrack timeouts are shortened (syn_probe)
 
     # ---- building ----
 
@@ -471,20 +472,22 @@ class LabNode:
         (pyipset/lab/synprobe, run in the source pod): {"sent", "answered",
         "seconds", "send_seconds"}, timed in the pod. Nothing needs to listen:
         the destination's kernel answers a SYN with a RST. Shortens the
-        conntrack timeouts of the nodes first (FLOOD_TIMEOUTS)."""
+        conntrack timeouts of the nodes first, once (FLOOD_TIMEOUTS)."""
         s, d = self._lab_pod(src), self._lab_pod(dst)
         if not os.access(self.SYNPROBE, os.X_OK):
             raise LabError(f"the prober {self.SYNPROBE} is missing: install the package (pip install .), "
                            "which builds it")
-        addrs = self._target(s.pod, d.pod)
+        target = self._target(s.pod, d.pod)
         source = next((ip for ip in s.pod.ips if ip.version == 4), None)
-        if source is None or addrs is None or addrs.version != 4:
+        if source is None or target is None or target.version != 4:
             raise LabError(f"syn_probe needs IPv4 on both {brief_text(src)} and {brief_text(dst)}")
-        for node in self.nodes:
-            for name, seconds in self.FLOOD_TIMEOUTS.items():
+        if not self.flood_ready:
+            for node in self.nodes:
                 _run("ip", "netns", "exec", node.netns, "sysctl", "-qw",
-                     f"net.netfilter.nf_conntrack_tcp_timeout_{name}={seconds}")
-        out = _run("ip", "netns", "exec", s.netns, self.SYNPROBE, str(source), str(addrs), str(port), str(count),
+                     *(f"net.netfilter.nf_conntrack_tcp_timeout_{name}={seconds}"
+                       for name, seconds in self.FLOOD_TIMEOUTS.items()))
+            self.flood_ready = True
+        out = _run("ip", "netns", "exec", s.netns, self.SYNPROBE, str(source), str(target), str(port), str(count),
                    str(wait_ms)).stdout
         return json.loads(out)
 
