@@ -492,6 +492,7 @@ class NativeProgram {
         py::array o = column(dport, "dport", 'u', 2, 1, 0, n);
         py::array_t<bool> verdict(n);
         py::array_t<int32_t> rule(n), mark_rule(n);
+        py::array_t<int32_t> slots({n, static_cast<py::ssize_t>(n_slots_), static_cast<py::ssize_t>(2)});
         size_t leased = 0;
         try {
             for (NativeSet *ns : natives_) {
@@ -509,7 +510,8 @@ class NativeProgram {
                                          static_cast<const uint8_t *>(p.data()),
                                          static_cast<const uint16_t *>(o.data()),
                                          reinterpret_cast<uint8_t *>(verdict.mutable_data()), rule.mutable_data(),
-                                         mark_rule.mutable_data(), threads);
+                                         mark_rule.mutable_data(), n_slots_ ? slots.mutable_data() : nullptr,
+                                         threads);
             }
         } catch (...) {
             for (size_t i = 0; i < leased; i++)
@@ -518,7 +520,14 @@ class NativeProgram {
         }
         for (NativeSet *ns : natives_)
             ns->end_read();
-        return py::make_tuple(verdict, rule, mark_rule);
+        return py::make_tuple(verdict, rule, mark_rule, slots);
+    }
+
+    void set_mark_slots(const std::vector<uint32_t> &masks) {
+        if (ips_program_set_mark_slots(program_, static_cast<unsigned>(masks.size()), masks.data()) != IPS_OK)
+            throw py::value_error("mark slots: at most " + std::to_string(IPS_MAX_MARK_SLOTS) +
+                                  " masks, none empty");
+        n_slots_ = static_cast<unsigned>(masks.size());
     }
 
   private:
@@ -526,6 +535,7 @@ class NativeProgram {
     std::vector<NativeSet *> natives_;
     ips_family family_;
     ips_program *program_ = nullptr;
+    unsigned n_slots_ = 0;
 };
 
 // `entry in s` straight from the type slot: the generic pybind11 dispatch
@@ -599,7 +609,11 @@ PYBIND11_MODULE(_core, m) {
         .def("evaluate", &NativeProgram::evaluate, py::arg("src"), py::arg("dst"), py::arg("proto"),
              py::arg("dport"), py::arg("threads") = 0,
              "evaluate(src, dst, proto, dport, threads=0) -> (verdict bool[], deciding rule int32[], last MARK "
-             "rule int32[]) for NEW flows; the GIL is released; threads=0 uses every core for large batches.");
+             "rule int32[], slots int32[n, mark slots, 2]: per slot the first MARK rule that set one of its bits "
+             "and the JUMP rule that entered its chain) for NEW flows; the GIL is released; threads=0 uses every "
+             "core for large batches.")
+        .def("set_mark_slots", &NativeProgram::set_mark_slots, py::arg("masks"),
+             "set_mark_slots([mask, ...]): trace, per mask (at most 4), which MARK rule first set its bits.");
 
     // A Python subclass gets a generic slot that calls __contains__ by name;
     // this puts the direct one back on it (pyipset.sets calls it).

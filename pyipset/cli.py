@@ -20,13 +20,13 @@ import numpy as np
 from . import demo
 from .errors import InputRejected, PyipsetError, UsageError, brief
 from .model import fail_closed, load
-from .model.objects import PROTOCOL_NUMBERS, PROTOCOLS, Cluster
+from .model.objects import PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster, program_families
-from .compile.program import MARK_EGRESS_OK, MARK_INGRESS_OK, Attach
+from .compile.program import Attach
 from .kernel.backend import Kernel, apply_programs, cleanup, reconcile_programs
 from .kernel.render import render_hooks, render_ipset, render_iptables
 from .lab.node import LabNode
-from .verify import native, reference
+from .verify import explain, native
 
 
 class Terminated(BaseException):
@@ -378,24 +378,25 @@ def run_lab(args) -> int:
     return 1 if cluster.rejections else 0
 
 
-def resolve_endpoint(cluster: Cluster, text: str, flag: str) -> reference.Endpoint:
+def resolve_endpoint(cluster: Cluster, text: str, flag: str) -> explain.Endpoint:
     try:
         ip = ipaddress.ip_address(text)
     except ValueError:
         ip = None
     if ip is not None:
-        return reference.Endpoint(ip, cluster.pod_by_ip(ip))
+        return explain.Endpoint(ip, cluster.pod_by_ip(ip))
     if "/" not in text:
         raise UsageError(f"{flag} {brief(text)}: expected NAMESPACE/POD or an IP address")
     pod = cluster.pod_by_key(text)
     if pod is None:
         raise UsageError(f"{flag} {brief(text)}: no such pod in the manifests (or it takes no part: see notices)")
-    return reference.Endpoint(pod.ips[0], pod)
+    return explain.Endpoint(pod.ips[0], pod)
 
 
-def _direction_json(d: reference.DirectionVerdict) -> dict:
+def _direction_json(d: explain.DirectionWhy, applies: bool) -> dict:
     return {
-        "applies": d.applies,
+        "applies": applies,
+        "judged": d.judged,
         "isolated": bool(d.isolating),
         "isolating_policies": d.isolating,
         "allowed": d.allows,
@@ -404,68 +405,57 @@ def _direction_json(d: reference.DirectionVerdict) -> dict:
     }
 
 
-def _direction_text(name: str, who: str, d: reference.DirectionVerdict) -> str:
-    if not d.applies:
+def _direction_text(who: str, d: explain.DirectionWhy, applies: bool) -> str:
+    name = d.direction
+    if not applies:
         return f"{name}: {who} is not a pod: no policy applies"
     if not d.isolating:
         return f"{name}: no policy selects {who} for {name}: allowed"
     head = f"{name}: {who} is isolated by {', '.join(d.isolating)}"
+    tail = "" if d.judged else " (not reached: the kernel drops it at egress first)"
     if d.admitted_by is not None:
-        return f"{head}; allowed by {d.admitted_by}"
-    return f"{head}; no rule of these policies allows it: denied"
+        return f"{head}; allowed by {d.admitted_by}{tail}"
+    return f"{head}; no rule of these policies allows it: denied{tail}"
 
 
 def run_explain(args) -> int:
+    """The verdict and its reasons as the compiled program decides them (the
+    rules the kernel runs, walked by the native evaluator)."""
     cluster = _load(args)
     source = resolve_endpoint(cluster, args.source, "--from")
     destination = resolve_endpoint(cluster, args.destination, "--to")
     try:
-        source, destination = reference.same_family(source, destination)
+        source, destination = explain.same_family(source, destination)
     except ValueError as exc:
         raise UsageError(str(exc)) from None
-    v = reference.judge(cluster, source, destination, args.protocol, args.port)
-    program = None if v.same_pod else _program_verdict(cluster, source, destination, args.protocol, args.port)
+    family = "inet" if source.ip.version == 4 else "inet6"
+    v = explain.explain(native.NativeProgram(compile_cluster(cluster, family)), source, destination,
+                        args.protocol, args.port)
+    def at(r):
+        return None if r is None else {"chain": r.chain, "index": r.index, "origin": r.origin}
+
+    rule = at(v.deciding_rule)
+    program = None if v.same_pod else {
+        "allowed": v.allowed, "deciding_rule": rule,
+        "admitting_rule": at(v.ingress.admitting_rule or v.egress.admitting_rule)}
     if args.output == "json":
         print(json.dumps({
             "from": source.label, "to": destination.label, "from_ip": str(source.ip), "to_ip": str(destination.ip),
             "protocol": args.protocol, "port": args.port, "allowed": v.allowed, "same_pod": v.same_pod,
-            "egress": _direction_json(v.egress), "ingress": _direction_json(v.ingress), "program": program}))
+            "egress": _direction_json(v.egress, source.pod is not None),
+            "ingress": _direction_json(v.ingress, destination.pod is not None), "program": program}))
     else:
         print(f"{source.label} -> {destination.label} {args.protocol}/{args.port}: "
               f"{'ALLOWED' if v.allowed else 'DENIED'}")
         if v.same_pod:
             print("a pod's traffic to itself never leaves the pod: always allowed")
         else:
-            print(_direction_text("egress", source.label, v.egress))
-            print(_direction_text("ingress", destination.label, v.ingress))
-            rule = program["deciding_rule"]
-            print(f"compiled rules: {'ACCEPT' if program['allowed'] else 'DROP'} by {rule['chain']} "
+            print(_direction_text(source.label, v.egress, source.pod is not None))
+            print(_direction_text(destination.label, v.ingress, destination.pod is not None))
+            print(f"compiled rules: {'ACCEPT' if v.allowed else 'DROP'} by {rule['chain']} "
                   f"rule {rule['index'] + 1} ({rule['origin']})" if rule else
-                  f"compiled rules: {'ACCEPT' if program['allowed'] else 'DROP'} (end of chains)")
-    if program is not None and program["allowed"] != v.allowed:
-        print("pyipset explain: error: the compiled rules and the reference semantics disagree on this "
-              "connection; please report it", file=sys.stderr)
-        return 1
+                  f"compiled rules: {'ACCEPT' if v.allowed else 'DROP'} (end of chains)")
     return 1 if cluster.rejections else 0
-
-
-def _program_verdict(cluster: Cluster, source, destination, protocol: str, port: int) -> dict:
-    """What the compiled RuleProgram decides in the native evaluator, and by which rules."""
-    program = native.NativeProgram(compile_cluster(cluster, "inet" if source.ip.version == 4 else "inet6"))
-    ev = program.evaluate(native.address_column([source.ip], source.ip.version),
-                          native.address_column([destination.ip], destination.ip.version),
-                          np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16), threads=1)
-
-    def describe(index: int, admitting: bool = False):
-        if index < 0:
-            return None
-        chain, position, rule = program.rule(int(index))
-        if admitting and not rule.mark & (MARK_EGRESS_OK | MARK_INGRESS_OK):
-            return None  # the last mark said "denied": no policy rule admitted it
-        return {"chain": chain, "index": position, "origin": rule.origin}
-
-    return {"allowed": bool(ev.allowed[0]), "deciding_rule": describe(ev.rule[0]),
-            "admitting_rule": describe(ev.mark_rule[0], admitting=True)}
 
 
 def _run_agent(args) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from pyipset.verify import native, reference
+from pyipset.verify import explain, native, reference
 
 
 def endpoint(c, text: str) -> reference.Endpoint:
@@ -24,7 +24,7 @@ class ReferenceEngine:
 
     @staticmethod
     def judge(c, src: str, dst: str, protocol: str, port: int) -> bool:
-        s, d = reference.same_family(endpoint(c, src), endpoint(c, dst))
+        s, d = explain.same_family(endpoint(c, src), endpoint(c, dst))
         return reference.judge(c, s, d, protocol, port).allowed
 
 
@@ -41,7 +41,7 @@ class NativeEngine:
 
     @staticmethod
     def judge(c, src: str, dst: str, protocol: str, port: int, evaluator=None) -> bool:
-        s, d = reference.same_family(endpoint(c, src), endpoint(c, dst))
+        s, d = explain.same_family(endpoint(c, src), endpoint(c, dst))
         if s.pod is not None and s.pod == d.pod:
             return True
         return (evaluator or native.ClusterEvaluator(c)).judge(s.ip, d.ip, protocol, port)

@@ -53,5 +53,47 @@ def test_threads_give_the_same_answers():
     one = program.evaluate(src, dst, proto, port, threads=1)
     many = program.evaluate(src, dst, proto, port, threads=4)
     assert (one.allowed == many.allowed).all() and (one.rule == many.rule).all()
-    assert (one.mark_rule == many.mark_rule).all()
+    assert (one.mark_rule == many.mark_rule).all() and (one.slots == many.slots).all()
     assert 0 < one.allowed.mean() < 1
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=cluster_objects())
+def test_explanations_from_the_program_are_the_references(objs):
+    """What `explain` and the agent's attribution read from the compiled
+    program's walk (per direction: the isolating policies, the first rule that
+    admits) is what the reference semantics say, flattened or not, for pods and
+    outside addresses, both families."""
+    from engines import endpoint
+    from pyipset.compile.compiler import compile_cluster
+    from pyipset.verify import explain, native, reference
+
+    c = load_objects(objs)
+    programs = {(family, limit): native.NativeProgram(compile_cluster(c, family, limit))
+                for family in ("inet", "inet6") for limit in (0, 1024)}
+    explainers = {k: explain.Explainer(p) for k, p in programs.items()}
+    ends = [p.key for p in c.pods] + list(OUTSIDE)
+    for protocol in ("TCP", "UDP"):
+        for port in PORTS:
+            for a in ends:
+                for b in ends:
+                    if a in OUTSIDE and b in OUTSIDE:
+                        continue
+                    try:
+                        s, d = explain.same_family(endpoint(c, a), endpoint(c, b))
+                    except ValueError:
+                        continue
+                    if s.ip.version != d.ip.version:
+                        continue
+                    want = reference.judge(c, s, d, protocol, port)
+                    family = "inet" if s.ip.version == 4 else "inet6"
+                    for limit in (0, 1024):
+                        got = explain.explain(programs[family, limit], s, d, protocol, port,
+                                              explainers[family, limit])
+                        assert got.allowed == want.allowed, (a, b, protocol, port)
+                        if got.same_pod:
+                            continue  # no rule sees a pod's traffic to itself
+                        for side in ("egress", "ingress"):
+                            w, g = getattr(want, side), getattr(got, side)
+                            assert g.isolating == w.isolating, (a, b, side, protocol, port)
+                            assert g.admitted_by == w.admitted_by, (a, b, side, protocol, port, limit)

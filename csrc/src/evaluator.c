@@ -41,6 +41,8 @@ struct ips_program {
     size_t n_nets;
     uint32_t entry;
     unsigned max_depth; /* longest chain of jumps from the entry */
+    unsigned n_slots;   /* mark slots traced (ips_program_set_mark_slots) */
+    uint32_t slot_mask[IPS_MAX_MARK_SLOTS];
 };
 
 static void index_clear(member_index *ix) {
@@ -352,7 +354,8 @@ static inline bool match_holds(const ips_program *p, const ips_match *m, const f
  * locals (the outputs are written once at the end: an int32_t store may alias
  * the program's uint32_t arrays and would force them to be reloaded).
  */
-static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided_out, int32_t *marked_out) {
+static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided_out, int32_t *marked_out,
+                        int32_t *slots_out) {
     const ips_rule *rules = p->rules;
     const ips_match *matches = p->matches;
     const uint32_t *first = p->chain_first, *len = p->chain_len;
@@ -407,6 +410,13 @@ static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided_ou
             mark = (mark & ~rule->mark_mask) | rule->mark;
             if (rule->mark)
                 marked = (int32_t)here;
+            if (slots_out)
+                for (unsigned k = 0; k < p->n_slots; k++)
+                    if ((rule->mark & p->slot_mask[k]) && slots_out[2 * k] < 0) {
+                        slots_out[2 * k] = (int32_t)here;
+                        /* the JUMP that entered the chain we are in (ret_r is the rule after it) */
+                        slots_out[2 * k + 1] = depth ? (int32_t)ret_r[depth - 1] - 1 : -1;
+                    }
             break;
         default: /* NFLOG: logs and goes on */
             break;
@@ -430,7 +440,7 @@ static void load_words(ips_family family, const void *col, size_t i, uint32_t *w
 
 static void eval_range(const ips_program *p, size_t from, size_t to, const void *src, const void *dst,
                        const uint8_t *proto, const uint16_t *dport, uint8_t *verdict, int32_t *rule_out,
-                       int32_t *mark_rule_out) {
+                       int32_t *mark_rule_out, int32_t *slots_out) {
     const member_index *ix = &p->index;
     for (size_t i = from; i < to; i++) {
         flow f;
@@ -448,7 +458,11 @@ static void eval_range(const ips_program *p, size_t from, size_t to, const void 
         f.proto = proto[i];
         f.dport = dport[i];
         int32_t decided, marked;
-        verdict[i] = eval_one(p, &f, &decided, &marked);
+        int32_t *slots = slots_out && p->n_slots ? slots_out + i * 2 * p->n_slots : NULL;
+        if (slots)
+            for (unsigned k = 0; k < 2 * p->n_slots; k++)
+                slots[k] = -1;
+        verdict[i] = eval_one(p, &f, &decided, &marked, slots);
         if (rule_out)
             rule_out[i] = decided;
         if (mark_rule_out)
@@ -463,12 +477,13 @@ typedef struct eval_job {
     const uint8_t *proto;
     const uint16_t *dport;
     uint8_t *verdict;
-    int32_t *rule_out, *mark_rule_out;
+    int32_t *rule_out, *mark_rule_out, *slots_out;
 } eval_job;
 
 static void *eval_job_run(void *arg) {
     eval_job *j = arg;
-    eval_range(j->p, j->from, j->to, j->src, j->dst, j->proto, j->dport, j->verdict, j->rule_out, j->mark_rule_out);
+    eval_range(j->p, j->from, j->to, j->src, j->dst, j->proto, j->dport, j->verdict, j->rule_out, j->mark_rule_out,
+               j->slots_out);
     return NULL;
 }
 
@@ -478,12 +493,24 @@ static void *eval_job_run(void *arg) {
 
 void ips_program_eval(const ips_program *p, size_t n, const void *src, const void *dst, const uint8_t *proto,
                       const uint16_t *dport, uint8_t *verdict, int32_t *rule_out, int32_t *mark_rule_out) {
-    ips_program_eval_threads(p, n, src, dst, proto, dport, verdict, rule_out, mark_rule_out, 1);
+    ips_program_eval_threads(p, n, src, dst, proto, dport, verdict, rule_out, mark_rule_out, NULL, 1);
+}
+
+ips_status ips_program_set_mark_slots(ips_program *p, unsigned n, const uint32_t *masks) {
+    if (n > IPS_MAX_MARK_SLOTS || (n && !masks))
+        return IPS_ERR_INVALID;
+    for (unsigned k = 0; k < n; k++)
+        if (!masks[k])
+            return IPS_ERR_INVALID;
+    for (unsigned k = 0; k < n; k++)
+        p->slot_mask[k] = masks[k];
+    p->n_slots = n;
+    return IPS_OK;
 }
 
 void ips_program_eval_threads(const ips_program *p, size_t n, const void *src, const void *dst, const uint8_t *proto,
                               const uint16_t *dport, uint8_t *verdict, int32_t *rule_out, int32_t *mark_rule_out,
-                              unsigned threads) {
+                              int32_t *slots_out, unsigned threads) {
     if (threads == 0) {
         long cores = sysconf(_SC_NPROCESSORS_ONLN);
         threads = cores > 0 ? (unsigned)cores : 1;
@@ -493,7 +520,7 @@ void ips_program_eval_threads(const ips_program *p, size_t n, const void *src, c
     if (threads > n / EVAL_MIN_PER_THREAD)
         threads = (unsigned)(n / EVAL_MIN_PER_THREAD);
     if (threads <= 1) {
-        eval_range(p, 0, n, src, dst, proto, dport, verdict, rule_out, mark_rule_out);
+        eval_range(p, 0, n, src, dst, proto, dport, verdict, rule_out, mark_rule_out, slots_out);
         return;
     }
     /* The program and its sets are only read: the threads share them. */
@@ -502,7 +529,7 @@ void ips_program_eval_threads(const ips_program *p, size_t n, const void *src, c
     bool started[EVAL_MAX_THREADS] = {false};
     for (unsigned t = 0; t < threads; t++) {
         jobs[t] = (eval_job){p, n * t / threads, n * (t + 1) / threads, src, dst, proto, dport, verdict, rule_out,
-                             mark_rule_out};
+                             mark_rule_out, slots_out};
         if (t > 0)
             started[t] = pthread_create(&tid[t], NULL, eval_job_run, &jobs[t]) == 0;
     }

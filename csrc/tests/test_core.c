@@ -466,6 +466,21 @@ static void test_evaluator(void) {
     /* nomatch part of the block: DROP */
     CHECK(v[4] == 0 && rule[4] == 4);
     CHECK(v[5] == 0);
+    /* Mark slots: slot 0 traces bit 1 (rule 5, entered by the JUMP at rule 1),
+     * slot 1 traces bit 2 (never set); slot 2 traces both bits. */
+    uint32_t masks[3] = {1, 2, 3};
+    CHECK(ips_program_set_mark_slots(p, 5, masks) == IPS_ERR_INVALID);
+    uint32_t empty = 0;
+    CHECK(ips_program_set_mark_slots(p, 1, &empty) == IPS_ERR_INVALID);
+    CHECK(ips_program_set_mark_slots(p, 3, masks) == IPS_OK);
+    int32_t slots[N * 3 * 2];
+    memset(slots, 0x55, sizeof slots);
+    ips_program_eval_threads(p, N, src, dst, proto, port, v, rule, mark, slots, 1);
+    CHECK(slots[0] == 5 && slots[1] == 1 && slots[2] == -1 && slots[3] == -1 && slots[4] == 5 && slots[5] == 1);
+    for (int i = 1; i < N; i++)
+        for (int k = 0; k < 6; k++)
+            CHECK(slots[i * 6 + k] == -1);
+    CHECK(ips_program_set_mark_slots(p, 0, NULL) == IPS_OK);
     /* With the membership index: the same answers; after a change and a new
      * prepare, the index follows the sets. */
     CHECK(ips_program_prepare(p) == IPS_OK);

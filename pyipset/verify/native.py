@@ -11,7 +11,8 @@ import numpy as np
 
 from .. import _core
 from ..compile.compiler import FLATTEN_LIMIT, compile_cluster
-from ..compile.program import Rule, RuleProgram
+from ..compile.program import (MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK, Rule,
+                               RuleProgram)
 from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
 
@@ -42,19 +43,36 @@ def _address_match(m, family: str, nets: list) -> tuple:
     return (6, _DIMS[m.dims], m.negate, len(nets) - 1, 0, 0)
 
 
+# The mark slots the evaluator traces: one per direction (its OK and DENIED bits).
+SLOTS = ("egress", "ingress")
+_SLOT_MASKS = (MARK_EGRESS_OK | MARK_EGRESS_DENIED, MARK_INGRESS_OK | MARK_INGRESS_DENIED)
+
+
 @dataclass
 class Evaluation:
     allowed: np.ndarray  # bool
     rule: np.ndarray  # int32: global index of the deciding rule, -1 when the entry chain ran out
-    mark_rule: np.ndarray  # int32: the last MARK rule that applied (the admitting policy rule), or -1
+    mark_rule: np.ndarray  # int32: the last MARK rule that applied, or -1
+    # int32 [flows, SLOTS, 2]: per direction, the MARK rule that gave that direction its verdict
+    # (a policy rule admitting, or a group's "none admits") and the JUMP rule that entered its chain
+    # (the group of the isolating policies); -1 when the direction did not isolate the pod
+    slots: np.ndarray = None
+
+    def direction(self, name: str) -> tuple:
+        """(mark rule int32[], entering jump int32[]) of one direction."""
+        k = SLOTS.index(name)
+        return self.slots[:, k, 0], self.slots[:, k, 1]
 
 
 class NativeProgram:
     """A RuleProgram loaded into the evaluator, with its sets built natively."""
 
-    def __init__(self, program: RuleProgram):
+    def __init__(self, program: RuleProgram, entry: str = "", sets: dict = None):
+        """entry: start the walk in this chain instead of the program's entry;
+        sets: the built sets of another NativeProgram of the same program (shared)."""
         self.program = program
-        self.sets = {name: build_set(d) for name, d in program.sets.items()}
+        self.entry = entry or program.entry
+        self.sets = sets if sets is not None else {name: build_set(d) for name, d in program.sets.items()}
         set_index = {name: i for i, name in enumerate(self.sets)}
         chain_index = {name: i for i, name in enumerate(program.chains)}
         self.rules: list[tuple[str, int, Rule]] = []
@@ -78,13 +96,18 @@ class NativeProgram:
                               len(rule.matches)))
                 self.rules.append((chain, i, rule))
         self.native = _core.Program(program.family, list(self.sets.values()), chain_first, chain_len, rules,
-                                    matches, chain_index[program.entry], nets)
+                                    matches, chain_index[self.entry], nets)
+        self.native.set_mark_slots(list(_SLOT_MASKS))
 
     def evaluate(self, src: np.ndarray, dst: np.ndarray, proto: np.ndarray, dport: np.ndarray,
                  threads: int = 0) -> Evaluation:
         """threads=0: one thread per core for large batches; 1: this thread only."""
-        allowed, rule, mark_rule = self.native.evaluate(src, dst, proto, dport, threads)
-        return Evaluation(allowed, rule, mark_rule)
+        allowed, rule, mark_rule, slots = self.native.evaluate(src, dst, proto, dport, threads)
+        return Evaluation(allowed, rule, mark_rule, slots)
+
+    def with_entry(self, chain: str) -> "NativeProgram":
+        """The same program (its sets shared) walked from another chain."""
+        return NativeProgram(self.program, entry=chain, sets=self.sets)
 
     def rule(self, index: int):
         """(chain, position, Rule) of a global rule index."""

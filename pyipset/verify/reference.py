@@ -1,6 +1,7 @@
 """The reference semantics of NetworkPolicy v1, written to be read: a direct
-transcription of the Kubernetes documentation, used as the test oracle and
-to explain verdicts. It is not fast and does not try to be.
+transcription of the Kubernetes documentation, used as the test oracle (the
+product explains verdicts from the compiled program: explain.py). It is not
+fast and does not try to be.
 
 The rules, from https://kubernetes.io/docs/concepts/services-networking/network-policies/:
 - A pod is isolated for ingress (egress) if any NetworkPolicy in its namespace
@@ -27,31 +28,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..model.objects import Cluster, IPAddress, NetworkPolicy, Peer, Pod, PortSpec
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    """One side of a connection: a pod (with the address used), or an outside address."""
-
-    ip: IPAddress
-    pod: Optional[Pod] = None
-
-    @property
-    def label(self) -> str:
-        return self.pod.key if self.pod else str(self.ip)
-
-
-@dataclass(frozen=True)
-class RuleRef:
-    """Which rule decided: policy namespace/name, direction, rule index."""
-
-    policy: str
-    direction: str  # "ingress" or "egress"
-    rule: int
-
-    def __str__(self) -> str:
-        return f"{self.policy} {self.direction}[{self.rule}]"
+from ..model.objects import Cluster, NetworkPolicy, Peer, Pod, PortSpec
+from .explain import Endpoint, RuleRef  # the data both sides share
 
 
 @dataclass
@@ -137,22 +115,6 @@ def judge(cluster: Cluster, source: Endpoint, destination: Endpoint, protocol: s
                if destination.pod is not None else DirectionVerdict(applies=False))
     allowed = same_pod or (egress.allows and ingress.allows)
     return Verdict(source, destination, protocol, port, allowed, egress, ingress, same_pod)
-
-
-def same_family(source: Endpoint, destination: Endpoint) -> tuple:
-    """The endpoints with addresses of one family: a pod side takes its address
-    of the other side's family. ValueError if a pod has none."""
-    if source.pod is not None and source.ip.version != destination.ip.version:
-        ip = next((i for i in source.pod.ips if i.version == destination.ip.version), None)
-        if ip is None:
-            raise ValueError(f"{source.label} has no IPv{destination.ip.version} address to reach {destination.label}")
-        source = Endpoint(ip, source.pod)
-    if destination.pod is not None and destination.ip.version != source.ip.version:
-        ip = next((i for i in destination.pod.ips if i.version == source.ip.version), None)
-        if ip is None:
-            raise ValueError(f"{destination.label} has no IPv{source.ip.version} address")
-        destination = Endpoint(ip, destination.pod)
-    return source, destination
 
 
 def connection_addresses(source: Pod, destination: Pod):

@@ -124,12 +124,27 @@ void ips_program_eval(const ips_program *program, size_t n, const void *src, con
                       const uint16_t *dport, uint8_t *verdict, int32_t *rule_out, int32_t *mark_rule_out);
 
 /*
+ * Mark slots: up to IPS_MAX_MARK_SLOTS masks of mark bits whose setting is
+ * traced (for a RuleProgram: one slot per direction, its OK and DENIED bits,
+ * so that each direction's verdict can be told apart). IPS_ERR_INVALID for
+ * too many slots or an empty mask; 0 slots turns tracing off. Not while a
+ * batch runs.
+ */
+#define IPS_MAX_MARK_SLOTS 4
+ips_status ips_program_set_mark_slots(ips_program *program, unsigned n, const uint32_t *masks);
+
+/*
  * The same, split over `threads` threads (0: one per online core; batches
  * below 16,384 flows per thread use fewer). Results are identical.
+ * When slots_out is not NULL it gets, per flow and per mark slot k, two
+ * words at slots_out[(i * n_slots + k) * 2]: the first MARK rule that set a
+ * bit of slot k's mask, and the JUMP rule that entered the chain holding that
+ * MARK rule (the calling chain: for a RuleProgram, the policy group that
+ * isolates the pod); -1 for none.
  */
 void ips_program_eval_threads(const ips_program *program, size_t n, const void *src, const void *dst,
                               const uint8_t *proto, const uint16_t *dport, uint8_t *verdict, int32_t *rule_out,
-                              int32_t *mark_rule_out, unsigned threads);
+                              int32_t *mark_rule_out, int32_t *slots_out, unsigned threads);
 
 #ifdef __cplusplus
 }

@@ -1,0 +1,182 @@
+"""Why a connection is allowed or denied, read from the compiled program as
+the native evaluator walked it: per direction, the policies that isolate the
+pod on that side (the policy group whose chain the walk entered) and the
+policy rule that admitted the connection, or none. `pyipset explain` and the
+agent's attribution of blocked connections both use this; the reference
+semantics (reference.py) only check it in the tests."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..compile.program import MARK_EGRESS_OK, MARK_INGRESS_OK
+from ..model.objects import PROTOCOL_NUMBERS, Pod
+from .native import SLOTS, NativeProgram, address_column
+
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+_OK = {"egress": MARK_EGRESS_OK, "ingress": MARK_INGRESS_OK}
+_POLICY_RULE = re.compile(r"^(\S+/\S+) (egress|ingress)\[(\d+)\]$")
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One side of a connection: a pod (with the address used), or an outside address."""
+
+    ip: IPAddress
+    pod: Optional[Pod] = None
+
+    @property
+    def label(self) -> str:
+        return self.pod.key if self.pod else str(self.ip)
+
+
+@dataclass(frozen=True)
+class RuleRef:
+    """A rule of a policy: namespace/name, direction, rule index."""
+
+    policy: str
+    direction: str  # "ingress" or "egress"
+    rule: int
+
+    def __str__(self) -> str:
+        return f"{self.policy} {self.direction}[{self.rule}]"
+
+    @classmethod
+    def parse(cls, origin: str) -> Optional["RuleRef"]:
+        m = _POLICY_RULE.match(origin)
+        return cls(m.group(1), m.group(2), int(m.group(3))) if m else None
+
+
+@dataclass
+class DirectionWhy:
+    """One direction of a verdict."""
+
+    direction: str
+    isolating: list = field(default_factory=list)  # policy keys that isolate the pod this way
+    judged: bool = True  # False: the kernel never gets to it (egress denied first); what it would say
+    admitted_by: Optional[RuleRef] = None
+    admitting_rule: Optional["RuleAt"] = None  # the program's rule that admitted it (of admitted_by)
+
+    @property
+    def allows(self) -> bool:
+        return not self.isolating or self.admitted_by is not None
+
+
+@dataclass(frozen=True)
+class RuleAt:
+    """A rule of the program, where it is and why it exists."""
+
+    chain: str
+    index: int
+    origin: str
+
+
+class Explainer:
+    """Reads explanations out of a NativeProgram's evaluations; what it learns
+    about the program's chains (which policies a group chain runs) is kept."""
+
+    def __init__(self, native: NativeProgram):
+        self.native = native
+        self._groups: dict = {}  # chain -> policy keys its JUMPs run
+        self._ingress = None  # the program walked from its ingress chain (for flows egress denies)
+
+    def ingress_alone(self) -> NativeProgram:
+        if self._ingress is None:
+            from ..compile.naming import direction_chain
+            self._ingress = self.native.with_entry(direction_chain("ingress"))
+        return self._ingress
+
+    def _group_policies(self, chain: str) -> list:
+        if chain not in self._groups:
+            self._groups[chain] = [r.policy for r in self.native.program.chains.get(chain, ())
+                                   if r.target == "JUMP" and r.policy]
+        return self._groups[chain]
+
+    def rule_at(self, index: int) -> Optional[RuleAt]:
+        if index < 0:
+            return None
+        chain, position, rule = self.native.rule(int(index))
+        return RuleAt(chain, position, rule.origin)
+
+    def direction(self, name: str, mark_rule: int, via: int) -> DirectionWhy:
+        """The verdict of direction `name` from its traced slot: the MARK rule
+        that decided it and the JUMP that entered that rule's chain."""
+        why = DirectionWhy(name)
+        if mark_rule < 0:
+            return why  # no policy isolates the pod on this side (or it is not a pod here)
+        chain, _, rule = self.native.rule(int(mark_rule))
+        if rule.mark & _OK[name]:
+            # A policy rule admitted it: its chain was entered from the group's chain.
+            why.admitted_by = RuleRef.parse(rule.origin)
+            why.admitting_rule = self.rule_at(mark_rule)
+            group = self.native.rule(int(via))[0] if via >= 0 else chain
+        else:
+            group = chain  # the group's own "none of them admits it"
+        why.isolating = self._group_policies(group)
+        return why
+
+    def flows(self, ev, i: int) -> dict:
+        """direction -> DirectionWhy for flow i of an Evaluation."""
+        out = {}
+        for name in SLOTS:
+            rules, vias = ev.direction(name)
+            out[name] = self.direction(name, int(rules[i]), int(vias[i]))
+        return out
+
+
+def same_family(source: Endpoint, destination: Endpoint) -> tuple:
+    """The endpoints with addresses of one family: a pod side takes its address
+    of the other side's family. ValueError if a pod has none."""
+    if source.pod is not None and source.ip.version != destination.ip.version:
+        ip = next((i for i in source.pod.ips if i.version == destination.ip.version), None)
+        if ip is None:
+            raise ValueError(f"{source.label} has no IPv{destination.ip.version} address to reach {destination.label}")
+        source = Endpoint(ip, source.pod)
+    if destination.pod is not None and destination.ip.version != source.ip.version:
+        ip = next((i for i in destination.pod.ips if i.version == source.ip.version), None)
+        if ip is None:
+            raise ValueError(f"{destination.label} has no IPv{source.ip.version} address")
+        destination = Endpoint(ip, destination.pod)
+    return source, destination
+
+
+@dataclass
+class Explanation:
+    source: Endpoint
+    destination: Endpoint
+    protocol: str
+    port: int
+    allowed: bool
+    egress: DirectionWhy
+    ingress: DirectionWhy
+    same_pod: bool = False
+    deciding_rule: Optional[RuleAt] = None  # the rule that ended the walk (None: the entry chain ran out)
+
+
+def explain(native: NativeProgram, source: Endpoint, destination: Endpoint, protocol: str, port: int,
+            explainer: Optional[Explainer] = None) -> Explanation:
+    """One connection through the compiled program (of the endpoints' family)."""
+    if source.pod is not None and source.pod == destination.pod:
+        # A pod's traffic to itself never leaves the pod: no rule sees it.
+        return Explanation(source, destination, protocol, port, True, DirectionWhy("egress"),
+                           DirectionWhy("ingress"), same_pod=True)
+    explainer = explainer or Explainer(native)
+    ev = native.evaluate(address_column([source.ip], source.ip.version),
+                         address_column([destination.ip], destination.ip.version),
+                         np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16), threads=1)
+    sides = explainer.flows(ev, 0)
+    if sides["egress"].isolating and sides["egress"].admitted_by is None:
+        # The kernel drops it at egress and never judges ingress: say what ingress would.
+        columns = (address_column([source.ip], source.ip.version),
+                   address_column([destination.ip], destination.ip.version),
+                   np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16))
+        alone = explainer.ingress_alone().evaluate(*columns, threads=1)
+        sides["ingress"] = explainer.flows(alone, 0)["ingress"]
+        sides["ingress"].judged = False
+    return Explanation(source, destination, protocol, port, bool(ev.allowed[0]), sides["egress"], sides["ingress"],
+                       deciding_rule=explainer.rule_at(int(ev.rule[0])))
