@@ -53,7 +53,7 @@ def test_explain_json_and_text():
     assert v["allowed"] is False
     assert v["ingress"]["isolating_policies"] == ["shop/middle-tier-policy"] and v["ingress"]["admitted_by"] is None
     assert v["egress"]["isolated"] is False
-    assert v["program"]["allowed"] is False and v["program"]["deciding_rule"]["origin"] == "no ingress rule allows it"
+    assert v["program"]["allowed"] is False and v["program"]["deciding_rule"]["origin"] == "no ingress rule allows it (tcp)"
     r = run("explain", "-f", EXAMPLE, "--from", "shop/presentation-0", "--to", "shop/middle-1", "--port", "9",
             "-o", "json")
     v = json.loads(r.stdout)

@@ -37,6 +37,8 @@ from ..compile.program import Attach
 from ..errors import PyipsetError, brief_text
 from ..kernel.backend import Kernel, apply_changes, apply_programs, reconcile_programs
 from ..model import fail_closed, load_objects
+from ..observe.attribution import BlockReporter
+from ..observe.counts import KernelCounts
 from .health import HealthServer
 from .metrics import Metrics
 from .reflector import Backoff, Reflector
@@ -153,6 +155,10 @@ class Agent:
         # --deny-unknown-pod-ips: this node's pod CIDRs (None: to be read from the Node before the first update)
         self.pod_cidrs = None if settings.deny_unknown_pod_ips and not settings.pod_cidrs else \
             (settings.pod_cidrs if settings.deny_unknown_pod_ips else ())
+        # What policy blocks: exact counts from the kernel at scrape time, the sample from NFLOG.
+        self.metrics.kernel_counts = KernelCounts(self.kernel, lambda: sorted(self.families))
+        self.enforced = None  # (programs, pods) the kernel enforces, for attribution
+        self.reporter = None
 
     # ---- health ----
 
@@ -170,6 +176,8 @@ class Agent:
         unhealthy = [r.resource for r in self.reflectors if not r.healthy]
         if unhealthy:
             return False, "watch not healthy: " + ", ".join(unhealthy)
+        if self.reporter is not None and self.reporter.error:
+            return False, self.reporter.error
         if self.last_error:
             return False, f"the last kernel update failed: {self.last_error}"
         return True, "ok"
@@ -192,6 +200,9 @@ class Agent:
         self.health = HealthServer(self.settings.listen_address, self).start()
         self.reflectors = [Reflector(r, self.calls[r], self.settings, self.state, self.metrics, self.stop).start()
                            for r in RESOURCES]
+        self.reporter = BlockReporter(self.settings.nflog_group, self.settings.netns, lambda: self.enforced,
+                                      self.metrics, self.stop, self.settings.block_log_rate,
+                                      self.settings.metrics_by_namespace).start()
         log.info("agent %s for node %s started; health and metrics on port %d", __version__,
                  self.settings.node_name, self.health.port)
         return self
@@ -211,6 +222,7 @@ class Agent:
         while not self.stop.is_set():
             self.last_loop = now = time.monotonic()
             self.metrics.ready.set(1 if self.ready()[0] else 0)
+            self.metrics.nflog_reading.set(1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
             synced = all(r.synced.is_set() for r in self.reflectors)
             seen = self.state.version
             pending = synced and seen != self.applied_version
@@ -256,7 +268,8 @@ class Agent:
             log.info("denying addresses of pod CIDRs %s that no known pod holds",
                      ", ".join(map(str, self.pod_cidrs)))
         self.engine = Incremental(cluster, sorted(self.families), nflog_group=self.settings.nflog_group,
-                                  attach=self.attach, node=self.settings.node_name, deny_unknown=self.pod_cidrs)
+                                  attach=self.attach, node=self.settings.node_name, deny_unknown=self.pod_cidrs,
+                                  audit=self.settings.audit)
         return self.engine.programs
 
     def _pod_churn(self, pods: dict):
@@ -340,6 +353,7 @@ class Agent:
             return False
         self.trusted = True
         self.metrics.programs = programs
+        self.enforced = (programs, list(self.engine.pods.values()))
         self.metrics.kernel_updates.labels(path).inc()
         self.metrics.sync_duration.observe(time.monotonic() - started)
         self._enforces(version)
@@ -372,5 +386,6 @@ class Agent:
                 for line in d.lines():
                     log.warning("drift repaired: %s: %s", p.family, line)
         self.metrics.programs = programs
+        self.enforced = (programs, list(self.engine.pods.values()))
         self.trusted = True
         self._enforces(version)

@@ -5,7 +5,7 @@ at scrape time from the program the kernel was last given."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 PREFIX = "pyipset"
 
@@ -28,6 +28,41 @@ class _ProgramCollector:
         yield sets
         yield members
         yield rules
+
+
+class _BlockCollector:
+    """The exact counts of blocked attempts, from the kernel's counters at
+    scrape time (observe/counts.py)."""
+
+    def __init__(self, agent_metrics: "Metrics"):
+        self.m = agent_metrics
+
+    def collect(self):
+        counts = self.m.kernel_counts.read() if self.m.kernel_counts is not None else {}
+        blocked = CounterMetricFamily(
+            f"{PREFIX}_blocked_connections", "Connection attempts policy blocked, by direction (egress, ingress, "
+            "unknown: an address of this node's pod CIDRs no known pod holds) and protocol; exact (kernel "
+            "counters; retransmissions are not new attempts)", labels=["direction", "protocol"])
+        would = CounterMetricFamily(
+            f"{PREFIX}_would_deny_connections", "Connection attempts policy would block, allowed by audit mode, "
+            "by direction and protocol; exact (kernel counters)", labels=["direction", "protocol"])
+        unsampled = CounterMetricFamily(
+            f"{PREFIX}_blocked_log_unsampled", "Attempts (blocked or would-deny) the kernel's log rate limit left "
+            "out of the attributed log, by verdict and direction", labels=["verdict", "direction"])
+        logged: dict = {}
+        counted: dict = {}
+        for key, value in sorted(counts.items()):
+            if key[0] == "count":
+                _, verdict, direction, protocol = key
+                (blocked if verdict == "denied" else would).add_metric([direction, protocol], value)
+                counted[verdict, direction] = counted.get((verdict, direction), 0) + value
+            else:
+                logged[key[1], key[2]] = value
+        for (verdict, direction), value in sorted(counted.items()):
+            unsampled.add_metric([verdict, direction], max(0, value - logged.get((verdict, direction), 0)))
+        yield blocked
+        yield would
+        yield unsampled
 
 
 class Metrics:
@@ -55,4 +90,21 @@ class Metrics:
                            registry=r)
         self.build_info = Gauge(f"{PREFIX}_build_info", "The running version", ["version"], registry=r)
         self.build_info.labels(version).set(1)
+        # What policy blocks (observe/): the sample the NFLOG reader attributed, and what it lost.
+        self.kernel_counts = None  # observe.counts.KernelCounts, set by the agent
+        self.blocks_read = Counter(f"{PREFIX}_blocked_log_events", "Blocked (or would-deny) attempts read from "
+                                   "NFLOG and attributed, by verdict and direction: a sample of "
+                                   f"{PREFIX}_blocked_connections_total", ["verdict", "direction"], registry=r)
+        self.block_log_suppressed = Counter(f"{PREFIX}_blocked_log_suppressed", "Attributed attempts not logged: "
+                                            "the agent's log line rate limit", registry=r)
+        self.nflog_lost = Counter(f"{PREFIX}_nflog_lost_messages", "NFLOG messages the kernel could not deliver "
+                                  "(the reader fell behind: gaps in their sequence numbers)", registry=r)
+        self.nflog_decode_errors = Counter(f"{PREFIX}_nflog_decode_errors", "NFLOG messages that could not be "
+                                           "decoded or are not ours, by reason", ["reason"], registry=r)
+        self.nflog_reading = Gauge(f"{PREFIX}_nflog_reading", "1 while the NFLOG group is bound and read",
+                                   registry=r)
+        self.blocks_by_namespace = Counter(
+            f"{PREFIX}_blocked_log_events_by_namespace", "The attributed sample by the namespace of the pod on the "
+            "blocking side (--metrics-by-namespace)", ["verdict", "direction", "protocol", "namespace"], registry=r)
         r.register(_ProgramCollector(self))
+        r.register(_BlockCollector(self))

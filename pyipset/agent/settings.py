@@ -75,7 +75,21 @@ class Settings:
             "node's Node object, spec.podCIDRs; the ClusterRole allows get on nodes for it)", "PYIPSET_POD_CIDRS",
         kind="cidrs")
     nflog_group: int = _setting(
-        86, "the netlink group denied connections are logged to", "PYIPSET_NFLOG_GROUP", "", "int", 0, 65535)
+        86, "the netlink group blocked connection attempts are logged to; the agent reads it (one reader per "
+            "network namespace)", "PYIPSET_NFLOG_GROUP", "", "int", 0, 65535)
+    audit: bool = _setting(
+        False, "audit mode for every pod of the node: connections policy would deny are allowed, logged and "
+               "counted as would-deny (one namespace: label it pyipset.io/audit=true)", "PYIPSET_AUDIT",
+        kind="bool")
+
+    # ---- reporting ----
+    block_log_rate: float = _setting(
+        100.0, "log lines of attributed blocked connections per second at most (bursts of twice as many); the "
+               "rest are counted in pyipset_blocked_log_suppressed_total", "PYIPSET_BLOCK_LOG_RATE", "lines/s",
+        "seconds", 0, 1_000_000)
+    metrics_by_namespace: bool = _setting(
+        False, "also count the attributed blocks by namespace (pyipset_blocked_log_events_by_namespace_total; one "
+               "series per namespace that blocks: off by default)", "PYIPSET_METRICS_BY_NAMESPACE", kind="bool")
 
     # ---- operating ----
     listen: str = _setting(

@@ -92,8 +92,8 @@ from typing import Optional
 
 from ..model.objects import KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
 from . import naming
-from .naming import (ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL, ROLE_NAMED_PORT, ROLE_PEER,
-                     ROLE_POD_CIDR,
+from .naming import (ROLE_AUDIT, ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL, ROLE_NAMED_PORT,
+                     ROLE_PEER, ROLE_POD_CIDR, ROLE_SEEN,
                      deny_chain,
                      direction_chain, group_chain, policy_chain, tree_chain)
 from .program import (ENTRY_CHAIN, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
@@ -115,6 +115,11 @@ def tree_fanout(groups: int) -> int:
     return k
 
 UNKNOWN_CHAIN = "PYIPSET-DENY-UNKNOWN"
+AUDIT_LABEL = "pyipset.io/audit"  # a namespace with this label "true": its pods are in audit mode
+BLOCK_WINDOW = 60  # seconds after its last packet that a blocked attempt is remembered (its retransmissions
+# are not new blocks: TCP's SYN retransmissions come 1, 2, 4, ... 32 s apart)
+BLOCK_MEMORY = 262_144  # attempts remembered at most, per direction (then one is forgotten at random)
+ATTEMPT_DIMS = "src,src,dst"  # a connection attempt's key: source, protocol and source port, destination
 LOG_RATE = 100  # denied connections logged per second, at most ...
 LOG_BURST = 200  # ... after a burst of this many
 
@@ -158,8 +163,9 @@ def flat_key(policy: NetworkPolicy, direction: str, index: int) -> tuple:
 class _Compiler:
     def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
                  node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None,
-                 text: Optional[dict] = None, deny_unknown: tuple = ()):
+                 text: Optional[dict] = None, deny_unknown: tuple = (), audit: bool = False):
         self.cluster = cluster
+        self.audit = audit
         self.node = node
         self.attach = attach
         self.nflog_group = nflog_group
@@ -454,23 +460,89 @@ class _Compiler:
                  jump=deny_ingress, origin="ingress denied"),
             Rule((), "ACCEPT", origin="egress and ingress allow it"),
         ]
-        for chain, direction in ((deny_egress, "egress"), (deny_ingress, "ingress")):
-            prog.chains[chain] = [
-                # Rate-limited: a flood of denied packets cannot flood the logger.
-                Rule((Match("limit", value=LOG_RATE, value2=LOG_BURST),), "NFLOG",
-                     log_prefix=f"pyipset {direction} denied", log_group=self.nflog_group,
-                     origin=f"log connections {direction} policy denies"),
-                Rule((), "DROP", origin=f"no {direction} rule allows it"),
-            ]
+        for direction in ("egress", "ingress"):
+            self.deny_chains(direction)
         if self.deny_unknown:
-            prog.chains[UNKNOWN_CHAIN] = [
-                Rule((Match("limit", value=LOG_RATE, value2=LOG_BURST),), "NFLOG",
-                     log_prefix="pyipset unknown denied", log_group=self.nflog_group,
-                     origin="log traffic of addresses in this node's pod CIDRs that no known pod holds"),
-                Rule((), "DROP", origin="an address of this node's pod CIDRs that no known pod holds"),
-            ]
+            self.deny_chains("unknown")
         prog.hooks = self.hooks()
         return prog
+
+    # ---- what happens to what policy denies ----
+
+    def deny_chains(self, direction: str) -> None:
+        """The chain a denied NEW connection of `direction` (egress, ingress, or
+        unknown: an address of this node's pod CIDRs no known pod holds) is sent
+        to: in audit mode it goes on (reported as would-deny), otherwise it is
+        dropped; either way each connection attempt is reported once (see
+        reported_rules) and counted by protocol in a chain that never changes."""
+        rules = []
+        audit = self.audit_match(direction)
+        if audit is not None:
+            rules.append(Rule(audit, "GOTO", jump=naming.audit_chain(direction),
+                              origin=f"audit mode: allowed, and reported as what {direction} policy would deny"))
+            self.program.chains[naming.audit_chain(direction)] = self.reported_rules(direction, audit=True)
+            self.program.chains[naming.blocked_chain(direction, True)] = self.counted_rules(direction, "RETURN")
+        rules += self.reported_rules(direction, audit=False)
+        self.program.chains[UNKNOWN_CHAIN if direction == "unknown" else deny_chain(direction)] = rules
+        self.program.chains[naming.blocked_chain(direction)] = self.counted_rules(direction, "DROP")
+
+    def audit_match(self, direction: str) -> Optional[tuple]:
+        """The matches that send a denied connection to audit instead (() for
+        every pod: --audit), or None when no pod here is in audit mode."""
+        if direction == "unknown":
+            return None
+        if self.audit:
+            return ()
+        if not any(AUDIT_LABEL in ns.labels and ns.labels[AUDIT_LABEL] == "true"
+                   for ns in self.cluster.namespaces.values()):
+            return None
+        audited = self.pod_set(ROLE_AUDIT, ("audit", self.node or ""),
+                               lambda: [p for p in self.cluster.pods if self.audited(p)],
+                               f"this node's pods in namespaces labelled {AUDIT_LABEL}=true", self.audited)
+        return (Match("set", name=audited, dims="src" if direction == "egress" else "dst"),)
+
+    def audited(self, pod: Pod) -> bool:
+        ns = self.cluster.namespaces.get(pod.namespace)
+        return self.is_local(pod) and ns is not None and ns.labels.get(AUDIT_LABEL) == "true"
+
+    def reported_rules(self, direction: str, audit: bool) -> list:
+        """Report each connection attempt once: its key (source, source port,
+        destination) is remembered for BLOCK_WINDOW seconds after its last
+        packet, so a retransmitted SYN or the next datagram of the flow is
+        neither logged nor counted again; then NFLOG (rate-limited) and the
+        counting chain."""
+        seen, _ = self.sets.name(ROLE_SEEN, ("seen", direction))
+        if seen not in self.program.sets:
+            key = naming.set_key(ROLE_SEEN, self.program.family, ("seen", direction))
+            self.program.sets[seen] = SetDef(
+                seen, "hash:ip,port,ip", self.program.family, (), key,
+                f"{direction} connection attempts blocked in the last {BLOCK_WINDOW} s", ROLE_SEEN,
+                timeout=BLOCK_WINDOW, maxelem=BLOCK_MEMORY)
+        attempt = Match("set", name=seen, dims=ATTEMPT_DIMS)
+        what = f"{direction} policy would deny" if audit else \
+            "an unknown address" if direction == "unknown" else f"{direction} policy denies"
+        return [
+            Rule((attempt,), "SET", add_set=seen, add_dims=ATTEMPT_DIMS, add_exist=True,
+                 origin="a later packet of an attempt already reported: remembered longer"),
+            Rule((attempt,), "RETURN" if audit else "DROP",
+                 origin=f"a later packet of a connection attempt {what}, already reported"),
+            Rule((), "SET", add_set=seen, add_dims=ATTEMPT_DIMS, origin="a new connection attempt: remember it"),
+            # Rate-limited: a flood of denied packets cannot flood the logger.
+            Rule((Match("limit", value=LOG_RATE, value2=LOG_BURST),), "NFLOG",
+                 log_prefix=log_prefix(direction, audit), log_group=self.nflog_group,
+                 origin=f"log connection attempts {what}"),
+            Rule((), "GOTO", jump=naming.blocked_chain(direction, audit), origin="count it by protocol"),
+        ]
+
+    def counted_rules(self, direction: str, target: str) -> list:
+        """One rule per protocol, whose kernel counters are the exact counts."""
+        why = "an address of this node's pod CIDRs that no known pod holds" if direction == "unknown" else \
+            f"no {direction} rule allows it"
+        if target == "RETURN":
+            why = f"audit: {why}, allowed"
+        rules = [Rule((Match("proto", value=number),), target, origin=f"{why} ({label})")
+                 for label, number in counted_protocols(self.program.family)]
+        return rules + [Rule((), target, origin=f"{why} (other)")]
 
     def local_set(self) -> str:
         return self.pod_set(ROLE_LOCAL, ("local", self.node or ""),
@@ -512,6 +584,16 @@ class _Compiler:
         return hooks
 
 
+def counted_protocols(family: str) -> tuple:
+    """(label, IP protocol number) of the protocols blocked attempts are counted by (the rest: "other")."""
+    return (("tcp", 6), ("udp", 17), ("sctp", 132), ("icmp", 1 if family == "inet" else 58))
+
+
+def log_prefix(direction: str, audit: bool = False) -> str:
+    """The NFLOG prefix of a report: `pyipset <direction> <denied|would-deny>`."""
+    return f"pyipset {direction} {'would-deny' if audit else 'denied'}"
+
+
 def program_families(cluster: Cluster) -> list:
     """The address families to program: those the pods use, and always inet
     (an inet program with no policy still hooks the bridge and allows all)."""
@@ -520,7 +602,7 @@ def program_families(cluster: Cluster) -> list:
 
 def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT,
                     nflog_group: int = NFLOG_GROUP, node: Optional[str] = None,
-                    attach: Attach = Attach(), deny_unknown: tuple = ()) -> RuleProgram:
+                    attach: Attach = Attach(), deny_unknown: tuple = (), audit: bool = False) -> RuleProgram:
     """The RuleProgram enforcing every policy of the cluster for one family.
 
     node: the program of one node (pods with spec.nodeName == node): egress
@@ -536,10 +618,14 @@ def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int =
 
     deny_unknown: this node's pod CIDRs (ip_network); traffic from or to an
     address in them that no pod of this node holds is dropped (the race
-    between a pod getting its address and the agent hearing of it)."""
+    between a pod getting its address and the agent hearing of it).
+
+    audit: every pod of the node in audit mode (what policy would deny is
+    allowed and reported as would-deny); without it, the pods of namespaces
+    labelled AUDIT_LABEL=true are."""
     if family not in ("inet", "inet6"):
         raise ValueError(f"unknown family {family!r} (expected inet or inet6)")
     if not 0 <= nflog_group <= 65535:
         raise ValueError(f"NFLOG group {nflog_group} is out of range 0-65535")
     return _Compiler(cluster, family, flatten_limit, nflog_group, node, attach,
-                     deny_unknown=tuple(deny_unknown)).compile()
+                     deny_unknown=tuple(deny_unknown), audit=audit).compile()

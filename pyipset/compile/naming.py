@@ -39,11 +39,14 @@ ROLE_NAMED_PORT = "named-port"  # (pod address, port) of a named port
 ROLE_FLAT = "flat"  # a rule flattened into (source, port, destination)
 ROLE_LOCAL = "local"  # this node's pods: the hooks send their traffic to our chains
 ROLE_POD_CIDR = "pod-cidr"  # this node's pod CIDRs (--deny-unknown-pod-ips)
-ROLES = (ROLE_ISOLATED, ROLE_GROUP, ROLE_PEER, ROLE_BLOCK, ROLE_NAMED_PORT, ROLE_FLAT, ROLE_LOCAL, ROLE_POD_CIDR)
+ROLE_AUDIT = "audit"  # this node's pods in audit mode: what policy would deny them is allowed and reported
+ROLE_SEEN = "seen"  # connection attempts blocked lately (dynamic): their retransmissions are not new blocks
+ROLES = (ROLE_ISOLATED, ROLE_GROUP, ROLE_PEER, ROLE_BLOCK, ROLE_NAMED_PORT, ROLE_FLAT, ROLE_LOCAL, ROLE_POD_CIDR,
+         ROLE_AUDIT, ROLE_SEEN)
 
 # One letter per role in set names, for people reading `ipset list`.
 _SET_CODES = {ROLE_ISOLATED: "I", ROLE_GROUP: "G", ROLE_BLOCK: "B", ROLE_NAMED_PORT: "T", ROLE_FLAT: "F",
-              ROLE_LOCAL: "L", ROLE_POD_CIDR: "U"}
+              ROLE_LOCAL: "L", ROLE_POD_CIDR: "U", ROLE_AUDIT: "A", ROLE_SEEN: "R"}
 _PEER_CODES = {"pods": "P", "namespaces": "N", "nspods": "Q"}
 
 
@@ -71,6 +74,16 @@ def direction_chain(direction: str) -> str:
 
 def deny_chain(direction: str) -> str:
     return f"{CHAIN_PREFIX}-DENY-{direction.upper()}"
+
+
+def blocked_chain(direction: str, audit: bool = False) -> str:
+    """Where a blocked (or, audit: would-be-blocked) attempt is counted, by
+    protocol: a chain the program never changes, so its counters last."""
+    return f"{CHAIN_PREFIX}-{'WOULD' if audit else 'BLOCKED'}-{direction.upper()}"
+
+
+def audit_chain(direction: str) -> str:
+    return f"{CHAIN_PREFIX}-AUDIT-{direction.upper()}"
 
 
 def policy_chain(policy_key: str, direction: str) -> str:

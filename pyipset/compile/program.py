@@ -22,7 +22,7 @@ from .naming import ENTRY_CHAIN  # noqa: E402  (re-exported: the chain the hooks
 
 NFLOG_GROUP = 86
 
-TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "NFLOG")
+TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "NFLOG", "SET")
 
 
 @dataclass(frozen=True)
@@ -34,6 +34,13 @@ class SetDef:
     key: str  # canonical key: equal keys are one set
     comment: str = ""  # what the set holds, for people
     role: str = ""  # what the set is for: one of naming.ROLES
+    timeout: int = 0  # > 0: the rules fill it (target SET) and entries expire after this many seconds;
+    # the program gives it no members and apply never changes them ("dynamic")
+    maxelem: int = 0  # dynamic sets: at most this many entries (forceadd: a full set evicts one at random)
+
+    @property
+    def dynamic(self) -> bool:
+        return self.timeout > 0
 
 
 @dataclass(frozen=True)
@@ -44,7 +51,11 @@ class Match:
                   make the key, as in iptables' `--match-set NAME src,dst`:
                   "src" / "dst" (hash:ip, hash:net), "dst,dst" (hash:ip,port:
                   destination address and port), "src,dst,dst" (hash:ip,port,ip:
-                  source, destination port, destination).
+                  source, destination port, destination), "src,src,dst"
+                  (hash:ip,port,ip: source, source port, destination: one
+                  connection attempt, for dynamic sets only). A dynamic set
+                  is empty for a NEW connection's first packet: the evaluator
+                  judges those, so such a match never holds there.
     kind "addr":  the source (`dims` "src") or destination ("dst") address is
                   in network `name` (CIDR text, as iptables' -s / -d); the
                   compiler does not use it: the comparison layouts do.
@@ -77,6 +88,9 @@ class Rule:
     mark_mask: int = 0  # ... after clearing these (--and-mark ~mask); both: --set-xmark
     log_prefix: str = ""  # NFLOG: prefix ...
     log_group: int = 0  # ... and netlink group
+    add_set: str = ""  # SET: add the packet's key to this (dynamic) set, ...
+    add_dims: str = ""  # ... made of these packet fields (as Match.dims), ...
+    add_exist: bool = False  # ... restarting the timeout of an entry already there (--exist)
     origin: str = ""  # the policy rule it came from ("ns/name ingress[0]") or why it exists
 
     @property

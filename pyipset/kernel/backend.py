@@ -36,14 +36,14 @@ from typing import Callable, Optional
 from ..compile.naming import ROLE_ISOLATED
 from ..compile.program import ENTRY_CHAIN, RuleProgram
 from ..errors import PyipsetError, brief_text
-from ..sets import IPSet, creation_options
+from ..sets import IPSet
 from ..compile import naming as names
 from .lock import NamespaceLock
 from .runner import ToolError, failing_line
 from .runner import run as run_tool
 from ..compile.naming import CHAIN_PREFIX, SET_PREFIX
 from ..compile.naming import MAX_CHAIN_NAME, MAX_SET_NAME
-from .render import kernel_members, render_hooks, render_ipset, render_iptables
+from .render import kernel_members, render_hooks, render_ipset, render_iptables, set_options
 from .scratch import remove_stale, scratch_namespace
 
 
@@ -208,9 +208,14 @@ def ipset_scripts(program: RuleProgram, current: dict, wanted: Optional[dict] = 
             (after if isolation else before).extend(f"add {name} {m} -exist" for m in new)
             continue
         members = kernel_members(setdef)
-        opts = f"family {setdef.family} {creation_options(len(members))}"
+        opts = f"family {setdef.family} {set_options(setdef, len(members))}"
         have = current.get(name)
         same_kind = have is not None and have.type == setdef.type and have.family == setdef.family
+        if setdef.dynamic:
+            # The rules fill it: made when missing, its entries never touched.
+            if not same_kind:
+                before += ([f"destroy {name}"] if have is not None else []) + [f"create {name} {setdef.type} {opts}"]
+            continue
         if same_kind:
             want = (wanted or {}).get(name)
             if want is None:
@@ -707,6 +712,8 @@ def diff(program: RuleProgram, kernel: Kernel) -> Drift:
         if name not in have:
             drift.missing_sets.append(name)
             continue
+        if setdef.dynamic:
+            continue  # its entries are the kernel's own
         want = canonical_members(setdef.type, setdef.family, kernel_members(setdef))
         if want - have[name].members:
             drift.missing_members[name] = sorted(want - have[name].members)

@@ -12,6 +12,7 @@ from ..model.objects import KERNEL_PROTOCOL_NAMES
 from ..sets import FAMILIES, SET_TYPES, creation_options
 from ..compile import naming as names
 
+_OTHER_PROTOCOLS = {1: "icmp", 58: "ipv6-icmp"}
 COMMENT_MAX = 255  # xt_comment's limit (XT_MAX_COMMENT_LEN - 1)
 
 
@@ -31,6 +32,17 @@ def kernel_members(setdef: SetDef) -> list:
     return out
 
 
+def set_options(setdef: SetDef, size: int) -> str:
+    """The creation options of a set: sized for its members, or, for a dynamic
+    set, its timeout and bound (forceadd: when full, a new entry replaces a
+    random one, so remembering never fails)."""
+    if setdef.dynamic:
+        if setdef.type != "hash:ip,port,ip" or not 0 < setdef.timeout <= 2_147_483 or setdef.maxelem <= 0:
+            raise ValueError(f"set {setdef.name}: a dynamic set needs hash:ip,port,ip, a timeout and maxelem")
+        return f"hashsize 1024 maxelem {int(setdef.maxelem)} timeout {int(setdef.timeout)} forceadd"
+    return creation_options(size)
+
+
 def render_ipset(program: RuleProgram) -> str:
     lines = []
     for setdef in program.sets.values():
@@ -38,7 +50,7 @@ def render_ipset(program: RuleProgram) -> str:
         if setdef.type not in SET_TYPES or setdef.family not in FAMILIES:
             raise ValueError(f"set {names.check_set_name(setdef.name)}: unknown type or family")
         lines.append(f"create {names.check_set_name(setdef.name)} {setdef.type} family {setdef.family} "
-                     f"{creation_options(len(members))}")
+                     f"{set_options(setdef, len(members))}")
         lines += [f"add {setdef.name} {m}" for m in members]
     return "\n".join(lines) + ("\n" if lines else "")
 
@@ -51,7 +63,7 @@ def _quote(text: str) -> str:
 def _match_args(m: Match) -> list:
     neg = ["!"] if m.negate else []
     if m.kind == "set":
-        if m.dims not in ("src", "dst", "dst,dst", "src,dst,dst"):
+        if m.dims not in ("src", "dst", "dst,dst", "src,dst,dst", "src,src,dst"):
             raise ValueError(f"cannot render set dimensions {m.dims!r}")
         return ["-m", "set", *neg, "--match-set", names.check_set_name(m.name), m.dims]
     if m.kind == "addr":
@@ -59,7 +71,7 @@ def _match_args(m: Match) -> list:
             raise ValueError(f"cannot render address match dimensions {m.dims!r}")
         return [*neg, "-s" if m.dims == "src" else "-d", str(ipaddress.ip_network(m.name))]
     if m.kind == "proto":
-        return [*neg, "-p", KERNEL_PROTOCOL_NAMES.get(m.value, str(m.value))]
+        return [*neg, "-p", KERNEL_PROTOCOL_NAMES.get(m.value) or _OTHER_PROTOCOLS.get(m.value, str(m.value))]
     if m.kind == "dport":
         ports = str(m.value) if m.value == m.value2 else f"{m.value}:{m.value2}"
         return ["-m", "multiport", *neg, "--dports", ports]
@@ -90,6 +102,11 @@ def _target_args(rule: Rule) -> list:
             raise ValueError(f"NFLOG group {rule.log_group} is out of range 0-65535")
         return ["-j", "NFLOG", "--nflog-group", str(int(rule.log_group)), "--nflog-prefix",
                 _quote(rule.log_prefix[:63])]
+    if rule.target == "SET":
+        if rule.add_dims not in ("src,src,dst",):
+            raise ValueError(f"cannot render SET dimensions {rule.add_dims!r}")
+        return ["-j", "SET", "--add-set", names.check_set_name(rule.add_set), rule.add_dims] + \
+            (["--exist"] if rule.add_exist else [])
     return ["-j", rule.target]
 
 

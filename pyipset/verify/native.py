@@ -16,7 +16,8 @@ from ..compile.program import (MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_
 from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
 
-_TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5, "GOTO": 6}
+# SET (add the packet to a dynamic set) changes no verdict: it goes on, as NFLOG does.
+_TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5, "GOTO": 6, "SET": 5}
 _MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4, "limit": 5, "addr": 6}
 _DIMS = {"src": 0, "dst": 1, "dst,dst": 2, "src,dst,dst": 3}
 _STATES = {"NEW": 1, "ESTABLISHED": 2, "RELATED": 4, "INVALID": 8}
@@ -83,7 +84,10 @@ class NativeProgram:
             for i, rule in enumerate(chain_rules):
                 first = len(matches)
                 for m in rule.matches:
-                    if m.kind == "set":
+                    if m.kind == "set" and program.sets[m.name].dynamic:
+                        # Empty for a connection's first packet: a state match on no state never holds.
+                        matches.append((4, 0, m.negate, 0, 0, 0))
+                    elif m.kind == "set":
                         matches.append((0, _DIMS[m.dims], m.negate, set_index[m.name], 0, 0))
                     elif m.kind == "state":
                         matches.append((4, 0, m.negate, 0, sum(_STATES[s] for s in m.states), 0))

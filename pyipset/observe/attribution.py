@@ -1,0 +1,289 @@
+"""Blocked connection attempts, attributed: which pods (namespace/name, from
+the agent's cache as of the packet), which direction, which protocol and
+port, and which policies isolate the pod on the side that blocked it and
+admitted nothing. The "why" is read from the compiled program the kernel
+runs (verify/explain.py over the native evaluator), in batches.
+
+BlockReporter is the agent's reader: NFLOG datagrams -> events -> attributed
+blocks -> one structured log line each (rate-limited) and the metrics of the
+sample (what was logged, lost, left out, undecodable)."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..verify.explain import Explainer
+from ..verify.native import NativeProgram
+from .nflog import Decoder, GroupTaken, NflogSocket
+
+log = logging.getLogger("pyipset.blocked")  # one line per attributed block, nothing else
+status = logging.getLogger("pyipset.observe")
+
+GRACE = 60.0  # seconds a pod's address is still its own after the pod is gone (packets read late)
+
+
+def parse_prefix(prefix: str) -> Optional[tuple]:
+    """(verdict, direction) of a log prefix of ours: "pyipset ingress denied"
+    -> ("denied", "ingress"); None for anything else."""
+    words = prefix.split()
+    if len(words) == 3 and words[0] == "pyipset" and words[1] in ("egress", "ingress", "unknown") \
+            and words[2] in ("denied", "would-deny"):
+        return words[2], words[1]
+    return None
+
+
+class PodDirectory:
+    """Address -> pod key as of a time: an address keeps its last owner for
+    GRACE seconds after it changes hands or its pod goes (a packet read a
+    moment after its pod was deleted still names the pod)."""
+
+    def __init__(self, grace: float = GRACE):
+        self.grace = grace
+        self.current: dict = {}  # packed address -> pod key
+        self.before: dict = {}  # packed address -> (previous owner, until when it was theirs)
+
+    def update(self, pods, now: float) -> None:
+        new = {ip.packed: p.key for p in pods for ip in p.ips}
+        for addr, key in self.current.items():
+            if new.get(addr) != key:
+                self.before[addr] = (key, now)
+        self.current = new
+        for addr in [a for a, (_, until) in self.before.items() if now - until > self.grace]:
+            del self.before[addr]
+
+    def lookup(self, addr: bytes, at: float) -> Optional[str]:
+        prev = self.before.get(addr)
+        if prev is not None and at < prev[1]:
+            return prev[0]  # the packet came before the change
+        return self.current.get(addr)
+
+
+@dataclass
+class Block:
+    """One attributed blocked (or, in audit mode, would-be-blocked) attempt."""
+
+    verdict: str  # "denied" or "would-deny"
+    direction: str  # "egress", "ingress", or "unknown" (an address of the pod CIDRs no known pod holds)
+    protocol: str  # tcp, udp, sctp, icmp, other
+    src_ip: str
+    dst_ip: str
+    src_port: int
+    dst_port: int  # ICMP: type * 256 + code
+    src: str  # namespace/name, or the address when not a pod
+    dst: str
+    policies: list = field(default_factory=list)  # the policies isolating the pod on the blocking side
+    namespace: str = ""  # the namespace of the pod on the blocking side ("" if none)
+    received: float = 0.0
+
+    def fields(self) -> dict:
+        return {"verdict": self.verdict, "direction": self.direction, "protocol": self.protocol,
+                "src": self.src, "src_ip": self.src_ip, "src_port": self.src_port,
+                "dst": self.dst, "dst_ip": self.dst_ip, "dst_port": self.dst_port, "policies": self.policies}
+
+    def message(self) -> str:
+        what = "would be blocked (audit)" if self.verdict == "would-deny" else "blocked"
+        why = f" by {', '.join(self.policies)}" if self.policies else \
+            " (an address of this node's pod CIDRs that no known pod holds)" if self.direction == "unknown" else ""
+        port = f"/{self.dst_port}" if self.protocol in ("tcp", "udp", "sctp") else ""
+        return f"connection {what}: {self.src} -> {self.dst} {self.protocol}{port}, {self.direction}{why}"
+
+
+def _column(addrs: list, version: int) -> np.ndarray:
+    if version == 4:
+        return np.frombuffer(b"".join(addrs), dtype=">u4").astype(np.uint32)
+    return np.frombuffer(b"".join(addrs), dtype=np.uint8).reshape(-1, 16).copy()
+
+
+class Attributor:
+    """Attributes events with the programs and pods the agent enforces now.
+    NativePrograms are built when first needed after a change."""
+
+    def __init__(self):
+        self.directory = PodDirectory()
+        self._programs: dict = {}  # family -> RuleProgram
+        self._native: dict = {}  # family -> (NativeProgram, Explainer)
+        self._texts: dict = {}  # packed address -> str
+
+    def update(self, programs: list, pods, now: Optional[float] = None) -> None:
+        """The programs the kernel holds now and the pods they were made from."""
+        programs = {p.family: p for p in programs}
+        for family in list(self._native):
+            if programs.get(family) is not self._programs.get(family):
+                del self._native[family]
+        self._programs = programs
+        self.directory.update(pods, time.time() if now is None else now)
+
+    def _explainer(self, family: str) -> Optional[Explainer]:
+        if family not in self._native:
+            program = self._programs.get(family)
+            if program is None:
+                return None
+            self._native[family] = Explainer(NativeProgram(program))
+        return self._native[family]
+
+    def _text(self, addr: bytes) -> str:
+        text = self._texts.get(addr)
+        if text is None:
+            if len(self._texts) > 100_000:
+                self._texts.clear()
+            text = self._texts[addr] = str(ipaddress.ip_address(addr))
+        return text
+
+    def attribute(self, events: list) -> list:
+        """Blocks for the events with a prefix of ours (others are skipped: the
+        caller counts them), in order."""
+        out: list = [None] * len(events)
+        by_family: dict = {}
+        for i, e in enumerate(events):
+            kind = parse_prefix(e.prefix)
+            if kind is None:
+                continue
+            by_family.setdefault(e.version, []).append((i, e, kind))
+        for version, items in by_family.items():
+            explainer = self._explainer("inet" if version == 4 else "inet6")
+            judged = [(i, e, kind) for i, e, kind in items if kind[1] != "unknown"]
+            rules = vias = None
+            if explainer is not None and judged:
+                ev = explainer.native.evaluate(_column([e.src for _, e, _ in judged], version),
+                                               _column([e.dst for _, e, _ in judged], version),
+                                               np.fromiter((e.protocol for _, e, _ in judged), np.uint8, len(judged)),
+                                               np.fromiter((e.dport for _, e, _ in judged), np.uint16, len(judged)),
+                                               threads=1)
+                rules, vias = {}, {}
+                for name in ("egress", "ingress"):
+                    rules[name], vias[name] = ev.direction(name)
+            row = {i: n for n, (i, _, _) in enumerate(judged)}
+            for i, e, (verdict, direction) in items:
+                src_key = self.directory.lookup(e.src, e.received)
+                dst_key = self.directory.lookup(e.dst, e.received)
+                policies: list = []
+                if rules is not None and i in row:
+                    n = row[i]
+                    policies = explainer.direction(direction, int(rules[direction][n]),
+                                                   int(vias[direction][n])).isolating
+                side = src_key if direction == "egress" else dst_key if direction == "ingress" else \
+                    (src_key or dst_key)
+                src_ip, dst_ip = self._text(e.src), self._text(e.dst)
+                out[i] = Block(verdict, direction, e.protocol_label, src_ip, dst_ip, e.sport, e.dport,
+                               src_key or src_ip, dst_key or dst_ip, list(policies),
+                               side.split("/", 1)[0] if side else "", e.received)
+        return [b for b in out if b is not None]
+
+
+class TokenBucket:
+    def __init__(self, rate: float, burst: float):
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class BlockReporter:
+    """The agent's NFLOG reader thread. `source()` gives (programs, pods) the
+    kernel enforces now (None before the first sync); `metrics` has the
+    sample's counters (agent/metrics.py)."""
+
+    RETRY = 10.0  # seconds between attempts to bind the group
+
+    def __init__(self, group: int, netns: Optional[str], source, metrics, stop: threading.Event,
+                 log_rate: float = 100.0, by_namespace: bool = False):
+        self.group, self.netns, self.source, self.metrics, self.stop = group, netns, source, metrics, stop
+        self.bucket = TokenBucket(log_rate, max(1.0, 2 * log_rate))
+        self.by_namespace = by_namespace
+        self.decoder = Decoder()
+        self.attributor = Attributor()
+        self.error: Optional[str] = "the NFLOG reader has not started"
+        self.bound = threading.Event()
+        self._seen_source = None
+        self._errors_reported: dict = {}
+        self._lost_reported = 0
+        self.thread = threading.Thread(target=self._run, name="nflog", daemon=True)
+
+    def start(self) -> "BlockReporter":
+        self.thread.start()
+        return self
+
+    def _bind(self) -> Optional[NflogSocket]:
+        try:
+            sock = NflogSocket(self.group, self.netns)
+        except GroupTaken as exc:
+            self.error = str(exc)
+        except Exception as exc:  # NflogError, OSError: reported, retried
+            self.error = f"cannot read NFLOG group {self.group}: {exc}"
+        else:
+            self.error = None
+            self.bound.set()
+            status.info("reading blocked connections from NFLOG group %d", self.group)
+            return sock
+        status.error("%s; retrying in %.0f s", self.error, self.RETRY)
+        return None
+
+    def _run(self) -> None:
+        sock = None
+        while not self.stop.is_set():
+            if sock is None:
+                sock = self._bind()
+                if sock is None:
+                    self.stop.wait(self.RETRY)
+                    continue
+            try:
+                data = sock.recv(0.5)
+            except OSError as exc:
+                self.error = f"reading NFLOG group {self.group} failed: {exc}"
+                status.error("%s; reopening", self.error)
+                sock.close()
+                sock = None
+                self.bound.clear()
+                continue
+            self._refresh()
+            if data is not None:
+                self.handle(data)
+        if sock is not None:
+            sock.close()
+
+    def _refresh(self) -> None:
+        """Takes the programs and pods the agent enforces now, when they changed."""
+        current = self.source()
+        if current is not None and current[0] is not self._seen_source:
+            self._seen_source = current[0]
+            self.attributor.update(current[0], current[1])
+
+    def handle(self, data: bytes, received: Optional[float] = None) -> list:
+        """One datagram: decoded, attributed, logged (as the bucket allows),
+        counted. Returns the blocks."""
+        events = self.decoder.datagram(data, received)
+        blocks = self.attributor.attribute(events) if events else []
+        m = self.metrics
+        if len(blocks) < len(events):
+            self.decoder.errors["not ours"] = self.decoder.errors.get("not ours", 0) + len(events) - len(blocks)
+        for reason, count in self.decoder.errors.items():
+            done = self._errors_reported.get(reason, 0)
+            if count > done:
+                m.nflog_decode_errors.labels(reason).inc(count - done)
+                self._errors_reported[reason] = count
+        if self.decoder.lost > self._lost_reported:
+            m.nflog_lost.inc(self.decoder.lost - self._lost_reported)
+            self._lost_reported = self.decoder.lost
+        for b in blocks:
+            m.blocks_read.labels(b.verdict, b.direction).inc()
+            if self.by_namespace:
+                m.blocks_by_namespace.labels(b.verdict, b.direction, b.protocol, b.namespace).inc()
+            if self.bucket.take():
+                log.info(b.message(), extra=b.fields())
+            else:
+                m.block_log_suppressed.inc()
+        return blocks
