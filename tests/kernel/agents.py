@@ -82,3 +82,12 @@ def api_objects(api) -> list:
 def load_into(api, objs) -> None:
     for o in objs:
         api.apply(json.loads(json.dumps(o)))
+
+
+def wait_for(predicate, seconds: float = 10.0, what: str = "") -> None:
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"not within {seconds} s: {what}")

@@ -20,7 +20,7 @@ from pyipset.observe.nflog import NflogSocket
 from pyipset.verify import native, reference
 from pyipset.verify.explain import Endpoint
 
-from agents import AgentProcess, load_into
+from agents import AgentProcess, load_into, wait_for
 
 OBJECTS = [
     namespace("a", team="x"), namespace("b", team="y"),
@@ -64,15 +64,6 @@ def blocks(agent) -> list:
         if record.get("logger") == "pyipset.blocked":
             out.append(record)
     return out
-
-
-def wait_for(predicate, seconds: float = 10.0, what: str = "") -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"not within {seconds} s: {what}")
 
 
 def started(api, tmp_path, lab, *extra) -> AgentProcess:
