@@ -203,7 +203,18 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
     if "ours" in user and "linear" in user:
         r = ns_per_op(user["linear"]) / ns_per_op(user["ours"])
         target("userspace, 10k pods: ours >= 100x the linear layout per flow", r >= 100, f"{r:.0f}x")
-    singles = [ns_per_op(b) for b in benches if b["group"].startswith("single")]
+    events = next((b for b in benches if b["name"] == "test_attributed_events_per_second"), None)
+    if events:
+        rate = events["extra_info"]["events_per_s"]
+        target("blocked connections: >= 100k attributed events/s on one core (decode, attribution, log line)",
+               rate >= 100_000, f"{rate / 1e3:.0f}k/s")
+    latency = next((b for b in benches if b["name"] == "test_packet_to_log_line_latency"), None)
+    if latency:
+        info = latency["extra_info"]
+        target("blocked connections: packet to log line p99 <= 50 ms", info["p99_ms"] <= 50,
+               f"p50 {info['p50_ms']:.1f} ms, p99 {info['p99_ms']:.1f} ms, max {info['max_ms']:.1f} ms "
+               f"({info['samples']} SYNs)")
+    singles = [ns_per_op(b) for b in benches if (b["group"] or "").startswith("single")]
     if singles:
         target("single `entry in s` (str): <= 250 ns", max(singles) <= 250, f"worst {max(singles):.0f} ns")
     return results

@@ -40,6 +40,7 @@ from ..model import fail_closed, load_objects
 from ..observe.attribution import BlockReporter
 from ..observe.counts import KernelCounts
 from .health import HealthServer
+from .main import StructuredLines
 from .metrics import Metrics
 from .reflector import Backoff, Reflector
 from .state import RESOURCES, ClusterState
@@ -159,6 +160,8 @@ class Agent:
         self.metrics.kernel_counts = KernelCounts(self.kernel, lambda: sorted(self.families))
         self.enforced = None  # (programs, pods) the kernel enforces, for attribution
         self.reporter = None
+        self.metrics.nflog_reading.set_function(
+            lambda: 1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
 
     # ---- health ----
 
@@ -202,7 +205,8 @@ class Agent:
                            for r in RESOURCES]
         self.reporter = BlockReporter(self.settings.nflog_group, self.settings.netns, lambda: self.enforced,
                                       self.metrics, self.stop, self.settings.block_log_rate,
-                                      self.settings.metrics_by_namespace).start()
+                                      self.settings.metrics_by_namespace,
+                                      emit=StructuredLines("pyipset.blocked").write).start()
         log.info("agent %s for node %s started; health and metrics on port %d", __version__,
                  self.settings.node_name, self.health.port)
         return self
@@ -222,7 +226,6 @@ class Agent:
         while not self.stop.is_set():
             self.last_loop = now = time.monotonic()
             self.metrics.ready.set(1 if self.ready()[0] else 0)
-            self.metrics.nflog_reading.set(1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
             synced = all(r.synced.is_set() for r in self.reflectors)
             seen = self.state.version
             pending = synced and seen != self.applied_version

@@ -11,7 +11,9 @@ sample (what was logged, lost, left out, undecodable)."""
 from __future__ import annotations
 
 import ipaddress
+import json
 import logging
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -21,17 +23,30 @@ import numpy as np
 
 from ..verify.explain import Explainer
 from ..verify.native import NativeProgram
-from .nflog import Decoder, GroupTaken, NflogSocket
+from .nflog import PROTOCOL_LABELS, Decoder, GroupTaken, NflogSocket
 
 log = logging.getLogger("pyipset.blocked")  # one line per attributed block, nothing else
 status = logging.getLogger("pyipset.observe")
 
+_PLAIN = re.compile(r"[A-Za-z0-9_.:/-]*")  # names and addresses that need no escaping in JSON
 GRACE = 60.0  # seconds a pod's address is still its own after the pod is gone (packets read late)
+
+
+_PREFIXES: dict = {}
 
 
 def parse_prefix(prefix: str) -> Optional[tuple]:
     """(verdict, direction) of a log prefix of ours: "pyipset ingress denied"
     -> ("denied", "ingress"); None for anything else."""
+    if prefix in _PREFIXES:
+        return _PREFIXES[prefix]
+    kind = _parse_prefix(prefix)
+    if len(_PREFIXES) < 64:
+        _PREFIXES[prefix] = kind
+    return kind
+
+
+def _parse_prefix(prefix: str) -> Optional[tuple]:
     words = prefix.split()
     if len(words) == 3 and words[0] == "pyipset" and words[1] in ("egress", "ingress", "unknown") \
             and words[2] in ("denied", "would-deny"):
@@ -65,7 +80,7 @@ class PodDirectory:
         return self.current.get(addr)
 
 
-@dataclass
+@dataclass(slots=True)
 class Block:
     """One attributed blocked (or, in audit mode, would-be-blocked) attempt."""
 
@@ -86,6 +101,16 @@ class Block:
         return {"verdict": self.verdict, "direction": self.direction, "protocol": self.protocol,
                 "src": self.src, "src_ip": self.src_ip, "src_port": self.src_port,
                 "dst": self.dst, "dst_ip": self.dst_ip, "dst_port": self.dst_port, "policies": self.policies}
+
+    def fields_json(self) -> str:
+        """fields() as JSON object members (`"verdict": "denied", ...`), written
+        without an encoder: names and addresses are plain (checked)."""
+        if _PLAIN.fullmatch(self.src + self.dst + self.src_ip + self.dst_ip + "".join(self.policies)) is None:
+            return json.dumps(self.fields())[1:-1]  # something to escape: the encoder does it
+        return (f'"verdict": "{self.verdict}", "direction": "{self.direction}", "protocol": "{self.protocol}", '
+                f'"src": "{self.src}", "src_ip": "{self.src_ip}", "src_port": {int(self.src_port)}, '
+                f'"dst": "{self.dst}", "dst_ip": "{self.dst_ip}", "dst_port": {int(self.dst_port)}, '
+                f'"policies": [{", ".join(f"{chr(34)}{p}{chr(34)}" for p in self.policies)}]')
 
     def message(self) -> str:
         what = "would be blocked (audit)" if self.verdict == "would-deny" else "blocked"
@@ -110,6 +135,7 @@ class Attributor:
         self._programs: dict = {}  # family -> RuleProgram
         self._native: dict = {}  # family -> (NativeProgram, Explainer)
         self._texts: dict = {}  # packed address -> str
+        self._why: dict = {}  # (explainer, direction, rule, via) -> isolating policies
 
     def update(self, programs: list, pods, now: Optional[float] = None) -> None:
         """The programs the kernel holds now and the pods they were made from."""
@@ -117,6 +143,7 @@ class Attributor:
         for family in list(self._native):
             if programs.get(family) is not self._programs.get(family):
                 del self._native[family]
+                self._why.clear()
         self._programs = programs
         self.directory.update(pods, time.time() if now is None else now)
 
@@ -136,6 +163,40 @@ class Attributor:
             text = self._texts[addr] = str(ipaddress.ip_address(addr))
         return text
 
+    def _isolating(self, explainer: Explainer, direction: str, rule: int, via: int) -> list:
+        key = (id(explainer), direction, rule, via)
+        found = self._why.get(key)
+        if found is None:
+            if len(self._why) > 100_000:
+                self._why.clear()
+            found = self._why[key] = explainer.direction(direction, rule, via).isolating
+        return found
+
+    @staticmethod
+    def _directions(explainer: Explainer, judged: list, version: int) -> tuple:
+        """Per direction, each event's traced MARK rule and entering JUMP (see
+        Evaluation.slots). An ingress event the program's walk does not reach
+        (egress denies first: the packet got to ingress because the source is
+        in audit mode, or policies changed since) is walked from the ingress
+        chain."""
+        def evaluate(program, rows):
+            return program.evaluate(_column([judged[n][1].src for n in rows], version),
+                                    _column([judged[n][1].dst for n in rows], version),
+                                    np.fromiter((judged[n][1].protocol for n in rows), np.uint8, len(rows)),
+                                    np.fromiter((judged[n][1].dport for n in rows), np.uint16, len(rows)),
+                                    threads=1)
+
+        ev = evaluate(explainer.native, range(len(judged)))
+        rules, vias = {}, {}
+        for name in ("egress", "ingress"):
+            r, v = ev.direction(name)
+            rules[name], vias[name] = r.copy(), v.copy()
+        unreached = [n for n, (_, _, kind) in enumerate(judged) if kind[1] == "ingress" and rules["ingress"][n] < 0]
+        if unreached:
+            r, v = evaluate(explainer.ingress_alone(), unreached).direction("ingress")
+            rules["ingress"][unreached], vias["ingress"][unreached] = r, v
+        return rules, vias
+
     def attribute(self, events: list) -> list:
         """Blocks for the events with a prefix of ours (others are skipped: the
         caller counts them), in order."""
@@ -151,30 +212,36 @@ class Attributor:
             judged = [(i, e, kind) for i, e, kind in items if kind[1] != "unknown"]
             rules = vias = None
             if explainer is not None and judged:
-                ev = explainer.native.evaluate(_column([e.src for _, e, _ in judged], version),
-                                               _column([e.dst for _, e, _ in judged], version),
-                                               np.fromiter((e.protocol for _, e, _ in judged), np.uint8, len(judged)),
-                                               np.fromiter((e.dport for _, e, _ in judged), np.uint16, len(judged)),
-                                               threads=1)
-                rules, vias = {}, {}
-                for name in ("egress", "ingress"):
-                    rules[name], vias[name] = ev.direction(name)
+                rules, vias = self._directions(explainer, judged, version)
             row = {i: n for n, (i, _, _) in enumerate(judged)}
+            # Per event: plain lists and dicts, no calls that a cache can answer.
+            lists = {d: (rules[d].tolist(), vias[d].tolist()) for d in rules} if rules is not None else {}
+            current, before = self.directory.current, self.directory.before
+            texts, text, isolating = self._texts, self._text, self._isolating
+            labels = PROTOCOL_LABELS
             for i, e, (verdict, direction) in items:
-                src_key = self.directory.lookup(e.src, e.received)
-                dst_key = self.directory.lookup(e.dst, e.received)
+                src_key, dst_key = current.get(e.src), current.get(e.dst)
+                if before and (e.src in before or e.dst in before):
+                    src_key = self.directory.lookup(e.src, e.received)
+                    dst_key = self.directory.lookup(e.dst, e.received)
                 policies: list = []
-                if rules is not None and i in row:
-                    n = row[i]
-                    policies = explainer.direction(direction, int(rules[direction][n]),
-                                                   int(vias[direction][n])).isolating
+                n = row.get(i)
+                if n is not None and direction in lists:
+                    r, v = lists[direction]
+                    policies = isolating(explainer, direction, r[n], v[n])
                 side = src_key if direction == "egress" else dst_key if direction == "ingress" else \
                     (src_key or dst_key)
-                src_ip, dst_ip = self._text(e.src), self._text(e.dst)
-                out[i] = Block(verdict, direction, e.protocol_label, src_ip, dst_ip, e.sport, e.dport,
-                               src_key or src_ip, dst_key or dst_ip, list(policies),
-                               side.split("/", 1)[0] if side else "", e.received)
+                src_ip = texts.get(e.src) or text(e.src)
+                dst_ip = texts.get(e.dst) or text(e.dst)
+                out[i] = Block(verdict, direction, labels.get(e.protocol, "other"), src_ip, dst_ip, e.sport, e.dport,
+                               src_key or src_ip, dst_key or dst_ip, policies,
+                               side.partition("/")[0] if side else "", e.received)
         return [b for b in out if b is not None]
+
+
+def _log_each(items) -> None:
+    for message, fields in items:
+        log.info(message, extra=json.loads("{" + fields + "}") if isinstance(fields, str) else fields)
 
 
 class TokenBucket:
@@ -182,14 +249,14 @@ class TokenBucket:
         self.rate, self.burst = rate, burst
         self.tokens, self.at = burst, time.monotonic()
 
-    def take(self) -> bool:
+    def take(self, n: int = 1) -> int:
+        """How many of n may go now (each takes a token)."""
         now = time.monotonic()
         self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
         self.at = now
-        if self.tokens >= 1:
-            self.tokens -= 1
-            return True
-        return False
+        allowed = min(n, int(self.tokens))
+        self.tokens -= allowed
+        return allowed
 
 
 class BlockReporter:
@@ -200,7 +267,10 @@ class BlockReporter:
     RETRY = 10.0  # seconds between attempts to bind the group
 
     def __init__(self, group: int, netns: Optional[str], source, metrics, stop: threading.Event,
-                 log_rate: float = 100.0, by_namespace: bool = False):
+                 log_rate: float = 100.0, by_namespace: bool = False, emit=None):
+        """emit(items): writes (message, fields) pairs as log lines of the
+        logger pyipset.blocked (default: through the logging module)."""
+        self.emit = emit or _log_each
         self.group, self.netns, self.source, self.metrics, self.stop = group, netns, source, metrics, stop
         self.bucket = TokenBucket(log_rate, max(1.0, 2 * log_rate))
         self.by_namespace = by_namespace
@@ -278,12 +348,18 @@ class BlockReporter:
         if self.decoder.lost > self._lost_reported:
             m.nflog_lost.inc(self.decoder.lost - self._lost_reported)
             self._lost_reported = self.decoder.lost
+        read: dict = {}
         for b in blocks:
-            m.blocks_read.labels(b.verdict, b.direction).inc()
-            if self.by_namespace:
+            key = (b.verdict, b.direction)
+            read[key] = read.get(key, 0) + 1
+        if self.by_namespace:
+            for b in blocks:
                 m.blocks_by_namespace.labels(b.verdict, b.direction, b.protocol, b.namespace).inc()
-            if self.bucket.take():
-                log.info(b.message(), extra=b.fields())
-            else:
-                m.block_log_suppressed.inc()
+        for (verdict, direction), count in read.items():
+            m.blocks_read.labels(verdict, direction).inc(count)
+        allowed = self.bucket.take(len(blocks)) if blocks else 0
+        if allowed < len(blocks):
+            m.block_log_suppressed.inc(len(blocks) - allowed)
+        if allowed:
+            self.emit([(b.message(), b.fields_json()) for b in blocks[:allowed]])
         return blocks

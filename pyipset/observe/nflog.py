@@ -22,8 +22,7 @@ import socket
 import struct
 import threading
 import time
-from dataclasses import dataclass
-from typing import Optional
+from typing import NamedTuple, Optional
 
 from ..errors import PyipsetError
 
@@ -67,8 +66,7 @@ class NflogError(PyipsetError):
     """The group cannot be read (no netlink netfilter, not root, ...)."""
 
 
-@dataclass(frozen=True)
-class Event:
+class Event(NamedTuple):
     """One logged packet: the first of a connection attempt (the deny chains
     log each attempt once)."""
 
@@ -84,17 +82,6 @@ class Event:
     @property
     def protocol_label(self) -> str:
         return PROTOCOL_LABELS.get(self.protocol, "other")
-
-
-def _attrs(buf: bytes, start: int, end: int) -> dict:
-    out = {}
-    while start + 4 <= end:
-        length, kind = _NLA.unpack_from(buf, start)
-        if length < 4 or start + length > end:
-            break
-        out[kind & 0x3FFF] = (start + 4, start + length)
-        start += (length + 3) & ~3
-    return out
 
 
 def decode_payload(payload: bytes) -> tuple:
@@ -160,6 +147,7 @@ class Decoder:
         self.lost = 0
         self.messages = 0
         self._next_seq: Optional[int] = None
+        self._prefixes: dict = {}  # prefix bytes -> text (a few distinct ones)
 
     def _error(self, reason: str) -> None:
         self.errors[reason] = self.errors.get(reason, 0) + 1
@@ -185,26 +173,37 @@ class Decoder:
         return events
 
     def _packet(self, buf: bytes, start: int, end: int, received: float) -> Optional[Event]:
-        a = _attrs(buf, start, end)
-        if NFULA_SEQ in a:
-            seq = _U32BE.unpack_from(buf, a[NFULA_SEQ][0])[0]
-            if self._next_seq is not None and seq != self._next_seq:
-                self.lost += (seq - self._next_seq) & 0xFFFFFFFF
-            self._next_seq = (seq + 1) & 0xFFFFFFFF
-        if NFULA_PAYLOAD not in a:
+        payload = prefix = None
+        unpack = _NLA.unpack_from
+        while start + 4 <= end:
+            length, kind = unpack(buf, start)
+            if length < 4 or start + length > end:
+                break
+            kind &= 0x3FFF
+            if kind == NFULA_PAYLOAD:
+                payload = buf[start + 4:start + length]
+            elif kind == NFULA_PREFIX:
+                prefix = buf[start + 4:start + length]
+            elif kind == NFULA_SEQ and length >= 8:
+                seq = _U32BE.unpack_from(buf, start + 4)[0]
+                if self._next_seq is not None and seq != self._next_seq:
+                    self.lost += (seq - self._next_seq) & 0xFFFFFFFF
+                self._next_seq = (seq + 1) & 0xFFFFFFFF
+            start += (length + 3) & ~3
+        if payload is None:
             self._error("no payload")
             return None
-        p0, p1 = a[NFULA_PAYLOAD]
         try:
-            version, src, dst, protocol, sport, dport = decode_payload(buf[p0:p1])
+            version, src, dst, protocol, sport, dport = decode_payload(payload)
         except ValueError as exc:
             self._error(str(exc))
             return None
-        prefix = ""
-        if NFULA_PREFIX in a:
-            q0, q1 = a[NFULA_PREFIX]
-            prefix = buf[q0:q1].split(b"\0", 1)[0].decode("ascii", "replace")
-        return Event(version, src, dst, protocol, sport, dport, prefix, received)
+        text = self._prefixes.get(prefix)
+        if text is None:
+            text = "" if prefix is None else prefix.split(b"\0", 1)[0].decode("ascii", "replace")
+            if len(self._prefixes) < 64:
+                self._prefixes[prefix] = text
+        return Event(version, src, dst, protocol, sport, dport, text, received)
 
 
 def _message(kind: int, flags: int, family: int, res_id: int, attrs: list, seq: int) -> bytes:

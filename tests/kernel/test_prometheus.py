@@ -19,7 +19,7 @@ from apiserver import APIServer
 from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
 from test_deploy_monitoring import MONITORING, dashboard_queries
-from test_observe import OBJECTS
+from test_observe_kernel import OBJECTS
 
 from agents import AgentProcess, free_port, load_into, wait_for
 

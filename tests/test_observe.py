@@ -1,0 +1,216 @@
+"""observe/ without a kernel: NFLOG datagrams decoded (IPv4, IPv6 with
+extension headers, TCP, UDP, SCTP, ICMP, other protocols, fragments), lost
+messages counted from sequence gaps, hostile bytes counted and never raised;
+kernel counters parsed and kept monotonic; attribution names pods as of the
+packet and the isolating policies from the compiled program."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+
+from hypothesis import given, settings, strategies as st
+
+from clusterspec import namespace, pod, policy
+from pyipset.compile.compiler import compile_cluster
+from pyipset.model import load_objects
+from pyipset.observe.attribution import Attributor, PodDirectory, parse_prefix
+from pyipset.observe.counts import KernelCounts, parse_counters
+from pyipset.observe.nflog import (NFNL_SUBSYS_ULOG, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ, Decoder, Event,
+                                   decode_payload)
+
+
+def attr(kind: int, data: bytes) -> bytes:
+    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
+def message(payload: bytes, prefix: str = "pyipset ingress denied", seq=None, family=socket.AF_INET) -> bytes:
+    body = struct.pack("=BBH", family, 0, 0)
+    if seq is not None:
+        body += attr(NFULA_SEQ, struct.pack(">I", seq))
+    body += attr(NFULA_PREFIX, prefix.encode() + b"\0") + attr(NFULA_PAYLOAD, payload)
+    return struct.pack("=IHHII", 16 + len(body), NFNL_SUBSYS_ULOG << 8, 0, 0, 0) + body
+
+
+def ipv4(src: str, dst: str, proto: int, transport: bytes, fragment: int = 0) -> bytes:
+    header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(transport), 1, fragment, 64, proto, 0,
+                         ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+    return header + transport
+
+
+def ipv6(src: str, dst: str, proto: int, transport: bytes, extensions: bytes = b"", first: int = None) -> bytes:
+    return struct.pack(">IHBB16s16s", 6 << 28, len(extensions) + len(transport), proto if first is None else first,
+                       64, ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed) + extensions + transport
+
+
+TCP_SYN = struct.pack(">HHIIBBHHH", 40000, 5432, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+
+
+def test_every_family_and_protocol_decodes():
+    cases = [
+        (ipv4("192.0.2.3", "192.0.2.2", 6, TCP_SYN), (4, 6, 40000, 5432)),
+        (ipv4("192.0.2.3", "192.0.2.2", 17, struct.pack(">HHHH", 5353, 53, 8, 0)), (4, 17, 5353, 53)),
+        (ipv4("192.0.2.3", "192.0.2.2", 132, struct.pack(">HHII", 7000, 3868, 0, 0)), (4, 132, 7000, 3868)),
+        (ipv4("192.0.2.3", "192.0.2.2", 1, bytes([8, 0, 0, 0])), (4, 1, 0, 8 << 8)),
+        (ipv4("192.0.2.3", "192.0.2.2", 47, b"\0" * 8), (4, 47, 0, 0)),  # GRE: no ports, not an error
+        (ipv4("192.0.2.3", "192.0.2.2", 6, b"", fragment=100), (4, 6, 0, 0)),  # a later fragment
+        (ipv6("2001:db8::3", "2001:db8::2", 6, TCP_SYN), (6, 6, 40000, 5432)),
+        (ipv6("2001:db8::3", "2001:db8::2", 58, bytes([128, 0, 0, 0])), (6, 58, 0, 128 << 8)),
+        # hop-by-hop options (8 bytes) then a fragment header (first fragment) then UDP
+        (ipv6("2001:db8::3", "2001:db8::2", 0, struct.pack(">HHHH", 1000, 2000, 8, 0),
+              extensions=bytes([44, 0]) + b"\0" * 6 + bytes([17, 0, 0, 1]) + b"\0" * 4), (6, 17, 1000, 2000)),
+    ]
+    for packet, (version, proto, sport, dport) in cases:
+        got = decode_payload(packet)
+        assert (got[0], got[3], got[4], got[5]) == (version, proto, sport, dport), packet.hex()
+    d = Decoder()
+    events = d.datagram(b"".join(message(p, family=socket.AF_INET if p[0] >> 4 == 4 else socket.AF_INET6)
+                                 for p, _ in cases))
+    assert len(events) == len(cases) and not d.errors
+    assert events[0].src == ipaddress.ip_address("192.0.2.3").packed and events[0].protocol_label == "tcp"
+    assert events[0].prefix == "pyipset ingress denied"
+    assert [e.protocol_label for e in events[:5]] == ["tcp", "udp", "sctp", "icmp", "other"]
+
+
+def test_sequence_gaps_count_lost_messages_exactly():
+    d = Decoder()
+    packet = ipv4("192.0.2.3", "192.0.2.2", 6, TCP_SYN)
+    d.datagram(message(packet, seq=7) + message(packet, seq=8))
+    d.datagram(message(packet, seq=12))  # 9, 10, 11 were lost
+    d.datagram(message(packet, seq=13))
+    assert d.lost == 3 and d.messages == 4
+    d.datagram(message(packet, seq=0xFFFFFFFF) + message(packet, seq=0))  # wraps: 14 .. 2**32-2 lost
+    assert d.lost == 3 + (0xFFFFFFFF - 14)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300), st.lists(st.binary(max_size=80), max_size=4))
+def test_hostile_datagrams_are_counted_never_raised(noise, payloads):
+    d = Decoder()
+    d.datagram(noise)
+    framed = b"".join(message(p) for p in payloads)
+    events = d.datagram(framed)
+    assert len(events) + sum(d.errors.values()) >= len(payloads)
+    for cut in range(0, len(framed), 7):  # truncated anywhere
+        Decoder().datagram(framed[:cut])
+
+
+def test_prefixes():
+    assert parse_prefix("pyipset ingress denied") == ("denied", "ingress")
+    assert parse_prefix("pyipset egress would-deny") == ("would-deny", "egress")
+    assert parse_prefix("pyipset unknown denied") == ("denied", "unknown")
+    for other in ("", "pyipset", "pyipset sideways denied", "kube-router ingress denied", "pyipset ingress ok"):
+        assert parse_prefix(other) is None
+
+
+SAVE = """# Generated by iptables-save
+*filter
+:PYIPSET-BLOCKED-INGRESS - [0:0]
+[5:300] -A PYIPSET-DENY-INGRESS -m set --match-set pyi-R-1 src,src,dst -j DROP
+[9:540] -A PYIPSET-DENY-INGRESS -m limit --limit 100/sec --limit-burst 200 -j NFLOG --nflog-group 86
+[7:420] -A PYIPSET-BLOCKED-INGRESS -p tcp -j DROP
+[2:120] -A PYIPSET-BLOCKED-INGRESS -p udp -j DROP
+[0:0] -A PYIPSET-BLOCKED-INGRESS -p sctp -j DROP
+[1:60] -A PYIPSET-BLOCKED-INGRESS -p icmp -j DROP
+[3:180] -A PYIPSET-BLOCKED-INGRESS -j DROP
+[4:240] -A PYIPSET-WOULD-EGRESS -p tcp -j RETURN
+[99:1] -A FORWARD -j DROP
+COMMIT
+"""
+
+
+def test_counters_are_parsed_by_chain_and_position():
+    c = parse_counters(SAVE, "inet")
+    assert c[("count", "denied", "ingress", "tcp")] == 7 and c[("count", "denied", "ingress", "other")] == 3
+    assert c[("count", "denied", "ingress", "icmp")] == 1 and c[("log", "denied", "ingress")] == 9
+    assert c[("count", "would-deny", "egress", "tcp")] == 4
+    assert sum(v for k, v in c.items() if k[0] == "count") == 17  # FORWARD is not ours
+
+
+class FakeKernel:
+    def __init__(self, texts):
+        self.texts = list(texts)
+
+    def tools(self, family):
+        return "iptables", "iptables-restore", "iptables-save"
+
+    def run(self, *cmd):
+        class R:
+            stdout = self.texts.pop(0)
+        return R()
+
+
+def test_totals_never_go_down_when_a_chain_is_written_anew():
+    later = SAVE.replace("[7:420] -A PYIPSET-BLOCKED-INGRESS -p tcp", "[10:600] -A PYIPSET-BLOCKED-INGRESS -p tcp")
+    reset = SAVE.replace("[7:420] -A PYIPSET-BLOCKED-INGRESS -p tcp", "[2:120] -A PYIPSET-BLOCKED-INGRESS -p tcp")
+    k = KernelCounts(FakeKernel([SAVE, later, reset]), ("inet",), max_age=0)
+    key = ("count", "denied", "ingress", "tcp")
+    assert [k.read()[key], k.read()[key], k.read()[key]] == [7, 10, 12]
+
+
+def test_a_failing_read_keeps_the_last_totals():
+    class Broken(FakeKernel):
+        def run(self, *cmd):
+            raise OSError("iptables-save: not found")
+
+    k = KernelCounts(Broken([]), ("inet",), max_age=0)
+    assert k.read() == {} and "not found" in k.error
+
+
+def test_the_directory_names_pods_as_of_the_packet():
+    d = PodDirectory(grace=60)
+    old = load_objects([namespace("a"), pod("a/old", "192.0.2.9")]).pods
+    new = load_objects([namespace("a"), pod("a/new", "192.0.2.9")]).pods
+    addr = ipaddress.ip_address("192.0.2.9").packed
+    d.update(old, now=100.0)
+    d.update(new, now=200.0)  # the address changed hands at 200
+    assert d.lookup(addr, 150.0) == "a/old" and d.lookup(addr, 250.0) == "a/new"
+    d.update([], now=230.0)  # a/new is gone
+    assert d.lookup(addr, 220.0) == "a/new"
+    d.update([], now=400.0)  # past the grace
+    assert d.lookup(addr, 220.0) is None
+
+
+def test_attribution_names_pods_direction_and_the_isolating_policies():
+    objs = [namespace("a"), namespace("b"),
+            pod("a/db", "192.0.2.2", {"app": "db"}), pod("a/web", "192.0.2.1", {"app": "web"}),
+            pod("b/cli", "198.51.100.1", {}), pod("b/v6", "2001:db8::7", {}),
+            policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}},
+                            "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}),
+            policy("a/db-too", {"podSelector": {}, "policyTypes": ["Ingress"]}),
+            policy("b/out", {"podSelector": {}, "policyTypes": ["Egress"]})]
+    c = load_objects(objs)
+    programs = [compile_cluster(c, f) for f in ("inet", "inet6")]
+    a = Attributor()
+    a.update(programs, c.pods, now=0.0)
+
+    def event(src, dst, prefix, proto=6, dport=80):
+        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        return Event(s.version, s.packed, d.packed, proto, 40000, dport, prefix, 1.0)
+
+    blocks = a.attribute([event("198.51.100.1", "192.0.2.2", "pyipset egress denied"),
+                          # a/web is admitted by a/db now (the packet was older than a change): still named
+                          event("192.0.2.1", "192.0.2.2", "pyipset ingress denied"),
+                          event("198.51.100.1", "192.0.2.2", "pyipset ingress would-deny", 17, 53),
+                          event("203.0.113.5", "192.0.2.1", "pyipset ingress denied"),
+                          event("2001:db8::7", "2001:db8::9", "pyipset egress denied"),
+                          event("192.0.2.1", "192.0.2.2", "someone else's prefix")])
+    assert [(b.src, b.dst, b.direction, b.verdict, b.policies, b.namespace) for b in blocks] == [
+        ("b/cli", "a/db", "egress", "denied", ["b/out"], "b"),
+        ("a/web", "a/db", "ingress", "denied", ["a/db", "a/db-too"], "a"),
+        ("b/cli", "a/db", "ingress", "would-deny", ["a/db", "a/db-too"], "a"),
+        ("203.0.113.5", "a/web", "ingress", "denied", ["a/db-too"], "a"),
+        ("b/v6", "2001:db8::9", "egress", "denied", ["b/out"], "b"),
+    ]
+    assert blocks[2].protocol == "udp" and blocks[2].dst_port == 53 and blocks[0].src_ip == "198.51.100.1"
+    assert "b/cli -> a/db tcp/80, egress by b/out" in blocks[0].message()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=20), st.text(max_size=20), st.lists(st.text(max_size=12), max_size=3))
+def test_a_blocks_json_fields_are_its_fields_whatever_the_names(src, dst, policies):
+    from pyipset.observe.attribution import Block
+    import json
+    b = Block("denied", "ingress", "tcp", "192.0.2.1", "2001:db8::2", 1, 65535, src, dst, policies, "a", 0.0)
+    assert json.loads("{" + b.fields_json() + "}") == b.fields()
