@@ -478,7 +478,8 @@ class NativeProgram {
     NativeProgram(const NativeProgram &) = delete;
     NativeProgram &operator=(const NativeProgram &) = delete;
 
-    py::tuple evaluate(py::object src, py::object dst, py::object proto, py::object dport, unsigned threads) {
+    py::tuple evaluate(py::object src, py::object dst, py::object proto, py::object dport, unsigned threads,
+                       bool trace) {
         const bool v4 = family_ == IPS_INET;
         auto addr = [&](py::handle a, const char *what, py::ssize_t n) {
             if (v4)
@@ -492,7 +493,8 @@ class NativeProgram {
         py::array o = column(dport, "dport", 'u', 2, 1, 0, n);
         py::array_t<bool> verdict(n);
         py::array_t<int32_t> rule(n), mark_rule(n);
-        py::array_t<int32_t> slots({n, static_cast<py::ssize_t>(n_slots_), static_cast<py::ssize_t>(2)});
+        const py::ssize_t traced = trace ? static_cast<py::ssize_t>(n_slots_) : 0;
+        py::array_t<int32_t> slots({trace ? n : 0, traced, static_cast<py::ssize_t>(2)});
         size_t leased = 0;
         try {
             for (NativeSet *ns : natives_) {
@@ -510,7 +512,7 @@ class NativeProgram {
                                          static_cast<const uint8_t *>(p.data()),
                                          static_cast<const uint16_t *>(o.data()),
                                          reinterpret_cast<uint8_t *>(verdict.mutable_data()), rule.mutable_data(),
-                                         mark_rule.mutable_data(), n_slots_ ? slots.mutable_data() : nullptr,
+                                         mark_rule.mutable_data(), traced ? slots.mutable_data() : nullptr,
                                          threads);
             }
         } catch (...) {
@@ -520,6 +522,8 @@ class NativeProgram {
         }
         for (NativeSet *ns : natives_)
             ns->end_read();
+        if (!trace)
+            return py::make_tuple(verdict, rule, mark_rule, py::none());
         return py::make_tuple(verdict, rule, mark_rule, slots);
     }
 
@@ -607,11 +611,11 @@ PYBIND11_MODULE(_core, m) {
              "value2), nets the IPv6 networks of address matches (4 address words, 4 mask words); see "
              "csrc/include/pyipset/evaluator.h.")
         .def("evaluate", &NativeProgram::evaluate, py::arg("src"), py::arg("dst"), py::arg("proto"),
-             py::arg("dport"), py::arg("threads") = 0,
+             py::arg("dport"), py::arg("threads") = 0, py::arg("trace") = false,
              "evaluate(src, dst, proto, dport, threads=0) -> (verdict bool[], deciding rule int32[], last MARK "
-             "rule int32[], slots int32[n, mark slots, 2]: per slot the first MARK rule that set one of its bits "
-             "and the JUMP rule that entered its chain) for NEW flows; the GIL is released; threads=0 uses every "
-             "core for large batches.")
+             "rule int32[], slots: with trace=True int32[n, mark slots, 2], per slot the first MARK rule that set "
+             "one of its bits and the JUMP rule that entered its chain, else None) for NEW flows; the GIL is "
+             "released; threads=0 uses every core for large batches.")
         .def("set_mark_slots", &NativeProgram::set_mark_slots, py::arg("masks"),
              "set_mark_slots([mask, ...]): trace, per mask (at most 4), which MARK rule first set its bits.");
 

@@ -50,8 +50,8 @@ def test_threads_give_the_same_answers():
     src, dst = rng.choice(ips, n), rng.choice(ips, n)
     proto = rng.choice(np.array([6, 17, 132], np.uint8), n)
     port = rng.choice(np.array([53, 80, 8001, 9], np.uint16), n)
-    one = program.evaluate(src, dst, proto, port, threads=1)
-    many = program.evaluate(src, dst, proto, port, threads=4)
+    one = program.evaluate(src, dst, proto, port, threads=1, trace=True)
+    many = program.evaluate(src, dst, proto, port, threads=4, trace=True)
     assert (one.allowed == many.allowed).all() and (one.rule == many.rule).all()
     assert (one.mark_rule == many.mark_rule).all() and (one.slots == many.slots).all()
     assert 0 < one.allowed.mean() < 1

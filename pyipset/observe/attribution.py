@@ -184,7 +184,7 @@ class Attributor:
                                     _column([judged[n][1].dst for n in rows], version),
                                     np.fromiter((judged[n][1].protocol for n in rows), np.uint8, len(rows)),
                                     np.fromiter((judged[n][1].dport for n in rows), np.uint16, len(rows)),
-                                    threads=1)
+                                    threads=1, trace=True)
 
         ev = evaluate(explainer.native, range(len(judged)))
         rules, vias = {}, {}

@@ -168,14 +168,15 @@ def explain(native: NativeProgram, source: Endpoint, destination: Endpoint, prot
     explainer = explainer or Explainer(native)
     ev = native.evaluate(address_column([source.ip], source.ip.version),
                          address_column([destination.ip], destination.ip.version),
-                         np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16), threads=1)
+                         np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16),
+                         threads=1, trace=True)
     sides = explainer.flows(ev, 0)
     if sides["egress"].isolating and sides["egress"].admitted_by is None:
         # The kernel drops it at egress and never judges ingress: say what ingress would.
         columns = (address_column([source.ip], source.ip.version),
                    address_column([destination.ip], destination.ip.version),
                    np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16))
-        alone = explainer.ingress_alone().evaluate(*columns, threads=1)
+        alone = explainer.ingress_alone().evaluate(*columns, threads=1, trace=True)
         sides["ingress"] = explainer.flows(alone, 0)["ingress"]
         sides["ingress"].judged = False
     return Explanation(source, destination, protocol, port, bool(ev.allowed[0]), sides["egress"], sides["ingress"],

@@ -56,7 +56,8 @@ class Evaluation:
     mark_rule: np.ndarray  # int32: the last MARK rule that applied, or -1
     # int32 [flows, SLOTS, 2]: per direction, the MARK rule that gave that direction its verdict
     # (a policy rule admitting, or a group's "none admits") and the JUMP rule that entered its chain
-    # (the group of the isolating policies); -1 when the direction did not isolate the pod
+    # (the group of the isolating policies); -1 when the direction did not isolate the pod;
+    # None unless evaluate(trace=True)
     slots: np.ndarray = None
 
     def direction(self, name: str) -> tuple:
@@ -104,9 +105,10 @@ class NativeProgram:
         self.native.set_mark_slots(list(_SLOT_MASKS))
 
     def evaluate(self, src: np.ndarray, dst: np.ndarray, proto: np.ndarray, dport: np.ndarray,
-                 threads: int = 0) -> Evaluation:
-        """threads=0: one thread per core for large batches; 1: this thread only."""
-        allowed, rule, mark_rule, slots = self.native.evaluate(src, dst, proto, dport, threads)
+                 threads: int = 0, trace: bool = False) -> Evaluation:
+        """threads=0: one thread per core for large batches; 1: this thread only.
+        trace: also each direction's deciding rules (Evaluation.slots), for explaining."""
+        allowed, rule, mark_rule, slots = self.native.evaluate(src, dst, proto, dport, threads, trace)
         return Evaluation(allowed, rule, mark_rule, slots)
 
     def with_entry(self, chain: str) -> "NativeProgram":

@@ -43,3 +43,22 @@ def netns():
         yield Netns(name)
     finally:
         subprocess.run(["ip", "netns", "delete", name], check=False)
+
+
+from apiserver import APIServer  # noqa: E402
+from pyipset.kernel.scratch import namespaces as _namespaces  # noqa: E402
+
+
+@pytest.fixture
+def no_lab_left(netns):
+    """Needs what the netns fixture needs (root, ip, ipset); leaves no lab behind.
+    Modules of lab tests depend on it from their autouse fixture."""
+    yield
+    assert not [n for n in _namespaces() if n.startswith("pyl")], "the lab left namespaces behind"
+
+
+@pytest.fixture
+def api():
+    """The test API server (tests/apiserver.py) with short bookmarks."""
+    with APIServer(bookmark_interval=0.5) as server:
+        yield server

@@ -12,11 +12,9 @@ import time
 
 import pytest
 
-from apiserver import APIServer
 from clusterspec import namespace, pod, policy
 from pyipset.compile.compiler import compile_cluster, program_families
 from pyipset.kernel.backend import diff
-from pyipset.kernel.scratch import namespaces as _namespaces
 from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
 from pyipset.verify import native
@@ -25,16 +23,8 @@ from agents import CONVERGE, AgentProcess, api_objects, load_into
 
 
 @pytest.fixture(autouse=True)
-def root_and_tools(netns):
-    """Needs what the netns fixture needs (root, ip, ipset); leaves no lab behind."""
+def root_and_tools(no_lab_left):
     yield
-    assert not [n for n in _namespaces() if n.startswith("pyl")], "the lab left namespaces behind"
-
-
-@pytest.fixture
-def api():
-    with APIServer(bookmark_interval=0.5) as server:
-        yield server
 
 
 def kernel_converged(api, lab) -> bool:

@@ -7,6 +7,8 @@ run cleanly."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import json
 import os
 import signal
@@ -176,11 +178,11 @@ def test_free_text_is_quoted_into_one_rule(netns, text):
     netns.run("iptables", "-A", "INPUT", "-s", "192.0.2.99", "-j", "ACCEPT")
     program = compile_cluster(cluster(namespace("a"), pod("a/p", "192.0.2.1")), "inet")
     program.chains["PYIPSET-DENY-INGRESS"] = [
-        Rule(rule.matches, rule.target, log_prefix=text, log_group=rule.log_group, origin=text)
+        dataclasses.replace(rule, log_prefix=text if rule.target == "NFLOG" else "", origin=text)
         for rule in program.chains["PYIPSET-DENY-INGRESS"]]
     apply(program, Kernel(netns=netns.name))
     chains = read_chains(Kernel(netns=netns.name), "inet")
-    assert len(chains["PYIPSET-DENY-INGRESS"]) == 2
+    assert len(chains["PYIPSET-DENY-INGRESS"]) == len(program.chains["PYIPSET-DENY-INGRESS"]) == 5
     saved = netns.run("iptables-save", "-t", "filter").stdout
     assert "-A INPUT -s 192.0.2.99/32 -j ACCEPT" in saved
     assert [l for l in saved.splitlines() if l.startswith("-A INPUT")] == [

@@ -11,9 +11,7 @@ import time
 
 import pytest
 
-from apiserver import APIServer
 from clusterspec import namespace, pod, policy
-from pyipset.kernel.scratch import namespaces as _namespaces
 from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
 from pyipset.observe.nflog import NflogSocket
@@ -40,15 +38,8 @@ WOULD = "pyipset_would_deny_connections_total"
 
 
 @pytest.fixture(autouse=True)
-def root_and_tools(netns):
+def root_and_tools(no_lab_left):
     yield
-    assert not [n for n in _namespaces() if n.startswith("pyl")], "the lab left namespaces behind"
-
-
-@pytest.fixture
-def api():
-    with APIServer(bookmark_interval=0.5) as server:
-        yield server
 
 
 def blocks(agent) -> list:

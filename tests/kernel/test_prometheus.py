@@ -15,7 +15,6 @@ from pathlib import Path
 
 import pytest
 
-from apiserver import APIServer
 from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
 from test_deploy_monitoring import MONITORING, dashboard_queries
@@ -27,7 +26,7 @@ ALERT = "PyipsetBlockedConnectionsRising"
 
 
 @pytest.fixture(autouse=True)
-def root_and_tools(netns):
+def root_and_tools(no_lab_left):
     yield
 
 
@@ -89,35 +88,34 @@ class Prometheus:
         self.log.close()
 
 
-def test_prometheus_scrapes_the_agent_and_the_blocked_connections_alert_fires(tmp_path):
-    with APIServer(bookmark_interval=0.5) as api:
-        load_into(api, OBJECTS)
-        with LabNode(load_objects(OBJECTS), program=False) as lab:
-            agent = AgentProcess(api, lab.nodes[0], tmp_path)
-            prometheus = None
-            try:
-                agent.wait_ready()
-                prometheus = Prometheus(tmp_path, agent.port)
-                wait_for(lambda: prometheus.query('up{job="pyipset"} == 1'), 30, "the agent scraped")
-                # Some quiet samples first: nothing is blocked, nothing fires.
-                wait_for(lambda: len(prometheus.query("pyipset_blocked_connections_total[10s]")[0]["values"]) >= 3
-                         if prometheus.query("pyipset_blocked_connections_total[10s]") else False, 30,
-                         "quiet samples of the blocked counter")
-                assert prometheus.alert_state(ALERT) == "inactive"
-                burst = lab.syn_probe("a/new", "a/db", 5433, 3000, 200)
-                assert burst["sent"] == 3000 and burst["answered"] == 0
-                started = time.monotonic()
-                wait_for(lambda: prometheus.alert_state(ALERT) == "firing", 90, f"{ALERT} firing")
-                fired_after = time.monotonic() - started
-                blocked = prometheus.query('sum(pyipset_blocked_connections_total{direction="ingress"})')
-                assert float(blocked[0]["value"][1]) == 3000
-                # Every dashboard query is valid PromQL on this server; the blocked panels have data.
-                for title, promql in dashboard_queries():
-                    result = prometheus.query(promql)
-                    if "pyipset_blocked_connections_total" in promql:
-                        assert result, (title, promql)
-                print(f"{ALERT} fired {fired_after:.1f} s after the burst (its `for` is 30 s)")
-            finally:
-                if prometheus is not None:
-                    prometheus.stop()
-                assert agent.stop() == 0
+def test_prometheus_scrapes_the_agent_and_the_blocked_connections_alert_fires(api, tmp_path):
+    load_into(api, OBJECTS)
+    with LabNode(load_objects(OBJECTS), program=False) as lab:
+        agent = AgentProcess(api, lab.nodes[0], tmp_path)
+        prometheus = None
+        try:
+            agent.wait_ready()
+            prometheus = Prometheus(tmp_path, agent.port)
+            wait_for(lambda: prometheus.query('up{job="pyipset"} == 1'), 30, "the agent scraped")
+            # Some quiet samples first: nothing is blocked, nothing fires.
+            wait_for(lambda: len(prometheus.query("pyipset_blocked_connections_total[10s]")[0]["values"]) >= 3
+                     if prometheus.query("pyipset_blocked_connections_total[10s]") else False, 30,
+                     "quiet samples of the blocked counter")
+            assert prometheus.alert_state(ALERT) == "inactive"
+            burst = lab.syn_probe("a/new", "a/db", 5433, 3000, 200)
+            assert burst["sent"] == 3000 and burst["answered"] == 0
+            started = time.monotonic()
+            wait_for(lambda: prometheus.alert_state(ALERT) == "firing", 90, f"{ALERT} firing")
+            fired_after = time.monotonic() - started
+            blocked = prometheus.query('sum(pyipset_blocked_connections_total{direction="ingress"})')
+            assert float(blocked[0]["value"][1]) == 3000
+            # Every dashboard query is valid PromQL on this server; the blocked panels have data.
+            for title, promql in dashboard_queries():
+                result = prometheus.query(promql)
+                if "pyipset_blocked_connections_total" in promql:
+                    assert result, (title, promql)
+            print(f"{ALERT} fired {fired_after:.1f} s after the burst (its `for` is 30 s)")
+        finally:
+            if prometheus is not None:
+                prometheus.stop()
+            assert agent.stop() == 0
