@@ -356,7 +356,9 @@ def walk(native_program, src, dst, protocol: str, port: int) -> tuple:
             "src,dst,dst": f"{src},{protocol.lower()}:{port},{dst}"}
 
     def holds(m, mark: int) -> bool:
-        if m.kind == "set":
+        if m.kind == "set" and prog.sets[m.name].dynamic:
+            hit = False  # filled by the rules from a connection's packets: empty for its first
+        elif m.kind == "set":
             hit = keys[m.dims] in sets[m.name]
         elif m.kind == "addr":
             hit = ipaddress.ip_address(keys[m.dims]) in ipaddress.ip_network(m.name)

@@ -75,3 +75,23 @@ def test_layout_sizes_grow_as_described():
     weave = [layouts.weave_program(c) for c in (small, large)]
     assert len(weave[1].chains["WEAVE-NPC-INGRESS"]) == 4 * len(weave[0].chains["WEAVE-NPC-INGRESS"])
     assert len(weave[1].chains["WEAVE-NPC-DEFAULT"]) == 40  # one per namespace
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=cluster_objects())
+def test_the_rule_walk_gives_the_evaluators_verdicts(objs):
+    """layouts.walk (the rule counter of the kernel benchmark) follows every
+    layout's chains to the native evaluator's verdict: allowed and denied
+    flows, deny chains with their dynamic sets and SET rules included."""
+    c = load_objects(objs)
+    named = any(isinstance(s.port, str) for p in c.policies for r in p.ingress + p.egress for s in r.ports or ())
+    for layout in ["ours", "linear"] + ([] if named else ["weave"]):
+        ev = evaluator(c, layout)
+        pods = [p for p in c.pods if any(ip.version == 4 for ip in p.ips)]
+        for s in pods[:4]:
+            for d in pods[:4]:
+                src = next(ip for ip in s.ips if ip.version == 4)
+                dst = next(ip for ip in d.ips if ip.version == 4)
+                for port in PORTS:
+                    allowed, walked = layouts.walk(ev.program_for(4), src, dst, "TCP", port)
+                    assert allowed == ev.judge(src, dst, "TCP", port) and walked > 0, (layout, s.key, d.key, port)
