@@ -158,7 +158,7 @@ class Agent:
             (settings.pod_cidrs if settings.deny_unknown_pod_ips else ())
         # What policy blocks: exact counts from the kernel at scrape time, the sample from NFLOG.
         self.metrics.kernel_counts = KernelCounts(self.kernel, lambda: sorted(self.families))
-        self.enforced = None  # (programs, pods) the kernel enforces, for attribution
+        self.enforced = None  # (programs, pods, time.time() of the update) the kernel enforces, for attribution
         self.reporter = None
         self.metrics.nflog_reading.set_function(
             lambda: 1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
@@ -356,7 +356,7 @@ class Agent:
             return False
         self.trusted = True
         self.metrics.programs = programs
-        self.enforced = (programs, list(self.engine.pods.values()))
+        self.enforced = (programs, list(self.engine.pods.values()), time.time())
         self.metrics.kernel_updates.labels(path).inc()
         self.metrics.sync_duration.observe(time.monotonic() - started)
         self._enforces(version)
@@ -389,6 +389,6 @@ class Agent:
                 for line in d.lines():
                     log.warning("drift repaired: %s: %s", p.family, line)
         self.metrics.programs = programs
-        self.enforced = (programs, list(self.engine.pods.values()))
+        self.enforced = (programs, list(self.engine.pods.values()), time.time())
         self.trusted = True
         self._enforces(version)

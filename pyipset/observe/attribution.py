@@ -260,9 +260,9 @@ class TokenBucket:
 
 
 class BlockReporter:
-    """The agent's NFLOG reader thread. `source()` gives (programs, pods) the
-    kernel enforces now (None before the first sync); `metrics` has the
-    sample's counters (agent/metrics.py)."""
+    """The agent's NFLOG reader thread. `source()` gives (programs, pods, the
+    time.time() of the update) the kernel enforces now (None before the
+    first sync); `metrics` has the sample's counters (agent/metrics.py)."""
 
     RETRY = 10.0  # seconds between attempts to bind the group
 
@@ -279,6 +279,7 @@ class BlockReporter:
         self.error: Optional[str] = "the NFLOG reader has not started"
         self.bound = threading.Event()
         self._seen_source = None
+        self._refreshed = 0.0
         self._errors_reported: dict = {}
         self._lost_reported = 0
         self.thread = threading.Thread(target=self._run, name="nflog", daemon=True)
@@ -319,18 +320,27 @@ class BlockReporter:
                 sock = None
                 self.bound.clear()
                 continue
-            self._refresh()
+            self._refresh(idle=data is None)
             if data is not None:
                 self.handle(data)
         if sock is not None:
             sock.close()
 
-    def _refresh(self) -> None:
-        """Takes the programs and pods the agent enforces now, when they changed."""
+    IDLE_REFRESH = 5.0  # seconds between refreshes while nothing is read (pod churn costs O(pods) each)
+
+    def _refresh(self, idle: bool = False) -> None:
+        """Takes the programs and pods the agent enforces now, when they
+        changed: before attributing anything, and every IDLE_REFRESH seconds
+        while idle (so an address's previous owner is remembered). The
+        time of a change is the agent's update that made it."""
         current = self.source()
-        if current is not None and current[0] is not self._seen_source:
-            self._seen_source = current[0]
-            self.attributor.update(current[0], current[1])
+        if current is None or current[0] is self._seen_source:
+            return
+        if idle and time.monotonic() - self._refreshed < self.IDLE_REFRESH:
+            return
+        self._seen_source = current[0]
+        self._refreshed = time.monotonic()
+        self.attributor.update(current[0], current[1], current[2] if len(current) > 2 else None)
 
     def handle(self, data: bytes, received: Optional[float] = None) -> list:
         """One datagram: decoded, attributed, logged (as the bucket allows),
