@@ -18,7 +18,6 @@ from __future__ import annotations
 import io
 import logging
 import socket
-import struct
 import threading
 import time
 
@@ -30,22 +29,10 @@ from pyipset.agent.main import JsonFormatter, StructuredLines
 from pyipset.agent.metrics import Metrics
 from pyipset.compile.compiler import compile_cluster
 from pyipset.observe import attribution
-from pyipset.observe.nflog import NFNL_SUBSYS_ULOG, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ, QUEUE_THRESHOLD
+from pyipset.observe.nflog import QUEUE_THRESHOLD
+from nflogwire import ipv4, message, tcp_syn
 
 EVENTS = 20_000
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
-
-
-def _message(src: int, dst: int, sport: int, dport: int, seq: int) -> bytes:
-    ip = struct.pack(">BBHHHBBHII", 0x45, 0, 60, 1, 0, 64, 6, 0, src, dst)
-    tcp = struct.pack(">HHIIBBHHH", sport, dport, 1, 0, 10 << 4, 0x02, 64240, 0, 0) + b"\0" * 20
-    body = struct.pack("=BBH", socket.AF_INET, 0, socket.htons(86))
-    body += _attr(1, struct.pack(">HBB", 0x0800, 2, 0)) + _attr(NFULA_PREFIX, b"pyipset ingress denied\0")
-    body += _attr(NFULA_SEQ, struct.pack(">I", seq)) + _attr(NFULA_PAYLOAD, ip + tcp)
-    return struct.pack("=IHHII", 16 + len(body), NFNL_SUBSYS_ULOG << 8, 0, 0, 0) + body
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +42,8 @@ def workload():
     rng = np.random.default_rng(5)
     ips = [int(p.ips[0]) for p in c.pods]
     src, dst = rng.choice(ips, EVENTS), rng.choice(ips, EVENTS)
-    messages = [_message(int(s), int(d), 20000 + i % 40000, 5432, i) for i, (s, d) in enumerate(zip(src, dst))]
+    messages = [message(ipv4(int(s), int(d), 6, tcp_syn(20000 + i % 40000, 5432, options=20)), seq=i)
+                for i, (s, d) in enumerate(zip(src, dst))]
     datagrams = [b"".join(messages[i:i + QUEUE_THRESHOLD]) for i in range(0, EVENTS, QUEUE_THRESHOLD)]
     return c, programs, datagrams
 

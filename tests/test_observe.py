@@ -17,34 +17,11 @@ from pyipset.compile.compiler import compile_cluster
 from pyipset.model import load_objects
 from pyipset.observe.attribution import Attributor, PodDirectory, parse_prefix
 from pyipset.observe.counts import KernelCounts, parse_counters
-from pyipset.observe.nflog import (NFNL_SUBSYS_ULOG, NFULA_PAYLOAD, NFULA_PREFIX, NFULA_SEQ, Decoder, Event,
-                                   decode_payload)
+from pyipset.observe.nflog import Decoder, Event, decode_payload
+from nflogwire import ipv4, ipv6, message, tcp_syn
 
 
-def attr(kind: int, data: bytes) -> bytes:
-    return struct.pack("=HH", 4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
-
-
-def message(payload: bytes, prefix: str = "pyipset ingress denied", seq=None, family=socket.AF_INET) -> bytes:
-    body = struct.pack("=BBH", family, 0, 0)
-    if seq is not None:
-        body += attr(NFULA_SEQ, struct.pack(">I", seq))
-    body += attr(NFULA_PREFIX, prefix.encode() + b"\0") + attr(NFULA_PAYLOAD, payload)
-    return struct.pack("=IHHII", 16 + len(body), NFNL_SUBSYS_ULOG << 8, 0, 0, 0) + body
-
-
-def ipv4(src: str, dst: str, proto: int, transport: bytes, fragment: int = 0) -> bytes:
-    header = struct.pack(">BBHHHBBH4s4s", 0x45, 0, 20 + len(transport), 1, fragment, 64, proto, 0,
-                         ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
-    return header + transport
-
-
-def ipv6(src: str, dst: str, proto: int, transport: bytes, extensions: bytes = b"", first: int = None) -> bytes:
-    return struct.pack(">IHBB16s16s", 6 << 28, len(extensions) + len(transport), proto if first is None else first,
-                       64, ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed) + extensions + transport
-
-
-TCP_SYN = struct.pack(">HHIIBBHHH", 40000, 5432, 1, 0, 5 << 4, 0x02, 64240, 0, 0)
+TCP_SYN = tcp_syn()
 
 
 def test_every_family_and_protocol_decodes():

@@ -355,8 +355,7 @@ class Agent:
             log.error("kernel update failed, will retry: %s", exc)
             return False
         self.trusted = True
-        self.metrics.programs = programs
-        self.enforced = (programs, list(self.engine.pods.values()), time.time())
+        self._holds(programs)
         self.metrics.kernel_updates.labels(path).inc()
         self.metrics.sync_duration.observe(time.monotonic() - started)
         self._enforces(version)
@@ -369,6 +368,11 @@ class Agent:
             log.debug("kernel updated (%s): %s", path, "; ".join(f"{p.family}: {r}" for p, r in
                                                                  zip(programs, reports)))
         return True
+
+    def _holds(self, programs: list) -> None:
+        """The kernel holds `programs` now: for the metrics and the attribution of blocks."""
+        self.metrics.programs = programs
+        self.enforced = (programs, list(self.engine.pods.values()), time.time())
 
     def _reconcile(self) -> None:
         version, objs = self.state.manifests()
@@ -388,7 +392,6 @@ class Agent:
             for p, d in zip(programs, drifts):
                 for line in d.lines():
                     log.warning("drift repaired: %s: %s", p.family, line)
-        self.metrics.programs = programs
-        self.enforced = (programs, list(self.engine.pods.values()), time.time())
+        self._holds(programs)
         self.trusted = True
         self._enforces(version)

@@ -24,6 +24,7 @@ import threading
 import time
 from typing import NamedTuple, Optional
 
+from ..compile.compiler import counted_protocols
 from ..errors import PyipsetError
 
 NETLINK_NETFILTER = 12
@@ -54,7 +55,8 @@ _NLA = struct.Struct("=HH")
 _U32BE = struct.Struct(">I")
 _PORTS = struct.Struct(">HH")
 
-PROTOCOL_LABELS = {6: "tcp", 17: "udp", 132: "sctp", 1: "icmp", 58: "icmp"}
+# The protocols blocked attempts are counted by, as the metrics label them (the rest: "other").
+PROTOCOL_LABELS = {number: label for family in ("inet", "inet6") for label, number in counted_protocols(family)}
 _V6_EXTENSIONS = {0, 43, 60}  # hop-by-hop, routing, destination options: (len + 1) * 8 bytes
 
 

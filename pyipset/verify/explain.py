@@ -166,16 +166,13 @@ def explain(native: NativeProgram, source: Endpoint, destination: Endpoint, prot
         return Explanation(source, destination, protocol, port, True, DirectionWhy("egress"),
                            DirectionWhy("ingress"), same_pod=True)
     explainer = explainer or Explainer(native)
-    ev = native.evaluate(address_column([source.ip], source.ip.version),
-                         address_column([destination.ip], destination.ip.version),
-                         np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16),
-                         threads=1, trace=True)
+    columns = (address_column([source.ip], source.ip.version),
+               address_column([destination.ip], destination.ip.version),
+               np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16))
+    ev = native.evaluate(*columns, threads=1, trace=True)
     sides = explainer.flows(ev, 0)
     if sides["egress"].isolating and sides["egress"].admitted_by is None:
         # The kernel drops it at egress and never judges ingress: say what ingress would.
-        columns = (address_column([source.ip], source.ip.version),
-                   address_column([destination.ip], destination.ip.version),
-                   np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16))
         alone = explainer.ingress_alone().evaluate(*columns, threads=1, trace=True)
         sides["ingress"] = explainer.flows(alone, 0)["ingress"]
         sides["ingress"].judged = False
