@@ -66,7 +66,7 @@ ips_status netindex_build(ips_netindex *ix, const ips_table *t, ips_family famil
 
     size_t r = 0;
     for (size_t i = 0; i < tbl_phys(t); i++) {
-        const uint32_t *s = t->slots + i * W;
+        const uint32_t *s = tbl_slot(t, i);
         if (key_is_zero(s, W))
             continue;
         ips_u128 start = 0;

@@ -359,7 +359,7 @@ bool ips_set_next(const ips_set *s, size_t *cursor, ips_entry *out) {
     }
     const size_t phys = tbl_phys(t);
     for (size_t i = *cursor - 1; i < phys; i++) {
-        const uint32_t *slot = t->slots + i * t->W;
+        const uint32_t *slot = tbl_slot(t, i);
         if (!key_is_zero(slot, t->W)) {
             *cursor = i + 2;
             unpack(s, slot, out);
@@ -395,12 +395,15 @@ IPS_INLINE void row_key(const unsigned aw, const unsigned W, size_t i, const voi
     }
 }
 
-#define BATCH_BLOCK 16
+#define BATCH_BLOCK 64
 
 /*
  * Hash a block, prefetch each home slot, then probe: the loads of a block
  * are in flight together, which is what makes a table larger than the cache
  * affordable. W is a compile-time constant in each instantiation below.
+ * Blocks of 64: the first probe of a block waits for a whole memory latency,
+ * so the block must be long enough to cover it (a 31 MB table, 1M queries:
+ * 9.3 ns a lookup with blocks of 32, 7.4 with 64, no better with 128).
  */
 IPS_INLINE void test_many_w(const ips_set *s, const unsigned aw, const unsigned W, size_t n, const void *ip, const uint8_t *proto,
                             const uint16_t *port, const void *ip2, uint8_t *out) {
@@ -424,7 +427,7 @@ IPS_INLINE void test_many_w(const ips_set *s, const unsigned aw, const unsigned 
             row_key(aw, W, i0 + j, ip, proto, port, ip2, k);
             hash[j] = tbl_hash(t, k, W);
             /* Tagged tables read the tags, then one candidate slot near home. */
-            IPS_PREFETCH(t->slots + hash_home(t, hash[j]) * W);
+            IPS_PREFETCH(tbl_home_ptr(t, hash[j], W));
             if (IPS_TAGGED(W))
                 IPS_PREFETCH(t->tags + hash_home(t, hash[j]));
         }
@@ -433,10 +436,10 @@ IPS_INLINE void test_many_w(const ips_set *s, const unsigned aw, const unsigned 
             uint32_t k[IPS_MAX_WORDS];
             row_key(aw, W, i0 + j, ip, proto, port, ip2, k);
             bool hit = tbl_probe(t, k, W, hash[j]);
-            /* The zero key would match empty slots in an untagged window, and
-             * hash:ip keeps it beside the table. Port types in tagged tables
-             * never hold it, and their tag check never finds it. */
-            if (W == 1 || W == 2 || W == 4)
+            /* The zero key would match empty slots in an untagged window; it
+             * lives beside the table (only hash:ip can hold it). A tagged
+             * table's tag check never finds it. */
+            if (!IPS_TAGGED(W))
                 hit = key_is_zero(k, W) ? t->zero_present : hit;
             out[i0 + j] = hit;
         }
@@ -562,7 +565,7 @@ IPS_INLINE ips_status add_many_w(ips_set *s, const unsigned aw, const unsigned W
         for (size_t j = 0; j < cnt; j++) {
             row_key(aw, W, i0 + j, ip, proto, port, ip2, keys[j]);
             hash[j] = tbl_hash(t, keys[j], W);
-            IPS_PREFETCH(t->slots + hash_home(t, hash[j]) * W);
+            IPS_PREFETCH(tbl_home_ptr(t, hash[j], W));
         }
         bool stale = false;
         for (size_t j = 0; j < cnt; j++) {

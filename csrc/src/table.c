@@ -53,8 +53,13 @@ void tbl_release(ips_table *t) {
 
 size_t tbl_size(const ips_table *t) { return t->count + (t->zero_present ? 1 : 0); }
 
+/* uint32 words behind phys slots: whole lines when bucketed. */
+static size_t words_for(unsigned W, size_t phys) {
+    return IPS_BUCKETED(W) ? phys / IPS_PER_LINE(W) * IPS_LINE_WORDS : phys * W;
+}
+
 size_t tbl_memory(const ips_table *t) {
-    return tbl_phys(t) * (t->W * sizeof(uint32_t) + (t->tags ? 1 : 0));
+    return words_for(t->W, tbl_phys(t)) * sizeof(uint32_t) + (t->tags ? tbl_phys(t) : 0);
 }
 
 /* Hash of a stored slot (its flag bits cleared first). */
@@ -68,7 +73,7 @@ static uint64_t slot_hash(const ips_table *t, const uint32_t *slot) {
 size_t tbl_max_probe(const ips_table *t) {
     size_t worst = 0;
     for (size_t i = 0; i < tbl_phys(t); i++) {
-        const uint32_t *s = t->slots + i * t->W;
+        const uint32_t *s = tbl_slot(t, i);
         if (!key_is_zero(s, t->W)) {
             size_t d = i - hash_home(t, slot_hash(t, s));
             worst = d > worst ? d : worst;
@@ -84,10 +89,10 @@ size_t tbl_max_probe(const ips_table *t) {
  */
 static bool place(ips_table *t, const uint32_t *slot_words) {
     const unsigned W = t->W;
-    const size_t limit = t->cap + IPS_TAIL - IPS_WINDOW(W);
+    const size_t limit = t->cap + IPS_TAIL_OF(W) - IPS_WINDOW(W);
     uint64_t h = slot_hash(t, slot_words);
     size_t home = hash_home(t, h), i = home;
-    while (!key_is_zero(t->slots + i * W, W)) {
+    while (!key_is_zero(tbl_slot(t, i), W)) {
         i++;
         if (i >= limit || i - home > IPS_PROBE_LIMIT)
             return false;
@@ -96,21 +101,46 @@ static bool place(ips_table *t, const uint32_t *slot_words) {
     return true;
 }
 
-/* Gives t empty arrays for cap home slots; false if allocation fails. */
+/* Gives t empty arrays for cap slots; false if allocation fails. */
 static bool alloc_arrays(ips_table *t, size_t cap) {
     const unsigned W = t->W;
-    const size_t phys = cap + IPS_TAIL;
-    if (cap > IPS_MAX_CAP || cap > SIZE_MAX / 8 / (W * sizeof(uint32_t)))
+    const size_t phys = cap + IPS_TAIL_OF(W);
+    if (cap > IPS_MAX_CAP || cap > SIZE_MAX / 8 / (IPS_LINE_WORDS * sizeof(uint32_t)))
         return false;
-    t->slots = calloc(phys * W, sizeof(uint32_t));
+    const size_t bytes = words_for(W, phys) * sizeof(uint32_t);
+    if (IPS_BUCKETED(W)) {
+        /* Lines must be cache lines. */
+        void *p = NULL;
+        t->slots = posix_memalign(&p, 64, bytes) == 0 ? p : NULL;
+        if (t->slots)
+            memset(t->slots, 0, bytes);
+    } else {
+        t->slots = calloc(bytes, 1);
+    }
     t->tags = IPS_TAGGED(W) ? calloc(phys, 1) : NULL;
     if (!t->slots || (IPS_TAGGED(W) && !t->tags)) {
         free_arrays(t);
         return false;
     }
     t->cap = cap;
+    t->home_step = IPS_BUCKETED(W) ? IPS_PER_LINE(W) : 1;
+    t->homes = cap / t->home_step;
     return true;
 }
+
+/* Capacities are multiples of this: 8, and of the slots in a line. */
+size_t tbl_cap_unit(unsigned W) {
+    const size_t per = IPS_BUCKETED(W) ? IPS_PER_LINE(W) : 1;
+    size_t a = 8, b = per;
+    while (b) { /* gcd(8, per) */
+        size_t r = a % b;
+        a = b;
+        b = r;
+    }
+    return 8 * per / a;
+}
+
+static size_t max_cap(unsigned W) { return IPS_MAX_CAP / tbl_cap_unit(W) * tbl_cap_unit(W); }
 
 /*
  * Moves every key into a table of new_cap home slots, under a fresh seed when
@@ -135,7 +165,7 @@ static ips_status rebuild(ips_table *t, size_t new_cap, bool reseed) {
         bool placed_all = true;
         const size_t old_phys = tbl_phys(&old);
         for (size_t i = 0; i < old_phys && placed_all; i++) {
-            const uint32_t *s = old.slots + i * old.W;
+            const uint32_t *s = tbl_slot(&old, i);
             if (!key_is_zero(s, old.W))
                 placed_all = place(t, s);
         }
@@ -145,18 +175,19 @@ static ips_status rebuild(ips_table *t, size_t new_cap, bool reseed) {
             return IPS_OK;
         }
         free_arrays(t);
-        if (reseed && attempt >= 2)
-            new_cap = new_cap * 2 > IPS_MAX_CAP ? IPS_MAX_CAP : new_cap * 2; /* fresh seeds keep clustering: more room */
+        if (reseed && attempt >= 2) /* fresh seeds keep clustering: more room */
+            new_cap = new_cap * 2 > max_cap(t->W) ? max_cap(t->W) : new_cap * 2;
         reseed = true;
     }
 }
 
-/* The capacity for n keys at load 5/12 (a multiple of 8), or 0 if too large. */
-static size_t cap_for(size_t n) {
-    if (n > IPS_MAX_CAP / 12 * 5)
+/* The capacity for n keys at load 5/12, or 0 if too large. */
+static size_t cap_for(size_t n, unsigned W) {
+    const size_t unit = tbl_cap_unit(W);
+    if (n > max_cap(W) / 12 * 5)
         return 0;
-    size_t cap = (n * 12 / 5 + 8) & ~(size_t)7;
-    return cap < IPS_MIN_CAP ? IPS_MIN_CAP : cap;
+    size_t cap = (n * 12 / 5 + unit) / unit * unit;
+    return cap < IPS_MIN_CAP ? unit : cap;
 }
 
 ips_status tbl_reserve(ips_table *t, size_t extra) {
@@ -165,7 +196,7 @@ ips_status tbl_reserve(ips_table *t, size_t extra) {
         return IPS_ERR_NOMEM;
     if (t->cap != 0 && want <= tbl_max_count(t->cap))
         return IPS_OK;
-    size_t cap = cap_for(want);
+    size_t cap = cap_for(want, t->W);
     return cap ? rebuild(t, cap, false) : IPS_ERR_NOMEM;
 }
 
@@ -183,7 +214,7 @@ ips_status tbl_upsert(ips_table *t, const uint32_t *k, bool *added) {
     if (t->cap != 0) {
         ptrdiff_t i = tbl_find_from(t, key, W, hash_home(t, tbl_hash(t, key, W)));
         if (i >= 0) {
-            t->slots[(size_t)i * W + W - 1] = k[W - 1]; /* new flag bits */
+            tbl_slot(t, (size_t)i)[W - 1] = k[W - 1]; /* new flag bits */
             if (added)
                 *added = false;
             return IPS_OK;
@@ -225,18 +256,18 @@ ips_status tbl_remove(ips_table *t, const uint32_t *k, bool *removed) {
     size_t hole = (size_t)found, j = hole;
     for (;;) {
         j++;
-        uint32_t *s = t->slots + j * W;
+        uint32_t *s = tbl_slot(t, j);
         if (key_is_zero(s, W))
             break;
         /* The key at j may fill the hole unless its home lies after the hole. */
         if (hash_home(t, slot_hash(t, s)) <= hole) {
-            memcpy(t->slots + hole * W, s, W * sizeof(uint32_t));
+            memcpy(tbl_slot(t, hole), s, W * sizeof(uint32_t));
             if (t->tags)
                 t->tags[hole] = t->tags[j];
             hole = j;
         }
     }
-    memset(t->slots + hole * W, 0, W * sizeof(uint32_t));
+    memset(tbl_slot(t, hole), 0, W * sizeof(uint32_t));
     if (t->tags)
         t->tags[hole] = 0;
     t->count--;
@@ -244,9 +275,9 @@ ips_status tbl_remove(ips_table *t, const uint32_t *k, bool *removed) {
         *removed = true;
     if (t->count == 0) {
         rebuild(t, 0, false);
-    } else if (t->cap > IPS_MIN_CAP && t->count < t->cap / 5) {
+    } else if (t->cap > tbl_cap_unit(W) && t->count < t->cap / 5) {
         /* Shrinking is an optimisation: on failure the table stays valid. */
-        (void)rebuild(t, cap_for(t->count), false);
+        (void)rebuild(t, cap_for(t->count, W), false);
     }
     return IPS_OK;
 }

@@ -23,11 +23,19 @@
  *   runs longer than a window take a second step.
  *     W = 1 (hash:ip inet): 8 keys compared directly, 4 per SSE2 compare.
  *     W = 2: 4 keys compared word by word.
- *     W >= 3: keys of 12 bytes or more are too wide to compare 8 at a time,
- *       so each slot also has a one-byte tag (8 hash bits, never 0; 0 marks
- *       an empty slot) in a parallel array. 16 tags are compared at once and
- *       only the candidate slot's key is read. The tag costs 1 byte a slot,
- *       which the memory bound (3x the key) allows for these widths only.
+ *     W = 3, 4, 5 (bucketed): slots are packed into 64-byte lines, as many
+ *       as fit (5, 4, 3; the line's spare words stay zero), the array is
+ *       line-aligned and a key's home is the first slot of a line. A lookup
+ *       reads its home line and compares all of it (for W = 3 and 4 in four
+ *       SSE2 compares); only a full line sends it on to the next. One cache
+ *       line per lookup: once the table outgrows the cache (a 1M-member
+ *       hash:ip,port,ip is 31 MB) each lookup is one DRAM read, not two.
+ *     W = 9 (hash:ip,port,ip inet6, 36 bytes): too wide to pack usefully, so
+ *       each slot also has a one-byte tag (8 hash bits, never 0; 0 marks an
+ *       empty slot) in a parallel array. 16 tags are compared at once and
+ *       only the candidate slot's key is read.
+ *   Slot indices are logical everywhere (homes, runs, deletion); only
+ *   tbl_slot() knows where a slot lives in memory.
  * - Deletion shifts the rest of the run back (Knuth's Algorithm R), so there
  *   are no tombstones to accumulate.
  * - Hash: a keyed multiply-fold (the 128-bit product of key and seed, high
@@ -52,15 +60,22 @@
 #define IPS_MIN_CAP 8
 #define IPS_MAX_CAP ((size_t)1 << 32) /* hash_home scales 32 hash bits */
 #define IPS_TAIL 64 /* slots after the last home slot; at least two windows */
+#define IPS_LINE_WORDS 16 /* a 64-byte cache line */
 
+#define IPS_BUCKETED(W) ((W) >= 3 && (W) <= 5)
+#define IPS_PER_LINE(W) (IPS_LINE_WORDS / (W)) /* slots in a line when bucketed */
+#define IPS_TAGGED(W) ((W) > 5)
 /* Slots looked at per lookup step. */
-#define IPS_WINDOW(W) ((W) == 1 ? 8 : (W) == 2 ? 4 : 16)
-#define IPS_TAGGED(W) ((W) >= 3)
+#define IPS_WINDOW(W) ((W) == 1 ? 8 : (W) == 2 ? 4 : IPS_BUCKETED(W) ? IPS_PER_LINE(W) : 16)
+/* Slots after the last home slot: whole lines when bucketed. */
+#define IPS_TAIL_OF(W) (IPS_BUCKETED(W) ? IPS_TAIL / IPS_PER_LINE(W) * IPS_PER_LINE(W) : IPS_TAIL)
 
 typedef struct ips_table {
-    uint32_t *slots; /* (cap + IPS_TAIL) * W words, or NULL when cap == 0 */
+    uint32_t *slots; /* the slots of tbl_phys() (see tbl_slot), or NULL when cap == 0 */
     uint8_t *tags;   /* IPS_TAGGED(W): one tag per slot, 0 = empty; else NULL */
-    size_t cap;      /* home slots: 0 or a multiple of 8, IPS_MIN_CAP to IPS_MAX_CAP */
+    size_t cap;      /* slots up to the last home: 0 or a multiple of 8 (and of the line's slots) */
+    size_t homes;    /* home positions: cap, or cap lines when bucketed */
+    size_t home_step; /* slots between two homes: 1, or a line's slots */
     size_t count;    /* keys in slots (the zero key not included) */
     unsigned W;      /* words per key */
     uint32_t last_mask;
@@ -77,7 +92,15 @@ typedef struct ips_table {
 #endif
 
 /* Slots in the array: home slots plus the tail. */
-IPS_INLINE size_t tbl_phys(const ips_table *t) { return t->cap ? t->cap + IPS_TAIL : 0; }
+IPS_INLINE size_t tbl_phys(const ips_table *t) { return t->cap ? t->cap + IPS_TAIL_OF(t->W) : 0; }
+
+/* Where slot i lives. Not const-correct on purpose: one accessor for both. */
+IPS_INLINE uint32_t *tbl_slot(const ips_table *t, size_t i) {
+    const unsigned W = t->W;
+    if (IPS_BUCKETED(W))
+        return t->slots + i / IPS_PER_LINE(W) * IPS_LINE_WORDS + i % IPS_PER_LINE(W) * W;
+    return t->slots + i * W;
+}
 
 IPS_INLINE uint64_t ips_fold_mul(uint64_t a, uint64_t b) {
     __uint128_t r = (__uint128_t)a * b;
@@ -112,7 +135,14 @@ IPS_INLINE uint64_t tbl_hash(const ips_table *t, const uint32_t *k, unsigned W) 
 }
 
 IPS_INLINE size_t hash_home(const ips_table *t, uint64_t h) {
-    return (size_t)(((h >> 32) * (uint64_t)t->cap) >> 32);
+    return (size_t)(((h >> 32) * (uint64_t)t->homes) >> 32) * t->home_step;
+}
+
+/* Where a lookup of hash h starts reading: its home slot, or home line when
+ * bucketed (computed directly: no division by the slots in a line). */
+IPS_INLINE const uint32_t *tbl_home_ptr(const ips_table *t, uint64_t h, unsigned W) {
+    const size_t pos = (size_t)(((h >> 32) * (uint64_t)t->homes) >> 32);
+    return t->slots + pos * (IPS_BUCKETED(W) ? IPS_LINE_WORDS : W);
 }
 
 /* Keys a table of cap home slots holds before it grows: load 5/8. */
@@ -137,8 +167,9 @@ IPS_INLINE bool slot_matches(const uint32_t *slot, const uint32_t *k, unsigned W
     return diff == 0;
 }
 
-/* Untagged tables: bit i of the result says slot i of the window holds k;
- * bit i of *empty says slot i is empty. */
+/* Untagged tables: the result is non-zero if a slot of the window holds k,
+ * *empty non-zero if one is empty (bit i for slot i, but for the SIMD line
+ * scan of W = 3 and 4, which sets the bit of the slot's first word). */
 IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W, uint32_t last_mask,
                                 unsigned *empty) {
     const unsigned K = IPS_WINDOW(W);
@@ -154,6 +185,42 @@ IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W
         unsigned both = (unsigned)_mm_movemask_epi8(_mm_packs_epi16(hits, holes));
         *empty = both >> 8;
         return both & 0xFFu;
+    }
+    if ((W == 3 || W == 4) && last_mask == 0xFFFFFFFFu) {
+        /* A whole line in four compares against the key's words repeated to
+         * line up with each slot's (W = 3: word 15 is spare and stays zero),
+         * narrowed to one bit per word: bit j of eq/zero says word j of the
+         * line equals the key's word there / is zero. A slot matches (is
+         * empty) when all its words do; its bit is that of its first word. */
+        const __m128i z = _mm_setzero_si128();
+        const __m128i *line = (const __m128i *)s;
+        __m128i q0, q1, q2, q3;
+        if (W == 3) {
+            const __m128i kv = _mm_unpacklo_epi64(_mm_loadl_epi64((const __m128i *)k), _mm_cvtsi32_si128((int)k[2]));
+            q0 = q3 = _mm_shuffle_epi32(kv, _MM_SHUFFLE(0, 2, 1, 0)); /* k0 k1 k2 k0 */
+            q1 = _mm_shuffle_epi32(kv, _MM_SHUFFLE(1, 0, 2, 1));      /* k1 k2 k0 k1 */
+            q2 = _mm_shuffle_epi32(kv, _MM_SHUFFLE(2, 1, 0, 2));      /* k2 k0 k1 k2 */
+        } else {
+            q0 = q1 = q2 = q3 = _mm_loadu_si128((const __m128i *)k);
+        }
+        const __m128i l0 = _mm_load_si128(line), l1 = _mm_load_si128(line + 1);
+        const __m128i l2 = _mm_load_si128(line + 2), l3 = _mm_load_si128(line + 3);
+        unsigned eq = (unsigned)_mm_movemask_epi8(
+            _mm_packs_epi16(_mm_packs_epi32(_mm_cmpeq_epi32(l0, q0), _mm_cmpeq_epi32(l1, q1)),
+                            _mm_packs_epi32(_mm_cmpeq_epi32(l2, q2), _mm_cmpeq_epi32(l3, q3))));
+        unsigned zero = (unsigned)_mm_movemask_epi8(
+            _mm_packs_epi16(_mm_packs_epi32(_mm_cmpeq_epi32(l0, z), _mm_cmpeq_epi32(l1, z)),
+                            _mm_packs_epi32(_mm_cmpeq_epi32(l2, z), _mm_cmpeq_epi32(l3, z))));
+        if (W == 3) {
+            eq &= eq >> 1 & eq >> 2;
+            zero &= zero >> 1 & zero >> 2;
+        } else {
+            eq &= eq >> 1 & eq >> 2 & eq >> 3;
+            zero &= zero >> 1 & zero >> 2 & zero >> 3;
+        }
+        const unsigned firsts = W == 3 ? 0x1249u : 0x1111u; /* the first word of each slot */
+        *empty = zero & firsts;
+        return eq & firsts;
     }
 #endif
     for (unsigned i = 0; i < K; i++) {
@@ -184,7 +251,7 @@ IPS_INLINE unsigned tag_scan(const uint8_t *tg, uint8_t tag, unsigned *empty) {
 /* Index of the slot holding k, or -1. k must not be the zero key. */
 IPS_INLINE ptrdiff_t tbl_find_from(const ips_table *t, const uint32_t *k, unsigned W, size_t i) {
     for (;; i++) {
-        const uint32_t *s = t->slots + i * W;
+        const uint32_t *s = tbl_slot(t, i);
         if (slot_matches(s, k, W, t->last_mask))
             return (ptrdiff_t)i;
         if (key_is_zero(s, W))
@@ -203,17 +270,18 @@ IPS_INLINE bool tbl_probe(const ips_table *t, const uint32_t *k, unsigned W, uin
              * home+16 (inside the tail) when there is none, and combine
              * without a branch. */
             unsigned c = (unsigned)__builtin_ctz(cand | 1u << 16);
-            return (cand != 0) & slot_matches(t->slots + (home + c) * W, k, W, t->last_mask);
+            return (cand != 0) & slot_matches(tbl_slot(t, home + c), k, W, t->last_mask);
         }
         return tbl_find_from(t, k, W, home) >= 0;
     }
-    const unsigned K = IPS_WINDOW(W);
-    const uint32_t *s = t->slots + home * W;
+    /* Bucketed: the home line, then (a full line: rare) the next. */
+    const size_t step = IPS_BUCKETED(W) ? IPS_LINE_WORDS : IPS_WINDOW(W) * W;
+    const uint32_t *s = tbl_home_ptr(t, h, W);
     for (;;) {
         unsigned e, m = window_scan(s, k, W, t->last_mask, &e);
         if (m | e)
             return m != 0;
-        s += K * W; /* the run is longer than a window: rare */
+        s += step; /* the run is longer than a window: rare */
     }
 }
 
@@ -231,14 +299,14 @@ IPS_INLINE const uint32_t *tbl_lookup(const ips_table *t, const uint32_t *k, uns
     if (t->cap == 0)
         return NULL;
     ptrdiff_t i = tbl_find_from(t, k, W, hash_home(t, tbl_hash(t, k, W)));
-    return i < 0 ? NULL : t->slots + (size_t)i * W;
+    return i < 0 ? NULL : tbl_slot(t, (size_t)i);
 }
 
 /* Writes key words (and the tag) into slot i. */
 IPS_INLINE void slot_store(ips_table *t, size_t i, const uint32_t *words, uint64_t h) {
-    const unsigned W = t->W;
-    for (unsigned w = 0; w < W; w++)
-        t->slots[i * W + w] = words[w];
+    uint32_t *s = tbl_slot(t, i);
+    for (unsigned w = 0; w < t->W; w++)
+        s[w] = words[w];
     if (t->tags)
         t->tags[i] = hash_tag(h);
 }
@@ -257,10 +325,10 @@ ips_status tbl_upsert(ips_table *t, const uint32_t *k, bool *added);
  */
 IPS_INLINE bool tbl_insert_fast(ips_table *t, const uint32_t *k, unsigned W, uint64_t h, bool *added) {
     const size_t home = hash_home(t, h);
-    const size_t limit = t->cap + IPS_TAIL - IPS_WINDOW(W);
+    const size_t limit = t->cap + IPS_TAIL_OF(W) - IPS_WINDOW(W);
     const uint8_t tag = hash_tag(h);
     for (size_t i = home; i < limit && i - home <= IPS_PROBE_LIMIT; i++) {
-        uint32_t *s = t->slots + i * W;
+        uint32_t *s = tbl_slot(t, i);
         if (IPS_TAGGED(W)) { /* compare the tag first: wide keys are costly */
             if (t->tags[i] == 0) {
                 slot_store(t, i, k, h);
@@ -295,6 +363,8 @@ ips_status tbl_remove(ips_table *t, const uint32_t *k, bool *removed);
 ips_status tbl_reserve(ips_table *t, size_t extra);
 
 size_t tbl_size(const ips_table *t);
+/* Capacities of a table of W-word keys are multiples of this (8 or more). */
+size_t tbl_cap_unit(unsigned W);
 size_t tbl_max_probe(const ips_table *t);
 size_t tbl_memory(const ips_table *t);
 
