@@ -29,12 +29,13 @@ def lookup_over_sizes(benches: list, plt, caption: str):
         return None
     fig, ax = plt.subplots(figsize=(8, 5))
     limits = {"hash:ip": 4, "hash:ip,port,ip": 8}
+    full_load = {"hash:ip": "5/8", "hash:ip,port,ip": "1/2"}  # csrc/src/table.h tbl_max_count
     colours = {"hash:ip": "tab:blue", "hash:ip,port,ip": "tab:orange"}
     for (set_type, fill), points in sorted(lines.items()):
         points.sort()
         ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
                 linestyle="-" if fill == "built" else "--", color=colours.get(set_type),
-                label=f"{set_type}, {'as built (load 5/12)' if fill == 'built' else 'highest load (5/8)'}")
+                label=f"{set_type}, {'as built (load 5/12)' if fill == 'built' else 'just below growth (load ' + full_load.get(set_type, '?') + ')'}")
     for set_type, limit in limits.items():
         if any(k[0] == set_type for k in lines):
             ax.axhline(limit, color=colours[set_type], linewidth=0.8, alpha=0.5)

@@ -7,12 +7,14 @@
  * - The last word may carry flag bits outside `last_mask` (hash:net keeps its
  *   nomatch flag there); they take no part in hashing or equality. Keys passed
  *   to lookups have those bits clear.
- * - Any capacity (a multiple of 8), not only powers of two, so the load can
- *   stay in a narrow band whatever the size: a build or a growth leaves it at
- *   5/12, growth comes above 5/8 (by 1.5x), shrinking below 1/5. With powers
- *   of two it swung between 2/5 and 4/5 as the table doubled, and lookups
- *   followed it (3.5 ns at 10k members, 8-9 ns from 50k to 400k): past ~2/3
- *   runs outgrow a window and misses take a second, mispredicted step.
+ * - Any capacity (a multiple of 8, and of a line's slots when bucketed), not
+ *   only powers of two, so the load can stay in a narrow band whatever the
+ *   size: a build or a growth leaves it at 5/12, growth comes above 5/8 (by
+ *   1.5x; bucketed tables above 1/2, by 1.2x), shrinking below 1/5. With
+ *   powers of two it swung between 2/5 and 4/5 as the table doubled, and
+ *   lookups followed it (3.5 ns at 10k members, 8-9 ns from 50k to 400k):
+ *   past ~2/3 runs outgrow a window and misses take a second, mispredicted
+ *   step.
  * - Probing does not wrap around: a key's home is one of the first `cap`
  *   slots and its run may spill into IPS_TAIL extra slots after them. The last
  *   window of the tail is never written, so every run ends in an empty slot
@@ -27,9 +29,11 @@
  *       as fit (5, 4, 3; the line's spare words stay zero), the array is
  *       line-aligned and a key's home is the first slot of a line. A lookup
  *       reads its home line and compares all of it (for W = 3 and 4 in four
- *       SSE2 compares); only a full line sends it on to the next. One cache
- *       line per lookup: once the table outgrows the cache (a 1M-member
- *       hash:ip,port,ip is 31 MB) each lookup is one DRAM read, not two.
+ *       SSE2 compares). One cache line per lookup: once the table outgrows
+ *       the cache (a 1M-member hash:ip,port,ip is 31 MB) each lookup is one
+ *       DRAM read, not two. It goes on to the next line only if its key may
+ *       lie beyond: W = 4 when the line is full, W = 3 and 5 when the line's
+ *       spare word (its passing count, see tbl_count_passing) is not 0.
  *     W = 9 (hash:ip,port,ip inet6, 36 bytes): too wide to pack usefully, so
  *       each slot also has a one-byte tag (8 hash bits, never 0; 0 marks an
  *       empty slot) in a parallel array. 16 tags are compared at once and
@@ -64,6 +68,8 @@
 
 #define IPS_BUCKETED(W) ((W) >= 3 && (W) <= 5)
 #define IPS_PER_LINE(W) (IPS_LINE_WORDS / (W)) /* slots in a line when bucketed */
+/* Bucketed lines with a spare last word (W = 3, 5) keep a passing count there. */
+#define IPS_COUNTED(W) (IPS_BUCKETED(W) && IPS_PER_LINE(W) * (W) < IPS_LINE_WORDS)
 #define IPS_TAGGED(W) ((W) > 5)
 /* Slots looked at per lookup step. */
 #define IPS_WINDOW(W) ((W) == 1 ? 8 : (W) == 2 ? 4 : IPS_BUCKETED(W) ? IPS_PER_LINE(W) : 16)
@@ -72,6 +78,7 @@
 
 typedef struct ips_table {
     uint32_t *slots; /* the slots of tbl_phys() (see tbl_slot), or NULL when cap == 0 */
+    void *block;     /* the allocation slots lies in (lines are aligned inside it) */
     uint8_t *tags;   /* IPS_TAGGED(W): one tag per slot, 0 = empty; else NULL */
     size_t cap;      /* slots up to the last home: 0 or a multiple of 8 (and of the line's slots) */
     size_t homes;    /* home positions: cap, or cap lines when bucketed */
@@ -94,13 +101,28 @@ typedef struct ips_table {
 /* Slots in the array: home slots plus the tail. */
 IPS_INLINE size_t tbl_phys(const ips_table *t) { return t->cap ? t->cap + IPS_TAIL_OF(t->W) : 0; }
 
-/* Where slot i lives. Not const-correct on purpose: one accessor for both. */
-IPS_INLINE uint32_t *tbl_slot(const ips_table *t, size_t i) {
-    const unsigned W = t->W;
-    if (IPS_BUCKETED(W))
-        return t->slots + i / IPS_PER_LINE(W) * IPS_LINE_WORDS + i % IPS_PER_LINE(W) * W;
+/* The line of slot i in a bucketed table: a division by a constant in each
+ * case (a multiply), also where W is only known at run time. */
+IPS_INLINE size_t tbl_line_of(unsigned W, size_t i) {
+    switch (W) {
+    case 3: return i / IPS_PER_LINE(3);
+    case 4: return i / IPS_PER_LINE(4);
+    case 5: return i / IPS_PER_LINE(5);
+    default: return i;
+    }
+}
+
+/* Where slot i lives (W: the table's, a constant in the hot paths). Not
+ * const-correct on purpose: one accessor for both. */
+IPS_INLINE uint32_t *tbl_slot_w(const ips_table *t, size_t i, unsigned W) {
+    if (IPS_BUCKETED(W)) {
+        const size_t line = tbl_line_of(W, i);
+        return t->slots + line * IPS_LINE_WORDS + (i - line * IPS_PER_LINE(W)) * W;
+    }
     return t->slots + i * W;
 }
+
+IPS_INLINE uint32_t *tbl_slot(const ips_table *t, size_t i) { return tbl_slot_w(t, i, t->W); }
 
 IPS_INLINE uint64_t ips_fold_mul(uint64_t a, uint64_t b) {
     __uint128_t r = (__uint128_t)a * b;
@@ -145,8 +167,28 @@ IPS_INLINE const uint32_t *tbl_home_ptr(const ips_table *t, uint64_t h, unsigned
     return t->slots + pos * (IPS_BUCKETED(W) ? IPS_LINE_WORDS : W);
 }
 
-/* Keys a table of cap home slots holds before it grows: load 5/8. */
-IPS_INLINE size_t tbl_max_count(size_t cap) { return cap / 8 * 5; }
+/* Keys a table of cap slots holds before it grows: load 5/8, or 1/2 when
+ * bucketed (homes at line starts spill more: at 5/8, 14% of lookups read a
+ * second line, against 3% at 1/2 with passing counts). */
+IPS_INLINE size_t tbl_max_count(size_t cap, unsigned W) { return IPS_BUCKETED(W) ? cap / 2 : cap / 8 * 5; }
+
+/*
+ * Passing counts (IPS_COUNTED tables): the spare word of line L counts the
+ * keys whose home line is L or before and that are stored after L. A lookup
+ * that does not find its key in line L stops there when the count is 0,
+ * whether or not the line is full: a key stored further on would have
+ * counted itself in L. Kept exact by every store, removal and shift.
+ */
+IPS_INLINE void tbl_count_passing_w(ips_table *t, size_t home, size_t at, uint32_t delta, unsigned W) {
+    if (!IPS_COUNTED(W))
+        return;
+    for (size_t line = tbl_line_of(W, home), last = tbl_line_of(W, at); line < last; line++)
+        t->slots[line * IPS_LINE_WORDS + IPS_LINE_WORDS - 1] += delta;
+}
+
+IPS_INLINE void tbl_count_passing(ips_table *t, size_t home, size_t at, uint32_t delta) {
+    tbl_count_passing_w(t, home, at, delta, t->W);
+}
 
 IPS_INLINE uint8_t hash_tag(uint64_t h) {
     uint8_t tag = (uint8_t)(h >> 8);
@@ -167,11 +209,13 @@ IPS_INLINE bool slot_matches(const uint32_t *slot, const uint32_t *k, unsigned W
     return diff == 0;
 }
 
-/* Untagged tables: the result is non-zero if a slot of the window holds k,
- * *empty non-zero if one is empty (bit i for slot i, but for the SIMD line
- * scan of W = 3 and 4, which sets the bit of the slot's first word). */
+/*
+ * Untagged tables: the result is non-zero if a slot of the window holds k;
+ * *end is non-zero if k cannot lie past the window: a slot in it is empty,
+ * or (counted lines) no key passes the line.
+ */
 IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W, uint32_t last_mask,
-                                unsigned *empty) {
+                                unsigned *end) {
     const unsigned K = IPS_WINDOW(W);
     unsigned m = 0, e = 0;
 #if defined(__SSE2__)
@@ -183,16 +227,16 @@ IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W
         const __m128i hits = _mm_packs_epi32(_mm_cmpeq_epi32(a, q), _mm_cmpeq_epi32(b, q));
         const __m128i holes = _mm_packs_epi32(_mm_cmpeq_epi32(a, z), _mm_cmpeq_epi32(b, z));
         unsigned both = (unsigned)_mm_movemask_epi8(_mm_packs_epi16(hits, holes));
-        *empty = both >> 8;
+        *end = both >> 8;
         return both & 0xFFu;
     }
     if ((W == 3 || W == 4) && last_mask == 0xFFFFFFFFu) {
         /* A whole line in four compares against the key's words repeated to
-         * line up with each slot's (W = 3: word 15 is spare and stays zero),
-         * narrowed to one bit per word: bit j of eq/zero says word j of the
-         * line equals the key's word there / is zero. A slot matches (is
-         * empty) when all its words do; its bit is that of its first word. */
-        const __m128i z = _mm_setzero_si128();
+         * line up with each slot's (W = 3: word 15 is the passing count),
+         * narrowed to one bit per word: bit j of eq says word j of the line
+         * equals the key's word there. A slot matches when all its words do
+         * (bits at each slot's first word). W = 4 has no spare word, so its
+         * run ends at an empty slot, found the same way. */
         const __m128i *line = (const __m128i *)s;
         __m128i q0, q1, q2, q3;
         if (W == 3) {
@@ -208,26 +252,23 @@ IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W
         unsigned eq = (unsigned)_mm_movemask_epi8(
             _mm_packs_epi16(_mm_packs_epi32(_mm_cmpeq_epi32(l0, q0), _mm_cmpeq_epi32(l1, q1)),
                             _mm_packs_epi32(_mm_cmpeq_epi32(l2, q2), _mm_cmpeq_epi32(l3, q3))));
+        if (W == 3) {
+            *end = s[IPS_LINE_WORDS - 1] == 0;
+            return eq & eq >> 1 & eq >> 2 & 0x1249u;
+        }
+        const __m128i z = _mm_setzero_si128();
         unsigned zero = (unsigned)_mm_movemask_epi8(
             _mm_packs_epi16(_mm_packs_epi32(_mm_cmpeq_epi32(l0, z), _mm_cmpeq_epi32(l1, z)),
                             _mm_packs_epi32(_mm_cmpeq_epi32(l2, z), _mm_cmpeq_epi32(l3, z))));
-        if (W == 3) {
-            eq &= eq >> 1 & eq >> 2;
-            zero &= zero >> 1 & zero >> 2;
-        } else {
-            eq &= eq >> 1 & eq >> 2 & eq >> 3;
-            zero &= zero >> 1 & zero >> 2 & zero >> 3;
-        }
-        const unsigned firsts = W == 3 ? 0x1249u : 0x1111u; /* the first word of each slot */
-        *empty = zero & firsts;
-        return eq & firsts;
+        *end = zero & zero >> 1 & zero >> 2 & zero >> 3 & 0x1111u;
+        return eq & eq >> 1 & eq >> 2 & eq >> 3 & 0x1111u;
     }
 #endif
     for (unsigned i = 0; i < K; i++) {
         m |= (unsigned)slot_matches(s + i * W, k, W, last_mask) << i;
         e |= (unsigned)key_is_zero(s + i * W, W) << i;
     }
-    *empty = e;
+    *end = IPS_COUNTED(W) ? s[IPS_LINE_WORDS - 1] == 0 : e;
     return m;
 }
 
@@ -302,13 +343,18 @@ IPS_INLINE const uint32_t *tbl_lookup(const ips_table *t, const uint32_t *k, uns
     return i < 0 ? NULL : tbl_slot(t, (size_t)i);
 }
 
-/* Writes key words (and the tag) into slot i. */
-IPS_INLINE void slot_store(ips_table *t, size_t i, const uint32_t *words, uint64_t h) {
-    uint32_t *s = tbl_slot(t, i);
-    for (unsigned w = 0; w < t->W; w++)
+/* Writes key words (and the tag) into empty slot i, for a key of hash h. */
+IPS_INLINE void slot_store_w(ips_table *t, size_t i, const uint32_t *words, uint64_t h, unsigned W) {
+    uint32_t *s = tbl_slot_w(t, i, W);
+    for (unsigned w = 0; w < W; w++)
         s[w] = words[w];
-    if (t->tags)
+    if (IPS_TAGGED(W))
         t->tags[i] = hash_tag(h);
+    tbl_count_passing_w(t, hash_home(t, h), i, 1, W);
+}
+
+IPS_INLINE void slot_store(ips_table *t, size_t i, const uint32_t *words, uint64_t h) {
+    slot_store_w(t, i, words, h, t->W);
 }
 
 void tbl_init(ips_table *t, unsigned W, uint32_t last_mask, uint64_t seed);
@@ -327,11 +373,33 @@ IPS_INLINE bool tbl_insert_fast(ips_table *t, const uint32_t *k, unsigned W, uin
     const size_t home = hash_home(t, h);
     const size_t limit = t->cap + IPS_TAIL_OF(W) - IPS_WINDOW(W);
     const uint8_t tag = hash_tag(h);
+    if (IPS_BUCKETED(W)) { /* a line at a time: found anywhere in it, or its first empty slot */
+        const unsigned per = IPS_PER_LINE(W);
+        const uint32_t *s = tbl_home_ptr(t, h, W);
+        for (size_t i = home; i < limit && i - home <= IPS_PROBE_LIMIT; i += per, s += IPS_LINE_WORDS) {
+            unsigned found = 0, empty = 0;
+            for (unsigned j = 0; j < per; j++) {
+                found |= (unsigned)slot_matches(s + j * W, k, W, t->last_mask);
+                empty |= (unsigned)key_is_zero(s + j * W, W) << j;
+            }
+            if (found) {
+                *added = false;
+                return true;
+            }
+            if (empty) {
+                slot_store_w(t, i + (unsigned)__builtin_ctz(empty), k, h, W);
+                t->count++;
+                *added = true;
+                return true;
+            }
+        }
+        return false;
+    }
     for (size_t i = home; i < limit && i - home <= IPS_PROBE_LIMIT; i++) {
-        uint32_t *s = tbl_slot(t, i);
+        uint32_t *s = tbl_slot_w(t, i, W);
         if (IPS_TAGGED(W)) { /* compare the tag first: wide keys are costly */
             if (t->tags[i] == 0) {
-                slot_store(t, i, k, h);
+                slot_store_w(t, i, k, h, W);
                 t->count++;
                 *added = true;
                 return true;
@@ -347,7 +415,7 @@ IPS_INLINE bool tbl_insert_fast(ips_table *t, const uint32_t *k, unsigned W, uin
             return true;
         }
         if (key_is_zero(s, W)) {
-            slot_store(t, i, k, h);
+            slot_store_w(t, i, k, h, W);
             t->count++;
             *added = true;
             return true;

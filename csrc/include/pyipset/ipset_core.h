@@ -21,8 +21,10 @@
  *   - The capacity is any multiple of 8: a build or a growth leaves the table
  *     5/12 full and it grows (by 1.5x) above 5/8, so lookups cost the same at
  *     every size; memory is 1.6 to 2.4 slots a member as built or grown, up
- *     to 5 after deletions (below 1/5 it shrinks back to 5/12), plus a
- *     one-byte tag per slot for keys of 12 bytes or more and a fixed tail.
+ *     to 5 after deletions (below 1/5 it shrinks back to 5/12), plus a fixed
+ *     tail. Keys of 12 to 20 bytes are packed into 64-byte cache lines (a
+ *     lookup reads one line), and such tables grow above 1/2 (by 1.2x);
+ *     36-byte keys have a one-byte tag per slot instead.
  *   - Deletion shifts the following run back (no tombstones), so a set that
  *     churns forever never degrades.
  *   - The hash is keyed by a per-set random seed (pod IPs and ports are chosen
