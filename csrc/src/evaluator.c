@@ -230,7 +230,7 @@ static ptrdiff_t index_row(const member_index *ix, const uint32_t *w) {
         return t->zero_present ? (ptrdiff_t)tbl_phys(t) : -1;
     if (t->cap == 0)
         return -1;
-    return tbl_find_from(t, w, t->W, hash_home(t, tbl_hash(t, w, t->W)));
+    return t->W == 1 ? tbl_find(t, w, 1, tbl_hash(t, w, 1)) : tbl_find_from(t, w, t->W, hash_home(t, tbl_hash(t, w, t->W)));
 }
 
 ips_status ips_program_prepare(ips_program *p) {
@@ -311,6 +311,17 @@ static inline bool row_has(const uint32_t *ids, const uint32_t *end, int32_t bit
 
 static inline bool match_holds(const ips_program *p, const ips_match *m, const flow *f, uint32_t mark) {
     bool hit;
+    if (m->kind == IPS_MATCH_SET && f->indexed) {
+        /* The common match first, outside the switch: a conditional branch
+         * the predictor learns per rule, where the switch's indirect jump
+         * over every kind mispredicted (a fifth of the walk's time). */
+        int32_t bit = p->index.set_bit[m->set];
+        if (bit >= 0 && m->dims <= IPS_DIMS_DST) {
+            hit = m->dims == IPS_DIMS_SRC ? row_has(f->src_ids, f->src_end, bit)
+                                          : row_has(f->dst_ids, f->dst_end, bit);
+            return hit != (m->negate != 0);
+        }
+    }
     switch (m->kind) {
     case IPS_MATCH_SET: {
         int32_t bit = p->index.set_bit[m->set];

@@ -326,6 +326,21 @@ IPS_INLINE bool tbl_probe(const ips_table *t, const uint32_t *k, unsigned W, uin
     }
 }
 
+/* Index of the slot holding non-zero k (hash h), or -1; hash:ip inet tables
+ * a window of 8 slots at a time, like tbl_probe. */
+IPS_INLINE ptrdiff_t tbl_find(const ips_table *t, const uint32_t *k, unsigned W, uint64_t h) {
+    size_t i = hash_home(t, h);
+    if (W != 1)
+        return tbl_find_from(t, k, W, i);
+    for (;; i += IPS_WINDOW(1)) {
+        unsigned e, m = window_scan(t->slots + i, k, 1, t->last_mask, &e);
+        if (m) /* stored once, before its run's first empty slot */
+            return (ptrdiff_t)(i + (unsigned)__builtin_ctz(m));
+        if (e)
+            return -1;
+    }
+}
+
 /* Membership of k (the zero key included). */
 IPS_INLINE bool tbl_contains(const ips_table *t, const uint32_t *k, unsigned W) {
     if (key_is_zero(k, W))
