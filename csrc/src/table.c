@@ -114,7 +114,7 @@ static bool alloc_arrays(ips_table *t, size_t cap) {
      * random lookups: 8.1 ns left as fresh zero pages faulted in at random,
      * 7.6 written through; the build is no slower). */
     const size_t bytes = words_for(W, phys) * sizeof(uint32_t), pad = IPS_BUCKETED(W) ? 64 : 0;
-    t->block = calloc(bytes + pad, 1);
+    t->block = pad ? malloc(bytes + pad) : calloc(bytes, 1);
     if (t->block && pad)
         memset(t->block, 0, bytes + pad);
     t->slots = t->block ? (uint32_t *)(((uintptr_t)t->block + pad) & ~(uintptr_t)(pad ? pad - 1 : 0)) : NULL;
