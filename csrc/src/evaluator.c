@@ -230,7 +230,7 @@ static ptrdiff_t index_row(const member_index *ix, const uint32_t *w) {
         return t->zero_present ? (ptrdiff_t)tbl_phys(t) : -1;
     if (t->cap == 0)
         return -1;
-    return t->W == 1 ? tbl_find(t, w, 1, tbl_hash(t, w, 1)) : tbl_find_from(t, w, t->W, hash_home(t, tbl_hash(t, w, t->W)));
+    return tbl_find(t, w, t->W, tbl_hash(t, w, t->W));
 }
 
 ips_status ips_program_prepare(ips_program *p) {
@@ -323,13 +323,7 @@ static inline bool match_holds(const ips_program *p, const ips_match *m, const f
         }
     }
     switch (m->kind) {
-    case IPS_MATCH_SET: {
-        int32_t bit = p->index.set_bit[m->set];
-        if (f->indexed && bit >= 0 && m->dims <= IPS_DIMS_DST) {
-            hit = m->dims == IPS_DIMS_SRC ? row_has(f->src_ids, f->src_end, bit)
-                                          : row_has(f->dst_ids, f->dst_end, bit);
-            break;
-        }
+    case IPS_MATCH_SET: { /* a set the index does not answer: probe it */
         const ips_set *s = p->sets[m->set];
         switch (m->dims) {
         case IPS_DIMS_SRC: hit = ips_set_test_key(s, f->src, 0, 0, NULL); break;

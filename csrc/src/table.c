@@ -187,8 +187,7 @@ static size_t cap_for(size_t n, unsigned W) {
     const size_t unit = tbl_cap_unit(W);
     if (n > max_cap(W) / 12 * 5)
         return 0;
-    size_t cap = (n * 12 / 5 + unit) / unit * unit;
-    return cap < IPS_MIN_CAP ? unit : cap;
+    return (n * 12 / 5 + unit) / unit * unit; /* at least one unit */
 }
 
 ips_status tbl_reserve(ips_table *t, size_t extra) {

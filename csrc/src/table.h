@@ -61,7 +61,6 @@
 #endif
 
 #define IPS_MAX_WORDS 9 /* hash:ip,port,ip inet6: 4 + 1 + 4 */
-#define IPS_MIN_CAP 8
 #define IPS_MAX_CAP ((size_t)1 << 32) /* hash_home scales 32 hash bits */
 #define IPS_TAIL 64 /* slots after the last home slot; at least two windows */
 #define IPS_LINE_WORDS 16 /* a 64-byte cache line */
@@ -209,6 +208,19 @@ IPS_INLINE bool slot_matches(const uint32_t *slot, const uint32_t *k, unsigned W
     return diff == 0;
 }
 
+/* Slot by slot over the K slots from s: bit i of the result says slot i
+ * holds k, bit i of *empty that it is empty. */
+IPS_INLINE unsigned slots_scan(const uint32_t *s, const uint32_t *k, unsigned W, uint32_t last_mask, unsigned K,
+                               unsigned *empty) {
+    unsigned m = 0, e = 0;
+    for (unsigned i = 0; i < K; i++) {
+        m |= (unsigned)slot_matches(s + i * W, k, W, last_mask) << i;
+        e |= (unsigned)key_is_zero(s + i * W, W) << i;
+    }
+    *empty = e;
+    return m;
+}
+
 /*
  * Untagged tables: the result is non-zero if a slot of the window holds k;
  * *end is non-zero if k cannot lie past the window: a slot in it is empty,
@@ -216,8 +228,6 @@ IPS_INLINE bool slot_matches(const uint32_t *slot, const uint32_t *k, unsigned W
  */
 IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W, uint32_t last_mask,
                                 unsigned *end) {
-    const unsigned K = IPS_WINDOW(W);
-    unsigned m = 0, e = 0;
 #if defined(__SSE2__)
     if (W == 1) {
         /* Four compares narrowed into one byte mask: matches in bits 0-7,
@@ -264,10 +274,7 @@ IPS_INLINE unsigned window_scan(const uint32_t *s, const uint32_t *k, unsigned W
         return eq & eq >> 1 & eq >> 2 & eq >> 3 & 0x1111u;
     }
 #endif
-    for (unsigned i = 0; i < K; i++) {
-        m |= (unsigned)slot_matches(s + i * W, k, W, last_mask) << i;
-        e |= (unsigned)key_is_zero(s + i * W, W) << i;
-    }
+    unsigned e, m = slots_scan(s, k, W, last_mask, IPS_WINDOW(W), &e);
     *end = IPS_COUNTED(W) ? s[IPS_LINE_WORDS - 1] == 0 : e;
     return m;
 }
@@ -392,11 +399,7 @@ IPS_INLINE bool tbl_insert_fast(ips_table *t, const uint32_t *k, unsigned W, uin
         const unsigned per = IPS_PER_LINE(W);
         const uint32_t *s = tbl_home_ptr(t, h, W);
         for (size_t i = home; i < limit && i - home <= IPS_PROBE_LIMIT; i += per, s += IPS_LINE_WORDS) {
-            unsigned found = 0, empty = 0;
-            for (unsigned j = 0; j < per; j++) {
-                found |= (unsigned)slot_matches(s + j * W, k, W, t->last_mask);
-                empty |= (unsigned)key_is_zero(s + j * W, W) << j;
-            }
+            unsigned empty, found = slots_scan(s, k, W, t->last_mask, per, &empty);
             if (found) {
                 *added = false;
                 return true;
