@@ -360,6 +360,30 @@ def test_failing_closed_never_allows_what_was_denied(objs, data, scoped):
                                                                         [str(r) for r in new.rejections])
 
 
+def test_two_rejected_objects_under_one_name_both_fail_closed():
+    """Found by the property above: two pods renamed to the same invalid name
+    are both refused (duplicates), but failing closed skipped the second as
+    "the same object, another problem", so its address was left to no pod
+    and reachable from outside. Each object, told apart by what it holds,
+    fails closed; and two rejected policies under one name each isolate."""
+    objs = [namespace("a", team="x"), pod("a/Bad_Name", "192.0.2.1"), pod("a/Bad_Name", "192.0.2.2"),
+            pod("a/ok", "192.0.2.3"), policy("a/deny", {"podSelector": {}})]
+    closed = fail_closed(load_objects(objs))
+    judge = ClusterEvaluator(closed).judge
+    outside = ipaddress.ip_address("192.0.2.200")
+    for target in ("192.0.2.1", "192.0.2.2", "192.0.2.3"):
+        assert not judge(outside, ipaddress.ip_address(target), "TCP", 80), target
+    assert len([line for line in closed.failed_closed if line.startswith("Pod a/Bad_Name")]) == 2
+
+    bad = {"podSelector": {"matchLabels": {"app": "web"}}, "ingress": [{"ports": [{"port": 0}]}]}
+    objs = [namespace("a"), pod("a/web", "192.0.2.1", {"app": "web"}), pod("a/db", "192.0.2.2", {"app": "db"}),
+            policy("a/p", bad), policy("a/p", dict(bad, podSelector={"matchLabels": {"app": "db"}}))]
+    closed = fail_closed(load_objects(objs), previous={})
+    judge = ClusterEvaluator(closed).judge
+    for target in ("192.0.2.1", "192.0.2.2"):
+        assert not judge(outside, ipaddress.ip_address(target), "TCP", 80), target
+
+
 def test_a_quarantined_pod_is_selected_by_no_other_policy():
     """Found by the property above: a NotIn selector matches a pod without the
     label, so a quarantined pod left in its namespace was selected by a policy

@@ -58,9 +58,12 @@ def fail_closed(cluster: Cluster, previous: dict | None = None) -> Cluster:
     quarantined: dict = {}  # address -> Pod
     done = set()
     for i, r in enumerate(cluster.rejections):
-        if (r.kind, r.object) in done:
-            continue  # one object, several problems
-        done.add((r.kind, r.object))
+        # One object, several problems: once. Two objects under one name (both
+        # refused as duplicates) differ in what they hold, and each fails closed.
+        key = (r.kind, r.object, tuple(r.addresses), r.scope)
+        if key in done:
+            continue
+        done.add(key)
         if r.kind == "NetworkPolicy":
             name = r.object.split("/", 1)[1]
             scoped = previous is not None and r.scope is not None
