@@ -11,10 +11,22 @@ NetworkPolicies:
   ERROR event with a 410 Status, as a real server sends it;
 - create (POST), replace (PUT), delete (DELETE), get, each write bumping the
   one resourceVersion counter and recorded as an event;
-- faults to inject: the next requests answered with a status (500, 429 with
-  Retry-After), open watch streams cut mid-event, history compacted (410 on
-  resume), events duplicated or reordered, the server unreachable for a
-  while (the listening socket closed and reopened on the same port).
+- faults to inject (each is a way a list or watch can start, stream or end;
+  tests/test_agent_watch.py has a test for each):
+  - on a request: any status, with a Status body, an empty body or text,
+    with or without Retry-After, on lists, watches or both (fail_next); the
+    connection reset before an answer (reset_next);
+  - in a watch stream: an ERROR event with any Status (stream_error), a
+    stream cut in the middle of a line (cut_mid_line), a line that never
+    ends (endless_line), a watch closed at once with nothing in it
+    (close_watches_at_once), a raw line in the history that every watch
+    resuming from before it replays (poison: an unknown type, a line that
+    is not JSON), open streams cut between events (cut_watches), no
+    bookmarks (a silent server), bookmarks only;
+  - history compacted (410 on resume and on a list continue), events
+    duplicated or reordered, the server unreachable for a while (the
+    listening socket closed and reopened on the same port), and over TLS a
+    certificate the client does not trust (untrusted_next).
 
 Run alone (the README's main job does) it serves manifests given as
 arguments and prints a kubeconfig's path:
@@ -28,6 +40,7 @@ import copy
 import itertools
 import json
 import socket
+import struct
 import threading
 import time
 import uuid
@@ -47,8 +60,14 @@ KINDS = {kind: resource for resource, (_, _, kind, _) in RESOURCES.items()}
 
 
 class Fault:
-    def __init__(self, status: int, times: int, retry_after=None, match: str = ""):
-        self.status, self.times, self.retry_after, self.match = status, times, retry_after, match
+    """One injected fault for the next `times` requests whose path contains
+    `match` (watches only, lists only, or both: watch True, False, None)."""
+
+    def __init__(self, kind: str, times: int, match: str = "", watch=None, **how):
+        self.kind, self.times, self.match, self.watch, self.how = kind, times, match, watch, how
+
+    def applies(self, path: str, watching: bool) -> bool:
+        return self.times > 0 and self.match in path and (self.watch is None or self.watch == watching)
 
 
 def _status(code: int, reason: str, message: str) -> dict:
@@ -57,8 +76,10 @@ def _status(code: int, reason: str, message: str) -> dict:
 
 
 class APIServer:
-    def __init__(self, history: int = 100_000, bookmark_interval: float = 1.0, port: int = 0):
+    def __init__(self, history: int = 100_000, bookmark_interval: float = 1.0, port: int = 0, tls_dir=None):
+        """tls_dir: serve HTTPS with a CA and certificates made there (openssl)."""
         self.history = history
+        self.tls = _TLS(tls_dir) if tls_dir is not None else None
         self.bookmark_interval = bookmark_interval
         self.lock = threading.Condition()
         self.objects = {r: {} for r in RESOURCES}  # resource -> {(namespace, name): object}
@@ -80,7 +101,8 @@ class APIServer:
 
     def start(self) -> "APIServer":
         handler = type("Handler", (_Handler,), {"api": self})
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
+        self._server = _Server(("127.0.0.1", self.port), handler)
+        self._server.api = self
         self._server.daemon_threads = True
         self.port = self._server.server_address[1]
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
@@ -108,12 +130,15 @@ class APIServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def kubeconfig(self, path) -> str:
         """A kubeconfig for this server, written to path (JSON is YAML)."""
+        cluster = {"server": self.url}
+        if self.tls:
+            cluster["certificate-authority"] = str(self.tls.ca)
         config = {"apiVersion": "v1", "kind": "Config", "current-context": "test",
-                  "clusters": [{"name": "test", "cluster": {"server": self.url}}],
+                  "clusters": [{"name": "test", "cluster": cluster}],
                   "users": [{"name": "test", "user": {}}],
                   "contexts": [{"name": "test", "context": {"cluster": "test", "user": "test"}}]}
         with open(path, "w") as f:
@@ -122,10 +147,57 @@ class APIServer:
 
     # ---- faults ----
 
-    def fail_next(self, status: int, times: int = 1, retry_after=None, match: str = "") -> None:
-        """The next `times` requests whose path contains `match` get `status`."""
+    def fail_next(self, status: int, times: int = 1, retry_after=None, match: str = "", watch=None,
+                  body: str = "status", reason=None, message: str = "injected fault", causes=None) -> None:
+        """The next `times` requests whose path contains `match` (watches,
+        lists or both) get `status`: with a Status body (reason, message,
+        details.causes), an empty body ("none") or plain text ("text")."""
         with self.lock:
-            self.faults.append(Fault(status, times, retry_after, match))
+            self.faults.append(Fault("status", times, match, watch, status=status, retry_after=retry_after,
+                                     body=body, reason=reason, message=message, causes=causes))
+
+    def reset_next(self, times: int = 1, match: str = "", watch=None) -> None:
+        """The next requests' connections are reset (RST) before any answer."""
+        with self.lock:
+            self.faults.append(Fault("reset", times, match, watch))
+
+    def stream_error(self, code: int, reason: str, message: str = "injected", causes=None, times: int = 1,
+                     match: str = "") -> None:
+        """The next watch streams send an ERROR event with this Status, then end."""
+        status = _status(code, reason, message)
+        if causes:
+            status["details"] = {"causes": causes}
+        with self.lock:
+            self.faults.append(Fault("stream", times, match, True, first=json.dumps(
+                {"type": "ERROR", "object": status}).encode() + b"\n", then="end"))
+
+    def cut_mid_line(self, times: int = 1, match: str = "") -> None:
+        """The next watch streams send half of their first event's line, then the connection drops."""
+        with self.lock:
+            self.faults.append(Fault("cut_mid_line", times, match, True))
+
+    def endless_line(self, times: int = 1, match: str = "", megabytes: int = 64) -> None:
+        """The next watch streams send a line that does not end (up to `megabytes`), then drop."""
+        with self.lock:
+            self.faults.append(Fault("endless", times, match, True, megabytes=megabytes))
+
+    def close_watches_at_once(self, times: int = 1, match: str = "") -> None:
+        """The next watches end at once, cleanly, with nothing in them."""
+        with self.lock:
+            self.faults.append(Fault("stream", times, match, True, first=b"", then="end"))
+
+    def untrusted_next(self, times: int = 1) -> None:
+        """Over TLS: the next connections present a certificate no client trusts."""
+        with self.lock:
+            self.faults.append(Fault("untrusted", times))
+
+    def poison(self, resource: str, line: bytes) -> None:
+        """A raw line in the history of `resource`, after everything written
+        so far: every watch resuming from before it sends it (as a server
+        replays an event it cannot render); a list after it is past it."""
+        with self.lock:
+            self.rv += 1
+            self._record(resource, "RAW", line)
 
     def cut_watches(self) -> None:
         """Every open watch stream ends now, mid-stream, without its final chunk."""
@@ -224,10 +296,10 @@ class APIServer:
 
     # ---- serving ----
 
-    def _fault(self, path: str):
+    def _fault(self, path: str, watching: bool, kinds=("status", "reset")):
         with self.lock:
             for f in self.faults:
-                if f.times > 0 and f.match in path:
+                if f.kind in kinds and f.applies(path, watching):
                     f.times -= 1
                     return f
         return None
@@ -261,8 +333,9 @@ class APIServer:
         out = [{k: v for k, v in o.items() if k not in ("kind", "apiVersion")} for o in page]
         return 200, {"kind": f"{kind}List", "apiVersion": api_version, "metadata": meta, "items": out}
 
-    def watch(self, resource: str, namespace, query: dict, send) -> None:
-        """Streams events through send(dict) until the timeout, a cut or a stop."""
+    def watch(self, resource: str, namespace, query: dict, send, fault=None) -> None:
+        """Streams events through send(dict, or raw bytes of a line) until the
+        timeout, a cut, a stop or the stream fault given."""
         start = query.get("resourceVersion", [""])[0]
         bookmarks = query.get("allowWatchBookmarks", ["false"])[0] == "true"
         timeout = float(query.get("timeoutSeconds", ["1800"])[0])
@@ -270,7 +343,19 @@ class APIServer:
         _, api_version, kind, _ = RESOURCES[resource]
 
         def mine(r, obj):
+            if isinstance(obj, bytes):
+                return r == resource  # a raw line: every watch of the resource
             return r == resource and (namespace is None or obj["metadata"].get("namespace") == namespace)
+
+        if fault is not None and fault.kind == "stream":
+            if fault.how["first"]:
+                send(fault.how["first"])
+            return
+        if fault is not None and fault.kind == "endless":
+            send(b"{" + b"x" * 1000, end=False)
+            for _ in range(fault.how["megabytes"]):
+                send(b"x" * (1 << 20), end=False)
+            raise ConnectionAbortedError("endless line given up")
 
         with self.lock:
             generation = self.generation
@@ -289,7 +374,14 @@ class APIServer:
         while True:
             for event_type, obj in pending:
                 for _ in range(2 if self.duplicate else 1):
-                    send({"type": event_type, "object": obj})
+                    if event_type == "RAW":
+                        send(obj)
+                    elif fault is not None and fault.kind == "cut_mid_line":
+                        line = json.dumps({"type": event_type, "object": obj}).encode()
+                        send(line[:len(line) // 2], end=False)
+                        raise ConnectionAbortedError("cut mid-line")
+                    else:
+                        send({"type": event_type, "object": obj})
             with self.lock:
                 while True:
                     if self.generation != generation:
@@ -310,6 +402,60 @@ class APIServer:
                                                  "metadata": {"resourceVersion": str(position)}}})
             last_bookmark = time.monotonic()
             pending = []
+
+
+_REASONS = {400: "BadRequest", 401: "Unauthorized", 403: "Forbidden", 404: "NotFound", 409: "Conflict",
+            410: "Expired", 422: "Invalid", 429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable",
+            504: "Timeout"}
+
+
+class _TLS:
+    """A CA, a serving certificate for 127.0.0.1 signed by it, and one signed
+    by nobody the client trusts (openssl, in `where`)."""
+
+    def __init__(self, where):
+        from pathlib import Path
+        import ssl
+        import subprocess
+        d = Path(where)
+        d.mkdir(parents=True, exist_ok=True)
+        self.ca = d / "ca.crt"
+
+        def run(*args):
+            subprocess.run(["openssl", *args], check=True, capture_output=True)
+        run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=test-ca",
+            "-keyout", str(d / "ca.key"), "-out", str(self.ca))
+        ext = d / "ext.cnf"
+        ext.write_text("subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n")
+        for name, signer in (("server", "ca"), ("stranger", None)):
+            run("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", str(d / f"{name}.key"),
+                "-out", str(d / f"{name}.csr"))
+            sign = ["-CA", str(self.ca), "-CAkey", str(d / "ca.key"), "-CAcreateserial"] if signer else \
+                ["-signkey", str(d / f"{name}.key")]
+            run("x509", "-req", "-in", str(d / f"{name}.csr"), "-days", "2", "-extfile", str(ext),
+                "-out", str(d / f"{name}.crt"), *sign)
+        self.contexts = {}
+        for name in ("server", "stranger"):
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(d / f"{name}.crt", d / f"{name}.key")
+            self.contexts[name] = ctx
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    api = None
+
+    def handle_error(self, request, client_address):
+        pass  # a client gone, a handshake refused: the tests look at what the client did
+
+    def get_request(self):
+        sock, address = super().get_request()
+        tls = self.api.tls
+        if tls is not None:
+            untrusted = self.api._fault("", False, ("untrusted",)) is not None
+            sock = tls.contexts["stranger" if untrusted else "server"].wrap_socket(
+                sock, server_side=True, do_handshake_on_connect=False)
+        return sock, address
 
 
 def _route(path: str):
@@ -335,6 +481,10 @@ class _Handler(BaseHTTPRequestHandler):
         pass
 
     def setup(self):
+        if hasattr(self.request, "do_handshake"):
+            self.request.settimeout(10)
+            self.request.do_handshake()  # in the handler's thread (an untrusted client fails it here)
+            self.request.settimeout(None)
         super().setup()
         self.api._open.add(self.connection)
 
@@ -346,9 +496,11 @@ class _Handler(BaseHTTPRequestHandler):
             pass
 
     def _reply(self, status: int, body: dict, headers=()) -> None:
-        data = json.dumps(body).encode()
+        self._reply_bytes(status, json.dumps(body).encode(), "application/json", headers)
+
+    def _reply_bytes(self, status: int, data: bytes, content_type: str, headers=()) -> None:
         self.send_response(status)
-        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(data)))
         for k, v in headers:
             self.send_header(k, v)
@@ -364,11 +516,25 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", 0))) or b"{}")
         elif self.headers.get("Content-Length"):
             self.rfile.read(int(self.headers["Content-Length"]))
-        fault = self.api._fault(url.path)
+        watching = query.get("watch", ["false"])[0] in ("true", "1")
+        fault = self.api._fault(url.path, watching)
+        if fault is not None and fault.kind == "reset":
+            self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            self.close_connection = True
+            self.connection.close()
+            return
         if fault is not None:
-            headers = [("Retry-After", str(fault.retry_after))] if fault.retry_after is not None else []
-            return self._reply(fault.status, _status(fault.status, "InternalError" if fault.status == 500
-                                                     else "TooManyRequests", "injected fault"), headers)
+            how = fault.how
+            headers = [("Retry-After", str(how["retry_after"]))] if how["retry_after"] is not None else []
+            code = how["status"]
+            if how["body"] == "none":
+                return self._reply_bytes(code, b"", "application/json", headers)
+            if how["body"] == "text":
+                return self._reply_bytes(code, how["message"].encode(), "text/plain", headers)
+            body = _status(code, how["reason"] or _REASONS.get(code, "InternalError"), how["message"])
+            if how["causes"]:
+                body["details"] = {"causes": how["causes"]}
+            return self._reply(code, body, headers)
         route = _route(url.path)
         if url.path == "/version":
             return self._reply(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-pyipset-test"})
@@ -376,8 +542,9 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(404, _status(404, "NotFound", f"the server could not find {url.path}"))
         resource, namespace, name = route
         if method == "GET" and name is None:
-            if query.get("watch", ["false"])[0] in ("true", "1"):
-                return self._watch(resource, namespace, query)
+            if watching:
+                return self._watch(resource, namespace, query,
+                                   self.api._fault(url.path, True, ("stream", "cut_mid_line", "endless")))
             return self._reply(*self.api.list(resource, namespace, query))
         if method == "GET":
             obj = self.api.objects[resource].get((namespace or "", name))
@@ -395,18 +562,19 @@ class _Handler(BaseHTTPRequestHandler):
             return self._reply(*self.api.write("replace" if method == "PUT" else "delete", resource, obj))
         return self._reply(405, _status(405, "MethodNotAllowed", f"{method} {url.path}"))
 
-    def _watch(self, resource, namespace, query) -> None:
+    def _watch(self, resource, namespace, query, fault=None) -> None:
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Transfer-Encoding", "chunked")
         self.end_headers()
 
-        def send(event):
-            data = json.dumps(event).encode() + b"\n"
+        def send(event, end=True):
+            data = event if isinstance(event, bytes) else json.dumps(event).encode()
+            data += b"\n" if end and not data.endswith(b"\n") else b""
             self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
             self.wfile.flush()
         try:
-            self.api.watch(resource, namespace, query, send)
+            self.api.watch(resource, namespace, query, send, fault)
             self.wfile.write(b"0\r\n\r\n")
         except (ConnectionAbortedError, BrokenPipeError, ConnectionResetError, OSError):
             self.close_connection = True

@@ -6,6 +6,7 @@ the server holds."""
 
 from __future__ import annotations
 
+import json
 import random
 import threading
 import time
@@ -18,7 +19,8 @@ from apiserver import APIServer
 from clusterspec import namespace, pod, policy
 from pyipset.agent.loop import api_client, list_calls
 from pyipset.agent.metrics import Metrics
-from pyipset.agent.reflector import Backoff, Reflector
+from pyipset.agent.reflector import (RELIST, RELIST_AFTER, RELIST_NOW, RETRY, Backoff, BadLine, Reflector,
+                                     WatchError, classify)
 from pyipset.agent.settings import Settings
 from pyipset.agent.state import RESOURCES, ClusterState, slim
 
@@ -26,7 +28,7 @@ WAIT = 20.0
 
 
 def settings(**kw):
-    base = dict(node_name="n0", page_size=100, backoff_initial=0.02, backoff_max=0.2, read_timeout=5.0,
+    base = dict(node_name="n0", page_size=100, backoff_initial=0.02, backoff_max=2.0, read_timeout=5.0,
                 watch_timeout=30.0, connect_timeout=2.0)
     base.update(kw)
     return Settings(**base)
@@ -141,7 +143,7 @@ def test_gone_on_resume_relists_and_drops_what_vanished(api, watched):
 
 def test_server_errors_back_off_and_honour_retry_after(api, tmp_path):
     api.fail_next(500, times=3, match="/pods")
-    w = Watched(api, tmp_path)
+    w = Watched(api, tmp_path, backoff_max=2.0)  # a Retry-After is honoured up to the longest backoff
     try:
         w.wait_equal()
         assert w.restarts("http_500") == 3
@@ -154,6 +156,325 @@ def test_server_errors_back_off_and_honour_retry_after(api, tmp_path):
         assert w.restarts("http_429") == 1
     finally:
         w.close()
+
+
+# ---- every way a list or a watch starts, streams and ends: the fault, then what the reflector does ----
+
+def _lists(api, resource="pods") -> int:
+    return sum(1 for m, p, q, _ in api.requests if m == "GET" and p.endswith("/" + resource)
+               and q.get("watch") != ["true"] and "continue" not in q)
+
+
+def _resume_after(api, watched, fault, resource="pods"):
+    """Synced; cut the watches, arm the fault, write a pod only the next watch
+    (or a list) can bring; the state converges. Returns the lists made since."""
+    watched.wait_equal()
+    lists = _lists(api, resource)
+    fault()
+    api.cut_watches()
+    api.apply(pod("a/after", "192.0.2.77"))
+    watched.wait_equal()
+    return _lists(api, resource) - lists
+
+
+@pytest.mark.parametrize("body", ["status", "none", "text"])
+def test_http_410_on_watch_start_relists_at_once(api, watched, body):
+    """The finding: HTTP 410 (not an ERROR event) on a watch from a compacted
+    resourceVersion must list again, not retry the same resourceVersion."""
+    def fault():
+        api.compact()  # the real server would also answer 410 now; the injected one has no event at all
+        api.fail_next(410, times=50, match="/pods", watch=True, body=body, reason="Expired")
+    start = time.monotonic()
+    assert _resume_after(api, watched, fault) >= 1
+    assert time.monotonic() - start < 5
+    assert watched.restarts("gone") >= 1
+    api.faults.clear()
+
+
+@pytest.mark.parametrize("reason", ["Expired", "Gone"])
+def test_410_as_an_error_event_relists(api, watched, reason):
+    assert _resume_after(api, watched, lambda: api.stream_error(410, reason, "too old resource version",
+                                                                 times=5, match="/pods")) >= 1
+    assert watched.restarts("gone") >= 1
+
+
+def test_gone_by_reason_alone_relists(api, watched):
+    """Expired with another code (a proxy in between): the reason decides."""
+    assert _resume_after(api, watched, lambda: api.fail_next(400, times=5, match="/pods", watch=True,
+                                                              reason="Expired")) >= 1
+
+
+@pytest.mark.parametrize("how", ["cause", "message"])
+def test_too_large_resource_version_relists(api, watched, how):
+    causes = [{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}] if how == "cause" \
+        else None
+    message = "Too large resource version: 99, current: 5" if how == "message" else "Timeout: too large"
+    assert _resume_after(api, watched, lambda: api.fail_next(504, times=5, match="/pods", watch=True,
+                                                              reason="Timeout", message=message,
+                                                              causes=causes)) >= 1
+    assert watched.restarts("too_large_resource_version") >= 1
+
+
+@pytest.mark.parametrize("status,retry_after", [(429, None), (429, 1), (503, 1), (500, 0)])
+def test_transient_answers_are_retried_in_place(api, watched, status, retry_after):
+    """429 with or without Retry-After, 5xx with it: watched again at the same
+    resourceVersion, no list."""
+    start = time.monotonic()
+    assert _resume_after(api, watched, lambda: api.fail_next(status, times=2, match="/pods", watch=True,
+                                                              retry_after=retry_after)) == 0
+    assert watched.restarts(f"http_{status}") == 2
+    if retry_after:
+        assert time.monotonic() - start >= retry_after  # honoured
+
+
+@pytest.mark.parametrize("status", [500, 503, 401, 403, 404])
+def test_other_answers_end_the_list_watch(api, watched, status):
+    """client-go: an answer not known to be transient ends the list-watch;
+    the next round lists (after a backoff)."""
+    assert _resume_after(api, watched, lambda: api.fail_next(status, times=1, match="/pods", watch=True)) >= 1
+    assert watched.restarts(f"http_{status}") == 1
+
+
+def test_a_failing_list_is_retried_until_it_succeeds(api, tmp_path):
+    for status in (500, 429, 403):
+        api.fail_next(status, times=2, match="/pods", watch=False)
+    w = Watched(api, tmp_path)
+    try:
+        w.wait_equal()
+        assert w.restarts("http_500") == w.restarts("http_429") == w.restarts("http_403") == 2
+    finally:
+        w.close()
+
+
+def test_reset_connections_are_retried_in_place(api, watched):
+    assert _resume_after(api, watched, lambda: api.reset_next(times=2, match="/pods", watch=True)) == 0
+    assert watched.restarts("connection") + watched.restarts("stream_broken") >= 2
+
+
+def test_a_stream_cut_mid_json_resumes(api, watched):
+    assert _resume_after(api, watched, lambda: api.cut_mid_line(times=2, match="/pods")) == 0
+    assert watched.restarts("stream_broken") >= 2
+
+
+def test_a_watch_closed_at_once_backs_off_and_resumes(api, watched):
+    assert _resume_after(api, watched, lambda: api.close_watches_at_once(times=2, match="/pods")) == 0
+    assert watched.restarts("connection") >= 2
+
+
+def test_unknown_events_are_skipped(api, watched):
+    watched.wait_equal()
+    api.poison("pods", json.dumps({"type": "FROBNICATED", "object": {"metadata": {"resourceVersion": "1"}}}).encode())
+    api.poison("pods", json.dumps({"type": "ADDED", "object": ["not", "an", "object"]}).encode())
+    api.poison("pods", b"[1, 2, 3]")
+    api.apply(pod("a/after", "192.0.2.77"))
+    watched.wait_equal()
+    assert watched.metrics.events.labels("pods", "SKIPPED")._value.get() == 3
+    assert watched.restarts("bad_line") == 0
+
+
+def test_a_poison_line_replayed_by_the_server_ends_in_a_relist(api, watched):
+    """A line that is not JSON, replayed to every watch that resumes from
+    before it: the reflector lists again after a bounded number of tries."""
+    watched.wait_equal()
+    api.poison("pods", b"{this is not json")
+    api.apply(pod("a/after", "192.0.2.77"))
+    lists = _lists(api)
+    start = time.monotonic()
+    watched.wait_equal()
+    assert _lists(api) - lists >= 1
+    assert 1 <= watched.restarts("bad_line") <= RELIST_AFTER
+    assert time.monotonic() - start < 10
+    api.apply(pod("a/later", "192.0.2.78"))  # and the watch after the list goes on past the poison
+    watched.wait_equal()
+
+
+def test_an_endless_line_is_bounded(api, watched, monkeypatch):
+    import pyipset.agent.reflector as reflector
+    monkeypatch.setattr(reflector, "MAX_LINE", 1 << 20)
+    assert _resume_after(api, watched, lambda: api.endless_line(times=1, match="/pods", megabytes=8)) == 0
+    assert watched.restarts("line_too_long") == 1
+
+
+def test_lines_are_found_in_linear_time():
+    """Many small chunks of one long line, then many short lines: every byte
+    is looked at a bounded number of times (the old reader re-split the
+    whole buffer on every chunk)."""
+    from pyipset.agent.reflector import _lines
+
+    class Counting(bytes):
+        looked = 0
+
+        def find(self, sub, start=0):
+            at = bytes.find(self, sub, start)
+            Counting.looked += (at + 1 if at >= 0 else len(self)) - start  # the bytes a search reads
+            return at
+    chunks = [Counting(b"x" * 100) for _ in range(10_000)] + [Counting(b"\n" + b"y\n" * 5000)]
+    lines = list(_lines(chunks, 10 << 20))
+    assert len(lines[0]) == 1_000_000 and len(lines) == 5001
+    assert Counting.looked <= 2 * sum(len(c) for c in chunks)
+    with pytest.raises(BadLine):
+        list(_lines([b"z" * 1000] * 100, 50_000))
+
+
+def test_a_tls_failure_is_retried_in_place(tmp_path):
+    with APIServer(bookmark_interval=0.2, tls_dir=tmp_path / "tls") as api:
+        api.apply(namespace("a"))
+        w = Watched(api, tmp_path)
+        try:
+            assert _resume_after(api, w, lambda: api.untrusted_next(times=2)) == 0
+            assert w.restarts("tls") + w.restarts("connection") >= 1
+        finally:
+            w.close()
+
+
+def test_bookmarks_alone_keep_the_resource_version_current(api, watched):
+    """No object changes, only bookmarks: the reflector resumes from the
+    bookmark's resourceVersion, which a compaction up to now still serves."""
+    watched.wait_equal()
+    for _ in range(5):
+        api.apply(namespace("other"))  # moves the server's resourceVersion past the pods' last event
+        api.delete("Namespace", "other")
+    time.sleep(0.6)  # bookmarks every 0.2 s carry the new resourceVersion
+    pods_rv = next(r for r in watched.reflectors if r.resource == "pods").rv
+    assert int(pods_rv) == api.rv
+    lists = _lists(api)
+    api.compact()
+    api.cut_watches()
+    api.apply(pod("a/after", "192.0.2.77"))
+    watched.wait_equal()
+    assert _lists(api) == lists and watched.restarts("gone") == 0
+
+
+def test_readyz_reason_and_stale_seconds(api, watched):
+    """While a watch cannot be kept the reflector says why, and counts the seconds."""
+    watched.wait_equal()
+    pods_reflector = next(r for r in watched.reflectors if r.resource == "pods")
+    assert pods_reflector.healthy and pods_reflector.stale_seconds() == 0
+    api.fail_next(503, times=1000, match="/pods")
+    api.cut_watches()
+    deadline = time.monotonic() + 5
+    while pods_reflector.healthy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert not pods_reflector.healthy and "http_503" in pods_reflector.problem
+    time.sleep(1.0)
+    assert pods_reflector.stale_seconds() >= 1.0
+    api.faults.clear()
+    watched.wait_equal()
+    deadline = time.monotonic() + 5
+    while not pods_reflector.healthy and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert pods_reflector.healthy and pods_reflector.problem is None
+    stale = pods_reflector.stale_seconds()
+    time.sleep(0.3)
+    assert pods_reflector.stale_seconds() == stale  # no longer counting
+
+
+def test_classify_covers_every_status():
+    """What each answer means, as client-go reads it; a table for readers."""
+    from kubernetes.client.exceptions import ApiException
+
+    def answer(code, reason=None, retry_after=None, message="x", causes=None):
+        exc = ApiException(status=code, reason=reason)
+        body = {"kind": "Status", "code": code, "reason": reason, "message": message}
+        if causes:
+            body["details"] = {"causes": causes}
+        exc.body = json.dumps(body)
+        exc.headers = {"Retry-After": str(retry_after)} if retry_after is not None else {}
+        return classify(exc)
+    assert answer(410).action == RELIST_NOW
+    assert answer(410, "Gone").action == RELIST_NOW
+    assert answer(504, "Timeout", causes=[{"reason": "ResourceVersionTooLarge"}]).action == RELIST_NOW
+    assert answer(429).action == RETRY and answer(429, retry_after=3).retry_after == 3
+    assert answer(503, retry_after=1).action == RETRY
+    assert answer(503).action == RELIST and answer(500).action == RELIST
+    assert answer(500, "InternalError").action == RELIST
+    assert classify(WatchError({"code": 500, "reason": "InternalError"})).action == RETRY  # in a stream: client-go
+    for code in (400, 401, 403, 404, 422):
+        assert answer(code).action == RELIST
+    assert classify(WatchError({"code": 410, "reason": "Expired"})).action == RELIST_NOW
+    assert classify(WatchError("not a status")).action == RELIST
+    assert classify(ConnectionRefusedError()).action == RETRY
+    assert classify(BadLine("bad_line", "x")).action == RETRY
+
+
+# ---- bounded recovery: whatever came before, a healthy server is caught up with within 10 s ----
+
+FAULTS = ["http410", "gone_event", "too_large", "429", "503_retry", "500", "403", "reset", "cut", "cut_mid_line",
+          "closed_at_once", "poison", "unknown_event", "compact", "outage", "expired_continue"]
+
+
+def _inject(api, fault: str, resource: str) -> None:
+    match = "/" + resource
+    if fault == "http410":
+        api.fail_next(410, times=3, match=match, watch=True, body="none")
+    elif fault == "gone_event":
+        api.stream_error(410, "Expired", times=2, match=match)
+    elif fault == "too_large":
+        api.fail_next(504, times=2, match=match, reason="Timeout",
+                      causes=[{"reason": "ResourceVersionTooLarge", "message": "Too large resource version"}])
+    elif fault == "429":
+        api.fail_next(429, times=3, match=match, retry_after=1)
+    elif fault == "503_retry":
+        api.fail_next(503, times=3, match=match, retry_after=0)
+    elif fault in ("500", "403"):
+        api.fail_next(int(fault), times=3, match=match)
+    elif fault == "reset":
+        api.reset_next(times=3, match=match)
+    elif fault == "cut":
+        api.cut_watches()
+    elif fault == "cut_mid_line":
+        api.cut_mid_line(times=2, match=match)
+    elif fault == "closed_at_once":
+        api.close_watches_at_once(times=3, match=match)
+    elif fault == "poison":
+        api.poison(resource, b"{not json")
+    elif fault == "unknown_event":
+        api.poison(resource, b'{"type": "WHATEVER", "object": {}}')
+    elif fault == "compact":
+        api.compact()
+        api.cut_watches()
+    elif fault == "outage":
+        api.outage(0.5).join()
+    elif fault == "expired_continue":
+        api.snapshots.clear()
+
+
+@hsettings(max_examples=12, deadline=None)
+@given(steps=st.lists(st.tuples(st.sampled_from(FAULTS), st.sampled_from(RESOURCES), st.integers(0, 5),
+                                st.integers(0, 2 ** 16)), min_size=1, max_size=8))
+def test_bounded_recovery_after_any_faults(tmp_path_factory, steps):
+    """Random faults and object changes, then the faults stop: the state equals
+    the server's within 10 s, every time."""
+    with APIServer(bookmark_interval=0.2) as api:
+        api.apply(namespace("a"))
+        tmp = tmp_path_factory.mktemp("recovery")
+        w = Watched(api, tmp, page_size=7, backoff_initial=0.2, backoff_max=5.0)
+        try:
+            w.wait_equal()
+            for fault, resource, writes, seed in steps:
+                _inject(api, fault, resource)
+                _write_randomly(api, random.Random(seed), writes)
+                time.sleep(0.1)
+            api.faults.clear()  # healthy from here: armed faults left are disarmed
+            healthy = time.monotonic()
+            w.wait_equal(seconds=10.0 + 1.0)  # 1 s of slack for the test's own polling and thread scheduling
+            assert time.monotonic() - healthy <= 10.0 + 1.0
+        finally:
+            w.close()
+
+
+def _write_randomly(api, rng: random.Random, writes: int) -> None:
+    for _ in range(writes):
+        what = rng.random()
+        i = rng.randrange(30)
+        if what < 0.5:
+            api.apply(pod(f"a/r{i}", f"198.51.100.{i + 1}", {"v": str(rng.randrange(4))}))
+        elif what < 0.7 and api.get("Pod", f"a/r{i}") is not None:
+            api.delete("Pod", f"a/r{i}")
+        elif what < 0.85:
+            api.apply(policy(f"a/p{i % 5}", {"podSelector": {"matchLabels": {"v": str(rng.randrange(4))}}}))
+        else:
+            api.apply(namespace(f"n{i % 4}", t=str(rng.randrange(3))))
 
 
 def test_streams_cut_mid_burst(api, watched):
@@ -257,7 +578,16 @@ def test_backoff_grows_with_jitter_caps_and_honours_retry_after():
     for n, w in enumerate(waits):
         high = min(2.0, 0.1 * 2 ** n)
         assert high / 2 <= w <= high
-    assert b.next(retry_after=7) == 7
-    assert b.next(retry_after=1000) == 20.0  # at most 10x the cap
+    assert b.next(retry_after=1.5) >= 1.5
+    assert b.next(retry_after=1000) == 2.0  # at most the cap: recovery stays bounded
     b.reset()
+    assert b.next() <= 0.1
+
+
+def test_backoff_starts_again_after_a_quiet_minute():
+    now = [0.0]
+    b = Backoff(0.1, 2.0, random.Random(1), reset_after=60, clock=lambda: now[0])
+    for _ in range(6):
+        b.next()
+    now[0] += 61
     assert b.next() <= 0.1

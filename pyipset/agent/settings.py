@@ -48,10 +48,13 @@ class Settings:
     connect_timeout: float = _setting(
         10.0, "time to connect to the API server", "PYIPSET_CONNECT_TIMEOUT", "seconds", "seconds", 0.1, 600)
     backoff_initial: float = _setting(
-        0.5, "first wait after a failed list or watch; doubled each failure, with jitter",
-        "PYIPSET_BACKOFF_INITIAL", "seconds", "seconds", 0.01, 600)
+        0.8, "first wait after a failed list or watch (client-go's); doubled each failure, with jitter, and "
+             "started again after a minute without failures", "PYIPSET_BACKOFF_INITIAL", "seconds", "seconds",
+        0.01, 600)
     backoff_max: float = _setting(
-        30.0, "longest wait between retries (a Retry-After from the server is honoured up to 10x this)",
+        5.0, "longest wait between retries, and the longest Retry-After honoured: once the API server answers "
+             "normally again the agent's view is current within this plus a list (client-go waits up to 30 s; "
+             "a watch that fails in place is listed again after a few tries, so retries stay bounded)",
         "PYIPSET_BACKOFF_MAX", "seconds", "seconds", 0.01, 3600)
 
     # ---- enforcing ----

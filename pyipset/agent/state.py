@@ -33,27 +33,43 @@ def key_of(obj: dict) -> tuple:
 
 
 def slim(resource: str, obj: dict) -> dict:
-    """What the compiler needs of an API object, as a manifest."""
-    meta = obj.get("metadata") or {}
+    """What the compiler needs of an API object, as a manifest. Whatever the
+    object holds, this never raises: a part of the wrong type is kept as it
+    is, for validation to name it."""
+    meta = obj.get("metadata")
     api_version, kind = KIND[resource]
+    if not isinstance(meta, dict):
+        return {"apiVersion": api_version, "kind": kind, "metadata": meta}
     keep = {k: meta[k] for k in ("name", "namespace", "labels", "uid", "resourceVersion", "creationTimestamp",
                                  "deletionTimestamp") if meta.get(k) is not None}
     out = {"apiVersion": api_version, "kind": kind, "metadata": keep}
     if resource == "pods":
-        spec, status = obj.get("spec") or {}, obj.get("status") or {}
-        containers = []
-        for c in spec.get("containers") or []:
-            if not isinstance(c, dict):
-                continue
-            ports = [{k: p[k] for k in ("name", "containerPort", "protocol") if k in p}
-                     for p in c.get("ports") or [] if isinstance(p, dict)]
-            containers.append({"name": c.get("name", ""), **({"ports": ports} if ports else {})})
-        out["spec"] = {"containers": containers,
-                       **{k: spec[k] for k in ("nodeName", "hostNetwork") if spec.get(k) is not None}}
-        out["status"] = {k: status[k] for k in ("phase", "podIP", "podIPs") if status.get(k) is not None}
+        spec, status = obj.get("spec"), obj.get("status")
+        if isinstance(spec, dict):
+            containers = spec.get("containers")
+            if isinstance(containers, list):
+                containers = [_slim_container(c) for c in containers]
+            out["spec"] = {**({"containers": containers} if containers is not None else {}),
+                           **{k: spec[k] for k in ("nodeName", "hostNetwork") if spec.get(k) is not None}}
+        elif spec is not None:
+            out["spec"] = spec
+        if isinstance(status, dict):
+            out["status"] = {k: status[k] for k in ("phase", "podIP", "podIPs") if status.get(k) is not None}
+        elif status is not None:
+            out["status"] = status
     elif resource == "networkpolicies":
         out["spec"] = obj.get("spec")
     return out
+
+
+def _slim_container(c):
+    if not isinstance(c, dict):
+        return c
+    ports = c.get("ports")
+    if isinstance(ports, list):
+        ports = [{k: p[k] for k in ("name", "containerPort", "protocol") if k in p} if isinstance(p, dict) else p
+                 for p in ports]
+    return {"name": c.get("name", ""), **({"ports": ports} if ports else {})}
 
 
 class ClusterState:
@@ -110,9 +126,12 @@ class ClusterState:
             return changed
 
     def replace(self, resource: str, objs: list) -> tuple:
-        """A fresh list: (added or changed, deleted) counts; objects that
-        vanished since the last list are deleted."""
-        fresh = {key_of(s): s for s in (slim(resource, o) for o in objs)}
+        """A fresh list of API objects: (added or changed, deleted) counts;
+        objects that vanished since the last list are deleted."""
+        return self.replace_slim(resource, {key_of(s): s for s in (slim(resource, o) for o in objs)})
+
+    def replace_slim(self, resource: str, fresh: dict) -> tuple:
+        """replace(), given the list already slimmed: {key: slim object}."""
         with self.lock:
             old = self.objects[resource]
             deleted = [k for k in old if k not in fresh]
