@@ -115,3 +115,36 @@ def test_policy_types_defaulting():
 def test_missing_path_is_an_error():
     with pytest.raises(LoadError, match="no such file or directory"):
         load(["/nonexistent/manifests"])
+
+
+@pytest.mark.parametrize("text,read", [("192.0.2.010", "192.0.2.10"), ("010.000.002.001", "10.0.2.1"),
+                                       ("192.0.2.0010", "192.0.2.10"), ("2001:db8::0010", "2001:db8::10")])
+def test_addresses_are_read_as_kubernetes_reads_them(text, read):
+    """Leading zeros in IPv4 octets are decimal (k8s.io/utils/net ParseIPSloppy):
+    objects stored before the API server refused them still hold them."""
+    c = load_objects([namespace("a"), pod("a/p", text)])
+    assert not c.rejections and [str(ip) for ip in c.pods[0].ips] == [read]
+
+
+@pytest.mark.parametrize("text", ["192.0.2.256", "192.0.2.00256", "192.0.2", "1.2.3.4.5", "0x1.2.3.4"])
+def test_addresses_kubernetes_refuses_are_refused(text):
+    c = load_objects([namespace("a"), pod("a/p", text)], strict=False)
+    assert [r.path for r in c.rejections] == ["status.podIPs[0].ip"]
+
+
+def test_an_object_that_cannot_fail_closed_is_left_out_when_asked():
+    """apply --fail-closed refuses the whole input; the agent leaves the object
+    out, says so, and fails the rest closed as usual."""
+    from pyipset.errors import InputRejected
+    from pyipset.model import fail_closed
+    objs = [namespace("a"), pod("a/ok", "192.0.2.1"), pod("a/broken", "no-address"),
+            pod("a/half", ["192.0.2.7", "2001:db8::zz"]), policy("a/bad", {"podSelector": {}, "bogus": 1})]
+    c = load_objects(objs, strict=False)
+    with pytest.raises(InputRejected):
+        fail_closed(c)
+    out = fail_closed(c, skip_unreadable=True)
+    assert sorted(r.object for r, _ in out.left_out) == ["a/broken", "a/half"]
+    quarantined = {str(ip) for p in out.pods if p.namespace.startswith("(") for ip in p.ips}
+    assert quarantined == {"192.0.2.7"}  # what can be read of a/half
+    assert any(p.name.startswith("bad (rejected") for p in out.policies)
+    assert [p.key for p in out.pods if not p.namespace.startswith("(")] == ["a/ok"]

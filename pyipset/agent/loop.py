@@ -79,6 +79,9 @@ def list_calls(api) -> dict:
     return calls
 
 
+KINDS = ("Namespace", "Pod", "NetworkPolicy")
+
+
 class PodCIDRsUnknown(PyipsetError):
     """--deny-unknown-pod-ips without --pod-cidrs, and the Node says none (or cannot be read yet)."""
 
@@ -105,6 +108,12 @@ def node_pod_cidrs(call, name: str, timeout: tuple) -> tuple:
         raise PodCIDRsUnknown(f"Node {name} has no spec.podCIDRs (the CNI or IPAM does not set it): give --pod-cidrs "
                               "for --deny-unknown-pod-ips; will retry")
     return cidrs
+
+
+def _error_text(exc: BaseException) -> str:
+    """One line for the log and /readyz: ours as they are, others with their type."""
+    text = str(exc) if isinstance(exc, PyipsetError) else f"{type(exc).__name__}: {exc}"
+    return brief_text(text.splitlines()[0] if text else type(exc).__name__)[:300]
 
 
 class ParseCache(dict):
@@ -149,6 +158,7 @@ class Agent:
         self.health = None
         self.backoff = Backoff(settings.backoff_initial, settings.backoff_max)
         self.rejected: set = set()  # what was logged as rejected, so each is logged once
+        self.left_out: set = set()  # what was logged as left out (cannot fail closed), likewise
         self.accepted: dict = {}  # key -> the last accepted version of each NetworkPolicy
         self.parsed = ParseCache()
         self.engine: Incremental = None  # the programs applied last, kept for pod churn
@@ -156,6 +166,9 @@ class Agent:
         # --deny-unknown-pod-ips: this node's pod CIDRs (None: to be read from the Node before the first update)
         self.pod_cidrs = None if settings.deny_unknown_pod_ips and not settings.pod_cidrs else \
             (settings.pod_cidrs if settings.deny_unknown_pod_ips else ())
+        self.cidrs_problem = None  # why the pod CIDRs are not known yet
+        self.cidrs_retry_at = 0.0
+        self.force_full = False  # the next update compiles in full (the pod CIDRs became readable)
         # What policy blocks: exact counts from the kernel at scrape time, the sample from NFLOG.
         self.metrics.kernel_counts = KernelCounts(self.kernel, lambda: sorted(self.families))
         self.enforced = None  # (programs, pods, time.time() of the update) the kernel enforces, for attribution
@@ -174,15 +187,19 @@ class Agent:
     def ready(self) -> tuple:
         if not self.first_sync.is_set():
             waiting = [r.resource for r in self.reflectors if not r.synced.is_set()]
-            return False, ("waiting for the first list of " + ", ".join(waiting)) if waiting else \
+            if waiting:
+                return False, "waiting for the first list of " + ", ".join(waiting)
+            return False, f"the first kernel update failed (retrying): {self.last_error}" if self.last_error else \
                 "the first kernel update is not applied yet"
-        unhealthy = [r.resource for r in self.reflectors if not r.healthy]
-        if unhealthy:
-            return False, "watch not healthy: " + ", ".join(unhealthy)
+        stale = [why for why in (r.why_stale() for r in self.reflectors) if why]
+        if stale:
+            return False, "the view may be stale: " + "; ".join(stale)
         if self.reporter is not None and self.reporter.error:
             return False, self.reporter.error
         if self.last_error:
             return False, f"the last kernel update failed: {self.last_error}"
+        if self.cidrs_problem:
+            return False, f"--deny-unknown-pod-ips is not enforced yet: {self.cidrs_problem}"
         return True, "ok"
 
     def wait_applied(self, version: int, timeout: Optional[float] = None) -> bool:
@@ -203,6 +220,7 @@ class Agent:
         self.health = HealthServer(self.settings.listen_address, self).start()
         self.reflectors = [Reflector(r, self.calls[r], self.settings, self.state, self.metrics, self.stop).start()
                            for r in RESOURCES]
+        self.metrics.reflectors = self.reflectors
         self.reporter = BlockReporter(self.settings.nflog_group, self.settings.netns, lambda: self.enforced,
                                       self.metrics, self.stop, self.settings.block_log_rate,
                                       self.settings.metrics_by_namespace,
@@ -228,7 +246,9 @@ class Agent:
             self.metrics.ready.set(1 if self.ready()[0] else 0)
             synced = all(r.synced.is_set() for r in self.reflectors)
             seen = self.state.version
-            pending = synced and seen != self.applied_version
+            if self.pod_cidrs is None and self.first_sync.is_set() and now >= self.cidrs_retry_at:
+                self.force_full = True  # read the Node again, and compile with its pod CIDRs
+            pending = synced and (seen != self.applied_version or self.force_full)
             if pending and now >= retry_at:
                 if self.settings.batch_delay:
                     self.stop.wait(self.settings.batch_delay)  # the rest of a burst joins this update
@@ -257,23 +277,46 @@ class Agent:
                 log.error("cannot enforce as written, fails closed: %s", r, extra={"object": r.object, "kind": r.kind})
         self.rejected = {str(r) for r in cluster.rejections}
         self.metrics.policies_rejected.set(sum(1 for r in cluster.rejections if r.kind == "NetworkPolicy"))
-        for kind in ("Namespace", "Pod", "NetworkPolicy"):
+        for kind in KINDS:
             self.metrics.objects_rejected.labels(kind).set(sum(1 for r in cluster.rejections if r.kind == kind))
         rejected = {r.object for r in cluster.rejections if r.kind == "NetworkPolicy"}
         self.accepted = {k: p for k, p in self.accepted.items() if k in rejected}  # still needed
         self.accepted.update({p.key: p for p in cluster.policies})
         if cluster.rejections:
-            cluster = fail_closed(cluster, previous=self.accepted)
+            # One object must never stall the node: what cannot fail closed is left out and said so.
+            cluster = fail_closed(cluster, previous=self.accepted, skip_unreadable=True)
+        left_out = {f"{r}: {why}" for r, why in cluster.left_out}
+        for line in sorted(left_out - self.left_out):
+            log.error("left out: %s", line)
+        self.left_out = left_out
+        for kind in KINDS:
+            self.metrics.objects_left_out.labels(kind).set(sum(1 for r, _ in cluster.left_out if r.kind == kind))
         self.families |= set(program_families(cluster))
-        if self.pod_cidrs is None:
+        self._read_pod_cidrs()
+        self.force_full = False
+        self.engine = Incremental(cluster, sorted(self.families), nflog_group=self.settings.nflog_group,
+                                  attach=self.attach, node=self.settings.node_name,
+                                  deny_unknown=self.pod_cidrs or (), audit=self.settings.audit)
+        return self.engine.programs
+
+    def _read_pod_cidrs(self) -> None:
+        """--deny-unknown-pod-ips without --pod-cidrs: this node's pod CIDRs
+        from its Node object, read until they are known. Until then the
+        node enforces every policy without denying unknown addresses, is
+        not ready, and says why (read again every --backoff-max)."""
+        if self.pod_cidrs is not None or time.monotonic() < self.cidrs_retry_at:
+            return
+        try:
             self.pod_cidrs = node_pod_cidrs(self.calls["node"], self.settings.node_name,
                                             (self.settings.connect_timeout, self.settings.read_timeout))
-            log.info("denying addresses of pod CIDRs %s that no known pod holds",
-                     ", ".join(map(str, self.pod_cidrs)))
-        self.engine = Incremental(cluster, sorted(self.families), nflog_group=self.settings.nflog_group,
-                                  attach=self.attach, node=self.settings.node_name, deny_unknown=self.pod_cidrs,
-                                  audit=self.settings.audit)
-        return self.engine.programs
+        except PodCIDRsUnknown as exc:
+            if str(exc) != self.cidrs_problem:
+                log.error("--deny-unknown-pod-ips: %s; enforcing every policy without it meanwhile", exc)
+            self.cidrs_problem = str(exc)
+            self.cidrs_retry_at = time.monotonic() + self.settings.backoff_max
+            return
+        self.cidrs_problem = None
+        log.info("denying addresses of pod CIDRs %s that no known pod holds", ", ".join(map(str, self.pod_cidrs)))
 
     def _pod_churn(self, pods: dict):
         """The programs after these pod changes (key -> object, None if gone),
@@ -309,7 +352,7 @@ class Agent:
     def _incremental(self, changes: dict, relisted: bool):
         """The programs after `changes` when they are pod churn or policy
         churn alone and the last update left a trusted record, else None."""
-        if relisted or self.engine is None or not self.trusted or changes["namespaces"]:
+        if relisted or self.force_full or self.engine is None or not self.trusted or changes["namespaces"]:
             return None
         if changes["pods"] and changes["networkpolicies"]:
             return None
@@ -347,12 +390,13 @@ class Agent:
                         programs = self._programs(objs)
             if reports is None:
                 reports = apply_programs(programs, self.kernel)
-        except PyipsetError as exc:
+        except Exception as exc:  # noqa: BLE001 - whatever fails, the agent goes on, says why and retries
             self.engine = None
             self.trusted = False
-            self.last_error = str(exc)[:300]
+            self.last_error = _error_text(exc)
             self.metrics.apply_errors.inc()
-            log.error("kernel update failed, will retry: %s", exc)
+            log.error("kernel update failed, will retry: %s", self.last_error,
+                      extra={"error_type": type(exc).__name__})
             return False
         self.trusted = True
         self._holds(programs)
@@ -379,11 +423,11 @@ class Agent:
         try:
             programs = self._programs(objs)
             drifts = reconcile_programs(programs, self.kernel)
-        except PyipsetError as exc:
+        except Exception as exc:  # noqa: BLE001 - as in _sync
             self.engine = None
             self.trusted = False
             self.metrics.apply_errors.inc()
-            log.error("reconcile failed, will retry: %s", exc)
+            log.error("reconcile failed, will retry: %s", _error_text(exc), extra={"error_type": type(exc).__name__})
             return
         self.metrics.reconciles.inc()
         total = sum(d.total() for d in drifts)

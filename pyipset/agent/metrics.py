@@ -65,10 +65,30 @@ class _BlockCollector:
         yield unsampled
 
 
+class _WatchCollector:
+    """How long each resource's view has been stale, at scrape time."""
+
+    def __init__(self, agent_metrics: "Metrics"):
+        self.m = agent_metrics
+
+    def collect(self):
+        stale = CounterMetricFamily(
+            f"{PREFIX}_watch_stale_seconds", "Seconds the node enforced a view of a resource that may be stale: "
+            "from a failed list or watch until a list completes or a watch is current again", labels=["resource"])
+        current = GaugeMetricFamily(f"{PREFIX}_watch_current", "1 while a resource's view is current (listed, "
+                                    "watched, no failure since)", labels=["resource"])
+        for r in self.m.reflectors:
+            stale.add_metric([r.resource], r.stale_seconds())
+            current.add_metric([r.resource], 1 if r.healthy else 0)
+        yield stale
+        yield current
+
+
 class Metrics:
     def __init__(self, version: str = ""):
         self.registry = r = CollectorRegistry()
         self.programs: list = []
+        self.reflectors: list = []  # the agent's, for the watch collector
         self.sync_duration = Histogram(
             f"{PREFIX}_sync_duration_seconds", "Time from a change being seen to the kernel holding it "
             "(compile and apply)", registry=r, buckets=(.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30))
@@ -86,6 +106,9 @@ class Metrics:
                                        "as written (each fails closed)", registry=r)
         self.objects_rejected = Gauge(f"{PREFIX}_objects_rejected", "Objects rejected, by kind (policies fail "
                                       "closed, pods are quarantined)", ["kind"], registry=r)
+        self.objects_left_out = Gauge(f"{PREFIX}_objects_left_out", "Rejected objects too little of which can be "
+                                      "read to fail closed (a pod whose address cannot be read), by kind: left "
+                                      "out, everything else enforced", ["kind"], registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the first sync is applied and every watch is healthy",
                            registry=r)
         self.build_info = Gauge(f"{PREFIX}_build_info", "The running version", ["version"], registry=r)
@@ -108,3 +131,4 @@ class Metrics:
             "blocking side (--metrics-by-namespace)", ["verdict", "direction", "protocol", "namespace"], registry=r)
         r.register(_ProgramCollector(self))
         r.register(_BlockCollector(self))
+        r.register(_WatchCollector(self))

@@ -253,6 +253,13 @@ class Reflector:
                 self._current_locked(self.watching_since + 1.0)
             return self.stale_since
 
+    def why_stale(self) -> Optional[str]:
+        """For /readyz: the resource, why its view may be stale, and for how long; None when current."""
+        since, problem = self.stale_since_now(), self.problem
+        if since is None:
+            return None
+        return f"{self.resource}: {problem or 'watching again'} (for {time.monotonic() - since:.0f} s)"
+
     def stale_seconds(self) -> float:
         """Seconds the view has been stale, in all (a failure until the next list or lasting watch)."""
         since = self.stale_since_now()

@@ -20,7 +20,11 @@ good version said.
 - An object of which too little can be read to do this (its namespace, a
   pod's addresses, a document that is not an object, a file that cannot be
   parsed) cannot fail closed: the whole input is refused, as without the
-  option.
+  option. The agent cannot refuse the cluster (one such pod anywhere would
+  stall every node): with skip_unreadable such an object is left out and
+  said so (Cluster.left_out). A pod whose address cannot be read matches no
+  selector set, so it is no one's peer, and it cannot be quarantined by an
+  address; the addresses it has that can be read are quarantined.
 """
 
 from __future__ import annotations
@@ -38,9 +42,11 @@ QUARANTINE_NAMESPACE = "(rejected pods)"
 QUARANTINE_POLICY = "quarantine"
 
 
-def fail_closed(cluster: Cluster, previous: dict | None = None) -> Cluster:
+def fail_closed(cluster: Cluster, previous: dict | None = None, skip_unreadable: bool = False) -> Cluster:
     """A copy of the cluster in which every rejected object fails closed, or
-    InputRejected when some cannot. cluster.failed_closed says what was done.
+    InputRejected when some cannot (unless skip_unreadable: then they are
+    left out, each in cluster.left_out). cluster.failed_closed says what was
+    done.
 
     previous: the last accepted version of each NetworkPolicy by key (the
     agent keeps them). When given, a rejected policy whose podSelector can
@@ -49,15 +55,29 @@ def fail_closed(cluster: Cluster, previous: dict | None = None) -> Cluster:
     its whole namespace: still never less isolation than before."""
     cannot = [r for r in cluster.rejections if not r.fail_closed or r.namespace is None
               or r.kind not in ("Namespace", "Pod", "NetworkPolicy")]
-    if cannot:
+    if cannot and not skip_unreadable:
         raise InputRejected(
             f"{len(cannot)} rejected object(s) cannot fail closed (too little of them can be read): "
             + "; ".join(str(r) for r in cannot[:5]) + (" ..." if len(cannot) > 5 else ""))
     out = dataclasses.replace(cluster, pods=list(cluster.pods), policies=list(cluster.policies),
-                              namespaces=dict(cluster.namespaces), failed_closed=list(cluster.failed_closed))
+                              namespaces=dict(cluster.namespaces), failed_closed=list(cluster.failed_closed),
+                              left_out=list(cluster.left_out))
+    left_out = {id(r) for r in cannot}
+    for r in cannot:
+        if r.kind == "Pod" and r.addresses and r.namespace is not None:
+            left_out.discard(id(r))  # what can be read of its addresses is quarantined below
+            out.left_out.append((r, "some of its addresses cannot be read: those are no one's, and cannot be "
+                                    "quarantined"))
+        elif r.kind == "Pod":
+            out.left_out.append((r, "its address cannot be read: it is no one's peer (no selector set holds it) "
+                                    "and cannot be quarantined by address"))
+        else:
+            out.left_out.append((r, "too little of it can be read to fail closed: left out"))
     quarantined: dict = {}  # address -> Pod
     done = set()
     for i, r in enumerate(cluster.rejections):
+        if id(r) in left_out:
+            continue
         # One object, several problems: once. Two objects under one name (both
         # refused as duplicates) differ in what they hold, and each fails closed.
         key = (r.kind, r.object, tuple(r.addresses), r.scope)

@@ -156,6 +156,9 @@ class Cluster:
     rejections: list = field(default_factory=list)  # Rejection
     notices: list = field(default_factory=list)  # str: skipped kinds, pods that take no part
     failed_closed: list = field(default_factory=list)  # str: what rejected objects became (failclosed.py)
+    # (Rejection, why) of rejected objects too little of which can be read to fail closed, left out
+    # (failclosed.py, skip_unreadable: the agent enforces everything else)
+    left_out: list = field(default_factory=list)
     objects_read: int = 0  # objects in the input, of any kind, valid or not
     addresses_shared: bool = False  # two pods claimed one address (validation.resolve_shared_ips decided)
 

@@ -124,15 +124,35 @@ def parse_namespace(obj: dict) -> Namespace:
     return Namespace(name, labels)
 
 
+_LEGACY_IPV4 = re.compile(r"[0-9]+(\.[0-9]+){3}")
+
+
+def ip_address_sloppy(value: str):
+    """An address as Kubernetes reads one (k8s.io/utils/net ParseIPSloppy):
+    IPv4 octets with leading zeros are decimal ("192.0.2.010" is 192.0.2.10),
+    as Go read them before 1.17 and as objects stored then still hold them.
+    ValueError otherwise, as ipaddress.ip_address."""
+    try:
+        return ipaddress.ip_address(value)
+    except ValueError:
+        if not isinstance(value, str) or not _LEGACY_IPV4.fullmatch(value):
+            raise
+        octets = [int(part, 10) for part in value.split(".")]
+        if max(octets) > 255:
+            raise
+        return ipaddress.IPv4Address(".".join(map(str, octets)))
+
+
 def _parse_ip(value: Any, path: str):
     """A pod address as the kernel's sets can hold it: no IPv6 zone (fe80::1%eth0),
     no IPv4-mapped IPv6 (the API server's strict validation refuses both), not
-    the unspecified address (the kernel's hash:ip refuses it)."""
+    the unspecified address (the kernel's hash:ip refuses it). Leading zeros
+    in IPv4 octets are read as Kubernetes reads them (ip_address_sloppy)."""
     _expect(value, str, path, "an IP address")
     if "%" in value:
         raise Invalid(path, value, "must not carry an IPv6 zone (%...): a pod's address is global to the node")
     try:
-        ip = ipaddress.ip_address(value)
+        ip = ip_address_sloppy(value)
     except ValueError:
         raise Invalid(path, value, "is not an IP address") from None
     if ip.version == 6 and ip.ipv4_mapped is not None:
@@ -166,9 +186,9 @@ def rejected_pod_addresses(obj: dict) -> tuple:
     ips, readable = [], True
     for _, raw in _pod_ip_entries(status):
         try:
-            ip = ipaddress.ip_address(raw.split("%", 1)[0] if isinstance(raw, str) else raw)
             if not isinstance(raw, str):
                 raise ValueError
+            ip = ip_address_sloppy(raw.split("%", 1)[0])
         except ValueError:
             readable = False
             continue

@@ -19,7 +19,7 @@ from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
 from pyipset.verify import native
 
-from agents import CONVERGE, AgentProcess, api_objects, load_into
+from agents import CONVERGE, AgentProcess, api_objects, load_into, wait_for
 
 
 @pytest.fixture(autouse=True)
@@ -269,3 +269,47 @@ def test_deny_unknown_pod_ips_denies_a_pod_until_the_agent_has_heard_of_it(api, 
         finally:
             codes = [a.stop() for a in agents]
         assert codes == [0, 0]
+
+
+def test_one_object_never_stalls_the_node(api, tmp_path):
+    """Whatever one object holds, everything else is enforced. A pod of
+    another node whose address has leading zeros (older API servers stored
+    them) is read as Kubernetes reads it; one whose address cannot be read at
+    all is left out (no one's peer, cannot be quarantined), said and counted.
+    --deny-unknown-pod-ips with a Node that has no spec.podCIDRs: the node is
+    programmed without it, not ready, and says why until the Node has them.
+    Meanwhile a new pod in a deny-all namespace is isolated at once."""
+    universe = [namespace("a"), namespace("b"), pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
+                pod("b/cli", "198.51.100.1", {}, node="n0"), pod("a/new", "192.0.2.3", {"app": "new"}, node="n0")]
+    new = universe[-1]
+    load_into(api, universe[:-1])
+    api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n0"}, "spec": {}})
+    legacy = pod("b/legacy", "198.51.100.010", {"role": "legacy"}, node="n1")
+    broken = pod("b/broken", "not-an-address", {"role": "legacy"}, node="n1")
+    with LabNode(load_objects(universe), nodes=1, program=False) as lab:
+        agent = AgentProcess(api, lab.nodes[0], tmp_path, "--deny-unknown-pod-ips")
+        try:
+            wait_for(lambda: agent.get("/healthz")[0] == 200, CONVERGE, "the agent serving")
+            load_into(api, [legacy, broken, policy("a/deny", {"podSelector": {}, "ingress": [
+                {"from": [{"namespaceSelector": {}, "podSelector": {"matchLabels": {"role": "legacy"}}}]}]})])
+            wait_for(lambda: agent.metric("pyipset_objects_left_out", kind="Pod") == 1, CONVERGE,
+                     "the unreadable pod counted as left out")
+            load_into(api, [new])
+            wait_for(lambda: not lab.connect("b/cli", "a/new", "TCP", 80, 0.3), CONVERGE, "a/new isolated")
+            assert not lab.connect("b/cli", "a/web", "TCP", 80, 0.3)
+            assert lab.connect("a/new", "b/cli", "TCP", 80, 0.5)  # egress is not isolated
+            node = lab.nodes[0]
+            members = node.kernel.run("ipset", "list").stdout
+            assert "198.51.100.10\n" in members  # the legacy address, read as decimal, admitted by a/deny
+            status, why = agent.get("/readyz")
+            assert status == 503 and "--deny-unknown-pod-ips" in why and "podCIDRs" in why, why
+            logs = agent.logs()
+            assert "b/broken" in logs and "cannot be quarantined" in logs
+            api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n0"},
+                       "spec": {"podCIDRs": ["192.0.2.0/24"]}})
+            agent.wait_ready()
+            assert "denying addresses of pod CIDRs 192.0.2.0/24" in agent.logs()
+            assert agent.get("/healthz")[0] == 200
+        finally:
+            code = agent.stop()
+    assert code == 0
