@@ -28,7 +28,10 @@ def creation_options(size: int) -> str:
     return f"hashsize {hashsize} maxelem {max(65536, 2 * size)}"
 
 
-_TUNING_OPTIONS = {"hashsize", "maxelem", "bucketsize", "initval"}
+# Their values are checked as ipset 7.17 checks them (strtoul, base 0: decimal, 0x hex, 0 octal), each
+# given at most once: name -> largest value.
+_TUNING_OPTIONS = {"hashsize": 0xFFFFFFFF, "maxelem": 0xFFFFFFFF, "bucketsize": 0xFF, "initval": 0xFFFFFFFF}
+_NUMBER = re.compile(r"\+?(0[xX][0-9a-fA-F]+|0[0-7]*|[1-9][0-9]*)\Z")
 # Options that would add per-entry data or change membership: refused.
 _UNSUPPORTED_OPTIONS = {"timeout", "counters", "comment", "skbinfo", "forceadd", "netmask", "markmask"}
 
@@ -143,24 +146,45 @@ class IPSet(_core.IPSet):
         if set_type not in SET_TYPES:
             raise ValueError(f"line {lineno}: set type {brief(set_type)} is not supported (expected one of {', '.join(SET_TYPES)})")
         family = "inet"
+        given: set = set()
         i = 0
         while i < len(opts):
             opt = opts[i]
-            if opt == "family" and i + 1 < len(opts):
-                family = opts[i + 1]
+            if opt in _UNSUPPORTED_OPTIONS:
+                raise ValueError(f"line {lineno}: set option {brief(opt)} is not supported")
+            if opt != "family" and opt not in _TUNING_OPTIONS:
+                raise ValueError(f"line {lineno}: unknown set option {brief(opt)}")
+            if i + 1 >= len(opts):
+                raise ValueError(f"line {lineno}: set option {opt} needs a value")
+            if opt in given:
+                raise ValueError(f"line {lineno}: set option {opt} is given twice")
+            given.add(opt)
+            value = opts[i + 1]
+            if opt == "family":
+                family = value
                 if family not in FAMILIES:
                     raise ValueError(f"line {lineno}: family {brief(family)} is not supported (expected inet or inet6)")
-                i += 2
-            elif opt in _TUNING_OPTIONS and i + 1 < len(opts):
-                i += 2
-            elif opt in _UNSUPPORTED_OPTIONS:
-                raise ValueError(f"line {lineno}: set option {brief(opt)} is not supported")
             else:
-                raise ValueError(f"line {lineno}: unknown set option {brief(opt)}")
+                _check_number(value, _TUNING_OPTIONS[opt], f"line {lineno}: {opt}")
+            i += 2
         try:
             return cls(set_type, family, seed=seed, name=name)
         except ValueError as exc:
             raise ValueError(f"line {lineno}: {exc}") from None
+
+
+def _check_number(text: str, largest: int, what: str) -> int:
+    """A create-line number as ipset reads it (strtoul, base 0), 0..largest."""
+    if text.startswith(("-", "+-")):
+        raise ValueError(f"{what} {brief(text)} is out of range 0-{largest}")
+    match = _NUMBER.match(text)
+    if not match:
+        raise ValueError(f"{what} {brief(text)} is not a number")
+    digits = match.group(1)
+    value = int(digits, 16) if digits[:2] in ("0x", "0X") else int(digits, 8) if digits[0] == "0" else int(digits)
+    if value > largest:
+        raise ValueError(f"{what} {brief(text)} is out of range 0-{largest}")
+    return value
 
 
 _core._use_fast_contains(IPSet)

@@ -91,6 +91,7 @@ class APIServer:
         self.duplicate = False
         self.reorder = False
         self.generation = 0  # bumped to cut every open watch stream
+        self.watching = {r: 0 for r in RESOURCES}  # open watch streams by resource (that a cut would end)
         self.requests: list = []  # (method, path, query, monotonic time) of every request, for assertions
         self.port = port
         self._server = None
@@ -357,6 +358,16 @@ class APIServer:
                 send(b"x" * (1 << 20), end=False)
             raise ConnectionAbortedError("endless line given up")
 
+        with self.lock:
+            self.watching[resource] += 1
+        try:
+            self._stream(resource, namespace, start, bookmarks, deadline, send, fault, mine)
+        finally:
+            with self.lock:
+                self.watching[resource] -= 1
+
+    def _stream(self, resource, namespace, start, bookmarks, deadline, send, fault, mine) -> None:
+        _, api_version, kind, _ = RESOURCES[resource]
         with self.lock:
             generation = self.generation
             if start in ("", "0"):

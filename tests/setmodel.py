@@ -77,3 +77,15 @@ def net_lookup(networks: dict, addr) -> bool:
         if addr in net and (best is None or net.prefixlen > best[0].prefixlen):
             best = (net, nomatch)
     return best is not None and not best[1]
+
+
+# (options, accepted) as ipset 7.17 answers `ipset create x hash:ip OPTIONS` (measured on this machine class;
+# tests/kernel/test_ipset_kernel.py asks the real tool the same; test_save_restore.py holds IPSet.restore to it)
+CREATE_OPTIONS = [
+    ("hashsize banana", False), ("hashsize 0", True), ("hashsize 0x400", True), ("hashsize 010", True),
+    ("hashsize 08", False), ("hashsize -1", False), ("hashsize 4294967296", False), ("maxelem 0", True),
+    ("maxelem 4294967295", True), ("maxelem 1e3", False), ("bucketsize 1", True), ("bucketsize 255", True),
+    ("bucketsize 256", False), ("initval 0x12", True), ("initval zz", False), ("initval 0xffffffff", True),
+    ("initval 0x100000000", False), ("hashsize 1024 hashsize 2048", False), ("family inet family inet6", False),
+    ("family", False), ("hashsize", False), ("hashsize +5", True), ("hashsize 0X10", True), ("hashsize 1.5", False),
+]

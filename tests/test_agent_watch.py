@@ -70,6 +70,16 @@ class Watched:
             time.sleep(0.02)
         raise AssertionError("the state did not converge to the server's")
 
+    def wait_watching(self, seconds: float = WAIT) -> None:
+        """Until the server holds an open watch of every resource."""
+        end = time.monotonic() + seconds
+        while time.monotonic() < end:
+            with self.api.lock:
+                if all(self.api.watching[r] for r in RESOURCES):
+                    return
+            time.sleep(0.01)
+        raise AssertionError("not watching every resource")
+
     def close(self):
         self.stop.set()
 
@@ -169,6 +179,7 @@ def _resume_after(api, watched, fault, resource="pods"):
     """Synced; cut the watches, arm the fault, write a pod only the next watch
     (or a list) can bring; the state converges. Returns the lists made since."""
     watched.wait_equal()
+    watched.wait_watching()  # a watch sent before the fault and served after the cut would see no fault
     lists = _lists(api, resource)
     fault()
     api.cut_watches()
@@ -353,7 +364,7 @@ def test_readyz_reason_and_stale_seconds(api, watched):
     api.fail_next(503, times=1000, match="/pods")
     api.cut_watches()
     deadline = time.monotonic() + 5
-    while pods_reflector.healthy and time.monotonic() < deadline:
+    while "http_503" not in (pods_reflector.problem or "") and time.monotonic() < deadline:
         time.sleep(0.02)
     assert not pods_reflector.healthy and "http_503" in pods_reflector.problem
     time.sleep(1.0)

@@ -159,3 +159,29 @@ def test_a_bug_is_one_line_with_a_hint(monkeypatch, capsys):
         cli.main(["--debug", "matrix", "-f", EXAMPLE, "--port", "80"])
 
 
+
+
+def test_manifests_from_stdin_and_from_a_pipe():
+    """`-f -` reads standard input; `-f /dev/fd/N` (what `-f <(kubectl get ...)`
+    passes) reads the pipe, as a regular file is read; both give the matrix a
+    file gives."""
+    text = "\n---\n".join(p.read_text() for p in sorted(Path(EXAMPLE).glob("*.yaml")))
+    want = tier_matrix(80)
+    r = subprocess.run([sys.executable, "-m", "pyipset", "matrix", "-f", "-", "--port", "80", "-o", "json"],
+                       input=text, capture_output=True, text=True, timeout=120, cwd=Path(__file__).resolve().parent)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout) == want
+    import os
+    read, write = os.pipe()
+    feeder = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=write, text=True)
+    os.close(write)
+    matrix = subprocess.Popen([sys.executable, "-m", "pyipset", "matrix", "-f", f"/dev/fd/{read}", "--port", "80",
+                               "-o", "json"], pass_fds=(read,), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, cwd=Path(__file__).resolve().parent)
+    os.close(read)
+    feeder.communicate(text, timeout=60)
+    out, err = matrix.communicate(timeout=120)
+    assert matrix.returncode == 0, err
+    assert json.loads(out) == want
+    r = run("matrix", "-f", "/dev/null", "--port", "80")
+    assert r.returncode == 0, r.stderr  # a character device: read, empty

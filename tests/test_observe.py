@@ -10,6 +10,8 @@ import ipaddress
 import socket
 import struct
 
+import pytest
+
 from hypothesis import given, settings, strategies as st
 
 from clusterspec import namespace, pod, policy
@@ -17,7 +19,7 @@ from pyipset.compile.compiler import compile_cluster
 from pyipset.model import load_objects
 from pyipset.observe.attribution import Attributor, PodDirectory, parse_prefix
 from pyipset.observe.counts import KernelCounts, parse_counters
-from pyipset.observe.nflog import Decoder, Event, decode_payload
+from pyipset.observe.nflog import COPY_RANGE, Decoder, Event, decode_payload
 from nflogwire import ipv4, ipv6, message, tcp_syn
 
 
@@ -48,6 +50,21 @@ def test_every_family_and_protocol_decodes():
     assert events[0].src == ipaddress.ip_address("192.0.2.3").packed and events[0].protocol_label == "tcp"
     assert events[0].prefix == "pyipset ingress denied"
     assert [e.protocol_label for e in events[:5]] == ["tcp", "udp", "sctp", "icmp", "other"]
+
+
+@pytest.mark.parametrize("headers", [1, 8, 9, 13])
+def test_ipv6_extension_chains_are_walked_as_far_as_the_copied_bytes_go(headers):
+    """Destination-options headers (8 bytes each) before TCP: 13 of them and
+    the TCP ports still fit in the 160 bytes copied of each packet."""
+    chain = b"".join(bytes([60 if i < headers - 1 else 6, 0]) + b"\0" * 6 for i in range(headers))
+    got = decode_payload(ipv6("2001:db8::3", "2001:db8::2", 60, TCP_SYN, extensions=chain)[:COPY_RANGE])
+    assert (got[3], got[4], got[5]) == (6, 40000, 5432)
+
+
+def test_an_extension_chain_longer_than_the_copy_is_truncated_not_guessed():
+    chain = b"".join(bytes([60, 0]) + b"\0" * 6 for _ in range(40))
+    with pytest.raises(ValueError, match="truncated"):
+        decode_payload(ipv6("2001:db8::3", "2001:db8::2", 60, TCP_SYN, extensions=chain)[:COPY_RANGE])
 
 
 def test_sequence_gaps_count_lost_messages_exactly():

@@ -3,6 +3,7 @@
 import pytest
 
 from pyipset import IPSet
+from setmodel import CREATE_OPTIONS
 
 
 def test_save_format():
@@ -54,3 +55,13 @@ def test_restore_errors_name_the_line(text, message):
     with pytest.raises(ValueError) as info:
         IPSet.restore(text)
     assert message in str(info.value)
+
+
+@pytest.mark.parametrize("options,accepted", CREATE_OPTIONS)
+def test_create_options_are_checked_as_ipset_checks_them(options, accepted):
+    text = f"create x hash:ip {options}"
+    if accepted:
+        assert IPSet.restore(text).type == "hash:ip"
+    else:
+        with pytest.raises(ValueError, match="line 1"):
+            IPSet.restore(text)

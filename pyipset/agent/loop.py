@@ -26,6 +26,7 @@ node's program, and reconciles the kernel with the program periodically.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from typing import Optional
@@ -51,10 +52,38 @@ log = logging.getLogger("pyipset.agent")
 def api_client(settings):
     """The official client's configuration and transport: the kubeconfig
     when given, else the pod's service account. No retries inside the
-    client: the reflectors back off themselves."""
-    from kubernetes import client, config
-    from ..errors import UsageError
+    client: the reflectors back off themselves. A kubeconfig whose exec
+    credential plugin fails gives a client without credentials; the
+    returned client's `credentials_problem` says why (None when fine), and
+    configure() may be called again for it."""
+    from kubernetes import client
     cfg = client.Configuration()
+    problem = configure(settings, cfg)
+    cfg.retries = False
+    api = client.ApiClient(cfg)
+    api.credentials_problem = problem
+    return api
+
+
+def configure(settings, cfg) -> Optional[str]:
+    """Loads the kubeconfig (or the in-cluster configuration) into cfg: a
+    UsageError if it cannot be read; what went wrong getting credentials
+    (an exec plugin missing or failing), or None. The client reports that
+    through the logging module's root logger and goes on without
+    credentials: its records are taken here, not printed."""
+    from kubernetes import config
+    from ..errors import UsageError
+
+    class Taken(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+    root = logging.getLogger()
+    taken, handlers = Taken(), root.handlers[:]
+    root.handlers[:] = [taken]
     try:
         if settings.kubeconfig:
             config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
@@ -64,8 +93,11 @@ def api_client(settings):
         where = f"--kubeconfig {brief_text(settings.kubeconfig)}" if settings.kubeconfig else \
             "the in-cluster service account (outside a cluster, give --kubeconfig)"
         raise UsageError(f"cannot configure the API client from {where}: {brief_text(str(exc))}") from None
-    cfg.retries = False
-    return client.ApiClient(cfg)
+    finally:
+        root.handlers[:] = handlers
+    if not taken.messages:
+        return None
+    return "no credentials from the kubeconfig's exec plugin: " + brief_text("; ".join(taken.messages))[:300]
 
 
 def list_calls(api) -> dict:
@@ -148,6 +180,9 @@ class Agent:
         self.kernel = Kernel(netns=settings.netns)
         self.attach = Attach.parse(settings.attach)
         self.calls = calls
+        self.api = None  # the client, when the agent made it
+        self.credentials_problem = None  # why the client has no credentials (an exec plugin failed)
+        self.credentials_retry_at = 0.0
         self.reflectors: list = []
         self.families = {"inet"}
         self.applied_version = None  # the state version the kernel enforces
@@ -185,6 +220,8 @@ class Agent:
         return True, "ok"
 
     def ready(self) -> tuple:
+        if self.credentials_problem:
+            return False, self.credentials_problem
         if not self.first_sync.is_set():
             waiting = [r.resource for r in self.reflectors if not r.synced.is_set()]
             if waiting:
@@ -215,9 +252,25 @@ class Agent:
     # ---- running ----
 
     def start(self) -> "Agent":
+        """Checks what can be checked before anything is listed (the network
+        namespace, the health port: a UsageError naming the setting), then
+        starts serving, watching and reading blocks."""
+        from ..errors import UsageError
+        if self.settings.netns is not None and not os.path.exists(f"/run/netns/{self.settings.netns}"):
+            raise UsageError(f"--netns {self.settings.netns}: no such network namespace (ip netns list shows them)")
+        try:
+            self.health = HealthServer(self.settings.listen_address, self)
+        except OSError as exc:
+            raise UsageError(f"--listen {self.settings.listen}: cannot serve there: "
+                             f"{exc.strerror or exc}") from None
         if self.calls is None:
-            self.calls = list_calls(api_client(self.settings))
-        self.health = HealthServer(self.settings.listen_address, self).start()
+            self.api = api_client(self.settings)
+            self.credentials_problem = self.api.credentials_problem
+            if self.credentials_problem:
+                log.error("%s; not ready, trying again every %g s", self.credentials_problem,
+                          self.settings.backoff_max)
+            self.calls = list_calls(self.api)
+        self.health.start()
         self.reflectors = [Reflector(r, self.calls[r], self.settings, self.state, self.metrics, self.stop).start()
                            for r in RESOURCES]
         self.metrics.reflectors = self.reflectors
@@ -244,6 +297,8 @@ class Agent:
         while not self.stop.is_set():
             self.last_loop = now = time.monotonic()
             self.metrics.ready.set(1 if self.ready()[0] else 0)
+            if self.credentials_problem and now >= self.credentials_retry_at:
+                self._credentials_again()
             synced = all(r.synced.is_set() for r in self.reflectors)
             seen = self.state.version
             if self.pod_cidrs is None and self.first_sync.is_set() and now >= self.cidrs_retry_at:
@@ -252,6 +307,8 @@ class Agent:
             if pending and now >= retry_at:
                 if self.settings.batch_delay:
                     self.stop.wait(self.settings.batch_delay)  # the rest of a burst joins this update
+                if self.stop.is_set():
+                    break  # stopped (SIGTERM): no kernel update starts after it
                 if self._sync():
                     self.backoff.reset()
                     retry_at = 0.0
@@ -298,6 +355,18 @@ class Agent:
                                   attach=self.attach, node=self.settings.node_name,
                                   deny_unknown=self.pod_cidrs or (), audit=self.settings.audit)
         return self.engine.programs
+
+    def _credentials_again(self) -> None:
+        """Runs the kubeconfig (its exec plugin) again into the client's configuration."""
+        from ..errors import UsageError
+        try:
+            problem = configure(self.settings, self.api.configuration)
+        except UsageError as exc:
+            problem = str(exc)
+        self.credentials_retry_at = time.monotonic() + self.settings.backoff_max
+        if problem is None:
+            log.info("credentials from the kubeconfig are in")
+        self.credentials_problem = problem
 
     def _read_pod_cidrs(self) -> None:
         """--deny-unknown-pod-ips without --pod-cidrs: this node's pod CIDRs

@@ -87,6 +87,11 @@ def setup_logging(settings) -> None:
     root.handlers[:] = [handler]
     root.setLevel(settings.log_level.upper())
     root.propagate = False
+    # The libraries' own records (the API client, urllib3) in the same form, warnings and up: one format
+    # per line, never a plain-text line in a JSON log.
+    everything = logging.getLogger()
+    everything.handlers[:] = [handler]
+    everything.setLevel(logging.WARNING)
 
 
 def run(args) -> int:

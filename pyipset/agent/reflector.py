@@ -232,6 +232,7 @@ class Reflector:
         self.failures_here = 0  # failures in a row at self.rv with no progress
         self.skipped = 0  # events skipped (unknown type, not an object)
         self.watching_since: Optional[float] = None  # monotonic time the current watch was established
+        self._said = (None, 0.0)  # the last failure logged at warning, and when
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"reflector-{resource}", daemon=True)
 
@@ -281,6 +282,7 @@ class Reflector:
         if self.stale_since is not None:
             self.stale_total += max(0.0, now - self.stale_since)
         self.stale_since, self.problem = None, None
+        self._said = (None, 0.0)
 
     def _stale(self, why: str) -> None:
         with self._lock:
@@ -322,8 +324,14 @@ class Reflector:
             if failure.action != RETRY:
                 self.rv = None
                 self.failures_here = 0
-            log.warning("%s: %s (%s): %s; %s in %.2f s", self.resource, what, failure.reason, failure.detail, then,
-                        wait, extra={"resource": self.resource, "reason": failure.reason})
+            # The same failure again and again is said once a minute (the rest at debug); /readyz says it always.
+            now = time.monotonic()
+            again = failure.reason == self._said[0] and now - self._said[1] < 60.0
+            if not again:
+                self._said = (failure.reason, now)
+            log.log(logging.DEBUG if again else logging.WARNING, "%s: %s (%s): %s; %s in %.2f s", self.resource,
+                    what, failure.reason, failure.detail, then, wait,
+                    extra={"resource": self.resource, "reason": failure.reason})
             self._stale(f"{what} failed ({failure.reason}: {failure.detail[:120]}); {then}")
             self.stop.wait(wait)
 

@@ -18,6 +18,8 @@ recursive aliases are refused. Loading is linear in the input's size.
 from __future__ import annotations
 
 import json
+import stat
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -48,20 +50,34 @@ class LoadError(PyipsetError):
     """A path that cannot be read at all (missing, not a regular file)."""
 
 
+STDIN = Path("-")  # `-f -`, as kubectl reads it: standard input
+
+
 def _files(paths: Iterable[str]) -> list[Path]:
+    """The files to read: a directory's manifests (by suffix), a regular file,
+    or a stream given by name (`-` for standard input, a pipe such as
+    /dev/fd/3 from `-f <(kubectl get ... -o yaml)`, a character device),
+    read to its end up to Limits.file_bytes."""
     out = []
     for text in paths:
         if text == "":
             raise LoadError("-f '': an empty path (give a file or a directory)")
+        if text == "-":
+            out.append(STDIN)
+            continue
         p = Path(text)
-        if p.is_dir():
+        try:
+            mode = p.stat().st_mode
+        except FileNotFoundError:
+            raise LoadError(f"{brief(text)}: no such file or directory") from None
+        except OSError as exc:
+            raise LoadError(f"{brief(text)}: cannot be read: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(mode):
             out.extend(sorted(f for f in p.rglob("*") if f.suffix in SUFFIXES and f.is_file()))
-        elif p.is_file():
+        elif stat.S_ISREG(mode) or stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
             out.append(p)
-        elif p.exists():
-            raise LoadError(f"{brief(text)}: not a regular file or directory")
         else:
-            raise LoadError(f"{brief(text)}: no such file or directory")
+            raise LoadError(f"{brief(text)}: not a file, a pipe or a directory")
     return out
 
 
@@ -160,8 +176,11 @@ def _check_depth(doc, limits: Limits) -> None:
 
 
 def _documents(path: Path, limits: Limits) -> list:
-    with open(path, "rb") as f:
-        data = f.read(limits.file_bytes + 1)
+    if path is STDIN:
+        data = sys.stdin.buffer.read(limits.file_bytes + 1)
+    else:
+        with open(path, "rb") as f:
+            data = f.read(limits.file_bytes + 1)
     if len(data) > limits.file_bytes:
         raise _Refused(f"larger than {limits.file_bytes} bytes")
     text = data.decode("utf-8")

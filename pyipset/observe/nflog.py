@@ -108,7 +108,7 @@ def decode_payload(payload: bytes) -> tuple:
         protocol = payload[6]
         src, dst = payload[8:24], payload[24:40]
         off = 40
-        for _ in range(8):
+        while True:  # as far as the copied bytes go: each header moves `off` on by 8 bytes or more
             if protocol in _V6_EXTENSIONS:
                 if len(payload) < off + 2:
                     raise ValueError("truncated")

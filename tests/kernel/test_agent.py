@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import threading
 import time
 
@@ -313,3 +314,83 @@ def test_one_object_never_stalls_the_node(api, tmp_path):
         finally:
             code = agent.stop()
     assert code == 0
+
+
+def _agent_exit(api, tmp_path, *args) -> subprocess.CompletedProcess:
+    import sys
+    return subprocess.run([sys.executable, "-m", "pyipset", "agent", "--kubeconfig",
+                           api.kubeconfig(tmp_path / "kubeconfig.json"), "--node-name", "n0", *args],
+                          capture_output=True, text=True, timeout=60, cwd="/")
+
+
+def test_bad_settings_are_found_at_start(api, tmp_path, netns):
+    """A taken port, an unresolvable host, a network namespace that does not
+    exist: one line naming the setting, exit 2, before anything is listed."""
+    import socket
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        for args, flag in ((["--netns", netns.name, "--listen", f"127.0.0.1:{port}"], "--listen"),
+                           (["--netns", netns.name, "--listen", "no-such-host.invalid:9586"], "--listen"),
+                           (["--netns", "pyipset-no-such-ns", "--listen", "127.0.0.1:0"], "--netns")):
+            before = len(api.requests)
+            r = _agent_exit(api, tmp_path, *args)
+            assert r.returncode == 2, r.stderr
+            lines = r.stderr.strip().splitlines()
+            assert len(lines) == 1 and flag in lines[0], r.stderr
+            assert len(api.requests) == before  # nothing listed
+
+
+def test_ipv6_listen_and_a_missing_credential_plugin(api, tmp_path):
+    """--listen [::1]:PORT serves; a kubeconfig whose exec plugin is missing
+    is said once, in the log's format, and the agent is not ready until the
+    plugin is there; then it lists, programs and is ready."""
+    from agents import free_port
+    import yaml
+    universe = [namespace("a"), pod("a/web", "192.0.2.1", {"app": "web"}, node="n0")]
+    load_into(api, universe)
+    plugin = tmp_path / "credential-plugin"
+    config = json.loads(open(api.kubeconfig(tmp_path / "plain.json")).read())
+    config["users"][0]["user"] = {"exec": {"apiVersion": "client.authentication.k8s.io/v1", "command": str(plugin),
+                                           "interactiveMode": "Never"}}
+    kubeconfig = tmp_path / "exec.yaml"
+    kubeconfig.write_text(yaml.safe_dump(config))
+    with LabNode(load_objects(universe), nodes=1, program=False) as lab:
+        node = lab.nodes[0]
+        port = free_port()
+        log = open(tmp_path / "agent.log", "w+")
+        import sys
+        proc = subprocess.Popen([sys.executable, "-m", "pyipset", "agent", "--kubeconfig", str(kubeconfig),
+                                 "--node-name", "n0", "--netns", node.netns, "--listen", f"[::1]:{port}",
+                                 "--backoff-initial", "0.1", "--backoff-max", "0.5", "--log-format", "json"],
+                                stdout=subprocess.DEVNULL, stderr=log, text=True, cwd="/")
+
+        def readyz():
+            import urllib.request
+            try:
+                with urllib.request.urlopen(f"http://[::1]:{port}/readyz", timeout=2) as r:
+                    return r.status, r.read().decode()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read().decode()
+            except OSError as e:
+                return 0, str(e)
+        try:
+            wait_for(lambda: readyz()[0] == 503, CONVERGE, "serving on [::1], not ready")
+            assert "exec plugin" in readyz()[1]
+            time.sleep(1.0)
+            assert readyz()[0] == 503
+            plugin.write_text("#!/bin/sh\necho '{\"apiVersion\": \"client.authentication.k8s.io/v1\", "
+                              "\"kind\": \"ExecCredential\", \"status\": {\"token\": \"t0ken\"}}'\n")
+            plugin.chmod(0o755)
+            wait_for(lambda: readyz()[0] == 200, CONVERGE, "ready once the plugin is there")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=30)
+            log.seek(0)
+            lines = log.read().splitlines()
+            log.close()
+    assert code == 0
+    records = [json.loads(line) for line in lines]  # every line is JSON
+    said = [r for r in records if "exec plugin" in r["message"]]
+    assert len(said) == 1 and said[0]["level"] == "error", said
