@@ -174,6 +174,13 @@ def check_targets(benches) -> list[tuple[str, bool, str]]:
     if ready:
         target("agent: start to ready, 10k pods, 1,000 policies: <= 5 s", ready["extra_info"]["ready_s"] <= 5,
                f"{ready['extra_info']['ready_s']:.2f} s")
+    for b in benches:
+        if b["group"] == "agent: start-up peak memory, realistic pods":
+            info = b["extra_info"]
+            limit = 200 if info["pods"] <= 10_000 else 1024
+            target(f"agent: start-up peak RSS, {info['pods']:,} pods of ~{info['pod_json_bytes'] / 1e3:.1f} KB: "
+                   f"<= {limit} MB", info["peak_rss_mb"] <= limit,
+                   f"{info['peak_rss_mb']:.0f} MB, ready in {info['ready_s']:.1f} s")
     steady = next((b for b in benches if b["group"].startswith("agent: steady state")), None)
     if steady:
         info = steady["extra_info"]

@@ -7,6 +7,7 @@ and named ports. Addresses from 198.18.0.0/15."""
 from __future__ import annotations
 
 import ipaddress
+import json
 
 from pyipset.model import load_objects
 
@@ -52,3 +53,64 @@ def cluster(n_pods: int, n_policies: int, nodes: int = 0):
     c = load_objects(objects(n_pods, n_policies, nodes))
     assert not c.rejections
     return c
+
+
+def realistic(pod: dict) -> dict:
+    """The pod as an API server serves an ordinary one (~8.4 KB of JSON):
+    managedFields of two managers, a last-applied annotation, two containers
+    with env, resources, probes and mounts, conditions and container statuses.
+    The compiler needs a few hundred bytes of it."""
+    meta, spec, status = pod["metadata"], pod["spec"], pod["status"]
+    name = meta["name"]
+    containers = []
+    for c, image in ((spec["containers"][0], "registry.example/team/app:1.27.3"),
+                     ({"name": "sidecar"}, "registry.example/mesh/proxy:1.22.0")):
+        containers.append({**c, "image": image, "imagePullPolicy": "IfNotPresent",
+                           "env": [{"name": f"SETTING_{k}", "value": f"value-{k}-{name}"} for k in range(13)],
+                           "resources": {"requests": {"cpu": "100m", "memory": "128Mi"},
+                                         "limits": {"cpu": "500m", "memory": "512Mi"}},
+                           "readinessProbe": {"httpGet": {"path": "/ready", "port": 8080}, "periodSeconds": 10},
+                           "livenessProbe": {"httpGet": {"path": "/live", "port": 8080}, "periodSeconds": 10},
+                           "volumeMounts": [{"name": "config", "mountPath": "/etc/app"},
+                                            {"name": "kube-api-access-x7k2p", "readOnly": True,
+                                             "mountPath": "/var/run/secrets/kubernetes.io/serviceaccount"}],
+                           "terminationMessagePath": "/dev/termination-log", "terminationMessagePolicy": "File"})
+    fields = {f"f:{k}": {} for k in ("dnsPolicy", "enableServiceLinks", "restartPolicy", "schedulerName",
+                                     "securityContext", "terminationGracePeriodSeconds")}
+    managed = [{"manager": "kube-controller-manager", "operation": "Update", "apiVersion": "v1",
+                "time": "2026-11-30T10:00:00Z", "fieldsType": "FieldsV1",
+                "fieldsV1": {"f:metadata": {"f:labels": {f"f:{k}": {} for k in meta["labels"]},
+                                            "f:ownerReferences": {}},
+                             "f:spec": {"f:containers": {f'k:{{"name":"{c["name"]}"}}': {
+                                 f"f:{k}": {} for k in ("env", "image", "resources", "volumeMounts")}
+                                 for c in containers}, **fields}}},
+               {"manager": "kubelet", "operation": "Update", "apiVersion": "v1", "time": "2026-11-30T10:00:05Z",
+                "fieldsType": "FieldsV1", "subresource": "status",
+                "fieldsV1": {"f:status": {f"f:{k}": {} for k in ("conditions", "containerStatuses", "hostIP",
+                                                                 "phase", "podIP", "podIPs", "startTime")}}}]
+    out = {**pod}
+    out["metadata"] = {**meta, "uid": f"5f0c3e2a-0000-4000-8000-{int(name.strip('podnewchurn') or 0):012d}",
+                       "generateName": name.rsplit("-", 1)[0] + "-",
+                       "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": f"{name}-rs",
+                                            "uid": "8a1b2c3d-0000-4000-8000-000000000001", "controller": True,
+                                            "blockOwnerDeletion": True}],
+                       "annotations": {"kubectl.kubernetes.io/last-applied-configuration": json.dumps(
+                           {"spec": {"containers": containers}})[:2000]},
+                       "managedFields": managed}
+    out["spec"] = {**spec, "containers": containers, "restartPolicy": "Always", "dnsPolicy": "ClusterFirst",
+                   "serviceAccountName": "default", "schedulerName": "default-scheduler",
+                   "terminationGracePeriodSeconds": 30, "enableServiceLinks": True,
+                   "volumes": [{"name": "config", "configMap": {"name": "app-config", "defaultMode": 420}}]}
+    out["status"] = {**status, "hostIP": "203.0.113.10", "startTime": "2026-11-30T10:00:01Z",
+                     "podIPs": [{"ip": status["podIP"]}], "qosClass": "Burstable",
+                     "conditions": [{"type": t, "status": "True", "lastProbeTime": None,
+                                     "lastTransitionTime": "2026-11-30T10:00:04Z"}
+                                    for t in ("PodReadyToStartContainers", "Initialized", "Ready", "ContainersReady",
+                                              "PodScheduled")],
+                     "containerStatuses": [{"name": c["name"], "image": c["image"],
+                                            "imageID": "registry.example/app@sha256:" + "ab" * 32,
+                                            "containerID": "containerd://" + "cd" * 32, "ready": True,
+                                            "restartCount": 0, "started": True,
+                                            "state": {"running": {"startedAt": "2026-11-30T10:00:03Z"}}}
+                                           for c in containers]}
+    return out

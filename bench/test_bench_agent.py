@@ -164,6 +164,82 @@ STEADY_SECONDS = 120 if FULL else 30
 EVENTS_PER_SECOND = 10
 
 
+def _agent_process(api, netns: str, tmp_path, *extra):
+    """`pyipset agent` for node0, as on a node; returns (process, health port) once ready."""
+    import socket
+    import sys
+    import urllib.request
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = subprocess.Popen([sys.executable, "-m", "pyipset", "agent", "--node-name", "node0",
+                             "--kubeconfig", api.kubeconfig(tmp_path / "kc.json"), "--netns", netns,
+                             "--listen", f"127.0.0.1:{port}", "--log-level", "warning", *extra],
+                            stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "w"))
+    deadline = time.monotonic() + 600
+    while True:
+        try:
+            if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
+                return proc, port
+        except OSError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            proc.kill()
+            raise AssertionError((tmp_path / "agent.log").read_text()[-3000:])
+        time.sleep(0.1)
+
+
+def _metric(port: int, name: str) -> float:
+    import urllib.request
+    from prometheus_client.parser import text_string_to_metric_families
+    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    return sum(s.value for f in text_string_to_metric_families(text) for s in f.samples if s.name == name)
+
+
+STARTUP_SIZES = [10_000, 100_000] if FULL else [10_000]
+
+
+@pytest.mark.parametrize("pods", STARTUP_SIZES)
+def test_start_up_peak_memory(benchmark, tmp_path, pods):
+    """Start-up with pods of ordinary size (~8.4 KB of JSON each: managedFields,
+    an annotation, two containers, statuses; bench/synthetic.py realistic),
+    50 per node, 1 policy per 10 pods: the agent's peak resident memory
+    (VmHWM) from start to ready, its own process, as on a node. Checks the
+    work: ready, and the kernel holds a set member for every pod."""
+    from pyipset.kernel.scratch import new_name
+    from synthetic import realistic
+    _root()
+    benchmark.group = "agent: start-up peak memory, realistic pods"
+    netns = new_name("bench")
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    api = APIServer().start()
+    proc = None
+    try:
+        objs = objects(pods, pods // 10, nodes=pods // 50)
+        sample = next(o for o in objs if o["kind"] == "Pod")
+        for kind in ("Namespace", "Pod", "NetworkPolicy"):
+            for o in objs:
+                if o["kind"] == kind:
+                    api.apply(realistic(o) if kind == "Pod" else o)
+        figures = {}
+
+        def start():
+            nonlocal proc
+            began = time.monotonic()
+            proc, port = _agent_process(api, netns, tmp_path)
+            figures.update(ready_s=time.monotonic() - began, peak_rss_mb=_proc_figures(proc.pid)[3] / 2**20,
+                           members=_metric(port, "pyipset_kernel_set_members"))
+        benchmark.pedantic(start, rounds=1, iterations=1)
+        assert figures["members"] >= pods, figures  # every pod's address is in the kernel's sets
+        benchmark.extra_info.update(figures, pods=pods, pod_json_bytes=len(json.dumps(realistic(sample))))
+    finally:
+        if proc is not None:
+            proc.terminate()
+            proc.wait(30)
+        api.stop()
+        subprocess.run(["ip", "netns", "delete", netns])
+
+
 def _proc_figures(pid: int) -> tuple:
     """(CPU seconds of the process, of its reaped children (the kernel tools
     it ran), RSS bytes, peak RSS bytes)."""

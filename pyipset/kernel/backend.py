@@ -133,9 +133,20 @@ def _jumps_to_entry(line: str) -> bool:
 
 def read_chains(kernel: Kernel, family: str) -> dict:
     """Our chains as `iptables-save` shows them: name -> [rule lines], and the hooks under "hooks"."""
+    return read_filter(kernel, family)[0]
+
+
+def read_filter(kernel: Kernel, family: str) -> tuple:
+    """(read_chains' answer, buried hooks) from one `iptables-save`. A buried
+    hook is one of ours with a foreign rule above it in its chain: that rule
+    (an ACCEPT, a jump to another program's chain) decides before we judge,
+    so a packet it accepts is never judged. [(hook line, the first foreign
+    rule above it)]."""
     _, _, save = kernel.tools(family)
     chains: dict = {}
     hooks = []
+    buried = []
+    foreign_above: dict = {}  # built-in chain -> the first rule in it that is not a hook of ours
     for line in kernel.run(save, "-t", "filter").stdout.splitlines():
         if line.startswith(":" + CHAIN_PREFIX):
             chains.setdefault(line[1:].split()[0], [])
@@ -145,8 +156,22 @@ def read_chains(kernel: Kernel, family: str) -> dict:
                 chains.setdefault(chain, []).append(line)
             elif _jumps_to_entry(line):
                 hooks.append(line)
+                if chain in foreign_above:
+                    buried.append((line, foreign_above[chain]))
+            else:
+                foreign_above.setdefault(chain, line)
     chains["hooks"] = hooks
-    return chains
+    return chains, buried
+
+
+def _hook_edits(wanted: list, held: list, buried: list) -> tuple:
+    """The iptables-restore lines that make `wanted` the hooks, each first in
+    its chain: (insertions, deletions). A buried hook is deleted and inserted
+    again at the head in the same transaction (no moment without it)."""
+    again = [h for h, _ in buried if h in wanted]
+    add = ["-I " + h[len("-A "):].replace(" ", " 1 ", 1) for h in wanted if h not in held or h in again]
+    drop = ["-D " + h[len("-A "):] for h in held if h not in wanted] + ["-D " + h[len("-A "):] for h in again]
+    return add, drop
 
 
 # ---- applying ----
@@ -294,6 +319,7 @@ class ApplyReport:
     chains_removed: int = 0
     hooks_added: int = 0
     hooks_removed: int = 0
+    hooks_moved: list = field(default_factory=list)  # hooks that were below a foreign rule, and that rule
     warnings: list = field(default_factory=list)
 
     def __str__(self) -> str:
@@ -431,7 +457,7 @@ def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all:
     restore_in_parallel(kernel, blocks)
     if stop_after_sets:
         return report
-    before = read_chains(kernel, program.family)
+    before, buried = read_filter(kernel, program.family)
     if rewrite_all:
         changed = list(program.chains)
     else:
@@ -439,14 +465,14 @@ def _apply_one(program: RuleProgram, kernel: Kernel, current: dict, rewrite_all:
         changed = [c for c in program.chains if before.get(c) != expected.get(c)]
     # Hooks go in the same transaction as the chains they jump to; hooks of
     # ours that the program does not have (another attach mode) leave in it.
-    wanted_hooks = render_hooks(program)
-    add = ["-I " + h[len("-A "):].replace(" ", " 1 ", 1) for h in wanted_hooks if h not in before["hooks"]]
-    drop = ["-D " + h[len("-A "):] for h in before["hooks"] if h not in wanted_hooks]
+    # A hook below a foreign rule is moved back to the head in it too.
+    add, drop = _hook_edits(render_hooks(program), before["hooks"], buried)
     if changed or add or drop:
         text = render_iptables(program, changed)
-        text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in add + drop) + "COMMIT\n"
+        text = text[: -len("COMMIT\n")] + "".join(h + "\n" for h in drop + add) + "COMMIT\n"
         kernel.restore(program.family, text)
     report.chains_written, report.hooks_added, report.hooks_removed = len(changed), len(add), len(drop)
+    report.hooks_moved = [f"{h} was below {above}" for h, above in buried]
     if last:
         kernel.run("ipset", "restore", input=last)
     stale = [c for c in before if c != "hooks" and c not in program.chains]
@@ -659,11 +685,12 @@ class Drift:
     changed_chains: list = field(default_factory=list)
     missing_hooks: int = 0
     extra_hooks: int = 0
+    buried_hooks: list = field(default_factory=list)  # (hook, the foreign rule above it): not first in its chain
 
     def total(self) -> int:
         return (len(self.missing_sets) + len(self.extra_sets) + sum(map(len, self.missing_members.values()))
                 + sum(map(len, self.extra_members.values())) + len(self.missing_chains) + len(self.extra_chains)
-                + len(self.changed_chains) + self.missing_hooks + self.extra_hooks)
+                + len(self.changed_chains) + self.missing_hooks + self.extra_hooks + len(self.buried_hooks))
 
     def lines(self) -> list:
         out = [f"set {s} is missing" for s in self.missing_sets]
@@ -677,6 +704,8 @@ class Drift:
             out.append(f"{self.missing_hooks} hook(s) into FORWARD/INPUT are missing")
         if self.extra_hooks:
             out.append(f"{self.extra_hooks} hook(s) jump to {ENTRY_CHAIN} that the program does not have")
+        out += [f"hook `{hook}` is not first in its chain: `{brief_text(above)}` is above it (moved back to the "
+                "top)" for hook, above in self.buried_hooks]
         return out
 
 
@@ -721,7 +750,7 @@ def diff(program: RuleProgram, kernel: Kernel) -> Drift:
             drift.extra_members[name] = sorted(have[name].members - want)
     drift.extra_sets = sorted(n for n in have if n not in program.sets)
     expected = expected_chains(program)
-    actual = read_chains(kernel, program.family)
+    actual, buried = read_filter(kernel, program.family)
     for chain, rules in expected.items():
         if chain == "hooks":
             continue
@@ -733,6 +762,7 @@ def diff(program: RuleProgram, kernel: Kernel) -> Drift:
     wanted_hooks = render_hooks(program)
     drift.missing_hooks = sum(1 for h in wanted_hooks if h not in actual["hooks"])
     drift.extra_hooks = sum(1 for h in actual["hooks"] if h not in wanted_hooks)
+    drift.buried_hooks = [(h, above) for h, above in buried if h in wanted_hooks]
     return drift
 
 

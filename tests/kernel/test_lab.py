@@ -316,3 +316,61 @@ def test_each_node_holds_only_what_its_pods_need():
         assert lab.connect("a/web", "a/db", "TCP", 5432, timeout=0.5)
         assert not lab.connect("a/web", "a/db", "TCP", 80, timeout=0.5)
         assert lab.connect("a/db", "a/web", "TCP", 80, timeout=0.5)
+
+
+HOOKS_FIRST = [namespace("a"), namespace("b"),
+               pod("a/web", "192.0.2.1", {"app": "web"}), pod("a/db", "192.0.2.2", {"app": "db"}),
+               pod("b/cli", "198.51.100.1", {"app": "cli"}),
+               policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}},
+                               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]})]
+FOREIGN = {
+    # an operator's or a CNI's rule inserted at the top
+    "accept-first": (["iptables", "-w", "-I", "FORWARD", "1", "-j", "ACCEPT"], True),
+    # kube-proxy's: a chain accepting marked packets, prepended, and a rule that marks them
+    "kube-forward": (["sh", "-c", "iptables -w -N KUBE-FORWARD && "
+                      "iptables -w -A KUBE-FORWARD -m mark --mark 0x4000/0x4000 -j ACCEPT && "
+                      "iptables -w -I FORWARD 1 -j KUBE-FORWARD && "
+                      "iptables -w -t mangle -I PREROUTING 1 -j MARK --set-xmark 0x4000/0x4000"], True),
+    # every mark bit set before we judge (ours included), in mangle and in raw: harmless without a reconcile
+    "mangle-marks": (["iptables", "-w", "-t", "mangle", "-I", "PREROUTING", "1", "-j", "MARK", "--set-xmark",
+                      "0xffffffff/0xffffffff"], False),
+    "raw-marks": (["iptables", "-w", "-t", "raw", "-I", "PREROUTING", "1", "-j", "MARK", "--set-xmark",
+                   "0xf0000/0xf0000"], False),
+}
+
+
+@pytest.mark.parametrize("attach", ["pod-ips", "bridge:weave"])
+@pytest.mark.parametrize("foreign", sorted(FOREIGN))
+def test_hooks_are_kept_first(foreign, attach):
+    """A foreign rule above our hooks lets a denied pair connect (shown with
+    real packets); reconcile finds each hook that is no longer first, names
+    the rule above it, moves it back to the top in one transaction, and the
+    pair is denied again. Foreign marks (mangle, raw, every bit) change no
+    verdict: our chain clears its bits before judging. With bridge:weave the
+    INPUT hook is kept first too."""
+    from pyipset.compile.compiler import compile_cluster, program_families
+    from pyipset.compile.program import Attach
+    from pyipset.kernel.backend import read_filter, reconcile_programs
+    c = load_objects(HOOKS_FIRST)
+    how = Attach.parse(attach)
+    command, bypasses = FOREIGN[foreign]
+    with LabNode(c, attach=how) as lab:
+        node = lab.nodes[0]
+        assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
+        assert not lab.connect("b/cli", "a/db", "TCP", 5432, 0.5)
+        node.kernel.run(*command)
+        if how.mode == "bridge":
+            node.kernel.run("iptables", "-w", "-I", "INPUT", "1", "-j", "ACCEPT")
+        assert lab.connect("b/cli", "a/db", "TCP", 5432, 0.5) == bypasses  # the foreign rule decides first
+        programs = [compile_cluster(c, f, attach=how) for f in program_families(c)]
+        drifts = reconcile_programs(programs, node.kernel)
+        buried = [h for d in drifts for h in d.buried_hooks]
+        if bypasses or how.mode == "bridge":
+            assert buried and all(above for _, above in buried)
+            assert any("is not first in its chain" in line for d in drifts for line in d.lines())
+        else:
+            assert not buried  # marks are not above our hooks in filter
+        assert not read_filter(node.kernel, "inet")[1]  # every hook first again
+        assert not any(d.total() for d in reconcile_programs(programs, node.kernel))  # and it holds
+        assert not lab.connect("b/cli", "a/db", "TCP", 5432, 0.5)
+        assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
