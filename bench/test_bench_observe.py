@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 import synthetic
-from pyipset.agent.main import JsonFormatter, StructuredLines
+from pyipset.agent.logs import JsonFormatter, StructuredLines
 from pyipset.agent.metrics import Metrics
 from pyipset.compile.compiler import compile_cluster
 from pyipset.observe import attribution

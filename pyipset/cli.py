@@ -22,7 +22,7 @@ from .errors import InputRejected, PyipsetError, UsageError, brief
 from .model import fail_closed, load
 from .model.objects import PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster, program_families
-from .compile.program import Attach
+from .compile.program import NFLOG_GROUP, Attach
 from .kernel.backend import Kernel, apply_programs, cleanup, reconcile_programs
 from .kernel.render import render_hooks, render_ipset, render_iptables
 from .lab.node import LabNode
@@ -122,8 +122,8 @@ def _add_kernel_args(p: argparse.ArgumentParser, lab: bool = False) -> None:
         p.add_argument("--bridge", default="weave", type=_interface, help="the lab node's pod bridge (default weave)")
     else:
         p.add_argument("--bridge", type=_interface, metavar="NAME", help="the same as --attach bridge:NAME")
-    p.add_argument("--nflog-group", type=_nflog_group, default=86, metavar="N",
-                   help="netlink group denied connections are logged to (default 86)")
+    p.add_argument("--nflog-group", type=_nflog_group, default=NFLOG_GROUP, metavar="N",
+                   help=f"netlink group denied connections are logged to (default {NFLOG_GROUP})")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -41,7 +41,7 @@ from ..model import fail_closed, load_objects
 from ..observe.attribution import BlockReporter
 from ..observe.counts import KernelCounts
 from .health import HealthServer
-from .main import StructuredLines
+from .logs import StructuredLines
 from .metrics import Metrics
 from .reflector import Backoff, Reflector
 from .state import RESOURCES, ClusterState

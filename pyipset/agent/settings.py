@@ -13,7 +13,9 @@ import os
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..errors import UsageError
+from ..compile.program import NFLOG_GROUP, Attach
+from ..errors import UsageError, brief
+from ..model.validation import Invalid, validate_name
 
 
 def _setting(default, help: str, env: str, unit: str = "", kind: str = "str", low=None, high=None):
@@ -78,7 +80,7 @@ class Settings:
             "node's Node object, spec.podCIDRs; the ClusterRole allows get on nodes for it)", "PYIPSET_POD_CIDRS",
         kind="cidrs")
     nflog_group: int = _setting(
-        86, "the netlink group blocked connection attempts are logged to; the agent reads it (one reader per "
+        NFLOG_GROUP, "the netlink group blocked connection attempts are logged to; the agent reads it (one reader per "
             "network namespace)", "PYIPSET_NFLOG_GROUP", "", "int", 0, 65535)
     audit: bool = _setting(
         False, "audit mode for every pod of the node: connections policy would deny are allowed, logged and "
@@ -118,12 +120,11 @@ class Settings:
         if not self.node_name:
             raise UsageError("the node name is not set: give --node-name or set NODE_NAME (the DaemonSet sets it "
                              "from spec.nodeName)")
-        from .. import cli
+        Attach.parse(self.attach)  # a UsageError naming the bad value
         try:
-            cli._attach(self.attach)
-            cli._node_name(self.node_name)
-        except argparse.ArgumentTypeError as exc:
-            raise UsageError(str(exc)) from None
+            validate_name(self.node_name, "--node-name")
+        except Invalid as exc:
+            raise UsageError(f"invalid node name {brief(self.node_name)}: {exc.reason}") from None
         if self.netns is not None:
             from ..compile.naming import check_netns
             check_netns(self.netns)

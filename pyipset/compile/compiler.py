@@ -90,6 +90,7 @@ from __future__ import annotations
 
 from typing import Optional
 
+from .. import protocols
 from ..model.objects import KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
 from . import naming
 from .naming import (ROLE_AUDIT, ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL, ROLE_NAMED_PORT,
@@ -586,7 +587,7 @@ class _Compiler:
 
 def counted_protocols(family: str) -> tuple:
     """(label, IP protocol number) of the protocols blocked attempts are counted by (the rest: "other")."""
-    return (("tcp", 6), ("udp", 17), ("sctp", 132), ("icmp", 1 if family == "inet" else 58))
+    return protocols.counted(family)
 
 
 def log_prefix(direction: str, audit: bool = False) -> str:

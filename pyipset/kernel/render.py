@@ -8,11 +8,10 @@ import ipaddress
 import re
 
 from ..compile.program import TARGETS, Match, Rule, RuleProgram, SetDef
-from ..model.objects import KERNEL_PROTOCOL_NAMES
+from ..protocols import IPTABLES_NAMES
 from ..sets import FAMILIES, SET_TYPES, creation_options
 from ..compile import naming as names
 
-_OTHER_PROTOCOLS = {1: "icmp", 58: "ipv6-icmp"}
 COMMENT_MAX = 255  # xt_comment's limit (XT_MAX_COMMENT_LEN - 1)
 
 
@@ -71,7 +70,7 @@ def _match_args(m: Match) -> list:
             raise ValueError(f"cannot render address match dimensions {m.dims!r}")
         return [*neg, "-s" if m.dims == "src" else "-d", str(ipaddress.ip_network(m.name))]
     if m.kind == "proto":
-        return [*neg, "-p", KERNEL_PROTOCOL_NAMES.get(m.value) or _OTHER_PROTOCOLS.get(m.value, str(m.value))]
+        return [*neg, "-p", IPTABLES_NAMES.get(m.value, str(m.value))]
     if m.kind == "dport":
         ports = str(m.value) if m.value == m.value2 else f"{m.value}:{m.value2}"
         return ["-m", "multiport", *neg, "--dports", ports]

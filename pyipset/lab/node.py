@@ -40,7 +40,7 @@ import uuid
 from dataclasses import dataclass, field
 
 from ..compile.compiler import compile_cluster, program_families
-from ..compile.program import Attach
+from ..compile.program import NFLOG_GROUP, Attach
 from ..errors import PyipsetError, brief_text
 from ..compile import naming as names
 from ..kernel.backend import Kernel, apply_programs
@@ -123,7 +123,7 @@ def place_pods(cluster: Cluster, nodes: int) -> tuple:
 
 
 class LabNode:
-    def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = 86,
+    def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = NFLOG_GROUP,
                  outside=(), attach: Attach = Attach(), topology: str = "bridge", nodes: int = 1,
                  program: bool = True):
         """only: the keys of the pods to build (default all); the others stay

@@ -7,14 +7,15 @@ from dataclasses import dataclass, field
 from typing import Optional, Union
 
 from ..errors import brief, brief_text
+from ..protocols import KERNEL_NAMES, NUMBERS, POLICY_PROTOCOLS
 from .selectors import LabelSelector
 
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
-PROTOCOLS = ("TCP", "UDP", "SCTP")
-PROTOCOL_NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
-KERNEL_PROTOCOL_NAMES = {number: name.lower() for name, number in PROTOCOL_NUMBERS.items()}  # ipset's, iptables'
+PROTOCOLS = POLICY_PROTOCOLS
+PROTOCOL_NUMBERS = NUMBERS
+KERNEL_PROTOCOL_NAMES = KERNEL_NAMES  # ipset's, iptables'
 
 
 
