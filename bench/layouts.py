@@ -195,7 +195,13 @@ def linear_program(cluster, family: str = "inet") -> RuleProgram:
                     near = _host(r.ip(t))
                     for spec in (None,) if rule.ports is None else rule.ports:
                         named = spec is not None and isinstance(spec.port, str)
-                        fars = every_pod if (named and direction == "egress" and rule.peers is None) else far
+                        fars = far
+                        if named and direction == "egress":
+                            # a named port resolves per destination pod: any address, or an ipBlock's, is
+                            # the pods there, each on its number
+                            fars = every_pod if rule.peers is None else [item for item in far if item[1]] + [
+                                (h, p) for net, pod in far if pod is None for h, p in every_pod
+                                if r.ip(p) in ipaddress.ip_network(net)]
                         for f in fars:
                             dst_pod = t if direction == "ingress" else (f[1] if f else None)
                             ports = [] if spec is None else _port_matches(spec, dst_pod)

@@ -619,6 +619,36 @@ PYBIND11_MODULE(_core, m) {
         .def("set_mark_slots", &NativeProgram::set_mark_slots, py::arg("masks"),
              "set_mark_slots([mask, ...]): trace, per mask (at most 4), which MARK rule first set its bits.");
 
+    // The evaluator's enums (evaluator.h), by the names RulePrograms use: the
+    // Python side translates through these, never through numbers of its own.
+    py::dict targets, match_kinds, dims, states;
+    targets["ACCEPT"] = int(IPS_TARGET_ACCEPT);
+    targets["DROP"] = int(IPS_TARGET_DROP);
+    targets["RETURN"] = int(IPS_TARGET_RETURN);
+    targets["JUMP"] = int(IPS_TARGET_JUMP);
+    targets["MARK"] = int(IPS_TARGET_MARK);
+    targets["NFLOG"] = int(IPS_TARGET_NFLOG);
+    targets["GOTO"] = int(IPS_TARGET_GOTO);
+    match_kinds["set"] = int(IPS_MATCH_SET);
+    match_kinds["proto"] = int(IPS_MATCH_PROTO);
+    match_kinds["dport"] = int(IPS_MATCH_DPORT);
+    match_kinds["mark"] = int(IPS_MATCH_MARK);
+    match_kinds["state"] = int(IPS_MATCH_STATE);
+    match_kinds["limit"] = int(IPS_MATCH_LIMIT);
+    match_kinds["addr"] = int(IPS_MATCH_ADDR);
+    dims["src"] = int(IPS_DIMS_SRC);
+    dims["dst"] = int(IPS_DIMS_DST);
+    dims["dst,dst"] = int(IPS_DIMS_DST_DPORT);
+    dims["src,dst,dst"] = int(IPS_DIMS_SRC_DPORT_DST);
+    states["NEW"] = int(IPS_STATE_NEW);
+    states["ESTABLISHED"] = int(IPS_STATE_ESTABLISHED);
+    states["RELATED"] = int(IPS_STATE_RELATED);
+    states["INVALID"] = int(IPS_STATE_INVALID);
+    m.attr("TARGETS") = targets;
+    m.attr("MATCH_KINDS") = match_kinds;
+    m.attr("DIMS") = dims;
+    m.attr("STATES") = states;
+
     // A Python subclass gets a generic slot that calls __contains__ by name;
     // this puts the direct one back on it (pyipset.sets calls it).
     m.def("_use_fast_contains", [](py::type subclass) {

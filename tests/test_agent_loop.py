@@ -50,6 +50,6 @@ def test_an_unreadable_pod_is_left_out_and_the_rest_compiled(monkeypatch):
     monkeypatch.setattr(loop, "apply_programs", lambda programs, kernel: ["ok" for _ in programs])
     assert agent._sync() is True
     assert agent.metrics.objects_left_out.labels("Pod")._value.get() == 1
-    members = {str(m) for p in agent.metrics.programs for s in p.sets.values() for m in s.members}
+    members = {str(m) for p in agent.held.programs for s in p.sets.values() for m in s.members}
     assert any(m.startswith("192.0.2.10") for m in members)  # the legacy address, read as decimal
     assert any("b/broken" in line for line in agent.left_out)

@@ -116,7 +116,7 @@ def test_pod_cidrs_from_the_node_object_or_a_clear_reason():
     is a PodCIDRsUnknown naming the node (the agent retries and is not ready)."""
     import ipaddress
     from types import SimpleNamespace
-    from pyipset.agent.loop import PodCIDRsUnknown, node_pod_cidrs
+    from pyipset.agent.api import PodCIDRsUnknown, node_pod_cidrs
 
     def reply(spec):
         return lambda name, **_: SimpleNamespace(data=json.dumps({"metadata": {"name": name}, "spec": spec}))

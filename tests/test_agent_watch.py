@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from apiserver import APIServer
 from clusterspec import namespace, pod, policy
-from pyipset.agent.loop import api_client, list_calls
+from pyipset.agent.api import api_client, list_calls
 from pyipset.agent.metrics import Metrics
 from pyipset.agent.reflector import (RELIST, RELIST_AFTER, RELIST_NOW, RETRY, Backoff, BadLine, Reflector,
                                      WatchError, classify)

@@ -97,3 +97,17 @@ def test_explanations_from_the_program_are_the_references(objs):
                             w, g = getattr(want, side), getattr(got, side)
                             assert g.isolating == w.isolating, (a, b, side, protocol, port)
                             assert g.admitted_by == w.admitted_by, (a, b, side, protocol, port, limit)
+
+
+def test_the_evaluators_enums_come_from_the_binding():
+    """Every target and evaluated match kind a RuleProgram can hold has the
+    number the C evaluator gives it (evaluator.h, exported by the binding):
+    none is retyped on the Python side."""
+    from pyipset import _core
+    from pyipset.compile.program import TARGETS
+    from pyipset.verify import native
+    assert set(TARGETS) - {"SET"} == set(_core.TARGETS) and native._TARGETS["SET"] == _core.TARGETS["NFLOG"]
+    assert native._MATCH_KINDS == _core.MATCH_KINDS and native._DIMS == _core.DIMS
+    assert native._STATES == _core.STATES
+    assert len(set(_core.TARGETS.values())) == len(_core.TARGETS)
+    assert len(set(_core.MATCH_KINDS.values())) == len(_core.MATCH_KINDS)

@@ -17,7 +17,8 @@ from hypothesis import given, settings, strategies as st
 from clusterspec import namespace, pod, policy
 from pyipset.compile.compiler import compile_cluster
 from pyipset.model import load_objects
-from pyipset.observe.attribution import Attributor, PodDirectory, parse_prefix
+from pyipset.compile.naming import parse_log_prefix as parse_prefix
+from pyipset.observe.attribution import Attributor, PodDirectory
 from pyipset.observe.counts import KernelCounts, parse_counters
 from pyipset.observe.nflog import COPY_RANGE, Decoder, Event, decode_payload
 from nflogwire import ipv4, ipv6, message, tcp_syn

@@ -38,9 +38,12 @@ from ..compile.program import Attach
 from ..errors import PyipsetError, brief_text
 from ..kernel.backend import Kernel, apply_changes, apply_programs, reconcile_programs
 from ..model import fail_closed, load_objects
+from ..model.objects import KINDS
 from ..observe.attribution import BlockReporter
 from ..observe.counts import KernelCounts
+from .api import PodCIDRsUnknown, api_client, configure, list_calls, node_pod_cidrs
 from .health import HealthServer
+from .held import Held
 from .logs import StructuredLines
 from .metrics import Metrics
 from .reflector import Backoff, Reflector
@@ -49,97 +52,6 @@ from .state import RESOURCES, ClusterState
 log = logging.getLogger("pyipset.agent")
 
 
-def api_client(settings):
-    """The official client's configuration and transport: the kubeconfig
-    when given, else the pod's service account. No retries inside the
-    client: the reflectors back off themselves. A kubeconfig whose exec
-    credential plugin fails gives a client without credentials; the
-    returned client's `credentials_problem` says why (None when fine), and
-    configure() may be called again for it."""
-    from kubernetes import client
-    cfg = client.Configuration()
-    problem = configure(settings, cfg)
-    cfg.retries = False
-    api = client.ApiClient(cfg)
-    api.credentials_problem = problem
-    return api
-
-
-def configure(settings, cfg) -> Optional[str]:
-    """Loads the kubeconfig (or the in-cluster configuration) into cfg: a
-    UsageError if it cannot be read; what went wrong getting credentials
-    (an exec plugin missing or failing), or None. The client reports that
-    through the logging module's root logger and goes on without
-    credentials: its records are taken here, not printed."""
-    from kubernetes import config
-    from ..errors import UsageError
-
-    class Taken(logging.Handler):
-        def __init__(self):
-            super().__init__(logging.WARNING)
-            self.messages = []
-
-        def emit(self, record):
-            self.messages.append(record.getMessage())
-    root = logging.getLogger()
-    taken, handlers = Taken(), root.handlers[:]
-    root.handlers[:] = [taken]
-    try:
-        if settings.kubeconfig:
-            config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
-        else:
-            config.load_incluster_config(client_configuration=cfg)
-    except (config.ConfigException, OSError, ValueError) as exc:
-        where = f"--kubeconfig {brief_text(settings.kubeconfig)}" if settings.kubeconfig else \
-            "the in-cluster service account (outside a cluster, give --kubeconfig)"
-        raise UsageError(f"cannot configure the API client from {where}: {brief_text(str(exc))}") from None
-    finally:
-        root.handlers[:] = handlers
-    if not taken.messages:
-        return None
-    return "no credentials from the kubeconfig's exec plugin: " + brief_text("; ".join(taken.messages))[:300]
-
-
-def list_calls(api) -> dict:
-    """resource -> call(**query) returning the raw response of a list or watch."""
-    from kubernetes import client
-    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
-    methods = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
-               "networkpolicies": net.list_network_policy_for_all_namespaces}
-    calls = {r: (lambda m: lambda **q: m(_preload_content=False, **q))(m) for r, m in methods.items()}
-    calls["node"] = lambda name, **q: core.read_node(name, _preload_content=False, **q)
-    return calls
-
-
-KINDS = ("Namespace", "Pod", "NetworkPolicy")
-
-
-class PodCIDRsUnknown(PyipsetError):
-    """--deny-unknown-pod-ips without --pod-cidrs, and the Node says none (or cannot be read yet)."""
-
-
-def node_pod_cidrs(call, name: str, timeout: tuple) -> tuple:
-    """This node's pod CIDRs from its Node object (spec.podCIDRs, else spec.podCIDR)."""
-    import ipaddress
-    import json
-    try:
-        response = call(name, _request_timeout=timeout)
-        node = json.loads(response.data)
-    except Exception as exc:  # the client raises ApiException, urllib3 errors, OSError, ValueError
-        status = getattr(exc, "status", None)
-        raise PodCIDRsUnknown(f"cannot read Node {name} for its pod CIDRs"
-                              f"{f' (HTTP {status})' if status else ''}: {brief_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
-                              "; will retry (or give --pod-cidrs)") from None
-    spec = node.get("spec") or {}
-    texts = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
-    try:
-        cidrs = tuple(ipaddress.ip_network(t) for t in texts)
-    except (TypeError, ValueError) as exc:
-        raise PodCIDRsUnknown(f"Node {name} spec.podCIDRs {brief_text(str(texts))}: {exc}") from None
-    if not cidrs:
-        raise PodCIDRsUnknown(f"Node {name} has no spec.podCIDRs (the CNI or IPAM does not set it): give --pod-cidrs "
-                              "for --deny-unknown-pod-ips; will retry")
-    return cidrs
 
 
 def _error_text(exc: BaseException) -> str:
@@ -197,7 +109,7 @@ class Agent:
         self.accepted: dict = {}  # key -> the last accepted version of each NetworkPolicy
         self.parsed = ParseCache()
         self.engine: Incremental = None  # the programs applied last, kept for pod churn
-        self.trusted = False  # the kernel holds metrics.programs (applied by this process, no error since)
+        self.held = Held()  # the one record of what the kernel holds (sync, metrics, attribution read it)
         # --deny-unknown-pod-ips: this node's pod CIDRs (None: to be read from the Node before the first update)
         self.pod_cidrs = None if settings.deny_unknown_pod_ips and not settings.pod_cidrs else \
             (settings.pod_cidrs if settings.deny_unknown_pod_ips else ())
@@ -205,8 +117,8 @@ class Agent:
         self.cidrs_retry_at = 0.0
         self.force_full = False  # the next update compiles in full (the pod CIDRs became readable)
         # What policy blocks: exact counts from the kernel at scrape time, the sample from NFLOG.
+        self.metrics.held = lambda: self.held.programs
         self.metrics.kernel_counts = KernelCounts(self.kernel, lambda: sorted(self.families))
-        self.enforced = None  # (programs, pods, time.time() of the update) the kernel enforces, for attribution
         self.reporter = None
         self.metrics.nflog_reading.set_function(
             lambda: 1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
@@ -274,7 +186,8 @@ class Agent:
         self.reflectors = [Reflector(r, self.calls[r], self.settings, self.state, self.metrics, self.stop).start()
                            for r in RESOURCES]
         self.metrics.reflectors = self.reflectors
-        self.reporter = BlockReporter(self.settings.nflog_group, self.settings.netns, lambda: self.enforced,
+        self.reporter = BlockReporter(self.settings.nflog_group, self.settings.netns,
+                                      lambda: self.held.for_attribution(),
                                       self.metrics, self.stop, self.settings.block_log_rate,
                                       self.settings.metrics_by_namespace,
                                       emit=StructuredLines("pyipset.blocked").write).start()
@@ -421,7 +334,7 @@ class Agent:
     def _incremental(self, changes: dict, relisted: bool):
         """The programs after `changes` when they are pod churn or policy
         churn alone and the last update left a trusted record, else None."""
-        if relisted or self.force_full or self.engine is None or not self.trusted or changes["namespaces"]:
+        if relisted or self.force_full or self.engine is None or not self.held.trusted or changes["namespaces"]:
             return None
         if changes["pods"] and changes["networkpolicies"]:
             return None
@@ -436,11 +349,11 @@ class Agent:
         kernel and brings it to the program whatever it holds (apply_programs)."""
         started = time.monotonic()
         version, changes, relisted = self.state.take_changes()
-        previous = self.metrics.programs if self.trusted else None
+        previous = self.held.programs if self.held.trusted else None
         path = "incremental"
         try:
             programs = self._incremental(changes, relisted)
-            self.trusted = False  # until this update is applied
+            self.held = self.held.untrusted()  # until this update is applied
             if programs is None:
                 path = "full"
                 version, objs = self.state.manifests()
@@ -461,13 +374,12 @@ class Agent:
                 reports = apply_programs(programs, self.kernel)
         except Exception as exc:  # noqa: BLE001 - whatever fails, the agent goes on, says why and retries
             self.engine = None
-            self.trusted = False
+            self.held = self.held.untrusted()
             self.last_error = _error_text(exc)
             self.metrics.apply_errors.inc()
             log.error("kernel update failed, will retry: %s", self.last_error,
                       extra={"error_type": type(exc).__name__})
             return False
-        self.trusted = True
         self._holds(programs)
         self.metrics.kernel_updates.labels(path).inc()
         self.metrics.sync_duration.observe(time.monotonic() - started)
@@ -483,9 +395,8 @@ class Agent:
         return True
 
     def _holds(self, programs: list) -> None:
-        """The kernel holds `programs` now: for the metrics and the attribution of blocks."""
-        self.metrics.programs = programs
-        self.enforced = (programs, list(self.engine.pods.values()), time.time())
+        """The kernel holds `programs` now, as this process applied them."""
+        self.held = Held(tuple(programs), tuple(self.engine.pods.values()), time.time(), trusted=True)
 
     def _reconcile(self) -> None:
         version, objs = self.state.manifests()
@@ -494,7 +405,7 @@ class Agent:
             drifts = reconcile_programs(programs, self.kernel)
         except Exception as exc:  # noqa: BLE001 - as in _sync
             self.engine = None
-            self.trusted = False
+            self.held = self.held.untrusted()
             self.metrics.apply_errors.inc()
             log.error("reconcile failed, will retry: %s", _error_text(exc), extra={"error_type": type(exc).__name__})
             return
@@ -506,5 +417,4 @@ class Agent:
                 for line in d.lines():
                     log.warning("drift repaired: %s: %s", p.family, line)
         self._holds(programs)
-        self.trusted = True
         self._enforces(version)

@@ -21,7 +21,7 @@ class _ProgramCollector:
                                     "Members of the sets of the program last applied, by family", labels=["family"])
         rules = GaugeMetricFamily(f"{PREFIX}_kernel_rules", "Rules of the program last applied, by family",
                                   labels=["family"])
-        for program in self.m.programs:
+        for program in self.m.held():
             sets.add_metric([program.family], len(program.sets))
             members.add_metric([program.family], sum(len(s.members) for s in program.sets.values()))
             rules.add_metric([program.family], sum(len(c) for c in program.chains.values()))
@@ -87,7 +87,7 @@ class _WatchCollector:
 class Metrics:
     def __init__(self, version: str = ""):
         self.registry = r = CollectorRegistry()
-        self.programs: list = []
+        self.held = lambda: ()  # the programs the kernel holds (the agent's record, agent/held.py)
         self.reflectors: list = []  # the agent's, for the watch collector
         self.sync_duration = Histogram(
             f"{PREFIX}_sync_duration_seconds", "Time from a change being seen to the kernel holding it "

@@ -16,10 +16,12 @@ from __future__ import annotations
 import threading
 from typing import Optional
 
+from ..model.objects import KINDS
+
 RESOURCES = ("namespaces", "pods", "networkpolicies")
 MAX_TOMBSTONES = 100_000  # deletions remembered per resource between relists (oldest forgotten first)
-KIND = {"namespaces": ("v1", "Namespace"), "pods": ("v1", "Pod"),
-        "networkpolicies": ("networking.k8s.io/v1", "NetworkPolicy")}
+KIND = {resource: (KINDS[kind], kind) for resource, kind in
+        (("namespaces", "Namespace"), ("pods", "Pod"), ("networkpolicies", "NetworkPolicy"))}
 
 
 def _rv(obj: dict) -> Optional[int]:

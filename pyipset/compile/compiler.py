@@ -95,8 +95,7 @@ from ..model.objects import KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, Ne
 from . import naming
 from .naming import (ROLE_AUDIT, ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL, ROLE_NAMED_PORT,
                      ROLE_PEER, ROLE_POD_CIDR, ROLE_SEEN,
-                     deny_chain,
-                     direction_chain, group_chain, policy_chain, tree_chain)
+                     deny_chain, direction_chain, group_chain, log_prefix, policy_chain, tree_chain)
 from .program import (ENTRY_CHAIN, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
                       MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
@@ -347,9 +346,10 @@ class _Compiler:
         rules = []
         for index, rule in enumerate(policy.egress if direction == "egress" else policy.ingress):
             origin = f"{policy.key} {direction}[{index}]"
+            whose = dict(origin=origin, policy=policy.key, policy_rule=(direction, index))
             flat = self.flattened(policy, index, rule, direction)
             if flat is not None:
-                rules.append(Rule((flat,), "MARK", mark=ok_mark, origin=origin))
+                rules.append(Rule((flat,), "MARK", mark=ok_mark, **whose))
                 continue
             if rule.peers is None:
                 peer_options = [()]
@@ -361,7 +361,7 @@ class _Compiler:
             for peer_m in peer_options:
                 for port_m in port_options:
                     # Protocol and port first: they cost nothing next to a set lookup.
-                    rules.append(Rule(port_m + peer_m, "MARK", mark=ok_mark, origin=origin))
+                    rules.append(Rule(port_m + peer_m, "MARK", mark=ok_mark, **whose))
         return rules
 
     def group_tree(self, direction: str, keys: list, by_group: dict, policy_chains: dict, ok: int,
@@ -375,9 +375,9 @@ class _Compiler:
             name = group_chain(direction, keys[0])
             rules = []
             for policy in keys[0]:
-                rules.append(Rule((), "JUMP", jump=policy_chains[policy],
+                rules.append(Rule((), "JUMP", jump=policy_chains[policy], policy=policy,
                                   origin=f"{policy} selects the {'source' if direction == 'egress' else 'destination'}"))
-                rules.append(Rule((marked,), "RETURN", origin=f"{policy} allowed it"))
+                rules.append(Rule((marked,), "RETURN", origin=f"{policy} allowed it", policy=policy))
             rules.append(Rule((), "MARK", mark=denied,
                               origin=f"no rule of the policies that isolate it allows it ({direction})"))
             self.program.chains[name] = rules
@@ -590,9 +590,6 @@ def counted_protocols(family: str) -> tuple:
     return protocols.counted(family)
 
 
-def log_prefix(direction: str, audit: bool = False) -> str:
-    """The NFLOG prefix of a report: `pyipset <direction> <denied|would-deny>`."""
-    return f"pyipset {direction} {'would-deny' if audit else 'denied'}"
 
 
 def program_families(cluster: Cluster) -> list:

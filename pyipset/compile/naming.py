@@ -144,3 +144,31 @@ def check_netns(name: str) -> str:
     if not isinstance(name, str) or not _NETNS.match(name) or name in (".", ".."):
         raise InvalidName(f"invalid network namespace name {brief(name)}")
     return name
+
+
+# ---- NFLOG prefixes: built here for the deny chains, parsed here for the reader ----
+
+LOG_DIRECTIONS = ("egress", "ingress", "unknown")  # unknown: an address of the pod CIDRs no pod holds
+LOG_VERDICTS = ("denied", "would-deny")
+_PARSED_PREFIXES: dict = {}
+
+
+def log_prefix(direction: str, audit: bool = False) -> str:
+    """The NFLOG prefix of a report: `pyipset <direction> <denied|would-deny>`."""
+    assert direction in LOG_DIRECTIONS
+    return f"pyipset {direction} {LOG_VERDICTS[1] if audit else LOG_VERDICTS[0]}"
+
+
+def parse_log_prefix(prefix: str):
+    """(verdict, direction) of a prefix log_prefix made: "pyipset ingress
+    denied" -> ("denied", "ingress"); None for anything else (another
+    program's). Remembers the few prefixes it has seen."""
+    if prefix in _PARSED_PREFIXES:
+        return _PARSED_PREFIXES[prefix]
+    words = prefix.split()
+    kind = (words[2], words[1]) if len(words) == 3 and words[0] == "pyipset" and words[1] in LOG_DIRECTIONS \
+        and words[2] in LOG_VERDICTS else None
+    if len(_PARSED_PREFIXES) < 64:
+        _PARSED_PREFIXES[prefix] = kind
+    return kind
+

@@ -7,7 +7,6 @@ Nothing else decides a verdict."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Optional
 
 # Packet marks the chains use to carry each direction's verdict for an
 # isolated pod back to the entry chain: "a policy rule allowed it" ends the
@@ -91,11 +90,10 @@ class Rule:
     add_set: str = ""  # SET: add the packet's key to this (dynamic) set, ...
     add_dims: str = ""  # ... made of these packet fields (as Match.dims), ...
     add_exist: bool = False  # ... restarting the timeout of an entry already there (--exist)
-    origin: str = ""  # the policy rule it came from ("ns/name ingress[0]") or why it exists
-
-    @property
-    def policy(self) -> Optional[str]:
-        return self.origin.split(" ")[0] if "/" in self.origin.split(" ")[0] else None
+    origin: str = ""  # why it exists, for people (the kernel's comment): "ns/name ingress[0]", ...
+    # The same, for programs (explain, attribution), never parsed back from `origin`:
+    policy: str = ""  # the NetworkPolicy (namespace/name) it came from, if any
+    policy_rule: tuple = ()  # (direction, index) of the policy's rule it admits for, if it does
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import InputRejected
-from .objects import Cluster, NetworkPolicy, Pod
+from .objects import KINDS, Cluster, NetworkPolicy, Pod
 from .selectors import LabelSelector
 
 # A namespace no Kubernetes object can name (names have no spaces or
@@ -54,7 +54,7 @@ def fail_closed(cluster: Cluster, previous: dict | None = None, skip_unreadable:
     last accepted version selected, in the directions of both, instead of
     its whole namespace: still never less isolation than before."""
     cannot = [r for r in cluster.rejections if not r.fail_closed or r.namespace is None
-              or r.kind not in ("Namespace", "Pod", "NetworkPolicy")]
+              or r.kind not in KINDS]
     if cannot and not skip_unreadable:
         raise InputRejected(
             f"{len(cannot)} rejected object(s) cannot fail closed (too little of them can be read): "

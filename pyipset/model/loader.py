@@ -28,12 +28,11 @@ import yaml
 
 from ..errors import PyipsetError, brief, brief_text
 from . import schema
-from .objects import Cluster, Namespace, Rejection
+from .objects import KINDS, Cluster, Namespace, Rejection
 from .validation import (Invalid, validate_name, parse_namespace, parse_pod, parse_policy, rejected_policy_scope,
                          rejected_pod_addresses, resolve_shared_ips)
 
 SUFFIXES = (".yaml", ".yml", ".json")
-KINDS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
 
 
 @dataclass(frozen=True)

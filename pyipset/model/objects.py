@@ -13,6 +13,9 @@ from .selectors import LabelSelector
 IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
+# The kinds of object policy is made of, and their apiVersion: the one table of them.
+KINDS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
+
 PROTOCOLS = POLICY_PROTOCOLS
 PROTOCOL_NUMBERS = NUMBERS
 KERNEL_PROTOCOL_NAMES = KERNEL_NAMES  # ipset's, iptables'

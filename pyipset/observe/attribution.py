@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..compile.naming import parse_log_prefix
 from ..verify.explain import Explainer
 from ..verify.native import NativeProgram
 from .nflog import PROTOCOL_LABELS, Decoder, GroupTaken, NflogSocket
@@ -30,28 +31,6 @@ status = logging.getLogger("pyipset.observe")
 
 _PLAIN = re.compile(r"[A-Za-z0-9_.:/-]*")  # names and addresses that need no escaping in JSON
 GRACE = 60.0  # seconds a pod's address is still its own after the pod is gone (packets read late)
-
-
-_PREFIXES: dict = {}
-
-
-def parse_prefix(prefix: str) -> Optional[tuple]:
-    """(verdict, direction) of a log prefix of ours: "pyipset ingress denied"
-    -> ("denied", "ingress"); None for anything else."""
-    if prefix in _PREFIXES:
-        return _PREFIXES[prefix]
-    kind = _parse_prefix(prefix)
-    if len(_PREFIXES) < 64:
-        _PREFIXES[prefix] = kind
-    return kind
-
-
-def _parse_prefix(prefix: str) -> Optional[tuple]:
-    words = prefix.split()
-    if len(words) == 3 and words[0] == "pyipset" and words[1] in ("egress", "ingress", "unknown") \
-            and words[2] in ("denied", "would-deny"):
-        return words[2], words[1]
-    return None
 
 
 class PodDirectory:
@@ -203,7 +182,7 @@ class Attributor:
         out: list = [None] * len(events)
         by_family: dict = {}
         for i, e in enumerate(events):
-            kind = parse_prefix(e.prefix)
+            kind = parse_log_prefix(e.prefix)
             if kind is None:
                 continue
             by_family.setdefault(e.version, []).append((i, e, kind))

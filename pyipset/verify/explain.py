@@ -8,7 +8,6 @@ semantics (reference.py) only check it in the tests."""
 from __future__ import annotations
 
 import ipaddress
-import re
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -20,7 +19,6 @@ from .native import SLOTS, NativeProgram, address_column
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 _OK = {"egress": MARK_EGRESS_OK, "ingress": MARK_INGRESS_OK}
-_POLICY_RULE = re.compile(r"^(\S+/\S+) (egress|ingress)\[(\d+)\]$")
 
 
 @dataclass(frozen=True)
@@ -47,9 +45,9 @@ class RuleRef:
         return f"{self.policy} {self.direction}[{self.rule}]"
 
     @classmethod
-    def parse(cls, origin: str) -> Optional["RuleRef"]:
-        m = _POLICY_RULE.match(origin)
-        return cls(m.group(1), m.group(2), int(m.group(3))) if m else None
+    def of(cls, rule) -> Optional["RuleRef"]:
+        """The policy rule a program's rule admits for (its structured origin), or None."""
+        return cls(rule.policy, *rule.policy_rule) if rule.policy and rule.policy_rule else None
 
 
 @dataclass
@@ -112,7 +110,7 @@ class Explainer:
         chain, _, rule = self.native.rule(int(mark_rule))
         if rule.mark & _OK[name]:
             # A policy rule admitted it: its chain was entered from the group's chain.
-            why.admitted_by = RuleRef.parse(rule.origin)
+            why.admitted_by = RuleRef.of(rule)
             why.admitting_rule = self.rule_at(mark_rule)
             group = self.native.rule(int(via))[0] if via >= 0 else chain
         else:

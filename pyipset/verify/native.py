@@ -16,11 +16,12 @@ from ..compile.program import (MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_
 from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
 
-# SET (add the packet to a dynamic set) changes no verdict: it goes on, as NFLOG does.
-_TARGETS = {"ACCEPT": 0, "DROP": 1, "RETURN": 2, "JUMP": 3, "MARK": 4, "NFLOG": 5, "GOTO": 6, "SET": 5}
-_MATCH_KINDS = {"set": 0, "proto": 1, "dport": 2, "mark": 3, "state": 4, "limit": 5, "addr": 6}
-_DIMS = {"src": 0, "dst": 1, "dst,dst": 2, "src,dst,dst": 3}
-_STATES = {"NEW": 1, "ESTABLISHED": 2, "RELATED": 4, "INVALID": 8}
+# The evaluator's enums, from the binding (csrc/include/pyipset/evaluator.h). SET (add the
+# packet to a dynamic set) changes no verdict: it goes on, as NFLOG does.
+_TARGETS = {**_core.TARGETS, "SET": _core.TARGETS["NFLOG"]}
+_MATCH_KINDS = dict(_core.MATCH_KINDS)
+_DIMS = dict(_core.DIMS)
+_STATES = dict(_core.STATES)
 
 
 def build_set(setdef) -> IPSet:
@@ -38,10 +39,10 @@ def _address_match(m, family: str, nets: list) -> tuple:
     if (net.version == 4) != (family == "inet"):
         raise ValueError(f"address match {m.name} in a program of family {family}")
     if net.version == 4:
-        return (6, _DIMS[m.dims], m.negate, 0, int(net.network_address), int(net.netmask))
+        return (_MATCH_KINDS["addr"], _DIMS[m.dims], m.negate, 0, int(net.network_address), int(net.netmask))
     words = [(int(x) >> s) & 0xFFFFFFFF for x in (net.network_address, net.netmask) for s in (96, 64, 32, 0)]
     nets.append(words)
-    return (6, _DIMS[m.dims], m.negate, len(nets) - 1, 0, 0)
+    return (_MATCH_KINDS["addr"], _DIMS[m.dims], m.negate, len(nets) - 1, 0, 0)
 
 
 # The mark slots the evaluator traces: one per direction (its OK and DENIED bits).
@@ -87,11 +88,12 @@ class NativeProgram:
                 for m in rule.matches:
                     if m.kind == "set" and program.sets[m.name].dynamic:
                         # Empty for a connection's first packet: a state match on no state never holds.
-                        matches.append((4, 0, m.negate, 0, 0, 0))
+                        matches.append((_MATCH_KINDS["state"], 0, m.negate, 0, 0, 0))
                     elif m.kind == "set":
-                        matches.append((0, _DIMS[m.dims], m.negate, set_index[m.name], 0, 0))
+                        matches.append((_MATCH_KINDS["set"], _DIMS[m.dims], m.negate, set_index[m.name], 0, 0))
                     elif m.kind == "state":
-                        matches.append((4, 0, m.negate, 0, sum(_STATES[s] for s in m.states), 0))
+                        matches.append((_MATCH_KINDS["state"], 0, m.negate, 0, sum(_STATES[s] for s in m.states),
+                                        0))
                     elif m.kind == "addr":
                         matches.append(_address_match(m, program.family, nets))
                     else:

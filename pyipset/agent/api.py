@@ -1,0 +1,100 @@
+"""The API server as the agent reaches it: the official client's
+configuration (kubeconfig or in-cluster, exec credential plugins), the raw
+list and watch calls the reflectors make, and this node's Node object."""
+
+from __future__ import annotations
+
+import logging
+from typing import Optional
+
+from ..errors import PyipsetError, brief_text
+
+
+def api_client(settings):
+    """The official client's configuration and transport: the kubeconfig
+    when given, else the pod's service account. No retries inside the
+    client: the reflectors back off themselves. A kubeconfig whose exec
+    credential plugin fails gives a client without credentials; the
+    returned client's `credentials_problem` says why (None when fine), and
+    configure() may be called again for it."""
+    from kubernetes import client
+    cfg = client.Configuration()
+    problem = configure(settings, cfg)
+    cfg.retries = False
+    api = client.ApiClient(cfg)
+    api.credentials_problem = problem
+    return api
+
+
+def configure(settings, cfg) -> Optional[str]:
+    """Loads the kubeconfig (or the in-cluster configuration) into cfg: a
+    UsageError if it cannot be read; what went wrong getting credentials
+    (an exec plugin missing or failing), or None. The client reports that
+    through the logging module's root logger and goes on without
+    credentials: its records are taken here, not printed."""
+    from kubernetes import config
+    from ..errors import UsageError
+
+    class Taken(logging.Handler):
+        def __init__(self):
+            super().__init__(logging.WARNING)
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+    root = logging.getLogger()
+    taken, handlers = Taken(), root.handlers[:]
+    root.handlers[:] = [taken]
+    try:
+        if settings.kubeconfig:
+            config.load_kube_config(config_file=settings.kubeconfig, client_configuration=cfg)
+        else:
+            config.load_incluster_config(client_configuration=cfg)
+    except (config.ConfigException, OSError, ValueError) as exc:
+        where = f"--kubeconfig {brief_text(settings.kubeconfig)}" if settings.kubeconfig else \
+            "the in-cluster service account (outside a cluster, give --kubeconfig)"
+        raise UsageError(f"cannot configure the API client from {where}: {brief_text(str(exc))}") from None
+    finally:
+        root.handlers[:] = handlers
+    if not taken.messages:
+        return None
+    return "no credentials from the kubeconfig's exec plugin: " + brief_text("; ".join(taken.messages))[:300]
+
+
+def list_calls(api) -> dict:
+    """resource -> call(**query) returning the raw response of a list or watch."""
+    from kubernetes import client
+    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    methods = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
+               "networkpolicies": net.list_network_policy_for_all_namespaces}
+    calls = {r: (lambda m: lambda **q: m(_preload_content=False, **q))(m) for r, m in methods.items()}
+    calls["node"] = lambda name, **q: core.read_node(name, _preload_content=False, **q)
+    return calls
+
+
+class PodCIDRsUnknown(PyipsetError):
+    """--deny-unknown-pod-ips without --pod-cidrs, and the Node says none (or cannot be read yet)."""
+
+
+def node_pod_cidrs(call, name: str, timeout: tuple) -> tuple:
+    """This node's pod CIDRs from its Node object (spec.podCIDRs, else spec.podCIDR)."""
+    import ipaddress
+    import json
+    try:
+        response = call(name, _request_timeout=timeout)
+        node = json.loads(response.data)
+    except Exception as exc:  # the client raises ApiException, urllib3 errors, OSError, ValueError
+        status = getattr(exc, "status", None)
+        raise PodCIDRsUnknown(f"cannot read Node {name} for its pod CIDRs"
+                              f"{f' (HTTP {status})' if status else ''}: {brief_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
+                              "; will retry (or give --pod-cidrs)") from None
+    spec = node.get("spec") or {}
+    texts = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
+    try:
+        cidrs = tuple(ipaddress.ip_network(t) for t in texts)
+    except (TypeError, ValueError) as exc:
+        raise PodCIDRsUnknown(f"Node {name} spec.podCIDRs {brief_text(str(texts))}: {exc}") from None
+    if not cidrs:
+        raise PodCIDRsUnknown(f"Node {name} has no spec.podCIDRs (the CNI or IPAM does not set it): give --pod-cidrs "
+                              "for --deny-unknown-pod-ips; will retry")
+    return cidrs
