@@ -240,6 +240,24 @@ def test_start_up_peak_memory(benchmark, tmp_path, pods):
         subprocess.run(["ip", "netns", "delete", netns])
 
 
+def _caught_up(api, netns: str, within: float) -> float:
+    """Seconds until node0's kernel holds exactly its program for what the API holds; fails after `within`."""
+    from pyipset.compile.compiler import compile_cluster, program_families
+    from pyipset.kernel.backend import Kernel, diff
+    from pyipset.model import load_objects
+    start = time.monotonic()
+    kernel = Kernel(netns=netns)
+    c = load_objects([o for r in ("namespaces", "pods", "networkpolicies") for o in api.objects[r].values()],
+                     strict=False)
+    programs = [compile_cluster(c, f, node="node0") for f in program_families(c)]
+    while True:
+        left = sum(diff(p, kernel).total() for p in programs)
+        if not left:
+            return time.monotonic() - start
+        assert time.monotonic() - start < within, f"the agent did not keep up: {left} differences"
+        time.sleep(0.2)
+
+
 def _proc_figures(pid: int) -> tuple:
     """(CPU seconds of the process, of its reaped children (the kernel tools
     it ran), RSS bytes, peak RSS bytes)."""
@@ -323,6 +341,9 @@ def test_steady_state_cpu_and_memory(benchmark, tmp_path):
                            seconds=wall, events=STEADY_SECONDS * EVENTS_PER_SECOND)
         benchmark.pedantic(churn, rounds=1, iterations=1)
         assert proc.poll() is None, (tmp_path / "agent.log").read_text()
+        # The work measured is checked: the agent kept up (an idle, stalled agent would read as cheap), so
+        # within a few seconds of the last event the kernel holds the program for what the API holds.
+        figures["caught_up_s"] = _caught_up(api, netns, 10.0)
         benchmark.extra_info.update(figures)
     finally:
         if proc is not None:

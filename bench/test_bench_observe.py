@@ -93,7 +93,8 @@ def test_attributed_events_per_second(benchmark, workload):
         logger.setLevel(level)
     assert sink.lines == QUEUE_THRESHOLD + 3 * EVENTS  # every event a line
     assert not reporter.decoder.errors and reporter.decoder.lost == 0
-    benchmark.extra_info.update(events=EVENTS, events_per_s=EVENTS / benchmark.stats.stats.min)
+    # the median round, as every other target takes (the fastest would flatter it)
+    benchmark.extra_info.update(events=EVENTS, events_per_s=EVENTS / benchmark.stats.stats.median)
 
 
 @pytest.mark.benchmark(group="blocked connections: packet to log line in a lab node")
@@ -120,10 +121,11 @@ def test_packet_to_log_line_latency(benchmark, tmp_path):
         programs = [compile_cluster(c, "inet")]
         reporter = attribution.BlockReporter(86, lab.node, lambda: (programs, c.pods), Metrics(), stop,
                                              log_rate=1e9).start()
-        try:
-            assert reporter.bound.wait(10), reporter.error
-            sent: dict = {}
-            # 150 blocked SYNs (data may not reach middle on 8080), 20 ms apart: under the log's rate limit.
+        sent: dict = {}
+
+        def probe():
+            # 150 blocked SYNs (data may not reach middle on 8080), 20 ms apart: under the log's rate limit;
+            # the round ends when each has become a log line (or 5 s after the last)
             for i in range(150):
                 s = _in_netns(src.netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
                 s.setblocking(False)
@@ -136,6 +138,9 @@ def test_packet_to_log_line_latency(benchmark, tmp_path):
             end = time.monotonic() + 5
             while len(times) < len(sent) and time.monotonic() < end:
                 time.sleep(0.05)
+        try:
+            assert reporter.bound.wait(10), reporter.error
+            benchmark.pedantic(probe, rounds=1, iterations=1)
         finally:
             stop.set()
             reporter.thread.join(5)
@@ -143,6 +148,5 @@ def test_packet_to_log_line_latency(benchmark, tmp_path):
     latencies = sorted(times[p] - t for p, t in sent.items() if p in times)
     assert len(latencies) == len(sent), f"{len(sent) - len(latencies)} blocked SYNs never became a log line"
     p50, p99 = latencies[len(latencies) // 2], latencies[int(0.99 * (len(latencies) - 1))]
-    benchmark.pedantic(lambda: None, rounds=1, iterations=1)
     benchmark.extra_info.update(p50_ms=1e3 * p50, p99_ms=1e3 * p99, max_ms=1e3 * latencies[-1],
                                 samples=len(latencies))

@@ -187,6 +187,13 @@ class APIServer:
         with self.lock:
             self.faults.append(Fault("stream", times, match, True, first=b"", then="end"))
 
+    def initial_events_next(self, times: int = 1, match: str = "") -> None:
+        """The next watch streams begin as a streaming list does (sendInitialEvents):
+        an ADDED event for every object, then a BOOKMARK annotated
+        k8s.io/initial-events-end, then the events after the resourceVersion asked."""
+        with self.lock:
+            self.faults.append(Fault("initial_events", times, match, True))
+
     def untrusted_next(self, times: int = 1) -> None:
         """Over TLS: the next connections present a certificate no client trusts."""
         with self.lock:
@@ -352,6 +359,16 @@ class APIServer:
             if fault.how["first"]:
                 send(fault.how["first"])
             return
+        if fault is not None and fault.kind == "initial_events":
+            with self.lock:
+                everything = [o for k, o in sorted(self.objects[resource].items())
+                              if namespace is None or k[0] == namespace]
+                now = self.rv
+            for obj in everything:
+                send({"type": "ADDED", "object": obj})
+            send({"type": "BOOKMARK", "object": {"kind": RESOURCES[resource][2], "apiVersion": RESOURCES[resource][1],
+                                                 "metadata": {"resourceVersion": str(now), "annotations": {
+                                                     "k8s.io/initial-events-end": "true"}}}})
         if fault is not None and fault.kind == "endless":
             send(b"{" + b"x" * 1000, end=False)
             for _ in range(fault.how["megabytes"]):
@@ -555,7 +572,8 @@ class _Handler(BaseHTTPRequestHandler):
         if method == "GET" and name is None:
             if watching:
                 return self._watch(resource, namespace, query,
-                                   self.api._fault(url.path, True, ("stream", "cut_mid_line", "endless")))
+                                   self.api._fault(url.path, True, ("stream", "cut_mid_line", "endless",
+                                                                    "initial_events")))
             return self._reply(*self.api.list(resource, namespace, query))
         if method == "GET":
             obj = self.api.objects[resource].get((namespace or "", name))

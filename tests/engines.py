@@ -8,24 +8,25 @@ import ipaddress
 from pyipset.verify import explain, native, reference
 
 
-def endpoint(c, text: str) -> reference.Endpoint:
+def endpoint(c, text: str) -> explain.Endpoint:
     try:
         ip = ipaddress.ip_address(text)
-        return reference.Endpoint(ip, c.pod_by_ip(ip))
+        return explain.Endpoint(ip, c.pod_by_ip(ip))
     except ValueError:
         pod = c.pod_by_key(text)
-        return reference.Endpoint(pod.ips[0], pod)
+        return explain.Endpoint(pod.ips[0], pod)
 
 
 class ReferenceEngine:
+    """The reference semantics, reading the raw manifests the cluster was made of."""
+
     @staticmethod
     def matrix(c, protocol, port):
-        return reference.matrix(c, protocol, port)
+        return reference.matrix(reference.World(c.manifests), protocol, port)
 
     @staticmethod
     def judge(c, src: str, dst: str, protocol: str, port: int) -> bool:
-        s, d = explain.same_family(endpoint(c, src), endpoint(c, dst))
-        return reference.judge(c, s, d, protocol, port).allowed
+        return reference.judge(reference.World(c.manifests), src, dst, protocol, port).allowed
 
 
 class NativeEngine:

@@ -21,16 +21,23 @@ labels = st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALU
 
 @st.composite
 def selector(draw):
-    kind = draw(st.sampled_from(["empty", "labels", "expr"]))
+    kind = draw(st.sampled_from(["empty", "labels", "expr", "both"]))
     if kind == "empty":
         return {}
     if kind == "labels":
         return {"matchLabels": draw(labels)}
+    out = {"matchLabels": draw(labels)} if kind == "both" else {}
+    out["matchExpressions"] = draw(st.lists(expression(), min_size=1, max_size=3 if kind == "both" else 1))
+    return out
+
+
+@st.composite
+def expression(draw):
     op = draw(st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist"]))
     expr = {"key": draw(st.sampled_from(LABEL_KEYS)), "operator": op}
     if op in ("In", "NotIn"):
         expr["values"] = draw(st.lists(st.sampled_from(LABEL_VALUES), min_size=1, max_size=2, unique=True))
-    return {"matchExpressions": [expr]}
+    return expr
 
 
 @st.composite
@@ -77,16 +84,16 @@ def rule(draw, peer_key):
 
 
 @st.composite
-def cluster_objects(draw):
+def cluster_objects(draw, max_pods: int = 6, max_policies: int = 4):
     objs = [namespace(ns, team=draw(st.sampled_from(["x", "y"]))) for ns in NAMESPACES[: draw(st.integers(1, 3))]]
-    n_pods = draw(st.integers(1, 6))
+    n_pods = draw(st.integers(1, max_pods))
     for i in range(n_pods):
         ips = [f"192.0.2.{i + 1}"]
         if draw(st.integers(0, 3)) == 0:
             ips.append(f"2001:db8::{i + 1}")
         ports = draw(st.lists(st.sampled_from(NAMED_PORTS), max_size=2, unique_by=lambda p: (p[0], p[2])))
         objs.append(pod(f"{draw(st.sampled_from(NAMESPACES))}/p{i}", ips, draw(labels), ports))
-    for i in range(draw(st.integers(0, 4))):
+    for i in range(draw(st.integers(0, max_policies))):
         spec = {"podSelector": draw(selector())}
         if draw(st.booleans()):
             spec["ingress"] = draw(st.lists(rule("from"), max_size=2))

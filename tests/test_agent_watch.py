@@ -338,6 +338,19 @@ def test_a_tls_failure_is_retried_in_place(tmp_path):
             w.close()
 
 
+def test_initial_events_sent_unasked_are_applied_as_events(api, watched):
+    """Streaming lists (sendInitialEvents) are not asked for; a server that
+    begins a watch with them anyway (ADDED for everything, then the
+    initial-events-end bookmark) is answered like any watch: each event
+    applied by its resourceVersion, nothing listed."""
+    assert _resume_after(api, watched, lambda: api.initial_events_next(times=2, match="/pods")) == 0
+    api.initial_events_next(times=1, match="/pods")
+    api.cut_watches()
+    for p in pods(5):
+        api.apply(p)
+    watched.wait_equal()
+
+
 def test_bookmarks_alone_keep_the_resource_version_current(api, watched):
     """No object changes, only bookmarks: the reflector resumes from the
     bookmark's resourceVersion, which a compaction up to now still serves."""

@@ -8,6 +8,7 @@ import ipaddress
 
 from hypothesis import HealthCheck, given, settings
 
+from clusterspec import cluster as loaded
 from strategies import OUTSIDE, PORTS, cluster_objects
 from engines import NativeEngine, NativeUnflattenedEngine, ReferenceEngine
 from pyipset.model import load_objects
@@ -15,7 +16,7 @@ from pyipset.model import load_objects
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(objs=cluster_objects())
 def test_reference_and_native_agree(objs):
-    c = load_objects(objs)
+    c = loaded(*objs)
     assert not c.rejections, [str(r) for r in c.rejections]
     native = NativeEngine.evaluator(c)
     unflattened = NativeUnflattenedEngine.evaluator(c)
@@ -69,6 +70,7 @@ def test_explanations_from_the_program_are_the_references(objs):
     from pyipset.verify import explain, native, reference
 
     c = load_objects(objs)
+    world = reference.World(objs)
     programs = {(family, limit): native.NativeProgram(compile_cluster(c, family, limit))
                 for family in ("inet", "inet6") for limit in (0, 1024)}
     explainers = {k: explain.Explainer(p) for k, p in programs.items()}
@@ -85,7 +87,7 @@ def test_explanations_from_the_program_are_the_references(objs):
                         continue
                     if s.ip.version != d.ip.version:
                         continue
-                    want = reference.judge(c, s, d, protocol, port)
+                    want = reference.judge(world, s, d, protocol, port)
                     family = "inet" if s.ip.version == 4 else "inet6"
                     for limit in (0, 1024):
                         got = explain.explain(programs[family, limit], s, d, protocol, port,

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 import layouts
+from clusterspec import cluster
 from engines import ReferenceEngine
 from strategies import OUTSIDE, PORTS, cluster_objects
 from pyipset.model import load_objects
@@ -25,7 +26,7 @@ def evaluator(c, layout: str):
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(objs=cluster_objects())
 def test_linear_and_weave_layouts_agree_with_the_reference(objs):
-    c = load_objects(objs)
+    c = cluster(*objs)
     assert not c.rejections
     named = any(isinstance(s.port, str) for p in c.policies for r in p.ingress + p.egress for s in r.ports or ())
     chosen = ["linear"] + ([] if named else ["weave"])  # weave-npc refuses named ports

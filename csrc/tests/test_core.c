@@ -223,38 +223,51 @@ static void test_net_nomatch(void) {
 
 /* Churn against a plain bitmap of 2^16 possible keys: growth, shrink,
  * backward-shift deletion, reinsertion. */
+/* A set through its public API, churned in cycles that grow it to thousands
+ * of members and delete it back to a few dozen, three times: it must grow and
+ * shrink (its memory goes up and down; counted, so that a test that never
+ * shrinks fails), and answer every key as the model does at every turn. */
 static void test_churn(void) {
     ips_status st;
     ips_set *s = ips_set_new(IPS_HASH_IP_PORT, IPS_INET, 99, &st);
     static uint8_t model[1 << 16];
     memset(model, 0, sizeof model);
     uint64_t x = 12345;
-    size_t count = 0;
-    for (int round = 0; round < 400000; round++) {
-        x = x * 6364136223846793005ull + 1442695040888963407ull;
-        uint32_t v = (uint32_t)(x >> 33) & 0xFFFF;
-        ips_entry e = {0};
-        e.ip[2] = (uint8_t)(v >> 8);
-        e.ip[3] = (uint8_t)v;
-        e.proto = 6;
-        e.port = (uint16_t)(v & 7);
-        e.cidr = 32;
-        uint32_t id = v;
-        bool did;
-        /* bias towards a mid-size set so that both growth and shrink occur */
-        bool add = ((x >> 20) % 100) < (round < 200000 ? 60 : 35);
-        if (add) {
-            CHECK(ips_set_add(s, &e, &did) == IPS_OK);
-            CHECK(did == !model[id]);
-            count += !model[id];
-            model[id] = 1;
-        } else {
-            CHECK(ips_set_del(s, &e, &did) == IPS_OK);
-            CHECK(did == model[id]);
-            count -= model[id];
-            model[id] = 0;
-        }
-        if (round % 50000 == 0) {
+    size_t count = 0, memory = ips_set_memory(s);
+    int grew = 0, shrank = 0;
+    for (int cycle = 0; cycle < 3; cycle++) {
+        for (int phase = 0; phase < 2; phase++) {
+            const bool growing = phase == 0;
+            while (growing ? count < 20000 : count > 60) {
+                x = x * 6364136223846793005ull + 1442695040888963407ull;
+                uint32_t v = (uint32_t)(x >> 33) & 0xFFFF;
+                const bool adding = ((x >> 20) % 100) < (growing ? 90u : 10u);
+                while (!adding && !model[v] && count)
+                    v = (v + 1) & 0xFFFF; /* deletions take a member: the set empties as the phase wants */
+                ips_entry e = {0};
+                e.ip[2] = (uint8_t)(v >> 8);
+                e.ip[3] = (uint8_t)v;
+                e.proto = 6;
+                e.port = (uint16_t)(v & 7);
+                e.cidr = 32;
+                bool did;
+                if (adding) {
+                    CHECK(ips_set_add(s, &e, &did) == IPS_OK);
+                    CHECK(did == !model[v]);
+                    count += !model[v];
+                    model[v] = 1;
+                } else {
+                    CHECK(ips_set_del(s, &e, &did) == IPS_OK);
+                    CHECK(did == model[v]);
+                    count -= model[v];
+                    model[v] = 0;
+                }
+                size_t now = ips_set_memory(s);
+                grew += now > memory;
+                shrank += now < memory;
+                memory = now;
+            }
+            CHECK(ips_set_size(s) == count);
             for (uint32_t k = 0; k < (1 << 16); k++) {
                 ips_entry q = {0};
                 q.ip[2] = (uint8_t)(k >> 8);
@@ -264,13 +277,13 @@ static void test_churn(void) {
                 q.cidr = 32;
                 if (ips_set_test(s, &q) != (model[k] != 0)) {
                     failures++;
-                    fprintf(stderr, "churn mismatch at round %d key %u\n", round, k);
+                    fprintf(stderr, "churn mismatch in cycle %d phase %d key %u\n", cycle, phase, k);
                     break;
                 }
             }
         }
     }
-    CHECK(ips_set_size(s) == count);
+    CHECK(grew >= 3 && shrank >= 3); /* it did grow and shrink, in every cycle */
     ips_set_free(s);
 }
 
@@ -304,8 +317,12 @@ static bool counts_exact(const ips_table *t) {
  * membership, size and the passing counts stay exact through growth,
  * shrinking and backward shifts.
  */
+/* Every key width, churned in cycles that grow the table to thousands of keys
+ * and delete it back to a few dozen, three times: membership equals the model
+ * and the passing counts are exact after every growth and every shrink (each
+ * counted: a width that never shrinks fails), and at the end of each phase. */
 static void test_table_churn(void) {
-    static const unsigned widths[] = {2, 3, 4, 5, 9};
+    static const unsigned widths[] = {1, 2, 3, 4, 5, 9};
     enum { IDS = 1 << 13 };
     static uint8_t model[IDS];
     for (unsigned wi = 0; wi < sizeof widths / sizeof *widths; wi++) {
@@ -313,35 +330,54 @@ static void test_table_churn(void) {
         ips_table t;
         tbl_init(&t, W, 0xFFFFFFFFu, 1000 + W);
         memset(model, 0, sizeof model);
-        size_t count = 0;
+        size_t count = 0, cap = t.cap;
+        int grew = 0, shrank = 0;
         uint64_t x = 4242 + W;
-        for (int round = 1; round <= 120000; round++) {
-            x = x * 6364136223846793005ull + 1442695040888963407ull;
-            uint32_t id = (uint32_t)(x >> 40) % IDS, k[IPS_MAX_WORDS];
-            for (unsigned w = 0; w < W; w++)
-                k[w] = (id + 1) * (2654435761u + 2 * w);
-            bool did = false;
-            if (((x >> 20) % 100) < (round < 60000 ? 60u : 35u)) {
-                CHECK(tbl_upsert(&t, k, &did) == IPS_OK && did == !model[id]);
-                count += !model[id];
-                model[id] = 1;
-            } else {
-                CHECK(tbl_remove(&t, k, &did) == IPS_OK && did == model[id]);
-                count -= model[id];
-                model[id] = 0;
-            }
-            if (round % 10000 == 0) {
+        uint32_t k[IPS_MAX_WORDS];
+        for (int cycle = 0; cycle < 3; cycle++) {
+            for (int phase = 0; phase < 2; phase++) {
+                const bool growing = phase == 0;
+                while (growing ? count < 6000 : count > 40) {
+                    x = x * 6364136223846793005ull + 1442695040888963407ull;
+                    uint32_t id = (uint32_t)(x >> 40) % IDS;
+                    const bool adding = ((x >> 20) % 100) < (growing ? 90u : 10u);
+                    while (!adding && !model[id] && count)
+                        id = (id + 1) % IDS; /* deletions take a member */
+                    for (unsigned w = 0; w < W; w++)
+                        k[w] = (id + 1) * (2654435761u + 2 * w);
+                    bool did = false;
+                    if (adding) {
+                        CHECK(tbl_upsert(&t, k, &did) == IPS_OK && did == !model[id]);
+                        count += !model[id];
+                        model[id] = 1;
+                    } else {
+                        CHECK(tbl_remove(&t, k, &did) == IPS_OK && did == model[id]);
+                        count -= model[id];
+                        model[id] = 0;
+                    }
+                    if (t.cap != cap) {
+                        grew += t.cap > cap;
+                        shrank += t.cap < cap;
+                        cap = t.cap;
+                        CHECK(counts_exact(&t));
+                    }
+                }
                 CHECK(tbl_size(&t) == count && counts_exact(&t));
                 for (uint32_t q = 0; q < IDS; q++) {
                     for (unsigned w = 0; w < W; w++)
                         k[w] = (q + 1) * (2654435761u + 2 * w);
                     if (tbl_contains(&t, k, W) != (model[q] != 0)) {
-                        fprintf(stderr, "table churn (W=%u): mismatch at round %d key %u\n", W, round, q);
+                        fprintf(stderr, "table churn (W=%u): mismatch in cycle %d phase %d key %u\n", W, cycle,
+                                phase, q);
                         failures++;
                         break;
                     }
                 }
             }
+        }
+        if (!(grew >= 3 && shrank >= 3)) {
+            fprintf(stderr, "table churn (W=%u): grew %d and shrank %d times\n", W, grew, shrank);
+            failures++;
         }
         tbl_release(&t);
     }

@@ -3,33 +3,128 @@ transcription of the Kubernetes documentation, used as the test oracle (the
 product explains verdicts from the compiled program: explain.py). It is not
 fast and does not try to be.
 
-The rules, from https://kubernetes.io/docs/concepts/services-networking/network-policies/:
+It shares nothing with what it checks: it reads the raw objects (the
+manifests as dicts, already accepted by the loader) with its own label
+selector matching, its own named-port resolution and its own defaults, so
+that a bug in the model's selectors, ports or defaulting shows up as a
+disagreement with the compiled program. Only the RuleRef dataclass (what
+names a policy rule) is shared, as data.
+
+The rules, from https://kubernetes.io/docs/concepts/services-networking/network-policies/
+and the API reference (NetworkPolicySpec, LabelSelector):
+- A pod takes part when it has an address (status.podIPs, else status.podIP),
+  is not on the host network and has not finished (phase Succeeded/Failed).
 - A pod is isolated for ingress (egress) if any NetworkPolicy in its namespace
-  selects it and has Ingress (Egress) in policyTypes. A pod no policy isolates
-  allows everything in that direction.
+  selects it and has Ingress (Egress) in policyTypes. policyTypes defaults to
+  Ingress, plus Egress when the policy has egress rules (the API server's
+  defaulting: `len(spec.egress) != 0`). A pod no policy isolates allows
+  everything in that direction.
 - An isolated pod allows a connection if any rule of any policy that selects it
   allows it: the allowed set is the union of those rules. A policy with the
   type but no rules allows nothing.
-- A rule allows a connection when a peer matches (no `from`/`to`: every peer)
-  and a port matches (no `ports`: every port).
+- A rule allows a connection when a peer matches (`from`/`to` empty or
+  missing: every peer) and a port matches (`ports` empty or missing: every
+  port).
 - A peer with only podSelector means pods of the policy's namespace; with only
   namespaceSelector, every pod of the selected namespaces; with both, the
   selected pods of the selected namespaces; ipBlock means addresses in the
-  CIDR outside every `except`.
+  CIDR outside every `except`. Selectors select pods only.
+- A label selector: every matchLabels pair, and every matchExpressions
+  requirement (In: the key is there with one of the values; NotIn: the key
+  is missing or its value is none of them; Exists; DoesNotExist); an empty
+  selector selects everything. Every namespace has the label
+  kubernetes.io/metadata.name with its name (the API server sets it).
 - A port matches on protocol (TCP when unset) and on the number, the range
   port..endPort, or a named port resolved against the destination pod's
-  container ports.
+  container ports (the port of that name and protocol; a container port's
+  protocol defaults to TCP). No port: every port of the protocol.
 - A connection needs the source's egress and the destination's ingress to
   allow it. A pod's traffic to itself is always allowed.
 """
 
 from __future__ import annotations
 
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
-from ..model.objects import Cluster, NetworkPolicy, Peer, Pod, PortSpec
-from .explain import Endpoint, RuleRef  # the data both sides share
+from .explain import RuleRef  # data both sides share: a policy rule's name
+
+NAME_LABEL = "kubernetes.io/metadata.name"
+
+
+@dataclass(frozen=True)
+class RefPod:
+    namespace: str
+    name: str
+    labels: dict = field(hash=False, compare=False)
+    ips: tuple = ()
+    ports: tuple = ()  # (name, number, protocol) of every named container port
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+class World:
+    """The cluster as the reference reads it: raw Namespace, Pod and
+    NetworkPolicy manifests (dicts)."""
+
+    def __init__(self, objects):
+        self.namespaces: dict = {}  # name -> labels
+        self.pods: list = []
+        self.policies: list = []  # (namespace, name, spec)
+        for obj in objects:
+            kind, meta = obj.get("kind"), obj.get("metadata") or {}
+            if kind == "Namespace":
+                self.namespaces[meta["name"]] = {**(meta.get("labels") or {}), NAME_LABEL: meta["name"]}
+            elif kind == "Pod":
+                pod = _pod(obj)
+                if pod is not None:
+                    self.pods.append(pod)
+            elif kind == "NetworkPolicy":
+                self.policies.append((meta.get("namespace") or "default", meta["name"], obj.get("spec") or {}))
+        for pod in self.pods:  # a namespace with no object still has its name label
+            self.namespaces.setdefault(pod.namespace, {NAME_LABEL: pod.namespace})
+        self.pods.sort(key=lambda p: (p.namespace, p.name))
+        self.by_key = {p.key: p for p in self.pods}
+        self.by_ip = {ip: p for p in self.pods for ip in p.ips}
+
+
+def _pod(obj: dict) -> Optional[RefPod]:
+    meta, spec, status = obj.get("metadata") or {}, obj.get("spec") or {}, obj.get("status") or {}
+    if spec.get("hostNetwork") is True or status.get("phase") in ("Succeeded", "Failed"):
+        return None
+    texts = [e["ip"] for e in status.get("podIPs") or []] or ([status["podIP"]] if status.get("podIP") else [])
+    if not texts:
+        return None
+    ports = tuple((p["name"], p["containerPort"], p.get("protocol") or "TCP")
+                  for c in spec.get("containers") or [] for p in c.get("ports") or [] if p.get("name"))
+    return RefPod(meta.get("namespace") or "default", meta["name"], dict(meta.get("labels") or {}),
+                  tuple(ipaddress.ip_address(t) for t in texts), ports)
+
+
+def selector_matches(selector: dict, labels: dict) -> bool:
+    for key, value in (selector.get("matchLabels") or {}).items():
+        if labels.get(key) != value:
+            return False
+    for req in selector.get("matchExpressions") or []:
+        key, op, values = req["key"], req["operator"], req.get("values") or []
+        if op == "In" and not (key in labels and labels[key] in values):
+            return False
+        if op == "NotIn" and key in labels and labels[key] in values:
+            return False
+        if op == "Exists" and key not in labels:
+            return False
+        if op == "DoesNotExist" and key in labels:
+            return False
+    return True
+
+
+def policy_types(spec: dict) -> list:
+    if spec.get("policyTypes"):
+        return spec["policyTypes"]
+    return ["Ingress"] + (["Egress"] if spec.get("egress") else [])
 
 
 @dataclass
@@ -45,8 +140,8 @@ class DirectionVerdict:
 
 @dataclass
 class Verdict:
-    source: Endpoint
-    destination: Endpoint
+    source: object
+    destination: object
     protocol: str
     port: int
     allowed: bool
@@ -55,69 +150,109 @@ class Verdict:
     same_pod: bool = False
 
 
-def selects(policy: NetworkPolicy, pod: Pod) -> bool:
-    return policy.namespace == pod.namespace and policy.pod_selector.matches(pod.labels)
+@dataclass(frozen=True)
+class End:
+    """One end of a connection: an address, and the pod holding it (or None)."""
+    ip: object
+    pod: Optional[RefPod]
 
 
-def isolating_policies(cluster: Cluster, pod: Pod, direction: str) -> list:
+def _isolating(world: World, pod: RefPod, direction: str) -> list:
     kind = "Ingress" if direction == "ingress" else "Egress"
-    return sorted((p for p in cluster.policies if kind in p.policy_types and selects(p, pod)), key=lambda p: p.key)
+    return sorted(((ns, name, spec) for ns, name, spec in world.policies
+                   if ns == pod.namespace and kind in policy_types(spec)
+                   and selector_matches(spec.get("podSelector") or {}, pod.labels)), key=lambda p: f"{p[0]}/{p[1]}")
 
 
-def peer_matches(cluster: Cluster, policy: NetworkPolicy, peer: Peer, other: Endpoint) -> bool:
-    if peer.ip_block is not None:
-        return peer.ip_block.contains(other.ip)
+def _ip_block_contains(block: dict, ip) -> bool:
+    net = ipaddress.ip_network(block["cidr"], strict=False)
+    if net.version != ip.version or ip not in net:
+        return False
+    return not any(ip in ipaddress.ip_network(e, strict=False) for e in block.get("except") or []
+                   if ipaddress.ip_network(e, strict=False).version == ip.version)
+
+
+def _peer_matches(world: World, namespace: str, peer: dict, other: End) -> bool:
+    if peer.get("ipBlock") is not None:
+        return _ip_block_contains(peer["ipBlock"], other.ip)
     if other.pod is None:
         return False  # selectors only ever select pods
-    if peer.namespace_selector is None:
-        in_namespace = other.pod.namespace == policy.namespace
+    if peer.get("namespaceSelector") is None:
+        in_namespace = other.pod.namespace == namespace
     else:
-        ns = cluster.namespaces.get(other.pod.namespace)
-        in_namespace = ns is not None and peer.namespace_selector.matches(ns.labels)
-    return in_namespace and (peer.pod_selector is None or peer.pod_selector.matches(other.pod.labels))
+        in_namespace = selector_matches(peer["namespaceSelector"], world.namespaces.get(other.pod.namespace, {}))
+    return in_namespace and (peer.get("podSelector") is None or selector_matches(peer["podSelector"],
+                                                                                   other.pod.labels))
 
 
-def port_matches(spec: PortSpec, protocol: str, port: int, destination: Endpoint) -> bool:
-    if spec.protocol != protocol:
+def _port_matches(spec: dict, protocol: str, port: int, destination: End) -> bool:
+    if (spec.get("protocol") or "TCP") != protocol:
         return False
-    if spec.port is None:
+    number = spec.get("port")
+    if number is None:
         return True
-    if isinstance(spec.port, str):
+    if isinstance(number, str):
         if destination.pod is None:
             return False
-        return destination.pod.named_port(spec.port, protocol) == port
-    if spec.end_port is not None:
-        return spec.port <= port <= spec.end_port
-    return port == spec.port
+        return any(n == number and p == protocol and value == port for n, value, p in destination.pod.ports)
+    if spec.get("endPort") is not None:
+        return number <= port <= spec["endPort"]
+    return port == number
 
 
-def judge_direction(cluster: Cluster, pod: Pod, direction: str, other: Endpoint, protocol: str, port: int,
-                    destination: Endpoint) -> DirectionVerdict:
-    policies = isolating_policies(cluster, pod, direction)
-    verdict = DirectionVerdict(applies=True, isolating=[p.key for p in policies])
-    for policy in policies:
-        rules = policy.ingress if direction == "ingress" else policy.egress
-        for index, rule in enumerate(rules):
-            peer_ok = rule.peers is None or any(peer_matches(cluster, policy, peer, other) for peer in rule.peers)
-            port_ok = rule.ports is None or any(port_matches(s, protocol, port, destination) for s in rule.ports)
+def _judge_direction(world: World, pod: RefPod, direction: str, other: End, protocol: str, port: int,
+                     destination: End) -> DirectionVerdict:
+    policies = _isolating(world, pod, direction)
+    verdict = DirectionVerdict(applies=True, isolating=[f"{ns}/{name}" for ns, name, _ in policies])
+    for ns, name, spec in policies:
+        for index, rule in enumerate(spec.get(direction) or []):
+            peers = rule.get("from" if direction == "ingress" else "to") or []
+            ports = rule.get("ports") or []
+            peer_ok = not peers or any(_peer_matches(world, ns, p, other) for p in peers)
+            port_ok = not ports or any(_port_matches(s, protocol, port, destination) for s in ports)
             if peer_ok and port_ok:
-                verdict.admitted_by = RuleRef(policy.key, direction, index)
+                verdict.admitted_by = RuleRef(f"{ns}/{name}", direction, index)
                 return verdict
     return verdict
 
 
-def judge(cluster: Cluster, source: Endpoint, destination: Endpoint, protocol: str, port: int) -> Verdict:
+def end(world: World, at) -> End:
+    """An end from an address (str or ipaddress), a pod key "ns/name", or
+    anything with .ip and .pod (whose .key names the pod)."""
+    if hasattr(at, "ip"):
+        key = getattr(at.pod, "key", None) if getattr(at, "pod", None) is not None else None
+        return End(at.ip, world.by_key.get(key) if key else world.by_ip.get(at.ip))
+    if isinstance(at, str) and "/" in at:
+        pod = world.by_key[at]
+        return End(pod.ips[0], pod)
+    ip = ipaddress.ip_address(at) if isinstance(at, str) else at
+    return End(ip, world.by_ip.get(ip))
+
+
+def _same_family(s: End, d: End) -> tuple:
+    """A pod end takes its address of the other end's family (ValueError: it has none)."""
+    for one, other in ((s, d), (d, s)):
+        if one.pod is not None and one.ip.version != other.ip.version:
+            ip = next((i for i in one.pod.ips if i.version == other.ip.version), None)
+            if ip is None:
+                raise ValueError(f"{one.pod.key} has no IPv{other.ip.version} address")
+            s, d = (End(ip, s.pod), d) if one is s else (s, End(ip, d.pod))
+    return s, d
+
+
+def judge(world: World, source, destination, protocol: str, port: int) -> Verdict:
     """May `source` open a connection to `destination` on protocol/port, and why."""
-    same_pod = source.pod is not None and source.pod == destination.pod
-    egress = (judge_direction(cluster, source.pod, "egress", destination, protocol, port, destination)
-              if source.pod is not None else DirectionVerdict(applies=False))
-    ingress = (judge_direction(cluster, destination.pod, "ingress", source, protocol, port, destination)
-               if destination.pod is not None else DirectionVerdict(applies=False))
+    s, d = _same_family(end(world, source), end(world, destination))
+    same_pod = s.pod is not None and s.pod == d.pod
+    egress = (_judge_direction(world, s.pod, "egress", d, protocol, port, d)
+              if s.pod is not None else DirectionVerdict(applies=False))
+    ingress = (_judge_direction(world, d.pod, "ingress", s, protocol, port, d)
+               if d.pod is not None else DirectionVerdict(applies=False))
     allowed = same_pod or (egress.allows and ingress.allows)
     return Verdict(source, destination, protocol, port, allowed, egress, ingress, same_pod)
 
 
-def connection_addresses(source: Pod, destination: Pod):
+def connection_addresses(source: RefPod, destination: RefPod):
     """The addresses a pod-to-pod connection uses: the first family both have."""
     for version in (4, 6):
         s = next((ip for ip in source.ips if ip.version == version), None)
@@ -127,17 +262,14 @@ def connection_addresses(source: Pod, destination: Pod):
     return None
 
 
-def matrix(cluster: Cluster, protocol: str, port: int) -> tuple[list, list]:
+def matrix(world: World, protocol: str, port: int) -> tuple[list, list]:
     """pods (sorted by namespace, name) and allowed[i][j]: may pods[i] connect to pods[j]."""
-    pods = cluster.sorted_pods()
     allowed = []
-    for src in pods:
+    for src in world.pods:
         row = []
-        for dst in pods:
+        for dst in world.pods:
             addrs = connection_addresses(src, dst)
-            if addrs is None:
-                row.append(False)
-                continue
-            row.append(judge(cluster, Endpoint(addrs[0], src), Endpoint(addrs[1], dst), protocol, port).allowed)
+            row.append(addrs is not None and
+                       judge(world, End(addrs[0], src), End(addrs[1], dst), protocol, port).allowed)
         allowed.append(row)
-    return pods, allowed
+    return world.pods, allowed

@@ -16,7 +16,6 @@ from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
 from pyipset.observe.nflog import NflogSocket
 from pyipset.verify import native, reference
-from pyipset.verify.explain import Endpoint
 
 from agents import AgentProcess, load_into, wait_for
 
@@ -105,13 +104,13 @@ def test_blocked_attempts_are_counted_exactly_and_logged_with_pods_and_policy(ap
 
 def direction_denials(objs) -> dict:
     """(src, dst) -> {direction: True if that direction denies} for every pair of pods, from the reference."""
-    c = load_objects(objs)
+    world = reference.World(objs)
     out = {}
-    for s in c.pods:
-        for d in c.pods:
+    for s in world.pods:
+        for d in world.pods:
             if s == d:
                 continue
-            v = reference.judge(c, Endpoint(s.ips[0], s), Endpoint(d.ips[0], d), "TCP", 80)
+            v = reference.judge(world, s.key, d.key, "TCP", 80)
             out[s.key, d.key] = {"egress": not v.egress.allows, "ingress": not v.ingress.allows}
     return out
 
