@@ -13,6 +13,7 @@ s of churn; PYIPSET_BENCH_FULL=1 times 1,000 creations and 120 s."""
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import json
 import os
@@ -206,36 +207,48 @@ def test_start_up_peak_memory(benchmark, tmp_path, pods):
     50 per node, 1 policy per 10 pods: the agent's peak resident memory
     (VmHWM) from start to ready, its own process, as on a node. Checks the
     work: ready, and the kernel holds a set member for every pod."""
-    from pyipset.kernel.scratch import new_name
     from synthetic import realistic
-    _root()
     benchmark.group = "agent: start-up peak memory, realistic pods"
-    netns = new_name("bench")
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    api = APIServer().start()
-    proc = None
-    try:
-        objs = objects(pods, pods // 10, nodes=pods // 50)
-        sample = next(o for o in objs if o["kind"] == "Pod")
-        for kind in ("Namespace", "Pod", "NetworkPolicy"):
-            for o in objs:
-                if o["kind"] == kind:
-                    api.apply(realistic(o) if kind == "Pod" else o)
+    objs = objects(pods, pods // 10, nodes=pods // 50)
+    sample = next(o for o in objs if o["kind"] == "Pod")
+    with _scratch_node([realistic(o) if o["kind"] == "Pod" else o for o in objs]) as node:
         figures = {}
 
         def start():
-            nonlocal proc
             began = time.monotonic()
-            proc, port = _agent_process(api, netns, tmp_path)
-            figures.update(ready_s=time.monotonic() - began, peak_rss_mb=_proc_figures(proc.pid)[3] / 2**20,
+            node.proc, port = _agent_process(node.api, node.netns, tmp_path)
+            figures.update(ready_s=time.monotonic() - began, peak_rss_mb=_proc_figures(node.proc.pid)[3] / 2**20,
                            members=_metric(port, "pyipset_kernel_set_members"))
         benchmark.pedantic(start, rounds=1, iterations=1)
-        assert figures["members"] >= pods, figures  # every pod's address is in the kernel's sets
-        benchmark.extra_info.update(figures, pods=pods, pod_json_bytes=len(json.dumps(realistic(sample))))
+    assert figures["members"] >= pods, figures  # every pod's address is in the kernel's sets
+    benchmark.extra_info.update(figures, pods=pods, pod_json_bytes=len(json.dumps(realistic(sample))))
+
+
+class _Node:
+    def __init__(self, api, netns):
+        self.api, self.netns, self.proc = api, netns, None
+
+
+@contextlib.contextmanager
+def _scratch_node(objs):
+    """A scratch network namespace and the test API server holding `objs`; the
+    agent process a test puts in .proc is stopped, and both go, at the end."""
+    from pyipset.kernel.scratch import new_name
+    _root()
+    netns = new_name("bench")
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    api = APIServer().start()
+    node = _Node(api, netns)
+    try:
+        for kind in ("Namespace", "Pod", "NetworkPolicy"):
+            for o in objs:
+                if o["kind"] == kind:
+                    api.apply(o)
+        yield node
     finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
+        if node.proc is not None:
+            node.proc.terminate()
+            node.proc.wait(30)
         api.stop()
         subprocess.run(["ip", "netns", "delete", netns])
 
@@ -277,37 +290,10 @@ def test_steady_state_cpu_and_memory(benchmark, tmp_path):
     core) and resident memory, measured from /proc. The agent runs as its own
     process (`pyipset agent`), as on a node."""
     import random
-    import socket
-    import sys
-    import urllib.request
-    from pyipset.kernel.scratch import new_name
-    _root()
     benchmark.group = "agent: steady state, 10,000 pods, 1,000 policies, 10 pod events/s"
-    netns = new_name("bench")
-    subprocess.run(["ip", "netns", "add", netns], check=True)
-    api = APIServer().start()
-    proc = None
-    try:
-        for kind in ("Namespace", "Pod", "NetworkPolicy"):
-            for o in objects(10000, 1000, nodes=200):
-                if o["kind"] == kind:
-                    api.apply(o)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        proc = subprocess.Popen([sys.executable, "-m", "pyipset", "agent", "--node-name", "node0",
-                                 "--kubeconfig", api.kubeconfig(tmp_path / "kc.json"), "--netns", netns,
-                                 "--listen", f"127.0.0.1:{port}", "--log-level", "warning"],
-                                stdout=subprocess.DEVNULL, stderr=open(tmp_path / "agent.log", "w"))
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2).status == 200:
-                    break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline and proc.poll() is None, (tmp_path / "agent.log").read_text()
-            time.sleep(0.1)
+    with _scratch_node(objects(10000, 1000, nodes=200)) as node:
+        api, netns = node.api, node.netns
+        node.proc = proc = _agent_process(api, netns, tmp_path)[0]
         time.sleep(2)  # settle after the first update
         rng = random.Random(1)
         alive: list = []
@@ -345,9 +331,3 @@ def test_steady_state_cpu_and_memory(benchmark, tmp_path):
         # within a few seconds of the last event the kernel holds the program for what the API holds.
         figures["caught_up_s"] = _caught_up(api, netns, 10.0)
         benchmark.extra_info.update(figures)
-    finally:
-        if proc is not None:
-            proc.terminate()
-            proc.wait(30)
-        api.stop()
-        subprocess.run(["ip", "netns", "delete", netns])

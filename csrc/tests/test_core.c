@@ -227,6 +227,16 @@ static void test_net_nomatch(void) {
  * of members and delete it back to a few dozen, three times: it must grow and
  * shrink (its memory goes up and down; counted, so that a test that never
  * shrinks fails), and answer every key as the model does at every turn. */
+static ips_entry churn_entry(uint32_t v) {
+    ips_entry e = {0};
+    e.ip[2] = (uint8_t)(v >> 8);
+    e.ip[3] = (uint8_t)v;
+    e.proto = 6;
+    e.port = (uint16_t)(v & 7);
+    e.cidr = 32;
+    return e;
+}
+
 static void test_churn(void) {
     ips_status st;
     ips_set *s = ips_set_new(IPS_HASH_IP_PORT, IPS_INET, 99, &st);
@@ -244,12 +254,7 @@ static void test_churn(void) {
                 const bool adding = ((x >> 20) % 100) < (growing ? 90u : 10u);
                 while (!adding && !model[v] && count)
                     v = (v + 1) & 0xFFFF; /* deletions take a member: the set empties as the phase wants */
-                ips_entry e = {0};
-                e.ip[2] = (uint8_t)(v >> 8);
-                e.ip[3] = (uint8_t)v;
-                e.proto = 6;
-                e.port = (uint16_t)(v & 7);
-                e.cidr = 32;
+                ips_entry e = churn_entry(v);
                 bool did;
                 if (adding) {
                     CHECK(ips_set_add(s, &e, &did) == IPS_OK);
@@ -269,12 +274,7 @@ static void test_churn(void) {
             }
             CHECK(ips_set_size(s) == count);
             for (uint32_t k = 0; k < (1 << 16); k++) {
-                ips_entry q = {0};
-                q.ip[2] = (uint8_t)(k >> 8);
-                q.ip[3] = (uint8_t)k;
-                q.proto = 6;
-                q.port = (uint16_t)(k & 7);
-                q.cidr = 32;
+                ips_entry q = churn_entry(k);
                 if (ips_set_test(s, &q) != (model[k] != 0)) {
                     failures++;
                     fprintf(stderr, "churn mismatch in cycle %d phase %d key %u\n", cycle, phase, k);

@@ -27,20 +27,22 @@ def free_port() -> int:
 class AgentProcess:
     """`pyipset agent` for one lab node, as a DaemonSet would run it."""
 
-    def __init__(self, api, node, tmp_path, *extra):
+    def __init__(self, api, node, tmp_path, *extra, kubeconfig=None, host: str = "127.0.0.1"):
+        """kubeconfig: another than the API server's plain one; host: where to listen (IPv6 too)."""
         self.port = free_port()
+        self.address = f"[{host}]:{self.port}" if ":" in host else f"{host}:{self.port}"
         self.log = open(tmp_path / f"agent-{node.name}-{self.port}.log", "w+")
-        kubeconfig = api.kubeconfig(tmp_path / "kubeconfig.json")
+        kubeconfig = str(kubeconfig or api.kubeconfig(tmp_path / "kubeconfig.json"))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "pyipset", "agent", "--kubeconfig", kubeconfig, "--node-name", node.name,
-             "--netns", node.netns, "--listen", f"127.0.0.1:{self.port}", "--batch-delay", "0.02",
+             "--netns", node.netns, "--listen", self.address, "--batch-delay", "0.02",
              "--backoff-initial", "0.05", "--backoff-max", "0.5", "--read-timeout", "5", "--watch-timeout", "30",
              "--log-format", "json", *extra],
             stdout=subprocess.DEVNULL, stderr=self.log, text=True, cwd="/", preexec_fn=terminal_signals)
 
     def get(self, path: str) -> tuple:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=2) as r:
+            with urllib.request.urlopen(f"http://{self.address}{path}", timeout=2) as r:
                 return r.status, r.read().decode()
         except urllib.error.HTTPError as e:
             return e.code, e.read().decode()
@@ -63,9 +65,12 @@ class AgentProcess:
                    if s.name == name and all(s.labels.get(k) == v for k, v in labels.items()))
 
     def logs(self) -> str:
+        return self.logs_all()[-4000:]
+
+    def logs_all(self) -> str:
         self.log.flush()
         self.log.seek(0)
-        return self.log.read()[-4000:]
+        return self.log.read()
 
     def stop(self, sig=signal.SIGTERM) -> int:
         if self.proc.poll() is None:

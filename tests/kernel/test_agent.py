@@ -346,7 +346,6 @@ def test_ipv6_listen_and_a_missing_credential_plugin(api, tmp_path):
     """--listen [::1]:PORT serves; a kubeconfig whose exec plugin is missing
     is said once, in the log's format, and the agent is not ready until the
     plugin is there; then it lists, programs and is ready."""
-    from agents import free_port
     import yaml
     universe = [namespace("a"), pod("a/web", "192.0.2.1", {"app": "web"}, node="n0")]
     load_into(api, universe)
@@ -357,39 +356,19 @@ def test_ipv6_listen_and_a_missing_credential_plugin(api, tmp_path):
     kubeconfig = tmp_path / "exec.yaml"
     kubeconfig.write_text(yaml.safe_dump(config))
     with LabNode(load_objects(universe), nodes=1, program=False) as lab:
-        node = lab.nodes[0]
-        port = free_port()
-        log = open(tmp_path / "agent.log", "w+")
-        import sys
-        proc = subprocess.Popen([sys.executable, "-m", "pyipset", "agent", "--kubeconfig", str(kubeconfig),
-                                 "--node-name", "n0", "--netns", node.netns, "--listen", f"[::1]:{port}",
-                                 "--backoff-initial", "0.1", "--backoff-max", "0.5", "--log-format", "json"],
-                                stdout=subprocess.DEVNULL, stderr=log, text=True, cwd="/")
-
-        def readyz():
-            import urllib.request
-            try:
-                with urllib.request.urlopen(f"http://[::1]:{port}/readyz", timeout=2) as r:
-                    return r.status, r.read().decode()
-            except urllib.error.HTTPError as e:
-                return e.code, e.read().decode()
-            except OSError as e:
-                return 0, str(e)
+        agent = AgentProcess(api, lab.nodes[0], tmp_path, kubeconfig=kubeconfig, host="::1")
         try:
-            wait_for(lambda: readyz()[0] == 503, CONVERGE, "serving on [::1], not ready")
-            assert "exec plugin" in readyz()[1]
+            wait_for(lambda: agent.get("/readyz")[0] == 503, CONVERGE, "serving on [::1], not ready")
+            assert "exec plugin" in agent.get("/readyz")[1]
             time.sleep(1.0)
-            assert readyz()[0] == 503
+            assert agent.get("/readyz")[0] == 503
             plugin.write_text("#!/bin/sh\necho '{\"apiVersion\": \"client.authentication.k8s.io/v1\", "
                               "\"kind\": \"ExecCredential\", \"status\": {\"token\": \"t0ken\"}}'\n")
             plugin.chmod(0o755)
-            wait_for(lambda: readyz()[0] == 200, CONVERGE, "ready once the plugin is there")
+            agent.wait_ready()
         finally:
-            proc.send_signal(signal.SIGTERM)
-            code = proc.wait(timeout=30)
-            log.seek(0)
-            lines = log.read().splitlines()
-            log.close()
+            lines = agent.logs_all().splitlines()
+            code = agent.stop()
     assert code == 0
     records = [json.loads(line) for line in lines]  # every line is JSON
     said = [r for r in records if "exec plugin" in r["message"]]
