@@ -10,6 +10,7 @@ NUMBERS = {"TCP": 6, "UDP": 17, "SCTP": 132}
 KERNEL_NAMES = {6: "tcp", 17: "udp", 132: "sctp"}
 IPTABLES_NAMES = {**KERNEL_NAMES, 1: "icmp", 58: "ipv6-icmp"}
 ICMP = {"inet": 1, "inet6": 58}
+WITH_PORTS = frozenset(KERNEL_NAMES)  # the transport headers that start with source and destination ports
 
 
 def counted(family: str) -> tuple:

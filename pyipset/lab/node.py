@@ -172,8 +172,10 @@ class LabNode:
         self.close()
 
     def _netns(self, name: str) -> None:
-        _run("ip", "netns", "add", name)
+        # Recorded before it exists: a signal arriving as `ip netns add` returns must not leave it
+        # behind (deleting one that was never made is harmless).
         self.created.append(name)
+        _run("ip", "netns", "add", name)
         _run("ip", "-n", name, "link", "set", "lo", "up")
 
     @staticmethod

@@ -28,7 +28,9 @@ import socket
 import struct
 import sys
 
-IPPROTO_SCTP = 132
+from ..protocols import NUMBERS
+
+IPPROTO_SCTP = NUMBERS["SCTP"]
 SCTP_INIT, SCTP_INIT_ACK = 1, 2
 
 

@@ -26,6 +26,7 @@ from typing import NamedTuple, Optional
 
 from ..compile.compiler import counted_protocols
 from ..errors import PyipsetError
+from ..protocols import WITH_PORTS
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
@@ -128,7 +129,7 @@ def decode_payload(payload: bytes) -> tuple:
                 break
     else:
         raise ValueError("not IP")
-    if protocol in (6, 17, 132):
+    if protocol in WITH_PORTS:
         if len(payload) < off + 4:
             raise ValueError("truncated")
         sport, dport = _PORTS.unpack_from(payload, off)

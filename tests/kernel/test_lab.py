@@ -331,7 +331,9 @@ HOOKS_FIRST = [namespace("a"), namespace("b"),
                pod("a/web", "192.0.2.1", {"app": "web"}), pod("a/db", "192.0.2.2", {"app": "db"}),
                pod("b/cli", "198.51.100.1", {"app": "cli"}),
                policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}},
-                               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]})]
+                               "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}}]}]}),
+               # cli may open nothing: under bridge:NAME its traffic to the node goes through the INPUT hook
+               policy("b/cli", {"podSelector": {"matchLabels": {"app": "cli"}}, "policyTypes": ["Egress"]})]
 FOREIGN = {
     # an operator's or a CNI's rule inserted at the top
     "accept-first": (["iptables", "-w", "-I", "FORWARD", "1", "-j", "ACCEPT"], True),
@@ -356,7 +358,8 @@ def test_hooks_are_kept_first(foreign, attach):
     the rule above it, moves it back to the top in one transaction, and the
     pair is denied again. Foreign marks (mangle, raw, every bit) change no
     verdict: our chain clears its bits before judging. With bridge:weave the
-    INPUT hook is kept first too."""
+    INPUT hook is kept first too: there, a pod whose egress policy admits
+    nothing cannot reach its node, until a foreign INPUT rule lets it."""
     from pyipset.compile.compiler import compile_cluster, program_families
     from pyipset.compile.program import Attach
     from pyipset.kernel.backend import read_filter, reconcile_programs
@@ -365,11 +368,14 @@ def test_hooks_are_kept_first(foreign, attach):
     command, bypasses = FOREIGN[foreign]
     with LabNode(c, attach=how) as lab:
         node = lab.nodes[0]
+        bridge = how.mode == "bridge"
         assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
         assert not lab.connect("b/cli", "a/db", "TCP", 5432, 0.5)
+        assert lab.connect_to_node("b/cli", "TCP", 9000, 0.5) == (not bridge)  # pod-ips: the node is not judged
         node.kernel.run(*command)
-        if how.mode == "bridge":
+        if bridge:
             node.kernel.run("iptables", "-w", "-I", "INPUT", "1", "-j", "ACCEPT")
+            assert lab.connect_to_node("b/cli", "TCP", 9000, 0.5)  # the foreign INPUT rule decides first
         assert lab.connect("b/cli", "a/db", "TCP", 5432, 0.5) == bypasses  # the foreign rule decides first
         programs = [compile_cluster(c, f, attach=how) for f in program_families(c)]
         drifts = reconcile_programs(programs, node.kernel)
@@ -383,3 +389,4 @@ def test_hooks_are_kept_first(foreign, attach):
         assert not any(d.total() for d in reconcile_programs(programs, node.kernel))  # and it holds
         assert not lab.connect("b/cli", "a/db", "TCP", 5432, 0.5)
         assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
+        assert lab.connect_to_node("b/cli", "TCP", 9000, 0.5) == (not bridge)
