@@ -209,3 +209,28 @@ def test_a_blocks_json_fields_are_its_fields_whatever_the_names(src, dst, polici
     import json
     b = Block("denied", "ingress", "tcp", "192.0.2.1", "2001:db8::2", 1, 65535, src, dst, policies, "a", 0.0)
     assert json.loads("{" + b.fields_json() + "}") == b.fields()
+
+
+@pytest.mark.parametrize("by_namespace", [False, True])
+def test_the_block_log_rate_and_the_namespace_counts(by_namespace):
+    """--block-log-rate: a burst of 2x the rate is logged, the rest counted as
+    suppressed, every block counted as read; --metrics-by-namespace: a series
+    per namespace of the blocking side, none without it."""
+    import threading
+    from pyipset.agent.metrics import Metrics
+    from pyipset.observe.attribution import BlockReporter
+    objs = [namespace("a"), namespace("b"), pod("a/db", "192.0.2.2", {"app": "db"}), pod("b/cli", "198.51.100.1"),
+            policy("a/db", {"podSelector": {}, "policyTypes": ["Ingress"]})]
+    c = load_objects(objs)
+    programs = [compile_cluster(c, "inet")]
+    lines, m = [], Metrics()
+    r = BlockReporter(86, None, lambda: (programs, c.pods), m, threading.Event(), log_rate=10,
+                      by_namespace=by_namespace, emit=lines.extend)
+    r._refresh()  # the reader thread takes the enforced programs before attributing
+    r.handle(b"".join(message(ipv4("198.51.100.1", "192.0.2.2", 6, tcp_syn(sport=40000 + i, dport=80)), seq=i)
+                      for i in range(100)))
+    assert len(lines) == 20 and all("b/cli -> a/db" in text for text, _ in lines)
+    assert m.block_log_suppressed._value.get() == 80
+    assert m.blocks_read.labels("denied", "ingress")._value.get() == 100
+    series = [s for f in m.blocks_by_namespace.collect() for s in f.samples if s.name.endswith("_total")]
+    assert [(s.labels["namespace"], s.value) for s in series] == ([("a", 100.0)] if by_namespace else [])
