@@ -25,4 +25,4 @@ class Held:
 
     def for_attribution(self) -> Optional[tuple]:
         """(programs, pods, applied_at), or None before the first update (observe.attribution's source)."""
-        return (self.programs, list(self.pods), self.applied_at) if self.programs else None
+        return (self.programs, self.pods, self.applied_at) if self.programs else None
