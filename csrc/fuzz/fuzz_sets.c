@@ -118,14 +118,34 @@ static bool model_test(const model *m, ips_type type, ips_family f, const ips_en
     return i >= 0 && !m->e[i].nomatch;
 }
 
-static void to_columns(ips_family f, const ips_entry *e, size_t i, uint32_t *ip4, uint8_t *ip6, uint32_t *ip4b,
-                       uint8_t *ip6b) {
-    if (f == IPS_INET) {
-        ip4[i] = (uint32_t)e->ip[0] << 24 | (uint32_t)e->ip[1] << 16 | (uint32_t)e->ip[2] << 8 | e->ip[3];
-        ip4b[i] = (uint32_t)e->ip2[0] << 24 | (uint32_t)e->ip2[1] << 16 | (uint32_t)e->ip2[2] << 8 | e->ip2[3];
-    } else {
-        memcpy(ip6 + 16 * i, e->ip, 16);
-        memcpy(ip6b + 16 * i, e->ip2, 16);
+enum { BATCH = 8 };
+
+/* The columns of a batch call (ips_set_test_many, ips_set_add_many). */
+typedef struct {
+    uint32_t ip4[BATCH], ip4b[BATCH];
+    uint8_t ip6[16 * BATCH], ip6b[16 * BATCH], proto[BATCH], cidr[BATCH];
+    uint16_t port[BATCH];
+} columns;
+
+/* n keys from k on, `step` apart (hosts: for hash:net, a host inside each
+ * network, as batch lookups take), into q and the columns c. */
+static void fill(ips_type type, ips_family f, uint8_t k, size_t n, unsigned step, bool hosts, ips_entry *q,
+                 columns *c) {
+    for (size_t i = 0; i < n; i++) {
+        q[i] = key(type, f, (uint8_t)(k + i * step));
+        if (hosts && type == IPS_HASH_NET) {
+            q[i].cidr = (uint8_t)(addr_bytes(f) * 8);
+            q[i].ip[addr_bytes(f) - 1] |= (uint8_t)i;
+        }
+        if (f == IPS_INET) {
+            c->ip4[i] = (uint32_t)q[i].ip[0] << 24 | (uint32_t)q[i].ip[1] << 16 | (uint32_t)q[i].ip[2] << 8 | q[i].ip[3];
+            c->ip4b[i] = (uint32_t)q[i].ip2[0] << 24 | (uint32_t)q[i].ip2[1] << 16 | (uint32_t)q[i].ip2[2] << 8 |
+                         q[i].ip2[3];
+        } else {
+            memcpy(c->ip6 + 16 * i, q[i].ip, 16);
+            memcpy(c->ip6b + 16 * i, q[i].ip2, 16);
+        }
+        c->proto[i] = q[i].proto, c->port[i] = q[i].port, c->cidr[i] = q[i].cidr;
     }
 }
 
@@ -175,42 +195,26 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
             break;
         }
         case 4: { /* batch test of the next keys (after prepare every other time) */
-            enum { B = 8 };
-            static uint32_t ip4[B], ip4b[B];
-            static uint8_t ip6[16 * B], ip6b[16 * B], proto[B], out[B];
-            static uint16_t port[B];
-            ips_entry q[B];
-            for (size_t i = 0; i < B; i++) {
-                q[i] = key(type, f, (uint8_t)(k + i * 17));
-                if (type == IPS_HASH_NET) { /* batch lookups take hosts */
-                    q[i].cidr = (uint8_t)(addr_bytes(f) * 8);
-                    q[i].ip[addr_bytes(f) - 1] |= (uint8_t)i;
-                }
-                to_columns(f, &q[i], i, ip4, ip6, ip4b, ip6b);
-                proto[i] = q[i].proto, port[i] = q[i].port;
-            }
+            static columns c;
+            static uint8_t out[BATCH];
+            ips_entry q[BATCH];
+            fill(type, f, k, BATCH, 17, true, q, &c);
             if (op & 0x10)
                 require(ips_set_prepare(s) == IPS_OK);
-            ips_set_test_many(s, B, f == IPS_INET ? (const void *)ip4 : ip6, proto, port,
-                              f == IPS_INET ? (const void *)ip4b : ip6b, out);
-            for (size_t i = 0; i < B; i++)
+            ips_set_test_many(s, BATCH, f == IPS_INET ? (const void *)c.ip4 : c.ip6, c.proto, c.port,
+                              f == IPS_INET ? (const void *)c.ip4b : c.ip6b, out);
+            for (size_t i = 0; i < BATCH; i++)
                 require(out[i] == model_test(&m, type, f, &q[i]));
             break;
         }
         case 5: { /* batch add of the next keys */
             enum { B = 4 };
-            static uint32_t ip4[B], ip4b[B];
-            static uint8_t ip6[16 * B], ip6b[16 * B], proto[B], cidr[B];
-            static uint16_t port[B];
+            static columns c;
             ips_entry q[B];
-            for (size_t i = 0; i < B; i++) {
-                q[i] = key(type, f, (uint8_t)(k + i * 3));
-                to_columns(f, &q[i], i, ip4, ip6, ip4b, ip6b);
-                proto[i] = q[i].proto, port[i] = q[i].port, cidr[i] = q[i].cidr;
-            }
+            fill(type, f, k, B, 3, false, q, &c);
             size_t added = 0, bad = 0;
-            require(ips_set_add_many(s, B, f == IPS_INET ? (const void *)ip4 : ip6, proto, port,
-                                     f == IPS_INET ? (const void *)ip4b : ip6b, cidr, false, &added,
+            require(ips_set_add_many(s, B, f == IPS_INET ? (const void *)c.ip4 : c.ip6, c.proto, c.port,
+                                     f == IPS_INET ? (const void *)c.ip4b : c.ip6b, c.cidr, false, &added,
                                      &bad) == IPS_OK);
             size_t fresh = 0;
             for (size_t i = 0; i < B; i++) {
