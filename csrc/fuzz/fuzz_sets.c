@@ -138,7 +138,8 @@ static void fill(ips_type type, ips_family f, uint8_t k, size_t n, unsigned step
             q[i].ip[addr_bytes(f) - 1] |= (uint8_t)i;
         }
         if (f == IPS_INET) {
-            c->ip4[i] = (uint32_t)q[i].ip[0] << 24 | (uint32_t)q[i].ip[1] << 16 | (uint32_t)q[i].ip[2] << 8 | q[i].ip[3];
+            c->ip4[i] = (uint32_t)q[i].ip[0] << 24 | (uint32_t)q[i].ip[1] << 16 | (uint32_t)q[i].ip[2] << 8 |
+                        q[i].ip[3];
             c->ip4b[i] = (uint32_t)q[i].ip2[0] << 24 | (uint32_t)q[i].ip2[1] << 16 | (uint32_t)q[i].ip2[2] << 8 |
                          q[i].ip2[3];
         } else {

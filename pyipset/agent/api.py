@@ -85,9 +85,9 @@ def node_pod_cidrs(call, name: str, timeout: tuple) -> tuple:
         node = json.loads(response.data)
     except Exception as exc:  # the client raises ApiException, urllib3 errors, OSError, ValueError
         status = getattr(exc, "status", None)
-        raise PodCIDRsUnknown(f"cannot read Node {name} for its pod CIDRs"
-                              f"{f' (HTTP {status})' if status else ''}: {brief_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)}"
-                              "; will retry (or give --pod-cidrs)") from None
+        why = brief_text(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        raise PodCIDRsUnknown(f"cannot read Node {name} for its pod CIDRs{f' (HTTP {status})' if status else ''}: "
+                              f"{why}; will retry (or give --pod-cidrs)") from None
     spec = node.get("spec") or {}
     texts = spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else [])
     try:
