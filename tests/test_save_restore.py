@@ -1,6 +1,8 @@
 """The `ipset save` text format, read and written."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from pyipset import IPSet
 from setmodel import CREATE_OPTIONS
@@ -65,3 +67,24 @@ def test_create_options_are_checked_as_ipset_checks_them(options, accepted):
     else:
         with pytest.raises(ValueError, match="line 1"):
             IPSet.restore(text)
+
+
+_WORDS = ["create", "add", "del", "x", "y", "hash:ip", "hash:net", "hash:ip,port", "hash:ip,port,ip", "family",
+          "inet", "inet6", "hashsize", "maxelem", "bucketsize", "initval", "timeout", "1024", "0x10", "-1", "08",
+          "192.0.2.1", "192.0.2.0/24", "2001:db8::1", "192.0.2.1,tcp:80", "192.0.2.1,udp:53,198.51.100.1",
+          "nomatch", "0.0.0.0/0", "", '"q"', "65536", "banana"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.lists(st.lists(st.sampled_from(_WORDS), max_size=8).map(" ".join), max_size=6), st.text(max_size=40))
+def test_restore_fuzzed_text_is_refused_by_line_or_round_trips(lines, noise):
+    """Random lines of restore input (the grammar's words in any order) and
+    random text: a ValueError naming a line, or a set whose save() restores
+    to itself; never another exception."""
+    for text in ("\n".join(lines), noise, "create x hash:ip\n" + noise):
+        try:
+            s = IPSet.restore(text)
+        except ValueError as exc:
+            assert str(exc).startswith(("line ", "no 'create' line")), str(exc)
+            continue
+        assert IPSet.restore(s.save()).save() == s.save()
