@@ -412,7 +412,9 @@ static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided_ou
             end = r + len[rule->jump];
             break;
         case IPS_TARGET_MARK:
-            mark = (mark & ~rule->mark_mask) | rule->mark;
+            /* As the kernel: --set-xmark value/mask is (mark & ~mask) ^ value; --or-mark value (no mask)
+             * is mark | value. They agree with an OR when value lies inside mask (the compiler's MARKs). */
+            mark = rule->mark_mask ? (mark & ~rule->mark_mask) ^ rule->mark : mark | rule->mark;
             if (rule->mark)
                 marked = (int32_t)here;
             if (slots_out)

@@ -73,7 +73,8 @@ typedef struct ips_rule {
     uint8_t target;   /* ips_target */
     uint32_t chain;   /* the chain this rule belongs to */
     uint32_t jump;    /* IPS_TARGET_JUMP, IPS_TARGET_GOTO: chain index */
-    uint32_t mark, mark_mask;
+    uint32_t mark, mark_mask; /* IPS_TARGET_MARK, as the kernel: mask 0: mark |= value (--or-mark);
+                                 else mark = (mark & ~mask) ^ value (--set-xmark value/mask) */
     uint32_t first_match, n_matches; /* a slice of the matches array */
 } ips_rule;
 
