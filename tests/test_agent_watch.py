@@ -141,6 +141,7 @@ def test_gone_on_resume_relists_and_drops_what_vanished(api, watched):
     for p in pods(50):
         api.apply(p)
     watched.wait_equal()
+    watched.wait_watching()
     api.compact()
     api.cut_watches()
     for i in range(0, 50, 2):  # deleted while the watch is down: only a relist can tell
@@ -157,6 +158,7 @@ def test_server_errors_back_off_and_honour_retry_after(api, tmp_path):
     try:
         w.wait_equal()
         assert w.restarts("http_500") == 3
+        w.wait_watching()
         api.fail_next(429, times=1, retry_after=1, match="/networkpolicies")
         api.cut_watches()
         start = time.monotonic()
@@ -372,6 +374,7 @@ def test_bookmarks_alone_keep_the_resource_version_current(api, watched):
 def test_readyz_reason_and_stale_seconds(api, watched):
     """While a watch cannot be kept the reflector says why, and counts the seconds."""
     watched.wait_equal()
+    watched.wait_watching()  # a watch sent before the fault and served after the cut would see neither
     pods_reflector = next(r for r in watched.reflectors if r.resource == "pods")
     assert pods_reflector.healthy and pods_reflector.stale_seconds() == 0
     api.fail_next(503, times=1000, match="/pods")
