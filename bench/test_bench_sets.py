@@ -13,7 +13,7 @@ import ipaddress
 import numpy as np
 import pytest
 
-from conftest import QUERIES, lookup_workload
+from conftest import QUERIES, gather_floor_ns, lookup_workload
 from pyipset import IPSet
 
 SIZES = [1_000, 10_000, 100_000, 1_000_000]
@@ -31,6 +31,7 @@ def test_lookup_hash_ip(benchmark, n, impl):
         s = IPSet("hash:ip")
         s.add_many(members)
         result = benchmark(s.contains_many, queries)
+        benchmark.extra_info["floor_ns"] = gather_floor_ns(s.memory_bytes)
     elif impl == "python-set":
         py_members, py_queries = set(members.tolist()), queries.tolist()
         result = np.array(benchmark(lambda: [q in py_members for q in py_queries]))
@@ -63,6 +64,7 @@ def test_lookup_hash_ip_port_ip(benchmark, impl):
         s = IPSet("hash:ip,port,ip")
         s.add_many(*members)
         result = benchmark(s.contains_many, *queries)
+        benchmark.extra_info["floor_ns"] = gather_floor_ns(s.memory_bytes)
     else:
         py_members = set(zip(*(c.tolist() for c in members)))
         py_queries = list(zip(*(c.tolist() for c in queries)))
@@ -103,7 +105,7 @@ def test_lookup_over_sizes(benchmark, set_type, n, load):
     s, queries = _filled(set_type, n, load)
     benchmark.group = f"lookup over sizes: {set_type}"
     benchmark.extra_info.update(ops=QUERIES, members=len(s), load=load, set_type=set_type,
-                                bytes_per_member=s.memory_bytes / len(s))
+                                bytes_per_member=s.memory_bytes / len(s), floor_ns=gather_floor_ns(s.memory_bytes))
     result = benchmark(s.contains_many, *queries)
     assert 0.45 * QUERIES <= int(result.sum()) <= QUERIES // 2
 
@@ -135,7 +137,8 @@ def test_lookup_hash_net(benchmark, mix):
     inside = rng.choice(addrs, QUERIES // 2)
     queries = rng.permutation(np.concatenate([inside, rng.integers(0, 1 << 32, size=QUERIES // 2, dtype=np.uint32)]))
     benchmark.group = f"lookup hash:net, {n:,} prefixes, 1M queries"
-    benchmark.extra_info.update(ops=QUERIES, members=len(s), bytes_per_member=s.memory_bytes / len(s))
+    benchmark.extra_info.update(ops=QUERIES, members=len(s), bytes_per_member=s.memory_bytes / len(s),
+                                floor_ns=gather_floor_ns(s.memory_bytes))
     result = benchmark(s.contains_many, queries)
     # Spot-check the batch against single lookups.
     for q, r in zip(queries[:200], result[:200]):
@@ -143,6 +146,19 @@ def test_lookup_hash_net(benchmark, mix):
 
 
 # ---- building ----
+
+def python_set_build_ns(keys: list, rounds: int = 5) -> float:
+    """The baseline of a build: nanoseconds per member to build a Python set
+    of the same keys (ints, or tuples for several columns), already Python
+    objects (the median of `rounds`)."""
+    import time
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        set(keys)
+        times.append(time.perf_counter() - start)
+    return sorted(times)[rounds // 2] / len(keys) * 1e9
+
 
 @pytest.mark.parametrize("n", SIZES)
 def test_build_hash_ip(benchmark, n):
@@ -158,6 +174,7 @@ def test_build_hash_ip(benchmark, n):
     s = benchmark(build)
     benchmark.extra_info["bytes_per_member"] = s.memory_bytes / n
     benchmark.extra_info["raw_key_bytes"] = 4
+    benchmark.extra_info["python_set_ns"] = python_set_build_ns(members.tolist())
     assert len(s) == n
 
 
@@ -186,6 +203,8 @@ def test_build_other_types(benchmark, set_type, family, raw):
 
     s = benchmark(build)
     benchmark.extra_info["bytes_per_member"] = s.memory_bytes / len(s)
+    keys = list(zip(*(c.tolist() if c.ndim == 1 else [bytes(r) for r in c] for c in cols)))
+    benchmark.extra_info["python_set_ns"] = python_set_build_ns(keys)
     assert len(s) == n
 
 
@@ -217,6 +236,16 @@ def test_single_contains_str(benchmark, case):
         return hits
 
     assert benchmark(run) == loops
+    # The baseline, timed alike: the same loop asking a Python set of str for the same text.
+    import time
+    py, times = {stored}, []
+    for _ in range(25):
+        start = time.perf_counter()
+        hits = 0
+        for _ in range(loops):
+            hits += probe in py
+        times.append(time.perf_counter() - start)
+    benchmark.extra_info["python_set_ns"] = sorted(times)[12] / loops * 1e9
 
 
 # ---- growth ----

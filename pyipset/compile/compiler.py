@@ -88,6 +88,7 @@ FLATTEN_LIMIT (1,024) members, and keep the pair of sets otherwise.
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 from .. import protocols
@@ -141,8 +142,8 @@ class _Sets:
 
     def name(self, role: str, key_parts: tuple, peer_kind: str = "") -> tuple:
         """(name, key) of the set with this role and key in this program's family."""
-        key = naming.set_key(role, self.program.family, key_parts, peer_kind)
-        return naming.set_name(role, key, peer_kind), key
+        key, name = naming.set_key_and_name(role, self.program.family, key_parts, peer_kind)
+        return name, key
 
     def get(self, role: str, key_parts: tuple, set_type: str, members, comment: str, peer_kind: str = "") -> str:
         name, key = self.name(role, key_parts, peer_kind)
@@ -153,6 +154,13 @@ class _Sets:
                 values = tuple(sorted(set(values)))
             self.program.sets[name] = SetDef(name, set_type, self.program.family, values, key, comment, role)
         return name
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _block_set(block) -> tuple:
+    """(members, key parts) of an ipBlock's hash:net set (str() of addresses is slow; blocks repeat)."""
+    return ([str(block.cidr)] + [f"{e} nomatch" for e in block.excepts],
+            ("block", str(block.cidr), tuple(sorted(map(str, block.excepts)))))
 
 
 def flat_key(policy: NetworkPolicy, direction: str, index: int) -> tuple:
@@ -274,9 +282,8 @@ class _Compiler:
             block = peer.ip_block
             if block.cidr.version != self.version:
                 return None
-            members = [str(block.cidr)] + [f"{e} nomatch" for e in block.excepts]
-            name = self.sets.get(ROLE_BLOCK, ("block", str(block.cidr), sorted(map(str, block.excepts))), "hash:net",
-                                 members, f"ipBlock {block.describe()}")
+            members, parts = _block_set(block)
+            name = self.sets.get(ROLE_BLOCK, parts, "hash:net", members, f"ipBlock {block.describe()}")
             return Match("set", name=name, dims=dim)
         if peer.namespace_selector is None:
             parts, kind = ("pods", policy.namespace, peer.pod_selector.canonical()), "pods"
@@ -392,7 +399,7 @@ class _Compiler:
                 rules.append(Rule((), "GOTO", jump=child, origin="policy group search"))
                 break
             covered = frozenset(part)
-            part_set = self.pod_set(ROLE_GROUP, ("groups", direction, [list(g) for g in part]),
+            part_set = self.pod_set(ROLE_GROUP, ("groups", direction, tuple(part)),
                                     lambda part=part: [p for g in part for p in by_group[g]],
                                     f"pods selected by one of {len(part)} groups of {direction} policies",
                                     lambda pod, covered=covered: self.group_key(pod, direction) in covered)

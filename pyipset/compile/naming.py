@@ -18,6 +18,7 @@ them."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -63,6 +64,24 @@ def set_key(role: str, family: str, parts: tuple, peer_kind: str = "") -> str:
     return json.dumps([_code(role, peer_kind), family, *parts], separators=(",", ":"), sort_keys=True)
 
 
+@functools.lru_cache(maxsize=1 << 16)
+def _set_key_and_name(role: str, family: str, parts: tuple, peer_kind: str) -> tuple:
+    key = set_key(role, family, parts, peer_kind)
+    return key, set_name(role, key, peer_kind)
+
+
+def set_key_and_name(role: str, family: str, parts: tuple, peer_kind: str = "") -> tuple:
+    """(set_key, set_name), remembered for parts made of tuples and strings
+    (an agent compiles the same sets again at every policy change: the group
+    search's keys hold every group below them); parts holding lists are
+    computed each time. Tuples and lists give the same key."""
+    try:
+        return _set_key_and_name(role, family, parts, peer_kind)
+    except TypeError:  # unhashable parts
+        key = set_key(role, family, parts, peer_kind)
+        return key, set_name(role, key, peer_kind)
+
+
 def set_name(role: str, key: str, peer_kind: str = "") -> str:
     """pyi-<code>-<16 hex>: 22 characters."""
     return f"{SET_PREFIX}{_code(role, peer_kind)}-{digest(key, 16)}"
@@ -97,6 +116,11 @@ def group_chain(direction: str, policies: tuple) -> str:
 
 def tree_chain(direction: str, groups: list) -> str:
     """A level of the group search tree over these groups."""
+    return _tree_chain(direction, tuple(groups))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _tree_chain(direction: str, groups: tuple) -> str:
     return f"{CHAIN_PREFIX}-{direction[0].upper()}-T{digest(json.dumps(groups), 9)}"
 
 

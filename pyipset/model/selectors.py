@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 from dataclasses import dataclass, field
 
 
@@ -39,11 +41,10 @@ class LabelSelector:
 
     def canonical(self) -> str:
         """A separator-safe text that is equal for equal selectors (sorted, quoted)."""
-        import json
-        return json.dumps({
-            "l": sorted(self.match_labels),
-            "e": sorted([r.key, r.operator, sorted(r.values)] for r in self.match_expressions),
-        }, separators=(",", ":"))
+        try:
+            return _canonical(self)
+        except TypeError:  # a part that is not hashable (built by hand with lists)
+            return _canonical.__wrapped__(self)
 
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in self.match_labels]
@@ -55,3 +56,11 @@ class LabelSelector:
             else:
                 parts.append(f"!{r.key}")
         return ",".join(parts) if parts else "(all)"
+
+
+@functools.lru_cache(maxsize=1 << 14)
+def _canonical(selector: LabelSelector) -> str:
+    return json.dumps({
+        "l": sorted(selector.match_labels),
+        "e": sorted([r.key, r.operator, sorted(r.values)] for r in selector.match_expressions),
+    }, separators=(",", ":"))
