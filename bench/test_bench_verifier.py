@@ -93,3 +93,61 @@ def test_node_program(benchmark):
                                 **{f"node_{k}": v for k, v in local.items()},
                                 **{f"cluster_{k}": v for k, v in whole.items()})
     assert local["rules"] < whole["rules"] / 10
+
+
+MATRIX_STREAM_PODS = 10_000 if os.environ.get("PYIPSET_BENCH_FULL") == "1" else 3_000
+
+# The child's peak resident memory from its VmHWM, read as its output arrives (a
+# high-water mark: the last reading before it exits is its peak to within 1 MB of output).
+STREAM_CHILD = """
+import json, subprocess, sys, time
+
+def hwm(pid):
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 1024
+    except (OSError, StopIteration):
+        return 0.0
+
+start = time.perf_counter()
+proc = subprocess.Popen([sys.executable, "-m", "pyipset", "matrix", "-f", sys.argv[1], "--port", "80", "-o", "json"],
+                        stdout=subprocess.PIPE)
+size, head, tail, peak = 0, b"", b"", 0.0
+while True:
+    chunk = proc.stdout.read(1 << 20)
+    if not chunk:
+        break
+    head, size, tail = (head or chunk[:200]), size + len(chunk), (tail + chunk)[-200:]
+    peak = max(peak, hwm(proc.pid))
+proc.wait()
+print(json.dumps({"code": proc.returncode, "seconds": time.perf_counter() - start, "bytes": size,
+                  "head": head.decode(), "tail": tail.decode(),
+                  "peak_rss_mb": peak}))
+"""
+
+
+def test_matrix_streamed(benchmark, tmp_path):
+    """`pyipset matrix -o json` as a user runs it (its own process, output read
+    through a pipe), on a cluster of MATRIX_STREAM_PODS pods and one policy per
+    10 pods: its peak resident memory (the claim: a block of rows at a time,
+    whatever the cluster's size) and the bytes of JSON a second. The work is
+    checked: the output is as long as every cell needs, and whole."""
+    import json
+    n = MATRIX_STREAM_PODS
+    path = tmp_path / "cluster.json"
+    path.write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objects(n, n // 10)}))
+    benchmark.group = "matrix streamed as JSON by the CLI (its own process)"
+    result = {}
+
+    def run():
+        import subprocess
+        import sys
+        out = subprocess.run([sys.executable, "-c", STREAM_CHILD, str(path)], capture_output=True, text=True,
+                             check=True, cwd="/")
+        result.update(json.loads(out.stdout))
+    benchmark.pedantic(run, rounds=1, iterations=1)
+    assert result["code"] == 0
+    assert result["head"].startswith('{"protocol"') and result["tail"].rstrip().endswith("}")
+    assert result["bytes"] >= 4 * n * n  # "true" or "false" for every cell, at least
+    benchmark.extra_info.update(ops=1, pods=n, cells=n * n, seconds=result["seconds"], bytes=result["bytes"],
+                                mb_per_s=result["bytes"] / result["seconds"] / 1e6, peak_rss_mb=result["peak_rss_mb"])
