@@ -248,6 +248,29 @@ def test_other_answers_end_the_list_watch(api, watched, status):
     assert watched.restarts(f"http_{status}") == 1
 
 
+def test_a_watch_refused_after_every_good_list_backs_off(api, tmp_path, caplog):
+    """A permission taken away (watch refused with 403, list still allowed):
+    every round lists, then the watch is refused. The list must not reset the
+    backoff, or the agent lists again at once forever; the failure is said
+    once, and the view is not current meanwhile."""
+    import logging
+    api.fail_next(403, times=10_000, match="/pods", watch=True)
+    w = Watched(api, tmp_path, backoff_initial=0.02, backoff_max=0.4)
+    try:
+        with caplog.at_level(logging.DEBUG, logger="pyipset.agent"):
+            time.sleep(3.0)
+        rounds = w.restarts("http_403")
+        # Backing off: 0.02, 0.04, ... up to 0.4 s a round is about 14 rounds in 3 s; reset by each list it was
+        # one round every 0.02 s (over 100).
+        assert 3 <= rounds <= 20, rounds
+        said = [r for r in caplog.records if r.levelno >= logging.WARNING and "http_403" in r.getMessage()]
+        assert len(said) == 1, [r.getMessage() for r in said]
+        pods = next(r for r in w.reflectors if r.resource == "pods")
+        assert pods.why_stale() and "http_403" in pods.why_stale()
+    finally:
+        w.close()
+
+
 def test_a_failing_list_is_retried_until_it_succeeds(api, tmp_path):
     for status in (500, 429, 403):
         api.fail_next(status, times=2, match="/pods", watch=False)

@@ -32,8 +32,10 @@ has a fault in the test API server and a test for each):
 - Lines are read in linear time (only new bytes are searched for the
   newline) and bounded: a line longer than MAX_LINE ends the watch.
 - Backoff: exponential with full jitter from --backoff-initial to
-  --backoff-max; reset by a completed list or a watch that made progress,
-  and after BACKOFF_RESET seconds without a failure. A Retry-After longer
+  --backoff-max; reset by a watch that ended normally, and after
+  BACKOFF_RESET seconds without a failure. A completed list does not reset
+  it (client-go's does not either): a watch refused after every good list
+  (a permission taken away) backs off instead of listing again at once. A Retry-After longer
   than --backoff-max is cut to it: once the server answers normally again
   the view is current within --backoff-max plus a list.
 - While the view may be stale (from a failure until a list completes or a
@@ -282,7 +284,6 @@ class Reflector:
         if self.stale_since is not None:
             self.stale_total += max(0.0, now - self.stale_since)
         self.stale_since, self.problem = None, None
-        self._said = (None, 0.0)
 
     def _stale(self, why: str) -> None:
         with self._lock:
@@ -377,11 +378,13 @@ class Reflector:
             self.metrics.events.labels(self.resource, "LIST").inc(count)
         self.rv = rv
         self.failures_here = 0
-        self.backoff.reset()
+        # A list does not reset the backoff (client-go's does not either): a watch refused after every
+        # good list (a permission taken away) must back off, not list again at once forever.
+        failing = self._said[0] is not None  # a failure said lately: this list is one of a repeating round
         self._current()
         self.synced.set()
-        log.info("%s: listed %d (%d new or changed, %d gone) at resourceVersion %s", self.resource, count,
-                 changed, deleted, rv, extra={"resource": self.resource})
+        log.log(logging.DEBUG if failing else logging.INFO, "%s: listed %d (%d new or changed, %d gone) at "
+                "resourceVersion %s", self.resource, count, changed, deleted, rv, extra={"resource": self.resource})
 
     @staticmethod
     def _json(response) -> dict:
@@ -414,6 +417,7 @@ class Reflector:
                 self._event(event)
                 if not seen:
                     self._current()
+                    self._said = (None, 0.0)  # a watch that delivers: the next failure is news
                 seen += 1
                 if self.rv != start_rv:
                     self.failures_here = 0
