@@ -39,14 +39,16 @@ def _root():
 class Running:
     """An API server with a synthetic cluster and an agent for node0 in a scratch netns."""
 
-    def __init__(self, pods: int, policies: int, tmp_path, nodes: int = 0):
+    def __init__(self, pods: int, policies: int, tmp_path, nodes: int = 0, api=None):
+        """api: the API server to hold the cluster (default a new test API server, stopped at close)."""
         from pyipset.agent.loop import Agent
         from pyipset.agent.settings import Settings
         from pyipset.kernel.scratch import new_name
         _root()
         self.netns = new_name("bench")
         subprocess.run(["ip", "netns", "add", self.netns], check=True)
-        self.api = APIServer().start()
+        self.own_api = api is None
+        self.api = APIServer().start() if api is None else api
         objs = objects(pods, policies, nodes=nodes or max(1, pods // 50))
         for kind in ("Namespace", "Pod", "NetworkPolicy"):
             for o in objs:
@@ -126,7 +128,8 @@ class Running:
 
     def close(self) -> None:
         self.agent.shutdown()
-        self.api.stop()
+        if self.own_api:
+            self.api.stop()
         subprocess.run(["ip", "netns", "delete", self.netns])
 
 
@@ -184,6 +187,29 @@ def test_created_at_the_api_to_the_kernel(benchmark, tmp_path, pods, policies, w
     finally:
         run.close()
     benchmark.extra_info.update(pods=pods, policies=policies, tools_floor_ms=tools_floor_ms(what))
+
+
+def test_pod_created_at_the_real_api_server(benchmark, tmp_path):
+    """The same pod creations as test_created_at_the_api_to_the_kernel at 1k
+    pods / 100 policies, through a real kube-apiserver and etcd
+    (tools/controlplane; tests/controlplane.py): the pod created, then its
+    address written through the status subresource as the kubelet does; timed
+    until the kernel holds it."""
+    from controlplane import ControlPlane
+    benchmark.group = "agent: pod created at a real kube-apiserver -> in the kernel"
+    plane = ControlPlane(tmp_path / "controlplane")
+    try:
+        run = Running(1000, 100, tmp_path, api=plane)
+        try:
+            run.create_pod()  # warm
+            times = []
+            benchmark.pedantic(lambda: times.append(run.create_pod()), rounds=CREATIONS, iterations=1)
+            _percentiles(benchmark, times)
+        finally:
+            run.close()
+    finally:
+        plane.stop()
+    benchmark.extra_info.update(pods=1000, policies=100, tools_floor_ms=tools_floor_ms("pod"))
 
 
 SHAPE_CREATIONS = 200 if FULL else 10

@@ -311,3 +311,158 @@ def test_the_servers_watch_timeouts(cp, tmp_path):
             _converges_and_holds(cp, lab, agents, step)
         assert _metric(agents, "pyipset_watch_events_total", type="LIST") == listed, "a watch's end is no relist"
         assert _metric(agents, "pyipset_watch_events_total", type="BOOKMARK") > 0
+
+
+# ---- the cluster policy API, as installed ----
+
+def test_the_cluster_policy_crds_validate_as_released(cp):
+    """The pinned network-policy-api release's CRDs are installed (standard
+    channel) and the real server validates cluster policies by their schemas
+    and CEL rules: the release's own valid examples are accepted, its invalid
+    ones refused (dry runs)."""
+    import glob
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+    from controlplane import tool
+    npa = tool("npa-dir").strip()
+    custom = client.CustomObjectsApi(cp.client)
+    checked = {"valid": 0, "invalid": 0}
+    for verdict in ("valid", "invalid"):
+        for path in sorted(glob.glob(f"{npa}/pkg/crdtest/testdata/{verdict}/*.yaml")):
+            if path.endswith(".experimental.yaml"):
+                continue  # fields of the experimental channel, not installed
+            for obj in yaml.safe_load_all(open(path)):
+                group, version = obj["apiVersion"].split("/")
+                plural = obj["kind"].lower()[:-1] + "ies" if obj["kind"].endswith("y") else obj["kind"].lower() + "s"
+                if verdict == "valid":
+                    custom.create_cluster_custom_object(group, version, plural, obj, dry_run="All")
+                else:
+                    with pytest.raises(ApiException) as refused:
+                        custom.create_cluster_custom_object(group, version, plural, obj, dry_run="All")
+                    assert refused.value.status in (400, 422), (path, refused.value.status)
+                checked[verdict] += 1
+    assert checked["valid"] >= 3 and checked["invalid"] >= 3, checked
+
+
+# ---- Services beside a real kube-proxy ----
+
+SERVICE_PODS = [namespace("a", team="x"), namespace("b", team="y"),
+                pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
+                pod("a/db", "192.0.2.2", {"app": "db"}, node="n0"),
+                pod("b/cli", "192.0.2.3", {"role": "client"}, node="n0")]
+
+
+@contextlib.contextmanager
+def _kube_proxy(cp, node, tmp_path):
+    """kube-proxy (iptables mode) for lab node `node`, in its namespace,
+    reaching the API server through a Unix-socket relay (nothing is added to
+    the root namespace); conntrack limits and timeouts left as they are (the
+    table is the machine's)."""
+    import subprocess
+    import sys
+    from relay import UnixToTCP
+    url = cp.env["APISERVER_URL"]
+    host, port = url.split("//")[1].rsplit(":", 1)
+    sock = str(tmp_path / "api.sock")
+    root_side = UnixToTCP(sock, host, int(port))
+    subprocess.run(["ip", "-n", node.netns, "link", "set", "lo", "up"], check=True)
+    relay = subprocess.Popen(["ip", "netns", "exec", node.netns, sys.executable, str(ROOT / "tests" / "relay.py"),
+                              "6443", sock], stdout=subprocess.PIPE, text=True)
+    assert relay.stdout.readline().strip() == "ready"
+    kubeconfig = tmp_path / "kube-proxy.kubeconfig"
+    kubeconfig.write_text(open(cp.admin_kubeconfig).read().replace(url, "https://127.0.0.1:6443"))
+    log = open(tmp_path / "kube-proxy.log", "w")
+    proxy = subprocess.Popen(["ip", "netns", "exec", node.netns, cp.env["BIN"] + "/kube-proxy",
+                              "--kubeconfig", str(kubeconfig), "--hostname-override", node.name,
+                              "--proxy-mode", "iptables", "--cluster-cidr", "192.0.2.0/24",
+                              "--conntrack-max-per-core", "0", "--conntrack-tcp-timeout-established", "0",
+                              "--conntrack-tcp-timeout-close-wait", "0", "--iptables-sync-period", "2s",
+                              "--v", "2"], stdout=log, stderr=log)
+    try:
+        yield proxy
+    finally:
+        for p in (proxy, relay):
+            p.terminate()
+            p.wait(30)
+        root_side.close()
+        log.close()
+
+
+def _via(lab, src: str, address: str, port: int, protocol: str = "TCP") -> bool:
+    """A real connection from pod `src` to `address` (a ClusterIP)."""
+    import subprocess
+    import sys
+    lp = next(p for p in lab.pods if p.pod.key == src)
+    out = subprocess.run(["ip", "netns", "exec", lp.netns, sys.executable, "-m", "pyipset.lab.probe", "probe",
+                          "--protocol", protocol, "--port", str(port), "--timeout", "0.5", address],
+                         capture_output=True, text=True, check=True, cwd="/")
+    return json.loads(out.stdout)[0]
+
+
+def test_service_traffic_beside_kube_proxy(cp, tmp_path):
+    """Pods reach a Service's ClusterIP through a real kube-proxy (iptables
+    mode) in the same lab node the agent programs; the lab's verdict for pod ->
+    ClusterIP equals the verifier's for pod -> the backing pod, under an
+    ingress policy on the backend and an egress policy on the client, while
+    both program the node (kube-proxy's KUBE-* chains and its masquerade mark
+    stay; our hooks stay first)."""
+    import subprocess
+    from kubernetes import client
+    from pyipset.verify import native
+    _clean(cp)
+    load_into(cp, SERVICE_PODS)
+    cp.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n0"}})
+    core, discovery = client.CoreV1Api(cp.client), client.DiscoveryV1Api(cp.client)
+    svc = core.create_namespaced_service("a", {"metadata": {"name": "db"}, "spec": {
+        "selector": {"app": "db"}, "ports": [{"name": "pg", "port": 5432, "targetPort": 5432, "protocol": "TCP"}]}})
+    discovery.create_namespaced_endpoint_slice("a", {  # the EndpointSlice controller's work
+        "metadata": {"name": "db-1", "labels": {"kubernetes.io/service-name": "db"}}, "addressType": "IPv4",
+        "endpoints": [{"addresses": ["192.0.2.2"], "conditions": {"ready": True}, "nodeName": "n0"}],
+        "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]})
+    cluster_ip = svc.spec.cluster_ip
+    try:
+        with LabNode(load_objects(SERVICE_PODS), nodes=1, program=False) as lab:
+            node = lab.nodes[0]
+            # Pods send to the node for addresses off their link, as a bridge CNI's gateway route does.
+            for lp in lab.pods:
+                subprocess.run(["ip", "-n", lp.netns, "neigh", "replace", cluster_ip, "lladdr", node.bridge_mac,
+                                "dev", "eth0"], check=True)
+            with _kube_proxy(cp, node, tmp_path):
+                wait(lambda: f"-d {cluster_ip}/32" in subprocess.run(
+                    ["ip", "netns", "exec", node.netns, "iptables-save", "-t", "nat"], capture_output=True,
+                    text=True).stdout, 60, "kube-proxy's rules for the Service")
+                agent = AgentProcess(cp, node, tmp_path)
+                try:
+                    agent.wait_ready(60)
+                    lab.start_servers(5432)
+                    seen = set()
+                    for step in (lambda: None, lambda: load_into(cp, [DB]),
+                                 lambda: cp.delete("NetworkPolicy", "a/db") or load_into(cp, [policy("b/cli", {
+                                     "podSelector": {}, "policyTypes": ["Egress"],
+                                     "egress": [{"to": [{"namespaceSelector": {"matchLabels": {"team": "x"}}}],
+                                                 "ports": [{"port": 80}]}]})])):
+                        step()
+                        wait_converged(cp, lab, [agent])
+                        c = load_objects(list(cp.objects["namespaces"].values()) +
+                                         list(cp.objects["pods"].values()) +
+                                         list(cp.objects["networkpolicies"].values()), strict=False)
+                        evaluator = native.ClusterEvaluator(c)
+                        for src in ("a/web", "b/cli"):
+                            pods, matrix = evaluator.matrix("TCP", 5432)
+                            keys = [p.key for p in pods]
+                            expected = matrix[keys.index(src)][keys.index("a/db")]
+                            assert _via(lab, src, cluster_ip, 5432) == expected, (src, expected)
+                            seen.add((src, expected))
+                    # Both verdicts met through the ClusterIP, and both directions of policy denied one.
+                    assert {("a/web", True), ("b/cli", True), ("b/cli", False)} <= seen, seen
+                    saved = subprocess.run(["ip", "netns", "exec", node.netns, "iptables-save"], capture_output=True,
+                                           text=True, check=True).stdout
+                    assert ":KUBE-SERVICES" in saved and "KUBE-MARK-MASQ" in saved
+                    forward = [line for line in saved.splitlines() if line.startswith("-A FORWARD")]
+                    assert forward and "PYIPSET" in forward[0], forward
+                finally:
+                    assert agent.stop() == 0
+    finally:
+        core.delete_namespaced_service("db", "a")
+        discovery.delete_namespaced_endpoint_slice("db-1", "a")
+        cp.delete("Node", "n0")
