@@ -145,6 +145,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", choices=["json", "text"], default="text")
     p.set_defaults(run=run_explain)
 
+    p = sub.add_parser("diff", help="the connections a change would open or close, with why, before it is applied")
+    p.add_argument("--before", action="append", default=[], metavar="PATH", type=_path,
+                   help="the current manifests, file or directory (repeatable)")
+    p.add_argument("--before-cluster", action="store_true",
+                   help="the current state read from the cluster's API (read-only; with --kubeconfig)")
+    p.add_argument("--kubeconfig", metavar="FILE", help="the cluster for --before-cluster")
+    p.add_argument("--after", action="append", default=[], metavar="PATH", type=_path,
+                   help="the changed manifests (repeatable); with --before-cluster, applied on top of the cluster's "
+                        "objects as kubectl apply would (an object replaces the one of its kind, namespace and name)")
+    p.add_argument("--delete", action="append", default=[], metavar="PATH", type=_path,
+                   help="with --before-cluster: objects removed by the change (matched by kind, namespace, name)")
+    p.add_argument("--protocol", type=_protocol, help="only this protocol (default: TCP, UDP and SCTP)")
+    p.add_argument("--port", type=_port, help="only this port (default: every port a policy names, and one for the "
+                                                "others)")
+    p.add_argument("--fail-on", choices=["any", "closed", "opened"], default="any",
+                   help="which changes make the exit code 1 (default any)")
+    p.add_argument("--limit", type=int, default=50, metavar="N", help="pairs listed by -o table (default 50)")
+    p.add_argument("-o", "--output", choices=["json", "table"], default="table")
+    p.set_defaults(run=run_diff)
+
     p = sub.add_parser("compile", help="print the ipset and iptables-restore input the kernel backend would load")
     p.add_argument("-f", "--filename", action="append", required=True, metavar="PATH", type=_path,
                    help="manifest file or directory (repeatable)")
@@ -393,16 +413,7 @@ def resolve_endpoint(cluster: Cluster, text: str, flag: str) -> explain.Endpoint
     return explain.Endpoint(pod.ips[0], pod)
 
 
-def _direction_json(d: explain.DirectionWhy, applies: bool) -> dict:
-    return {
-        "applies": applies,
-        "judged": d.judged,
-        "isolated": bool(d.isolating),
-        "isolating_policies": d.isolating,
-        "allowed": d.allows,
-        "admitted_by": None if d.admitted_by is None else {
-            "policy": d.admitted_by.policy, "direction": d.admitted_by.direction, "rule": d.admitted_by.rule},
-    }
+_direction_json = explain.direction_json
 
 
 def _direction_text(who: str, d: explain.DirectionWhy, applies: bool) -> str:
@@ -456,6 +467,157 @@ def run_explain(args) -> int:
                   f"rule {rule['index'] + 1} ({rule['origin']})" if rule else
                   f"compiled rules: {'ACCEPT' if v.allowed else 'DROP'} (end of chains)")
     return 1 if cluster.rejections else 0
+
+
+def _diff_inputs(args) -> tuple:
+    """(before, after) clusters of `diff`, or a UsageError; rejections printed, and an error if any."""
+    from .model.loader import Read, load_read, read
+    if not args.after:
+        raise UsageError("--after PATH is required (the changed manifests)")
+    if args.before_cluster == bool(args.before):
+        raise UsageError("give the current state either as --before PATH or as --before-cluster --kubeconfig FILE")
+    if args.delete and not args.before_cluster:
+        raise UsageError("--delete is for --before-cluster (with files, leave the object out of --after)")
+    if args.kubeconfig and not args.before_cluster:
+        raise UsageError("--kubeconfig is for --before-cluster")
+    if args.limit < 0:
+        raise UsageError(f"--limit {args.limit}: must be 0 or more")
+    memo: dict = {}
+    if args.before_cluster:
+        from .agent.api import read_cluster
+        if not args.kubeconfig:
+            raise UsageError("--before-cluster needs --kubeconfig FILE")
+        live = read_cluster(args.kubeconfig)
+        changed, deleted = read(args.after), read(args.delete)
+        checked = load_read(Read(changed.objects + deleted.objects, changed.rejections + deleted.rejections))
+        versions = {}
+        if not checked.rejections:
+            def identity(obj):
+                meta = obj.get("metadata") or {}
+                ns = None if obj.get("kind") == "Namespace" else (meta.get("namespace") or "default")
+                return obj.get("kind"), ns, meta.get("name")
+            merged = {identity(o): (o, "the cluster") for o in live}
+            for obj, where in changed.objects:
+                merged[identity(obj)] = (obj, where)
+            for obj, _ in deleted.objects:
+                merged.pop(identity(obj), None)
+            versions = {"before": load_read(Read([(o, "the cluster") for o in live]), strict=False, memo=memo),
+                        "after": load_read(Read(list(merged.values())), strict=False, memo=memo)}
+        else:
+            versions = {"after": checked}
+    else:
+        files: dict = {}  # a file named in both versions is read once
+
+        def objects(paths):
+            out = Read()
+            for path in paths:
+                if path not in files:
+                    files[path] = read([path])
+                out.objects += files[path].objects
+                out.rejections += files[path].rejections
+            return out
+        versions = {name: load_read(objects(paths), memo=memo)
+                    for name, paths in (("before", args.before), ("after", args.after))}
+    rejected = False
+    for name, cluster in versions.items():
+        for notice in cluster.notices:
+            print(f"pyipset: notice ({name}): {notice}", file=sys.stderr)
+        for rejection in cluster.rejections:
+            print(f"pyipset: rejected ({name}): {rejection}", file=sys.stderr)
+            rejected = True
+    if rejected:
+        raise PyipsetError("rejected input: nothing compared (the rejections above name the objects and fields)")
+    return versions["before"], versions["after"]
+
+
+def run_diff(args) -> int:
+    """Every connection whose verdict the change turns, streamed; exit 1 when
+    there is one of the kinds --fail-on names."""
+    from .verify import diff
+    before, after = _diff_inputs(args)
+    out = sys.stdout
+    by_ns: dict = {}
+    opened = closed = 0
+    listed = []
+    first = True
+    encoded: dict = {}  # a reason's JSON, by the identity of its (shared) dict
+    unlisted = 0  # changes beyond --limit lines
+    if args.output == "json":
+        out.write('{"changes": [')
+    for change in diff.diff(before, after, args.protocol, args.port):
+        s_end, d_end = change.ends  # a pod key, or an address outside (labelled by its CIDR)
+        key = (s_end.split("/")[0] if isinstance(s_end, str) else change.source,
+               d_end.split("/")[0] if isinstance(d_end, str) else change.destination)
+        counts = by_ns.setdefault(key, [0, 0])
+        counts[0 if change.opened else 1] += 1
+        opened += change.opened
+        closed += not change.opened
+        if args.output == "json":
+            out.write(("" if first else ",\n ") + change.json_text(encoded))
+            first = False
+        elif listed and _same_turn(listed[-1][-1], change):
+            listed[-1].append(change)  # the same pair turned alike, for the same reasons, on other ports
+        elif len(listed) < args.limit:
+            listed.append([change])
+        else:
+            unlisted += 1
+    summary = {"changes": opened + closed, "opened": opened, "closed": closed,
+               "by_namespace": [{"from": f, "to": t, "opened": o, "closed": c} for (f, t), (o, c) in sorted(by_ns.items())]}
+    if args.output == "json":
+        out.write("],\n \"summary\": " + json.dumps(summary) + "}\n")
+    else:
+        out.write(f"{opened + closed} change(s): {opened} opened, {closed} closed\n")
+        if by_ns:
+            width = max(len(f"{f} -> {t}") for f, t in by_ns)
+            out.write(f"\n{'from -> to':<{width}}  opened  closed\n")
+            for (f, t), (o, c) in sorted(by_ns.items()):
+                out.write(f"{f + ' -> ' + t:<{width}}  {o:>6}  {c:>6}\n")
+            out.write("\n")
+        for group in listed:
+            out.write(_change_text(group) + "\n")
+        if unlisted:
+            out.write(f"... and {unlisted} more change(s) (-o json lists every one)\n")
+    fail = {"any": opened + closed, "opened": opened, "closed": closed}[args.fail_on]
+    return 1 if fail else 0
+
+
+def _same_turn(a, b) -> bool:
+    return (a.ends == b.ends and (a.before, a.after) == (b.before, b.after) and a.why_before is b.why_before
+            and a.why_after is b.why_after)
+
+
+def _ports_text(changes) -> str:
+    """"TCP 80, 8000-8010 and every port no policy names; UDP every port no policy names" for one pair."""
+    by_protocol: dict = {}
+    for c in changes:
+        by_protocol.setdefault(c.protocol, []).append(c)
+    parts = []
+    for protocol, items in by_protocol.items():
+        named = [f"{c.port}" if c.end_port == c.port else f"{c.port}-{c.end_port}" for c in items if not c.other_ports]
+        other = any(c.other_ports for c in items)
+        text = ", ".join(named)
+        if other:
+            text = f"{text} and every port no policy names" if named else "every port no policy names"
+        parts.append(f"{protocol} {text}")
+    return "; ".join(parts)
+
+
+def _change_text(changes) -> str:
+    change = changes[0]
+    def why(w: dict) -> str:
+        parts = []
+        for direction in ("egress", "ingress"):
+            d = w.get(direction) or {}
+            if not d.get("isolated"):
+                continue
+            by = d.get("admitted_by")
+            parts.append(f"{direction}: isolated by {', '.join(d['isolating_policies'])}; " +
+                         (f"admitted by {by['policy']} {by['direction']}[{by['rule']}]" if by else "no rule admits it"))
+        return "; ".join(parts) or "no policy isolates either side"
+    verb = "OPENED" if change.opened else "CLOSED"
+    return (f"{verb} {change.source} -> {change.destination}: {_ports_text(changes)}\n"
+            f"    before: {'allowed' if change.before else 'denied'} ({why(change.why_before)})\n"
+            f"    after:  {'allowed' if change.after else 'denied'} ({why(change.why_after)})")
 
 
 def _run_agent(args) -> int:

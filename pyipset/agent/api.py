@@ -98,3 +98,43 @@ def node_pod_cidrs(call, name: str, timeout: tuple) -> tuple:
         raise PodCIDRsUnknown(f"Node {name} has no spec.podCIDRs (the CNI or IPAM does not set it): give --pod-cidrs "
                               "for --deny-unknown-pod-ips; will retry")
     return cidrs
+
+
+def read_cluster(kubeconfig: str, page_size: int = 500, timeout: float = 30.0) -> list:
+    """The namespaces, pods and NetworkPolicies the API server holds, as
+    manifests (kind and apiVersion set), read with paginated lists and nothing
+    else (read-only: `pyipset diff --before-cluster`). A failure is one
+    PyipsetError naming the resource and the server's answer."""
+    import json
+    from types import SimpleNamespace
+    from kubernetes.client.exceptions import ApiException
+    from .state import KIND
+    api = api_client(SimpleNamespace(kubeconfig=kubeconfig))
+    if api.credentials_problem:
+        raise PyipsetError(api.credentials_problem)
+    calls = list_calls(api)
+    out = []
+    for resource in ("namespaces", "pods", "networkpolicies"):
+        api_version, kind = KIND[resource]
+        token = None
+        while True:
+            query = {"limit": page_size, "_request_timeout": timeout}
+            if token:
+                query["_continue"] = token
+            try:
+                response = calls[resource](**query)
+                body = json.loads(response.data)
+            except ApiException as exc:
+                raise PyipsetError(f"reading {resource} from the cluster: HTTP {exc.status} "
+                                   f"{brief_text(str(exc.reason))}: {brief_text(str(exc.body or ''))[:200]}") from None
+            except (OSError, ValueError) as exc:
+                raise PyipsetError(f"reading {resource} from the cluster: {brief_text(str(exc))}") from None
+            for item in body.get("items") or []:
+                if isinstance(item, dict):
+                    item.setdefault("apiVersion", api_version)
+                    item.setdefault("kind", kind)
+                    out.append(item)
+            token = (body.get("metadata") or {}).get("continue")
+            if not token:
+                break
+    return out

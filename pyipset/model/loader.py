@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import stat
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -213,20 +213,44 @@ def _documents(path: Path, limits: Limits) -> list:
 
 def load(paths: Iterable[str], limits: Limits = Limits(), strict: bool = True) -> Cluster:
     """Loads every manifest under paths into one Cluster."""
-    cluster = Cluster()
-    seen: dict = {}
+    return load_read(read(paths, limits), strict)
+
+
+@dataclass
+class Read:
+    """The objects of some manifests, parsed from their files but not yet
+    validated: (object, where it was read) pairs, and the rejections of what
+    could not be read (a file, a document that is not an object)."""
+    objects: list = field(default_factory=list)
+    rejections: list = field(default_factory=list)
+
+
+def read(paths: Iterable[str], limits: Limits = Limits()) -> Read:
+    """The objects of every manifest under paths (load() is read() then load_read())."""
+    out, scratch = Read(), Cluster()
     for path in _files(paths):
         source = str(path)
         try:
             docs = _documents(path, limits)
         except (yaml.YAMLError, json.JSONDecodeError, UnicodeDecodeError, _Refused, RecursionError) as exc:
             reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            cluster.rejections.append(Rejection("File", source, "", "", f"cannot be loaded: {brief_text(reason)}",
-                                                fail_closed=False))
+            out.rejections.append(Rejection("File", source, "", "", f"cannot be loaded: {brief_text(reason)}",
+                                            fail_closed=False))
             continue
         for doc in docs:
-            for obj, where in _objects(doc, source, cluster):
-                _add(obj, where, cluster, seen, strict)
+            out.objects.extend(_objects(doc, source, scratch))
+    out.rejections.extend(scratch.rejections)
+    return out
+
+
+def load_read(objects: Read, strict: bool = True, memo: Optional[dict] = None) -> Cluster:
+    """A Cluster from read objects. memo: a dict kept by the caller between
+    loads of objects shared by them (the same dicts): each is parsed once."""
+    cluster = Cluster()
+    cluster.rejections.extend(objects.rejections)
+    seen: dict = {}
+    for obj, where in objects.objects:
+        _add(obj, where, cluster, seen, strict, memo, by_identity=memo is not None)
     return _finish(cluster, seen)
 
 
@@ -290,7 +314,8 @@ def _identity(obj: dict) -> tuple:
     return kind, f"{namespace if isinstance(namespace, str) else '?'}/{name_text}", namespace if ns_ok else None
 
 
-def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cache: Optional[dict] = None) -> None:
+def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cache: Optional[dict] = None,
+         by_identity: bool = False) -> None:
     cluster.objects_read += 1
     kind, name, namespace = _identity(obj)
     if not isinstance(kind, str):
@@ -314,6 +339,8 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cac
     meta = obj.get("metadata")
     rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
     memo = (kind, name, rv, strict) if cache is not None and isinstance(rv, str) and rv else None
+    if by_identity:
+        memo = (id(obj), strict)  # the caller keeps every object alive between loads
     outcome = cache.get(memo) if memo is not None else None
     if outcome is None:
         outcome = _parse(obj, kind, strict)

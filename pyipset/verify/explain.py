@@ -127,6 +127,19 @@ class Explainer:
         return out
 
 
+def direction_json(d: DirectionWhy, applies: bool) -> dict:
+    """A direction's why as `explain -o json` and `diff -o json` give it."""
+    return {
+        "applies": applies,
+        "judged": d.judged,
+        "isolated": bool(d.isolating),
+        "isolating_policies": d.isolating,
+        "allowed": d.allows,
+        "admitted_by": None if d.admitted_by is None else {
+            "policy": d.admitted_by.policy, "direction": d.admitted_by.direction, "rule": d.admitted_by.rule},
+    }
+
+
 def same_family(source: Endpoint, destination: Endpoint) -> tuple:
     """The endpoints with addresses of one family: a pod side takes its address
     of the other side's family. ValueError if a pod has none."""

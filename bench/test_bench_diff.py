@@ -1,0 +1,79 @@
+"""pyipset diff end to end, as a user runs it (process start to its last
+line), on the synthetic cluster of 10k pods / 1,000 policies written as one
+JSON List: one policy added, diffed on one port and on every port policies
+name; and a namespace relabelled. Beside each, the floor of any command on
+the same input in the same run: a process that loads the same manifests
+(parse, strict field check, validation) and exits. The work is checked: the
+JSON is whole and names the changes expected."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+
+from synthetic import objects
+
+PODS, POLICIES = 10_000, 1_000
+
+NEW_POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
+              "metadata": {"name": "new", "namespace": "ns0"},
+              "spec": {"podSelector": {"matchLabels": {"app": "app3"}}, "policyTypes": ["Ingress"],
+                       "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "app1"}}}],
+                                    "ports": [{"port": 80}]}]}}
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("diff")
+    objs = objects(PODS, POLICIES)
+    (root / "cluster.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    (root / "new.json").write_text(json.dumps(NEW_POLICY))
+    for o in objs:
+        if o["kind"] == "Namespace" and o["metadata"]["name"] == "ns1":
+            o["metadata"]["labels"] = {"tier": "t9"}
+    (root / "relabelled.json").write_text(json.dumps({"apiVersion": "v1", "kind": "List", "items": objs}))
+    return root
+
+
+def _seconds(*argv) -> tuple:
+    start = time.perf_counter()
+    out = subprocess.run([sys.executable, *argv], capture_output=True, text=True, cwd="/")
+    return time.perf_counter() - start, out
+
+
+def _load_floor(path) -> float:
+    took, out = _seconds("-c", "import sys; from pyipset.model import load; assert not load([sys.argv[1]]).rejections",
+                         str(path))
+    assert out.returncode == 0, out.stderr
+    return took
+
+
+@pytest.mark.parametrize("case", ["policy-added-one-port", "policy-added-every-port", "namespace-relabelled"])
+def test_diff_end_to_end(benchmark, inputs, case):
+    benchmark.group = "diff end to end, 10k pods / 1,000 policies (process start to last line)"
+    cluster = inputs / "cluster.json"
+    if case == "namespace-relabelled":
+        argv = ["--before", str(cluster), "--after", str(inputs / "relabelled.json")]
+    else:
+        argv = ["--before", str(cluster), "--after", str(cluster), "--after", str(inputs / "new.json")]
+    if case == "policy-added-one-port":
+        argv += ["--port", "80"]
+    result = {}
+
+    def run():
+        took, out = _seconds("-m", "pyipset", "diff", *argv, "-o", "json")
+        result.update(seconds=took, out=out)
+    benchmark.pedantic(run, rounds=3, iterations=1)
+    out = result["out"]
+    assert out.returncode == 1, out.stderr[-2000:]  # changes found
+    report = json.loads(out.stdout)
+    assert report["summary"]["changes"] == len(report["changes"]) > 0
+    if case.startswith("policy-added"):
+        # the new policy isolates app3 of ns0 for ingress: every change is a connection to one of them, closed
+        assert all(c["to"].startswith("ns0/") and not c["after"] for c in report["changes"])
+    benchmark.extra_info.update(ops=1, seconds=benchmark.stats.stats.median, changes=report["summary"]["changes"],
+                                load_floor_s=_load_floor(cluster), pods=PODS, policies=POLICIES)
