@@ -254,3 +254,16 @@ def test_a_renumbered_named_port_moves_what_is_admitted():
     for source in ("shop/db", "other/cli"):
         assert (source, "shop/web", 80, True, False) in changes and (source, "shop/web", 8080, False, True) in changes
     assert len(changes) == 4
+
+
+def test_the_readmes_example(capsys):
+    """The README's worked example: what the three-tier app's pull request cuts."""
+    import pathlib
+    root = pathlib.Path(__file__).resolve().parent.parent
+    tier = str(root / "examples" / "three-tier")
+    assert main(["diff", "--before", tier, "--after", tier, "--after", str(root / "examples" / "changes" /
+                                                                          "data-tier.yaml"), "--limit", "2"]) == 1
+    out = capsys.readouterr().out
+    readme = (root / "README.md").read_text()
+    block = readme.split("The diff (`--limit 2`):\n\n```\n", 1)[1].split("```", 1)[0]
+    assert out == block
