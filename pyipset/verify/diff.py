@@ -109,8 +109,15 @@ def _quoted(text: str) -> str:
 
 # ---- the ports judged ----
 
-def _named_numbers(clusters, protocol: str, name: str) -> set:
-    return {p.port for c in clusters for pod in c.pods for p in pod.ports if p.name == name and p.protocol == protocol}
+def _named_numbers(clusters) -> dict:
+    """(protocol, name) -> the numbers that named port has on any pod of these clusters."""
+    out: dict = {}
+    for c in clusters:
+        for pod in c.pods:
+            for p in pod.ports:
+                if p.name:
+                    out.setdefault((p.protocol, p.name), set()).add(p.port)
+    return out
 
 
 def cases(before: Cluster, after: Cluster, protocol: Optional[str] = None, port: Optional[int] = None) -> list:
@@ -119,6 +126,7 @@ def cases(before: Cluster, after: Cluster, protocol: Optional[str] = None, port:
     if port is not None:
         return [Case(protocol or "TCP", port, port)]
     out = []
+    named = _named_numbers((before, after))
     for proto in ([protocol] if protocol else PROTOCOLS):
         ranges = set()
         for c in (before, after):
@@ -128,7 +136,7 @@ def cases(before: Cluster, after: Cluster, protocol: Optional[str] = None, port:
                         if spec.protocol != proto or spec.port is None:
                             continue
                         if isinstance(spec.port, str):
-                            ranges |= {(n, n) for n in _named_numbers((before, after), proto, spec.port)}
+                            ranges |= {(n, n) for n in named.get((proto, spec.port), ())}
                         else:
                             ranges.add((spec.port, spec.end_port or spec.port))
         cuts = sorted({s for s, _ in ranges} | {e + 1 for _, e in ranges})
@@ -206,6 +214,7 @@ class Side:
         self._explainers: dict = {}
         self._directions: dict = {}  # (direction, MARK rule, via) -> DirectionWhy
         self._whys: dict = {}  # what why_many returns, one dict per distinct reason
+        self._first: dict = {}
 
     def program(self, version: int) -> NativeProgram:
         if version not in self._programs:
@@ -219,37 +228,53 @@ class Side:
         if version not in self._explainers:
             self._explainers[version] = explain.Explainer(program)
         explainer = self._explainers[version]
-        ip = (lambda end: end if not isinstance(end, str) else _first(self.pods[end], version))
+        ip = (lambda end: end if not isinstance(end, str) else self.first(end, version))
         src = address_column([ip(s) for s, _ in ends], version)
         dst = address_column([ip(d) for _, d in ends], version)
         n = len(ends)
         proto, ports = np.full(n, PROTOCOL_NUMBERS[protocol], np.uint8), np.full(n, port, np.uint16)
         ev = program.evaluate(src, dst, proto, ports, trace=True)
-        egress, ingress = ev.direction("egress"), ev.direction("ingress")
-        sides = [[self._direction(explainer, "egress", egress, i), self._direction(explainer, "ingress", ingress, i),
-                  True] for i in range(n)]
-        unjudged = [i for i, (e, _, _) in enumerate(sides) if e.isolating and e.admitted_by is None]
-        if unjudged:  # dropped at egress: what ingress would say (as explain does)
-            k = np.array(unjudged)
+        (e_rules, e_vias), (i_rules, i_vias) = ev.direction("egress"), ev.direction("ingress")
+        pods_at = np.array([(isinstance(s, str), isinstance(d, str)) for s, d in ends], dtype=bool).reshape(n, 2)
+        # One explanation per distinct trace: (allowed, egress rule and via, ingress rule and via, ends are pods).
+        traces = np.column_stack([ev.allowed.astype(np.int64), e_rules, e_vias, i_rules, i_vias,
+                                  pods_at.astype(np.int64)])
+        distinct, inverse = np.unique(traces, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        whys = []
+        for allowed, e_rule, e_via, i_rule, i_via, s_pod, d_pod in distinct.tolist():
+            egress = self._direction(explainer, "egress", e_rule, e_via)
+            ingress, judged = self._direction(explainer, "ingress", i_rule, i_via), True
+            whys.append([bool(allowed), egress, ingress, judged, bool(s_pod), bool(d_pod)])
+        unjudged = [k for k, w in enumerate(whys) if w[1].isolating and w[1].admitted_by is None]
+        if unjudged:  # dropped at egress: what ingress would say (as explain does), for one flow of each trace
+            first = np.zeros(len(distinct), dtype=np.int64)
+            first[inverse[::-1]] = np.arange(n)[::-1]
+            k = first[unjudged]
             alone = explainer.ingress_alone().evaluate(src[k], dst[k], proto[k], ports[k], trace=True)
-            rules = alone.direction("ingress")
-            for j, i in enumerate(unjudged):
-                sides[i][1], sides[i][2] = self._direction(explainer, "ingress", rules, j), False
-        out = []
-        for i, (e, g, judged) in enumerate(sides):
-            s, d = ends[i]
-            key = (bool(ev.allowed[i]), id(e), id(g), judged, isinstance(s, str), isinstance(d, str))
+            rules, vias = alone.direction("ingress")
+            for j, u in enumerate(unjudged):
+                whys[u][2], whys[u][3] = self._direction(explainer, "ingress", int(rules[j]), int(vias[j])), False
+        shared = []
+        for allowed, egress, ingress, judged, s_pod, d_pod in whys:
+            key = (allowed, id(egress), id(ingress), judged, s_pod, d_pod)
             if key not in self._whys:
-                ingress_json = explain.direction_json(g, isinstance(d, str))
+                ingress_json = explain.direction_json(ingress, d_pod)
                 ingress_json["judged"] = judged
-                self._whys[key] = {"allowed": key[0], "egress": explain.direction_json(e, isinstance(s, str)),
+                self._whys[key] = {"allowed": allowed, "egress": explain.direction_json(egress, s_pod),
                                    "ingress": ingress_json}
-            out.append(self._whys[key])
-        return out
+            shared.append(self._whys[key])
+        return [shared[k] for k in inverse.tolist()]
 
-    def _direction(self, explainer, name: str, traced: tuple, i: int) -> explain.DirectionWhy:
-        rules, vias = traced
-        key = (name, int(rules[i]), int(vias[i]))
+    def first(self, key: str, version: int):
+        """The pod's first address of a family (remembered)."""
+        memo = (key, version)
+        if memo not in self._first:
+            self._first[memo] = _first(self.pods[key], version)
+        return self._first[memo]
+
+    def _direction(self, explainer, name: str, rule: int, via: int) -> explain.DirectionWhy:
+        key = (name, rule, via)
         if key not in self._directions:
             self._directions[key] = explainer.direction(name, key[1], key[2])
         return self._directions[key]
