@@ -10,10 +10,7 @@ namespace is finalized once its pods are gone (the namespace controller)."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
 import subprocess
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -164,16 +161,3 @@ class ControlPlane:
                 group[(o["metadata"].get("namespace"), o["metadata"]["name"])] = o
             out[resource] = group
         return out
-
-
-def wait(predicate, seconds: float, what: str) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"not within {seconds} s: {what}")
-
-
-def go_available() -> bool:
-    return shutil.which("go") is not None or os.path.exists("/usr/local/go/bin/go")

@@ -19,11 +19,12 @@ import pytest
 import yaml
 
 from clusterspec import namespace, pod, policy
-from controlplane import ROOT, ControlPlane, wait
+from controlplane import ROOT, ControlPlane
 from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
 
 from agents import AgentProcess, load_into
+from agents import wait_for as wait
 from test_agent import CASES, CLI_EGRESS, DB, UNIVERSE, matrix_matches, wait_converged
 
 CONVERGED = 10.0  # seconds within which the agent converges after a fault (the bound)
