@@ -235,26 +235,28 @@ class Side:
         proto, ports = np.full(n, PROTOCOL_NUMBERS[protocol], np.uint8), np.full(n, port, np.uint16)
         ev = program.evaluate(src, dst, proto, ports, trace=True)
         (e_rules, e_vias), (i_rules, i_vias) = ev.direction("egress"), ev.direction("ingress")
+        i_rules, i_vias = i_rules.astype(np.int64), i_vias.astype(np.int64)
+        # Flows dropped at egress: ingress as the program would judge it alone (as explain says it), per flow.
+        egress_traces, egress_of = np.unique(np.column_stack([e_rules, e_vias]), axis=0, return_inverse=True)
+        dropped_trace = np.array([bool(w.isolating) and w.admitted_by is None for w in
+                                  (self._direction(explainer, "egress", r, v) for r, v in egress_traces.tolist())],
+                                 dtype=bool)
+        dropped = dropped_trace[egress_of.reshape(-1)]
+        judged = ~dropped
+        if dropped.any():
+            k = np.nonzero(dropped)[0]
+            alone_rules, alone_vias = explainer.ingress_alone().evaluate(src[k], dst[k], proto[k], ports[k],
+                                                                        trace=True).direction("ingress")
+            i_rules[k], i_vias[k] = alone_rules, alone_vias
         pods_at = np.array([(isinstance(s, str), isinstance(d, str)) for s, d in ends], dtype=bool).reshape(n, 2)
-        # One explanation per distinct trace: (allowed, egress rule and via, ingress rule and via, ends are pods).
+        # One explanation per distinct trace: (allowed, egress rule and via, ingress rule and via, judged, pods).
         traces = np.column_stack([ev.allowed.astype(np.int64), e_rules, e_vias, i_rules, i_vias,
-                                  pods_at.astype(np.int64)])
+                                  judged.astype(np.int64), pods_at.astype(np.int64)])
         distinct, inverse = np.unique(traces, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
-        whys = []
-        for allowed, e_rule, e_via, i_rule, i_via, s_pod, d_pod in distinct.tolist():
-            egress = self._direction(explainer, "egress", e_rule, e_via)
-            ingress, judged = self._direction(explainer, "ingress", i_rule, i_via), True
-            whys.append([bool(allowed), egress, ingress, judged, bool(s_pod), bool(d_pod)])
-        unjudged = [k for k, w in enumerate(whys) if w[1].isolating and w[1].admitted_by is None]
-        if unjudged:  # dropped at egress: what ingress would say (as explain does), for one flow of each trace
-            first = np.zeros(len(distinct), dtype=np.int64)
-            first[inverse[::-1]] = np.arange(n)[::-1]
-            k = first[unjudged]
-            alone = explainer.ingress_alone().evaluate(src[k], dst[k], proto[k], ports[k], trace=True)
-            rules, vias = alone.direction("ingress")
-            for j, u in enumerate(unjudged):
-                whys[u][2], whys[u][3] = self._direction(explainer, "ingress", int(rules[j]), int(vias[j])), False
+        whys = [[bool(allowed), self._direction(explainer, "egress", e_rule, e_via),
+                 self._direction(explainer, "ingress", i_rule, i_via), bool(was_judged), bool(s_pod), bool(d_pod)]
+                for allowed, e_rule, e_via, i_rule, i_via, was_judged, s_pod, d_pod in distinct.tolist()]
         shared = []
         for allowed, egress, ingress, judged, s_pod, d_pod in whys:
             key = (allowed, id(egress), id(ingress), judged, s_pod, d_pod)
