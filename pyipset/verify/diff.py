@@ -182,11 +182,16 @@ def affected(before: Cluster, after: Cluster) -> tuple:
         elif set(old.ports) != set(new.ports):
             cols.add(key)
     # Pods that take part in one version only: their addresses change who holds an address.
+    holders: dict = {}  # address -> keys of pods in both versions holding it in either
+    for p in (*before.pods, *after.pods):
+        if p.key in both:
+            for ip in p.ips:
+                holders.setdefault(ip, set()).add(p.key)
     for key in b_pods.keys() ^ a_pods.keys():
         pod = b_pods.get(key) or a_pods.get(key)
-        holders = [p.key for p in (*before.pods, *after.pods) if set(p.ips) & set(pod.ips) and p.key in both]
-        rows.update(holders)
-        cols.update(holders)
+        for ip in pod.ips:
+            rows.update(holders.get(ip, ()))
+            cols.update(holders.get(ip, ()))
     old_policies, new_policies = _policy_map(before), _policy_map(after)
     for key in old_policies.keys() | new_policies.keys():
         old, new = old_policies.get(key), new_policies.get(key)
@@ -457,11 +462,10 @@ def _version_of(side: Side, s, d) -> Optional[int]:
 def _judge_outside(b: Side, a: Side, keys: list, ends: list, todo: list, why: bool) -> Iterator[Change]:
     """Pod <-> ipBlock representative, both directions, for these pods (batched per address)."""
     for label, ip in ends:
+        pods = [k for k in keys if any(x.version == ip.version for x in (*b.pods[k].ips, *a.pods[k].ips))]
+        if not pods:
+            continue
         for outward in (True, False):  # pod -> address, then address -> pod
-            pods = [k for k in keys if any(x.version == ip.version for x in b.pods[k].ips)
-                    or any(x.version == ip.version for x in a.pods[k].ips)]
-            if not pods:
-                continue
             before = _evaluate_outside(b, pods, ip, outward, todo)
             after = _evaluate_outside(a, pods, ip, outward, todo)
             batch = []
