@@ -259,7 +259,7 @@ def _one_shot_seconds(objs, rounds: int = 3) -> float:
     with the same objects in hand (validate them, compile node0's programs,
     apply them into an empty namespace). Median seconds of `rounds`."""
     from pyipset.compile.compiler import compile_cluster, program_families
-    from pyipset.kernel.backend import Kernel, apply
+    from pyipset.kernel.apply import Kernel, apply
     from pyipset.kernel.scratch import new_name
     from pyipset.model import load_objects
     times = []
@@ -391,7 +391,7 @@ def _scratch_node(objs):
 def _caught_up(api, netns: str, within: float) -> float:
     """Seconds until node0's kernel holds exactly its program for what the API holds; fails after `within`."""
     from pyipset.compile.compiler import compile_cluster, program_families
-    from pyipset.kernel.backend import Kernel, diff
+    from pyipset.kernel.apply import Kernel, diff
     from pyipset.model import load_objects
     start = time.monotonic()
     kernel = Kernel(netns=netns)

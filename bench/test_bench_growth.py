@@ -16,7 +16,7 @@ import uuid
 import pytest
 
 from pyipset.compile.compiler import compile_cluster
-from pyipset.kernel.backend import Kernel, apply
+from pyipset.kernel.apply import Kernel, apply
 from synthetic import cluster
 
 FULL = os.environ.get("PYIPSET_BENCH_FULL") == "1"

@@ -10,7 +10,7 @@ import uuid
 import pytest
 
 from pyipset.compile.compiler import compile_cluster
-from pyipset.kernel.backend import Kernel, apply
+from pyipset.kernel.apply import Kernel, apply
 from pyipset.kernel.render import render_ipset
 from synthetic import cluster
 

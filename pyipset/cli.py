@@ -23,7 +23,9 @@ from .model import fail_closed, load
 from .model.objects import PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster, program_families
 from .compile.program import NFLOG_GROUP, Attach
-from .kernel.backend import Kernel, apply_programs, cleanup, reconcile_programs
+from .kernel import nftables
+from .kernel.apply import Kernel, apply_programs, choose_backend, cleanup, reconcile_programs
+from .kernel.handle import DEFAULT_BACKEND
 from .kernel.render import render_hooks, render_ipset, render_iptables
 from .lab.node import LabNode
 from .verify import explain, native
@@ -124,6 +126,14 @@ def _add_kernel_args(p: argparse.ArgumentParser, lab: bool = False) -> None:
         p.add_argument("--bridge", type=_interface, metavar="NAME", help="the same as --attach bridge:NAME")
     p.add_argument("--nflog-group", type=_nflog_group, default=NFLOG_GROUP, metavar="N",
                    help=f"netlink group denied connections are logged to (default {NFLOG_GROUP})")
+    _add_backend_arg(p, DEFAULT_BACKEND)
+
+
+def _add_backend_arg(p: argparse.ArgumentParser, default) -> None:
+    p.add_argument("--backend", choices=["iptables", "nftables", "auto"], default=default,
+                   help="iptables + ipset (through their restore tools), nftables (one table of ours, through "
+                        "libnftables in this process), or auto (nftables where the kernel and libnftables support "
+                        f"everything the program needs, else iptables){'' if default is None else f'; default {default}'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -190,6 +200,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.set_defaults(run=run)
 
     p = sub.add_parser("cleanup", help="remove every hook, chain and set pyipset installed, and nothing else")
+    _add_backend_arg(p, None)
     p.add_argument("--bridge", type=_interface, help="accepted for older scripts; not needed: hooks are found by "
                                                      "their target, whatever bridge they name")
     p.set_defaults(run=run_cleanup)
@@ -300,9 +311,17 @@ def run_matrix(args) -> int:
 def run_compile(args) -> int:
     cluster = _load(args)
     families = program_families(cluster) if args.family == "auto" else [args.family]
+    backend = _backend(args)
     for family in families:
         program = compile_cluster(cluster, family, nflog_group=args.nflog_group, node=args.node,
                                   attach=_attach_of(args))
+        if backend == "nftables":
+            print(f"# nftables transaction ({family}): {len(program.sets)} sets, {len(program.chains)} chains, "
+                  f"{program.rule_count()} rules, hooks ({_attach_of(args)}) in base chains of ours")
+            for note in program.notes:
+                print(f"# {note}")
+            print(nftables.render(program), end="")
+            continue
         tool = "iptables-restore" if family == "inet" else "ip6tables-restore"
         print(f"# ipset restore input ({family}): {len(program.sets)} sets")
         print(render_ipset(program), end="")
@@ -346,8 +365,16 @@ def _attach_of(args) -> Attach:
     return args.attach
 
 
+def _backend(args) -> str:
+    """--backend, with auto resolved (and the choice said on stderr)."""
+    backend, why = choose_backend(args.backend)
+    if args.backend == "auto":
+        print(f"pyipset: backend {backend} ({why})", file=sys.stderr)
+    return backend
+
+
 def run_apply(args) -> int:
-    kernel = Kernel()
+    kernel = Kernel(backend=_backend(args))
     cluster, programs = _programs_to_enforce(args)
     for program, report in zip(programs, apply_programs(programs, kernel)):
         print(f"{program.family}: {report}")
@@ -355,7 +382,7 @@ def run_apply(args) -> int:
 
 
 def run_reconcile(args) -> int:
-    kernel = Kernel()
+    kernel = Kernel(backend=_backend(args))
     cluster, programs = _programs_to_enforce(args)
     for program, drift in zip(programs, reconcile_programs(programs, kernel)):
         for line in drift.lines():
@@ -365,7 +392,7 @@ def run_reconcile(args) -> int:
 
 
 def run_cleanup(args) -> int:
-    removed = cleanup(Kernel())
+    removed = cleanup(Kernel(), None if args.backend is None else _backend(args))
     print(f"removed {removed['hooks']} hooks, {removed['chains']} chains, {removed['sets']} sets")
     for line in removed["references"]:
         print(f"removed a rule that jumped to a pyipset chain: {line}")
@@ -376,7 +403,7 @@ def run_lab(args) -> int:
     cluster = _load(args)
     pods, expected = native.matrix(cluster, args.protocol, args.port)
     with LabNode(cluster, bridge=args.bridge, nflog_group=args.nflog_group, attach=args.attach,
-                 topology=args.topology, nodes=args.nodes) as lab:
+                 topology=args.topology, nodes=args.nodes, backend=_backend(args)) as lab:
         observed = lab.observed_matrix(args.protocol, args.port, args.timeout)
     disagreements = [{"from": pods[i].key, "to": pods[j].key, "kernel": observed[i][j], "verifier": expected[i][j]}
                      for i in range(len(pods)) for j in range(len(pods)) if observed[i][j] != expected[i][j]]

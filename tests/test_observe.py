@@ -19,7 +19,8 @@ from pyipset.compile.compiler import compile_cluster
 from pyipset.model import load_objects
 from pyipset.compile.naming import parse_log_prefix as parse_prefix
 from pyipset.observe.attribution import Attributor, PodDirectory
-from pyipset.observe.counts import KernelCounts, parse_counters
+from pyipset.kernel.iptables import rule_counters_of
+from pyipset.observe.counts import KernelCounts, tally
 from pyipset.observe.nflog import COPY_RANGE, Decoder, Event, decode_payload
 from nflogwire import ipv4, ipv6, message, tcp_syn
 
@@ -116,40 +117,32 @@ COMMIT
 
 
 def test_counters_are_parsed_by_chain_and_position():
-    c = parse_counters(SAVE, "inet")
+    c = tally(rule_counters_of(SAVE), "inet")
     assert c[("count", "denied", "ingress", "tcp")] == 7 and c[("count", "denied", "ingress", "other")] == 3
     assert c[("count", "denied", "ingress", "icmp")] == 1 and c[("log", "denied", "ingress")] == 9
     assert c[("count", "would-deny", "egress", "tcp")] == 4
     assert sum(v for k, v in c.items() if k[0] == "count") == 17  # FORWARD is not ours
 
 
-class FakeKernel:
-    def __init__(self, texts):
-        self.texts = list(texts)
-
-    def tools(self, family):
-        return "iptables", "iptables-restore", "iptables-save"
-
-    def run(self, *cmd):
-        class R:
-            stdout = self.texts.pop(0)
-        return R()
+def reader(texts):
+    """A backend's rule_counters over successive `iptables-save -c` texts."""
+    texts = list(texts)
+    return lambda family: rule_counters_of(texts.pop(0))
 
 
 def test_totals_never_go_down_when_a_chain_is_written_anew():
     later = SAVE.replace("[7:420] -A PYIPSET-BLOCKED-INGRESS -p tcp", "[10:600] -A PYIPSET-BLOCKED-INGRESS -p tcp")
     reset = SAVE.replace("[7:420] -A PYIPSET-BLOCKED-INGRESS -p tcp", "[2:120] -A PYIPSET-BLOCKED-INGRESS -p tcp")
-    k = KernelCounts(FakeKernel([SAVE, later, reset]), ("inet",), max_age=0)
+    k = KernelCounts(reader([SAVE, later, reset]), ("inet",), max_age=0)
     key = ("count", "denied", "ingress", "tcp")
     assert [k.read()[key], k.read()[key], k.read()[key]] == [7, 10, 12]
 
 
 def test_a_failing_read_keeps_the_last_totals():
-    class Broken(FakeKernel):
-        def run(self, *cmd):
-            raise OSError("iptables-save: not found")
+    def broken(family):
+        raise OSError("iptables-save: not found")
 
-    k = KernelCounts(Broken([]), ("inet",), max_age=0)
+    k = KernelCounts(broken, ("inet",), max_age=0)
     assert k.read() == {} and "not found" in k.error
 
 

@@ -36,7 +36,8 @@ from ..compile.compiler import program_families
 from ..compile.incremental import Incremental
 from ..compile.program import Attach
 from ..errors import PyipsetError, brief_text
-from ..kernel.backend import Kernel, apply_changes, apply_programs, reconcile_programs
+from ..kernel.apply import (BACKENDS, Kernel, apply_changes, apply_programs, choose_backend, cleanup, module,
+                            reconcile_programs)
 from ..model import fail_closed, load_objects
 from ..model.objects import KINDS
 from ..observe.attribution import BlockReporter
@@ -87,9 +88,10 @@ class Agent:
     def __init__(self, settings, calls=None):
         self.settings = settings
         self.state = ClusterState()
-        self.metrics = Metrics(__version__)
+        backend, self.backend_why = choose_backend(settings.backend, settings.netns)
+        self.metrics = Metrics(__version__, backend)
         self.stop = threading.Event()
-        self.kernel = Kernel(netns=settings.netns)
+        self.kernel = Kernel(netns=settings.netns, backend=backend)
         self.attach = Attach.parse(settings.attach)
         self.calls = calls
         self.api = None  # the client, when the agent made it
@@ -118,7 +120,9 @@ class Agent:
         self.force_full = False  # the next update compiles in full (the pod CIDRs became readable)
         # What policy blocks: exact counts from the kernel at scrape time, the sample from NFLOG.
         self.metrics.held = lambda: self.held.programs
-        self.metrics.kernel_counts = KernelCounts(self.kernel, lambda: sorted(self.families))
+        self.metrics.kernel_counts = KernelCounts(
+            lambda family: module(self.kernel).rule_counters(self.kernel, family),
+            lambda: sorted(self.families))
         self.reporter = None
         self.metrics.nflog_reading.set_function(
             lambda: 1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
@@ -191,8 +195,8 @@ class Agent:
                                       self.metrics, self.stop, self.settings.block_log_rate,
                                       self.settings.metrics_by_namespace,
                                       emit=StructuredLines("pyipset.blocked").write).start()
-        log.info("agent %s for node %s started; health and metrics on port %d", __version__,
-                 self.settings.node_name, self.health.port)
+        log.info("agent %s for node %s started; health and metrics on port %d; kernel backend %s (%s)",
+                 __version__, self.settings.node_name, self.health.port, self.kernel.backend, self.backend_why)
         return self
 
     def shutdown(self) -> None:
@@ -389,10 +393,25 @@ class Agent:
             self.first_sync.set()
             log.info("first kernel update applied: %s", "; ".join(f"{p.family}: {r}" for p, r in
                                                                   zip(programs, reports)))
+            self._remove_other_backend()
         else:
             log.debug("kernel updated (%s): %s", path, "; ".join(f"{p.family}: {r}" for p, r in
                                                                  zip(programs, reports)))
         return True
+
+    def _remove_other_backend(self) -> None:
+        """After a move between backends (the agent restarted with the other
+        one): what the other backend left goes, once this one enforces, so
+        there is no moment without policy and no second copy after."""
+        other = next(b for b in BACKENDS if b != self.kernel.backend)
+        try:
+            removed = cleanup(self.kernel, other)
+        except Exception as exc:  # noqa: BLE001 - ours enforces; the leftovers are reported, not fatal
+            log.warning("could not remove what the %s backend left: %s", other, brief_text(str(exc)))
+            return
+        if removed["chains"] or removed["sets"] or removed["hooks"]:
+            log.info("removed what the %s backend left: %d hooks, %d chains, %d sets", other, removed["hooks"],
+                     removed["chains"], removed["sets"])
 
     def _holds(self, programs: list) -> None:
         """The kernel holds `programs` now, as this process applied them."""

@@ -85,7 +85,7 @@ class _WatchCollector:
 
 
 class Metrics:
-    def __init__(self, version: str = ""):
+    def __init__(self, version: str = "", backend: str = ""):
         self.registry = r = CollectorRegistry()
         self.held = lambda: ()  # the programs the kernel holds (the agent's record, agent/held.py)
         self.reflectors: list = []  # the agent's, for the watch collector
@@ -111,8 +111,9 @@ class Metrics:
                                       "out, everything else enforced", ["kind"], registry=r)
         self.ready = Gauge(f"{PREFIX}_ready", "1 when the first sync is applied and every watch is healthy",
                            registry=r)
-        self.build_info = Gauge(f"{PREFIX}_build_info", "The running version", ["version"], registry=r)
-        self.build_info.labels(version).set(1)
+        self.build_info = Gauge(f"{PREFIX}_build_info", "The running version, and the kernel backend that "
+                                "programs the node", ["version", "backend"], registry=r)
+        self.build_info.labels(version, backend).set(1)
         # What policy blocks (observe/): the sample the NFLOG reader attributed, and what it lost.
         self.kernel_counts = None  # observe.counts.KernelCounts, set by the agent
         self.blocks_read = Counter(f"{PREFIX}_blocked_log_events", "Blocked (or would-deny) attempts read from "

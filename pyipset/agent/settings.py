@@ -15,6 +15,7 @@ from typing import Optional
 
 from ..compile.program import NFLOG_GROUP, Attach
 from ..errors import UsageError, brief
+from ..kernel.handle import DEFAULT_BACKEND
 from ..model.validation import Invalid, validate_name
 
 
@@ -67,6 +68,10 @@ class Settings:
     resync_period: float = _setting(
         300.0, "a full reconcile (read the kernel back, repair drift, count it) this often", "PYIPSET_RESYNC_PERIOD",
         "seconds", "seconds", 1, 86_400)
+    backend: str = _setting(
+        DEFAULT_BACKEND, "the kernel backend: iptables (iptables + ipset), nftables (one table of ours, programmed "
+        "in-process through libnftables) or auto (nftables where the kernel supports everything the program "
+        "needs, else iptables; the choice is logged and in pyipset_build_info)", "PYIPSET_BACKEND")
     attach: str = _setting(
         "pod-ips", "which traffic is judged: pod-ips (to and from this node's pods, any CNI) or bridge:NAME",
         "PYIPSET_ATTACH")
@@ -121,6 +126,8 @@ class Settings:
             raise UsageError("the node name is not set: give --node-name or set NODE_NAME (the DaemonSet sets it "
                              "from spec.nodeName)")
         Attach.parse(self.attach)  # a UsageError naming the bad value
+        if self.backend not in ("iptables", "nftables", "auto"):
+            raise UsageError(f"--backend {self.backend!r}: expected iptables, nftables or auto")
         try:
             validate_name(self.node_name, "--node-name")
         except Invalid as exc:

@@ -43,7 +43,7 @@ from ..compile.compiler import compile_cluster, program_families
 from ..compile.program import NFLOG_GROUP, Attach
 from ..errors import PyipsetError, brief_text
 from ..compile import naming as names
-from ..kernel.backend import Kernel, apply_programs
+from ..kernel.apply import Kernel, apply_programs, release
 from ..kernel.runner import ToolError
 from ..kernel.runner import run as run_tool
 from ..kernel.scratch import PREFIX, delete_namespace, remove_stale
@@ -125,13 +125,14 @@ def place_pods(cluster: Cluster, nodes: int) -> tuple:
 class LabNode:
     def __init__(self, cluster: Cluster, bridge: str = "weave", only=None, nflog_group: int = NFLOG_GROUP,
                  outside=(), attach: Attach = Attach(), topology: str = "bridge", nodes: int = 1,
-                 program: bool = True):
+                 program: bool = True, backend: str = "iptables"):
         """only: the keys of the pods to build (default all); the others stay
         addresses in the sets. outside: addresses of hosts that are not pods
         (no policy selects them), each given a namespace on the first node.
         nodes: how many nodes, each with its own node-local program (one node
         holds the whole cluster's). program: False leaves the kernels empty,
-        for an agent to program (each node's name is nodes[i].name)."""
+        for an agent to program (each node's name is nodes[i].name).
+        backend: the kernel backend that programs the nodes (kernel.handle)."""
         self.cluster = cluster
         self.nflog_group = nflog_group
         self.only = None if only is None else set(only)
@@ -139,6 +140,7 @@ class LabNode:
         self.hosts: dict = {}  # outside address -> namespace
         self.bridge = names.check_interface(bridge, "bridge name")
         self.attach = attach
+        self.backend = backend
         if topology not in TOPOLOGIES:
             raise LabError(f"unknown lab topology {topology!r} (expected {' or '.join(TOPOLOGIES)})")
         self.topology = topology
@@ -233,7 +235,7 @@ class LabNode:
         if len(self.nodes) > 1:
             self._routes_between_nodes()
         for node in self.nodes:
-            node.kernel = Kernel(netns=node.netns)
+            node.kernel = Kernel(netns=node.netns, backend=self.backend)
         self.kernel = self.nodes[0].kernel
         if self.program:
             self.apply(self.cluster)
@@ -321,7 +323,7 @@ class LabNode:
         """Programs every node with its program for a cluster's policies (pods
         outside the lab are just addresses in sets; with several nodes, pods
         keep the node they were built on). stop_after_sets: see
-        kernel.backend.apply."""
+        kernel.apply."""
         if len(self.nodes) > 1:
             where = {p.key: p.node for p in self.placed.pods}
             _, placed = place_pods(cluster, len(self.nodes))
@@ -349,6 +351,9 @@ class LabNode:
         blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         try:
             self.stop_servers()
+            for node in self.nodes:
+                if getattr(node, "kernel", None) is not None:
+                    release(node.kernel)
             for name in reversed(self.created):
                 delete_namespace(name)
             self.created.clear()

@@ -38,23 +38,16 @@ def _chains(family: str) -> dict:
     return out
 
 
-def parse_counters(save_text: str, family: str) -> dict:
-    """From `iptables-save -c` text: {("count", verdict, direction, protocol)
+def tally(rules, family: str) -> dict:
+    """From our chains' rules with their counters, in order, as a backend reads
+    them ([(chain, target, packets)]): {("count", verdict, direction, protocol)
     or ("log", verdict, direction): packets}."""
     chains = _chains(family)
     labels = [label for label, _ in counted_protocols(family)] + ["other"]
     position: dict = {}
     out: dict = {}
-    for line in save_text.splitlines():
-        if not line.startswith("[") or " -A " not in line:
-            continue
-        head, _, rule = line.partition(" -A ")
-        chain = rule.split(" ", 1)[0]
+    for chain, target, packets in rules:
         if chain not in chains:
-            continue
-        try:
-            packets = int(head.strip("[]").split(":")[0])
-        except ValueError:
             continue
         what, verdict, direction = chains[chain]
         if what == "count":
@@ -63,7 +56,7 @@ def parse_counters(save_text: str, family: str) -> dict:
             if i < len(labels):
                 key = ("count", verdict, direction, labels[i])
                 out[key] = out.get(key, 0) + packets
-        elif " -j NFLOG" in rule:
+        elif target == "NFLOG":
             key = ("log", verdict, direction)
             out[key] = out.get(key, 0) + packets
     return out
@@ -73,8 +66,8 @@ class KernelCounts:
     """Monotonic totals of the kernel's counters, per key, summed over the
     address families; read at most once per `max_age` seconds."""
 
-    def __init__(self, kernel, families=("inet",), max_age: float = 1.0):
-        self.kernel = kernel
+    def __init__(self, read_rules, families=("inet",), max_age: float = 1.0):
+        self.read_rules = read_rules  # family -> [(chain, target, packets)]: the backend's rule_counters
         self.families = families  # a callable or a collection: the families programmed
         self.max_age = max_age
         self._lock = threading.Lock()
@@ -85,7 +78,7 @@ class KernelCounts:
         self.error: Optional[str] = None
 
     def read(self) -> dict:
-        """key -> total (see parse_counters for the keys)."""
+        """key -> total (see tally for the keys)."""
         with self._lock:
             if time.monotonic() - self._read_at < self.max_age:
                 return self.totals
@@ -93,8 +86,7 @@ class KernelCounts:
             totals: dict = {}
             try:
                 for family in families:
-                    _, _, save = self.kernel.tools(family)
-                    raw = parse_counters(self.kernel.run(save, "-c", "-t", "filter").stdout, family)
+                    raw = tally(self.read_rules(family), family)
                     for key, value in raw.items():
                         k = (family, key)
                         if value < self._last.get(k, 0):

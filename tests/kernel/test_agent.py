@@ -15,7 +15,7 @@ import pytest
 
 from clusterspec import namespace, pod, policy
 from pyipset.compile.compiler import compile_cluster, program_families
-from pyipset.kernel.backend import diff
+from pyipset.kernel.apply import diff
 from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
 from pyipset.verify import native
@@ -128,7 +128,7 @@ def test_faults_never_open_a_window(api, tmp_path):
         assert node.name == "n0"
         # a previous version's program (the whole cluster's, another attach) is live: the agent adopts it
         from pyipset.compile.program import Attach
-        from pyipset.kernel.backend import apply_programs
+        from pyipset.kernel.apply import apply_programs
         c = load_objects(universe)
         apply_programs([compile_cluster(c, f, attach=Attach("bridge", "weave"))
                         for f in program_families(c)], node.kernel)

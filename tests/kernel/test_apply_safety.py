@@ -23,8 +23,9 @@ from clusterspec import cluster, namespace, pod, policy
 from pyipset.compile.compiler import compile_cluster, program_families
 from pyipset.compile.program import Attach, Rule
 from pyipset.kernel.render import render_hooks
-from pyipset.kernel import backend
-from pyipset.kernel.backend import Kernel, PreflightError, apply, apply_programs, diff, read_chains, read_sets
+from pyipset.errors import PyipsetError
+from pyipset.kernel.apply import Kernel, PreflightError, apply, apply_programs, diff
+from pyipset.kernel.iptables import read_chains, read_sets
 from pyipset.compile.naming import InvalidName
 from pyipset.kernel.scratch import namespaces as netns_list
 from pyipset.model import fail_closed, load_objects
@@ -152,7 +153,7 @@ def test_the_lock_is_held_across_an_apply(netns):
     kernel = Kernel(netns=netns.name, lock_wait=0.2)
     other = Kernel(netns=netns.name, lock_wait=0.2)
     with kernel.locked():
-        with pytest.raises(backend.PyipsetError, match="held the lock"):
+        with pytest.raises(PyipsetError, match="held the lock"):
             with other.locked():
                 pass
     with other.locked():

@@ -6,7 +6,9 @@ from __future__ import annotations
 
 from clusterspec import cluster, namespace, pod, policy
 from pyipset.compile.compiler import compile_cluster
-from pyipset.kernel.backend import Kernel, apply, canonical_members, cleanup, read_chains, read_sets
+from pyipset.kernel.apply import Kernel, apply, cleanup
+from pyipset.kernel.iptables import read_chains, read_sets
+from pyipset.kernel.plan import canonical_members
 from pyipset.kernel.render import kernel_members, render_hooks
 
 
@@ -89,7 +91,7 @@ def test_cleanup_removes_ours_and_nothing_else(netns):
 
 
 def test_reconcile_reports_and_repairs_drift(netns):
-    from pyipset.kernel.backend import reconcile
+    from pyipset.kernel.apply import reconcile
     kernel = Kernel(netns=netns.name)
     program = compile_cluster(base(), "inet")
     apply(program, kernel)
@@ -112,7 +114,7 @@ def test_reconcile_reports_and_repairs_drift(netns):
 
 def test_a_program_over_the_limits_is_refused_whole(netns):
     import pytest
-    from pyipset.kernel.backend import KernelLimitError
+    from pyipset.kernel.apply import KernelLimitError
     kernel = Kernel(netns=netns.name)
     program = compile_cluster(base(), "inet")
     apply(program, kernel)
@@ -125,7 +127,7 @@ def test_a_program_over_the_limits_is_refused_whole(netns):
 
 
 def test_a_large_program_loads_through_parallel_restores(netns):
-    from pyipset.kernel import backend
+    from pyipset.kernel import iptables as backend
     from synthetic import cluster as synthetic_cluster
     program = compile_cluster(synthetic_cluster(3000, 20), "inet")
     lines = sum(len(d.members) + 1 for d in program.sets.values())
@@ -149,7 +151,7 @@ def test_switching_the_attach_mode_replaces_the_hooks_in_one_step(netns):
     assert sorted(hooks) == sorted(render_hooks(pod_ips)) and all("--match-set pyi-L-" in h for h in hooks)
     local = next(d for d in pod_ips.sets.values() if d.role == "local")
     assert set(local.members) == {"192.0.2.1", "192.0.2.2"}
-    from pyipset.kernel.backend import reconcile
+    from pyipset.kernel.apply import reconcile
     assert reconcile(pod_ips, kernel).total() == 0
 
 
@@ -187,7 +189,7 @@ def test_changes_from_the_record_equal_a_full_apply(netns):
     reading the kernel), never a silent gap."""
     import pytest
     from pyipset.compile.incremental import Incremental
-    from pyipset.kernel.backend import KernelError, apply_changes, diff
+    from pyipset.kernel.apply import KernelError, apply_changes, diff
     kernel = Kernel(netns=netns.name)
     before = base(extra_pods=[pod("a/web2", "192.0.2.3", {"app": "web"})])
     inc = Incremental(before, ["inet"])

@@ -34,10 +34,11 @@ TOPOLOGIES = ["bridge", "routed"]
 # are bridged, pairs across nodes routed over the wire, each node judging
 # with its own node-local program.
 SHAPES = {"bridge": ("bridge", 1), "routed": ("routed", 1), "two-nodes": ("bridge", 2)}
+BACKENDS = ["iptables", "nftables"]  # every lab agreement holds under each kernel backend
 
 
-def check_lab(c, cases, timeout=0.5, topology="bridge", nodes=1):
-    with LabNode(c, topology=topology, nodes=nodes) as lab:
+def check_lab(c, cases, timeout=0.5, topology="bridge", nodes=1, backend="iptables"):
+    with LabNode(c, topology=topology, nodes=nodes, backend=backend) as lab:
         for protocol, port in cases:
             pods, expected = native.matrix(c, protocol, port)
             observed = lab.observed_matrix(protocol, port, timeout)
@@ -46,9 +47,11 @@ def check_lab(c, cases, timeout=0.5, topology="bridge", nodes=1):
             assert not wrong, f"{protocol}/{port}: kernel differs from the verifier on {wrong}"
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_three_tier_in_the_kernel(shape):
-    check_lab(load([str(EXAMPLE)]), [("TCP", 80), ("TCP", 8080), ("UDP", 80), ("SCTP", 80)], *shape_args(shape))
+def test_three_tier_in_the_kernel(shape, backend):
+    check_lab(load([str(EXAMPLE)]), [("TCP", 80), ("TCP", 8080), ("UDP", 80), ("SCTP", 80)],
+              *shape_args(shape), backend=backend)
 
 
 def shape_args(shape):
@@ -56,8 +59,9 @@ def shape_args(shape):
     return 0.5, topology, nodes
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("shape", SHAPES)
-def test_every_kind_of_rule_in_the_kernel(shape):
+def test_every_kind_of_rule_in_the_kernel(shape, backend):
     c = cluster(
         namespace("a", team="x"), namespace("b", team="y"),
         pod("a/web", ["192.0.2.1", "2001:db8::1"], {"app": "web"}, [("http", 80, "TCP"), ("dns", 53, "UDP")]),
@@ -79,13 +83,14 @@ def test_every_kind_of_rule_in_the_kernel(shape):
                           "egress": [{"ports": [{"protocol": "SCTP", "port": 8080}, {"protocol": "SCTP", "port": 53},
                                                 {"port": 8080}]}]}))
     check_lab(c, [("TCP", 80), ("TCP", 81), ("TCP", 8080), ("UDP", 53), ("TCP", 8085), ("SCTP", 53),
-                  ("SCTP", 8080), ("SCTP", 8085)], *shape_args(shape))
+                  ("SCTP", 8080), ("SCTP", 8085)], *shape_args(shape), backend=backend)
 
 
-@settings(max_examples=9, deadline=None, database=None, print_blob=True,
+@settings(max_examples=12, deadline=None, database=None, print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(objs=cluster_objects(max_pods=10, max_policies=6), shape=st.sampled_from(list(SHAPES)))
-def test_random_clusters_in_the_kernel(objs, shape):
+@given(objs=cluster_objects(max_pods=10, max_policies=6), shape=st.sampled_from(list(SHAPES)),
+       backend=st.sampled_from(BACKENDS))
+def test_random_clusters_in_the_kernel(objs, shape, backend):
     """Fresh clusters every run (a failure prints the blob to replay it with
     @reproduce_failure), up to 10 pods and 6 policies, both families: the
     kernel's real connections equal the compiled program's matrix and the
@@ -98,7 +103,7 @@ def test_random_clusters_in_the_kernel(objs, shape):
         ref_pods, ref = reference.matrix(world, protocol, port)
         pods, expected = native.matrix(c, protocol, port)
         assert [p.key for p in ref_pods] == [p.key for p in pods] and ref == expected, (protocol, port)
-    check_lab(c, cases, timeout=0.4, topology=topology, nodes=nodes)
+    check_lab(c, cases, timeout=0.4, topology=topology, nodes=nodes, backend=backend)
 
 
 def test_a_killed_runs_leftovers_are_removed():
@@ -114,7 +119,8 @@ def test_a_killed_runs_leftovers_are_removed():
         subprocess.run(["ip", "netns", "delete", stale], capture_output=True)
 
 
-def test_no_window_while_updates_are_applied():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_no_window_while_updates_are_applied(backend):
     """A pair that is allowed throughout never fails, a pair that is denied
     throughout never gets through, while policies and pods around them change
     and the chains on their path are rewritten."""
@@ -135,7 +141,7 @@ def test_no_window_while_updates_are_applied():
                        policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}}, "ingress": [rule]}),
                        *extra_policies)
 
-    with LabNode(state(0)) as lab:
+    with LabNode(state(0), backend=backend) as lab:
         lab.start_servers(5432)
         allowed = lab.watch("a/web", "a/db", "TCP", 5432, seconds=4)
         denied = lab.watch("a/other", "a/db", "TCP", 5432, seconds=4)
@@ -156,10 +162,11 @@ class LabEngine:
 
     topology = "bridge"
     nodes = 1
+    backend = "iptables"
 
     @classmethod
     def matrix(cls, c, protocol, port):
-        with LabNode(c, topology=cls.topology, nodes=cls.nodes) as lab:
+        with LabNode(c, topology=cls.topology, nodes=cls.nodes, backend=cls.backend) as lab:
             return c.sorted_pods(), lab.observed_matrix(protocol, port, 0.4)
 
     @classmethod
@@ -175,7 +182,7 @@ class LabEngine:
         s, d = end(src), end(dst)
         outside = [e for e in (s, d) if not isinstance(e, str) and c.pod_by_ip(e) is None]
         keyed = [e if isinstance(e, str) or e in outside else c.pod_by_ip(e).key for e in (s, d)]
-        with LabNode(c, outside=outside, topology=cls.topology, nodes=cls.nodes) as lab:
+        with LabNode(c, outside=outside, topology=cls.topology, nodes=cls.nodes, backend=cls.backend) as lab:
             return lab.connect(keyed[0], keyed[1], protocol, port, 0.4)
 
 
@@ -187,6 +194,14 @@ class TwoNodeLabEngine(LabEngine):
     nodes = 2
 
 
+def _under(engine, backend):
+    return type(f"{engine.__name__}[{backend}]", (engine,), {"backend": backend})
+
+
+ENGINES = {f"{shape}-{backend}": _under(engine, backend) for backend in BACKENDS
+           for shape, engine in zip(SHAPES, [LabEngine, RoutedLabEngine, TwoNodeLabEngine])}
+
+
 def _conformance_cases():
     import inspect
     import test_semantics
@@ -194,7 +209,7 @@ def _conformance_cases():
             if name.startswith("test_") and "engine" in inspect.signature(f).parameters]
 
 
-@pytest.mark.parametrize("engine", [LabEngine, RoutedLabEngine, TwoNodeLabEngine], ids=list(SHAPES))
+@pytest.mark.parametrize("engine", list(ENGINES.values()), ids=list(ENGINES))
 @pytest.mark.parametrize("case", _conformance_cases(), ids=lambda f: f.__name__)
 def test_conformance_cases_in_the_kernel(case, engine):
     case(engine)
@@ -362,7 +377,8 @@ def test_hooks_are_kept_first(foreign, attach):
     nothing cannot reach its node, until a foreign INPUT rule lets it."""
     from pyipset.compile.compiler import compile_cluster, program_families
     from pyipset.compile.program import Attach
-    from pyipset.kernel.backend import read_filter, reconcile_programs
+    from pyipset.kernel.apply import reconcile_programs
+    from pyipset.kernel.iptables import read_filter
     c = load_objects(HOOKS_FIRST)
     how = Attach.parse(attach)
     command, bypasses = FOREIGN[foreign]

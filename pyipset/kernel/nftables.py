@@ -1,0 +1,653 @@
+"""The nftables backend: the RuleProgram rendered into one table of ours,
+`inet pyipset`, holding both families, programmed through libnftables in this
+process (kernel/libnftables.py): one atomic transaction per update, sets and
+chains together, and read back as JSON. It executes the Plans of
+kernel/plan.py; kernel/apply.py is the entry point.
+
+The rendering is the program's, construct for construct, so the native
+evaluator judges exactly what the kernel runs:
+
+- Chains: program chain C of family inet is `ip/C`, of inet6 `ip6/C` (one
+  table, two programs). Every rule keeps its order, matches, target and
+  comment, and counts its packets (`counter`: the blocked-connection counts
+  read them, as iptables' rule counters).
+- Hooks: the program's hooks go into base chains of ours, `ip/FORWARD`
+  (hook forward) and `ip/INPUT` (hook input), at priority filter + 10:
+  after iptables' filter chains (priority 0, where kube-proxy's iptables mode
+  and most CNIs filter) and after kube-proxy's nftables chains (which filter
+  at priorities below 0), so a connection they reject is not also reported
+  as denied by policy. Every base chain at a hook runs, in every table: an
+  accept in anyone else's chain (`iptables -I FORWARD 1 -j ACCEPT`, another
+  table's base chain) ends only that chain, and our drop still drops. Each
+  hook rule names its family (`meta nfproto`), so an IPv6 packet never
+  enters the IPv4 chains.
+- Sets: hash:ip is an address set; hash:ip,port and hash:ip,port,ip are
+  concatenations (`ip daddr . meta l4proto . th dport`, `ip saddr . meta
+  l4proto . th dport . ip daddr`): exact keys in the hash backend, one
+  lookup. hash:net with `nomatch` exceptions becomes an interval set of the
+  addresses that match — the exceptions are subtracted when rendering (each
+  address judged by its most specific prefix, as ipset does), so the kernel
+  walks no exception at packet time. The policies' protocols (TCP, UDP, SCTP)
+  all carry ports where `th dport` reads them.
+- The dynamic set of recent denied attempts (`SET --add-set ... --exist`) is
+  a set with `flags dynamic,timeout`, filled by `update @set {...}`; when
+  full it takes no new entry (ipset's forceadd evicts one), so an attempt
+  then is logged again, within the log's rate limit: no verdict changes.
+
+A transaction: the table declared, the chains to write declared and flushed,
+the sets nothing uses deleted, sets created, edited (element adds and deletes)
+or replaced (flush and refill: interval sets always, the others when most of
+them changed), the rules added, the chains nothing jumps to deleted — all at
+once or not at all (nftables commits atomically)."""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+import threading
+from typing import Callable, Optional
+
+from ..compile.naming import MAX_SET_NAME, SET_PREFIX
+from ..compile.program import TARGETS, Match, Rule, RuleProgram, SetDef
+from ..sets import FAMILIES, SET_TYPES
+from .handle import Kernel, KernelError, KernelLimitError, PreflightError
+from .libnftables import Context, NftError, Unavailable, library
+from .lock import netns_identity
+from .plan import Held, KernelSet, Plan, canonical_members, hollow, plan_full, report
+from .render import kernel_members
+from .scratch import scratch_namespace
+
+NAME = "nftables"
+TABLE = "pyipset"
+PRIORITY = 10  # filter + 10: see the header
+TAGS = {"inet": "ip", "inet6": "ip6"}
+HOOKS = {"FORWARD": "forward", "INPUT": "input", "OUTPUT": "output"}
+NFPROTO = {"inet": "ipv4", "inet6": "ipv6"}
+COMMENT_MAX = 127  # NFT_USERDATA_MAXLEN is 256 bytes with its header; nft takes 128 characters
+MAX_NAME = 255  # NFT_SET_MAXNAMELEN / NFT_CHAIN_MAXNAMELEN less the terminating byte
+MAX_ELEMENTS_PER_COMMAND = 20000  # one `add element` command: nft parses it as one expression list
+
+
+# ---- contexts ----
+
+_contexts: dict = {}  # netns identity -> Context
+_contexts_lock = threading.Lock()
+
+
+def context(kernel: Kernel) -> Context:
+    """The libnftables context of the kernel's network namespace (made once)."""
+    key = netns_identity(kernel.netns)
+    with _contexts_lock:
+        ctx = _contexts.get(key)
+        if ctx is None:
+            ctx = _contexts[key] = Context(kernel.netns)
+        return ctx
+
+
+def forget(kernel: Kernel) -> None:
+    """Drops the context of a namespace about to go (the lab's, the scratch ones)."""
+    with _contexts_lock:
+        ctx = _contexts.pop(netns_identity(kernel.netns), None)
+    if ctx is not None:
+        ctx.close()
+
+
+def available() -> Optional[str]:
+    """None when this machine can run the backend; otherwise why not."""
+    try:
+        library()
+    except Unavailable as exc:
+        return str(exc)
+    return None
+
+
+def probe(netns: Optional[str] = None) -> Optional[str]:
+    """None when the kernel of `netns` accepts everything a program needs, in
+    a dry run (nothing is made); otherwise why not."""
+    why = available()
+    if why:
+        return why
+    t = f"inet {TABLE}-probe"
+    script = (f"add table {t}\n"
+              f"add set {t} c {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; }}\n"
+              f"add set {t} d {{ type ipv6_addr . inet_proto . inet_service . ipv6_addr; flags dynamic,timeout; "
+              f"timeout 60s; size 1024; }}\n"
+              f"add set {t} n {{ type ipv4_addr; flags interval; }}\n"
+              f"add element {t} n {{ 192.0.2.0-192.0.2.127 }}\n"
+              f"add chain {t} f {{ type filter hook forward priority filter + {PRIORITY}; policy accept; }}\n"
+              f"add rule {t} f ip saddr . meta l4proto . th sport . ip daddr @c update @d {{ ip6 saddr . meta "
+              f"l4proto . th sport . ip6 daddr }} counter log prefix \"x\" group 86 drop\n")
+    try:
+        ctx = Context(netns)  # its own: a dry run leaves nft's cache of the context believing it
+        try:
+            ctx.run(script, dry_run=True)
+        finally:
+            ctx.close()
+    except (NftError, OSError, Unavailable) as exc:
+        return f"the kernel refuses what the nftables backend needs ({exc})"
+    return None
+
+
+def run(kernel: Kernel, commands: str, json_out: bool = False) -> str:
+    try:
+        return context(kernel).run(commands, json=json_out)
+    except NftError as exc:
+        raise KernelError(["nft"], exc.message, exc.line) from None
+
+
+# ---- rendering ----
+
+def chain_name(family: str, chain: str) -> str:
+    return f"{TAGS[family]}/{chain}"
+
+
+def _ip(family: str) -> str:
+    return "ip" if family == "inet" else "ip6"
+
+
+def _addr_type(family: str) -> str:
+    return "ipv4_addr" if family == "inet" else "ipv6_addr"
+
+
+def set_type(setdef: SetDef) -> str:
+    a = _addr_type(setdef.family)
+    return {"hash:ip": a, "hash:net": a, "hash:ip,port": f"{a} . inet_proto . inet_service",
+            "hash:ip,port,ip": f"{a} . inet_proto . inet_service . {a}"}[setdef.type]
+
+
+def _quote(text: str, limit: int = COMMENT_MAX) -> str:
+    clean = re.sub(r"[^A-Za-z0-9 _./:,\[\]()=+-]", "_", text)[:limit]
+    return f'"{clean}"'
+
+
+def declare_set(setdef: SetDef) -> str:
+    if setdef.type not in SET_TYPES or setdef.family not in FAMILIES:
+        raise ValueError(f"set {setdef.name}: unknown type or family")
+    if not setdef.name.startswith(SET_PREFIX) or len(setdef.name) > MAX_SET_NAME or \
+            not re.fullmatch(r"[A-Za-z0-9_.-]+", setdef.name):
+        raise ValueError(f"set name {setdef.name!r} is not one of ours")
+    body = [f"type {set_type(setdef)};"]
+    if setdef.type == "hash:net":
+        body.append("flags interval;")
+    if setdef.dynamic:
+        if setdef.type != "hash:ip,port,ip" or not 0 < setdef.timeout <= 2_147_483 or setdef.maxelem <= 0:
+            raise ValueError(f"set {setdef.name}: a dynamic set needs hash:ip,port,ip, a timeout and maxelem")
+        body.append(f"flags dynamic,timeout; timeout {int(setdef.timeout)}s; size {int(setdef.maxelem)};")
+    if setdef.comment:
+        body.append(f"comment {_quote(setdef.comment)};")
+    return f"add set inet {TABLE} {setdef.name} {{ {' '.join(body)} }}"
+
+
+def element(set_type_: str, member: str) -> str:
+    """One member in ipset's syntax as an nftables element."""
+    parts = member.split()[0].split(",")
+    if set_type_ in ("hash:ip", "hash:net"):
+        return parts[0]
+    proto, _, port = parts[1].partition(":")
+    out = [parts[0], proto, port] + parts[2:]
+    return " . ".join(out)
+
+
+def intervals(family: str, members) -> list:
+    """The addresses a hash:net set with `nomatch` entries matches, as sorted,
+    disjoint, non-adjacent (low, high) integer ranges: each address is judged by
+    the most specific prefix holding it (ipset's rule). Prefixes nest or are
+    disjoint, so one sweep in address order does it."""
+    entries = {}
+    for member in members:
+        entry, _, flag = member.partition(" ")
+        net = ipaddress.ip_network(entry, strict=False)
+        if (net.version == 4) != (family == "inet"):
+            raise ValueError(f"{entry} is not of family {family}")
+        entries[net] = flag != "nomatch"
+    out: list = []
+
+    def emit(lo: int, hi: int, matched: bool) -> None:
+        if not matched or lo > hi:
+            return
+        if out and out[-1][1] + 1 >= lo:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+
+    stack: list = []  # (last address, matched) of the prefixes holding the cursor
+    cursor = 0
+    for net, matched in sorted(entries.items(), key=lambda item: (int(item[0].network_address), item[0].prefixlen)):
+        start, end = int(net.network_address), int(net.broadcast_address)
+        while stack and stack[-1][0] < start:
+            last, m = stack.pop()
+            emit(cursor, last, m)
+            cursor = max(cursor, last + 1)
+        if stack:
+            emit(cursor, start - 1, stack[-1][1])
+        cursor = start
+        stack.append((end, matched))
+    while stack:
+        last, m = stack.pop()
+        emit(cursor, last, m)
+        cursor = max(cursor, last + 1)
+    return out
+
+
+def _range_text(family: str, lo: int, hi: int) -> str:
+    make = ipaddress.IPv4Address if family == "inet" else ipaddress.IPv6Address
+    return f"{make(lo)}-{make(hi)}"
+
+
+def elements(setdef: SetDef, members: Optional[list] = None) -> list:
+    """The set's elements in nft's syntax (members: ipset syntax, default the set's)."""
+    if setdef.type == "hash:net":
+        return [_range_text(setdef.family, lo, hi) for lo, hi in intervals(setdef.family, setdef.members)]
+    return [element(setdef.type, m) for m in (kernel_members(setdef) if members is None else members)]
+
+
+def canonical(setdef: SetDef, members: list) -> set:
+    """Members as read_sets() reads them back: ipset's printing, or for an
+    interval set its ranges."""
+    if setdef.type == "hash:net":
+        return set(elements(setdef))
+    return canonical_members(setdef.type, setdef.family, members)
+
+
+def _set_dims(family: str, dims: str) -> str:
+    ip = _ip(family)
+    fields = {"src": [f"{ip} saddr"], "dst": [f"{ip} daddr"],
+              "dst,dst": [f"{ip} daddr", "meta l4proto", "th dport"],
+              "src,dst,dst": [f"{ip} saddr", "meta l4proto", "th dport", f"{ip} daddr"],
+              "src,src,dst": [f"{ip} saddr", "meta l4proto", "th sport", f"{ip} daddr"]}
+    if dims not in fields:
+        raise ValueError(f"cannot render set dimensions {dims!r}")
+    return " . ".join(fields[dims])
+
+
+def _match(family: str, m: Match) -> str:
+    op = "!= " if m.negate else ""
+    if m.kind == "set":
+        return f"{_set_dims(family, m.dims)} {op}@{m.name}"
+    if m.kind == "addr":
+        if m.dims not in ("src", "dst"):
+            raise ValueError(f"cannot render address match dimensions {m.dims!r}")
+        net = ipaddress.ip_network(m.name)
+        return f"{_ip(family)} {'saddr' if m.dims == 'src' else 'daddr'} {op}{net}"
+    if m.kind == "proto":
+        return f"meta l4proto {op}{int(m.value)}"
+    if m.kind == "dport":
+        ports = str(int(m.value)) if m.value == m.value2 else f"{int(m.value)}-{int(m.value2)}"
+        return f"th dport {op}{ports}"
+    if m.kind == "mark":
+        return f"meta mark & {m.value2:#x} {'!=' if m.negate else '=='} {m.value:#x}"
+    if m.kind == "state":
+        states = ",".join(s.lower() for s in m.states)
+        if m.negate:
+            return f"ct state & ({' | '.join(s.lower() for s in m.states)}) == 0"
+        return f"ct state {states}"
+    if m.kind in ("in", "out"):
+        from ..compile.naming import check_interface
+        return f"{'iifname' if m.kind == 'in' else 'oifname'} {op}{_quote(check_interface(m.name), 15)}"
+    if m.kind == "limit":
+        return f"limit rate {int(m.value)}/second burst {int(m.value2)} packets"
+    raise ValueError(f"cannot render match kind {m.kind!r}")
+
+
+def _target(family: str, rule: Rule) -> str:
+    if rule.target not in TARGETS:
+        raise ValueError(f"cannot render target {rule.target!r}")
+    if rule.target in ("JUMP", "GOTO"):
+        return f"{rule.target.lower()} {chain_name(family, rule.jump)}"
+    if rule.target == "MARK":
+        if rule.mark_mask:
+            return f"meta mark set meta mark & {~rule.mark_mask & 0xFFFFFFFF:#x} ^ {rule.mark:#x}"
+        return f"meta mark set meta mark | {rule.mark:#x}"
+    if rule.target == "NFLOG":
+        if not 0 <= rule.log_group <= 65535:
+            raise ValueError(f"NFLOG group {rule.log_group} is out of range 0-65535")
+        return f"log prefix {_quote(rule.log_prefix[:63])} group {int(rule.log_group)}"
+    if rule.target == "SET":
+        if rule.add_dims != "src,src,dst":
+            raise ValueError(f"cannot render SET dimensions {rule.add_dims!r}")
+        verb = "update" if rule.add_exist else "add"
+        return f"{verb} @{rule.add_set} {{ {_set_dims(family, rule.add_dims)} }}"
+    return rule.target.lower()
+
+
+def render_rule(family: str, rule: Rule) -> str:
+    """A rule's body in nft's language (after `add rule inet pyipset CHAIN`)."""
+    words = [_match(family, m) for m in rule.matches]
+    words += ["counter", _target(family, rule)]
+    if rule.origin:
+        words.append(f"comment {_quote(rule.origin)}")
+    return " ".join(words)
+
+
+def render_hooks(program: RuleProgram) -> list:
+    """The hooks, one line each: `BUILTIN rule`."""
+    return [f"{builtin} meta nfproto {NFPROTO[program.family]} {render_rule(program.family, rule)}"
+            for builtin, rule in program.hooks]
+
+
+def _base_chain(family: str, builtin: str) -> str:
+    if builtin not in HOOKS:
+        raise ValueError(f"no hook for built-in chain {builtin!r}")
+    return (f"add chain inet {TABLE} {chain_name(family, builtin)} {{ type filter hook {HOOKS[builtin]} "
+            f"priority filter + {PRIORITY}; policy accept; }}")
+
+
+def render(program: RuleProgram) -> str:
+    """The whole program as an nft script (the table, its sets, chains and hooks), for people (`compile`)."""
+    plan = plan_full(program, Held({}, {}, []), None, render_hooks(program))
+    return transaction([plan])
+
+
+def transaction(plans: list) -> str:
+    """The one transaction that executes the plans (see the header)."""
+    t = f"inet {TABLE}"
+    declare, flush, drop_sets, fill_sets, rules, drop_chains = [], [], [], [], [], []
+    for plan in plans:
+        program, family = plan.program, plan.program.family
+        recreated = {s.name for s in plan.sets if s.action == "recreate"}
+        chains = list(plan.chains)
+        if recreated:  # chains that use a set made anew are written again after it
+            chains += [c for c, rs in program.chains.items() if c not in chains and any(
+                m.kind == "set" and m.name in recreated for r in rs for m in r.matches) or
+                any(r.add_set in recreated for r in rs)]
+        for c in chains:
+            declare.append(f"add chain {t} {chain_name(family, c)}")
+            flush.append(f"flush chain {t} {chain_name(family, c)}")
+            rules += [f"add rule {t} {chain_name(family, c)} {render_rule(family, r)}" for r in program.chains[c]]
+        for c in plan.stale_chains:
+            declare.append(f"add chain {t} {chain_name(family, c)}")
+            flush.append(f"flush chain {t} {chain_name(family, c)}")
+            drop_chains.append(f"delete chain {t} {chain_name(family, c)}")
+        if plan.hooks_add or plan.hooks_drop or plan.hooks_moved:
+            wanted = {b for b, _ in program.hooks}
+            for builtin in sorted(wanted | {"FORWARD", "INPUT"}):
+                declare.append(_base_chain(family, builtin))
+                flush.append(f"flush chain {t} {chain_name(family, builtin)}")
+                if builtin not in wanted:
+                    drop_chains.append(f"delete chain {t} {chain_name(family, builtin)}")
+            for line in render_hooks(program):
+                builtin, _, body = line.partition(" ")
+                rules.append(f"add rule {t} {chain_name(family, builtin)} {body}")
+        drop_sets += [f"delete set {t} {name}" for name in plan.stale_sets + sorted(recreated)]
+        for step in plan.sets:
+            setdef = step.setdef
+            if step.action in ("create", "recreate"):
+                fill_sets.append(declare_set(setdef))
+                fill_sets += _add_elements(setdef, elements(setdef, step.members))
+            elif step.action == "rebuild" or (step.action == "edit" and setdef.type == "hash:net"):
+                fill_sets.append(f"flush set {t} {setdef.name}")
+                fill_sets += _add_elements(setdef, elements(setdef))
+            elif step.action == "edit":
+                if step.gone:
+                    fill_sets.append(f"delete element {t} {setdef.name} {{ "
+                                     f"{', '.join(element(setdef.type, m) for m in step.gone)} }}")
+                fill_sets += _add_elements(setdef, [element(setdef.type, m) for m in step.new])
+    body = [f"add table {t}"] + declare + flush + drop_sets + fill_sets + rules + drop_chains
+    return "\n".join(body) + "\n"
+
+
+def _add_elements(setdef: SetDef, items: list) -> list:
+    step = MAX_ELEMENTS_PER_COMMAND
+    return [f"add element inet {TABLE} {setdef.name} {{ {', '.join(items[i:i + step])} }}"
+            for i in range(0, len(items), step)]
+
+
+# ---- reading back ----
+
+def _listing(kernel: Kernel) -> list:
+    """Our table as nft's JSON objects ([] when there is none)."""
+    try:
+        out = context(kernel).run(f"list table inet {TABLE}", json=True)
+    except NftError as exc:
+        if "No such file or directory" in exc.message:
+            return []
+        raise KernelError(["nft", "list", "table", "inet", TABLE], exc.message, exc.line) from None
+    return json.loads(out).get("nftables", [])
+
+
+def _plain(value):
+    """A rule's JSON without what changes as packets pass (counter values)."""
+    if isinstance(value, dict):
+        return {k: (None if k == "counter" else _plain(v)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _normal(rule: dict) -> str:
+    return json.dumps({"expr": _plain(rule.get("expr", [])), "comment": rule.get("comment", "")}, sort_keys=True)
+
+
+def _element_text(family: str, set_type_: str, elem) -> str:
+    if isinstance(elem, dict) and "elem" in elem:
+        elem = elem["elem"]["val"]
+    if set_type_ == "hash:net":
+        if isinstance(elem, dict) and "prefix" in elem:
+            net = ipaddress.ip_network(f"{elem['prefix']['addr']}/{elem['prefix']['len']}")
+            lo, hi = int(net.network_address), int(net.broadcast_address)
+        elif isinstance(elem, dict) and "range" in elem:
+            lo, hi = (int(ipaddress.ip_address(a)) for a in elem["range"])
+        else:
+            lo = hi = int(ipaddress.ip_address(elem))
+        return _range_text(family, lo, hi)
+    if set_type_ == "hash:ip":
+        return str(ipaddress.ip_address(elem))
+    parts = elem["concat"]
+    text = f"{ipaddress.ip_address(parts[0])},{parts[1]}:{parts[2]}"
+    if set_type_ == "hash:ip,port,ip":
+        text += f",{ipaddress.ip_address(parts[3])}"
+    return text
+
+
+def _set_of(obj: dict) -> KernelSet:
+    types = obj["type"] if isinstance(obj["type"], list) else [obj["type"]]
+    family = "inet" if types[0] == "ipv4_addr" else "inet6"
+    if len(types) == 1:
+        kind = "hash:net" if "interval" in obj.get("flags", []) else "hash:ip"
+    else:
+        kind = "hash:ip,port" if len(types) == 3 else "hash:ip,port,ip"
+    out = KernelSet(obj["name"], kind, family)
+    if "timeout" in obj.get("flags", []) or "timeout" in obj:
+        return out  # dynamic: its entries are the kernel's own
+    for elem in obj.get("elem", []):
+        out.members.add(_element_text(family, kind, elem))
+    return out
+
+
+def _merge_ranges(family: str, members: set) -> set:
+    spans = sorted(tuple(int(ipaddress.ip_address(a)) for a in m.split("-")) for m in members)
+    out: list = []
+    for lo, hi in spans:
+        if out and out[-1][1] + 1 >= lo:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return {_range_text(family, lo, hi) for lo, hi in out}
+
+
+def _read_objects(objects: list, families) -> dict:
+    sets: dict = {}
+    chains: dict = {f: {} for f in families}
+    hooks: dict = {f: [] for f in families}
+    base: set = set()
+    tag_family = {tag: family for family, tag in TAGS.items()}
+    for obj in objects:
+        if "set" in obj:
+            s = _set_of(obj["set"])
+            if s.type == "hash:net":
+                s.members = _merge_ranges(s.family, s.members)
+            sets[s.name] = s
+        elif "chain" in obj:
+            tag, _, name = obj["chain"]["name"].partition("/")
+            family = tag_family.get(tag)
+            if family in chains:
+                if "hook" in obj["chain"]:
+                    base.add(obj["chain"]["name"])
+                else:
+                    chains[family].setdefault(name, [])
+        elif "rule" in obj:
+            rule = obj["rule"]
+            tag, _, name = rule["chain"].partition("/")
+            family = tag_family.get(tag)
+            if family not in chains:
+                continue
+            if rule["chain"] in base:
+                hooks[family].append(f"{name} {_normal(rule)}")
+            else:
+                chains[family].setdefault(name, []).append(_normal(rule))
+    return {f: Held(sets, chains[f], hooks[f]) for f in families}
+
+
+def read_sets(kernel: Kernel) -> dict:
+    return {o["set"]["name"]: _set_of(o["set"]) for o in _listing(kernel) if "set" in o}
+
+
+def read(kernel: Kernel, programs: list, others: Optional[list] = None) -> dict:
+    """family -> Held, from one listing of our table. Sets are ours alone
+    (others' live in their own tables), so `others` stays as it is."""
+    return _read_objects(_listing(kernel), [p.family for p in programs])
+
+
+# ---- checking before the first change ----
+
+def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> dict:
+    """Everything that can be checked before the first change, for every
+    family at once: libnftables is there, every name and member is one the
+    kernel accepts, and the whole program loads into a scratch namespace (a
+    dry run against the real kernel, which also gives nft's normal form of the
+    chains). Returns the members of the sets that exist already, as read back."""
+    why = available()
+    if why:
+        raise PreflightError(f"{why}; nothing was changed")
+    wanted = {}
+    for program in programs:
+        for chain in program.chains:
+            if len(chain_name(program.family, chain)) > MAX_NAME:
+                raise KernelLimitError(f"chain name {chain!r} is longer than nftables allows")
+        try:
+            render(hollow(program))
+        except ValueError as exc:
+            raise PreflightError(f"the {program.family} program cannot be rendered: {exc}; nothing was changed") \
+                from None
+        for name, setdef in program.sets.items():
+            try:
+                members = kernel_members(setdef)
+                want = canonical(setdef, members)
+                if setdef.type != "hash:net":
+                    for m in members:
+                        element(setdef.type, m)
+                if setdef.type == "hash:ip" and ("0.0.0.0" in want or "::" in want):
+                    raise ValueError("the unspecified address")
+            except ValueError as exc:
+                raise PreflightError(f"set {name} ({setdef.comment}): a member the kernel cannot hold: {exc}; "
+                                     "nothing was changed") from None
+            have = current.get(name)
+            if have is not None and (have.type, have.family) == (setdef.type, setdef.family):
+                wanted[name] = want
+        expected_chains(program)  # the dry run
+    return wanted
+
+
+def is_twin(name: str) -> bool:
+    return False  # a transaction leaves no half-made copies
+
+
+_expected_cache: dict = {}  # program fingerprint -> (chains, hooks); the last few programs only
+_EXPECTED_CACHE_SIZE = 8
+
+
+def _expected(program: RuleProgram) -> tuple:
+    """(chains, hooks) of the program as nftables lists them: loaded once, with
+    empty sets, into a scratch network namespace and read back, so that
+    comparing with the kernel is exact whatever nft's normal form is."""
+    empty = hollow(program)
+    text = render(empty)
+    key = hashlib.sha256(text.encode()).hexdigest()
+    if key not in _expected_cache:
+        with scratch_namespace() as scratch:
+            kernel = Kernel(netns=scratch, backend=NAME)
+            try:
+                run(kernel, text)
+                held = read(kernel, [program])[program.family]
+            except KernelError as exc:
+                raise PreflightError(f"the {program.family} program does not load into a scratch network "
+                                     f"namespace: {exc}; nothing was changed") from None
+            finally:
+                forget(kernel)
+        _expected_cache[key] = (held.chains, held.hooks)
+        while len(_expected_cache) > _EXPECTED_CACHE_SIZE:
+            del _expected_cache[next(iter(_expected_cache))]
+    return _expected_cache[key]
+
+
+def expected_chains(program: RuleProgram) -> dict:
+    return _expected(program)[0]
+
+
+def expected_hooks(program: RuleProgram) -> list:
+    return _expected(program)[1]
+
+
+# ---- executing a plan ----
+
+def execute(kernel: Kernel, plans: list, enforced: Optional[Callable[[], None]] = None,
+            stop_after_sets: bool = False) -> list:
+    """Runs the plans (one per family) as one transaction under the caller's
+    lock; returns one ApplyReport each. stop_after_sets: only the set steps
+    (for tests of that intermediate state)."""
+    reports = [report(plan) for plan in plans]
+    if stop_after_sets:
+        plans = [Plan(p.program, sets=[s for s in p.sets if not s.late]) for p in plans]
+    if any(p.sets or p.touches_chains() or p.stale_sets for p in plans):
+        run(kernel, transaction(plans))
+    if not stop_after_sets:
+        for plan, rep in zip(plans, reports):
+            rep.sets_destroyed = len(plan.stale_sets)
+    if enforced is not None:
+        enforced()
+    return reports
+
+
+# ---- counters and cleanup ----
+
+def rule_counters(kernel: Kernel, family: str) -> list:
+    """[(program chain, target, packets)] of the family's chains, in order."""
+    out = []
+    tag = TAGS[family] + "/"
+    for obj in _listing(kernel):
+        rule = obj.get("rule")
+        if not rule or not rule["chain"].startswith(tag):
+            continue
+        packets, target = 0, ""
+        for e in rule.get("expr", []):
+            if "counter" in e and isinstance(e["counter"], dict):
+                packets = int(e["counter"].get("packets", 0))
+            elif "log" in e:
+                target = "NFLOG"
+            elif not target:
+                for verdict in ("accept", "drop", "return", "jump", "goto"):
+                    if verdict in e:
+                        target = verdict.upper()
+        out.append((rule["chain"][len(tag):], target, packets))
+    return out
+
+
+def cleanup(kernel: Kernel) -> dict:
+    """Removes our table (its sets, chains and hooks go with it), and nothing
+    else: no one else's object can refer to a table's sets or chains."""
+    removed = {"hooks": 0, "chains": 0, "sets": 0, "references": []}
+    if available():
+        return removed
+    with kernel.locked():
+        objects = _listing(kernel)
+        if not objects:
+            return removed
+        for obj in objects:
+            if "set" in obj:
+                removed["sets"] += 1
+            elif "chain" in obj:
+                removed["hooks" if "hook" in obj["chain"] else "chains"] += 1
+        run(kernel, f"delete table inet {TABLE}\n")
+    return removed

@@ -1,0 +1,210 @@
+"""The nftables backend's own promises, in network namespaces the tests make
+and remove (the agreements with the verifier run under both backends in
+test_lab.py): hooks no foreign rule can bypass, one atomic transaction (a
+refused one changes nothing), drift found by reading our table back and
+repaired, counters, cleanup that touches nothing foreign, and moving a node
+from one backend to the other."""
+
+from __future__ import annotations
+
+import pytest
+
+from clusterspec import namespace, pod, policy
+from pyipset.compile.compiler import compile_cluster, program_families
+from pyipset.compile.program import Attach
+from pyipset.kernel import nftables
+from pyipset.kernel.apply import (Kernel, KernelError, PreflightError, apply_changes, apply_programs, cleanup,
+                                  diff, reconcile_programs, release)
+from pyipset.lab.node import LabNode
+from pyipset.model import load_objects
+
+
+@pytest.fixture(autouse=True)
+def root_and_tools(no_lab_left):
+    """Needs what the netns fixture needs; leaves no lab behind."""
+    if nftables.available():
+        pytest.fail(nftables.available())
+
+
+OBJECTS = [namespace("a"), namespace("b"),
+           pod("a/web", ["192.0.2.1", "2001:db8::1"], {"app": "web"}),
+           pod("a/db", ["192.0.2.2", "2001:db8::2"], {"app": "db"}),
+           pod("b/cli", ["198.51.100.1", "2001:db8::3"], {"app": "cli"}),
+           policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}},
+                           "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "web"}}},
+                                                 {"ipBlock": {"cidr": "198.51.100.0/24",
+                                                              "except": ["198.51.100.0/25"]}}],
+                                        "ports": [{"port": 5432}]}]}),
+           policy("b/cli", {"podSelector": {"matchLabels": {"app": "cli"}}, "policyTypes": ["Egress"]})]
+
+
+def programs_of(c, attach=Attach()):
+    return [compile_cluster(c, f, attach=attach) for f in program_families(c)]
+
+
+def listing(kernel) -> str:
+    return kernel.run("nft", "list", "ruleset").stdout
+
+
+FOREIGN_NFT = """table inet foreign {
+    chain early_forward { type filter hook forward priority -300; policy accept; accept; }
+    chain early_input { type filter hook input priority -300; policy accept; accept; }
+}
+"""
+
+
+@pytest.mark.parametrize("attach", ["pod-ips", "bridge:weave"])
+def test_no_foreign_accept_skips_our_drop(attach):
+    """Under nftables every base chain at a hook runs: an iptables rule
+    accepting everything at the head of FORWARD (and INPUT), and another
+    table's base chains that accept everything before ours, do not let a
+    denied connection through. Both are shown to be foreign accepts: each
+    would let it through under the iptables backend's rules (see test_lab)."""
+    how = Attach.parse(attach)
+    c = load_objects(OBJECTS)
+    with LabNode(c, attach=how, backend="nftables") as lab:
+        node = lab.nodes[0]
+        assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
+        assert not lab.connect("b/cli", "a/db", "TCP", 5432, 0.5)
+        node.kernel.run("iptables", "-w", "-I", "FORWARD", "1", "-j", "ACCEPT")
+        node.kernel.run("iptables", "-w", "-I", "INPUT", "1", "-j", "ACCEPT")
+        node.kernel.run("nft", "-f", "-", input=FOREIGN_NFT)
+        assert not lab.connect("b/cli", "a/db", "TCP", 5432, 0.5)
+        assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
+        if how.mode == "bridge":
+            assert not lab.connect_to_node("b/cli", "TCP", 9000, 0.5)  # INPUT is judged too
+        assert not any(d.total() for d in reconcile_programs(programs_of(c, how), node.kernel))
+
+
+def test_a_refused_transaction_changes_nothing(monkeypatch):
+    """A transaction the kernel refuses at its very end (after set and chain
+    changes in it) leaves the table exactly as it was: nftables commits all
+    or nothing."""
+    c = load_objects(OBJECTS)
+    with LabNode(c, backend="nftables") as lab:
+        kernel = lab.kernel
+        before = listing(kernel)
+        changed = load_objects(OBJECTS[:-1] + [pod("a/web2", "192.0.2.9", {"app": "web"})])
+        real = nftables.run
+
+        def failing_at_the_end(k, commands, json_out=False):  # the node's transaction only, not the dry run
+            if k.netns == kernel.netns and not json_out:
+                commands += f"delete chain inet {nftables.TABLE} no-such-chain\n"
+            return real(k, commands, json_out)
+        monkeypatch.setattr(nftables, "run", failing_at_the_end)
+        with pytest.raises(KernelError):
+            apply_programs(programs_of(changed), kernel)
+        assert listing(kernel) == before
+        monkeypatch.undo()
+        apply_programs(programs_of(changed), kernel)
+        assert listing(kernel) != before and not any(
+            d.total() for d in reconcile_programs(programs_of(changed), kernel))
+
+
+def test_a_program_the_kernel_refuses_is_refused_before_any_change():
+    """Preflight's dry run in a scratch namespace: a rule that cannot load
+    (an NFLOG group out of range is caught while rendering; a set the kernel
+    refuses to create here) stops the apply before the first change."""
+    import dataclasses
+    c = load_objects(OBJECTS)
+    with LabNode(c, backend="nftables") as lab:
+        before = listing(lab.kernel)
+        programs = programs_of(c)
+        bad = programs[0]
+        name = next(iter(bad.sets))
+        bad.sets[name] = dataclasses.replace(bad.sets[name], members=("192.0.2.300",))
+        with pytest.raises(PreflightError, match=name):
+            apply_programs(programs, lab.kernel)
+        assert listing(lab.kernel) == before
+
+
+def test_drift_is_found_by_reading_the_table_back_and_repaired():
+    c = load_objects(OBJECTS)
+    with LabNode(c, backend="nftables") as lab:
+        kernel = lab.kernel
+        programs = programs_of(c)
+        v4 = programs[0]
+        local = next(n for n, s in v4.sets.items() if s.role == "local")
+        block = next(n for n, s in v4.sets.items() if s.type == "hash:net")
+        kernel.run("nft", "delete", "element", "inet", "pyipset", local, "{ 192.0.2.2 }")
+        kernel.run("nft", "add", "element", "inet", "pyipset", block, "{ 203.0.113.0/24 }")
+        kernel.run("nft", "flush", "chain", "inet", "pyipset", "ip/PYIPSET-INGRESS")
+        kernel.run("nft", "add", "chain", "inet", "pyipset", "ip/PYIPSET-STRAY")
+        kernel.run("nft", "flush", "chain", "inet", "pyipset", "ip6/FORWARD")
+        assert lab.connect("a/web", "a/db", "TCP", 80, 0.5)  # the ingress chain no longer isolates a/db
+        drifts = reconcile_programs(programs, kernel)
+        lines = [line for d in drifts for line in d.lines()]
+        assert any(local in line and "lacks" in line for line in lines), lines
+        assert any(block in line and "extra" in line for line in lines), lines
+        assert any("PYIPSET-INGRESS" in line for line in lines) and any("PYIPSET-STRAY" in line for line in lines)
+        assert drifts[1].missing_hooks > 0
+        assert not any(d.total() for d in reconcile_programs(programs, kernel))
+        assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
+        assert not lab.connect("a/web", "a/db", "TCP", 80, 0.5)  # isolation for ingress is back
+
+
+def test_pod_churn_is_element_changes_only():
+    """The agent's path: a pod that comes and goes changes set elements in one
+    transaction and rewrites no chain; the kernel then equals the program."""
+    c = load_objects(OBJECTS)
+    more = load_objects(OBJECTS + [pod("a/web2", ["192.0.2.9", "2001:db8::9"], {"app": "web"})])
+    with LabNode(c, backend="nftables") as lab:
+        kernel = lab.kernel
+        reports = apply_changes(programs_of(c), programs_of(more), kernel)
+        assert sum(r.members_added for r in reports) > 0
+        assert sum(r.chains_written + r.hooks_added for r in reports) == 0
+        assert not any(diff(p, kernel).total() for p in programs_of(more))
+        reports = apply_changes(programs_of(more), programs_of(c), kernel)
+        assert sum(r.members_removed for r in reports) > 0 and not any(diff(p, kernel).total() for p in programs_of(c))
+
+
+def test_blocked_connections_are_counted_from_rule_counters():
+    from pyipset.observe.counts import tally
+    c = load_objects(OBJECTS)
+    with LabNode(c, backend="nftables") as lab:
+        kernel = lab.kernel
+        for _ in range(3):
+            assert not lab.connect("a/web", "a/db", "TCP", 80, 0.3)
+        counts = tally(nftables.rule_counters(kernel, "inet"), "inet")
+        assert counts[("count", "denied", "ingress", "tcp")] == 3, counts
+        assert counts.get(("count", "denied", "ingress", "udp"), 0) == 0
+
+
+def test_cleanup_removes_our_table_and_nothing_else(netns):
+    """A foreign table with its own base chains and sets survives byte for
+    byte; cleanup with no backend also removes what the iptables backend left."""
+    c = load_objects(OBJECTS)
+    kernel = Kernel(netns=netns.name, backend="nftables")
+    try:
+        netns.run("nft", "-f", "-", input=FOREIGN_NFT + "table ip other {\n set s {\n type ipv4_addr\n "
+                                                        "elements = { 192.0.2.7 }\n }\n}\n")
+        foreign = [netns.run("nft", "list", "table", *t).stdout for t in (("inet", "foreign"), ("ip", "other"))]
+        apply_programs(programs_of(c), kernel)
+        apply_programs(programs_of(c), Kernel(netns=netns.name))  # the iptables backend's too
+        assert "table inet pyipset" in netns.run("nft", "list", "ruleset").stdout
+        removed = cleanup(Kernel(netns=netns.name))
+        assert removed["sets"] > 0 and removed["chains"] > 0
+        assert "pyi-" not in netns.run("ipset", "list", "-n").stdout
+        assert "PYIPSET" not in netns.run("iptables-save").stdout
+        assert [netns.run("nft", "list", "table", *t).stdout for t in (("inet", "foreign"), ("ip", "other"))] == foreign
+        assert "pyipset" not in netns.run("nft", "list", "tables").stdout
+        assert cleanup(Kernel(netns=netns.name)) == {"hooks": 0, "chains": 0, "sets": 0, "references": []}
+    finally:
+        release(kernel)
+
+
+def test_moving_a_node_between_backends_keeps_enforcing():
+    """iptables -> nftables -> iptables on a live node: the new backend
+    enforces before the old one's rules are removed, and after each move only
+    one backend's objects are left."""
+    c = load_objects(OBJECTS)
+    with LabNode(c) as lab:
+        node = lab.nodes[0]
+        for backend, old in (("nftables", "iptables"), ("iptables", "nftables")):
+            kernel = Kernel(netns=node.netns, backend=backend)
+            apply_programs(programs_of(c), kernel)
+            cleanup(kernel, old)
+            assert not lab.connect("b/cli", "a/db", "TCP", 5432, 0.5)
+            assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
+            release(kernel)
+        assert "pyipset" not in node.kernel.run("nft", "list", "tables").stdout

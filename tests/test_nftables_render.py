@@ -1,0 +1,101 @@
+"""The nftables rendering without a kernel: interval sets hold exactly the
+addresses ipset's hash:net with nomatch matches, elements and rules are
+rendered for every set type, match and target, and hostile text cannot leave
+its quotes."""
+
+from __future__ import annotations
+
+import ipaddress
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from pyipset.compile.program import TARGETS, Match, Rule, RuleProgram, SetDef
+from pyipset.kernel import nftables
+from setmodel import net_lookup
+
+
+def _nets(version: int):
+    bits = 32 if version == 4 else 128
+    base = 0xC6120000 if version == 4 else 0x20010DB8 << 96  # 198.18.0.0, 2001:db8:: (aligned to /22)
+
+    @st.composite
+    def one(draw):
+        length = draw(st.integers(bits - 10, bits))
+        offset = draw(st.integers(0, (1 << 10) - 1)) >> (bits - length) << (bits - length)
+        return ipaddress.ip_network((base + offset, length)), draw(st.booleans())
+    return one()
+
+
+@settings(max_examples=300, deadline=None)
+@given(version=st.sampled_from([4, 6]), data=st.data())
+def test_intervals_match_what_hash_net_matches(version, data):
+    """Every address near the nets (their edges and neighbours) is in a
+    rendered interval exactly when the longest prefix holding it is not a
+    nomatch entry (setmodel's plain reading of ipset's rule)."""
+    entries = dict(data.draw(st.lists(_nets(version), min_size=1, max_size=12)))
+    family = "inet" if version == 4 else "inet6"
+    spans = nftables.intervals(family, [f"{n}{' nomatch' if nomatch else ''}" for n, nomatch in entries.items()])
+    assert all(a[1] + 1 < b[0] for a, b in zip(spans, spans[1:]))  # sorted, disjoint, not adjacent
+    probes = set()
+    for net in entries:
+        for edge in (int(net.network_address), int(net.broadcast_address)):
+            probes.update({edge - 1, edge, edge + 1})
+    for probe in probes:
+        addr = ipaddress.ip_address(probe) if version == 4 else ipaddress.IPv6Address(probe)
+        inside = any(lo <= probe <= hi for lo, hi in spans)
+        assert inside == net_lookup(entries, addr), (str(addr), entries, spans)
+
+
+def test_the_whole_address_space_and_an_exception():
+    spans = nftables.intervals("inet", ["0.0.0.0/0", "10.0.0.0/8 nomatch", "10.1.0.0/16"])
+    assert [nftables._range_text("inet", lo, hi) for lo, hi in spans] == [
+        "0.0.0.0-9.255.255.255", "10.1.0.0-10.1.255.255", "11.0.0.0-255.255.255.255"]
+
+
+@pytest.mark.parametrize("set_type,member,elem,json_elem", [
+    ("hash:ip", "192.0.2.1", "192.0.2.1", "192.0.2.1"),
+    ("hash:ip,port", "192.0.2.1,tcp:80", "192.0.2.1 . tcp . 80", {"concat": ["192.0.2.1", "tcp", 80]}),
+    ("hash:ip,port,ip", "2001:db8::1,sctp:9,2001:db8::2", "2001:db8::1 . sctp . 9 . 2001:db8::2",
+     {"concat": ["2001:db8::1", "sctp", 9, "2001:db8::2"]}),
+])
+def test_elements_go_out_and_come_back_as_ipset_prints_them(set_type, member, elem, json_elem):
+    family = "inet6" if ":" in member.split(",")[0] else "inet"
+    assert nftables.element(set_type, member) == elem
+    assert nftables._element_text(family, set_type, json_elem) == member
+
+
+HOSTILE = 'x" ; delete table inet pyipset ; comment "\n}'
+
+
+def test_every_match_and_target_renders_and_text_stays_quoted():
+    matches = [Match("set", name="pyi-a", dims=d) for d in ("src", "dst", "dst,dst", "src,dst,dst", "src,src,dst")]
+    matches += [Match("set", name="pyi-a", dims="src", negate=True), Match("addr", name="192.0.2.0/24", dims="dst"),
+                Match("proto", value=132), Match("dport", value=80, value2=90), Match("dport", value=53, value2=53),
+                Match("mark", value=0x10000, value2=0xF0000), Match("state", states=("RELATED", "ESTABLISHED")),
+                Match("limit", value=100, value2=200), Match("in", name="weave"), Match("out", name="weave")]
+    rules = [Rule((m,), "ACCEPT", origin=HOSTILE) for m in matches]
+    for target in TARGETS:
+        extra = {"JUMP": {"jump": "X"}, "GOTO": {"jump": "X"}, "MARK": {"mark": 0x20000},
+                 "NFLOG": {"log_group": 86, "log_prefix": HOSTILE},
+                 "SET": {"add_set": "pyi-r", "add_dims": "src,src,dst", "add_exist": True}}.get(target, {})
+        rules.append(Rule((), target, **extra))
+    rules.append(Rule((), "MARK", mark=0, mark_mask=0xF0000))
+    for rule in rules:
+        text = nftables.render_rule("inet", rule)
+        assert "\n" not in text and text.count('"') % 2 == 0 and "; delete" not in text.replace('_', ''), text
+    assert "ip6 saddr . meta l4proto . th dport . ip6 daddr @pyi-a" in nftables.render_rule(
+        "inet6", Rule((matches[3],), "ACCEPT"))
+
+
+def test_a_program_renders_as_one_script_with_both_families_apart():
+    sets = {"pyi-n": SetDef("pyi-n", "hash:net", "inet", ("192.0.2.0/24", "192.0.2.128/25 nomatch"), "k")}
+    program = RuleProgram("inet", sets=sets, chains={"PYIPSET": [Rule((Match("set", name="pyi-n", dims="src"),),
+                                                                         "DROP")]})
+    text = nftables.render(program)
+    assert "add set inet pyipset pyi-n { type ipv4_addr; flags interval; }" in text
+    assert "{ 192.0.2.0-192.0.2.127 }" in text
+    assert "add rule inet pyipset ip/PYIPSET ip saddr @pyi-n counter drop" in text
+    with pytest.raises(ValueError):
+        nftables.declare_set(SetDef("x; flush ruleset", "hash:ip", "inet", (), "k"))
