@@ -79,11 +79,12 @@ CLI_EGRESS = policy("b/cli", {"podSelector": {}, "policyTypes": ["Egress"],
 CASES = [("TCP", 5432), ("TCP", 80), ("UDP", 80)]
 
 
-def test_changes_through_the_api_change_real_connectivity(api, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_changes_through_the_api_change_real_connectivity(api, tmp_path, backend):
     load_into(api, [o for o in UNIVERSE if o["metadata"]["name"] != "new"])
-    with LabNode(load_objects(UNIVERSE), nodes=2, program=False) as lab:
+    with LabNode(load_objects(UNIVERSE), nodes=2, program=False, backend=backend) as lab:
         assert [n.name for n in lab.nodes] == ["n0", "n1"]
-        agents = [AgentProcess(api, node, tmp_path) for node in lab.nodes]
+        agents = [AgentProcess(api, node, tmp_path, "--backend", backend) for node in lab.nodes]
         try:
             for a in agents:
                 a.wait_ready()
@@ -112,6 +113,47 @@ def test_changes_through_the_api_change_real_connectivity(api, tmp_path):
         assert codes == [0, 0]
         # SIGTERM leaves the rules: the kernel still holds the program
         assert kernel_converged(api, lab)
+
+
+def test_an_agent_moved_between_backends_never_opens_a_window(api, tmp_path):
+    """Restarted with the other backend, the agent enforces through the new
+    one before it removes what the old one left: continuous probers of an
+    allowed and a denied pair never see the other verdict, and after each move
+    only the new backend's objects are left."""
+    from pyipset.kernel.apply import Kernel, release
+    universe = [namespace("a"), namespace("b"),
+                pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
+                pod("a/db", "192.0.2.2", {"app": "db"}, node="n0"),
+                pod("b/cli", "198.51.100.1", {"role": "client"}, node="n0"), DB]
+    load_into(api, universe)
+    with LabNode(load_objects(universe), nodes=1, program=False) as lab:
+        node = lab.nodes[0]
+        agent = AgentProcess(api, node, tmp_path, "--backend", "iptables")
+        agent.wait_ready()
+        wait_converged(api, lab, [agent])
+        allowed = lab.watch("a/web", "a/db", "TCP", 5432, 12)
+        denied = lab.watch("b/cli", "a/db", "TCP", 5432, 12)
+        try:
+            for backend in ("nftables", "iptables"):
+                time.sleep(1.0)
+                assert agent.stop() == 0  # SIGTERM leaves the rules
+                agent = AgentProcess(api, node, tmp_path, "--backend", backend)
+                agent.wait_ready()
+                node.kernel = Kernel(netns=node.netns, backend=backend)
+                wait_converged(api, lab, [agent])
+                assert agent.metric("pyipset_build_info", backend=backend) == 1
+                tables = node.kernel.run("nft", "list", "tables").stdout
+                ipsets = node.kernel.run("ipset", "list", "-n").stdout
+                if backend == "nftables":
+                    assert "pyi-" not in ipsets and "PYIPSET" not in node.kernel.run("iptables-save").stdout
+                else:
+                    assert "pyipset" not in tables and "pyi-" in ipsets
+                release(node.kernel)
+        finally:
+            agent.stop()
+        results = [json.loads(p.communicate(timeout=60)[0]) for p in (allowed, denied)]
+    assert results[0]["fail"] == 0 and results[0]["ok"] > 20, results[0]
+    assert results[1]["ok"] == 0 and results[1]["fail"] > 5, results[1]
 
 
 def test_faults_never_open_a_window(api, tmp_path):
