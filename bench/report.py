@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import sys
 from collections import defaultdict
 
@@ -25,6 +26,7 @@ def ns_per_op(b: dict) -> float:
 
 USERSPACE = "userspace: cost per NEW flow by layout (native evaluator, one thread)"
 KERNEL = "kernel: cost per NEW TCP connection by layout (lab, C prober)"
+KERNEL_BACKENDS = "kernel: cost per NEW TCP connection by backend (lab, C prober)"
 
 
 def tables(benches) -> str:
@@ -264,15 +266,54 @@ def check_targets(benches) -> list[tuple[str, str, bool, str]]:
               f"us a pair)")
     for size in ("10,000", "100,000"):
         group = f"apply into an empty namespace, {size} pods"
-        ours, plain = lookup(group, "pyipset-apply"), lookup(group, "ipset-restore")
+        ours, nft, plain = (_param(benches, group, how) for how in ("pyipset-apply", "pyipset-apply-nftables",
+                                                                     "ipset-restore"))
         if ours and plain:
             ratio(f"apply, {size} pods: <= 1.1x the time of plain ipset restore of the same sets (parity within "
                   f"run-to-run spread; apply also checks, locks and writes the chains)",
                   ns_per_op(ours) <= 1.1 * ns_per_op(plain), f"{ns_per_op(ours) / ns_per_op(plain):.2f}x the time")
+        if nft and plain and size == "100,000":
+            r = ns_per_op(nft) / ns_per_op(plain)
+            ratio(f"apply under nftables, {size} pods: <= 1/3 the time of plain ipset restore of the same members",
+                  r <= 1 / 3, f"{r:.2f}x the time ({ns_per_op(nft) * nft['extra_info']['ops'] / 1e9:.2f} s against "
+                              f"{ns_per_op(plain) * plain['extra_info']['ops'] / 1e9:.2f} s)")
+    for what, limits in (("pod", {1000: 2, 10000: 5}), ("policy", {1000: 10, 10000: 20})):
+        for b in benches:
+            info = b["extra_info"]
+            if b["group"] == f"agent: {what} created at the API -> in the kernel" and \
+                    info.get("backend") == "nftables":
+                limit = limits[info["pods"]]
+                absolute(f"agent under nftables: {what} created -> in the kernel, {info['pods']:,} pods: p99 <= "
+                         f"{limit} ms", info["p99_ms"] <= limit,
+                         f"p50 {info['p50_ms']:.1f}, p99 {info['p99_ms']:.1f} ms (the transaction's floor "
+                         f"{info['tools_floor_ms']:.2f} ms; {info['creations']} creations)")
+    for b in benches:
+        info = b["extra_info"]
+        if b["group"].startswith("agent: policy with new selectors") and "backend" in info:
+            absolute(f"agent under {info['backend']}: a policy change with new selectors both ways costs <= 10 ms "
+                     f"of CPU at 10k pods ({info['local_pods']:,} of them local)", info["cpu_ms_per_update"] <= 10,
+                     f"{info['cpu_ms_per_update']:.0f} ms an update (p50 {info['p50_ms']:.0f}, p99 "
+                     f"{info['p99_ms']:.0f} ms)")
+    by_backend = _by_backend(benches)
+    shares = {n: (c["iptables"] - c["none"], c["nftables"] - c["none"]) for n, c in sorted(by_backend.items())
+              if {"none", "iptables", "nftables"} <= set(c)}
+    if shares:
+        ratio("kernel: the rules' share of a NEW connection (the excess over a node with no program) under "
+              "nftables <= 1/2 of iptables-nft's, at every size",
+              all(nft <= 0.5 * ipt for ipt, nft in shares.values()),
+              ", ".join(f"{n // 1000}k: {nft / 1e3:.1f} against {ipt / 1e3:.1f} us ({nft / ipt:.2f}x)"
+                        for n, (ipt, nft) in shares.items()))
+    nft_costs = {n: c["nftables"] for n, c in sorted(by_backend.items()) if "nftables" in c}
+    if len(nft_costs) > 1:
+        first = nft_costs[min(nft_costs)]
+        ratio(f"kernel under nftables: within +-20% per connection from {min(nft_costs):,} to {max(nft_costs):,} pods",
+              all(0.8 <= v / first <= 1.2 for v in nft_costs.values()),
+              ", ".join(f"{n // 1000}k {v / 1e3:.1f}" for n, v in nft_costs.items()) + " us")
     for what, limits in (("pod", {1000: 5, 10000: 5}), ("policy", {1000: 3, 10000: 5})):
         for b in benches:
             info = b["extra_info"]
-            if b["group"] == f"agent: {what} created at the API -> in the kernel" and "tools_floor_ms" in info:
+            if b["group"] == f"agent: {what} created at the API -> in the kernel" and "tools_floor_ms" in info \
+                    and info.get("backend", "iptables") == "iptables":
                 limit = limits[info["pods"]]
                 r = info["p99_ms"] / info["tools_floor_ms"]
                 ratio(f"agent: {what} created -> in the kernel, {info['pods']:,} pods: p99 <= {limit}x the kernel "
@@ -351,12 +392,18 @@ def targets_table(benches) -> str:
 
 def load(paths: list) -> tuple:
     """(benchmarks, a caption: machine and date of the runs) from one or more
-    JSON files; a later file's benchmark replaces an earlier one of the same name."""
-    benches, captions = {}, []
+    JSON files; a later file's group of benchmarks replaces the earlier files'
+    benchmarks of that group (a curve is never half from one run, half from
+    another, and a benchmark renamed, say by a new parameter, leaves no stale
+    twin)."""
+    benches, captions, first_seen = {}, [], {}
     for path in paths:
         with open(path) as f:
             data = json.load(f)
+        groups = {b["group"] for b in data["benchmarks"]}
+        benches = {k: b for k, b in benches.items() if b["group"] not in groups}
         for b in data["benchmarks"]:
+            first_seen.setdefault(b["group"], len(first_seen))
             benches[b["fullname"]] = b
         mi = data.get("machine_info", {})
         cpu = mi.get("cpu", {})
@@ -365,7 +412,24 @@ def load(paths: list) -> tuple:
                         f"{cpu.get('brand_raw') or mi.get('processor') or platform.processor()}, "
                         f"{cpu.get('count', '?')} CPUs, {mi.get('system', '')} {mi.get('release', '')}, "
                         f"Python {mi.get('python_version', '?')}{made}")
+    order = {k: i for i, k in enumerate(benches)}
+    benches = dict(sorted(benches.items(), key=lambda kv: (first_seen[kv[1]["group"]], order[kv[0]])))
     return list(benches.values()), "\n".join(f"- {c}" for c in dict.fromkeys(captions))
+
+
+def _by_backend(benches) -> dict:
+    """{pods: {backend: ns per connection}} of the kernel curve by backend ("none": no program)."""
+    out = defaultdict(dict)
+    for b in benches:
+        if b["group"] == KERNEL_BACKENDS:
+            out[b["extra_info"]["pods"]][b["extra_info"]["backend"]] = ns_per_op(b)
+    return dict(out)
+
+
+def _param(benches, group: str, how: str):
+    """The benchmark of a group whose parameters start with `how` and go on with a number."""
+    return next((b for b in benches if b["group"] == group and re.fullmatch(re.escape(how) + r"-\d+", b["param"] or "")),
+                None)
 
 
 def _find(benches, group_prefix: str, name_part: str = ""):
@@ -400,19 +464,28 @@ def headline(benches) -> str:
             f"{ns_per_op(kernel['ours']) / 1e3:.1f} us; linear rules {ns_per_op(kernel['linear']) / 1e3:,.0f} us "
             f"({ns_per_op(kernel['linear']) / ns_per_op(kernel['ours']):.0f}x)" +
             (f"; weave-npc's layout {ns_per_op(kernel['weave']) / 1e3:,.0f} us" if "weave" in kernel else ""))
-    ours, plain = _find(benches, "apply into an empty namespace, 100,000", "pyipset"), \
-        _find(benches, "apply into an empty namespace, 100,000", "ipset-restore")
-    if ours and plain:
-        row("`apply` of 100k pods into an empty namespace",
-            f"{ns_per_op(ours) * ours['extra_info']['ops'] / 1e9:.2f} s, {ns_per_op(ours) / ns_per_op(plain):.2f}x plain "
-            f"`ipset restore` of the same sets")
+    group = "apply into an empty namespace, 100,000 pods"
+    plain = _param(benches, group, "ipset-restore")
+    for how, backend in (("pyipset-apply", "iptables"), ("pyipset-apply-nftables", "nftables")):
+        ours = _param(benches, group, how)
+        if ours and plain:
+            row(f"`apply` of 100k pods into an empty namespace ({backend})",
+                f"{ns_per_op(ours) * ours['extra_info']['ops'] / 1e9:.2f} s, {ns_per_op(ours) / ns_per_op(plain):.2f}x "
+                f"plain `ipset restore` of the same sets")
+    for n, costs in sorted(_by_backend(benches).items()):
+        if {"none", "iptables", "nftables"} <= set(costs):
+            row(f"kernel, a NEW TCP connection at {n // 1000}k pods by backend (lab)",
+                f"no program {costs['none'] / 1e3:.1f} us; iptables +{(costs['iptables'] - costs['none']) / 1e3:.1f} "
+                f"us; nftables +{(costs['nftables'] - costs['none']) / 1e3:.1f} us")
     for what in ("pod", "policy"):
         for b in benches:
             info = b["extra_info"]
             if b["group"] == f"agent: {what} created at the API -> in the kernel" and info.get("pods") == 10000:
-                row(f"agent: a {what} created at the API until the kernel holds it, 10k pods / 1,000 policies "
-                    f"(200 nodes)", f"p50 {info['p50_ms']:.0f} ms, p99 {info['p99_ms']:.0f} ms "
-                    f"(the kernel tools' floor {info['tools_floor_ms']:.0f} ms)")
+                backend = info.get("backend", "iptables")
+                row(f"agent ({backend}): a {what} created at the API until the kernel holds it, 10k pods / 1,000 "
+                    f"policies (200 nodes)", f"p50 {info['p50_ms']:.1f} ms, p99 {info['p99_ms']:.1f} ms "
+                    f"({'the kernel tools' if backend == 'iptables' else 'one transaction'}' floor "
+                    f"{info['tools_floor_ms']:.1f} ms)")
     for b in benches:
         info = b["extra_info"]
         if b["group"] == "agent: pod created at a real kube-apiserver -> in the kernel":
@@ -425,8 +498,8 @@ def headline(benches) -> str:
     for b in benches:
         info = b["extra_info"]
         if b["group"].startswith("agent: policy with new selectors"):
-            row(f"agent: a policy with new selectors both ways, 10k pods / 1,000 policies, {info['local_pods']:,} "
-                f"of them on the node", f"p50 {info['p50_ms']:.0f} ms, p99 {info['p99_ms']:.0f} ms, "
+            row(f"agent ({info.get('backend', 'iptables')}): a policy with new selectors both ways, 10k pods / "
+                f"1,000 policies, {info['local_pods']:,} of them on the node", f"p50 {info['p50_ms']:.0f} ms, p99 {info['p99_ms']:.0f} ms, "
                 f"{info['cpu_ms_per_update']:.0f} ms of CPU an update")
     ready = _find(benches, "agent: start to ready")
     if ready and "oneshot_s" in ready["extra_info"]:
@@ -500,8 +573,8 @@ def rewrite(text: str, benches, caption: str) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("json_files", nargs="*", help="pytest-benchmark JSON; a later file's benchmark replaces "
-                        "an earlier one of the same name (default: the committed runs, bench/runs/*.json)")
+    parser.add_argument("json_files", nargs="*", help="pytest-benchmark JSON; a later file's group of "
+                        "benchmarks replaces the earlier files' benchmarks of that group (default: the committed runs, bench/runs/*.json)")
     parser.add_argument("--update", nargs="+", metavar="MARKDOWN", help="rewrite the generated blocks of these "
                         "files (README.md, bench/README.md) from the runs, and print nothing else")
     parser.add_argument("--strict", action="store_true", help="exit 1 if any target (not the stretch) is missed")

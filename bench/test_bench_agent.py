@@ -39,8 +39,9 @@ def _root():
 class Running:
     """An API server with a synthetic cluster and an agent for node0 in a scratch netns."""
 
-    def __init__(self, pods: int, policies: int, tmp_path, nodes: int = 0, api=None):
-        """api: the API server to hold the cluster (default a new test API server, stopped at close)."""
+    def __init__(self, pods: int, policies: int, tmp_path, nodes: int = 0, api=None, backend: str = "iptables"):
+        """api: the API server to hold the cluster (default a new test API server, stopped at close);
+        backend: the agent's kernel backend."""
         from pyipset.agent.loop import Agent
         from pyipset.agent.settings import Settings
         from pyipset.kernel.scratch import new_name
@@ -55,7 +56,7 @@ class Running:
                 if o["kind"] == kind:
                     self.api.apply(o)
         settings = Settings(node_name="node0", kubeconfig=self.api.kubeconfig(tmp_path / "kc.json"),
-                            netns=self.netns, listen="127.0.0.1:0", batch_delay=0.0)
+                            netns=self.netns, listen="127.0.0.1:0", batch_delay=0.0, backend=backend)
         self.agent = Agent(settings)
         self.started = time.monotonic()
         self.agent.start()
@@ -140,6 +141,36 @@ def _percentiles(benchmark, times) -> None:
                                 max_ms=1e3 * times[-1], creations=len(times))
 
 
+def nft_floor_ms(what: str, runs: int = 15) -> float:
+    """The nftables backend's floor for one update, measured beside the
+    agent's latencies: one libnftables transaction, in this process, into a
+    scratch namespace, with one element added (a pod), or a new set with an
+    element, a chain's rules replaced by one using it and an element added (a
+    policy). Median milliseconds."""
+    from pyipset.kernel.libnftables import Context
+    from pyipset.kernel.scratch import new_name
+    netns = new_name("floor")
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    times = []
+    try:
+        ctx = Context(netns)
+        t = "inet pyipset-floor"
+        ctx.run(f"add table {t}\nadd set {t} s {{ type ipv4_addr; }}\nadd chain {t} c\n")
+        for k in range(runs):
+            start = time.perf_counter()
+            if what == "pod":
+                ctx.run(f"add element {t} s {{ 198.51.100.{k + 1} }}\n")
+            else:
+                ctx.run(f"add set {t} s{k} {{ type ipv4_addr; }}\nadd element {t} s{k} {{ 198.51.100.1 }}\n"
+                        f"flush chain {t} c\nadd rule {t} c ip saddr @s{k} counter return\n"
+                        f"add element {t} s {{ 198.51.100.{k + 1} }}\n")
+            times.append(time.perf_counter() - start)
+        ctx.close()
+    finally:
+        subprocess.run(["ip", "netns", "delete", netns])
+    return 1e3 * sorted(times)[runs // 2]
+
+
 def tools_floor_ms(what: str, runs: int = 15) -> float:
     """The kernel tools' own floor for one update, measured beside the agent's
     latencies in the same run: the tool runs the agent makes for a pod (one
@@ -173,11 +204,12 @@ def tools_floor_ms(what: str, runs: int = 15) -> float:
     return 1e3 * sorted(times)[runs // 2]
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 @pytest.mark.parametrize("pods,policies", [(1000, 100), (10000, 1000)])
 @pytest.mark.parametrize("what", ["pod", "policy"])
-def test_created_at_the_api_to_the_kernel(benchmark, tmp_path, pods, policies, what):
+def test_created_at_the_api_to_the_kernel(benchmark, tmp_path, pods, policies, what, backend):
     benchmark.group = f"agent: {what} created at the API -> in the kernel"
-    run = Running(pods, policies, tmp_path)
+    run = Running(pods, policies, tmp_path, backend=backend)
     try:
         step = run.create_pod if what == "pod" else run.create_policy
         step()  # warm
@@ -186,7 +218,8 @@ def test_created_at_the_api_to_the_kernel(benchmark, tmp_path, pods, policies, w
         _percentiles(benchmark, times)
     finally:
         run.close()
-    benchmark.extra_info.update(pods=pods, policies=policies, tools_floor_ms=tools_floor_ms(what))
+    floor = tools_floor_ms(what) if backend == "iptables" else nft_floor_ms(what)
+    benchmark.extra_info.update(pods=pods, policies=policies, backend=backend, tools_floor_ms=floor)
 
 
 def test_pod_created_at_the_real_api_server(benchmark, tmp_path):
@@ -215,22 +248,24 @@ def test_pod_created_at_the_real_api_server(benchmark, tmp_path):
 SHAPE_CREATIONS = 200 if FULL else 10
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 @pytest.mark.parametrize("nodes", [100, 1], ids=["100-local-of-10k", "all-10k-local"])
-def test_selective_policy_created_to_the_kernel(benchmark, tmp_path, nodes):
+def test_selective_policy_created_to_the_kernel(benchmark, tmp_path, nodes, backend):
     """10k pods, 1,000 policies; the agent's node holds 100 of them (100
     nodes) or all of them (one node): policies with new selector groups in
     both directions (Running.create_selective_policy), created at the API
-    until the kernel holds them, each deleted again untimed. CPU seconds of
-    this process (the agent's threads) per creation beside the latency."""
+    until the kernel holds them, each deleted again untimed. CPU seconds per
+    update beside the latency: this process (the agent's threads, and the
+    test API server's serving the change) and the kernel tools it ran."""
     benchmark.group = "agent: policy with new selectors, both directions, created -> in the kernel"
-    run = Running(10000, 1000, tmp_path, nodes=nodes)
+    run = Running(10000, 1000, tmp_path, nodes=nodes, backend=backend)
     try:
         run.create_selective_policy()  # warm
         times = []
-        cpu0 = time.process_time()
+        cpu0 = _cpu_seconds()
         benchmark.pedantic(lambda: times.append(run.create_selective_policy()), rounds=SHAPE_CREATIONS,
                            iterations=1)
-        cpu = (time.process_time() - cpu0) / SHAPE_CREATIONS / 2  # a creation and its deletion: two updates
+        cpu = (_cpu_seconds() - cpu0) / SHAPE_CREATIONS / 2  # a creation and its deletion: two updates
         local = sum(1 for p in run.agent.state.objects["pods"].values()
                     if (p.get("spec") or {}).get("nodeName") == "node0")
         _percentiles(benchmark, times)
@@ -238,7 +273,15 @@ def test_selective_policy_created_to_the_kernel(benchmark, tmp_path, nodes):
         run.close()
     assert local == 10000 // nodes
     benchmark.extra_info.update(pods=10000, policies=1000, nodes=nodes, local_pods=local, cpu_ms_per_update=1e3 * cpu,
-                                tools_floor_ms=tools_floor_ms("policy"))
+                                backend=backend, tools_floor_ms=tools_floor_ms("policy") if backend == "iptables"
+                                else nft_floor_ms("policy"))
+
+
+def _cpu_seconds() -> float:
+    """CPU of this process (the agent's threads, and the test API server's) and
+    of the children it waited for (the iptables backend's tool runs)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def test_start_to_ready(benchmark, tmp_path):

@@ -1,5 +1,6 @@
-"""Kernel backend: time to apply a program with N set members into a fresh
-network namespace, against plain `ipset restore` of the same members (root)."""
+"""Kernel backends: time to apply a program with N set members into a fresh
+network namespace, under each backend, against plain `ipset restore` of the
+same members (root)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import uuid
 import pytest
 
 from pyipset.compile.compiler import compile_cluster
-from pyipset.kernel.apply import Kernel, apply
+from pyipset.kernel.apply import Kernel, apply, release
 from pyipset.kernel.render import render_ipset
 from synthetic import cluster
 
@@ -33,7 +34,7 @@ def fresh_netns():
 
 
 @pytest.mark.parametrize("n_pods", [10_000, 100_000])
-@pytest.mark.parametrize("how", ["pyipset-apply", "ipset-restore"])
+@pytest.mark.parametrize("how", ["pyipset-apply", "pyipset-apply-nftables", "ipset-restore"])
 def test_apply_time(benchmark, fresh_netns, n_pods, how):
     program = compile_cluster(cluster(n_pods, 20), "inet")
     members = sum(len(s.members) for s in program.sets.values())
@@ -45,8 +46,10 @@ def test_apply_time(benchmark, fresh_netns, n_pods, how):
         return (fresh_netns(),), {}
 
     def run(ns):
-        if how == "pyipset-apply":
-            apply(program, Kernel(netns=ns))
+        if how.startswith("pyipset-apply"):
+            kernel = Kernel(netns=ns, backend="nftables" if how.endswith("nftables") else "iptables")
+            apply(program, kernel)
+            release(kernel)
         else:
             subprocess.run(["ip", "netns", "exec", ns, "ipset", "restore"], input=script, text=True, check=True)
 

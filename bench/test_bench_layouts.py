@@ -132,18 +132,48 @@ def test_kernel_per_layout(benchmark, layout, n_pods):
         if layout != "ours":
             # Our program's hooks (FORWARD -> PYIPSET for the node's pods) lead into the layout's entry chain.
             layouts.load_into_lab(lab, prog)
-        warm = lab.syn_probe(client.key, server.key, 80, 100)
-        assert warm["answered"] == 100, warm
+        _probe_rounds(benchmark, lab, client, server, count, layout)
+
+
+def _probe_rounds(benchmark, lab, client, server, count: int, what: str, denied: bool = True) -> None:
+    """Three timed rounds of `count` SYNs to port 80 (answered), after a warm
+    round and a check that port 81 (denied, when there are rules) is not."""
+    warm = lab.syn_probe(client.key, server.key, 80, 100)
+    assert warm["answered"] == 100, warm
+    if denied:
         refused = lab.syn_probe(client.key, server.key, 81, 100, wait_ms=300)
-        assert refused["answered"] == 0, f"{layout}: a denied port was answered: {refused}"
-        rounds = []
+        assert refused["answered"] == 0, f"{what}: a denied port was answered: {refused}"
+    rounds = []
 
-        def run():
-            got = lab.syn_probe(client.key, server.key, 80, count)
-            assert got["answered"] == count, got
-            rounds.append(got["seconds"] / count * 1e9)
-            return got
+    def run():
+        got = lab.syn_probe(client.key, server.key, 80, count)
+        assert got["answered"] == count, got
+        rounds.append(got["seconds"] / count * 1e9)
+        return got
 
-        benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.pedantic(run, rounds=3, iterations=1)
     ns = sorted(rounds)[len(rounds) // 2]
     benchmark.extra_info.update(inner_ns_per_op=ns, connections_per_s=1e9 / ns, rounds_ns=rounds)
+
+
+BACKEND_CASES = [(backend, n) for n in KERNEL_PODS["ours"] for backend in ("none", "iptables", "nftables")]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="builds network namespaces: needs root")
+@pytest.mark.parametrize("backend,n_pods", BACKEND_CASES)
+def test_kernel_per_backend(benchmark, backend, n_pods):
+    """Our layout under each kernel backend, and the same node with no
+    program at all ("none": what forwarding a connection costs without us),
+    measured in the same run: the rules' share of a NEW connection is a
+    backend's excess over "none"."""
+    c = _cluster(n_pods)
+    prog = layouts.program("ours", c)
+    client, server = _probe_pair(c)
+    _, walked = layouts.walk(NativeProgram(prog), client.ips[0], server.ips[0], "TCP", 80)
+    count = int(min(20_000, max(200, 1e9 / (15_000 + 15 * walked))))
+    benchmark.group = "kernel: cost per NEW TCP connection by backend (lab, C prober)"
+    _shape(benchmark, prog, "ours", n_pods)
+    benchmark.extra_info.update(ops=count, walked=walked, backend=backend)
+    with LabNode(c, only={client.key, server.key}, program=backend != "none",
+                 backend="iptables" if backend == "none" else backend) as lab:
+        _probe_rounds(benchmark, lab, client, server, count, backend, denied=backend != "none")

@@ -24,7 +24,7 @@ from .model.objects import PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster, program_families
 from .compile.program import NFLOG_GROUP, Attach
 from .kernel import nftables
-from .kernel.apply import Kernel, apply_programs, choose_backend, cleanup, reconcile_programs
+from .kernel.apply import Kernel, apply_programs, choose_backend, cleanup, reconcile_programs, retire_other
 from .kernel.handle import DEFAULT_BACKEND
 from .kernel.render import render_hooks, render_ipset, render_iptables
 from .lab.node import LabNode
@@ -378,6 +378,14 @@ def run_apply(args) -> int:
     cluster, programs = _programs_to_enforce(args)
     for program, report in zip(programs, apply_programs(programs, kernel)):
         print(f"{program.family}: {report}")
+    try:
+        other, removed = retire_other(kernel)  # a node moved between backends: the old one's rules go now
+    except PyipsetError as exc:
+        print(f"pyipset: warning: applied, but what the other backend left stays: {exc}", file=sys.stderr)
+        return 1 if cluster.rejections else 0
+    if removed["chains"] or removed["sets"] or removed["hooks"]:
+        print(f"removed what the {other} backend left: {removed['hooks']} hooks, {removed['chains']} chains, "
+              f"{removed['sets']} sets")
     return 1 if cluster.rejections else 0
 
 

@@ -36,8 +36,8 @@ from ..compile.compiler import program_families
 from ..compile.incremental import Incremental
 from ..compile.program import Attach
 from ..errors import PyipsetError, brief_text
-from ..kernel.apply import (BACKENDS, Kernel, apply_changes, apply_programs, choose_backend, cleanup, module,
-                            reconcile_programs)
+from ..kernel.apply import (Kernel, apply_changes, apply_programs, choose_backend, module, reconcile_programs,
+                            retire_other)
 from ..model import fail_closed, load_objects
 from ..model.objects import KINDS
 from ..observe.attribution import BlockReporter
@@ -401,13 +401,11 @@ class Agent:
 
     def _remove_other_backend(self) -> None:
         """After a move between backends (the agent restarted with the other
-        one): what the other backend left goes, once this one enforces, so
-        there is no moment without policy and no second copy after."""
-        other = next(b for b in BACKENDS if b != self.kernel.backend)
+        one): what the other backend left goes, once this one enforces."""
         try:
-            removed = cleanup(self.kernel, other)
+            other, removed = retire_other(self.kernel)
         except Exception as exc:  # noqa: BLE001 - ours enforces; the leftovers are reported, not fatal
-            log.warning("could not remove what the %s backend left: %s", other, brief_text(str(exc)))
+            log.warning("could not remove what the other kernel backend left: %s", brief_text(str(exc)))
             return
         if removed["chains"] or removed["sets"] or removed["hooks"]:
             log.info("removed what the %s backend left: %d hooks, %d chains, %d sets", other, removed["hooks"],

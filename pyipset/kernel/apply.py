@@ -128,6 +128,18 @@ def cleanup(kernel: Kernel, backend: Optional[str] = None) -> dict:
     return total
 
 
+def retire_other(kernel: Kernel) -> tuple:
+    """After a move between backends: removes what the other backend of ours
+    left, to be called once this kernel's backend enforces (so there is no
+    moment without policy, and no second copy after). (other backend, what
+    cleanup removed); nothing when that backend cannot have run here."""
+    other = next(b for b in BACKENDS if b != kernel.backend)
+    one = Kernel(netns=kernel.netns, max_sets=kernel.max_sets, lock_wait=kernel.lock_wait, backend=other)
+    if module(one).available():
+        return other, {"hooks": 0, "chains": 0, "sets": 0, "references": []}
+    return other, module(one).cleanup(one)
+
+
 def choose_backend(requested: str, netns: Optional[str] = None) -> tuple:
     """(backend, why) for --backend iptables|nftables|auto. auto picks nftables
     where libnftables loads and the kernel accepts, in a dry run, everything the

@@ -112,13 +112,17 @@ def probe(netns: Optional[str] = None) -> Optional[str]:
     t = f"inet {TABLE}-probe"
     script = (f"add table {t}\n"
               f"add set {t} c {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; }}\n"
-              f"add set {t} d {{ type ipv6_addr . inet_proto . inet_service . ipv6_addr; flags dynamic,timeout; "
+              f"add set {t} d {{ type ipv4_addr . inet_proto . inet_service . ipv4_addr; flags dynamic,timeout; "
               f"timeout 60s; size 1024; }}\n"
+              f"add set {t} c6 {{ type ipv6_addr . inet_proto . inet_service . ipv6_addr; }}\n"
               f"add set {t} n {{ type ipv4_addr; flags interval; }}\n"
               f"add element {t} n {{ 192.0.2.0-192.0.2.127 }}\n"
               f"add chain {t} f {{ type filter hook forward priority filter + {PRIORITY}; policy accept; }}\n"
-              f"add rule {t} f ip saddr . meta l4proto . th sport . ip daddr @c update @d {{ ip6 saddr . meta "
-              f"l4proto . th sport . ip6 daddr }} counter log prefix \"x\" group 86 drop\n")
+              f"add rule {t} f ip saddr . meta l4proto . th sport . ip daddr @c update @d {{ ip saddr . meta "
+              f"l4proto . th sport . ip daddr }} counter log prefix \"x\" group 86 drop\n"
+              f"add rule {t} f meta nfproto ipv6 ip6 saddr . meta l4proto . th dport . ip6 daddr @c6 meta mark "
+              f"set meta mark & 0xfff0ffff ^ 0x10000 limit rate 100/second burst 200 packets accept\n"
+              f"add rule {t} f ip daddr @n ct state established,related accept\n")
     try:
         ctx = Context(netns)  # its own: a dry run leaves nft's cache of the context believing it
         try:
@@ -515,9 +519,14 @@ def read(kernel: Kernel, programs: list, others: Optional[list] = None) -> dict:
 def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> dict:
     """Everything that can be checked before the first change, for every
     family at once: libnftables is there, every name and member is one the
-    kernel accepts, and the whole program loads into a scratch namespace (a
-    dry run against the real kernel, which also gives nft's normal form of the
-    chains). Returns the members of the sets that exist already, as read back."""
+    kernel accepts, and the whole program loads into a scratch namespace
+    (which also gives nft's normal form of the chains). Returns the members of
+    the sets that exist already, as read back.
+
+    The update itself needs no dry run: it is one transaction for every
+    family, and a transaction the kernel refuses changes nothing (libnftables'
+    own dry-run mode sends the same batch and aborts it: no stronger, and it
+    leaves the context's cache believing what was never committed)."""
     why = available()
     if why:
         raise PreflightError(f"{why}; nothing was changed")
@@ -538,8 +547,6 @@ def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> d
                 if setdef.type != "hash:net":
                     for m in members:
                         element(setdef.type, m)
-                if setdef.type == "hash:ip" and ("0.0.0.0" in want or "::" in want):
-                    raise ValueError("the unspecified address")
             except ValueError as exc:
                 raise PreflightError(f"set {name} ({setdef.comment}): a member the kernel cannot hold: {exc}; "
                                      "nothing was changed") from None

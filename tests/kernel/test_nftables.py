@@ -208,3 +208,29 @@ def test_moving_a_node_between_backends_keeps_enforcing():
             assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
             release(kernel)
         assert "pyipset" not in node.kernel.run("nft", "list", "tables").stdout
+
+
+def test_the_commands_choose_a_backend_and_move_between_them(netns):
+    """`apply --backend auto` says what it chose; applying with the other
+    backend removes what the first left once its own program is in; `compile
+    --backend nftables` prints the transaction; `cleanup` removes the rest."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    example = str(Path(__file__).resolve().parents[2] / "examples" / "three-tier")
+
+    def pyipset(*args):
+        return subprocess.run(["ip", "netns", "exec", netns.name, sys.executable, "-m", "pyipset", *args],
+                              capture_output=True, text=True, timeout=120, cwd="/")
+    r = pyipset("apply", "-f", example, "--backend", "auto")
+    assert r.returncode == 0 and "backend nftables (auto:" in r.stderr, r.stderr
+    assert "table inet pyipset" in netns.run("nft", "list", "tables").stdout
+    r = pyipset("apply", "-f", example, "--backend", "iptables")
+    assert r.returncode == 0 and "removed what the nftables backend left" in r.stdout, r.stdout + r.stderr
+    assert "pyipset" not in netns.run("nft", "list", "tables").stdout
+    assert "PYIPSET" in netns.run("iptables-save").stdout
+    r = pyipset("compile", "-f", example, "--backend", "nftables")
+    assert r.returncode == 0 and "add table inet pyipset" in r.stdout and "ip/FORWARD" in r.stdout
+    r = pyipset("cleanup")
+    assert r.returncode == 0 and "PYIPSET" not in netns.run("iptables-save").stdout
+    assert "pyi-" not in netns.run("ipset", "list", "-n").stdout
