@@ -99,3 +99,13 @@ def test_a_program_renders_as_one_script_with_both_families_apart():
     assert "add rule inet pyipset ip/PYIPSET ip saddr @pyi-n counter drop" in text
     with pytest.raises(ValueError):
         nftables.declare_set(SetDef("x; flush ruleset", "hash:ip", "inet", (), "k"))
+
+
+@pytest.mark.parametrize("set_type,members", [
+    ("hash:ip", ("192.0.2.1", "192.0.2.2")),
+    ("hash:ip,port", ("192.0.2.1,tcp:80", "198.51.100.7,sctp:65535")),
+    ("hash:ip,port,ip", ("192.0.2.1,udp:53,203.0.113.9",)),
+])
+def test_the_fast_rendering_of_a_sets_elements_is_the_plain_one(set_type, members):
+    setdef = SetDef("pyi-x", set_type, "inet", members, "k")
+    assert nftables.elements(setdef) == [nftables.element(set_type, m) for m in members]

@@ -35,9 +35,8 @@ from typing import Callable, Optional
 from ..compile.naming import CHAIN_PREFIX, MAX_CHAIN_NAME, MAX_SET_NAME, SET_PREFIX
 from ..compile.program import ENTRY_CHAIN, RuleProgram
 from ..errors import brief_text
-from ..sets import IPSet
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
-from .plan import Held, KernelSet, Plan, canonical_members, hollow, plan_full, report
+from .plan import Held, KernelSet, Plan, canonical_members, check_members, hollow, plan_full, report
 from .render import kernel_members, render_hooks, render_ipset, render_iptables, set_options
 from .runner import failing_line
 from .scratch import scratch_namespace
@@ -145,21 +144,6 @@ def read(kernel: Kernel, programs: list, others: Optional[list] = None) -> dict:
 
 # ---- checking before the first change ----
 
-def check_members(set_type: str, family: str, members: list) -> None:
-    """ValueError naming the first member the kernel could not hold. Only
-    parses (no set is kept): the cheap check for sets that are new."""
-    s = IPSet(set_type, family)
-    if set_type == "hash:net":
-        for m in members:
-            entry, _, flag = m.partition(" ")
-            s.add(entry, nomatch=flag == "nomatch")
-    else:
-        for _ in map(s.add, members):
-            pass
-    if set_type == "hash:ip" and ("0.0.0.0" in members or "::" in members):
-        raise ValueError("the unspecified address (the kernel's hash:ip refuses it)")
-
-
 def check_limits(program: RuleProgram, kernel: Kernel, ours: dict, foreign: list) -> None:
     """Refuses, before anything is applied, a program the kernel could not hold.
     `ours`, `foreign`: our sets and the names of the others, as read_sets() found them."""
@@ -223,6 +207,8 @@ def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> d
                     wanted[name] = canonical_members(setdef.type, setdef.family, members)
                 else:
                     check_members(setdef.type, setdef.family, members)
+                    if setdef.type == "hash:ip" and ("0.0.0.0" in members or "::" in members):
+                        raise ValueError("the unspecified address (the kernel's hash:ip refuses it)")
             except ValueError as exc:
                 raise PreflightError(f"set {name} ({setdef.comment}): a member the kernel cannot hold: {exc}; "
                                      "nothing was changed") from None

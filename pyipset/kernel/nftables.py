@@ -55,7 +55,7 @@ from ..sets import FAMILIES, SET_TYPES
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
 from .libnftables import Context, NftError, Unavailable, library
 from .lock import netns_identity
-from .plan import Held, KernelSet, Plan, canonical_members, hollow, plan_full, report
+from .plan import Held, KernelSet, Plan, canonical_members, check_members, hollow, plan_full, report
 from .render import kernel_members
 from .scratch import scratch_namespace
 
@@ -240,11 +240,19 @@ def _range_text(family: str, lo: int, hi: int) -> str:
     return f"{make(lo)}-{make(hi)}"
 
 
+_V4_FIELDS = str.maketrans({",": " . ", ":": " . "})  # 192.0.2.1,tcp:80 -> 192.0.2.1 . tcp . 80
+
+
 def elements(setdef: SetDef, members: Optional[list] = None) -> list:
     """The set's elements in nft's syntax (members: ipset syntax, default the set's)."""
     if setdef.type == "hash:net":
         return [_range_text(setdef.family, lo, hi) for lo, hi in intervals(setdef.family, setdef.members)]
-    return [element(setdef.type, m) for m in (kernel_members(setdef) if members is None else members)]
+    members = kernel_members(setdef) if members is None else members
+    if setdef.type == "hash:ip":
+        return list(members)
+    if setdef.family == "inet":  # no colon in an IPv4 address: one translation does it
+        return [m.translate(_V4_FIELDS) for m in members]
+    return [element(setdef.type, m) for m in members]
 
 
 def canonical(setdef: SetDef, members: list) -> set:
@@ -541,18 +549,18 @@ def preflight(programs: list, kernel: Kernel, current: dict, foreign: list) -> d
             raise PreflightError(f"the {program.family} program cannot be rendered: {exc}; nothing was changed") \
                 from None
         for name, setdef in program.sets.items():
+            have = current.get(name)
             try:
                 members = kernel_members(setdef)
-                want = canonical(setdef, members)
-                if setdef.type != "hash:net":
-                    for m in members:
-                        element(setdef.type, m)
+                if have is not None and (have.type, have.family) == (setdef.type, setdef.family):
+                    wanted[name] = canonical(setdef, members)
+                elif setdef.type == "hash:net":
+                    intervals(setdef.family, setdef.members)
+                else:
+                    check_members(setdef.type, setdef.family, members)
             except ValueError as exc:
                 raise PreflightError(f"set {name} ({setdef.comment}): a member the kernel cannot hold: {exc}; "
                                      "nothing was changed") from None
-            have = current.get(name)
-            if have is not None and (have.type, have.family) == (setdef.type, setdef.family):
-                wanted[name] = want
         expected_chains(program)  # the dry run
     return wanted
 

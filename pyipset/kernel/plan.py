@@ -138,6 +138,19 @@ def hollow(program: RuleProgram) -> RuleProgram:
     return dataclasses.replace(program, sets={n: dataclasses.replace(d, members=()) for n, d in program.sets.items()})
 
 
+def check_members(set_type: str, family: str, members: list) -> None:
+    """ValueError naming the first member the kernel could not hold. Only
+    parses (no set is kept): the cheap check for sets that are new."""
+    s = IPSet(set_type, family)
+    if set_type == "hash:net":
+        for m in members:
+            entry, _, flag = m.partition(" ")
+            s.add(entry, nomatch=flag == "nomatch")
+    else:
+        for _ in map(s.add, members):
+            pass
+
+
 def plan_sets(program: RuleProgram, current: dict, wanted: Optional[dict] = None,
               known: Optional[dict] = None) -> list:
     """The SetSteps that bring `current` (name -> KernelSet) to the program's
