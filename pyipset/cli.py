@@ -11,6 +11,7 @@ import argparse
 import ipaddress
 import json
 import math
+import os
 import re
 import signal
 import sys
@@ -126,14 +127,15 @@ def _add_kernel_args(p: argparse.ArgumentParser, lab: bool = False) -> None:
         p.add_argument("--bridge", type=_interface, metavar="NAME", help="the same as --attach bridge:NAME")
     p.add_argument("--nflog-group", type=_nflog_group, default=NFLOG_GROUP, metavar="N",
                    help=f"netlink group denied connections are logged to (default {NFLOG_GROUP})")
-    _add_backend_arg(p, DEFAULT_BACKEND)
+    _add_backend_arg(p, os.environ.get("PYIPSET_BACKEND") or DEFAULT_BACKEND)
 
 
 def _add_backend_arg(p: argparse.ArgumentParser, default) -> None:
     p.add_argument("--backend", choices=["iptables", "nftables", "auto"], default=default,
                    help="iptables + ipset (through their restore tools), nftables (one table of ours, through "
                         "libnftables in this process), or auto (nftables where the kernel and libnftables support "
-                        f"everything the program needs, else iptables){'' if default is None else f'; default {default}'}")
+                        f"everything the program needs, else iptables){'' if default is None else f'; default {default}'}"
+                        " (PYIPSET_BACKEND sets the default)")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -271,7 +271,8 @@ def agent_log_text(tmp_path) -> str:
     return "\n".join(p.read_text() for p in tmp_path.glob("agent-*.log"))
 
 
-def test_deny_unknown_pod_ips_denies_a_pod_until_the_agent_has_heard_of_it(api, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_deny_unknown_pod_ips_denies_a_pod_until_the_agent_has_heard_of_it(api, tmp_path, backend):
     """--deny-unknown-pod-ips, each node's pod CIDRs read from its Node object:
     a pod that is on the wire but not (yet, or no longer) in the API is cut off
     both ways, with no policy at all; once created through the API it is
@@ -286,8 +287,9 @@ def test_deny_unknown_pod_ips_denies_a_pod_until_the_agent_has_heard_of_it(api, 
     for name, cidr in (("n0", "192.0.2.0/26"), ("n1", "192.0.2.64/26")):
         api.apply({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name},
                    "spec": {"podCIDRs": [cidr]}})
-    with LabNode(load_objects(universe), nodes=2, program=False) as lab:
-        agents = [AgentProcess(api, node, tmp_path, "--deny-unknown-pod-ips") for node in lab.nodes]
+    with LabNode(load_objects(universe), nodes=2, program=False, backend=backend) as lab:
+        agents = [AgentProcess(api, node, tmp_path, "--deny-unknown-pod-ips", "--backend", backend)
+                  for node in lab.nodes]
         keys = [lp.pod.key for lp in lab.pods]
 
         def expect(late_known: bool) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -35,16 +36,29 @@ TESTS = Path(__file__).resolve().parents[1]
 EXAMPLE = str(TESTS.parent / "examples" / "three-tier")
 
 
+BACKEND = {"name": "iptables"}  # the backend the commands use (PYIPSET_BACKEND); the `backend` fixture sets it
+
+
+@pytest.fixture(params=["iptables", "nftables"])
+def backend(request):
+    """The promises of apply under each kernel backend."""
+    BACKEND["name"] = request.param
+    yield request.param
+    BACKEND["name"] = "iptables"
+
+
 def cli(netns, *args, timeout=180, env=None):
+    env = dict(os.environ if env is None else env, PYIPSET_BACKEND=BACKEND["name"])
     return subprocess.run(["ip", "netns", "exec", netns.name, sys.executable, "-m", "pyipset", *args],
                           capture_output=True, text=True, timeout=timeout, cwd=TESTS, env=env)
 
 
 def snapshot(netns) -> tuple:
-    """Everything the kernel holds that apply could change, in both families."""
+    """Everything the kernel holds that apply could change, in both families, under either backend."""
     sets = netns.run("ipset", "save").stdout
     tables = [netns.run(tool).stdout for tool in ("iptables-save", "ip6tables-save")]
-    return sets, tuple("\n".join(l for l in t.splitlines() if not l.startswith("#")) for t in tables)
+    nft = netns.run("nft", "list", "ruleset").stdout if shutil.which("nft") else ""
+    return sets, tuple("\n".join(l for l in t.splitlines() if not l.startswith("#")) for t in tables), nft
 
 
 def variant(k: int, n_pods: int = 12) -> list:
@@ -74,7 +88,7 @@ def write(tmp_path, name: str, objs) -> str:
 
 def converged(netns, objs) -> bool:
     c = load_objects(objs)
-    kernel = Kernel(netns=netns.name)
+    kernel = Kernel(netns=netns.name, backend=BACKEND["name"])
     return all(diff(compile_cluster(c, f), kernel).total() == 0 for f in program_families(c))
 
 
@@ -92,7 +106,7 @@ INVALID_UPDATES = [
 
 
 @pytest.mark.parametrize("update", range(len(INVALID_UPDATES)))
-def test_rejected_input_leaves_the_kernel_untouched(netns, tmp_path, update):
+def test_rejected_input_leaves_the_kernel_untouched(netns, tmp_path, backend, update):
     live = variant(1)
     assert cli(netns, "apply", "-f", write(tmp_path, "live.json", live)).returncode == 0
     before = snapshot(netns)
@@ -119,21 +133,21 @@ def test_an_empty_input_is_refused(netns, tmp_path):
     assert snapshot(netns) == before
 
 
-def test_fail_closed_applies_the_rest_and_isolates_what_was_rejected(netns, tmp_path):
+def test_fail_closed_applies_the_rest_and_isolates_what_was_rejected(netns, tmp_path, backend):
     live = variant(1)
     bad = variant(1)
     bad[-1]["spec"]["ingres"] = [{}]
     r = cli(netns, "apply", "--fail-closed", "-f", write(tmp_path, "bad.json", bad))
     assert r.returncode == 1 and "failed closed: NetworkPolicy" in r.stderr, r.stderr
     c = fail_closed(load_objects(bad))
-    kernel = Kernel(netns=netns.name)
+    kernel = Kernel(netns=netns.name, backend=backend)
     assert all(diff(compile_cluster(c, f), kernel).total() == 0 for f in program_families(c))
     assert not converged(netns, live)
 
 
 # ---- concurrent runs are serialised ----
 
-def test_concurrent_applies_end_in_one_whole_program(netns, tmp_path):
+def test_concurrent_applies_end_in_one_whole_program(netns, tmp_path, backend):
     """N applies of different programs at once, three rounds, from an empty
     namespace and then over each other: the kernel always equals exactly one
     of them, with no set or chain of another left behind."""
@@ -141,7 +155,8 @@ def test_concurrent_applies_end_in_one_whole_program(netns, tmp_path):
     files = [write(tmp_path, f"v{k}.json", v) for k, v in enumerate(variants)]
     for _ in range(3):
         procs = [subprocess.Popen(["ip", "netns", "exec", netns.name, sys.executable, "-m", "pyipset", "apply",
-                                   "-f", f], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TESTS)
+                                   "-f", f], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TESTS,
+                                  env=dict(os.environ, PYIPSET_BACKEND=backend))
                  for f in files]
         for p in procs:
             _, err = p.communicate(timeout=300)
@@ -288,7 +303,7 @@ def test_cleanup_refuses_whole_when_something_else_uses_our_sets(netns):
 # ---- signals ----
 
 @pytest.mark.parametrize("sig,code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_a_signal_during_apply_exits_cleanly_and_the_next_apply_converges(netns, tmp_path, sig, code):
+def test_a_signal_during_apply_exits_cleanly_and_the_next_apply_converges(netns, tmp_path, backend, sig, code):
     from synthetic import objects
     objs = objects(20000, 200)
     path = write(tmp_path, "big.json", objs)
@@ -303,7 +318,7 @@ def test_a_signal_during_apply_exits_cleanly_and_the_next_apply_converges(netns,
     for fraction in (0.3, 0.45, 0.6, 0.75):  # part-way, each from what the last one left
         proc = subprocess.Popen(["ip", "netns", "exec", netns.name, sys.executable, "-m", "pyipset", "apply",
                                  "-f", path], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=TESTS,
-                                preexec_fn=terminal_signals)
+                                preexec_fn=terminal_signals, env=dict(os.environ, PYIPSET_BACKEND=backend))
         time.sleep(whole * fraction)
         proc.send_signal(sig)  # ip netns exec execs python: the pid is the process's own
         _, err = proc.communicate(timeout=120)

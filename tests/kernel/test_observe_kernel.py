@@ -62,10 +62,11 @@ def started(api, tmp_path, lab, *extra) -> AgentProcess:
     return agent
 
 
-def test_blocked_attempts_are_counted_exactly_and_logged_with_pods_and_policy(api, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_blocked_attempts_are_counted_exactly_and_logged_with_pods_and_policy(api, tmp_path, backend):
     load_into(api, OBJECTS)
-    with LabNode(load_objects(OBJECTS), program=False) as lab:
-        agent = started(api, tmp_path, lab)
+    with LabNode(load_objects(OBJECTS), program=False, backend=backend) as lab:
+        agent = started(api, tmp_path, lab, "--backend", backend)
         try:
             # a/new -> a/db:5433: a/db's ingress admits web on 5432 only; b/cli -> a/web:81: b/cli's egress
             # admits port 80 only; a/web -> a/db:5432 is allowed.
@@ -115,8 +116,9 @@ def direction_denials(objs) -> dict:
     return out
 
 
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
 @pytest.mark.parametrize("mode", ["node", "namespace"])
-def test_audit_mode_allows_everything_and_reports_what_policy_would_deny(api, tmp_path, mode):
+def test_audit_mode_allows_everything_and_reports_what_policy_would_deny(api, tmp_path, mode, backend):
     """--audit (every pod of the node) or a namespace labelled
     pyipset.io/audit=true (its pods): the matrix is all-allowed where audit
     applies, and each pair policy would deny is reported as would-deny,
@@ -129,8 +131,8 @@ def test_audit_mode_allows_everything_and_reports_what_policy_would_deny(api, tm
         objs = [namespace("a", team="x", **{"pyipset.io/audit": "true"}), namespace("b", team="y")] + rest
         extra = ()
     load_into(api, objs)
-    with LabNode(load_objects(objs), program=False) as lab:
-        agent = started(api, tmp_path, lab, *extra)
+    with LabNode(load_objects(objs), program=False, backend=backend) as lab:
+        agent = started(api, tmp_path, lab, *extra, "--backend", backend)
         try:
             c = load_objects(objs)
             audited = {p.key for p in c.pods if mode == "node" or p.namespace == "a"}
