@@ -9,8 +9,8 @@ evaluator judges exactly what the kernel runs:
 
 - Chains: program chain C of family inet is `ip/C`, of inet6 `ip6/C` (one
   table, two programs). Every rule keeps its order, matches, target and
-  comment, and counts its packets (`counter`: the blocked-connection counts
-  read them, as iptables' rule counters).
+  comment; the rules whose packets are counted (the blocked-connection
+  counts, the NFLOG rules, every drop) carry a `counter` (see counted()).
 - Hooks: the program's hooks go into base chains of ours, `ip/FORWARD`
   (hook forward) and `ip/INPUT` (hook input), at priority filter + 10:
   after iptables' filter chains (priority 0, where kube-proxy's iptables mode
@@ -49,7 +49,7 @@ import re
 import threading
 from typing import Callable, Optional
 
-from ..compile.naming import MAX_SET_NAME, SET_PREFIX
+from ..compile.naming import MAX_SET_NAME, SET_PREFIX, blocked_chain
 from ..compile.program import TARGETS, Match, Rule, RuleProgram, SetDef
 from ..sets import FAMILIES, SET_TYPES
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
@@ -324,10 +324,21 @@ def _target(family: str, rule: Rule) -> str:
     return rule.target.lower()
 
 
-def render_rule(family: str, rule: Rule) -> str:
+COUNTED_CHAINS = frozenset(blocked_chain(d, audit) for d in ("egress", "ingress", "unknown") for audit in (False, True))
+
+
+def counted(chain: str, rule: Rule) -> bool:
+    """Whether a rule counts its packets: those the blocked-connection counts
+    read (every rule of the chains that count by protocol, and the NFLOG
+    rules), and every DROP. Counting costs a little on every packet a rule
+    matches, so the rules a NEW connection walks to be allowed do not count."""
+    return chain in COUNTED_CHAINS or rule.target in ("NFLOG", "DROP")
+
+
+def render_rule(family: str, rule: Rule, chain: str = "") -> str:
     """A rule's body in nft's language (after `add rule inet pyipset CHAIN`)."""
     words = [_match(family, m) for m in rule.matches]
-    words += ["counter", _target(family, rule)]
+    words += (["counter"] if counted(chain, rule) else []) + [_target(family, rule)]
     if rule.origin:
         words.append(f"comment {_quote(rule.origin)}")
     return " ".join(words)
@@ -367,7 +378,7 @@ def transaction(plans: list) -> str:
         for c in chains:
             declare.append(f"add chain {t} {chain_name(family, c)}")
             flush.append(f"flush chain {t} {chain_name(family, c)}")
-            rules += [f"add rule {t} {chain_name(family, c)} {render_rule(family, r)}" for r in program.chains[c]]
+            rules += [f"add rule {t} {chain_name(family, c)} {render_rule(family, r, c)}" for r in program.chains[c]]
         for c in plan.stale_chains:
             declare.append(f"add chain {t} {chain_name(family, c)}")
             flush.append(f"flush chain {t} {chain_name(family, c)}")

@@ -400,7 +400,8 @@ def _via(lab, src: str, address: str, port: int, protocol: str = "TCP") -> bool:
     return json.loads(out.stdout)[0]
 
 
-def test_service_traffic_beside_kube_proxy(cp, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_service_traffic_beside_kube_proxy(cp, tmp_path, backend):
     """Pods reach a Service's ClusterIP through a real kube-proxy (iptables
     mode) in the same lab node the agent programs; the lab's verdict for pod ->
     ClusterIP equals the verifier's for pod -> the backing pod, under an
@@ -422,7 +423,7 @@ def test_service_traffic_beside_kube_proxy(cp, tmp_path):
         "ports": [{"name": "pg", "port": 5432, "protocol": "TCP"}]})
     cluster_ip = svc.spec.cluster_ip
     try:
-        with LabNode(load_objects(SERVICE_PODS), nodes=1, program=False) as lab:
+        with LabNode(load_objects(SERVICE_PODS), nodes=1, program=False, backend=backend) as lab:
             node = lab.nodes[0]
             # Pods send to the node for addresses off their link, as a bridge CNI's gateway route does.
             for lp in lab.pods:
@@ -432,7 +433,7 @@ def test_service_traffic_beside_kube_proxy(cp, tmp_path):
                 wait(lambda: f"-d {cluster_ip}/32" in subprocess.run(
                     ["ip", "netns", "exec", node.netns, "iptables-save", "-t", "nat"], capture_output=True,
                     text=True).stdout, 60, "kube-proxy's rules for the Service")
-                agent = AgentProcess(cp, node, tmp_path)
+                agent = AgentProcess(cp, node, tmp_path, "--backend", backend)
                 try:
                     agent.wait_ready(60)
                     lab.start_servers(5432)
@@ -460,7 +461,12 @@ def test_service_traffic_beside_kube_proxy(cp, tmp_path):
                                            text=True, check=True).stdout
                     assert ":KUBE-SERVICES" in saved and "KUBE-MARK-MASQ" in saved
                     forward = [line for line in saved.splitlines() if line.startswith("-A FORWARD")]
-                    assert forward and "PYIPSET" in forward[0], forward
+                    if backend == "iptables":
+                        assert forward and "PYIPSET" in forward[0], forward
+                    else:  # kube-proxy's FORWARD rules first in iptables' table; ours in a table of our own
+                        assert forward and "PYIPSET" not in saved, forward
+                        assert "hook forward priority filter + 10" in node.kernel.run(
+                            "nft", "list", "table", "inet", "pyipset").stdout
                 finally:
                     assert agent.stop() == 0
     finally:
