@@ -9,6 +9,7 @@ up), so a kill -9 leaves nothing that is not recovered."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import uuid
 from contextlib import contextmanager
@@ -54,12 +55,30 @@ def new_name(role: str) -> str:
 
 @contextmanager
 def scratch_namespace(role: str = "ref"):
-    """A new, empty network namespace, removed afterwards whatever happens."""
+    """A new, empty network namespace, removed afterwards whatever happens:
+    also when a signal's exception arrives while it is being made (right
+    after `ip netns add` returned, or while it ran), so the removal is tried
+    from the moment the name exists."""
     name = new_name(role)
-    r = _ip("netns", "add", name)
-    if r.returncode != 0:
-        raise OSError(f"cannot create a scratch network namespace: {r.stderr.strip()}")
     try:
+        r = _ip("netns", "add", name)
+        if r.returncode != 0:
+            raise OSError(f"cannot create a scratch network namespace: {r.stderr.strip()}")
         yield name
     finally:
+        # A signal now would stop the removal half-way: it waits until the namespace is gone.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        try:
+            delete_namespace(name)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+
+
+def remove_own() -> list:
+    """Removes the scratch namespaces (role "ref") this process made that are
+    still there: the lab's last step, for one a signal interrupted."""
+    own = f"{PREFIX}{os.getpid()}xref"
+    gone = [name for name in namespaces() if name.startswith(own)]
+    for name in gone:
         delete_namespace(name)
+    return gone

@@ -46,7 +46,7 @@ from ..compile import naming as names
 from ..kernel.apply import Kernel, apply_programs, release
 from ..kernel.runner import ToolError
 from ..kernel.runner import run as run_tool
-from ..kernel.scratch import PREFIX, delete_namespace, remove_stale
+from ..kernel.scratch import PREFIX, delete_namespace, remove_own, remove_stale
 from ..model.objects import Cluster, Pod
 
 TOPOLOGIES = ("bridge", "routed")
@@ -357,6 +357,7 @@ class LabNode:
             for name in reversed(self.created):
                 delete_namespace(name)
             self.created.clear()
+            remove_own()  # a scratch namespace of an apply a signal interrupted
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 

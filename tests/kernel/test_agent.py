@@ -115,16 +115,21 @@ def test_changes_through_the_api_change_real_connectivity(api, tmp_path, backend
         assert kernel_converged(api, lab)
 
 
+def _one_node() -> list:
+    """An allowed pair (a/web -> a/db:5432) and a denied one (b/cli -> a/db), all on node n0."""
+    return [namespace("a"), namespace("b"),
+            pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
+            pod("a/db", "192.0.2.2", {"app": "db"}, node="n0"),
+            pod("b/cli", "198.51.100.1", {"role": "client"}, node="n0"), DB]
+
+
 def test_an_agent_moved_between_backends_never_opens_a_window(api, tmp_path):
     """Restarted with the other backend, the agent enforces through the new
     one before it removes what the old one left: continuous probers of an
     allowed and a denied pair never see the other verdict, and after each move
     only the new backend's objects are left."""
     from pyipset.kernel.apply import Kernel, release
-    universe = [namespace("a"), namespace("b"),
-                pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
-                pod("a/db", "192.0.2.2", {"app": "db"}, node="n0"),
-                pod("b/cli", "198.51.100.1", {"role": "client"}, node="n0"), DB]
+    universe = _one_node()
     load_into(api, universe)
     with LabNode(load_objects(universe), nodes=1, program=False) as lab:
         node = lab.nodes[0]
@@ -160,10 +165,7 @@ def test_faults_never_open_a_window(api, tmp_path):
     """Through every fault, continuous probers of an allowed and a denied
     pair never see the other verdict, and after each fault the kernel holds
     exactly the program for what the API holds."""
-    universe = [namespace("a"), namespace("b"),
-                pod("a/web", "192.0.2.1", {"app": "web"}, node="n0"),
-                pod("a/db", "192.0.2.2", {"app": "db"}, node="n0"),
-                pod("b/cli", "198.51.100.1", {"role": "client"}, node="n0"), DB]
+    universe = _one_node()
     load_into(api, universe)
     with LabNode(load_objects(universe), nodes=1, program=False) as lab:
         node = lab.nodes[0]
