@@ -13,9 +13,11 @@ has a fault in the test API server and a test for each):
 | "too large resource version" (the server is behind)  | list again at once (a quorum read) |
 | 429, or 5xx with Retry-After; a refused or reset     | back off (Retry-After honoured),   |
 |   connection, TLS failure, a read timeout (a silent  |   then watch again at the same RV  |
-|   server), a stream cut mid-JSON, a line that is not |                                    |
-|   JSON or longer than MAX_LINE, a watch the server   |                                    |
-|   closed at once with nothing in it                  |                                    |
+|   server), a stream cut mid-JSON, a line longer than |                                    |
+|   MAX_LINE, a watch the server closed at once with   |                                    |
+|   nothing in it                                      |                                    |
+| a whole line that is not JSON                        | back off, then list again (the     |
+|                                                      |   server replays it from that RV)  |
 | ... the same failure with no progress RELIST_AFTER   | list again (a poison event the     |
 |   times in a row at one resourceVersion              |   server replays is skipped so)    |
 | any other HTTP status (5xx without Retry-After, 4xx) | back off, then list again          |
@@ -202,7 +204,10 @@ def classify(exc: BaseException) -> Failure:
         return _by_status(exc.status, status, _retry_after(exc.headers), f"HTTP {exc.status} "
                           f"{status.get('reason') or exc.reason or ''}: {str(status.get('message', ''))[:160]}")
     if isinstance(exc, BadLine):
-        return Failure(exc.reason, RETRY, detail=detail)
+        # A whole line that does not decode is what the server has at that place in its history: every
+        # watch resumed there meets it again, so the next round lists. A stream that ended inside a line was
+        # cut, and a line too long may be a fault of one stream: watch again (RELIST_AFTER bounds the rest).
+        return Failure(exc.reason, RELIST if exc.reason == "bad_line" else RETRY, detail=detail)
     if isinstance(exc, urllib3.exceptions.SSLError):
         return Failure("tls", RETRY, detail=detail)
     if isinstance(exc, urllib3.exceptions.ReadTimeoutError):
