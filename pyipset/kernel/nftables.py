@@ -256,7 +256,7 @@ def elements(setdef: SetDef, members: Optional[list] = None) -> list:
 
 
 def canonical(setdef: SetDef, members: list) -> set:
-    """Members as read_sets() reads them back: ipset's printing, or for an
+    """Members as read() reads them back: ipset's printing, or for an
     interval set its ranges."""
     if setdef.type == "hash:net":
         return set(elements(setdef))
@@ -521,10 +521,6 @@ def _read_objects(objects: list, families) -> dict:
             else:
                 chains[family].setdefault(name, []).append(_normal(rule))
     return {f: Held(sets, chains[f], hooks[f]) for f in families}
-
-
-def read_sets(kernel: Kernel) -> dict:
-    return {o["set"]["name"]: _set_of(o["set"]) for o in _listing(kernel) if "set" in o}
 
 
 def read(kernel: Kernel, programs: list, others: Optional[list] = None) -> dict:
