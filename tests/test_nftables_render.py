@@ -109,3 +109,17 @@ def test_a_program_renders_as_one_script_with_both_families_apart():
 def test_the_fast_rendering_of_a_sets_elements_is_the_plain_one(set_type, members):
     setdef = SetDef("pyi-x", set_type, "inet", members, "k")
     assert nftables.elements(setdef) == [nftables.element(set_type, m) for m in members]
+
+
+def test_a_set_made_anew_rewrites_each_chain_using_it_once():
+    """A set of our name but another type is deleted and made anew in the
+    transaction: every chain that uses it (a match or an update) is written
+    again after it, once, even when the plan writes that chain already."""
+    from pyipset.kernel.plan import Plan, SetStep
+    seen = SetDef("pyi-r", "hash:ip,port,ip", "inet", (), "k", timeout=60, maxelem=16)
+    rules = [Rule((Match("set", name="pyi-r", dims="src,src,dst"),), "DROP"),
+             Rule((), "SET", add_set="pyi-r", add_dims="src,src,dst")]
+    program = RuleProgram("inet", sets={"pyi-r": seen}, chains={"A": rules, "B": [Rule((), "ACCEPT")]})
+    text = nftables.transaction([Plan(program, sets=[SetStep("pyi-r", seen, "recreate")], chains=["A"])])
+    assert text.count("flush chain inet pyipset ip/A\n") == 1 and "ip/B" not in text
+    assert text.index("delete set inet pyipset pyi-r") < text.index("add set inet pyipset pyi-r")

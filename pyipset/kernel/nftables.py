@@ -373,8 +373,8 @@ def transaction(plans: list) -> str:
         chains = list(plan.chains)
         if recreated:  # chains that use a set made anew are written again after it
             chains += [c for c, rs in program.chains.items() if c not in chains and any(
-                m.kind == "set" and m.name in recreated for r in rs for m in r.matches) or
-                any(r.add_set in recreated for r in rs)]
+                r.add_set in recreated or any(m.kind == "set" and m.name in recreated for m in r.matches)
+                for r in rs)]
         for c in chains:
             declare.append(f"add chain {t} {chain_name(family, c)}")
             flush.append(f"flush chain {t} {chain_name(family, c)}")
