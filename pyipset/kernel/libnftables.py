@@ -21,6 +21,7 @@ from ..errors import PyipsetError
 CLONE_NEWNET = 0x40000000
 OUTPUT_HANDLE = 1 << 3
 OUTPUT_JSON = 1 << 4
+OUTPUT_TERSE = 1 << 11  # listings without set elements
 INPUT_NO_DNS = 1 << 0  # nft_ctx_input_set_flags, libnftables >= 1.0.7: never resolve a name
 
 
@@ -108,14 +109,16 @@ class Context:
         if hasattr(lib, "nft_ctx_input_set_flags"):
             lib.nft_ctx_input_set_flags(self._ctx, INPUT_NO_DNS)
 
-    def run(self, commands: str, json: bool = False, dry_run: bool = False) -> str:
+    def run(self, commands: str, json: bool = False, dry_run: bool = False, terse: bool = False) -> str:
         """Runs `commands` (nft's language) as one transaction; its output (JSON
-        text with json). NftError when refused: nothing of it was applied."""
+        text with json; listings without set elements with terse). NftError
+        when refused: nothing of it was applied."""
         with self._lock:
             if self._ctx is None:
                 raise Unavailable("the libnftables context is closed")
             lib = self._lib
-            lib.nft_ctx_output_set_flags(self._ctx, OUTPUT_JSON | OUTPUT_HANDLE if json else 0)
+            lib.nft_ctx_output_set_flags(self._ctx, (OUTPUT_JSON | OUTPUT_HANDLE if json else 0)
+                                         | (OUTPUT_TERSE if terse else 0))
             lib.nft_ctx_set_dry_run(self._ctx, dry_run)
             try:
                 rc = lib.nft_run_cmd_from_buffer(self._ctx, commands.encode())

@@ -68,6 +68,9 @@ NFPROTO = {"inet": "ipv4", "inet6": "ipv6"}
 COMMENT_MAX = 127  # NFT_USERDATA_MAXLEN is 256 bytes with its header; nft takes 128 characters
 MAX_NAME = 255  # NFT_SET_MAXNAMELEN / NFT_CHAIN_MAXNAMELEN less the terminating byte
 MAX_ELEMENTS_PER_COMMAND = 20000  # one `add element` command: nft parses it as one expression list
+# The comment our table is made with: a table of our name without it is
+# someone else's, and is neither written into nor removed.
+OWNER = "made by pyipset, NetworkPolicy enforcement: pyipset cleanup removes it"
 
 
 # ---- contexts ----
@@ -134,9 +137,9 @@ def probe(netns: Optional[str] = None) -> Optional[str]:
     return None
 
 
-def run(kernel: Kernel, commands: str, json_out: bool = False) -> str:
+def run(kernel: Kernel, commands: str, json_out: bool = False, terse: bool = False) -> str:
     try:
-        return context(kernel).run(commands, json=json_out)
+        return context(kernel).run(commands, json=json_out, terse=terse)
     except NftError as exc:
         raise KernelError(["nft"], exc.message, exc.line) from None
 
@@ -407,7 +410,8 @@ def transaction(plans: list) -> str:
                     fill_sets.append(f"delete element {t} {setdef.name} {{ "
                                      f"{', '.join(element(setdef.type, m) for m in step.gone)} }}")
                 fill_sets += _add_elements(setdef, [element(setdef.type, m) for m in step.new])
-    body = [f"add table {t}"] + declare + flush + drop_sets + fill_sets + rules + drop_chains
+    body = [f"add table {t} {{ comment {_quote(OWNER)}; }}"]
+    body += declare + flush + drop_sets + fill_sets + rules + drop_chains
     return "\n".join(body) + "\n"
 
 
@@ -523,10 +527,30 @@ def _read_objects(objects: list, families) -> dict:
     return {f: Held(sets, chains[f], hooks[f]) for f in families}
 
 
+def owned(kernel: Kernel, objects: list) -> None:
+    """Refuses (PreflightError) a table of our name that we did not make:
+    one without our comment. objects: its listing ([]: there is none)."""
+    table = next((o["table"] for o in objects if "table" in o), None)
+    if table is None:
+        return
+    comment = table.get("comment")
+    if comment is None:  # nft's JSON gained table comments after 1.0.6: read the text's first lines
+        text = run(kernel, f"list table inet {TABLE}", terse=True)
+        found = re.match(r'table inet \S+ \{\n\s*comment "(.*)"\n', text)
+        comment = found.group(1) if found else ""
+    if comment != OWNER:
+        raise PreflightError(f"a table inet {TABLE} exists that pyipset did not make (its comment is "
+                             f"{comment[:60]!r}, not pyipset's): not writing into or removing it; nothing was "
+                             f"changed")
+
+
 def read(kernel: Kernel, programs: list, others: Optional[list] = None) -> dict:
     """family -> Held, from one listing of our table. Sets are ours alone
-    (others' live in their own tables), so `others` stays as it is."""
-    return _read_objects(_listing(kernel), [p.family for p in programs])
+    (others' live in their own tables), so `others` stays as it is.
+    PreflightError: a table of our name is someone else's."""
+    objects = _listing(kernel)
+    owned(kernel, objects)
+    return _read_objects(objects, [p.family for p in programs])
 
 
 # ---- checking before the first change ----
@@ -666,6 +690,7 @@ def cleanup(kernel: Kernel) -> dict:
         objects = _listing(kernel)
         if not objects:
             return removed
+        owned(kernel, objects)
         for obj in objects:
             if "set" in obj:
                 removed["sets"] += 1

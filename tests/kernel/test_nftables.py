@@ -87,10 +87,10 @@ def test_a_refused_transaction_changes_nothing(monkeypatch):
         changed = load_objects(OBJECTS[:-1] + [pod("a/web2", "192.0.2.9", {"app": "web"})])
         real = nftables.run
 
-        def failing_at_the_end(k, commands, json_out=False):  # the node's transaction only, not the dry run
-            if k.netns == kernel.netns and not json_out:
+        def failing_at_the_end(k, commands, json_out=False, terse=False):  # the node's transaction only
+            if k.netns == kernel.netns and not json_out and not terse:
                 commands += f"delete chain inet {nftables.TABLE} no-such-chain\n"
-            return real(k, commands, json_out)
+            return real(k, commands, json_out, terse)
         monkeypatch.setattr(nftables, "run", failing_at_the_end)
         with pytest.raises(KernelError):
             apply_programs(programs_of(changed), kernel)
@@ -234,3 +234,44 @@ def test_the_commands_choose_a_backend_and_move_between_them(netns):
     r = pyipset("cleanup")
     assert r.returncode == 0 and "PYIPSET" not in netns.run("iptables-save").stdout
     assert "pyi-" not in netns.run("ipset", "list", "-n").stdout
+
+
+NOT_OURS = """table inet pyipset {
+    set s { type ipv4_addr; elements = { 192.0.2.7 }; }
+    chain forward { type filter hook forward priority 0; policy accept; ip saddr @s accept; }
+}
+"""
+
+
+def test_a_table_of_our_name_that_we_did_not_make_is_neither_written_nor_removed(netns):
+    """Someone else's `inet pyipset` (no comment of ours): apply, reconcile
+    and cleanup each refuse it in one line, and the ruleset stays byte for
+    byte; our own table, once that one is gone, is made with our comment."""
+    import subprocess
+    import sys
+    from pathlib import Path
+    example = str(Path(__file__).resolve().parents[2] / "examples" / "three-tier")
+    c = load_objects(OBJECTS)
+    kernel = Kernel(netns=netns.name, backend="nftables")
+    try:
+        netns.run("nft", "-f", "-", input=NOT_OURS)
+        before = netns.run("nft", "list", "ruleset").stdout
+        for attempt in (lambda: apply_programs(programs_of(c), kernel),
+                        lambda: reconcile_programs(programs_of(c), kernel),
+                        lambda: cleanup(kernel, "nftables"), lambda: cleanup(kernel)):
+            with pytest.raises(PreflightError, match="did not make"):
+                attempt()
+            assert netns.run("nft", "list", "ruleset").stdout == before
+        for args in (["apply", "-f", example, "--backend", "nftables"], ["cleanup", "--backend", "nftables"]):
+            r = subprocess.run(["ip", "netns", "exec", netns.name, sys.executable, "-m", "pyipset", *args],
+                               capture_output=True, text=True, timeout=120, cwd="/")
+            assert r.returncode == 1 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+            assert "table inet pyipset exists that pyipset did not make" in r.stderr
+            assert netns.run("nft", "list", "ruleset").stdout == before
+        netns.run("nft", "delete", "table", "inet", "pyipset")
+        apply_programs(programs_of(c), kernel)
+        assert nftables.OWNER in netns.run("nft", "list", "table", "inet", "pyipset").stdout
+        assert not any(d.total() for d in reconcile_programs(programs_of(c), kernel))
+        assert cleanup(kernel, "nftables")["chains"] > 0
+    finally:
+        release(kernel)
