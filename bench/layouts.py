@@ -405,5 +405,9 @@ def walk(native_program, src, dst, protocol: str, port: int) -> tuple:
             chain, i = rule.jump, 0
         elif rule.target == "GOTO":
             chain, i = rule.jump, 0
+        elif rule.target == "DISPATCH":  # a verdict map: one lookup
+            to = prog.sets[rule.dispatch].mapping().get(keys[rule.dispatch_dims])
+            if to is not None:
+                chain, i = to, 0
         elif rule.target == "MARK":
             mark = (mark & ~rule.mark_mask) | rule.mark

@@ -629,6 +629,7 @@ PYBIND11_MODULE(_core, m) {
     targets["MARK"] = int(IPS_TARGET_MARK);
     targets["NFLOG"] = int(IPS_TARGET_NFLOG);
     targets["GOTO"] = int(IPS_TARGET_GOTO);
+    targets["DISPATCH"] = int(IPS_TARGET_DISPATCH);
     match_kinds["set"] = int(IPS_MATCH_SET);
     match_kinds["proto"] = int(IPS_MATCH_PROTO);
     match_kinds["dport"] = int(IPS_MATCH_DPORT);

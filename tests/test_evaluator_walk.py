@@ -2,7 +2,8 @@
 from iptables' semantics (a chain's rules in order; ACCEPT and DROP decide;
 RETURN and the end of a chain go back to the caller, the end of the entry
 chain accepts; JUMP calls, GOTO continues where the caller returns; MARK as
-iptables applies --or-mark and --set-xmark; NFLOG goes on). It shares
+iptables applies --or-mark and --set-xmark; NFLOG goes on; DISPATCH as
+nftables' vmap: GOTO the chain the address maps to, or go on). It shares
 nothing with the evaluator but the program: sets are looked up with Python's
 ipaddress, not the native sets."""
 
@@ -14,7 +15,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pyipset.compile.program import Match, Rule, RuleProgram, SetDef
+import dataclasses
+
+from pyipset.compile.program import MAP_TYPE, Match, Rule, RuleProgram, SetDef
 from pyipset.verify.native import NativeProgram
 
 ADDRS = [f"198.18.0.{i}" for i in range(1, 9)]
@@ -57,9 +60,13 @@ def matches(draw):
 
 @st.composite
 def rules(draw, chain: int):
-    target = draw(st.sampled_from(["ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "MARK", "NFLOG"]
+    target = draw(st.sampled_from(["ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "MARK", "NFLOG", "DISPATCH"]
                                   if chain + 1 < len(CHAINS) else ["ACCEPT", "DROP", "RETURN", "MARK", "NFLOG"]))
     kw = {}
+    if target == "DISPATCH":  # its own map, forward only; programs() names it
+        mapped = draw(st.dictionaries(st.sampled_from(ADDRS), st.sampled_from(CHAINS[chain + 1:]), max_size=6))
+        kw["dispatch"] = " ".join(f"{a}={c}" for a, c in mapped.items())
+        kw["dispatch_dims"] = draw(st.sampled_from(["src", "dst"]))
     if target in ("JUMP", "GOTO"):  # forward only: no loops, as iptables requires
         kw["jump"] = CHAINS[draw(st.integers(chain + 1, len(CHAINS) - 1))]
     if target == "MARK":
@@ -75,6 +82,12 @@ def programs(draw):
     prog = RuleProgram(family="inet", sets=_sets(draw), entry="ENTRY")
     for i, name in enumerate(CHAINS):
         prog.chains[name] = draw(st.lists(rules(i), max_size=5))
+        for k, rule in enumerate(prog.chains[name]):
+            if rule.target == "DISPATCH":  # the drawn mapping becomes a map of the program
+                members = tuple(sorted(m.replace("=", " ") for m in rule.dispatch.split()))
+                map_name = f"M{i}{k}"
+                prog.sets[map_name] = SetDef(map_name, MAP_TYPE, "inet", members, map_name)
+                prog.chains[name][k] = dataclasses.replace(rule, dispatch=map_name)
     return prog
 
 
@@ -134,6 +147,10 @@ def walk(prog: RuleProgram, flow: dict) -> bool:
             chain, i = rule.jump, 0
         elif rule.target == "GOTO":
             chain, i = rule.jump, 0
+        elif rule.target == "DISPATCH":
+            to = dict(m.split(" ") for m in prog.sets[rule.dispatch].members).get(flow[rule.dispatch_dims])
+            if to is not None:
+                chain, i = to, 0
         elif rule.target == "MARK":
             if rule.mark_mask:  # --set-xmark value/mask
                 mark = (mark & ~rule.mark_mask) ^ rule.mark

@@ -42,6 +42,8 @@ struct ips_program {
     uint32_t entry;
     unsigned max_depth; /* longest chain of jumps from the entry */
     unsigned n_slots;   /* mark slots traced (ips_program_set_mark_slots) */
+    int32_t *bit_entry; /* per hash:ip set number (index.set_bit): the match index of the dispatch entry
+                           naming that set, or -1 */
     uint32_t slot_mask[IPS_MAX_MARK_SLOTS];
 };
 
@@ -65,6 +67,7 @@ void ips_program_free(ips_program *p) {
     free(p->rules);
     free(p->matches);
     free(p->nets);
+    free(p->bit_entry);
     free(p);
 }
 
@@ -108,6 +111,17 @@ static unsigned depth_from(const ips_program *p, uint32_t c, uint8_t *state, uns
     unsigned deepest = 0;
     for (uint32_t r = p->chain_first[c]; r < p->chain_first[c] + p->chain_len[c]; r++) {
         uint8_t target = p->rules[r].target;
+        if (target == IPS_TARGET_DISPATCH) { /* a GOTO to each of its chains */
+            const ips_match *e = p->matches + p->rules[r].first_match + p->rules[r].n_matches;
+            for (uint32_t k = 0; k < p->rules[r].jump; k++) {
+                unsigned d = depth_from(p, e[k].value, state, memo);
+                if (d == UINT32_MAX)
+                    return UINT32_MAX;
+                if (d > deepest)
+                    deepest = d;
+            }
+            continue;
+        }
         if (target != IPS_TARGET_JUMP && target != IPS_TARGET_GOTO)
             continue;
         unsigned d = depth_from(p, p->rules[r].jump, state, memo);
@@ -161,8 +175,24 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
                 REFUSE(IPS_ERR_INVALID, "network %zu has address bits outside its mask", i);
     for (size_t r = 0; r < n_rules; r++) {
         const ips_rule *rule = &rules[r];
-        if (rule->target > IPS_TARGET_GOTO)
+        if (rule->target > IPS_TARGET_DISPATCH)
             REFUSE(IPS_ERR_INVALID, "rule %zu: unknown target %u", r, rule->target);
+        if (rule->target == IPS_TARGET_DISPATCH) {
+            size_t e0 = (size_t)rule->first_match + rule->n_matches;
+            if (e0 + rule->jump > n_matches)
+                REFUSE(IPS_ERR_INVALID, "rule %zu: dispatch entries past the %zu matches given", r, n_matches);
+            for (size_t k = e0; k < e0 + rule->jump; k++) {
+                const ips_match *e = &matches[k];
+                if (e->kind != IPS_MATCH_SET || e->negate || e->set >= n_sets ||
+                    ips_set_type(sets[e->set]) != IPS_HASH_IP || (e->dims != IPS_DIMS_SRC && e->dims != IPS_DIMS_DST) ||
+                    e->dims != matches[e0].dims)
+                    REFUSE(IPS_ERR_INVALID, "rule %zu: dispatch entry %zu is not a hash:ip set on the source or "
+                                            "the destination (the same for every entry)", r, k - e0);
+                if (e->value >= n_chains)
+                    REFUSE(IPS_ERR_INVALID, "rule %zu: dispatch entry %zu goes to chain %u, which does not exist",
+                           r, k - e0, e->value);
+            }
+        }
         if ((rule->target == IPS_TARGET_JUMP || rule->target == IPS_TARGET_GOTO) && rule->jump >= n_chains)
             REFUSE(IPS_ERR_INVALID, "rule %zu jumps to chain %u, which does not exist", r, rule->jump);
         if ((size_t)rule->first_match + rule->n_matches > n_matches)
@@ -210,6 +240,22 @@ ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *s
     for (size_t i = 0; i < n_sets; i++)
         p->index.set_bit[i] = ips_set_type(sets[i]) == IPS_HASH_IP ? bit++ : -1;
     p->index.any = bit > 0;
+    p->bit_entry = malloc((bit ? (size_t)bit : 1) * sizeof *p->bit_entry);
+    if (!p->bit_entry)
+        REFUSE(IPS_ERR_NOMEM, "out of memory");
+    for (int32_t b = 0; b < bit; b++)
+        p->bit_entry[b] = -1;
+    for (size_t r = 0; r < n_rules; r++) {
+        if (rules[r].target != IPS_TARGET_DISPATCH)
+            continue;
+        size_t e0 = (size_t)rules[r].first_match + rules[r].n_matches;
+        for (size_t k = e0; k < e0 + rules[r].jump; k++) {
+            int32_t b = p->index.set_bit[matches[k].set];
+            if (p->bit_entry[b] >= 0)
+                REFUSE(IPS_ERR_INVALID, "rule %zu: set %u is in two dispatch entries", r, matches[k].set);
+            p->bit_entry[b] = (int32_t)k;
+        }
+    }
     tbl_init(&p->index.addrs, family == IPS_INET ? 1 : 4, 0xFFFFFFFFu, 0);
     if (status)
         *status = IPS_OK;
@@ -353,6 +399,27 @@ static inline bool match_holds(const ips_program *p, const ips_match *m, const f
     return hit != (m->negate != 0);
 }
 
+/* The chain a dispatch's entries [e, eend) send the flow to, or -1. */
+static int32_t dispatch_to(const ips_program *p, const ips_match *e, const ips_match *eend, const flow *f) {
+    if (e == eend)
+        return -1;
+    bool src = e->dims == IPS_DIMS_SRC;
+    if (f->indexed) { /* the sets the address is in, each looked up once */
+        const uint32_t *ids = src ? f->src_ids : f->dst_ids, *end = src ? f->src_end : f->dst_end;
+        int32_t lo = (int32_t)(e - p->matches), hi = (int32_t)(eend - p->matches);
+        for (; ids < end; ids++) {
+            int32_t k = p->bit_entry[*ids];
+            if (k >= lo && k < hi)
+                return (int32_t)p->matches[k].value;
+        }
+        return -1;
+    }
+    for (; e < eend; e++)
+        if (ips_set_test_key(p->sets[e->set], src ? f->src : f->dst, 0, 0, NULL))
+            return (int32_t)e->value;
+    return -1;
+}
+
 /*
  * One flow through the chains. Rules are addressed by global index; a chain
  * is the range [first, first + len). Everything the walk updates lives in
@@ -411,6 +478,15 @@ static uint8_t eval_one(const ips_program *p, const flow *f, int32_t *decided_ou
             r = first[rule->jump];
             end = r + len[rule->jump];
             break;
+        case IPS_TARGET_DISPATCH: {
+            const ips_match *e = matches + rule->first_match + rule->n_matches;
+            int32_t to = dispatch_to(p, e, e + rule->jump, f);
+            if (to >= 0) {
+                r = first[to];
+                end = r + len[to];
+            }
+            break;
+        }
         case IPS_TARGET_MARK:
             /* As the kernel: --set-xmark value/mask is (mark & ~mask) ^ value; --or-mark value (no mask)
              * is mark | value. They agree with an OR when value lies inside mask (the compiler's MARKs). */

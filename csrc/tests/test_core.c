@@ -733,7 +733,68 @@ static void test_evaluator_addr(void) {
     CHECK(p == NULL && st == IPS_ERR_INVALID && strstr(why, "outside its mask"));
 }
 
+/* A verdict map: chain 0 dispatches the source to chain 1 (set a) or chain 2
+ * (set b), else goes on to DROP; chain 1 accepts, chain 2 drops. The same
+ * answers with and without the membership index; malformed maps refused. */
+static void test_evaluator_dispatch(void) {
+    ips_status st;
+    ips_set *a = ips_set_new(IPS_HASH_IP, IPS_INET, 3, &st), *b = ips_set_new(IPS_HASH_IP, IPS_INET, 3, &st),
+            *other = ips_set_new(IPS_HASH_IP, IPS_INET, 3, &st);
+    add_text(a, "192.0.2.1");
+    add_text(b, "192.0.2.2");
+    add_text(other, "192.0.2.1"); /* in a set no entry names: must not confuse the dispatch */
+    ips_set *sets[3] = {other, a, b};
+    ips_match m[] = {
+        {IPS_MATCH_SET, IPS_DIMS_SRC, 0, 1, 1, 0}, /* entry: a -> chain 1 */
+        {IPS_MATCH_SET, IPS_DIMS_SRC, 0, 2, 2, 0}, /* entry: b -> chain 2 */
+        {IPS_MATCH_SET, IPS_DIMS_SRC, 0, 0, 0, 0}, /* src in other (unused by rules below) */
+    };
+    ips_rule r[] = {
+        {IPS_TARGET_DISPATCH, 0, 2, 0, 0, 0, 0},
+        {IPS_TARGET_DROP, 0, 0, 0, 0, 0, 0},
+        {IPS_TARGET_ACCEPT, 1, 0, 0, 0, 0, 0},
+        {IPS_TARGET_DROP, 2, 0, 0, 0, 0, 0},
+    };
+    uint32_t first[] = {0, 2, 3}, len[] = {2, 1, 1};
+    char why[256];
+    ips_program *p = ips_program_new(IPS_INET, 3, sets, 3, first, len, 4, r, 3, m, 0, NULL, 0, &st, why, sizeof why);
+    CHECK(p != NULL);
+    enum { N = 3 };
+    uint32_t src[N] = {0xC0000201u, 0xC0000202u, 0xC0000203u}, dst[N] = {0};
+    uint8_t proto[N] = {6, 6, 6};
+    uint16_t port[N] = {80, 80, 80};
+    for (int pass = 0; pass < 2; pass++) { /* without, then with the index */
+        uint8_t v[N];
+        int32_t rule[N], mark[N];
+        if (pass)
+            CHECK(ips_program_prepare(p) == IPS_OK);
+        ips_program_eval(p, N, src, dst, proto, port, v, rule, mark);
+        CHECK(v[0] == 1 && rule[0] == 2);
+        CHECK(v[1] == 0 && rule[1] == 3);
+        CHECK(v[2] == 0 && rule[2] == 1); /* in no entry: goes on */
+    }
+    ips_program_free(p);
+    /* Refused: an entry to a chain that does not exist, a set in two entries,
+     * entries of different dims, entries past the matches, a loop through a dispatch. */
+    ips_match bad_chain[] = {{IPS_MATCH_SET, IPS_DIMS_SRC, 0, 1, 7, 0}};
+    CHECK(!ips_program_new(IPS_INET, 3, sets, 3, first, len, 4, r, 1, bad_chain, 0, NULL, 0, &st, why, sizeof why));
+    ips_match twice[] = {{IPS_MATCH_SET, IPS_DIMS_SRC, 0, 1, 1, 0}, {IPS_MATCH_SET, IPS_DIMS_SRC, 0, 1, 2, 0}};
+    CHECK(!ips_program_new(IPS_INET, 3, sets, 3, first, len, 4, r, 2, twice, 0, NULL, 0, &st, why, sizeof why));
+    ips_match dims[] = {{IPS_MATCH_SET, IPS_DIMS_SRC, 0, 1, 1, 0}, {IPS_MATCH_SET, IPS_DIMS_DST, 0, 2, 2, 0}};
+    CHECK(!ips_program_new(IPS_INET, 3, sets, 3, first, len, 4, r, 2, dims, 0, NULL, 0, &st, why, sizeof why));
+    CHECK(!ips_program_new(IPS_INET, 3, sets, 3, first, len, 4, r, 1, m, 0, NULL, 0, &st, why, sizeof why));
+    ips_match back[] = {{IPS_MATCH_SET, IPS_DIMS_SRC, 0, 1, 0, 0}};
+    ips_rule self[] = {{IPS_TARGET_DISPATCH, 0, 1, 0, 0, 0, 0}};
+    uint32_t f0 = 0, l1 = 1;
+    CHECK(!ips_program_new(IPS_INET, 3, sets, 1, &f0, &l1, 1, self, 1, back, 0, NULL, 0, &st, why, sizeof why));
+    CHECK(strstr(why, "loop") != NULL);
+    ips_set_free(a);
+    ips_set_free(b);
+    ips_set_free(other);
+}
+
 int main(void) {
+    test_evaluator_dispatch();
     test_evaluator_addr();
     test_parse_format();
     test_zero_and_extremes();

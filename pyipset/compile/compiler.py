@@ -59,9 +59,17 @@ search tree instead of a list of policies):
   PYIPSET-E-<policy>: one MARK rule per (rule, peer, port) of the policy, or
   one per rule when the rule is flattened (below).
 
+  dispatch="map" (the nftables backend): no isolation set and no tree.
+  PYIPSET-EGRESS holds one rule, a verdict map from each isolated pod's
+  address to its group's leaf chain (`ip saddr vmap @map`): one lookup
+  finds the group, whatever the number of groups, and a pod that is in no
+  group is not in the map and falls off the end (allowed). A pod changing
+  group is one element changed; a group appearing or emptying is a leaf
+  chain added or removed. iptables has no verdict maps: dispatch="tree".
+
 Cost per NEW connection, per direction: a pod that no policy isolates costs
 one set lookup, whatever the number of pods or policies. An isolated pod costs
-1 + ceil(log2(G)) set lookups, G being the number of distinct groups (at most
+one map lookup (dispatch="map"), or 1 + ceil(log2(G)) set lookups (the tree), G being the number of distinct groups (at most
 the number of pods, usually near the number of distinct pod selectors), plus
 the rules of the policies that select it. Every lookup is a hash probe, so
 nothing grows with the number of pods; the growth with the number of
@@ -94,13 +102,14 @@ from typing import Optional
 from .. import protocols
 from ..model.objects import KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
 from . import naming
-from .naming import (ROLE_AUDIT, ROLE_BLOCK, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL, ROLE_NAMED_PORT,
-                     ROLE_PEER, ROLE_POD_CIDR, ROLE_SEEN,
+from .naming import (ROLE_AUDIT, ROLE_BLOCK, ROLE_DISPATCH, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL,
+                     ROLE_NAMED_PORT, ROLE_PEER, ROLE_POD_CIDR, ROLE_SEEN,
                      deny_chain, direction_chain, group_chain, log_prefix, policy_chain, tree_chain)
-from .program import (ENTRY_CHAIN, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
+from .program import (ENTRY_CHAIN, MAP_TYPE, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
                       MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
 FLATTEN_LIMIT = 1024
+DISPATCHES = ("tree", "map")  # how a pod's policy group is found: a tree of sets (iptables), a verdict map
 # Chains a group tree may nest. With the entry, direction, leaf and policy
 # chains around it and the hook's own level, the deepest rule stays 13 chains
 # below the hook, within nf_tables' 16 (NFT_JUMP_STACK_SIZE).
@@ -171,7 +180,10 @@ def flat_key(policy: NetworkPolicy, direction: str, index: int) -> tuple:
 class _Compiler:
     def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
                  node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None,
-                 text: Optional[dict] = None, deny_unknown: tuple = (), audit: bool = False):
+                 text: Optional[dict] = None, deny_unknown: tuple = (), audit: bool = False, dispatch: str = "tree"):
+        if dispatch not in DISPATCHES:
+            raise ValueError(f"unknown dispatch {dispatch!r}: expected one of {', '.join(DISPATCHES)}")
+        self.dispatch = dispatch
         self.cluster = cluster
         self.audit = audit
         self.node = node
@@ -377,18 +389,8 @@ class _Compiler:
         policies selecting a pod) by splitting them into `fanout` parts: up to
         fanout - 1 set lookups per level."""
         own_dim = "src" if direction == "egress" else "dst"
-        marked = Match("mark", value=ok, value2=ok)
         if len(keys) == 1:
-            name = group_chain(direction, keys[0])
-            rules = []
-            for policy in keys[0]:
-                rules.append(Rule((), "JUMP", jump=policy_chains[policy], policy=policy,
-                                  origin=f"{policy} selects the {'source' if direction == 'egress' else 'destination'}"))
-                rules.append(Rule((marked,), "RETURN", origin=f"{policy} allowed it", policy=policy))
-            rules.append(Rule((), "MARK", mark=denied,
-                              origin=f"no rule of the policies that isolate it allows it ({direction})"))
-            self.program.chains[name] = rules
-            return name
+            return self.group_leaf(direction, keys[0], policy_chains, ok, denied)
         k = min(fanout, len(keys))
         cuts = [len(keys) * i // k for i in range(k + 1)]
         parts = [keys[cuts[i]:cuts[i + 1]] for i in range(k)]
@@ -407,6 +409,34 @@ class _Compiler:
                               origin="policy group search"))
         name = tree_chain(direction, keys)
         self.program.chains[name] = rules
+        return name
+
+    def group_leaf(self, direction: str, key: tuple, policy_chains: dict, ok: int, denied: int) -> str:
+        """The chain of one policy group: its policies' chains in turn, until one marks OK."""
+        marked = Match("mark", value=ok, value2=ok)
+        name = group_chain(direction, key)
+        rules = []
+        for policy in key:
+            rules.append(Rule((), "JUMP", jump=policy_chains[policy], policy=policy,
+                              origin=f"{policy} selects the {'source' if direction == 'egress' else 'destination'}"))
+            rules.append(Rule((marked,), "RETURN", origin=f"{policy} allowed it", policy=policy))
+        rules.append(Rule((), "MARK", mark=denied,
+                          origin=f"no rule of the policies that isolate it allows it ({direction})"))
+        self.program.chains[name] = rules
+        return name
+
+    def dispatch_map(self, direction: str, by_group: dict, policy_chains: dict, ok: int, denied: int) -> str:
+        """A verdict map from each isolated pod's address to its group's chain."""
+        chains = {key: self.group_leaf(direction, key, policy_chains, ok, denied) for key in sorted(by_group)}
+        name = self.sets.get(ROLE_DISPATCH, ("dispatch", direction), MAP_TYPE,
+                             lambda: [f"{ip} {chains[key]}" for key, pods in by_group.items() for p in pods
+                                      for ip in self.texts(p)],
+                             f"pods isolated for {direction}: each to its policy group's chain")
+        if name not in self.members_of:
+            def member_of(pod, direction=direction):
+                key = self.group_key(pod, direction)
+                return [f"{ip} {group_chain(direction, key)}" for ip in self.texts(pod)] if key else []
+            self.members_of[name] = member_of
         return name
 
     def direction_chain(self, direction: str) -> str:
@@ -437,12 +467,18 @@ class _Compiler:
             by_group.setdefault(tuple(keys), []).append(pod)
         self.groups[direction] = by_group
         rules = []
-        if by_group:
+        denied = MARK_EGRESS_DENIED if direction == "egress" else MARK_INGRESS_DENIED
+        if by_group and self.dispatch == "map":
+            # Pods no policy isolates are in no group: not in the map, they
+            # fall off the end of this chain unmarked (allowed).
+            mapped = self.dispatch_map(direction, by_group, policy_chains, ok, denied)
+            rules.append(Rule((), "DISPATCH", dispatch=mapped, dispatch_dims=own_dim,
+                              origin=f"isolated for {direction}: to the chain of its policy group"))
+        elif by_group:
             # Pods no policy isolates fall off the end of this chain unmarked:
             # allowed, after ONE set lookup.
             iso = self.pod_set(ROLE_ISOLATED, ("isolated", direction), [pod for pod, _ in selecting.values()],
                                f"pods isolated for {direction}", lambda pod: bool(self.group_key(pod, direction)))
-            denied = MARK_EGRESS_DENIED if direction == "egress" else MARK_INGRESS_DENIED
             root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok, denied,
                                    tree_fanout(len(by_group)))
             rules.append(Rule((Match("set", name=iso, dims=own_dim),), "GOTO", jump=root,
@@ -607,7 +643,8 @@ def program_families(cluster: Cluster) -> list:
 
 def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT,
                     nflog_group: int = NFLOG_GROUP, node: Optional[str] = None,
-                    attach: Attach = Attach(), deny_unknown: tuple = (), audit: bool = False) -> RuleProgram:
+                    attach: Attach = Attach(), deny_unknown: tuple = (), audit: bool = False,
+                    dispatch: str = "tree") -> RuleProgram:
     """The RuleProgram enforcing every policy of the cluster for one family.
 
     node: the program of one node (pods with spec.nodeName == node): egress
@@ -627,10 +664,18 @@ def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int =
 
     audit: every pod of the node in audit mode (what policy would deny is
     allowed and reported as would-deny); without it, the pods of namespaces
-    labelled AUDIT_LABEL=true are."""
+    labelled AUDIT_LABEL=true are.
+
+    dispatch: how a pod's policy group is found: "tree" (a tree of sets, for
+    iptables) or "map" (one verdict map, for nftables; dispatch_for)."""
     if family not in ("inet", "inet6"):
         raise ValueError(f"unknown family {family!r} (expected inet or inet6)")
     if not 0 <= nflog_group <= 65535:
         raise ValueError(f"NFLOG group {nflog_group} is out of range 0-65535")
     return _Compiler(cluster, family, flatten_limit, nflog_group, node, attach,
-                     deny_unknown=tuple(deny_unknown), audit=audit).compile()
+                     deny_unknown=tuple(deny_unknown), audit=audit, dispatch=dispatch).compile()
+
+
+def dispatch_for(backend: str) -> str:
+    """The dispatch a kernel backend runs: a verdict map where it has them."""
+    return "map" if backend == "nftables" else "tree"

@@ -44,9 +44,9 @@ class Incremental:
 
     def __init__(self, cluster: Cluster, families: Optional[list] = None, flatten_limit: int = FLATTEN_LIMIT,
                  nflog_group: int = NFLOG_GROUP, node: Optional[str] = None, attach: Attach = Attach(),
-                 deny_unknown: tuple = (), audit: bool = False):
+                 deny_unknown: tuple = (), audit: bool = False, dispatch: str = "tree"):
         self.options = dict(flatten_limit=flatten_limit, nflog_group=nflog_group, node=node, attach=attach,
-                            deny_unknown=tuple(deny_unknown), audit=audit)
+                            deny_unknown=tuple(deny_unknown), audit=audit, dispatch=dispatch)
         self.text: dict = {}  # address -> str, for every compile of this cluster's pods
         # What the last pods_changed did to each set: (family, name) -> (set
         # before, set after, members taken out, members put in), for the kernel

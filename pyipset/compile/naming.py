@@ -42,12 +42,13 @@ ROLE_LOCAL = "local"  # this node's pods: the hooks send their traffic to our ch
 ROLE_POD_CIDR = "pod-cidr"  # this node's pod CIDRs (--deny-unknown-pod-ips)
 ROLE_AUDIT = "audit"  # this node's pods in audit mode: what policy would deny them is allowed and reported
 ROLE_SEEN = "seen"  # connection attempts blocked lately (dynamic): their retransmissions are not new blocks
+ROLE_DISPATCH = "dispatch"  # a verdict map: each isolated pod's address to its policy group's chain
 ROLES = (ROLE_ISOLATED, ROLE_GROUP, ROLE_PEER, ROLE_BLOCK, ROLE_NAMED_PORT, ROLE_FLAT, ROLE_LOCAL, ROLE_POD_CIDR,
-         ROLE_AUDIT, ROLE_SEEN)
+         ROLE_AUDIT, ROLE_SEEN, ROLE_DISPATCH)
 
 # One letter per role in set names, for people reading `ipset list`.
 _SET_CODES = {ROLE_ISOLATED: "I", ROLE_GROUP: "G", ROLE_BLOCK: "B", ROLE_NAMED_PORT: "T", ROLE_FLAT: "F",
-              ROLE_LOCAL: "L", ROLE_POD_CIDR: "U", ROLE_AUDIT: "A", ROLE_SEEN: "R"}
+              ROLE_LOCAL: "L", ROLE_POD_CIDR: "U", ROLE_AUDIT: "A", ROLE_SEEN: "R", ROLE_DISPATCH: "D"}
 _PEER_CODES = {"pods": "P", "namespaces": "N", "nspods": "Q"}
 
 

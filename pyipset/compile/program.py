@@ -2,7 +2,16 @@
 set types and ordered chains of rules, with the semantics of iptables over
 ipset matches. The kernel renderer turns it into `ipset restore` and
 `iptables-restore` input; the native evaluator runs it over batches of flows.
-Nothing else decides a verdict."""
+Nothing else decides a verdict.
+
+Dispatch (compile_cluster(dispatch="map"), for nftables): a verdict map, a
+SetDef of type MAP_TYPE whose members are "ADDRESS CHAIN" (the address sent
+to that chain), and a rule with target DISPATCH naming it (`dispatch`, and
+the packet field in `dispatch_dims`, "src" or "dst"): the packet goes to
+the chain its address maps to (as GOTO), or on to the next rule when it maps
+to none. One lookup, whatever the number of chains; iptables has no such
+construct, so programs for it search a tree of sets instead (dispatch="tree").
+"""
 
 from __future__ import annotations
 
@@ -21,15 +30,16 @@ from .naming import ENTRY_CHAIN  # noqa: E402  (re-exported: the chain the hooks
 
 NFLOG_GROUP = 86
 
-TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "NFLOG", "SET")
+TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "NFLOG", "SET", "DISPATCH")
+MAP_TYPE = "vmap:ip"  # a verdict map from an address to a chain (see the top of this module)
 
 
 @dataclass(frozen=True)
 class SetDef:
     name: str  # at most 31 characters (the kernel's limit)
-    type: str  # hash:ip, hash:ip,port, hash:ip,port,ip, hash:net
+    type: str  # hash:ip, hash:ip,port, hash:ip,port,ip, hash:net, or MAP_TYPE (a verdict map)
     family: str  # inet or inet6
-    members: tuple  # entries in ipset syntax ("CIDR nomatch" for hash:net exceptions)
+    members: tuple  # entries in ipset syntax ("CIDR nomatch" for hash:net exceptions; "ADDRESS CHAIN" in a map)
     key: str  # canonical key: equal keys are one set
     comment: str = ""  # what the set holds, for people
     role: str = ""  # what the set is for: one of naming.ROLES
@@ -40,6 +50,14 @@ class SetDef:
     @property
     def dynamic(self) -> bool:
         return self.timeout > 0
+
+    @property
+    def is_map(self) -> bool:
+        return self.type == MAP_TYPE
+
+    def mapping(self) -> dict:
+        """A map's members as address text -> chain."""
+        return dict(m.split(" ", 1) for m in self.members)
 
 
 @dataclass(frozen=True)
@@ -90,6 +108,8 @@ class Rule:
     add_set: str = ""  # SET: add the packet's key to this (dynamic) set, ...
     add_dims: str = ""  # ... made of these packet fields (as Match.dims), ...
     add_exist: bool = False  # ... restarting the timeout of an entry already there (--exist)
+    dispatch: str = ""  # DISPATCH: the verdict map (a SetDef of MAP_TYPE) ...
+    dispatch_dims: str = ""  # ... looked up with this packet field: "src" or "dst"
     origin: str = ""  # why it exists, for people (the kernel's comment): "ns/name ingress[0]", ...
     # The same, for programs (explain, attribution), never parsed back from `origin`:
     policy: str = ""  # the NetworkPolicy (namespace/name) it came from, if any

@@ -32,6 +32,34 @@ def build_set(setdef) -> IPSet:
     return s
 
 
+def map_entry(name: str, chain: str) -> str:
+    """The name of the hash:ip set of a verdict map's addresses sent to one chain."""
+    return f"{name}>{chain}"
+
+
+def build_sets(program: RuleProgram) -> dict:
+    """name -> IPSet of every set of the program; a verdict map becomes one
+    hash:ip set per chain it sends to (map_entry), the evaluator's form of it."""
+    out = {}
+    for name, setdef in program.sets.items():
+        if not setdef.is_map:
+            out[name] = build_set(setdef)
+            continue
+        seen: set = set()
+        for member in setdef.members:
+            address, _, chain = member.partition(" ")
+            if chain not in program.chains:
+                raise ValueError(f"map {name}: {address} goes to chain {chain!r}, which the program does not have")
+            entry = out.get(map_entry(name, chain))
+            if entry is None:
+                entry = out[map_entry(name, chain)] = IPSet("hash:ip", setdef.family)
+            if address in seen:
+                raise ValueError(f"map {name}: {address} is mapped twice")
+            seen.add(address)
+            entry.add(address)
+    return out
+
+
 def _address_match(m, family: str, nets: list) -> tuple:
     """An address match (`-s`/`-d` CIDR) for the evaluator: IPv4 networks in
     the match itself, IPv6 ones appended to `nets` (4 address words, 4 mask words)."""
@@ -75,7 +103,7 @@ class NativeProgram:
         sets: the built sets of another NativeProgram of the same program (shared)."""
         self.program = program
         self.entry = entry or program.entry
-        self.sets = sets if sets is not None else {name: build_set(d) for name, d in program.sets.items()}
+        self.sets = sets if sets is not None else build_sets(program)
         set_index = {name: i for i, name in enumerate(self.sets)}
         chain_index = {name: i for i, name in enumerate(program.chains)}
         self.rules: list[tuple[str, int, Rule]] = []
@@ -99,6 +127,11 @@ class NativeProgram:
                     else:
                         matches.append((_MATCH_KINDS[m.kind], 0, m.negate, 0, m.value, m.value2))
                 jump = chain_index[rule.jump] if rule.target in ("JUMP", "GOTO") else 0
+                if rule.target == "DISPATCH":  # its entries follow its matches: (set of addresses, chain)
+                    to = dict.fromkeys(program.sets[rule.dispatch].mapping().values())
+                    matches += [(_MATCH_KINDS["set"], _DIMS[rule.dispatch_dims], False,
+                                 set_index[map_entry(rule.dispatch, c)], chain_index[c], 0) for c in to]
+                    jump = len(to)
                 rules.append((_TARGETS[rule.target], chain_index[chain], jump, rule.mark, rule.mark_mask, first,
                               len(rule.matches)))
                 self.rules.append((chain, i, rule))

@@ -67,12 +67,18 @@ typedef enum ips_target {
     IPS_TARGET_MARK = 4,
     IPS_TARGET_NFLOG = 5,
     IPS_TARGET_GOTO = 6, /* like JUMP, but the chain returns to our caller */
+    IPS_TARGET_DISPATCH = 7, /* a verdict map (nftables' `ip saddr vmap @m`): GOTO the chain the packet's
+                                address maps to, or go on when it maps to none. The map's entries follow
+                                the rule's own matches in the matches array: `jump` of them, each an
+                                IPS_MATCH_SET on a hash:ip set (the addresses sent to one chain) with dims
+                                IPS_DIMS_SRC or IPS_DIMS_DST (the same for all) and `value` the chain. A set
+                                is in at most one entry of a program, so an address maps to one chain */
 } ips_target;
 
 typedef struct ips_rule {
     uint8_t target;   /* ips_target */
     uint32_t chain;   /* the chain this rule belongs to */
-    uint32_t jump;    /* IPS_TARGET_JUMP, IPS_TARGET_GOTO: chain index */
+    uint32_t jump;    /* IPS_TARGET_JUMP, IPS_TARGET_GOTO: chain index; IPS_TARGET_DISPATCH: its entries */
     uint32_t mark, mark_mask; /* IPS_TARGET_MARK, as the kernel: mask 0: mark |= value (--or-mark);
                                  else mark = (mark & ~mask) ^ value (--set-xmark value/mask) */
     uint32_t first_match, n_matches; /* a slice of the matches array */
@@ -92,8 +98,8 @@ typedef struct ips_program ips_program;
  * copied; the sets are borrowed. `nets` (IPv6 programs only; n_nets 0 for
  * IPv4) are the networks of address matches. Checks every index, that each
  * set's type and family fit its dims and the program's family, that address
- * matches have no bits outside their masks, and that jumps form no loop (as
- * iptables does). Returns NULL with IPS_ERR_INVALID and a reason,
+ * matches have no bits outside their masks, that a dispatch's entries are
+ * well formed, and that jumps form no loop (as iptables does). Returns NULL with IPS_ERR_INVALID and a reason,
  * or IPS_ERR_NOMEM.
  */
 ips_program *ips_program_new(ips_family family, size_t n_sets, ips_set *const *sets, size_t n_chains,
