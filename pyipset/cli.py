@@ -22,7 +22,7 @@ from . import demo
 from .errors import InputRejected, PyipsetError, UsageError, brief
 from .model import fail_closed, load
 from .model.objects import PROTOCOLS, Cluster
-from .compile.compiler import compile_cluster, program_families
+from .compile.compiler import compile_cluster, dispatch_for, program_families
 from .compile.program import NFLOG_GROUP, Attach
 from .kernel import nftables
 from .kernel.apply import Kernel, apply_programs, choose_backend, cleanup, reconcile_programs, retire_other
@@ -316,7 +316,7 @@ def run_compile(args) -> int:
     backend = _backend(args)
     for family in families:
         program = compile_cluster(cluster, family, nflog_group=args.nflog_group, node=args.node,
-                                  attach=_attach_of(args))
+                                  attach=_attach_of(args), dispatch=dispatch_for(backend))
         if backend == "nftables":
             print(f"# nftables transaction ({family}): {len(program.sets)} sets, {len(program.chains)} chains, "
                   f"{program.rule_count()} rules, hooks ({_attach_of(args)}) in base chains of ours")
@@ -338,7 +338,7 @@ def run_compile(args) -> int:
     return 1 if cluster.rejections else 0
 
 
-def _programs_to_enforce(args) -> tuple:
+def _programs_to_enforce(args, backend: str) -> tuple:
     """The programs of every family, from input that may change the kernel: any
     rejection refuses the whole input (nothing is changed), unless
     --fail-closed, where each rejected object fails closed (model/failclosed.py)."""
@@ -356,7 +356,7 @@ def _programs_to_enforce(args) -> tuple:
         for line in cluster.failed_closed:
             print(f"pyipset: failed closed: {line}", file=sys.stderr)
     programs = [compile_cluster(cluster, family, nflog_group=args.nflog_group, attach=_attach_of(args),
-                                node=args.node) for family in program_families(cluster)]
+                                node=args.node, dispatch=dispatch_for(backend)) for family in program_families(cluster)]
     return cluster, programs
 
 
@@ -377,7 +377,7 @@ def _backend(args) -> str:
 
 def run_apply(args) -> int:
     kernel = Kernel(backend=_backend(args))
-    cluster, programs = _programs_to_enforce(args)
+    cluster, programs = _programs_to_enforce(args, kernel.backend)
     for program, report in zip(programs, apply_programs(programs, kernel)):
         print(f"{program.family}: {report}")
     try:
@@ -393,7 +393,7 @@ def run_apply(args) -> int:
 
 def run_reconcile(args) -> int:
     kernel = Kernel(backend=_backend(args))
-    cluster, programs = _programs_to_enforce(args)
+    cluster, programs = _programs_to_enforce(args, kernel.backend)
     for program, drift in zip(programs, reconcile_programs(programs, kernel)):
         for line in drift.lines():
             print(f"{program.family}: drift: {line}")

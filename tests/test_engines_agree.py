@@ -63,16 +63,19 @@ def test_threads_give_the_same_answers():
 def test_explanations_from_the_program_are_the_references(objs):
     """What `explain` and the agent's attribution read from the compiled
     program's walk (per direction: the isolating policies, the first rule that
-    admits) is what the reference semantics say, flattened or not, for pods and
-    outside addresses, both families."""
+    admits) is what the reference semantics say, flattened or not, the group
+    found by a tree or by a verdict map, for pods and outside addresses, both
+    families."""
     from engines import endpoint
     from pyipset.compile.compiler import compile_cluster
     from pyipset.verify import explain, native, reference
 
     c = load_objects(objs)
     world = reference.World(objs)
-    programs = {(family, limit): native.NativeProgram(compile_cluster(c, family, limit))
-                for family in ("inet", "inet6") for limit in (0, 1024)}
+    # Flattened or not, and the group found by the tree of sets (iptables) or by a verdict map (nftables).
+    shapes = ((0, "tree"), (1024, "tree"), (1024, "map"))
+    programs = {(family, shape): native.NativeProgram(compile_cluster(c, family, shape[0], dispatch=shape[1]))
+                for family in ("inet", "inet6") for shape in shapes}
     explainers = {k: explain.Explainer(p) for k, p in programs.items()}
     ends = [p.key for p in c.pods] + list(OUTSIDE)
     for protocol in ("TCP", "UDP"):
@@ -89,7 +92,7 @@ def test_explanations_from_the_program_are_the_references(objs):
                         continue
                     want = reference.judge(world, s, d, protocol, port)
                     family = "inet" if s.ip.version == 4 else "inet6"
-                    for limit in (0, 1024):
+                    for limit in shapes:
                         got = explain.explain(programs[family, limit], s, d, protocol, port,
                                               explainers[family, limit])
                         assert got.allowed == want.allowed, (a, b, protocol, port)

@@ -96,20 +96,22 @@ def test_pod_changes_give_what_a_full_compile_gives(objs, data):
         return  # two new pods may collide on a name or address: the agent compiles in full then
     node = data.draw(st.sampled_from([None, *NODES]))
     limit = data.draw(st.sampled_from([0, 3, 1024]))
-    inc = Incremental(before, FAMILIES, node=node, flatten_limit=limit)
+    dispatch = data.draw(st.sampled_from(["tree", "map"]))
+    inc = Incremental(before, FAMILIES, node=node, flatten_limit=limit, dispatch=dispatch)
     for program, family in zip(inc.programs, FAMILIES):
-        same_program(program, compile_cluster(before, family, node=node, flatten_limit=limit))
+        same_program(program, compile_cluster(before, family, node=node, flatten_limit=limit, dispatch=dispatch))
     got = inc.pods_changed(changes_between(before, after))
     event("declined" if got is None else "answered")
     if got is None:
         return
     for program, family in zip(got, FAMILIES):
-        same_program(program, compile_cluster(after, family, node=node, flatten_limit=limit))
+        same_program(program, compile_cluster(after, family, node=node, flatten_limit=limit, dispatch=dispatch))
     # and again from there: what it keeps is the new cluster
     again = inc.pods_changed(changes_between(after, before))
     if again is not None:
         for program, family in zip(again, FAMILIES):
-            same_program(program, compile_cluster(before, family, node=node, flatten_limit=limit))
+            same_program(program, compile_cluster(before, family, node=node, flatten_limit=limit,
+                                                  dispatch=dispatch))
 
 
 def _objects(extra=()) -> list:
@@ -179,7 +181,8 @@ def test_policy_changes_give_what_a_full_compile_gives(objs, other, data):
     if before.rejections or after.rejections:
         return
     node = data.draw(st.sampled_from([None, *NODES]))
-    inc = Incremental(before, FAMILIES, node=node)
+    dispatch = data.draw(st.sampled_from(["tree", "map"]))
+    inc = Incremental(before, FAMILIES, node=node, dispatch=dispatch)
     cluster = before
     if data.draw(st.booleans()) and inc.pods_changed(changes_between(before, after)) is not None:
         cluster = after
@@ -192,4 +195,4 @@ def test_policy_changes_give_what_a_full_compile_gives(objs, other, data):
     import dataclasses
     want_cluster = dataclasses.replace(cluster, policies=policies)
     for program, family in zip(got, FAMILIES):
-        same_program(program, compile_cluster(want_cluster, family, node=node))
+        same_program(program, compile_cluster(want_cluster, family, node=node, dispatch=dispatch))

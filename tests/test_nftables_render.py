@@ -79,7 +79,8 @@ def test_every_match_and_target_renders_and_text_stays_quoted():
     for target in TARGETS:
         extra = {"JUMP": {"jump": "X"}, "GOTO": {"jump": "X"}, "MARK": {"mark": 0x20000},
                  "NFLOG": {"log_group": 86, "log_prefix": HOSTILE},
-                 "SET": {"add_set": "pyi-r", "add_dims": "src,src,dst", "add_exist": True}}.get(target, {})
+                 "SET": {"add_set": "pyi-r", "add_dims": "src,src,dst", "add_exist": True},
+                 "DISPATCH": {"dispatch": "pyi-m", "dispatch_dims": "dst"}}.get(target, {})
         rules.append(Rule((), target, **extra))
     rules.append(Rule((), "MARK", mark=0, mark_mask=0xF0000))
     for rule in rules:
@@ -87,6 +88,13 @@ def test_every_match_and_target_renders_and_text_stays_quoted():
         assert "\n" not in text and text.count('"') % 2 == 0 and "; delete" not in text.replace('_', ''), text
     assert "ip6 saddr . meta l4proto . th dport . ip6 daddr @pyi-a" in nftables.render_rule(
         "inet6", Rule((matches[3],), "ACCEPT"))
+    assert nftables.render_rule("inet6", Rule((), "DISPATCH", dispatch="pyi-m", dispatch_dims="src")) == \
+        "ip6 saddr vmap @pyi-m"
+    for hostile in (Rule((Match("set", name="pyi-a; flush ruleset", dims="src"),), "ACCEPT"),
+                    Rule((), "DISPATCH", dispatch="pyi-m; flush ruleset", dispatch_dims="src"),
+                    Rule((), "SET", add_set="x", add_dims="src,src,dst")):
+        with pytest.raises(ValueError):
+            nftables.render_rule("inet", hostile)
 
 
 def test_a_program_renders_as_one_script_with_both_families_apart():

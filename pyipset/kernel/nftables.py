@@ -29,6 +29,11 @@ evaluator judges exactly what the kernel runs:
   address judged by its most specific prefix, as ipset does), so the kernel
   walks no exception at packet time. The policies' protocols (TCP, UDP, SCTP)
   all carry ports where `th dport` reads them.
+- A verdict map (compile dispatch="map"): `map NAME { type ipv4_addr :
+  verdict; }` with elements `ADDRESS : goto ip/CHAIN`, and the rule `ip
+  saddr vmap @NAME`: one lookup sends an isolated pod's connection to its
+  policy group's chain. A pod changing group is one element deleted and
+  added in the same transaction.
 - The dynamic set of recent denied attempts (`SET --add-set ... --exist`) is
   a set with `flags dynamic,timeout`, filled by `update @set {...}`; when
   full it takes no new entry (ipset's forceadd evicts one), so an attempt
@@ -50,7 +55,7 @@ import threading
 from typing import Callable, Optional
 
 from ..compile.naming import MAX_SET_NAME, SET_PREFIX, blocked_chain
-from ..compile.program import TARGETS, Match, Rule, RuleProgram, SetDef
+from ..compile.program import MAP_TYPE, TARGETS, Match, Rule, RuleProgram, SetDef
 from ..sets import FAMILIES, SET_TYPES
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
 from .libnftables import Context, NftError, Unavailable, library
@@ -119,13 +124,17 @@ def probe(netns: Optional[str] = None) -> Optional[str]:
               f"timeout 60s; size 1024; }}\n"
               f"add set {t} c6 {{ type ipv6_addr . inet_proto . inet_service . ipv6_addr; }}\n"
               f"add set {t} n {{ type ipv4_addr; flags interval; }}\n"
+              f"add map {t} m {{ type ipv4_addr : verdict; }}\n"
               f"add element {t} n {{ 192.0.2.0-192.0.2.127 }}\n"
               f"add chain {t} f {{ type filter hook forward priority filter + {PRIORITY}; policy accept; }}\n"
               f"add rule {t} f ip saddr . meta l4proto . th sport . ip daddr @c update @d {{ ip saddr . meta "
               f"l4proto . th sport . ip daddr }} counter log prefix \"x\" group 86 drop\n"
               f"add rule {t} f meta nfproto ipv6 ip6 saddr . meta l4proto . th dport . ip6 daddr @c6 meta mark "
               f"set meta mark & 0xfff0ffff ^ 0x10000 limit rate 100/second burst 200 packets accept\n"
-              f"add rule {t} f ip daddr @n ct state established,related accept\n")
+              f"add rule {t} f ip daddr @n ct state established,related accept\n"
+              f"add chain {t} g\n"
+              f"add element {t} m {{ 192.0.2.1 : goto g }}\n"
+              f"add rule {t} f ip saddr vmap @m\n")
     try:
         ctx = Context(netns)  # its own: a dry run leaves nft's cache of the context believing it
         try:
@@ -170,11 +179,14 @@ def _quote(text: str, limit: int = COMMENT_MAX) -> str:
 
 
 def declare_set(setdef: SetDef) -> str:
-    if setdef.type not in SET_TYPES or setdef.family not in FAMILIES:
+    if (setdef.type not in SET_TYPES and not setdef.is_map) or setdef.family not in FAMILIES:
         raise ValueError(f"set {setdef.name}: unknown type or family")
     if not setdef.name.startswith(SET_PREFIX) or len(setdef.name) > MAX_SET_NAME or \
             not re.fullmatch(r"[A-Za-z0-9_.-]+", setdef.name):
         raise ValueError(f"set name {setdef.name!r} is not one of ours")
+    if setdef.is_map:
+        comment = f" comment {_quote(setdef.comment)};" if setdef.comment else ""
+        return f"add map inet {TABLE} {setdef.name} {{ type {_addr_type(setdef.family)} : verdict;{comment} }}"
     body = [f"type {set_type(setdef)};"]
     if setdef.type == "hash:net":
         body.append("flags interval;")
@@ -190,7 +202,7 @@ def declare_set(setdef: SetDef) -> str:
 def element(set_type_: str, member: str) -> str:
     """One member in ipset's syntax as an nftables element."""
     parts = member.split()[0].split(",")
-    if set_type_ in ("hash:ip", "hash:net"):
+    if set_type_ in ("hash:ip", "hash:net", MAP_TYPE):  # a map's key only (its deletions)
         return parts[0]
     proto, _, port = parts[1].partition(":")
     out = [parts[0], proto, port] + parts[2:]
@@ -253,14 +265,16 @@ def elements(setdef: SetDef, members: Optional[list] = None) -> list:
     members = kernel_members(setdef) if members is None else members
     if setdef.type == "hash:ip":
         return list(members)
+    if setdef.is_map:
+        return [f"{a} : goto {chain_name(setdef.family, c)}" for a, _, c in (m.partition(" ") for m in members)]
     if setdef.family == "inet":  # no colon in an IPv4 address: one translation does it
         return [m.translate(_V4_FIELDS) for m in members]
     return [element(setdef.type, m) for m in members]
 
 
 def canonical(setdef: SetDef, members: list) -> set:
-    """Members as read() reads them back: ipset's printing, or for an
-    interval set its ranges."""
+    """Members as read() reads them back: ipset's printing, for an interval
+    set its ranges, for a map ADDRESS CHAIN (the chain of the program)."""
     if setdef.type == "hash:net":
         return set(elements(setdef))
     return canonical_members(setdef.type, setdef.family, members)
@@ -277,10 +291,18 @@ def _set_dims(family: str, dims: str) -> str:
     return " . ".join(fields[dims])
 
 
+def _ref(name: str) -> str:
+    """A reference to a set or map of ours (`@name`); ValueError for any other name."""
+    if not isinstance(name, str) or not name.startswith(SET_PREFIX) or len(name) > MAX_SET_NAME or \
+            not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise ValueError(f"set name {name!r} is not one of ours")
+    return f"@{name}"
+
+
 def _match(family: str, m: Match) -> str:
     op = "!= " if m.negate else ""
     if m.kind == "set":
-        return f"{_set_dims(family, m.dims)} {op}@{m.name}"
+        return f"{_set_dims(family, m.dims)} {op}{_ref(m.name)}"
     if m.kind == "addr":
         if m.dims not in ("src", "dst"):
             raise ValueError(f"cannot render address match dimensions {m.dims!r}")
@@ -311,6 +333,10 @@ def _target(family: str, rule: Rule) -> str:
         raise ValueError(f"cannot render target {rule.target!r}")
     if rule.target in ("JUMP", "GOTO"):
         return f"{rule.target.lower()} {chain_name(family, rule.jump)}"
+    if rule.target == "DISPATCH":
+        if rule.dispatch_dims not in ("src", "dst"):
+            raise ValueError(f"cannot render dispatch dimensions {rule.dispatch_dims!r}")
+        return f"{_ip(family)} {'saddr' if rule.dispatch_dims == 'src' else 'daddr'} vmap {_ref(rule.dispatch)}"
     if rule.target == "MARK":
         if rule.mark_mask:
             return f"meta mark set meta mark & {~rule.mark_mask & 0xFFFFFFFF:#x} ^ {rule.mark:#x}"
@@ -323,7 +349,7 @@ def _target(family: str, rule: Rule) -> str:
         if rule.add_dims != "src,src,dst":
             raise ValueError(f"cannot render SET dimensions {rule.add_dims!r}")
         verb = "update" if rule.add_exist else "add"
-        return f"{verb} @{rule.add_set} {{ {_set_dims(family, rule.add_dims)} }}"
+        return f"{verb} {_ref(rule.add_set)} {{ {_set_dims(family, rule.add_dims)} }}"
     return rule.target.lower()
 
 
@@ -376,7 +402,8 @@ def transaction(plans: list) -> str:
         chains = list(plan.chains)
         if recreated:  # chains that use a set made anew are written again after it
             chains += [c for c, rs in program.chains.items() if c not in chains and any(
-                r.add_set in recreated or any(m.kind == "set" and m.name in recreated for m in r.matches)
+                r.add_set in recreated or r.dispatch in recreated
+                or any(m.kind == "set" and m.name in recreated for m in r.matches)
                 for r in rs)]
         for c in chains:
             declare.append(f"add chain {t} {chain_name(family, c)}")
@@ -403,13 +430,13 @@ def transaction(plans: list) -> str:
                 fill_sets.append(declare_set(setdef))
                 fill_sets += _add_elements(setdef, elements(setdef, step.members))
             elif step.action == "rebuild" or (step.action == "edit" and setdef.type == "hash:net"):
-                fill_sets.append(f"flush set {t} {setdef.name}")
+                fill_sets.append(f"flush {'map' if setdef.is_map else 'set'} {t} {setdef.name}")
                 fill_sets += _add_elements(setdef, elements(setdef))
             elif step.action == "edit":
-                if step.gone:
+                if step.gone:  # a map's by their addresses (plan_sets keeps a member's first word)
                     fill_sets.append(f"delete element {t} {setdef.name} {{ "
                                      f"{', '.join(element(setdef.type, m) for m in step.gone)} }}")
-                fill_sets += _add_elements(setdef, [element(setdef.type, m) for m in step.new])
+                fill_sets += _add_elements(setdef, elements(setdef, list(step.new)))
     body = [f"add table {t} {{ comment {_quote(OWNER)}; }}"]
     body += declare + flush + drop_sets + fill_sets + rules + drop_chains
     return "\n".join(body) + "\n"
@@ -483,6 +510,22 @@ def _set_of(obj: dict) -> KernelSet:
     return out
 
 
+def _map_of(obj: dict) -> KernelSet:
+    family = "inet" if obj.get("type") == "ipv4_addr" else "inet6"
+    out = KernelSet(obj["name"], MAP_TYPE if obj.get("map") == "verdict" else f"map:{obj.get('map')}", family)
+    for elem in obj.get("elem", []):
+        if isinstance(elem, dict) and "elem" in elem:
+            elem = elem["elem"]["val"]
+        key, verdict = elem
+        if isinstance(key, dict) and "elem" in key:
+            key = key["elem"]["val"]
+        kind, target = next(iter(verdict.items()), ("", {})) if isinstance(verdict, dict) else ("", {})
+        chain = (target.get("target", "") if isinstance(target, dict) else "").partition("/")[2]
+        # A verdict other than our goto reads as another member: drift.
+        out.members.add(f"{ipaddress.ip_address(key)} {chain if kind == 'goto' else f'{kind}:{chain}'}")
+    return out
+
+
 def _merge_ranges(family: str, members: set) -> set:
     spans = sorted(tuple(int(ipaddress.ip_address(a)) for a in m.split("-")) for m in members)
     out: list = []
@@ -501,7 +544,10 @@ def _read_objects(objects: list, families) -> dict:
     base: set = set()
     tag_family = {tag: family for family, tag in TAGS.items()}
     for obj in objects:
-        if "set" in obj:
+        if "map" in obj:
+            s = _map_of(obj["map"])
+            sets[s.name] = s
+        elif "set" in obj:
             s = _set_of(obj["set"])
             if s.type == "hash:net":
                 s.members = _merge_ranges(s.family, s.members)
@@ -692,7 +738,7 @@ def cleanup(kernel: Kernel) -> dict:
             return removed
         owned(kernel, objects)
         for obj in objects:
-            if "set" in obj:
+            if "set" in obj or "map" in obj:
                 removed["sets"] += 1
             elif "chain" in obj:
                 removed["hooks" if "hook" in obj["chain"] else "chains"] += 1

@@ -23,11 +23,12 @@ to the head. Sets nothing uses any more go last."""
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
 from ..compile.naming import ROLE_ISOLATED
-from ..compile.program import ENTRY_CHAIN, RuleProgram
+from ..compile.program import ENTRY_CHAIN, MAP_TYPE, RuleProgram
 from ..errors import brief_text
 from ..sets import IPSet
 from .render import kernel_members
@@ -124,8 +125,26 @@ def report(plan: Plan) -> ApplyReport:
     return out
 
 
+def _map_members(family: str, members: list) -> set:
+    """A verdict map's members ("ADDRESS CHAIN") with the address as the
+    kernel prints it; ValueError for an address not of the family, a member
+    that is not ADDRESS CHAIN, or an address mapped twice."""
+    keys = IPSet("hash:ip", family)
+    out = set()
+    for m in members:
+        address, _, chain = m.partition(" ")
+        if not chain or " " in chain:
+            raise ValueError(f"map member {brief_text(m)} is not ADDRESS CHAIN")
+        if not keys.add(address):
+            raise ValueError(f"map address {brief_text(address)} is mapped twice")
+        out.add(f"{ipaddress.ip_address(address)} {chain}")
+    return out
+
+
 def canonical_members(set_type: str, family: str, members: list) -> set:
     """Members as the kernel prints them (e.g. 192.0.2.1/32 in hash:net is 192.0.2.1)."""
+    if set_type == MAP_TYPE:
+        return _map_members(family, members)
     s = IPSet(set_type, family)
     for m in members:
         entry, _, flag = m.partition(" ")
@@ -141,6 +160,9 @@ def hollow(program: RuleProgram) -> RuleProgram:
 def check_members(set_type: str, family: str, members: list) -> None:
     """ValueError naming the first member the kernel could not hold. Only
     parses (no set is kept): the cheap check for sets that are new."""
+    if set_type == MAP_TYPE:
+        _map_members(family, members)
+        return
     s = IPSet(set_type, family)
     if set_type == "hash:net":
         for m in members:

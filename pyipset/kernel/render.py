@@ -46,6 +46,9 @@ def render_ipset(program: RuleProgram) -> str:
     lines = []
     for setdef in program.sets.values():
         members = kernel_members(setdef)
+        if setdef.is_map:
+            raise ValueError(f"set {names.check_set_name(setdef.name)} is a verdict map, which iptables cannot "
+                             "hold (the program was compiled for nftables: dispatch tree is iptables')")
         if setdef.type not in SET_TYPES or setdef.family not in FAMILIES:
             raise ValueError(f"set {names.check_set_name(setdef.name)}: unknown type or family")
         lines.append(f"create {names.check_set_name(setdef.name)} {setdef.type} family {setdef.family} "
@@ -86,8 +89,8 @@ def _match_args(m: Match) -> list:
 
 
 def _target_args(rule: Rule) -> list:
-    if rule.target not in TARGETS:
-        raise ValueError(f"cannot render target {rule.target!r}")
+    if rule.target not in TARGETS or rule.target == "DISPATCH":
+        raise ValueError(f"cannot render target {rule.target!r} in iptables")
     if rule.target == "JUMP":
         return ["-j", names.check_chain_name(rule.jump)]
     if rule.target == "GOTO":

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from clusterspec import namespace, pod, policy
-from pyipset.compile.compiler import compile_cluster, program_families
+from pyipset.compile.compiler import compile_cluster, dispatch_for, program_families
 from pyipset.compile.program import Attach
 from pyipset.kernel import nftables
 from pyipset.kernel.apply import (Kernel, KernelError, PreflightError, apply_changes, apply_programs, cleanup,
@@ -38,8 +38,9 @@ OBJECTS = [namespace("a"), namespace("b"),
            policy("b/cli", {"podSelector": {"matchLabels": {"app": "cli"}}, "policyTypes": ["Egress"]})]
 
 
-def programs_of(c, attach=Attach()):
-    return [compile_cluster(c, f, attach=attach) for f in program_families(c)]
+def programs_of(c, attach=Attach(), backend="nftables"):
+    """The programs a backend runs (under nftables, the group found by a verdict map)."""
+    return [compile_cluster(c, f, attach=attach, dispatch=dispatch_for(backend)) for f in program_families(c)]
 
 
 def listing(kernel) -> str:
@@ -180,7 +181,7 @@ def test_cleanup_removes_our_table_and_nothing_else(netns):
                                                         "elements = { 192.0.2.7 }\n }\n}\n")
         foreign = [netns.run("nft", "list", "table", *t).stdout for t in (("inet", "foreign"), ("ip", "other"))]
         apply_programs(programs_of(c), kernel)
-        apply_programs(programs_of(c), Kernel(netns=netns.name))  # the iptables backend's too
+        apply_programs(programs_of(c, backend="iptables"), Kernel(netns=netns.name))  # the iptables backend's too
         assert "table inet pyipset" in netns.run("nft", "list", "ruleset").stdout
         removed = cleanup(Kernel(netns=netns.name))
         assert removed["sets"] > 0 and removed["chains"] > 0
@@ -202,7 +203,7 @@ def test_moving_a_node_between_backends_keeps_enforcing():
         node = lab.nodes[0]
         for backend, old in (("nftables", "iptables"), ("iptables", "nftables")):
             kernel = Kernel(netns=node.netns, backend=backend)
-            apply_programs(programs_of(c), kernel)
+            apply_programs(programs_of(c, backend=backend), kernel)
             cleanup(kernel, old)
             assert not lab.connect("b/cli", "a/db", "TCP", 5432, 0.5)
             assert lab.connect("a/web", "a/db", "TCP", 5432, 0.5)
@@ -275,3 +276,34 @@ def test_a_table_of_our_name_that_we_did_not_make_is_neither_written_nor_removed
         assert cleanup(kernel, "nftables")["chains"] > 0
     finally:
         release(kernel)
+
+
+def test_a_verdict_map_sends_each_pod_to_its_group_and_changes_by_elements():
+    """Under nftables the lab's programs find a pod's policy group by one map
+    lookup (`ip daddr vmap @...`); a pod that changes group is one element
+    changed (no chain written), and enforcement follows at once; a map
+    element changed by hand (accept instead of our goto) is drift, found
+    and repaired."""
+    c = load_objects(OBJECTS)
+    moved = load_objects([o if o is not OBJECTS[2] else pod("a/web", ["192.0.2.1", "2001:db8::1"], {"app": "db"})
+                          for o in OBJECTS])  # a/web becomes a db: selected by a/db's policy
+
+    maps_of = programs_of
+    with LabNode(c, backend="nftables") as lab:
+        kernel = lab.kernel
+        text = kernel.run("nft", "list", "table", "inet", "pyipset").stdout
+        assert "daddr vmap @pyi-D" in text and "type ipv4_addr : verdict" in text, text
+        assert not any(d.total() for d in reconcile_programs(maps_of(c), kernel))
+        assert lab.connect("a/db", "a/web", "TCP", 80, 0.5)
+        reports = apply_changes(maps_of(c), maps_of(moved), kernel)
+        assert sum(r.members_added for r in reports) > 0 and sum(r.chains_written for r in reports) == 0
+        assert not lab.connect("a/db", "a/web", "TCP", 80, 0.5)  # isolated now, as a db
+        assert not any(d.total() for d in reconcile_programs(maps_of(moved), kernel))
+        ingress = next(n for n, s in maps_of(moved)[0].sets.items() if s.is_map and "ingress" in s.comment)
+        kernel.run("nft", "delete", "element", "inet", "pyipset", ingress, "{ 192.0.2.1 }")
+        kernel.run("nft", "add", "element", "inet", "pyipset", ingress, "{ 192.0.2.1 : accept }")
+        assert lab.connect("a/db", "a/web", "TCP", 80, 0.5)  # the tampered element lets it through
+        drifts = reconcile_programs(maps_of(moved), kernel)
+        assert any(ingress in line for d in drifts for line in d.lines()), [d.lines() for d in drifts]
+        assert not any(d.total() for d in reconcile_programs(maps_of(moved), kernel))
+        assert not lab.connect("a/db", "a/web", "TCP", 80, 0.5)
