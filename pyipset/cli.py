@@ -155,6 +155,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from", dest="source", required=True, metavar="NS/POD|IP")
     p.add_argument("--to", dest="destination", required=True, metavar="NS/POD|IP")
     p.add_argument("-o", "--output", choices=["json", "text"], default="text")
+    p.add_argument("--backend", choices=["iptables", "nftables"],
+                   default=os.environ.get("PYIPSET_BACKEND") if os.environ.get("PYIPSET_BACKEND") in
+                   ("iptables", "nftables") else DEFAULT_BACKEND,
+                   help="walk the program this backend runs (they differ only in how a pod's policy group is "
+                        "found: a tree of sets, or one verdict map); default as the other commands'")
     p.set_defaults(run=run_explain)
 
     p = sub.add_parser("diff", help="the connections a change would open or close, with why, before it is applied")
@@ -477,8 +482,8 @@ def run_explain(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     family = "inet" if source.ip.version == 4 else "inet6"
-    v = explain.explain(native.NativeProgram(compile_cluster(cluster, family)), source, destination,
-                        args.protocol, args.port)
+    v = explain.explain(native.NativeProgram(compile_cluster(cluster, family, dispatch=dispatch_for(args.backend))),
+                        source, destination, args.protocol, args.port)
     def at(r):
         return None if r is None else {"chain": r.chain, "index": r.index, "origin": r.origin}
 

@@ -62,6 +62,11 @@ def test_explain_json_and_text():
     r = run("explain", "-f", EXAMPLE, "--from", "shop/presentation-2", "--to", "192.0.2.21", "--port", "5432")
     assert r.returncode == 0
     assert "ALLOWED" in r.stdout and "allowed by shop/middle-tier-policy ingress[0]" in r.stdout
+    for backend in ("iptables", "nftables"):  # the tree or the verdict map: the same answer and rules
+        r = run("explain", "-f", EXAMPLE, "--from", "shop/data-0", "--to", "shop/middle-1", "--port", "8080",
+                "-o", "json", "--backend", backend)
+        assert r.returncode == 0 and json.loads(r.stdout)["program"]["deciding_rule"]["origin"] == \
+            "no ingress rule allows it (tcp)"
 
 
 def test_exit_codes_and_errors(tmp_path):
