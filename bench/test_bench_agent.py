@@ -431,16 +431,16 @@ def _scratch_node(objs):
         subprocess.run(["ip", "netns", "delete", netns])
 
 
-def _caught_up(api, netns: str, within: float) -> float:
+def _caught_up(api, netns: str, within: float, backend: str = "iptables") -> float:
     """Seconds until node0's kernel holds exactly its program for what the API holds; fails after `within`."""
-    from pyipset.compile.compiler import compile_cluster, program_families
+    from pyipset.compile.compiler import compile_cluster, dispatch_for, program_families
     from pyipset.kernel.apply import Kernel, diff
     from pyipset.model import load_objects
     start = time.monotonic()
-    kernel = Kernel(netns=netns)
+    kernel = Kernel(netns=netns, backend=backend)
     c = load_objects([o for r in ("namespaces", "pods", "networkpolicies") for o in api.objects[r].values()],
                      strict=False)
-    programs = [compile_cluster(c, f, node="node0") for f in program_families(c)]
+    programs = [compile_cluster(c, f, node="node0", dispatch=dispatch_for(backend)) for f in program_families(c)]
     while True:
         left = sum(diff(p, kernel).total() for p in programs)
         if not left:
@@ -461,17 +461,18 @@ def _proc_figures(pid: int) -> tuple:
     return own, tools, int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024
 
 
-def test_steady_state_cpu_and_memory(benchmark, tmp_path):
+@pytest.mark.parametrize("backend", ["iptables", "nftables"])
+def test_steady_state_cpu_and_memory(benchmark, tmp_path, backend):
     """10k pods, 1,000 policies, 10 pod events per second (a rollout's churn:
     pods created into existing apps on any node, the oldest deleted) for
     STEADY_SECONDS: the agent's CPU (its own and its tools', as a share of one
-    core) and resident memory, measured from /proc. The agent runs as its own
-    process (`pyipset agent`), as on a node."""
+    core) and resident memory, measured from /proc, under each kernel backend.
+    The agent runs as its own process (`pyipset agent`), as on a node."""
     import random
     benchmark.group = "agent: steady state, 10,000 pods, 1,000 policies, 10 pod events/s"
     with _scratch_node(objects(10000, 1000, nodes=200)) as node:
         api, netns = node.api, node.netns
-        node.proc = proc = _agent_process(api, netns, tmp_path)[0]
+        node.proc = proc = _agent_process(api, netns, tmp_path, "--backend", backend)[0]
         time.sleep(2)  # settle after the first update
         rng = random.Random(1)
         alive: list = []
@@ -507,5 +508,5 @@ def test_steady_state_cpu_and_memory(benchmark, tmp_path):
         assert proc.poll() is None, (tmp_path / "agent.log").read_text()
         # The work measured is checked: the agent kept up (an idle, stalled agent would read as cheap), so
         # within a few seconds of the last event the kernel holds the program for what the API holds.
-        figures["caught_up_s"] = _caught_up(api, netns, 10.0)
-        benchmark.extra_info.update(figures)
+        figures["caught_up_s"] = _caught_up(api, netns, 10.0, backend)
+        benchmark.extra_info.update(figures, backend=backend)

@@ -386,7 +386,10 @@ class Reflector:
         # A list does not reset the backoff (client-go's does not either): a watch refused after every
         # good list (a permission taken away) must back off, not list again at once forever.
         failing = self._said[0] is not None  # a failure said lately: this list is one of a repeating round
-        self._current()
+        if not failing:
+            # After a failure, the view is current again only once a watch delivers or lasts a second
+            # (stale_since_now): a watch refused after every good list leaves it stale throughout.
+            self._current()
         self.synced.set()
         log.log(logging.DEBUG if failing else logging.INFO, "%s: listed %d (%d new or changed, %d gone) at "
                 "resourceVersion %s", self.resource, count, changed, deleted, rv, extra={"resource": self.resource})
