@@ -345,8 +345,16 @@ class _Compiler:
             return None
         self.eligible.append((policy, index, rule, direction))
         targets = [ip for p in self.local_selected(policy) for ip in self.texts(p)]
-        peers = sorted({ip for peer in rule.peers for p in self.peer_pods(policy, peer) for ip in self.texts(p)})
         ports = sorted({(PROTOCOL_NUMBERS[s.protocol], s.port) for s in rule.ports})
+        if targets and not self.cluster.addresses_shared:
+            # The largest peer alone over the limit (its pods' addresses are distinct: no address is
+            # shared): no need to gather and sort every peer's addresses, a peer of thousands of pods
+            # being the common case on every policy change's path.
+            widest = max((sum(len(self.texts(p)) for p in self.peer_pods(policy, peer)) for peer in rule.peers),
+                         default=0)
+            if len(targets) * len(ports) * widest > self.flatten_limit:
+                return None
+        peers = sorted({ip for peer in rule.peers for p in self.peer_pods(policy, peer) for ip in self.texts(p)})
         if len(targets) * len(peers) * len(ports) > self.flatten_limit:
             return None
         members = []
