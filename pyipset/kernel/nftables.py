@@ -450,10 +450,11 @@ def _add_elements(setdef: SetDef, items: list) -> list:
 
 # ---- reading back ----
 
-def _listing(kernel: Kernel) -> list:
-    """Our table as nft's JSON objects ([] when there is none)."""
+def _listing(kernel: Kernel, terse: bool = False) -> list:
+    """Our table as nft's JSON objects ([] when there is none); terse: without
+    set elements (libnftables then does not fetch them)."""
     try:
-        out = context(kernel).run(f"list table inet {TABLE}", json=True)
+        out = context(kernel).run(f"list table inet {TABLE}", json=True, terse=terse)
     except NftError as exc:
         if "No such file or directory" in exc.message:
             return []
@@ -708,7 +709,7 @@ def rule_counters(kernel: Kernel, family: str) -> list:
     """[(program chain, target, packets)] of the family's chains, in order."""
     out = []
     tag = TAGS[family] + "/"
-    for obj in _listing(kernel):
+    for obj in _listing(kernel, terse=True):  # rules only: a scrape does not read every set's elements
         rule = obj.get("rule")
         if not rule or not rule["chain"].startswith(tag):
             continue
@@ -733,7 +734,7 @@ def cleanup(kernel: Kernel) -> dict:
     if available():
         return removed
     with kernel.locked():
-        objects = _listing(kernel)
+        objects = _listing(kernel, terse=True)
         if not objects:
             return removed
         owned(kernel, objects)
