@@ -56,8 +56,16 @@ class SetDef:
         return self.type == MAP_TYPE
 
     def mapping(self) -> dict:
-        """A map's members as address text -> chain."""
-        return dict(m.split(" ", 1) for m in self.members)
+        """A map's members as address text -> chain; ValueError for a member
+        that is not ADDRESS CHAIN, or an address mapped twice."""
+        out: dict = {}
+        for member in self.members:
+            address, _, chain = member.partition(" ")
+            if not chain or address in out:
+                raise ValueError(f"map {self.name}: member {member!r} is not ADDRESS CHAIN, or its address is "
+                                 "mapped twice")
+            out[address] = chain
+        return out
 
 
 @dataclass(frozen=True)

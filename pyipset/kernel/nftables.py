@@ -181,9 +181,7 @@ def _quote(text: str, limit: int = COMMENT_MAX) -> str:
 def declare_set(setdef: SetDef) -> str:
     if (setdef.type not in SET_TYPES and not setdef.is_map) or setdef.family not in FAMILIES:
         raise ValueError(f"set {setdef.name}: unknown type or family")
-    if not setdef.name.startswith(SET_PREFIX) or len(setdef.name) > MAX_SET_NAME or \
-            not re.fullmatch(r"[A-Za-z0-9_.-]+", setdef.name):
-        raise ValueError(f"set name {setdef.name!r} is not one of ours")
+    _ref(setdef.name)  # a name of ours
     if setdef.is_map:
         comment = f" comment {_quote(setdef.comment)};" if setdef.comment else ""
         return f"add map inet {TABLE} {setdef.name} {{ type {_addr_type(setdef.family)} : verdict;{comment} }}"

@@ -45,17 +45,12 @@ def build_sets(program: RuleProgram) -> dict:
         if not setdef.is_map:
             out[name] = build_set(setdef)
             continue
-        seen: set = set()
-        for member in setdef.members:
-            address, _, chain = member.partition(" ")
+        for address, chain in setdef.mapping().items():
             if chain not in program.chains:
                 raise ValueError(f"map {name}: {address} goes to chain {chain!r}, which the program does not have")
             entry = out.get(map_entry(name, chain))
             if entry is None:
                 entry = out[map_entry(name, chain)] = IPSet("hash:ip", setdef.family)
-            if address in seen:
-                raise ValueError(f"map {name}: {address} is mapped twice")
-            seen.add(address)
             entry.add(address)
     return out
 
