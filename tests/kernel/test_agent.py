@@ -148,12 +148,15 @@ def test_an_agent_moved_between_backends_never_opens_a_window(api, tmp_path):
                 node.kernel = Kernel(netns=node.netns, backend=backend)
                 wait_converged(api, lab, [agent])
                 assert agent.metric("pyipset_build_info", backend=backend) == 1
-                tables = node.kernel.run("nft", "list", "tables").stdout
-                ipsets = node.kernel.run("ipset", "list", "-n").stdout
-                if backend == "nftables":
-                    assert "pyi-" not in ipsets and "PYIPSET" not in node.kernel.run("iptables-save").stdout
-                else:
-                    assert "pyipset" not in tables and "pyi-" in ipsets
+
+                def only_the_new_backend() -> bool:
+                    # The agent removes the old backend's objects just after its first update (after ready).
+                    tables = node.kernel.run("nft", "list", "tables").stdout
+                    ipsets = node.kernel.run("ipset", "list", "-n").stdout
+                    if backend == "nftables":
+                        return "pyi-" not in ipsets and "PYIPSET" not in node.kernel.run("iptables-save").stdout
+                    return "pyipset" not in tables and "pyi-" in ipsets
+                wait_for(only_the_new_backend, 10.0, f"only the {backend} backend's objects left")
                 release(node.kernel)
         finally:
             agent.stop()
