@@ -376,6 +376,8 @@ def walk(native_program, src, dst, protocol: str, port: int) -> tuple:
             hit = mark & m.value2 == m.value
         elif m.kind == "state":
             hit = "NEW" in m.states
+        elif m.kind == "connmark":
+            hit = m.value == 0  # a NEW connection's conntrack mark is 0
         else:  # limit
             hit = True
         return hit != m.negate
@@ -394,7 +396,7 @@ def walk(native_program, src, dst, protocol: str, port: int) -> tuple:
         walked += 1
         if not all(holds(m, mark) for m in rule.matches):
             continue
-        if rule.target in ("ACCEPT", "DROP"):
+        if rule.target in ("ACCEPT", "DROP", "REJECT"):
             return rule.target == "ACCEPT", walked
         if rule.target == "RETURN":
             if not stack:

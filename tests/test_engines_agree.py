@@ -111,7 +111,8 @@ def test_the_evaluators_enums_come_from_the_binding():
     from pyipset import _core
     from pyipset.compile.program import TARGETS
     from pyipset.verify import native
-    assert set(TARGETS) - {"SET"} == set(_core.TARGETS) and native._TARGETS["SET"] == _core.TARGETS["NFLOG"]
+    assert set(TARGETS) - {"SET", "REJECT"} == set(_core.TARGETS) and native._TARGETS["SET"] == _core.TARGETS["NFLOG"]
+    assert native._TARGETS["REJECT"] == _core.TARGETS["DROP"]  # a drop that tells the sender
     assert native._MATCH_KINDS == _core.MATCH_KINDS and native._DIMS == _core.DIMS
     assert native._STATES == _core.STATES
     assert len(set(_core.TARGETS.values())) == len(_core.TARGETS)

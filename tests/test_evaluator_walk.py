@@ -40,7 +40,7 @@ def _sets(draw) -> dict:
 
 @st.composite
 def matches(draw):
-    kind = draw(st.sampled_from(["setA", "setB", "setP", "setN", "proto", "dport", "mark", "state"]))
+    kind = draw(st.sampled_from(["setA", "setB", "setP", "setN", "proto", "dport", "mark", "state", "connmark"]))
     negate = draw(st.booleans())
     if kind.startswith("set"):
         name = kind[3]
@@ -54,14 +54,18 @@ def matches(draw):
     if kind == "mark":
         mask = draw(st.sampled_from([0x1, 0x3, 0x10, 0x11]))
         return Match("mark", value=draw(st.sampled_from([0, 0x1, 0x10])) & mask, value2=mask, negate=negate)
+    if kind == "connmark":
+        mask = draw(st.sampled_from([0x800000, 0x800001]))
+        return Match("connmark", value=draw(st.sampled_from([0, 0x800000, 0x1])) & mask, value2=mask, negate=negate)
     return Match("state", states=draw(st.sampled_from([("NEW",), ("ESTABLISHED",), ("RELATED", "ESTABLISHED")])),
                  negate=negate)
 
 
 @st.composite
 def rules(draw, chain: int):
-    target = draw(st.sampled_from(["ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "MARK", "NFLOG", "DISPATCH"]
-                                  if chain + 1 < len(CHAINS) else ["ACCEPT", "DROP", "RETURN", "MARK", "NFLOG"]))
+    target = draw(st.sampled_from(["ACCEPT", "DROP", "REJECT", "RETURN", "JUMP", "GOTO", "MARK", "MARK", "NFLOG",
+                                   "DISPATCH"]
+                                  if chain + 1 < len(CHAINS) else ["ACCEPT", "DROP", "REJECT", "RETURN", "MARK", "NFLOG"]))
     kw = {}
     if target == "DISPATCH":  # its own map, forward only; programs() names it
         mapped = draw(st.dictionaries(st.sampled_from(ADDRS), st.sampled_from(CHAINS[chain + 1:]), max_size=6))
@@ -116,6 +120,8 @@ def _holds(m: Match, prog: RuleProgram, flow: dict, mark: int) -> bool:
         hit = m.value <= flow["dport"] <= m.value2
     elif m.kind == "mark":
         hit = (mark & m.value2) == m.value
+    elif m.kind == "connmark":  # the connection's mark: 0 for a NEW connection
+        hit = (0 & m.value2) == m.value
     else:  # state: the flows are NEW connections
         hit = "NEW" in m.states
     return hit != m.negate
@@ -136,7 +142,7 @@ def walk(prog: RuleProgram, flow: dict) -> bool:
         i += 1
         if not all(_holds(m, prog, flow, mark) for m in rule.matches):
             continue
-        if rule.target in ("ACCEPT", "DROP"):
+        if rule.target in ("ACCEPT", "DROP", "REJECT"):
             return rule.target == "ACCEPT"
         if rule.target == "RETURN":
             if not stack:

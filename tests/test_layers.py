@@ -20,7 +20,7 @@ MAY_IMPORT = {
     "verify": {"model", "compile"},
     "kernel": {"compile"},  # the kernel renders RulePrograms; it knows no Kubernetes object
     "lab": {"model", "compile", "verify", "kernel"},
-    "observe": {"compile", "verify"},
+    "observe": {"compile", "verify", "kernel"},  # NFLOG and conntrack sockets in a namespace (kernel.netns)
     "agent": {"model", "compile", "verify", "kernel", "observe"},
     "cli": {"model", "compile", "verify", "kernel", "lab", "observe", "agent", "demo"},
     "__main__": {"cli"},

@@ -74,14 +74,15 @@ def test_every_match_and_target_renders_and_text_stays_quoted():
     matches += [Match("set", name="pyi-a", dims="src", negate=True), Match("addr", name="192.0.2.0/24", dims="dst"),
                 Match("proto", value=132), Match("dport", value=80, value2=90), Match("dport", value=53, value2=53),
                 Match("mark", value=0x10000, value2=0xF0000), Match("state", states=("RELATED", "ESTABLISHED")),
-                Match("limit", value=100, value2=200), Match("in", name="weave"), Match("out", name="weave")]
+                Match("limit", value=100, value2=200), Match("in", name="weave"), Match("out", name="weave"),
+                Match("connmark", value=0x800000, value2=0x800000)]
     rules = [Rule((m,), "ACCEPT", origin=HOSTILE) for m in matches]
     for target in TARGETS:
         extra = {"JUMP": {"jump": "X"}, "GOTO": {"jump": "X"}, "MARK": {"mark": 0x20000},
                  "NFLOG": {"log_group": 86, "log_prefix": HOSTILE},
                  "SET": {"add_set": "pyi-r", "add_dims": "src,src,dst", "add_exist": True},
                  "DISPATCH": {"dispatch": "pyi-m", "dispatch_dims": "dst"}}.get(target, {})
-        rules.append(Rule((), target, **extra))
+        rules.append(Rule((Match("proto", value=6),) if target == "REJECT" else (), target, **extra))
     rules.append(Rule((), "MARK", mark=0, mark_mask=0xF0000))
     for rule in rules:
         text = nftables.render_rule("inet", rule)
@@ -92,7 +93,8 @@ def test_every_match_and_target_renders_and_text_stays_quoted():
         "ip6 saddr vmap @pyi-m"
     for hostile in (Rule((Match("set", name="pyi-a; flush ruleset", dims="src"),), "ACCEPT"),
                     Rule((), "DISPATCH", dispatch="pyi-m; flush ruleset", dispatch_dims="src"),
-                    Rule((), "SET", add_set="x", add_dims="src,src,dst")):
+                    Rule((), "SET", add_set="x", add_dims="src,src,dst"),
+                    Rule((Match("proto", value=17),), "REJECT")):  # a TCP reset for UDP
         with pytest.raises(ValueError):
             nftables.render_rule("inet", hostile)
 

@@ -32,6 +32,7 @@ Layout (weave-npc's, with a mark carrying each direction's verdict, and a
 search tree instead of a list of policies):
 
   PYIPSET                      entry, for every forwarded packet
+    connection revoked -> PYIPSET-REVOKED  (TCP: reset; the rest: DROP; see below)
     RELATED,ESTABLISHED -> ACCEPT      (only NEW connections are judged)
     clear our marks
     -> PYIPSET-EGRESS                  marks EGRESS_DENIED if an egress policy isolates
@@ -66,6 +67,15 @@ search tree instead of a list of policies):
   group is not in the map and falls off the end (allowed). A pod changing
   group is one element changed; a group appearing or emptying is a leaf
   chain added or removed. iptables has no verdict maps: dispatch="tree".
+
+Revoked connections: an established connection that a change of policy
+denies is marked in conntrack (bit CT_REVOKED of its connection mark, by
+observe/revoke.py, which asks the evaluator about this program); the entry
+chain's first rule sends every later packet of it, in either direction, to
+PYIPSET-REVOKED, which resets TCP (each end learns at its next packet) and
+drops the rest. The entry stays in the table with its mark, so a packet
+cannot open it again mid-stream (nf_conntrack_tcp_loose). A NEW
+connection's mark is 0: the rule never holds for what policy judges.
 
 Cost per NEW connection, per direction: a pod that no policy isolates costs
 one set lookup, whatever the number of pods or policies. An isolated pod costs
@@ -105,7 +115,7 @@ from . import naming
 from .naming import (ROLE_AUDIT, ROLE_BLOCK, ROLE_DISPATCH, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL,
                      ROLE_NAMED_PORT, ROLE_PEER, ROLE_POD_CIDR, ROLE_SEEN,
                      deny_chain, direction_chain, group_chain, log_prefix, policy_chain, tree_chain)
-from .program import (ENTRY_CHAIN, MAP_TYPE, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
+from .program import (CT_REVOKED, ENTRY_CHAIN, MAP_TYPE, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
                       MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
 FLATTEN_LIMIT = 1024
@@ -125,6 +135,7 @@ def tree_fanout(groups: int) -> int:
     return k
 
 UNKNOWN_CHAIN = "PYIPSET-DENY-UNKNOWN"
+REVOKED_CHAIN = "PYIPSET-REVOKED"  # every packet of a revoked connection (see the top of this module)
 AUDIT_LABEL = "pyipset.io/audit"  # a namespace with this label "true": its pods are in audit mode
 BLOCK_WINDOW = 60  # seconds after its last packet that a blocked attempt is remembered (its retransmissions
 # are not new blocks: TCP's SYN retransmissions come 1, 2, 4, ... 32 s apart)
@@ -500,7 +511,9 @@ class _Compiler:
         egress = self.direction_chain("egress")
         ingress = self.direction_chain("ingress")
         deny_egress, deny_ingress = deny_chain("egress"), deny_chain("ingress")
-        prog.chains[ENTRY_CHAIN] = self.unknown_rules() + [
+        prog.chains[ENTRY_CHAIN] = [
+            Rule((Match("connmark", value=CT_REVOKED, value2=CT_REVOKED),), "GOTO", jump=REVOKED_CHAIN,
+                 origin="a connection revoked: a change of policy denies it")] + self.unknown_rules() + [
             Rule((Match("state", states=("RELATED", "ESTABLISHED")),), "ACCEPT",
                  origin="established connections were judged when they opened"),
             Rule((), "MARK", mark=0, mark_mask=MARK_MASK, origin="start every NEW connection unjudged"),
@@ -514,6 +527,11 @@ class _Compiler:
         ]
         for direction in ("egress", "ingress"):
             self.deny_chains(direction)
+        prog.chains[REVOKED_CHAIN] = [
+            Rule((Match("proto", value=PROTOCOL_NUMBERS["TCP"]),), "REJECT",
+                 origin="a packet of a revoked TCP connection: reset"),
+            Rule((), "DROP", origin="a packet of a revoked connection"),
+        ]
         if self.deny_unknown:
             self.deny_chains("unknown")
         prog.hooks = self.hooks()

@@ -174,7 +174,7 @@ def check_netns(name: str) -> str:
 # ---- NFLOG prefixes: built here for the deny chains, parsed here for the reader ----
 
 LOG_DIRECTIONS = ("egress", "ingress", "unknown")  # unknown: an address of the pod CIDRs no pod holds
-LOG_VERDICTS = ("denied", "would-deny")
+LOG_VERDICTS = ("denied", "would-deny", "revoked", "would-revoke")  # the last two: observe/revoke.py
 _PARSED_PREFIXES: dict = {}
 
 

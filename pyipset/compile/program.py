@@ -25,12 +25,17 @@ MARK_INGRESS_OK = 0x20000
 MARK_EGRESS_DENIED = 0x40000
 MARK_INGRESS_DENIED = 0x80000
 MARK_MASK = 0xF0000
+# The conntrack mark bit of a revoked connection (observe/revoke.py sets it on
+# established flows that a change of policy denies; the entry chain drops or
+# resets every later packet of them, in both directions). Nothing else of ours
+# uses the conntrack mark.
+CT_REVOKED = 0x800000
 
 from .naming import ENTRY_CHAIN  # noqa: E402  (re-exported: the chain the hooks jump to)
 
 NFLOG_GROUP = 86
 
-TARGETS = ("ACCEPT", "DROP", "RETURN", "JUMP", "GOTO", "MARK", "NFLOG", "SET", "DISPATCH")
+TARGETS = ("ACCEPT", "DROP", "REJECT", "RETURN", "JUMP", "GOTO", "MARK", "NFLOG", "SET", "DISPATCH")
 MAP_TYPE = "vmap:ip"  # a verdict map from an address to a chain (see the top of this module)
 
 
@@ -87,6 +92,9 @@ class Match:
     kind "proto": the IP protocol number equals `value`.
     kind "dport": the destination port is within value..value2.
     kind "mark":  (mark & value2) == value.
+    kind "connmark": (the connection's conntrack mark & value2) == value; a
+                  NEW connection's is 0, so the evaluator holds the match
+                  exactly when value is 0.
     kind "state": conntrack state among `states` (the evaluator sees NEW flows).
     kind "limit": at most `value` packets a second, bursts of `value2` (only on
                   NFLOG rules: the evaluator treats it as holding).
@@ -107,7 +115,7 @@ class Match:
 @dataclass(frozen=True)
 class Rule:
     matches: tuple  # Match, all must hold
-    target: str  # one of TARGETS
+    target: str  # one of TARGETS (REJECT: DROP, and a TCP reset to the sender; its rule matches TCP)
     jump: str = ""  # JUMP (returns here) or GOTO (returns to our caller): the chain
     mark: int = 0  # MARK: alone, bits set (--or-mark) ...
     mark_mask: int = 0  # ... with a mask, --set-xmark mark/mask: (packet mark & ~mask) ^ mark

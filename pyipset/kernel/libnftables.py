@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
-import os
 import threading
 from typing import Optional
 
 from ..errors import PyipsetError
+from .netns import in_netns
 
-CLONE_NEWNET = 0x40000000
 OUTPUT_HANDLE = 1 << 3
 OUTPUT_JSON = 1 << 4
 OUTPUT_TERSE = 1 << 11  # listings without set elements
@@ -74,34 +73,10 @@ class Context:
 
     def __init__(self, netns: Optional[str] = None):
         lib = library()
-        made: dict = {}
-
-        def make():
-            try:
-                if netns is not None:
-                    libc = ctypes.CDLL(None, use_errno=True)
-                    fd = os.open(f"/run/netns/{netns}", os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        if libc.setns(fd, CLONE_NEWNET) != 0:
-                            err = ctypes.get_errno()
-                            raise OSError(err, f"setns into network namespace {netns}: {os.strerror(err)}")
-                    finally:
-                        os.close(fd)
-                made["ctx"] = lib.nft_ctx_new(0)
-            except BaseException as exc:  # reported on the caller's thread
-                made["error"] = exc
-
-        if netns is None:
-            make()
-        else:
-            t = threading.Thread(target=make, name="nft-context")
-            t.start()
-            t.join()
-        if "error" in made:
-            raise made["error"]
-        if not made.get("ctx"):
+        ctx = in_netns(netns, lambda: lib.nft_ctx_new(0))
+        if not ctx:
             raise Unavailable("libnftables could not make a context")
-        self._ctx = made["ctx"]
+        self._ctx = ctx
         self._lib = lib
         self._lock = threading.Lock()
         lib.nft_ctx_buffer_output(self._ctx)

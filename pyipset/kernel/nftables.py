@@ -61,7 +61,7 @@ from .handle import Kernel, KernelError, KernelLimitError, PreflightError
 from .libnftables import Context, NftError, Unavailable, library
 from .lock import netns_identity
 from .plan import Held, KernelSet, Plan, canonical_members, check_members, hollow, plan_full, report
-from .render import kernel_members
+from .render import _check_reject, kernel_members
 from .scratch import scratch_namespace
 
 NAME = "nftables"
@@ -313,6 +313,8 @@ def _match(family: str, m: Match) -> str:
         return f"th dport {op}{ports}"
     if m.kind == "mark":
         return f"meta mark & {m.value2:#x} {'!=' if m.negate else '=='} {m.value:#x}"
+    if m.kind == "connmark":
+        return f"ct mark & {m.value2:#x} {'!=' if m.negate else '=='} {m.value:#x}"
     if m.kind == "state":
         states = ",".join(s.lower() for s in m.states)
         if m.negate:
@@ -343,6 +345,9 @@ def _target(family: str, rule: Rule) -> str:
         if not 0 <= rule.log_group <= 65535:
             raise ValueError(f"NFLOG group {rule.log_group} is out of range 0-65535")
         return f"log prefix {_quote(rule.log_prefix[:63])} group {int(rule.log_group)}"
+    if rule.target == "REJECT":
+        _check_reject(rule)
+        return "reject with tcp reset"
     if rule.target == "SET":
         if rule.add_dims != "src,src,dst":
             raise ValueError(f"cannot render SET dimensions {rule.add_dims!r}")
@@ -359,7 +364,7 @@ def counted(chain: str, rule: Rule) -> bool:
     read (every rule of the chains that count by protocol, and the NFLOG
     rules), and every DROP. Counting costs a little on every packet a rule
     matches, so the rules a NEW connection walks to be allowed do not count."""
-    return chain in COUNTED_CHAINS or rule.target in ("NFLOG", "DROP")
+    return chain in COUNTED_CHAINS or rule.target in ("NFLOG", "DROP", "REJECT")
 
 
 def render_rule(family: str, rule: Rule, chain: str = "") -> str:

@@ -79,6 +79,8 @@ def _match_args(m: Match) -> list:
         return ["-m", "multiport", *neg, "--dports", ports]
     if m.kind == "mark":
         return ["-m", "mark", *neg, "--mark", f"{m.value:#x}/{m.value2:#x}"]
+    if m.kind == "connmark":
+        return ["-m", "connmark", *neg, "--mark", f"{m.value:#x}/{m.value2:#x}"]
     if m.kind == "state":
         return ["-m", "conntrack", *neg, "--ctstate", ",".join(m.states)]
     if m.kind in ("in", "out"):
@@ -86,6 +88,12 @@ def _match_args(m: Match) -> list:
     if m.kind == "limit":
         return ["-m", "limit", "--limit", f"{m.value}/second", "--limit-burst", str(m.value2)]
     raise ValueError(f"cannot render match kind {m.kind!r}")
+
+
+def _check_reject(rule: Rule) -> None:
+    """REJECT answers with a TCP reset: its rule must match TCP."""
+    if not any(m.kind == "proto" and m.value == 6 and not m.negate for m in rule.matches):
+        raise ValueError("a REJECT rule must match protocol TCP (it answers with a TCP reset)")
 
 
 def _target_args(rule: Rule) -> list:
@@ -104,6 +112,9 @@ def _target_args(rule: Rule) -> list:
             raise ValueError(f"NFLOG group {rule.log_group} is out of range 0-65535")
         return ["-j", "NFLOG", "--nflog-group", str(int(rule.log_group)), "--nflog-prefix",
                 _quote(rule.log_prefix[:63])]
+    if rule.target == "REJECT":
+        _check_reject(rule)
+        return ["-j", "REJECT", "--reject-with", "tcp-reset"]
     if rule.target == "SET":
         if rule.add_dims not in ("src,src,dst",):
             raise ValueError(f"cannot render SET dimensions {rule.add_dims!r}")

@@ -15,17 +15,16 @@ decoded is counted by reason, never raised."""
 
 from __future__ import annotations
 
-import ctypes
 import errno
 import os
 import socket
 import struct
-import threading
 import time
 from typing import NamedTuple, Optional
 
 from ..compile.compiler import counted_protocols
 from ..errors import PyipsetError
+from ..kernel.netns import in_netns
 from ..protocols import WITH_PORTS
 
 NETLINK_NETFILTER = 12
@@ -216,39 +215,6 @@ def _message(kind: int, flags: int, family: int, res_id: int, attrs: list, seq: 
     return _NLMSG.pack(16 + len(body), (NFNL_SUBSYS_ULOG << 8) | kind, NLM_F_REQUEST | flags, seq, 0) + body
 
 
-_CLONE_NEWNET = 0x40000000
-
-
-def _in_netns(netns: Optional[str], fn):
-    """fn() run in network namespace `netns` (by name, as `ip netns` keeps
-    them): a thread enters it, so this process stays where it is; a socket
-    made there stays bound to it."""
-    if not netns:
-        return fn()
-    result: dict = {}
-
-    def run():
-        try:
-            libc = ctypes.CDLL(None, use_errno=True)
-            fd = os.open(f"/run/netns/{netns}", os.O_RDONLY)
-            try:
-                if libc.setns(fd, _CLONE_NEWNET) != 0:
-                    err = ctypes.get_errno()
-                    raise OSError(err, os.strerror(err))
-            finally:
-                os.close(fd)
-            result["value"] = fn()
-        except BaseException as exc:  # handed to the caller
-            result["error"] = exc
-
-    t = threading.Thread(target=run, name=f"netns-{netns}")
-    t.start()
-    t.join()
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 class NflogSocket:
     """One bound NFLOG group. recv() returns datagrams (bytes)."""
 
@@ -259,7 +225,7 @@ class NflogSocket:
         self._seq = 0
         self._buf = bytearray(2 * KERNEL_BUFFER)
         try:
-            self.sock = _in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
+            self.sock = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW,
                                                                 NETLINK_NETFILTER))
         except OSError as exc:
             raise NflogError(f"cannot open a netfilter netlink socket{f' in {netns}' if netns else ''}: "

@@ -18,7 +18,8 @@ from ..sets import IPSet
 
 # The evaluator's enums, from the binding (csrc/include/pyipset/evaluator.h). SET (add the
 # packet to a dynamic set) changes no verdict: it goes on, as NFLOG does.
-_TARGETS = {**_core.TARGETS, "SET": _core.TARGETS["NFLOG"]}
+# REJECT is a DROP that also tells the sender.
+_TARGETS = {**_core.TARGETS, "SET": _core.TARGETS["NFLOG"], "REJECT": _core.TARGETS["DROP"]}
 _MATCH_KINDS = dict(_core.MATCH_KINDS)
 _DIMS = dict(_core.DIMS)
 _STATES = dict(_core.STATES)
@@ -117,6 +118,10 @@ class NativeProgram:
                     elif m.kind == "state":
                         matches.append((_MATCH_KINDS["state"], 0, m.negate, 0, sum(_STATES[s] for s in m.states),
                                         0))
+                    elif m.kind == "connmark":
+                        # A NEW connection's conntrack mark is 0: the match holds iff value is 0
+                        # (a state match on no state never holds).
+                        matches.append((_MATCH_KINDS["state"], 0, m.negate != (m.value == 0), 0, 0, 0))
                     elif m.kind == "addr":
                         matches.append(_address_match(m, program.family, nets))
                     else:

@@ -1,0 +1,290 @@
+"""The conntrack table over netlink (ctnetlink), from this process: no
+`conntrack` tool, no process per flow. Two things, both in one network
+namespace: list the flows (a dump of the table, one family at a time), and
+set bits of the connection mark of given flows (IPCTNL_MSG_CT_NEW on an
+existing entry changes it: `ct mark = (ct mark & ~mask) ^ bits`, many
+messages to a datagram, each acknowledged). What a flow is judged as and
+which flows to mark is decided elsewhere (observe/revoke.py); this module
+only reads and writes the table.
+
+A flow is read as the filter hooks see it: its source is the original
+direction's source (SNAT happens after the filter hooks), its destination
+and destination port are the reply direction's source (DNAT happened
+before them: a connection to a Service's address is judged at its
+backend), as our FORWARD chains judged it when it opened.
+
+Also here: the addresses the namespace itself holds (RTM_GETADDR), because
+a flow that starts or ends at the node never crosses FORWARD."""
+
+from __future__ import annotations
+
+import errno
+import os
+import socket
+import struct
+from typing import NamedTuple, Optional
+
+from ..errors import PyipsetError
+from .netns import in_netns
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_CTNETLINK = 1
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
+NLMSG_ERROR, NLMSG_DONE = 2, 3
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
+NLA_F_NESTED = 0x8000
+NLA_TYPE_MASK = 0x3FFF
+# enum ctattr_type (linux/netfilter/nfnetlink_conntrack.h)
+CTA_TUPLE_ORIG, CTA_TUPLE_REPLY, CTA_STATUS, CTA_PROTOINFO = 1, 2, 3, 4
+CTA_MARK, CTA_ZONE, CTA_MARK_MASK = 8, 18, 21
+CTA_TUPLE_IP, CTA_TUPLE_PROTO = 1, 2
+CTA_IP_V4_SRC, CTA_IP_V4_DST, CTA_IP_V6_SRC, CTA_IP_V6_DST = 1, 2, 3, 4
+CTA_PROTO_NUM, CTA_PROTO_SRC_PORT, CTA_PROTO_DST_PORT = 1, 2, 3
+CTA_PROTOINFO_TCP, CTA_PROTOINFO_TCP_STATE = 1, 1
+PORTED = frozenset((6, 17, 132, 136, 33))  # TCP, UDP, SCTP, UDP-Lite, DCCP: ports in the tuple
+TCP_STATES = ("NONE", "SYN_SENT", "SYN_RECV", "ESTABLISHED", "FIN_WAIT", "CLOSE_WAIT", "LAST_ACK", "TIME_WAIT",
+              "CLOSE", "SYN_SENT2")
+# rtnetlink, for the namespace's own addresses
+NETLINK_ROUTE = 0
+RTM_NEWADDR, RTM_GETADDR = 20, 22
+IFA_ADDRESS, IFA_LOCAL = 1, 2
+
+_NLMSG = struct.Struct("=IHHII")
+_NLA = struct.Struct("=HH")
+_BE16 = struct.Struct(">H")
+_BE32 = struct.Struct(">I")
+SEND_CHUNK = 64 << 10  # bytes of mark messages per datagram
+FAMILIES = {4: socket.AF_INET, 6: socket.AF_INET6}
+
+
+class ConntrackError(PyipsetError):
+    """The conntrack table cannot be read or written here (not root, no nf_conntrack_netlink, ...)."""
+
+
+class Flow(NamedTuple):
+    """One conntrack entry, as the filter hooks judged it."""
+
+    version: int  # 4 or 6
+    src: bytes  # packed, network order: the original source
+    dst: bytes  # the destination the hooks saw (the reply's source: after DNAT)
+    protocol: int
+    sport: int  # the original source port (0 without ports)
+    dport: int  # the destination port the hooks saw (the reply's source port; 0 without ports)
+    mark: int  # the connection mark
+    zone: int
+    state: str  # TCP's state (TCP_STATES), "" for other protocols
+    key: bytes  # the original tuple as the kernel wrote it: how the entry is named to change it
+    orig_dst: bytes  # the original destination (a Service's address before DNAT), for people
+
+
+def _attrs(buf, start: int, end: int) -> dict:
+    """type -> (start, end) of each attribute's payload between start and end."""
+    out = {}
+    while start + 4 <= end:
+        length, kind = _NLA.unpack_from(buf, start)
+        if length < 4 or start + length > end:
+            break
+        out[kind & NLA_TYPE_MASK] = (start + 4, start + length)
+        start += (length + 3) & ~3
+    return out
+
+
+def _tuple(buf, span: tuple) -> Optional[tuple]:
+    """(src, dst, protocol, sport, dport) of a CTA_TUPLE_* payload."""
+    top = _attrs(buf, *span)
+    ip, proto = top.get(CTA_TUPLE_IP), top.get(CTA_TUPLE_PROTO)
+    if ip is None or proto is None:
+        return None
+    a = _attrs(buf, *ip)
+    src, dst = a.get(CTA_IP_V4_SRC) or a.get(CTA_IP_V6_SRC), a.get(CTA_IP_V4_DST) or a.get(CTA_IP_V6_DST)
+    p = _attrs(buf, *proto)
+    if src is None or dst is None or CTA_PROTO_NUM not in p:
+        return None
+    number = buf[p[CTA_PROTO_NUM][0]]
+    sport = dport = 0
+    if number in PORTED and CTA_PROTO_SRC_PORT in p and CTA_PROTO_DST_PORT in p:
+        sport = _BE16.unpack_from(buf, p[CTA_PROTO_SRC_PORT][0])[0]
+        dport = _BE16.unpack_from(buf, p[CTA_PROTO_DST_PORT][0])[0]
+    return bytes(buf[src[0]:src[1]]), bytes(buf[dst[0]:dst[1]]), number, sport, dport
+
+
+def parse_flow(buf, start: int, end: int) -> Optional[Flow]:
+    """The Flow of one IPCTNL_MSG_CT_NEW message's attributes (after its
+    nfgenmsg), or None when it lacks what a flow needs."""
+    top = _attrs(buf, start, end)
+    if CTA_TUPLE_ORIG not in top or CTA_TUPLE_REPLY not in top:
+        return None
+    orig, reply = _tuple(buf, top[CTA_TUPLE_ORIG]), _tuple(buf, top[CTA_TUPLE_REPLY])
+    if orig is None or reply is None or len(orig[0]) not in (4, 16):
+        return None
+    mark = _BE32.unpack_from(buf, top[CTA_MARK][0])[0] if CTA_MARK in top else 0
+    zone = _BE16.unpack_from(buf, top[CTA_ZONE][0])[0] if CTA_ZONE in top else 0
+    state = ""
+    if orig[2] == 6 and CTA_PROTOINFO in top:
+        tcp = _attrs(buf, *top[CTA_PROTOINFO]).get(CTA_PROTOINFO_TCP)
+        if tcp is not None:
+            at = _attrs(buf, *tcp).get(CTA_PROTOINFO_TCP_STATE)
+            if at is not None and buf[at[0]] < len(TCP_STATES):
+                state = TCP_STATES[buf[at[0]]]
+    o0, o1 = top[CTA_TUPLE_ORIG]
+    return Flow(4 if len(orig[0]) == 4 else 6, orig[0], reply[0], orig[2], orig[3], reply[3], mark, zone, state,
+                bytes(buf[o0:o1]), orig[1])
+
+
+def _nla(kind: int, data: bytes) -> bytes:
+    return _NLA.pack(4 + len(data), kind) + data + b"\0" * (-len(data) % 4)
+
+
+def _message(kind: int, flags: int, family: int, body: bytes, seq: int, subsys: int = NFNL_SUBSYS_CTNETLINK) -> bytes:
+    body = struct.pack("=BBH", family, 0, 0) + body
+    return _NLMSG.pack(16 + len(body), (subsys << 8) | kind, NLM_F_REQUEST | flags, seq, 0) + body
+
+
+class Conntrack:
+    """A ctnetlink socket in one network namespace (None: this one)."""
+
+    def __init__(self, netns: Optional[str] = None):
+        self.netns = netns
+        try:
+            self.sock = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+        except OSError as exc:
+            raise ConntrackError(f"cannot open a netfilter netlink socket{f' in {netns}' if netns else ''}: "
+                                 f"{exc.strerror or exc}") from None
+        self.sock.bind((0, 0))
+        try:
+            self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE: a dump of a large table
+        except OSError:
+            pass
+        self._seq = 0
+        self._buf = bytearray(1 << 20)
+
+    def __enter__(self) -> "Conntrack":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+    def _next_seq(self) -> int:
+        self._seq = (self._seq + 1) & 0xFFFFFFFF
+        return self._seq
+
+    def flows(self, versions=(4, 6)) -> list:
+        """Every flow of the table of these IP versions."""
+        out: list = []
+        for version in versions:
+            seq = self._next_seq()
+            self.sock.send(_message(IPCTNL_MSG_CT_GET, NLM_F_DUMP, FAMILIES[version], b"", seq))
+            done = False
+            while not done:
+                try:
+                    n = self.sock.recv_into(self._buf)
+                except OSError as exc:
+                    raise ConntrackError(f"reading the conntrack table: {exc.strerror or exc}") from None
+                buf = memoryview(self._buf)[:n]
+                pos = 0
+                while pos + 16 <= n:
+                    length, kind, _flags, mseq, _pid = _NLMSG.unpack_from(buf, pos)
+                    if length < 16 or pos + length > n:
+                        break
+                    if mseq == seq:
+                        if kind == NLMSG_DONE:
+                            done = True
+                        elif kind == NLMSG_ERROR:
+                            code = -struct.unpack_from("=i", buf, pos + 16)[0]
+                            if code:
+                                raise ConntrackError(f"reading the conntrack table: {os.strerror(code)}")
+                            done = True
+                        elif kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
+                            flow = parse_flow(buf, pos + 20, pos + length)
+                            if flow is not None:
+                                out.append(flow)
+                    pos += (length + 3) & ~3
+        return out
+
+    def set_mark(self, flows: list, bits: int) -> int:
+        """Sets `bits` in the connection mark of each flow (the other bits
+        kept); returns how many entries were changed (a flow that ended
+        meanwhile is not an error)."""
+        mark = _BE32.pack(bits)
+        changed = 0
+        pending: dict = {}  # seq -> flow
+        chunk = bytearray()
+
+        def flush() -> int:
+            nonlocal chunk
+            if not chunk:
+                return 0
+            self.sock.send(bytes(chunk))
+            chunk = bytearray()
+            return self._acks(pending)
+
+        for flow in flows:
+            seq = self._next_seq()
+            body = _nla(CTA_TUPLE_ORIG | NLA_F_NESTED, flow.key)
+            if flow.zone:
+                body += _nla(CTA_ZONE, _BE16.pack(flow.zone))
+            body += _nla(CTA_MARK, mark) + _nla(CTA_MARK_MASK, mark)
+            chunk += _message(IPCTNL_MSG_CT_NEW, NLM_F_ACK, FAMILIES[flow.version], body, seq)
+            pending[seq] = flow
+            if len(chunk) >= SEND_CHUNK:
+                changed += flush()
+        changed += flush()
+        return changed
+
+    def _acks(self, pending: dict) -> int:
+        """Reads the acknowledgements of the messages in `pending` (emptied)."""
+        changed = 0
+        while pending:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except OSError as exc:
+                raise ConntrackError(f"changing conntrack entries: {exc.strerror or exc}") from None
+            pos = 0
+            while pos + 16 <= n:
+                length, kind, _flags, seq, _pid = _NLMSG.unpack_from(self._buf, pos)
+                if length < 16 or pos + length > n:
+                    break
+                if kind == NLMSG_ERROR and seq in pending:
+                    del pending[seq]
+                    code = -struct.unpack_from("=i", self._buf, pos + 16)[0]
+                    if code == 0:
+                        changed += 1
+                    elif code != errno.ENOENT:  # ENOENT: the flow ended since it was listed
+                        raise ConntrackError(f"changing a conntrack entry's mark: {os.strerror(code)}")
+                pos += (length + 3) & ~3
+        return changed
+
+
+def local_addresses(netns: Optional[str] = None) -> set:
+    """The addresses (packed) of the namespace's own interfaces."""
+    def dump() -> set:
+        with socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_ROUTE) as s:
+            s.bind((0, 0))
+            request = struct.pack("=BBBBI", socket.AF_UNSPEC, 0, 0, 0, 0)
+            s.send(_NLMSG.pack(16 + len(request), RTM_GETADDR, NLM_F_REQUEST | NLM_F_DUMP, 1, 0) + request)
+            found: set = set()
+            while True:
+                buf = s.recv(1 << 16)
+                pos = 0
+                while pos + 16 <= len(buf):
+                    length, kind, _, _, _ = _NLMSG.unpack_from(buf, pos)
+                    if length < 16:
+                        return found
+                    if kind == NLMSG_DONE:
+                        return found
+                    if kind == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", buf, pos + 16)[0]
+                        raise ConntrackError(f"listing the namespace's addresses: {os.strerror(code)}")
+                    if kind == RTM_NEWADDR:
+                        attrs = _attrs(buf, pos + 24, pos + length)
+                        for a in (IFA_ADDRESS, IFA_LOCAL):
+                            if a in attrs:
+                                found.add(bytes(buf[attrs[a][0]:attrs[a][1]]))
+                    pos += (length + 3) & ~3
+    try:
+        return in_netns(netns, dump)
+    except OSError as exc:
+        raise ConntrackError(f"listing the namespace's addresses: {exc.strerror or exc}") from None
