@@ -3,6 +3,7 @@ the tests that compare engines, fail closed, or load them into a kernel."""
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 
 from hypothesis import strategies as st
@@ -106,3 +107,44 @@ def cluster_objects(draw, max_pods: int = 6, max_policies: int = 4):
     return objs
 
 
+@st.composite
+def changed_objects(draw, objs):
+    """objs after one or more random changes: a policy added, deleted or
+    edited; a pod or a namespace relabelled; a named port renumbered; a pod
+    added or removed."""
+    objs = copy.deepcopy(objs)
+    for _ in range(draw(st.integers(1, 3))):
+        what = draw(st.sampled_from(["add policy", "delete policy", "edit policy", "relabel pod", "relabel ns",
+                                     "renumber port", "add pod", "remove pod"]))
+        pods = [o for o in objs if o["kind"] == "Pod"]
+        policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
+        namespaces = [o for o in objs if o["kind"] == "Namespace"]
+        if what == "add policy":
+            ns = draw(st.sampled_from([n["metadata"]["name"] for n in namespaces]))
+            spec = {"podSelector": draw(selector()), "ingress": draw(st.lists(rule("from"), max_size=2)),
+                    "egress": draw(st.lists(rule("to"), max_size=2)),
+                    "policyTypes": draw(st.sampled_from([["Ingress"], ["Egress"], ["Ingress", "Egress"]]))}
+            objs.append(policy(f"{ns}/new{len(objs)}", spec))
+        elif what == "delete policy" and policies:
+            objs.remove(draw(st.sampled_from(policies)))
+        elif what == "edit policy" and policies:
+            target = draw(st.sampled_from(policies))
+            field = draw(st.sampled_from(["podSelector", "ingress", "egress"]))
+            target["spec"][field] = draw(selector()) if field == "podSelector" else \
+                draw(st.lists(rule("from" if field == "ingress" else "to"), max_size=2))
+        elif what == "relabel pod" and pods:
+            draw(st.sampled_from(pods))["metadata"]["labels"] = draw(
+                st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALUES), max_size=2))
+        elif what == "relabel ns":
+            draw(st.sampled_from(namespaces))["metadata"]["labels"] = {"team": draw(st.sampled_from(["x", "y", "z"]))}
+        elif what == "renumber port":
+            with_ports = [p for p in pods if p["spec"]["containers"][0].get("ports")]
+            if with_ports:
+                target = draw(st.sampled_from(with_ports))["spec"]["containers"][0]["ports"][0]
+                target["containerPort"] = draw(st.sampled_from([53, 80, 81, 8080, 9]))
+        elif what == "add pod":
+            ns = draw(st.sampled_from([n["metadata"]["name"] for n in namespaces]))
+            objs.append(pod(f"{ns}/added{len(objs)}", f"192.0.2.{100 + len(objs)}", {"app": "web"}))
+        elif what == "remove pod" and pods:
+            objs.remove(draw(st.sampled_from(pods)))
+    return objs

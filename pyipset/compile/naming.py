@@ -184,6 +184,13 @@ def log_prefix(direction: str, audit: bool = False) -> str:
     return f"pyipset {direction} {LOG_VERDICTS[1] if audit else LOG_VERDICTS[0]}"
 
 
+def verdict_prefix(direction: str, verdict: str) -> str:
+    """The prefix of a report of any verdict of LOG_VERDICTS (revocations are
+    reported by the agent, not logged by the kernel)."""
+    assert direction in LOG_DIRECTIONS and verdict in LOG_VERDICTS
+    return f"pyipset {direction} {verdict}"
+
+
 def parse_log_prefix(prefix: str):
     """(verdict, direction) of a prefix log_prefix made: "pyipset ingress
     denied" -> ("denied", "ingress"); None for anything else (another

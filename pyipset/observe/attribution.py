@@ -63,7 +63,7 @@ class PodDirectory:
 class Block:
     """One attributed blocked (or, in audit mode, would-be-blocked) attempt."""
 
-    verdict: str  # "denied" or "would-deny"
+    verdict: str  # "denied" or "would-deny"; "revoked" or "would-revoke" (observe/revoke.py)
     direction: str  # "egress", "ingress", or "unknown" (an address of the pod CIDRs no known pod holds)
     protocol: str  # tcp, udp, sctp, icmp, other
     src_ip: str
@@ -92,11 +92,17 @@ class Block:
                 f'"policies": [{", ".join(f"{chr(34)}{p}{chr(34)}" for p in self.policies)}]')
 
     def message(self) -> str:
-        what = "would be blocked (audit)" if self.verdict == "would-deny" else "blocked"
+        what = _VERDICT_WORDS.get(self.verdict, "blocked")
         why = f" by {', '.join(self.policies)}" if self.policies else \
             " (an address of this node's pod CIDRs that no known pod holds)" if self.direction == "unknown" else ""
         port = f"/{self.dst_port}" if self.protocol in ("tcp", "udp", "sctp") else ""
-        return f"connection {what}: {self.src} -> {self.dst} {self.protocol}{port}, {self.direction}{why}"
+        return f"{what}: {self.src} -> {self.dst} {self.protocol}{port}, {self.direction}{why}"
+
+
+# How a log line says each verdict (compile/naming.py LOG_VERDICTS).
+_VERDICT_WORDS = {"denied": "connection blocked", "would-deny": "connection would be blocked (audit)",
+                  "revoked": "established connection revoked (cut)",
+                  "would-revoke": "established connection would be revoked (audit)"}
 
 
 def _column(addrs: list, version: int) -> np.ndarray:
