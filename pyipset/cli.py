@@ -29,6 +29,7 @@ from .kernel.apply import Kernel, apply_programs, choose_backend, cleanup, recon
 from .kernel.handle import DEFAULT_BACKEND
 from .kernel.render import render_hooks, render_ipset, render_iptables
 from .lab.node import LabNode
+from .observe.revoke import Revoker
 from .verify import explain, native
 
 
@@ -204,6 +205,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--fail-closed", action="store_true",
                        help="apply the valid objects even when some are rejected; each rejected object fails "
                             "closed (its namespace isolated, its pod quarantined) instead of refusing the input")
+        p.add_argument("--revoke-established", action=argparse.BooleanOptionalAction, default=True,
+                       help="after the kernel holds the program, cut the established connections it denies (TCP "
+                            "reset, the rest dropped, both directions; pods in audit mode: reported as "
+                            "would-revoke, left alone); default on")
         p.set_defaults(run=run)
 
     p = sub.add_parser("cleanup", help="remove every hook, chain and set pyipset installed, and nothing else")
@@ -380,11 +385,39 @@ def _backend(args) -> str:
     return backend
 
 
+REVOCATIONS_SHOWN = 50  # lines of revoked connections apply and reconcile print, then a count
+
+
+def _revoke_established(args, kernel: Kernel, cluster, programs: list) -> int:
+    """--revoke-established: cuts the live flows the programs deny and says
+    which; 0, or 1 when the conntrack table could not be read or changed
+    (the kernel holds the programs either way)."""
+    if not args.revoke_established:
+        return 0
+    try:
+        outcome = Revoker(kernel.netns).run(programs, cluster.pods)
+    except PyipsetError as exc:
+        print(f"pyipset: the program is applied, but established connections it denies were not cut: {exc}",
+              file=sys.stderr)
+        return 1
+    blocks = outcome.revoked + outcome.would
+    for b in blocks[:REVOCATIONS_SHOWN]:
+        print(b.message())
+    if len(blocks) > REVOCATIONS_SHOWN:
+        print(f"... and {len(blocks) - REVOCATIONS_SHOWN} more")
+    if blocks:
+        print(f"revoked {outcome.marked} established connection(s)" +
+              (f"; {len(outcome.would)} more would be (audit)" if outcome.would else ""))
+    return 0
+
+
 def run_apply(args) -> int:
     kernel = Kernel(backend=_backend(args))
     cluster, programs = _programs_to_enforce(args, kernel.backend)
     for program, report in zip(programs, apply_programs(programs, kernel)):
         print(f"{program.family}: {report}")
+    if _revoke_established(args, kernel, cluster, programs):
+        return 1
     try:
         other, removed = retire_other(kernel)  # a node moved between backends: the old one's rules go now
     except PyipsetError as exc:
@@ -399,10 +432,14 @@ def run_apply(args) -> int:
 def run_reconcile(args) -> int:
     kernel = Kernel(backend=_backend(args))
     cluster, programs = _programs_to_enforce(args, kernel.backend)
+    repaired = 0
     for program, drift in zip(programs, reconcile_programs(programs, kernel)):
         for line in drift.lines():
             print(f"{program.family}: drift: {line}")
         print(f"{program.family}: {drift.total()} difference(s) found" + (", repaired" if drift.total() else ""))
+        repaired += drift.total()
+    if repaired and _revoke_established(args, kernel, cluster, programs):
+        return 1
     return 1 if cluster.rejections else 0
 
 

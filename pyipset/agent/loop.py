@@ -20,6 +20,11 @@ node's program, and reconciles the kernel with the program periodically.
   programs (compile/incremental.py). Anything else is a full load and
   compile; an error, a full update that reads the kernel. The periodic
   reconcile reads the kernel back and repairs what differs.
+- After every kernel update (and a reconcile that repaired drift), the
+  established flows of the node that the new program denies and the one
+  before allowed are cut and reported (observe/revoke.py;
+  --no-revoke-established turns it off). A pass that fails is logged and
+  counted; the update stands.
 - A failed update is logged, counted and retried with backoff; the agent
   never exits on one. SIGTERM stops it and leaves the rules in place."""
 
@@ -41,7 +46,9 @@ from ..kernel.apply import (Kernel, apply_changes, apply_programs, choose_backen
 from ..model import fail_closed, load_objects
 from ..model.objects import KINDS
 from ..observe.attribution import BlockReporter
+from ..observe.attribution import TokenBucket
 from ..observe.counts import KernelCounts
+from ..observe.revoke import Revoker
 from .api import PodCIDRsUnknown, api_client, configure, list_calls, node_pod_cidrs
 from .health import HealthServer
 from .held import Held
@@ -124,6 +131,9 @@ class Agent:
             lambda family: module(self.kernel).rule_counters(self.kernel, family),
             lambda: sorted(self.families))
         self.reporter = None
+        self.revoker = Revoker(settings.netns) if settings.revoke_established else None
+        self.revocation_log = StructuredLines("pyipset.blocked")
+        self.revocation_bucket = TokenBucket(settings.block_log_rate, max(1.0, 2 * settings.block_log_rate))
         self.metrics.nflog_reading.set_function(
             lambda: 1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
 
@@ -390,6 +400,7 @@ class Agent:
         self.metrics.sync_duration.observe(time.monotonic() - started)
         self._enforces(version)
         self.last_error = None
+        self._revoke(programs, previous)
         if not self.first_sync.is_set():
             self.first_sync.set()
             log.info("first kernel update applied: %s", "; ".join(f"{p.family}: {r}" for p, r in
@@ -436,3 +447,34 @@ class Agent:
                     log.warning("drift repaired: %s: %s", p.family, line)
         self._holds(programs)
         self._enforces(version)
+        if total:
+            self._revoke(programs, None)  # what the kernel held instead is not known: judge every flow
+
+    def _revoke(self, programs: list, previous) -> None:
+        """Cuts the established flows `programs` deny and `previous` allowed
+        (None: not known), reports each like a blocked connection and counts
+        it; in audit mode they are reported as would-revoke. A failure is
+        logged and counted, never raised: the kernel update stands."""
+        if self.revoker is None:
+            return
+        try:
+            outcome = self.revoker.run(programs, self.engine.pods.values() if self.engine else (), previous)
+        except Exception as exc:  # noqa: BLE001 - the update stands; said and counted
+            self.metrics.revocation_errors.inc()
+            log.error("could not revoke the established connections the update denies: %s", _error_text(exc),
+                      extra={"error_type": type(exc).__name__})
+            return
+        self.metrics.revocation_duration.observe(outcome.seconds)
+        blocks = outcome.revoked + outcome.would
+        for b in outcome.revoked:
+            self.metrics.revoked.labels(b.direction, b.protocol).inc()
+        for b in outcome.would:
+            self.metrics.would_revoke.labels(b.direction, b.protocol).inc()
+        if blocks:
+            allowed = self.revocation_bucket.take(len(blocks))
+            if allowed < len(blocks):
+                self.metrics.block_log_suppressed.inc(len(blocks) - allowed)
+            self.revocation_log.write([(b.message(), b.fields_json()) for b in blocks[:allowed]])
+            log.info("revoked %d established connection(s) the update denies%s (%d flows judged in %.1f ms)",
+                     outcome.marked, f", {len(outcome.would)} more in audit mode" if outcome.would else "",
+                     outcome.judged, outcome.seconds * 1000)

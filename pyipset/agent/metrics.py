@@ -127,6 +127,19 @@ class Metrics:
                                            "decoded or are not ours, by reason", ["reason"], registry=r)
         self.nflog_reading = Gauge(f"{PREFIX}_nflog_reading", "1 while the NFLOG group is bound and read",
                                    registry=r)
+        # Established connections a change denies (observe/revoke.py).
+        self.revoked = Counter(f"{PREFIX}_revoked_connections", "Established connections cut because a change of "
+                               "policy denies them, by the direction that denies and protocol",
+                               ["direction", "protocol"], registry=r)
+        self.would_revoke = Counter(f"{PREFIX}_would_revoke_connections", "Established connections a change would "
+                                    "cut, left alone (audit mode), by direction and protocol",
+                                    ["direction", "protocol"], registry=r)
+        self.revocation_errors = Counter(f"{PREFIX}_revocation_errors", "Revocation passes that failed (the "
+                                         "conntrack table could not be read or changed)", registry=r)
+        self.revocation_duration = Histogram(
+            f"{PREFIX}_revocation_duration_seconds", "Time of a revocation pass after a kernel update (list the "
+            "conntrack table, judge every flow, mark those denied)", registry=r,
+            buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
         self.blocks_by_namespace = Counter(
             f"{PREFIX}_blocked_log_events_by_namespace", "The attributed sample by the namespace of the pod on the "
             "blocking side (--metrics-by-namespace)", ["verdict", "direction", "protocol", "namespace"], registry=r)

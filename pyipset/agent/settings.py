@@ -92,6 +92,12 @@ class Settings:
                "counted as would-deny (one namespace: label it pyipset.io/audit=true)", "PYIPSET_AUDIT",
         kind="bool")
 
+    revoke_established: bool = _setting(
+        True, "after every kernel update, cut the established connections of this node's pods that the new "
+              "program denies and the previous one allowed (marked in conntrack; TCP is reset, the rest dropped, "
+              "both directions; in audit mode reported as would-revoke and left alone)",
+        "PYIPSET_REVOKE_ESTABLISHED", kind="bool")
+
     # ---- reporting ----
     block_log_rate: float = _setting(
         100.0, "log lines of attributed blocked connections per second at most (bursts of twice as many); the "
@@ -189,6 +195,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         if meta["kind"] == "bool":
             parser.add_argument(_flag(f.name), dest=f.name, nargs="?", const="true", default=None, metavar="BOOL",
                                 help=help_text)
+            parser.add_argument("--no-" + _flag(f.name)[2:], dest=f.name, action="store_const", const="false",
+                                help=f"the same as {_flag(f.name)} false")
         else:
             parser.add_argument(_flag(f.name), dest=f.name, default=None, help=help_text.replace("%", "%%"))
 

@@ -457,6 +457,26 @@ class LabNode:
                                              "--seconds", str(seconds), str(self._target(s.pod, d.pod))),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
 
+    def stream_server(self, key: str, port: int, seconds: float) -> subprocess.Popen:
+        """Starts a stream server (probe.stream_serve) in pod `key`; returns
+        once it listens. Its stdout's last line is what it received, as JSON."""
+        lp = self._lab_pod(key)
+        proc = subprocess.Popen(self._python(lp.netns, "stream-serve", "--port", str(port), "--seconds",
+                                             str(seconds), *map(str, lp.pod.ips)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+        self.servers.append(proc)
+        if proc.stdout.readline().strip() != "ready":
+            raise LabError(f"a lab stream server did not start: {proc.stderr.read().strip()}")
+        return proc
+
+    def stream(self, src: str, dst: str, protocol: str, port: int, seconds: float) -> subprocess.Popen:
+        """Starts one long-lived flow from pod `src` to pod `dst` (probe.stream);
+        its stdout is what came back, as JSON, when it ends."""
+        s, d = self._lab_pod(src), self._lab_pod(dst)
+        return subprocess.Popen(self._python(s.netns, "stream", "--protocol", protocol, "--port", str(port),
+                                             "--seconds", str(seconds), str(self._target(s.pod, d.pod))),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
+
     def burst(self, src: str, dst: str, protocol: str, port: int, count: int) -> dict:
         """`count` connections from pod `src` to pod `dst`, one after another:
         {"ok": how many got through, "seconds": how long they took, timed in the pod}."""

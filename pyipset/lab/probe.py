@@ -16,6 +16,14 @@ sockets refuse protocol 132 makes both sides fail with that reason.
     python -m pyipset.lab.probe probe --protocol TCP --port 80 --timeout 1.0 ADDR...
     python -m pyipset.lab.probe watch --protocol TCP --port 80 --seconds 5 ADDR
     python -m pyipset.lab.probe burst --protocol TCP --port 80 --count 1000 ADDR
+    python -m pyipset.lab.probe stream-serve --port 7000 --seconds 6 ADDR...
+    python -m pyipset.lab.probe stream --protocol TCP --port 7000 --seconds 5 ADDR
+
+stream-serve and stream hold long-lived flows (revocation tests): each end
+sends a few bytes every INTERVAL seconds, whether or not the other end
+does, and records when data from the other end arrived (time.time()); at
+the end each prints what it received as JSON. A TCP end whose connection is
+reset stops and says so.
 """
 
 from __future__ import annotations
@@ -326,6 +334,112 @@ def burst(protocol: str, addr: str, port: int, count: int, timeout: float) -> di
     return {"ok": ok, "seconds": time.perf_counter() - start}
 
 
+STREAM_INTERVAL = 0.02  # seconds between the data each end of a stream sends
+
+
+def stream_serve(port: int, seconds: float, addrs: list) -> dict:
+    """Accepts TCP connections and UDP peers on `port` for `seconds`, sends
+    each peer data every STREAM_INTERVAL and records what each sent:
+    {"tcp"|"udp": {"ADDR:PORT": {"received": [times], "error": "..."}}}."""
+    import time
+    listeners, udp = [], []
+    for addr in addrs:
+        fam = _family(addr)
+        t = socket.socket(fam, socket.SOCK_STREAM)
+        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        t.bind((addr, port))
+        t.listen(64)
+        u = socket.socket(fam, socket.SOCK_DGRAM)
+        u.bind((addr, port))
+        listeners.append(t)
+        udp.append(u)
+    print("ready", flush=True)
+    peers: dict = {}  # socket or (udp socket, address) -> record
+    out: dict = {"tcp": {}, "udp": {}}
+    end = time.monotonic() + seconds
+    next_send = time.monotonic()
+    while time.monotonic() < end:
+        tcp_peers = [s for s in peers if isinstance(s, socket.socket)]
+        readable, _, _ = select.select(listeners + udp + tcp_peers, [], [], max(0.0, next_send - time.monotonic()))
+        now = time.time()
+        for s in readable:
+            if s in listeners:
+                conn, peer = s.accept()
+                conn.setblocking(False)
+                peers[conn] = out["tcp"][f"{peer[0]}:{peer[1]}"] = {"received": [], "error": ""}
+            elif s in udp:
+                data, peer = s.recvfrom(2048)
+                record = peers.get((s, peer))
+                if record is None:
+                    record = peers[(s, peer)] = out["udp"][f"{peer[0]}:{peer[1]}"] = {"received": [], "error": ""}
+                record["received"].append(now)
+            else:
+                try:
+                    data = s.recv(4096)
+                except OSError as exc:
+                    data, peers[s]["error"] = b"", os.strerror(exc.errno or 0)
+                if data:
+                    peers[s]["received"].append(now)
+                else:
+                    peers[s]["error"] = peers[s]["error"] or "closed by the other end"
+                    del peers[s]
+                    s.close()
+        if time.monotonic() >= next_send:
+            next_send += STREAM_INTERVAL
+            for key in list(peers):
+                try:
+                    if isinstance(key, tuple):
+                        key[0].sendto(b"tick", key[1])
+                    else:
+                        key.send(b"tick")
+                except OSError as exc:
+                    if not isinstance(key, tuple):
+                        peers[key]["error"] = os.strerror(exc.errno or 0)
+                        del peers[key]
+                        key.close()
+    return out
+
+
+def stream(protocol: str, addr: str, port: int, seconds: float) -> dict:
+    """One flow to addr:port for `seconds`: sends every STREAM_INTERVAL,
+    records when data came back: {"received": [times], "error": "...", "port": source port}."""
+    import time
+    fam = _family(addr)
+    s = socket.socket(fam, socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM)
+    s.settimeout(2.0)
+    s.connect((addr, port))
+    s.setblocking(False)
+    record = {"received": [], "error": "", "port": s.getsockname()[1]}
+    end = time.monotonic() + seconds
+    next_send = time.monotonic()
+    while time.monotonic() < end:
+        readable, _, _ = select.select([s], [], [], max(0.0, next_send - time.monotonic()))
+        if readable:
+            try:
+                data = s.recv(4096)
+            except ConnectionRefusedError:
+                data = b"?"  # UDP: an ICMP error for an earlier datagram; the flow goes on
+            except OSError as exc:
+                record["error"] = os.strerror(exc.errno or 0)
+                break
+            if not data:
+                record["error"] = "closed by the other end"
+                break
+            if data != b"?":
+                record["received"].append(time.time())
+        if time.monotonic() >= next_send:
+            next_send += STREAM_INTERVAL
+            try:
+                s.send(b"data")
+            except ConnectionRefusedError:
+                pass
+            except OSError as exc:
+                record["error"] = os.strerror(exc.errno or 0)
+                break
+    s.close()
+    return record
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyipset.lab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
@@ -350,7 +464,22 @@ def main(argv=None) -> int:
     b.add_argument("--count", type=int, required=True)
     b.add_argument("--timeout", type=float, default=1.0)
     b.add_argument("addr")
+    ss = sub.add_parser("stream-serve")
+    ss.add_argument("--port", type=int, required=True)
+    ss.add_argument("--seconds", type=float, required=True)
+    ss.add_argument("addrs", nargs="+")
+    sc = sub.add_parser("stream")
+    sc.add_argument("--protocol", choices=["TCP", "UDP"], required=True)
+    sc.add_argument("--port", type=int, required=True)
+    sc.add_argument("--seconds", type=float, required=True)
+    sc.add_argument("addr")
     args = parser.parse_args(argv)
+    if args.cmd == "stream-serve":
+        print(json.dumps(stream_serve(args.port, args.seconds, args.addrs)))
+        return 0
+    if args.cmd == "stream":
+        print(json.dumps(stream(args.protocol, args.addr, args.port, args.seconds)))
+        return 0
     if args.cmd == "burst":
         print(json.dumps(burst(args.protocol, args.addr, args.port, args.count, args.timeout)))
         return 0
