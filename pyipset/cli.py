@@ -23,7 +23,7 @@ from .errors import InputRejected, PyipsetError, UsageError, brief
 from .model import fail_closed, load
 from .model.objects import PROTOCOLS, Cluster
 from .compile.compiler import compile_cluster, dispatch_for, program_families
-from .compile.program import NFLOG_GROUP, Attach
+from .compile.program import CT_REVOKED, NFLOG_GROUP, Attach
 from .kernel import nftables
 from .kernel.apply import Kernel, apply_programs, choose_backend, cleanup, reconcile_programs, retire_other
 from .kernel.handle import DEFAULT_BACKEND
@@ -161,6 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
                    ("iptables", "nftables") else DEFAULT_BACKEND,
                    help="walk the program this backend runs (they differ only in how a pod's policy group is "
                         "found: a tree of sets, or one verdict map); default as the other commands'")
+    p.add_argument("--established", action="store_true",
+                   help="also list the live connections of this pair on the protocol and port from this network "
+                        "namespace's conntrack table (root, on the node), each open or revoked")
     p.set_defaults(run=run_explain)
 
     p = sub.add_parser("diff", help="the connections a change would open or close, with why, before it is applied")
@@ -528,12 +531,14 @@ def run_explain(args) -> int:
     program = None if v.same_pod else {
         "allowed": v.allowed, "deciding_rule": rule,
         "admitting_rule": at(v.ingress.admitting_rule or v.egress.admitting_rule)}
+    live = _established(source, destination, args) if args.established else None
     if args.output == "json":
         print(json.dumps({
             "from": source.label, "to": destination.label, "from_ip": str(source.ip), "to_ip": str(destination.ip),
             "protocol": args.protocol, "port": args.port, "allowed": v.allowed, "same_pod": v.same_pod,
             "egress": _direction_json(v.egress, source.pod is not None),
-            "ingress": _direction_json(v.ingress, destination.pod is not None), "program": program}))
+            "ingress": _direction_json(v.ingress, destination.pod is not None), "program": program,
+            **({"established": live} if live is not None else {})}))
     else:
         print(f"{source.label} -> {destination.label} {args.protocol}/{args.port}: "
               f"{'ALLOWED' if v.allowed else 'DENIED'}")
@@ -545,7 +550,28 @@ def run_explain(args) -> int:
             print(f"compiled rules: {'ACCEPT' if v.allowed else 'DROP'} by {rule['chain']} "
                   f"rule {rule['index'] + 1} ({rule['origin']})" if rule else
                   f"compiled rules: {'ACCEPT' if v.allowed else 'DROP'} (end of chains)")
+        if live is not None:
+            print(f"established connections here: {len(live)}")
+            for c in live:
+                what = "revoked: every packet is reset or dropped, both directions" if c["revoked"] else \
+                    "open" if v.allowed else "open, though the program denies it (not revoked: opened under " \
+                    "another program with --no-revoke-established, or awaiting the agent's next update)"
+                print(f"  {source.ip}:{c['src_port']} -> {destination.ip}:{c['dst_port']} {args.protocol.lower()}"
+                      f"{' ' + c['state'] if c['state'] else ''}: {what}")
     return 1 if cluster.rejections else 0
+
+
+def _established(source, destination, args) -> list:
+    """The live flows source -> destination on the protocol and port in this
+    namespace's conntrack table, as the FORWARD chains judged them."""
+    from .kernel.conntrack import Conntrack
+    from .model.objects import PROTOCOL_NUMBERS
+    with Conntrack() as ct:
+        flows = ct.flows([source.ip.version])
+    number = PROTOCOL_NUMBERS[args.protocol]
+    return [{"src_port": f.sport, "dst_port": f.dport, "state": f.state, "revoked": bool(f.mark & CT_REVOKED)}
+            for f in flows if f.src == source.ip.packed and f.dst == destination.ip.packed
+            and f.protocol == number and f.dport == args.port]
 
 
 def _diff_inputs(args) -> tuple:

@@ -12,8 +12,10 @@ from pyipset.agent.loop import Agent
 from pyipset.agent.settings import Settings
 
 
-def agent_with(objs) -> Agent:
-    agent = Agent(Settings(node_name="n0", backoff_initial=0.01, backoff_max=0.05))
+def agent_with(objs, **settings) -> Agent:
+    """An agent holding these objects; revocation off unless asked (it would read this namespace's conntrack)."""
+    agent = Agent(Settings(node_name="n0", backoff_initial=0.01, backoff_max=0.05,
+                           **{"revoke_established": False, **settings}))
     for o in objs:
         resource = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "networkpolicies"}[o["kind"]]
         o["metadata"]["resourceVersion"] = "5"
@@ -53,3 +55,53 @@ def test_an_unreadable_pod_is_left_out_and_the_rest_compiled(monkeypatch):
     members = {str(m) for p in agent.held.programs for s in p.sets.values() for m in s.members}
     assert any(m.startswith("192.0.2.10") for m in members)  # the legacy address, read as decimal
     assert any("b/broken" in line for line in agent.left_out)
+
+
+class FakeRevoker:
+    def __init__(self, fail: bool = False):
+        self.calls, self.fail = [], fail
+
+    def run(self, programs, pods, old):
+        from pyipset.observe.attribution import Block
+        from pyipset.observe.revoke import Outcome
+        self.calls.append(None if old is None else tuple(old))
+        if self.fail:
+            from pyipset.kernel.conntrack import ConntrackError
+            raise ConntrackError("cannot open a netfilter netlink socket: Operation not permitted")
+        cut = Block("revoked", "ingress", "tcp", "192.0.2.3", "192.0.2.1", 40000, 80, "a/other", "a/web", ["a/deny"])
+        return Outcome([cut], [], flows=3, judged=3, marked=1, seconds=0.001)
+
+
+def test_revocation_runs_after_updates_that_can_deny_and_never_fails_one(monkeypatch):
+    """Every update that can deny runs a pass with the programs before it
+    (none before the first); adding pods of other nodes runs none; a pass
+    that fails is counted and logged, and the update stands."""
+    monkeypatch.setattr(loop, "apply_programs", lambda programs, kernel: ["ok" for _ in programs])
+    monkeypatch.setattr(loop, "apply_changes", lambda old, new, kernel, **kw: ["ok" for _ in new])
+    agent = agent_with([namespace("a"), pod("a/web", "192.0.2.1", {"app": "web"}, node="n0")],
+                       revoke_established=True)
+    agent.revoker = fake = FakeRevoker()
+    assert agent._sync() is True
+    assert fake.calls == [None]  # the first update: the program before is not known
+    first = agent.held.programs
+
+    def event(obj):
+        obj["metadata"]["resourceVersion"] = str(10 + len(fake.calls) + agent.state.version)
+        resource = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "networkpolicies"}[obj["kind"]]
+        agent.state.event(resource, "ADDED", obj)
+        assert agent._sync() is True
+
+    event(pod("a/elsewhere", "192.0.2.7", {"app": "web"}, node="n1"))  # a pod of another node: admits only
+    assert len(fake.calls) == 1
+    event(pod("a/here", "192.0.2.8", {"app": "web"}, node="n0"))  # a pod of this node: may be isolated
+    assert len(fake.calls) == 2
+    event(policy("a/deny", {"podSelector": {}, "policyTypes": ["Ingress"]}))
+    assert len(fake.calls) == 3 and fake.calls[1] is not None and fake.calls[0] is None
+    event(pod("a/elsewhere", "192.0.2.7", {"app": "db"}, node="n1"))  # relabelled: it can deny
+    assert len(fake.calls) == 4
+    assert agent.metrics.revoked.labels("ingress", "tcp")._value.get() == 4  # one a pass
+    assert first is not agent.held.programs
+    agent.revoker = FakeRevoker(fail=True)
+    event(pod("a/gone", "192.0.2.9", node="n0"))
+    assert agent.metrics.revocation_errors._value.get() == 1 and agent.last_error is None
+    assert agent.ready()[0] or "revok" not in agent.ready()[1]

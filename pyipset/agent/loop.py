@@ -366,6 +366,10 @@ class Agent:
         version, changes, relisted = self.state.take_changes()
         previous = self.held.programs if self.held.trusted else None
         path = "incremental"
+        # Pods this update adds (absent from the programs before it): see _can_deny.
+        added = {f"{k[0]}/{k[1]}" for k, obj in changes["pods"].items() if obj is not None} \
+            if self.engine is not None else set()
+        added = {k for k in added if k not in self.engine.pods} if added else added
         try:
             programs = self._incremental(changes, relisted)
             self.held = self.held.untrusted()  # until this update is applied
@@ -400,7 +404,8 @@ class Agent:
         self.metrics.sync_duration.observe(time.monotonic() - started)
         self._enforces(version)
         self.last_error = None
-        self._revoke(programs, previous)
+        if self._can_deny(path, changes, added):
+            self._revoke(programs, previous)
         if not self.first_sync.is_set():
             self.first_sync.set()
             log.info("first kernel update applied: %s", "; ".join(f"{p.family}: {r}" for p, r in
@@ -449,6 +454,23 @@ class Agent:
         self._enforces(version)
         if total:
             self._revoke(programs, None)  # what the kernel held instead is not known: judge every flow
+
+    def _can_deny(self, path: str, changes: dict, added: set) -> bool:
+        """Whether an update can deny a flow the programs before it allowed.
+        Not when it only adds pods of other nodes on the incremental path
+        (their addresses were no pod's: the incremental path declines an
+        address another pod holds): such a pod only joins peer and named-port
+        sets, which admit, never isolate (the sets that isolate or hook hold
+        this node's pods alone). The commonest update of a large cluster, pod
+        churn elsewhere, then costs no pass. Anything else can."""
+        if path != "incremental" or changes["networkpolicies"] or changes["namespaces"] or not changes["pods"]:
+            return True
+        node = self.settings.node_name
+        for key, obj in changes["pods"].items():
+            pod = self.engine.pods.get(f"{key[0]}/{key[1]}") if obj is not None else None
+            if pod is None or f"{key[0]}/{key[1]}" not in added or pod.node == node:
+                return True
+        return False
 
     def _revoke(self, programs: list, previous) -> None:
         """Cuts the established flows `programs` deny and `previous` allowed

@@ -191,7 +191,7 @@ class Revoker:
                          if any(v.program is p for p in list(new.values()) + list((old or {}).values()))}
         versions = [v for v, fam in _FAMILY_OF.items() if fam in new]
         with Conntrack(self.netns) as ct:
-            flows = ct.flows(versions)
+            flows = ct.flows(versions, unmarked=CT_REVOKED)
             local = local_addresses(self.netns) if flows else set()
             decision = judge(flows, new, old, local, self._natives)
             if not cut:

@@ -107,6 +107,15 @@ def test_apply_cuts_the_flows_a_policy_denies_and_no_other(tmp_path, backend, lo
         time.sleep(1.0)
         out, at = apply(lab, tmp_path, OBJS + [DB])
         results = flows.results()
+        explained = {src: json.loads(subprocess.run(
+            ["ip", "netns", "exec", lab.node, sys.executable, "-m", "pyipset", "explain", "-f", str(tmp_path),
+             "--from", src, "--to", "a/db", "--protocol", "TCP", "--port", str(PORT), "--established", "-o", "json",
+             "--backend", backend], capture_output=True, text=True, cwd="/", check=True).stdout)
+            for src in ("a/client", "a/web")}
+    # explain reads the live table: the cut flow is there, revoked; the allowed one is not
+    assert [(c["revoked"], c["dst_port"]) for c in explained["a/client"]["established"]] == [(True, PORT)]
+    assert not explained["a/client"]["allowed"] and explained["a/web"]["allowed"]
+    assert all(not c["revoked"] for c in explained["a/web"]["established"])
     assert "established connection revoked (cut): a/client -> a/db tcp/7000, ingress by a/db" in out, out
     assert "revoked 2 established connection(s)" in out, out
     for (src, protocol), (client, server) in results.items():
