@@ -135,19 +135,25 @@ def _sctp_answer(s: socket.socket, port: int) -> None:
             pass
 
 
+def _listen(addr: str, port: int, backlog: int) -> list:
+    """[a listening TCP socket, a bound UDP socket] on addr:port."""
+    fam = _family(addr)
+    t = socket.socket(fam, socket.SOCK_STREAM)
+    t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    t.bind((addr, port))
+    t.listen(backlog)
+    u = socket.socket(fam, socket.SOCK_DGRAM)
+    u.bind((addr, port))
+    return [t, u]
+
+
 def serve(port: int, addrs: list) -> None:
     """TCP, UDP and SCTP on `port` on each of the pod's addresses; prints 'ready'
     (SCTP only where raw sockets take protocol 132: see sctp_socket)."""
     socks, sctp = [], set()
     for addr in addrs:
         fam = _family(addr)
-        t = socket.socket(fam, socket.SOCK_STREAM)
-        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        t.bind((addr, port))
-        t.listen(4096)
-        u = socket.socket(fam, socket.SOCK_DGRAM)
-        u.bind((addr, port))
-        socks += [t, u]
+        socks += _listen(addr, port, 4096)
         try:
             r = socket.socket(fam, socket.SOCK_RAW, IPPROTO_SCTP)
         except OSError:
@@ -344,13 +350,7 @@ def stream_serve(port: int, seconds: float, addrs: list) -> dict:
     import time
     listeners, udp = [], []
     for addr in addrs:
-        fam = _family(addr)
-        t = socket.socket(fam, socket.SOCK_STREAM)
-        t.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        t.bind((addr, port))
-        t.listen(64)
-        u = socket.socket(fam, socket.SOCK_DGRAM)
-        u.bind((addr, port))
+        t, u = _listen(addr, port, 64)
         listeners.append(t)
         udp.append(u)
     print("ready", flush=True)
