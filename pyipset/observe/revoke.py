@@ -181,9 +181,9 @@ class Revoker:
         self.attributor = Attributor()
         self._natives: dict = {}
 
-    def run(self, new_programs: list, pods, old_programs: Optional[list] = None, cut: bool = True) -> Outcome:
-        """Judges the live flows (see the top of the module) and marks those
-        to revoke (cut=False: only reports them, as would-revoke)."""
+    def run(self, new_programs: list, pods, old_programs: Optional[list] = None) -> Outcome:
+        """Judges the live flows (see the top of the module), marks those to
+        revoke and reports them, and those audit mode would revoke."""
         started = time.perf_counter()
         new = {p.family: p for p in new_programs}
         old = None if old_programs is None else {p.family: p for p in old_programs}
@@ -194,9 +194,6 @@ class Revoker:
             flows = ct.flows(versions, unmarked=CT_REVOKED)
             local = local_addresses(self.netns) if flows else set()
             decision = judge(flows, new, old, local, self._natives)
-            if not cut:
-                decision.would += decision.revoke
-                decision.revoke = []
             marked = ct.set_mark([f for f, _ in decision.revoke], CT_REVOKED) if decision.revoke else 0
         revoked = would = []
         if decision.revoke or decision.would:
