@@ -1,6 +1,6 @@
 """Revocation without a kernel: which live flows a change cuts (observe/revoke.judge)
 against the reference semantics, and how flows are read from ctnetlink messages
-(kernel/conntrack.parse_flow). The kernel's side: tests/kernel/test_revoke.py."""
+(kernel/conntrack.parse_flow). The kernel's side: tests/kernel/test_revoke_kernel.py."""
 
 from __future__ import annotations
 
