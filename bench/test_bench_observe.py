@@ -101,7 +101,7 @@ def test_attributed_events_per_second(benchmark, workload):
 def test_packet_to_log_line_latency(benchmark, tmp_path):
     from pyipset.lab.node import LabNode
     from pyipset.model import load
-    from pyipset.observe.nflog import _in_netns
+    from pyipset.kernel.netns import in_netns
 
     c = load(["../examples/three-tier"])
     times: dict = {}
@@ -127,7 +127,7 @@ def test_packet_to_log_line_latency(benchmark, tmp_path):
             # 150 blocked SYNs (data may not reach middle on 8080), 20 ms apart: under the log's rate limit;
             # the round ends when each has become a log line (or 5 s after the last)
             for i in range(150):
-                s = _in_netns(src.netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                s = in_netns(src.netns, lambda: socket.socket(socket.AF_INET, socket.SOCK_STREAM))
                 s.setblocking(False)
                 s.bind((str(src.pod.ips[0]), 0))
                 port = s.getsockname()[1]
