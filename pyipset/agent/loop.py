@@ -45,8 +45,7 @@ from ..kernel.apply import (Kernel, apply_changes, apply_programs, choose_backen
                             retire_other)
 from ..model import fail_closed, load_objects
 from ..model.objects import KINDS
-from ..observe.attribution import BlockReporter
-from ..observe.attribution import TokenBucket
+from ..observe.attribution import BlockReporter, TokenBucket
 from ..observe.counts import KernelCounts
 from ..observe.revoke import Revoker
 from .api import PodCIDRsUnknown, api_client, configure, list_calls, node_pod_cidrs
@@ -367,9 +366,8 @@ class Agent:
         previous = self.held.programs if self.held.trusted else None
         path = "incremental"
         # Pods this update adds (absent from the programs before it): see _can_deny.
-        added = {f"{k[0]}/{k[1]}" for k, obj in changes["pods"].items() if obj is not None} \
-            if self.engine is not None else set()
-        added = {k for k in added if k not in self.engine.pods} if added else added
+        added = set() if self.engine is None else \
+            {f"{k[0]}/{k[1]}" for k, obj in changes["pods"].items() if obj is not None} - self.engine.pods.keys()
         try:
             programs = self._incremental(changes, relisted)
             self.held = self.held.untrusted()  # until this update is applied

@@ -30,7 +30,9 @@ The mechanism, and why:
   into the node from the bridge are: its INPUT hook judges them). A flow
   marked already is not judged again.
 - When: after every update the caller makes that can deny (the agent:
-  every kernel update; apply and reconcile: every run). When the old
+  every kernel update but those that only add pods of other nodes, and a
+  reconcile that repaired drift; apply: every run; reconcile: a run that
+  repaired drift). When the old
   program is not known (the agent's first update, apply), every live flow
   the new program denies is cut.
 
