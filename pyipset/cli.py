@@ -502,10 +502,17 @@ def _direction_text(who: str, d: explain.DirectionWhy, applies: bool) -> str:
     name = d.direction
     if not applies:
         return f"{name}: {who} is not a pod: no policy applies"
-    if not d.isolating:
-        return f"{name}: no policy selects {who} for {name}: allowed"
-    head = f"{name}: {who} is isolated by {', '.join(d.isolating)}"
     tail = "" if d.judged else " (not reached: the kernel drops it at egress first)"
+    verdict = "allowed" if d.allows else "denied"
+    passed = f"{d.admin} passed it on; " if d.admin is not None and d.admin.action == "Pass" else ""
+    if d.tier == "Admin":
+        return f"{name}: {d.admin} decides: {verdict}{tail}"
+    if d.tier == "Baseline":
+        return f"{name}: {passed}no NetworkPolicy selects {who}; {d.baseline} decides: {verdict}{tail}"
+    if not d.isolating:
+        baseline = f"; {d.baseline} passed it on" if d.baseline is not None else ""
+        return f"{name}: {passed}no policy selects {who} for {name}{baseline}: allowed{tail}"
+    head = f"{name}: {passed}{who} is isolated by {', '.join(d.isolating)}"
     if d.admitted_by is not None:
         return f"{head}; allowed by {d.admitted_by}{tail}"
     return f"{head}; no rule of these policies allows it: denied{tail}"

@@ -148,3 +148,118 @@ def changed_objects(draw, objs):
         elif what == "remove pod" and pods:
             objs.remove(draw(st.sampled_from(pods)))
     return objs
+
+
+# ---- cluster policies (AdminNetworkPolicy, BaselineAdminNetworkPolicy, ClusterNetworkPolicy) ----
+
+NODE_ADDRESSES = ["198.51.100.1", "198.51.100.2", "2001:db8:ffff::2"]  # also ends outside the cluster
+TIER_OUTSIDE = OUTSIDE + NODE_ADDRESSES
+
+
+def node(name: str, addresses, labels: dict) -> dict:
+    return {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name, "labels": labels},
+            "status": {"addresses": [{"type": "InternalIP", "address": a} for a in addresses]
+                       + [{"type": "Hostname", "address": name}]}}
+
+
+def cluster_policy(kind: str, name: str, spec: dict) -> dict:
+    version = "v1alpha2" if kind == "ClusterNetworkPolicy" else "v1alpha1"
+    return {"apiVersion": f"policy.networking.k8s.io/{version}", "kind": kind, "metadata": {"name": name},
+            "spec": spec}
+
+
+@st.composite
+def tier_subject(draw):
+    if draw(st.booleans()):
+        return {"namespaces": draw(selector())}
+    return {"pods": {"namespaceSelector": draw(selector()), "podSelector": draw(selector())}}
+
+
+@st.composite
+def tier_peer(draw, kind: str, direction: str):
+    """A peer of a cluster-policy rule of `kind` in `direction`."""
+    choices = ["namespaces", "pods"]
+    if direction == "egress":
+        choices += ["networks", "nodes"] + (["domainNames"] if kind != "BaselineAdminNetworkPolicy" else [])
+    which = draw(st.sampled_from(choices))
+    if which == "namespaces":
+        return {"namespaces": draw(selector())}
+    if which == "pods":
+        return {"pods": {"namespaceSelector": draw(selector()), "podSelector": draw(selector())}}
+    if which == "networks":
+        return {"networks": draw(st.lists(st.sampled_from(["192.0.2.0/28", "192.0.2.0/24", "0.0.0.0/0",
+                                                           "203.0.113.0/24", "2001:db8::/32", "198.51.100.0/30"]),
+                                          min_size=1, max_size=2, unique=True))}
+    if which == "nodes":
+        return {"nodes": draw(st.sampled_from([{}, {"matchLabels": {"zone": "z1"}}]))}
+    return {"domainNames": ["*.example.com"]}
+
+
+@st.composite
+def tier_ports(draw, v2: bool, named_ok: bool):
+    """A rule's ports (v1alpha1 `ports`) or protocols (v1alpha2), or None."""
+    if draw(st.booleans()):
+        return None
+    out = []
+    for _ in range(draw(st.integers(1, 2))):
+        which = draw(st.sampled_from(["number", "range", "named"] if named_ok else ["number", "range"]))
+        proto = draw(st.sampled_from(["TCP", "UDP", "SCTP"]))
+        lo = draw(st.sampled_from([9, 50, 80]))
+        if v2:
+            if which == "named":
+                out.append({"destinationNamedPort": draw(st.sampled_from(["http", "dns", "assoc", "nope"]))})
+            elif which == "number":
+                out.append({proto.lower(): {"destinationPort": {"number": draw(st.sampled_from(PORTS))}}})
+            else:
+                out.append({proto.lower(): {"destinationPort": {"range": {"start": lo, "end": lo + 5}}}})
+        else:
+            maybe = {} if proto == "TCP" and draw(st.booleans()) else {"protocol": proto}  # TCP: the default
+            if which == "named":
+                out.append({"namedPort": draw(st.sampled_from(["http", "dns", "assoc", "nope"]))})
+            elif which == "number":
+                out.append({"portNumber": {"port": draw(st.sampled_from(PORTS)), **maybe}})
+            else:
+                out.append({"portRange": {"start": lo, "end": lo + draw(st.sampled_from([5, 8000])), **maybe}})
+    return out
+
+
+@st.composite
+def tier_rule(draw, kind: str, direction: str):
+    actions = {"AdminNetworkPolicy": ["Allow", "Deny", "Pass"], "BaselineAdminNetworkPolicy": ["Allow", "Deny"],
+               "ClusterNetworkPolicy": ["Accept", "Deny", "Pass"]}[kind]
+    action = draw(st.sampled_from(actions))
+    peers = draw(st.lists(tier_peer(kind, direction), min_size=1, max_size=2))
+    if action not in ("Allow", "Accept") and any("domainNames" in p for p in peers) and draw(st.booleans()):
+        peers = [p for p in peers if "domainNames" not in p] or [{"namespaces": {}}]
+    named_ok = not any(k in p for p in peers for k in ("networks", "nodes", "domainNames"))
+    rule = {"action": action, ("from" if direction == "ingress" else "to"): peers}
+    if draw(st.booleans()):
+        rule["name"] = f"r{draw(st.integers(0, 9))}"
+    ports = draw(tier_ports(kind == "ClusterNetworkPolicy", named_ok))
+    if ports is not None:
+        rule["protocols" if kind == "ClusterNetworkPolicy" else "ports"] = ports
+    return rule
+
+
+@st.composite
+def tier_objects(draw, max_policies: int = 4):
+    """Cluster policies of every kind, tier, action and peer, and Nodes."""
+    objs = [node(f"n{i}", [a], draw(st.sampled_from([{}, {"zone": "z1"}])))
+            for i, a in enumerate(NODE_ADDRESSES[: draw(st.integers(0, 3))])]
+    banp = False
+    for i in range(draw(st.integers(1, max_policies))):
+        kind = draw(st.sampled_from(["AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy"]))
+        if kind == "BaselineAdminNetworkPolicy" and banp:
+            kind = "AdminNetworkPolicy"
+        spec = {"subject": draw(tier_subject())}
+        if kind == "ClusterNetworkPolicy":
+            spec["tier"] = draw(st.sampled_from(["Admin", "Baseline"]))
+        if kind != "BaselineAdminNetworkPolicy":
+            spec["priority"] = draw(st.sampled_from([0, 5, 5, 10]))  # equal priorities too
+        for direction in ("ingress", "egress"):
+            if draw(st.booleans()):
+                spec[direction] = draw(st.lists(tier_rule(kind, direction), min_size=1, max_size=3))
+        name = "default" if kind == "BaselineAdminNetworkPolicy" else f"cp{i}"
+        banp |= kind == "BaselineAdminNetworkPolicy"
+        objs.append(cluster_policy(kind, name, spec))
+    return objs

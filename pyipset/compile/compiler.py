@@ -68,6 +68,38 @@ search tree instead of a list of policies):
   group is one element changed; a group appearing or emptying is a leaf
   chain added or removed. iptables has no verdict maps: dispatch="tree".
 
+Tiers (cluster policies: AdminNetworkPolicy, BaselineAdminNetworkPolicy,
+ClusterNetworkPolicy; model/tiers.py). Each direction chain runs, for the
+pod on its side (the source for egress, the destination for ingress):
+
+  PYIPSET-EGRESS
+    -> PYIPSET-EGRESS-ADMIN            the Admin tier (only if one of its policies
+                                       has a pod of this node as its subject)
+    EGRESS_OK -> RETURN                Accept: decided (ingress is still judged)
+    EGRESS_DENIED -> RETURN            Deny: decided
+    clear EGRESS_PASS                  Pass, or no rule matched: NetworkPolicy next
+    isolated -> GOTO the group tree    NetworkPolicy, as above: decides
+    GOTO PYIPSET-EGRESS-BASELINE       not isolated: the Baseline tier; no rule
+                                       matching (or Pass): allowed
+
+  A tier chain finds the pod's group in the tier (the tier's policies whose
+  subject selects it, in evaluation order: priority, then kind, then name;
+  the BaselineAdminNetworkPolicy after every Baseline ClusterNetworkPolicy)
+  as NetworkPolicy groups are found (a verdict map, or a tree of sets). The
+  group's chain jumps to each policy's chain in turn and returns as soon as
+  one marked OK, DENIED or PASS. A policy's chain holds its rules in order:
+  each expands to one MARK rule per (peer, port) (namespaces and pods peers
+  are the NetworkPolicy peer sets, shared; networks a hash:net set; nodes a
+  set of the selected Nodes' addresses; a named port the named-port set),
+  then "marked -> RETURN", so the first rule that matches decides.
+
+  Cost per NEW connection: for a pod no cluster policy selects, one lookup
+  per tier (the map, or the tier's set), whatever the number of cluster
+  policies; for a selected pod, that lookup plus the rules of the policies
+  that select it, in order, until one matches. What the walk visits grows
+  with the cluster policies that select the pod, never with those that do
+  not.
+
 Revoked connections: an established connection that a change of policy
 denies is marked in conntrack (bit CT_REVOKED of its connection mark, by
 observe/revoke.py, which asks the evaluator about this program); the entry
@@ -110,13 +142,19 @@ import functools
 from typing import Optional
 
 from .. import protocols
-from ..model.objects import KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, NetworkPolicy, Peer, Pod, PolicyRule, PortSpec
+from ..model.objects import (KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, ClusterPeer, ClusterPolicy, NetworkPolicy,
+                             Peer, Pod, PolicyRule, PortSpec)
 from . import naming
 from .naming import (ROLE_AUDIT, ROLE_BLOCK, ROLE_DISPATCH, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL,
-                     ROLE_NAMED_PORT, ROLE_PEER, ROLE_POD_CIDR, ROLE_SEEN,
+                     ROLE_NAMED_PORT, ROLE_NETWORKS, ROLE_NODES, ROLE_PEER, ROLE_POD_CIDR, ROLE_SEEN,
                      deny_chain, direction_chain, group_chain, log_prefix, policy_chain, tree_chain)
-from .program import (CT_REVOKED, ENTRY_CHAIN, MAP_TYPE, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK,
-                      MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
+from .program import (CT_REVOKED, ENTRY_CHAIN, MAP_TYPE, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK,
+                      MARK_EGRESS_PASS, MARK_INGRESS_DENIED, MARK_INGRESS_OK, MARK_INGRESS_PASS, MARK_MASK,
+                      NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
+
+# A cluster-policy rule's action as the mark it sets, per direction: (Accept, Deny, Pass).
+_TIER_MARKS = {"egress": (MARK_EGRESS_OK, MARK_EGRESS_DENIED, MARK_EGRESS_PASS),
+               "ingress": (MARK_INGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_PASS)}
 
 FLATTEN_LIMIT = 1024
 DISPATCHES = ("tree", "map")  # how a pod's policy group is found: a tree of sets (iptables), a verdict map
@@ -148,7 +186,7 @@ LOG_BURST = 200  # ... after a burst of this many
 # Roles whose members follow from the set's key, the pods and the namespaces
 # alone (not from the policies): a compile for changed policies and the same
 # pods may take them from the previous program (incremental.py).
-REUSABLE_ROLES = (ROLE_PEER, ROLE_NAMED_PORT, ROLE_LOCAL, ROLE_BLOCK, ROLE_POD_CIDR)
+REUSABLE_ROLES = (ROLE_PEER, ROLE_NAMED_PORT, ROLE_LOCAL, ROLE_BLOCK, ROLE_POD_CIDR, ROLE_NETWORKS)
 
 
 class _Sets:
@@ -222,6 +260,7 @@ class _Compiler:
         self.eligible: list = []  # (policy, index, rule, direction): flattened or not, by size
         self.groups: dict = {}  # direction -> {group key: pods}
         self._policies_by_ns: dict = {}  # direction -> namespace -> [policy], sorted by key
+        self._tier_policies: dict = {}  # (tier, direction) -> [ClusterPolicy] in evaluation order
 
     # ---- membership (memoized: many policies share selectors) ----
 
@@ -402,28 +441,31 @@ class _Compiler:
                     rules.append(Rule(port_m + peer_m, "MARK", mark=ok_mark, **whose))
         return rules
 
-    def group_tree(self, direction: str, keys: list, by_group: dict, policy_chains: dict, ok: int,
-                   denied: int, fanout: int = 2) -> str:
+    def group_tree(self, direction: str, keys: list, by_group: dict, leaf, key_of, fanout: int = 2,
+                   scope: str = "") -> str:
         """The chain that finds the pod's group among `keys` (sorted tuples of the
         policies selecting a pod) by splitting them into `fanout` parts: up to
-        fanout - 1 set lookups per level."""
+        fanout - 1 set lookups per level. leaf(key): the group's chain;
+        key_of(pod): a pod's group; scope: what the groups are of ("" for
+        NetworkPolicy, the tier for cluster policies)."""
         own_dim = "src" if direction == "egress" else "dst"
         if len(keys) == 1:
-            return self.group_leaf(direction, keys[0], policy_chains, ok, denied)
+            return leaf(keys[0])
         k = min(fanout, len(keys))
         cuts = [len(keys) * i // k for i in range(k + 1)]
         parts = [keys[cuts[i]:cuts[i + 1]] for i in range(k)]
         rules = []
         for i, part in enumerate(parts):
-            child = self.group_tree(direction, part, by_group, policy_chains, ok, denied, fanout)
+            child = self.group_tree(direction, part, by_group, leaf, key_of, fanout, scope)
             if i == k - 1:
                 rules.append(Rule((), "GOTO", jump=child, origin="policy group search"))
                 break
             covered = frozenset(part)
-            part_set = self.pod_set(ROLE_GROUP, ("groups", direction, tuple(part)),
+            part_set = self.pod_set(ROLE_GROUP, ("groups", direction, tuple(part)) + ((scope,) if scope else ()),
                                     lambda part=part: [p for g in part for p in by_group[g]],
-                                    f"pods selected by one of {len(part)} groups of {direction} policies",
-                                    lambda pod, covered=covered: self.group_key(pod, direction) in covered)
+                                    f"pods selected by one of {len(part)} groups of {scope + ' ' if scope else ''}"
+                                    f"{direction} policies",
+                                    lambda pod, covered=covered: key_of(pod) in covered)
             rules.append(Rule((Match("set", name=part_set, dims=own_dim),), "GOTO", jump=child,
                               origin="policy group search"))
         name = tree_chain(direction, keys)
@@ -444,17 +486,19 @@ class _Compiler:
         self.program.chains[name] = rules
         return name
 
-    def dispatch_map(self, direction: str, by_group: dict, policy_chains: dict, ok: int, denied: int) -> str:
-        """A verdict map from each isolated pod's address to its group's chain."""
-        chains = {key: self.group_leaf(direction, key, policy_chains, ok, denied) for key in sorted(by_group)}
-        name = self.sets.get(ROLE_DISPATCH, ("dispatch", direction), MAP_TYPE,
+    def dispatch_map(self, direction: str, by_group: dict, leaf, key_of, scope: str = "") -> str:
+        """A verdict map from each pod's address to its group's chain (leaf(key));
+        key_of(pod): a pod's group, () for none."""
+        chains = {key: leaf(key) for key in sorted(by_group)}
+        name = self.sets.get(ROLE_DISPATCH, ("dispatch", direction) + ((scope,) if scope else ()), MAP_TYPE,
                              lambda: [f"{ip} {chains[key]}" for key, pods in by_group.items() for p in pods
                                       for ip in self.texts(p)],
-                             f"pods isolated for {direction}: each to its policy group's chain")
+                             f"pods {'a ' + scope + ' tier policy selects' if scope else 'isolated'} for "
+                             f"{direction}: each to its policy group's chain")
         if name not in self.members_of:
-            def member_of(pod, direction=direction):
-                key = self.group_key(pod, direction)
-                return [f"{ip} {group_chain(direction, key)}" for ip in self.texts(pod)] if key else []
+            def member_of(pod):
+                key = key_of(pod)
+                return [f"{ip} {chains.get(key) or leaf(key)}" for ip in self.texts(pod)] if key else []
             self.members_of[name] = member_of
         return name
 
@@ -487,10 +531,13 @@ class _Compiler:
         self.groups[direction] = by_group
         rules = []
         denied = MARK_EGRESS_DENIED if direction == "egress" else MARK_INGRESS_DENIED
+        rules = self.tier_rules("Admin", direction)
+        leaf = functools.partial(self.group_leaf, direction, policy_chains=policy_chains, ok=ok, denied=denied)
+        key_of = functools.partial(self.group_key, direction=direction)
         if by_group and self.dispatch == "map":
             # Pods no policy isolates are in no group: not in the map, they
             # fall off the end of this chain unmarked (allowed).
-            mapped = self.dispatch_map(direction, by_group, policy_chains, ok, denied)
+            mapped = self.dispatch_map(direction, by_group, leaf, key_of)
             rules.append(Rule((), "DISPATCH", dispatch=mapped, dispatch_dims=own_dim,
                               origin=f"isolated for {direction}: to the chain of its policy group"))
         elif by_group:
@@ -498,12 +545,127 @@ class _Compiler:
             # allowed, after ONE set lookup.
             iso = self.pod_set(ROLE_ISOLATED, ("isolated", direction), [pod for pod, _ in selecting.values()],
                                f"pods isolated for {direction}", lambda pod: bool(self.group_key(pod, direction)))
-            root = self.group_tree(direction, sorted(by_group), by_group, policy_chains, ok, denied,
-                                   tree_fanout(len(by_group)))
+            root = self.group_tree(direction, sorted(by_group), by_group, leaf, key_of, tree_fanout(len(by_group)))
             rules.append(Rule((Match("set", name=iso, dims=own_dim),), "GOTO", jump=root,
                               origin=f"isolated for {direction}: the policies that select it decide"))
+        rules += self.tier_rules("Baseline", direction)
         self.program.chains[chain] = rules
         return chain
+
+    # ---- cluster policy tiers (see "Tiers" at the top of this module) ----
+
+    def subject_selects(self, policy: ClusterPolicy, pod: Pod) -> bool:
+        ns = self.cluster.namespaces.get(pod.namespace)
+        return (self.is_local(pod) and ns is not None and policy.namespaces.matches(ns.labels)
+                and (policy.pods is None or policy.pods.matches(pod.labels)))
+
+    def tier_policies(self, tier: str, direction: str) -> list:
+        """The tier's policies with rules for this direction, in evaluation order."""
+        return sorted((p for p in self.cluster.cluster_policies if p.tier == tier and getattr(p, direction)),
+                      key=lambda p: p.order)
+
+    def tier_key(self, pod: Pod, tier: str, direction: str) -> tuple:
+        """The tier's policies (in order) whose subject is this pod of this node: its group in the tier."""
+        return tuple(p.key for p in self._tier_policies[(tier, direction)] if self.subject_selects(p, pod))
+
+    def tier_rules(self, tier: str, direction: str) -> list:
+        """The direction chain's rules for one tier: none when no policy of the
+        tier has a pod of this node as its subject in this direction."""
+        policies = self._tier_policies[(tier, direction)] = self.tier_policies(tier, direction)
+        if not policies:
+            return []
+        chain = naming.tier_chain(tier, direction)
+        own_dim = "src" if direction == "egress" else "dst"
+        by_group: dict = {}
+        for namespace, pods in self.local_by_namespace.items():
+            for pod in pods:
+                key = self.tier_key(pod, tier, direction)
+                if key:
+                    by_group.setdefault(key, []).append(pod)
+        if not by_group:
+            return []
+        self.program.chains[chain] = []  # declared before its sub-chains
+        chains = {p.key: self.tier_policy_chain(p, direction)
+                  for p in policies if any(p.key in key for key in by_group)}
+        leaf = functools.partial(self.tier_leaf, direction, chains=chains)
+        key_of = functools.partial(self.tier_key, tier=tier, direction=direction)
+        if self.dispatch == "map":
+            mapped = self.dispatch_map(direction, by_group, leaf, key_of, scope=tier)
+            self.program.chains[chain] = [Rule((), "DISPATCH", dispatch=mapped, dispatch_dims=own_dim,
+                                               origin=f"the {tier} tier's policies for its {direction}")]
+        else:
+            selected = self.pod_set(ROLE_ISOLATED, ("tier", tier, direction),
+                                    [p for pods in by_group.values() for p in pods],
+                                    f"pods a {tier} tier policy selects for {direction}", key_of)
+            root = self.group_tree(direction, sorted(by_group), by_group, leaf, key_of, tree_fanout(len(by_group)),
+                                   scope=tier)
+            self.program.chains[chain] = [Rule((Match("set", name=selected, dims=own_dim),), "GOTO", jump=root,
+                                               origin=f"the {tier} tier's policies for its {direction}")]
+        ok, denied, passed = _TIER_MARKS[direction]
+        if tier == "Baseline":  # last: whatever it says (or nothing: allowed) is the direction's verdict
+            return [Rule((), "GOTO", jump=chain, origin=f"not isolated by NetworkPolicy: the Baseline tier decides "
+                                                        f"(no rule matching: allowed)")]
+        return [
+            Rule((), "JUMP", jump=chain, origin=f"the Admin tier first ({direction})"),
+            Rule((Match("mark", value=ok, value2=ok),), "RETURN", origin="an Admin tier rule accepted it"),
+            Rule((Match("mark", value=denied, value2=denied),), "RETURN", origin="an Admin tier rule denied it"),
+            Rule((), "MARK", mark=0, mark_mask=passed,
+                 origin="the Admin tier passed it, or no rule of it matched: NetworkPolicy next"),
+        ]
+
+    def tier_leaf(self, direction: str, key: tuple, chains: dict) -> str:
+        """The chain of one group of a tier: its policies' chains in order, until one decides (or passes)."""
+        decided = Match("mark", value=0, value2=sum(_TIER_MARKS[direction]), negate=True)
+        name = group_chain(direction, key)
+        rules = []
+        for policy in key:
+            rules.append(Rule((), "JUMP", jump=chains[policy], policy=policy,
+                              origin=f"{policy} selects the {'source' if direction == 'egress' else 'destination'}"))
+            rules.append(Rule((decided,), "RETURN", origin=f"{policy} decided (or passed)", policy=policy))
+        self.program.chains[name] = rules
+        return name
+
+    def tier_policy_chain(self, policy: ClusterPolicy, direction: str) -> str:
+        """A cluster policy's rules in order, each marking its action; the first that matches ends the chain."""
+        marks = dict(zip(("Accept", "Deny", "Pass"), _TIER_MARKS[direction]))
+        decided = Match("mark", value=0, value2=sum(_TIER_MARKS[direction]), negate=True)
+        peer_dim = "dst" if direction == "egress" else "src"
+        rules = []
+        for index, rule in enumerate(getattr(policy, direction)):
+            origin = f"{policy.key} {direction}[{index}]{' ' + rule.name if rule.name else ''}: {rule.action}"
+            whose = dict(origin=origin, policy=policy.key, policy_rule=(direction, index), tier=policy.tier,
+                         action=rule.action)
+            peer_options = [m for peer in rule.peers for m in self.cluster_peer_matches(peer, peer_dim)]
+            port_options = [()] if rule.ports is None else [self.port_matches(s) for s in rule.ports]
+            expanded = [Rule(port_m + peer_m, "MARK", mark=marks[rule.action], **whose)
+                        for peer_m in peer_options for port_m in port_options]
+            if expanded:
+                rules += expanded + [Rule((decided,), "RETURN", origin=f"{policy.key} {direction}[{index}] matched",
+                                          policy=policy.key)]
+        name = policy_chain(policy.key, direction)
+        self.program.chains[name] = rules
+        return name
+
+    def cluster_peer_matches(self, peer: ClusterPeer, dim: str) -> list:
+        """The match tuples of one cluster-policy peer in this family (none: it matches nothing here)."""
+        if peer.kind in ("namespaces", "pods"):
+            as_peer = Peer(pod_selector=peer.pods, namespace_selector=peer.namespaces)
+            return [(self.peer_match(None, as_peer, dim),)]
+        if peer.kind == "networks":
+            nets = sorted(str(n) for n in peer.networks if n.version == self.version)
+            if not nets:
+                return []
+            name = self.sets.get(ROLE_NETWORKS, ("networks", tuple(nets)), "hash:net", nets,
+                                 f"networks {', '.join(nets)}"[:200])
+            return [(Match("set", name=name, dims=dim),)]
+        if peer.kind == "nodes":
+            selector = peer.nodes
+            ips = sorted({str(ip) for node in self.cluster.nodes.values() if selector.matches(node.labels)
+                          for ip in node.ips if ip.version == self.version})
+            name = self.sets.get(ROLE_NODES, ("nodes", selector.canonical(), tuple(ips)), "hash:ip", ips,
+                                 f"addresses of the nodes matching {selector.describe()}")
+            return [(Match("set", name=name, dims=dim),)]
+        return []  # domainNames: tiers.py made the rule fail closed
 
     def compile(self) -> RuleProgram:
         prog = self.program

@@ -43,12 +43,15 @@ ROLE_POD_CIDR = "pod-cidr"  # this node's pod CIDRs (--deny-unknown-pod-ips)
 ROLE_AUDIT = "audit"  # this node's pods in audit mode: what policy would deny them is allowed and reported
 ROLE_SEEN = "seen"  # connection attempts blocked lately (dynamic): their retransmissions are not new blocks
 ROLE_DISPATCH = "dispatch"  # a verdict map: each isolated pod's address to its policy group's chain
+ROLE_NETWORKS = "networks"  # a cluster-policy peer's networks (hash:net)
+ROLE_NODES = "nodes"  # the addresses of the Nodes a cluster-policy peer selects
 ROLES = (ROLE_ISOLATED, ROLE_GROUP, ROLE_PEER, ROLE_BLOCK, ROLE_NAMED_PORT, ROLE_FLAT, ROLE_LOCAL, ROLE_POD_CIDR,
-         ROLE_AUDIT, ROLE_SEEN, ROLE_DISPATCH)
+         ROLE_AUDIT, ROLE_SEEN, ROLE_DISPATCH, ROLE_NETWORKS, ROLE_NODES)
 
 # One letter per role in set names, for people reading `ipset list`.
 _SET_CODES = {ROLE_ISOLATED: "I", ROLE_GROUP: "G", ROLE_BLOCK: "B", ROLE_NAMED_PORT: "T", ROLE_FLAT: "F",
-              ROLE_LOCAL: "L", ROLE_POD_CIDR: "U", ROLE_AUDIT: "A", ROLE_SEEN: "R", ROLE_DISPATCH: "D"}
+              ROLE_LOCAL: "L", ROLE_POD_CIDR: "U", ROLE_AUDIT: "A", ROLE_SEEN: "R", ROLE_DISPATCH: "D",
+              ROLE_NETWORKS: "W", ROLE_NODES: "H"}
 _PEER_CODES = {"pods": "P", "namespaces": "N", "nspods": "Q"}
 
 
@@ -90,6 +93,11 @@ def set_name(role: str, key: str, peer_kind: str = "") -> str:
 
 def direction_chain(direction: str) -> str:
     return f"{CHAIN_PREFIX}-{direction.upper()}"
+
+
+def tier_chain(tier: str, direction: str) -> str:
+    """A cluster-policy tier's chain for one direction: PYIPSET-EGRESS-ADMIN, ..."""
+    return f"{CHAIN_PREFIX}-{direction.upper()}-{tier.upper()}"
 
 
 def deny_chain(direction: str) -> str:

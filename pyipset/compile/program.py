@@ -24,7 +24,10 @@ MARK_EGRESS_OK = 0x10000
 MARK_INGRESS_OK = 0x20000
 MARK_EGRESS_DENIED = 0x40000
 MARK_INGRESS_DENIED = 0x80000
-MARK_MASK = 0xF0000
+# A cluster-policy rule whose action is Pass: the rest of its tier is skipped (compiler.py, "Tiers").
+MARK_EGRESS_PASS = 0x100000
+MARK_INGRESS_PASS = 0x200000
+MARK_MASK = 0x3F0000
 # The conntrack mark bit of a revoked connection (observe/revoke.py sets it on
 # established flows that a change of policy denies; the entry chain drops or
 # resets every later packet of them, in both directions). Nothing else of ours
@@ -130,6 +133,8 @@ class Rule:
     # The same, for programs (explain, attribution), never parsed back from `origin`:
     policy: str = ""  # the NetworkPolicy (namespace/name) it came from, if any
     policy_rule: tuple = ()  # (direction, index) of the policy's rule it admits for, if it does
+    tier: str = ""  # a cluster policy's rule: its tier (Admin, Baseline) ...
+    action: str = ""  # ... and its action (Accept, Deny, Pass), which this rule's mark carries
 
 
 @dataclass(frozen=True)

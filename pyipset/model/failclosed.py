@@ -15,6 +15,12 @@ good version said.
   and no other pod may hold them. They are given to a pod of a namespace no
   object can name, so that no other policy selects it (a NotIn selector
   would match a pod without labels, and its rules could admit traffic).
+- A rejected cluster policy (AdminNetworkPolicy, BaselineAdminNetworkPolicy,
+  ClusterNetworkPolicy) whose subject can be read denies all traffic of its
+  subject, both ways, in its tier at its priority (0 when unreadable):
+  whatever its rules said, nothing reaching it there gets more than that.
+  One whose subject cannot be read cannot fail closed. Neither can a
+  rejected Node (the addresses `nodes` peers would match are unknown).
 - A rejected Namespace matches no namespaceSelector (not even NotIn or
   DoesNotExist ones, which would otherwise match a namespace without labels).
 - An object of which too little can be read to do this (its namespace, a
@@ -32,8 +38,9 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import InputRejected
-from .objects import KINDS, Cluster, NetworkPolicy, Pod
+from .objects import CLUSTER_POLICY_KINDS, KINDS, ClusterPeer, ClusterPolicy, ClusterRule, Cluster, NetworkPolicy, Pod
 from .selectors import LabelSelector
+from .tiers import EVERYWHERE
 
 # A namespace no Kubernetes object can name (names have no spaces or
 # parentheses): only the quarantine policy lives there, and no
@@ -53,13 +60,14 @@ def fail_closed(cluster: Cluster, previous: dict | None = None, skip_unreadable:
     be read isolates only the pods that selector selects, plus those its
     last accepted version selected, in the directions of both, instead of
     its whole namespace: still never less isolation than before."""
-    cannot = [r for r in cluster.rejections if not r.fail_closed or r.namespace is None
-              or r.kind not in KINDS]
+    cannot = [r for r in cluster.rejections if not r.fail_closed or r.kind not in KINDS or r.kind == "Node"
+              or (r.scope is None if r.kind in CLUSTER_POLICY_KINDS else r.namespace is None)]
     if cannot and not skip_unreadable:
         raise InputRejected(
             f"{len(cannot)} rejected object(s) cannot fail closed (too little of them can be read): "
             + "; ".join(str(r) for r in cannot[:5]) + (" ..." if len(cannot) > 5 else ""))
     out = dataclasses.replace(cluster, pods=list(cluster.pods), policies=list(cluster.policies),
+                              cluster_policies=list(cluster.cluster_policies),
                               namespaces=dict(cluster.namespaces), failed_closed=list(cluster.failed_closed),
                               left_out=list(cluster.left_out))
     left_out = {id(r) for r in cannot}
@@ -104,6 +112,13 @@ def fail_closed(cluster: Cluster, previous: dict | None = None, skip_unreadable:
                 quarantined[ip] = pod
             out.failed_closed.append(f"Pod {r.object}: its addresses {', '.join(map(str, r.addresses))} are "
                                      "quarantined (isolated both ways, admitted nowhere)")
+        elif r.kind in CLUSTER_POLICY_KINDS:
+            tier, priority, namespaces, pods = r.scope
+            deny = (ClusterRule("failed closed", "Deny", (ClusterPeer("networks", networks=EVERYWHERE),)),)
+            out.cluster_policies.append(ClusterPolicy(r.kind, f"{r.object} (rejected #{i})", tier, priority,
+                                                      namespaces, pods, deny, deny))
+            out.failed_closed.append(f"{r.kind} {r.object}: all traffic of its subject is denied, both ways, in "
+                                     f"the {tier} tier at priority {priority}")
         elif r.kind == "Namespace":
             out.namespaces.pop(r.namespace, None)
             out.failed_closed.append(f"Namespace {r.namespace}: its labels are unknown, so no namespaceSelector "

@@ -27,8 +27,9 @@ from typing import Iterable, Optional
 import yaml
 
 from ..errors import PyipsetError, brief, brief_text
-from . import schema
-from .objects import KINDS, Cluster, Namespace, Rejection
+from . import crd, schema
+from .objects import CLUSTER_POLICY_KINDS, KINDS, Cluster, Namespace, Rejection
+from .tiers import parse_cluster_policy, parse_node, rejected_cluster_policy_scope
 from .validation import (Invalid, validate_name, parse_namespace, parse_pod, parse_policy, rejected_policy_scope,
                          rejected_pod_addresses, resolve_shared_ips)
 
@@ -299,6 +300,9 @@ def _valid_namespace(value) -> bool:
         return False
 
 
+CLUSTER_SCOPED = ("Node",) + CLUSTER_POLICY_KINDS  # named without a namespace (besides Namespace)
+
+
 def _identity(obj: dict) -> tuple:
     """(kind, "namespace/name" or name, namespace or None): the namespace only
     when it is a valid one, since failing closed acts on it."""
@@ -310,6 +314,8 @@ def _identity(obj: dict) -> tuple:
     name_text = name if isinstance(name, str) else "?"
     if kind == "Namespace":
         return kind, name_text, name if _valid_namespace(name) else None
+    if kind in CLUSTER_SCOPED:
+        return kind, name_text, None
     ns_ok = _valid_namespace(namespace)
     return kind, f"{namespace if isinstance(namespace, str) else '?'}/{name_text}", namespace if ns_ok else None
 
@@ -324,12 +330,13 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cac
         return
     if kind not in KINDS:
         cluster.notices.append(f"{source}: skipped {brief_text(kind) or 'an object without kind'} {brief_text(name)}"
-                               ": not a Namespace, Pod or NetworkPolicy")
+                               f": not one of {', '.join(KINDS)}")
         return
 
     def reject(path: str, value, reason: str) -> None:
         addresses, readable = rejected_pod_addresses(obj) if kind == "Pod" else ((), True)
-        scope = rejected_policy_scope(obj) if kind == "NetworkPolicy" else None
+        scope = rejected_policy_scope(obj) if kind == "NetworkPolicy" else \
+            rejected_cluster_policy_scope(obj, kind) if kind in CLUSTER_POLICY_KINDS else None
         cluster.rejections.append(Rejection(kind, name, path, value, reason, source, namespace=namespace,
                                             addresses=addresses, fail_closed=readable, scope=scope))
 
@@ -371,6 +378,13 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cac
         else:
             cluster.pods.append(parsed)
         seen[(kind, name)] = parsed if parsed is not None else obj
+    elif kind == "Node":
+        cluster.nodes[parsed.name] = parsed
+        seen[(kind, name)] = parsed
+    elif kind in CLUSTER_POLICY_KINDS:
+        cluster.notices.extend(f"{source}: {n}" if source else n for n in why_not)
+        cluster.cluster_policies.append(parsed)
+        seen[(kind, name)] = parsed
     else:
         cluster.policies.append(parsed)
         seen[(kind, name)] = parsed
@@ -380,11 +394,20 @@ def _parse(obj: dict, kind: str, strict: bool) -> tuple:
     """(schema problems, parsed object, why a pod takes no part, Invalid):
     everything about one object that depends on the object alone, so that
     the agent can keep it from one update to the next (by resourceVersion)."""
-    if strict or kind == "NetworkPolicy":
+    if kind in CLUSTER_POLICY_KINDS:  # always strict, as NetworkPolicy: a typo must not weaken policy
+        problems = crd.check(obj, kind)
+    elif strict or kind == "NetworkPolicy":
         problems = schema.check(obj, kind)
-        if problems:
-            return problems, None, None, None
+    else:
+        problems = ()
+    if problems:
+        return problems, None, None, None
     try:
+        if kind in CLUSTER_POLICY_KINDS:
+            policy, notices = parse_cluster_policy(obj, kind)
+            return (), policy, notices, None
+        if kind == "Node":
+            return (), parse_node(obj), None, None
         if kind == "Namespace":
             return (), parse_namespace(obj), None, None
         if kind == "Pod":
@@ -409,6 +432,17 @@ def _withdraw(cluster: Cluster, kind: str, loaded) -> None:
         cluster.rejections.append(Rejection(kind, loaded.key, "metadata.name", loaded.name,
                                             "duplicate: another object of this kind and name is in the input "
                                             "(both are refused)", namespace=loaded.namespace, addresses=loaded.ips))
+    elif kind == "Node":
+        cluster.nodes.pop(loaded.name, None)
+        cluster.rejections.append(Rejection(kind, loaded.name, "metadata.name", loaded.name,
+                                            "duplicate: another object of this kind and name is in the input "
+                                            "(both are refused)", fail_closed=False))
+    elif kind in CLUSTER_POLICY_KINDS:
+        cluster.cluster_policies.remove(loaded)
+        cluster.rejections.append(Rejection(kind, loaded.name, "metadata.name", loaded.name,
+                                            "duplicate: another object of this kind and name is in the input "
+                                            "(both are refused)",
+                                            scope=(loaded.tier, loaded.priority, loaded.namespaces, loaded.pods)))
     else:
         cluster.policies.remove(loaded)
         cluster.rejections.append(Rejection(kind, loaded.key, "metadata.name", loaded.name,

@@ -14,7 +14,13 @@ IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
 IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 
 # The kinds of object policy is made of, and their apiVersion: the one table of them.
-KINDS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1"}
+KINDS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1", "Node": "v1",
+         "AdminNetworkPolicy": "policy.networking.k8s.io/v1alpha1",
+         "BaselineAdminNetworkPolicy": "policy.networking.k8s.io/v1alpha1",
+         "ClusterNetworkPolicy": "policy.networking.k8s.io/v1alpha2"}
+CLUSTER_POLICY_KINDS = ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy")
+TIERS = ("Admin", "Baseline")  # the cluster-policy tiers: Admin before NetworkPolicy, Baseline after it
+ACTIONS = ("Accept", "Deny", "Pass")  # v1alpha2's names; v1alpha1's Allow is Accept
 
 PROTOCOLS = POLICY_PROTOCOLS
 PROTOCOL_NUMBERS = NUMBERS
@@ -127,6 +133,82 @@ class NetworkPolicy:
         return f"{self.namespace}/{self.name}"
 
 
+@dataclass(frozen=True)
+class Node:
+    """A Node, for cluster policies' `nodes` peers: its addresses (status.addresses)."""
+
+    name: str
+    labels: dict = field(default_factory=dict, hash=False, compare=False)
+    ips: tuple = ()  # IPAddress: InternalIP and ExternalIP addresses
+
+
+@dataclass(frozen=True)
+class ClusterPeer:
+    """One peer of a cluster-policy rule. kind "namespaces": every pod of the
+    namespaces `namespaces` selects; "pods": the pods `pods` selects in them;
+    "networks": addresses in `networks`; "nodes": the addresses of the Nodes
+    `nodes` selects; "domainNames": not enforced here (fails closed, see
+    tiers.py)."""
+
+    kind: str
+    namespaces: Optional[LabelSelector] = None
+    pods: Optional[LabelSelector] = None
+    networks: tuple = ()  # IPNetwork
+    nodes: Optional[LabelSelector] = None
+    domains: tuple = ()  # str
+
+    def describe(self) -> str:
+        if self.kind == "namespaces":
+            return f"namespaces {self.namespaces.describe()}"
+        if self.kind == "pods":
+            return f"pods {self.pods.describe()} in namespaces {self.namespaces.describe()}"
+        if self.kind == "networks":
+            return f"networks {', '.join(map(str, self.networks))}"
+        if self.kind == "nodes":
+            return f"nodes {self.nodes.describe()}"
+        return f"domain names {', '.join(self.domains)}"
+
+
+@dataclass(frozen=True)
+class ClusterRule:
+    """One ingress or egress rule of a cluster policy: the first rule (in
+    tier, priority and rule order) whose peers and ports match decides.
+    ports None: every port of every protocol."""
+
+    name: str
+    action: str  # one of ACTIONS
+    peers: tuple  # ClusterPeer
+    ports: Optional[tuple] = None  # PortSpec (a named port: one PortSpec per protocol)
+
+
+@dataclass(frozen=True)
+class ClusterPolicy:
+    """An AdminNetworkPolicy, BaselineAdminNetworkPolicy or ClusterNetworkPolicy."""
+
+    kind: str  # one of CLUSTER_POLICY_KINDS
+    name: str
+    tier: str  # one of TIERS
+    priority: int  # 0-1000, lower first; the BaselineAdminNetworkPolicy: BANP_PRIORITY
+    namespaces: LabelSelector  # the subject: pods of these namespaces ...
+    pods: Optional[LabelSelector] = None  # ... that this selects (None: all of them)
+    ingress: tuple = ()  # ClusterRule
+    egress: tuple = ()  # ClusterRule
+
+    @property
+    def key(self) -> str:
+        return f"{self.kind}:{self.name}"
+
+    @property
+    def order(self) -> tuple:
+        """Evaluation order within its tier: priority, then kind and name (the
+        API leaves equal priorities to the implementation; this is ours)."""
+        return (self.priority, CLUSTER_POLICY_KINDS.index(self.kind), self.name)
+
+
+# The BaselineAdminNetworkPolicy has no priority: it is judged after every Baseline ClusterNetworkPolicy.
+BANP_PRIORITY = 1001
+
+
 @dataclass
 class Rejection:
     """An object the loader refused: what, where, and why; and what is known
@@ -157,6 +239,8 @@ class Cluster:
     namespaces: dict = field(default_factory=dict)  # name -> Namespace
     pods: list = field(default_factory=list)  # Pod, only those that take part
     policies: list = field(default_factory=list)  # NetworkPolicy
+    cluster_policies: list = field(default_factory=list)  # ClusterPolicy
+    nodes: dict = field(default_factory=dict)  # name -> Node
     rejections: list = field(default_factory=list)  # Rejection
     notices: list = field(default_factory=list)  # str: skipped kinds, pods that take no part
     failed_closed: list = field(default_factory=list)  # str: what rejected objects became (failclosed.py)

@@ -23,7 +23,7 @@ from ..errors import brief
 
 MAX_PROBLEMS = 10  # per object: enough to fix them, bounded for hostile input
 
-ROOT_MODELS = {"Pod": "V1Pod", "Namespace": "V1Namespace", "NetworkPolicy": "V1NetworkPolicy"}
+ROOT_MODELS = {"Pod": "V1Pod", "Namespace": "V1Namespace", "NetworkPolicy": "V1NetworkPolicy", "Node": "V1Node"}
 
 _LIST = re.compile(r"(?:List|list)\[(.+)\]\Z")
 _DICT = re.compile(r"(?:Dict|dict)\[\s*str\s*,\s*(.+)\]\Z|dict\(str, (.+)\)\Z")

@@ -154,7 +154,10 @@ class Attributor:
         if found is None:
             if len(self._why) > 100_000:
                 self._why.clear()
-            found = self._why[key] = explainer.direction(direction, rule, via).isolating
+            why = explainer.direction(direction, rule, via)
+            # The policies that decided: NetworkPolicies isolating the pod, or the cluster policy whose rule denied.
+            found = self._why[key] = why.isolating if why.tier == "NetworkPolicy" else \
+                [ref.policy for ref in (why.admin, why.baseline) if ref is not None and ref.action != "Pass"]
         return found
 
     @staticmethod

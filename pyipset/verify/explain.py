@@ -50,19 +50,61 @@ class RuleRef:
         return cls(rule.policy, *rule.policy_rule) if rule.policy and rule.policy_rule else None
 
 
+@dataclass(frozen=True)
+class TierRuleRef:
+    """A cluster policy's rule that decided a direction (Accept, Deny) or passed it on."""
+
+    policy: str  # "Kind:name"
+    direction: str
+    rule: int
+    tier: str  # Admin or Baseline
+    action: str  # Accept (v1alpha1's Allow), Deny or Pass
+
+    def __str__(self) -> str:
+        return f"{self.policy} {self.direction}[{self.rule}] ({self.tier} tier: {self.action})"
+
+    @classmethod
+    def of(cls, rule) -> Optional["TierRuleRef"]:
+        """The cluster-policy rule a program's rule marks for, or None."""
+        return cls(rule.policy, *rule.policy_rule, rule.tier, rule.action) if rule.tier else None
+
+
 @dataclass
 class DirectionWhy:
-    """One direction of a verdict."""
+    """One direction of a verdict: the Admin tier first (a rule that accepts
+    or denies decides; Pass goes on), then the NetworkPolicies that isolate
+    the pod (when the Admin tier did not decide), then, for a pod they do not
+    isolate, the Baseline tier; nothing deciding: allowed."""
 
     direction: str
-    isolating: list = field(default_factory=list)  # policy keys that isolate the pod this way
+    isolating: list = field(default_factory=list)  # NetworkPolicy keys that isolate the pod (and decide) this way
     judged: bool = True  # False: the kernel never gets to it (egress denied first); what it would say
     admitted_by: Optional[RuleRef] = None
     admitting_rule: Optional["RuleAt"] = None  # the program's rule that admitted it (of admitted_by)
+    admin: Optional[TierRuleRef] = None  # the Admin tier's rule that matched (its action: Accept, Deny, Pass)
+    baseline: Optional[TierRuleRef] = None  # the Baseline tier's, when it was reached and a rule matched
+
+    @property
+    def tier(self) -> str:
+        """What decided: Admin, NetworkPolicy, Baseline, or "" (nothing: allowed by default)."""
+        if self.admin is not None and self.admin.action != "Pass":
+            return "Admin"
+        if self.isolating:
+            return "NetworkPolicy"
+        if self.baseline is not None and self.baseline.action != "Pass":
+            return "Baseline"
+        return ""
 
     @property
     def allows(self) -> bool:
-        return not self.isolating or self.admitted_by is not None
+        tier = self.tier
+        if tier == "Admin":
+            return self.admin.action == "Accept"
+        if tier == "NetworkPolicy":
+            return self.admitted_by is not None
+        if tier == "Baseline":
+            return self.baseline.action == "Accept"
+        return True
 
 
 @dataclass(frozen=True)
@@ -82,12 +124,26 @@ class Explainer:
         self.native = native
         self._groups: dict = {}  # chain -> policy keys its JUMPs run
         self._ingress = None  # the program walked from its ingress chain (for flows egress denies)
+        self._tiers: dict = {}  # the program walked from a tier's chain
 
     def ingress_alone(self) -> NativeProgram:
         if self._ingress is None:
             from ..compile.naming import direction_chain
             self._ingress = self.native.with_entry(direction_chain("ingress"))
         return self._ingress
+
+    def baseline_alone(self, direction: str, columns: tuple) -> Optional[TierRuleRef]:
+        """The Baseline tier's rule that matches one flow in a direction, if any."""
+        from ..compile.naming import tier_chain
+        chain = tier_chain("Baseline", direction)
+        if chain not in self.native.program.chains:
+            return None
+        walk = self._tiers.get(chain)
+        if walk is None:
+            walk = self._tiers[chain] = self.native.with_entry(chain)
+        ev = walk.evaluate(*columns, threads=1, trace=True)
+        found = self.direction(direction, int(ev.direction(direction)[0][0]), -1, int(ev.passed(direction)[0]))
+        return found.baseline
 
     def _group_policies(self, chain: str) -> list:
         if chain not in self._groups:
@@ -101,13 +157,26 @@ class Explainer:
         chain, position, rule = self.native.rule(int(index))
         return RuleAt(chain, position, rule.origin)
 
-    def direction(self, name: str, mark_rule: int, via: int) -> DirectionWhy:
-        """The verdict of direction `name` from its traced slot: the MARK rule
-        that decided it and the JUMP that entered that rule's chain."""
+    def direction(self, name: str, mark_rule: int, via: int, passed: int = -1) -> DirectionWhy:
+        """The verdict of direction `name` from its traced slots: the MARK rule
+        that decided it, the JUMP that entered that rule's chain, and the
+        first cluster-policy rule that passed."""
         why = DirectionWhy(name)
+        if passed >= 0:
+            ref = TierRuleRef.of(self.native.rule(int(passed))[2])
+            if ref.tier == "Admin":
+                why.admin = ref
+            else:
+                why.baseline = ref
         if mark_rule < 0:
-            return why  # no policy isolates the pod on this side (or it is not a pod here)
+            return why  # nothing decided: no tier rule matched, no NetworkPolicy isolates the pod
         chain, _, rule = self.native.rule(int(mark_rule))
+        if rule.tier:  # a cluster policy's rule accepted or denied
+            if rule.tier == "Admin":
+                why.admin = TierRuleRef.of(rule)
+            else:
+                why.baseline = TierRuleRef.of(rule)
+            return why
         if rule.mark & _OK[name]:
             # A policy rule admitted it: its chain was entered from the group's chain.
             why.admitted_by = RuleRef.of(rule)
@@ -123,7 +192,7 @@ class Explainer:
         out = {}
         for name in SLOTS:
             rules, vias = ev.direction(name)
-            out[name] = self.direction(name, int(rules[i]), int(vias[i]))
+            out[name] = self.direction(name, int(rules[i]), int(vias[i]), int(ev.passed(name)[i]))
         return out
 
 
@@ -137,7 +206,18 @@ def direction_json(d: DirectionWhy, applies: bool) -> dict:
         "allowed": d.allows,
         "admitted_by": None if d.admitted_by is None else {
             "policy": d.admitted_by.policy, "direction": d.admitted_by.direction, "rule": d.admitted_by.rule},
+        "decided_by_tier": d.tier or None,
+        "admin": _tier_json(d.admin),
+        "baseline": _tier_json(d.baseline),
     }
+
+
+def _tier_json(ref: Optional[TierRuleRef]) -> Optional[dict]:
+    if ref is None:
+        return None
+    kind, _, name = ref.policy.partition(":")
+    return {"kind": kind, "name": name, "direction": ref.direction, "rule": ref.rule, "tier": ref.tier,
+            "action": ref.action}
 
 
 def same_family(source: Endpoint, destination: Endpoint) -> tuple:
@@ -182,10 +262,15 @@ def explain(native: NativeProgram, source: Endpoint, destination: Endpoint, prot
                np.array([PROTOCOL_NUMBERS[protocol]], np.uint8), np.array([port], np.uint16))
     ev = native.evaluate(*columns, threads=1, trace=True)
     sides = explainer.flows(ev, 0)
-    if sides["egress"].isolating and sides["egress"].admitted_by is None:
+    if not sides["egress"].allows:
         # The kernel drops it at egress and never judges ingress: say what ingress would.
         alone = explainer.ingress_alone().evaluate(*columns, threads=1, trace=True)
         sides["ingress"] = explainer.flows(alone, 0)["ingress"]
         sides["ingress"].judged = False
+    for name, side in sides.items():
+        if side.admin is not None and side.admin.action == "Pass" and not side.tier:
+            # The Admin tier passed it and the Baseline tier said nothing the walk could trace
+            # (a Baseline Pass marks the same bit): ask the Baseline tier alone.
+            side.baseline = explainer.baseline_alone(name, columns)
     return Explanation(source, destination, protocol, port, bool(ev.allowed[0]), sides["egress"], sides["ingress"],
                        deciding_rule=explainer.rule_at(int(ev.rule[0])))

@@ -11,8 +11,8 @@ import numpy as np
 
 from .. import _core
 from ..compile.compiler import FLATTEN_LIMIT, compile_cluster
-from ..compile.program import (MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_OK, Rule,
-                               RuleProgram)
+from ..compile.program import (MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_EGRESS_PASS, MARK_INGRESS_DENIED,
+                               MARK_INGRESS_OK, MARK_INGRESS_PASS, Rule, RuleProgram)
 from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
 
@@ -69,9 +69,11 @@ def _address_match(m, family: str, nets: list) -> tuple:
     return (_MATCH_KINDS["addr"], _DIMS[m.dims], m.negate, len(nets) - 1, 0, 0)
 
 
-# The mark slots the evaluator traces: one per direction (its OK and DENIED bits).
+# The mark slots the evaluator traces: one per direction (its OK and DENIED bits), then one per
+# direction for a cluster-policy rule that passed (its PASS bit).
 SLOTS = ("egress", "ingress")
-_SLOT_MASKS = (MARK_EGRESS_OK | MARK_EGRESS_DENIED, MARK_INGRESS_OK | MARK_INGRESS_DENIED)
+_SLOT_MASKS = (MARK_EGRESS_OK | MARK_EGRESS_DENIED, MARK_INGRESS_OK | MARK_INGRESS_DENIED,
+               MARK_EGRESS_PASS, MARK_INGRESS_PASS)
 
 
 @dataclass
@@ -79,16 +81,21 @@ class Evaluation:
     allowed: np.ndarray  # bool
     rule: np.ndarray  # int32: global index of the deciding rule, -1 when the entry chain ran out
     mark_rule: np.ndarray  # int32: the last MARK rule that applied, or -1
-    # int32 [flows, SLOTS, 2]: per direction, the MARK rule that gave that direction its verdict
-    # (a policy rule admitting, or a group's "none admits") and the JUMP rule that entered its chain
-    # (the group of the isolating policies); -1 when the direction did not isolate the pod;
-    # None unless evaluate(trace=True)
+    # int32 [flows, 2 x SLOTS, 2]: per direction, the MARK rule that gave that direction its verdict
+    # (a policy rule admitting, or a group's "none admits", or a cluster policy's rule accepting or
+    # denying) and the JUMP rule that entered its chain (the group of the isolating policies); -1
+    # when nothing decided the direction; then per direction the first cluster-policy rule that
+    # passed (-1: none); None unless evaluate(trace=True)
     slots: np.ndarray = None
 
     def direction(self, name: str) -> tuple:
         """(mark rule int32[], entering jump int32[]) of one direction."""
         k = SLOTS.index(name)
         return self.slots[:, k, 0], self.slots[:, k, 1]
+
+    def passed(self, name: str) -> np.ndarray:
+        """int32[]: the first cluster-policy rule that passed, in one direction (-1: none)."""
+        return self.slots[:, len(SLOTS) + SLOTS.index(name), 0]
 
 
 class NativeProgram:

@@ -40,6 +40,29 @@ and the API reference (NetworkPolicySpec, LabelSelector):
   protocol defaults to TCP). No port: every port of the protocol.
 - A connection needs the source's egress and the destination's ingress to
   allow it. A pod's traffic to itself is always allowed.
+
+Cluster policies (sigs.k8s.io/network-policy-api: the API types and the
+conformance suite), per direction of a pod, before and after the above:
+- The Admin tier: AdminNetworkPolicy (v1alpha1) and ClusterNetworkPolicy
+  (v1alpha2) with tier Admin, by priority (lower first; equal priorities:
+  AdminNetworkPolicy before ClusterNetworkPolicy, then by name, our choice
+  where the API leaves it open), each policy's rules in order. The first
+  rule whose subject (namespaces, or pods: namespaceSelector and
+  podSelector) holds the pod and whose peer and port match decides:
+  Allow/Accept admits, Deny denies, Pass leaves the Admin tier.
+- Then NetworkPolicy: a pod it isolates is decided by it.
+- Then the Baseline tier: ClusterNetworkPolicy with tier Baseline by priority,
+  then the BaselineAdminNetworkPolicy; the first matching rule decides
+  (Pass: no decision). Nothing decided: allowed.
+- Peers: namespaces (every pod of them), pods (namespaceSelector and
+  podSelector), networks (CIDRs: any address, pods too), nodes (the
+  InternalIP and ExternalIP addresses of the selected Node objects). A
+  domainNames peer cannot be enforced: an Allow/Accept rule does not match
+  through it; a Deny or Pass rule holding one denies everything.
+- Ports: none given, every port of every protocol; v1alpha1 portNumber and
+  portRange (protocol TCP when unset) and namedPort (the destination pod's
+  container port of that name, any protocol); v1alpha2 tcp/udp/sctp with a
+  destinationPort number or range, and destinationNamedPort.
 """
 
 from __future__ import annotations
@@ -48,9 +71,10 @@ import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .explain import RuleRef  # data both sides share: a policy rule's name
+from .explain import RuleRef, TierRuleRef  # data both sides share: a policy rule's name
 
 NAME_LABEL = "kubernetes.io/metadata.name"
+_CLUSTER_KINDS = ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy")
 
 
 @dataclass(frozen=True)
@@ -74,9 +98,22 @@ class World:
         self.namespaces: dict = {}  # name -> labels
         self.pods: list = []
         self.policies: list = []  # (namespace, name, spec)
+        self.tiers: dict = {"Admin": [], "Baseline": []}  # (order, kind, name, spec), sorted
+        self.nodes: list = []  # (labels, [address])
         for obj in objects:
             kind, meta = obj.get("kind"), obj.get("metadata") or {}
-            if kind == "Namespace":
+            if kind in _CLUSTER_KINDS:
+                spec = obj.get("spec") or {}
+                tier = {"AdminNetworkPolicy": "Admin", "BaselineAdminNetworkPolicy": "Baseline"}.get(
+                    kind, spec.get("tier"))
+                priority = 1001 if kind == "BaselineAdminNetworkPolicy" else spec["priority"]
+                self.tiers[tier].append(((priority, _CLUSTER_KINDS.index(kind), meta["name"]), kind, meta["name"],
+                                         spec))
+            elif kind == "Node":
+                addresses = [ipaddress.ip_address(a["address"]) for a in (obj.get("status") or {}).get("addresses")
+                             or [] if a.get("type") in ("InternalIP", "ExternalIP")]
+                self.nodes.append((dict(meta.get("labels") or {}), addresses))
+            elif kind == "Namespace":
                 self.namespaces[meta["name"]] = {**(meta.get("labels") or {}), NAME_LABEL: meta["name"]}
             elif kind == "Pod":
                 pod = _pod(obj)
@@ -84,6 +121,8 @@ class World:
                     self.pods.append(pod)
             elif kind == "NetworkPolicy":
                 self.policies.append((meta.get("namespace") or "default", meta["name"], obj.get("spec") or {}))
+        for tier in self.tiers.values():
+            tier.sort(key=lambda t: t[0])
         for pod in self.pods:  # a namespace with no object still has its name label
             self.namespaces.setdefault(pod.namespace, {NAME_LABEL: pod.namespace})
         self.pods.sort(key=lambda p: (p.namespace, p.name))
@@ -132,10 +171,19 @@ class DirectionVerdict:
     applies: bool  # the side is a pod (outside addresses have no policy)
     isolating: list = field(default_factory=list)  # policy keys that isolate the pod this way
     admitted_by: Optional[RuleRef] = None
+    admin: Optional[TierRuleRef] = None  # the Admin tier's rule that matched, if any (Pass too)
+    baseline: Optional[TierRuleRef] = None  # the Baseline tier's, if judged and one matched
+    # isolating: the NetworkPolicies that isolate the pod, when the Admin tier did not decide
 
     @property
     def allows(self) -> bool:
-        return not self.isolating or self.admitted_by is not None
+        if self.admin is not None and self.admin.action != "Pass":
+            return self.admin.action == "Accept"
+        if self.isolating:
+            return self.admitted_by is not None
+        if self.baseline is not None and self.baseline.action != "Pass":
+            return self.baseline.action == "Accept"
+        return True
 
 
 @dataclass
@@ -200,10 +248,90 @@ def _port_matches(spec: dict, protocol: str, port: int, destination: End) -> boo
     return port == number
 
 
+def _subject_holds(world: World, subject: dict, pod: RefPod) -> bool:
+    if subject.get("namespaces") is not None:
+        return selector_matches(subject["namespaces"], world.namespaces.get(pod.namespace, {}))
+    pods = subject["pods"]
+    return (selector_matches(pods.get("namespaceSelector") or {}, world.namespaces.get(pod.namespace, {}))
+            and selector_matches(pods.get("podSelector") or {}, pod.labels))
+
+
+def _tier_peer_matches(world: World, peer: dict, other: End) -> bool:
+    if peer.get("networks") is not None:
+        return any(other.ip.version == net.version and other.ip in net
+                   for net in (ipaddress.ip_network(c, strict=False) for c in peer["networks"]))
+    if peer.get("nodes") is not None:
+        return any(selector_matches(peer["nodes"], labels) and other.ip in addresses
+                   for labels, addresses in world.nodes)
+    if peer.get("domainNames") is not None:
+        return False
+    if other.pod is None:
+        return False
+    return _subject_holds(world, peer, other.pod)
+
+
+def _tier_port_matches(rule: dict, protocol: str, port: int, destination: End) -> bool:
+    def named(name: str) -> bool:
+        return destination.pod is not None and any(n == name and p == protocol and value == port
+                                                   for n, value, p in destination.pod.ports)
+    if rule.get("ports") is not None:  # v1alpha1
+        for p in rule["ports"]:
+            if p.get("portNumber") is not None:
+                number = p["portNumber"]
+                if (number.get("protocol") or "TCP") == protocol and number["port"] == port:
+                    return True
+            elif p.get("portRange") is not None:
+                r = p["portRange"]
+                if (r.get("protocol") or "TCP") == protocol and r["start"] <= port <= r["end"]:
+                    return True
+            elif named(p["namedPort"]):
+                return True
+        return False
+    if rule.get("protocols") is not None:  # v1alpha2
+        for p in rule["protocols"]:
+            if p.get("destinationNamedPort") is not None:
+                if named(p["destinationNamedPort"]):
+                    return True
+                continue
+            key = protocol.lower()
+            if p.get(key) is not None:
+                want = p[key]["destinationPort"]
+                if want.get("range") is not None:
+                    if want["range"]["start"] <= port <= want["range"]["end"]:
+                        return True
+                elif want["number"] == port:
+                    return True
+        return False
+    return True
+
+
+def _tier_decision(world: World, tier: str, pod: RefPod, direction: str, other: End, protocol: str, port: int,
+                   destination: End) -> Optional[TierRuleRef]:
+    """The first rule of the tier, in order, that applies to this pod and this connection."""
+    peer_key = "from" if direction == "ingress" else "to"
+    for _, kind, name, spec in world.tiers[tier]:
+        if not _subject_holds(world, spec["subject"], pod):
+            continue
+        for index, rule in enumerate(spec.get(direction) or []):
+            action = "Accept" if rule["action"] == "Allow" else rule["action"]
+            peers = rule[peer_key]
+            if action != "Accept" and any(p.get("domainNames") is not None for p in peers):
+                return TierRuleRef(f"{kind}:{name}", direction, index, tier, "Deny")  # fails closed
+            if any(_tier_peer_matches(world, p, other) for p in peers) and \
+                    _tier_port_matches(rule, protocol, port, destination):
+                return TierRuleRef(f"{kind}:{name}", direction, index, tier, action)
+    return None
+
+
 def _judge_direction(world: World, pod: RefPod, direction: str, other: End, protocol: str, port: int,
                      destination: End) -> DirectionVerdict:
     policies = _isolating(world, pod, direction)
-    verdict = DirectionVerdict(applies=True, isolating=[f"{ns}/{name}" for ns, name, _ in policies])
+    admin = _tier_decision(world, "Admin", pod, direction, other, protocol, port, destination)
+    if admin is not None and admin.action != "Pass":
+        return DirectionVerdict(applies=True, admin=admin)  # NetworkPolicy is not consulted
+    verdict = DirectionVerdict(applies=True, isolating=[f"{ns}/{name}" for ns, name, _ in policies], admin=admin)
+    if not policies:
+        verdict.baseline = _tier_decision(world, "Baseline", pod, direction, other, protocol, port, destination)
     for ns, name, spec in policies:
         for index, rule in enumerate(spec.get(direction) or []):
             peers = rule.get("from" if direction == "ingress" else "to") or []
