@@ -156,7 +156,7 @@ class LabNode:
         self.pods: list[LabPod] = []
         self.created: list[str] = []
         self.servers: list[subprocess.Popen] = []
-        self.server_port = None
+        self.server_ports: frozenset = frozenset()  # the ports the servers listen on
         self.flood_ready = False  # the nodes' conntrack timeouts are shortened (syn_probe)
 
     # ---- building ----
@@ -344,7 +344,7 @@ class LabNode:
             except subprocess.TimeoutExpired:
                 pass
         self.servers.clear()
-        self.server_port = None
+        self.server_ports = frozenset()
 
     def close(self) -> None:
         """Removes everything the lab made. SIGINT and SIGTERM wait until it is
@@ -368,12 +368,21 @@ class LabNode:
         # Run from / so that the installed package is imported, never a source tree in the cwd.
         return ["ip", "netns", "exec", netns, sys.executable, "-m", "pyipset.lab.probe", *args]
 
-    def start_servers(self, port: int) -> None:
+    def ensure_servers(self, *ports: int) -> None:
+        """Servers on every pod and outside host listen on these ports (and the
+        ones they already did); started again only when a port is new."""
+        if not set(ports) <= self.server_ports:
+            self.start_servers(sorted(self.server_ports | set(ports)))
+
+    def start_servers(self, ports) -> None:
+        """Servers on every pod and outside host, on one port or several (TCP, UDP, SCTP)."""
+        ports = [ports] if isinstance(ports, int) else list(ports)
         self.stop_servers()
-        self.server_port = port
+        self.server_ports = frozenset(ports)
         listeners = [(lp.netns, lp.pod.ips) for lp in self.pods] + [(ns, [ip]) for ip, ns in self.hosts.items()]
+        flags = [a for port in ports for a in ("--port", str(port))]
         for netns, ips in listeners:
-            proc = subprocess.Popen(self._python(netns, "serve", "--port", str(port), *map(str, ips)),
+            proc = subprocess.Popen(self._python(netns, "serve", *flags, *map(str, ips)),
                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
             self.servers.append(proc)
         for proc in self.servers:
@@ -410,8 +419,7 @@ class LabNode:
         tried again with three times the timeout (a TCP SYN is sent again
         after 1 s, a UDP request every third of the timeout), so a packet
         lost to load is not taken for policy."""
-        if self.server_port != port:
-            self.start_servers(port)
+        self.ensure_servers(port)
         targets = [[self._target(lp.pod, other.pod) for other in self.pods] for lp in self.pods]
         plan = [(lp, [t for t in row if t is not None]) for lp, row in zip(self.pods, targets)]
         allowed = []
@@ -440,19 +448,54 @@ class LabNode:
                 ip for ip in dst_pod.ips if ip.version == src.version)
         else:
             target = dst
-        if self.server_port != port:
-            self.start_servers(port)
+        self.ensure_servers(port)
         out = _run(*self._python(src_ns, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
                                  str(timeout), str(target))).stdout
         return json.loads(out)[0]
+
+    def connect_many(self, pokes: list, timeout: float = 0.5) -> list:
+        """Real connections (src pod key, dst pod key or outside address,
+        protocol, port), all at once: servers on every port needed, one prober
+        per source pod. A failure is tried again with three times the timeout
+        before it counts (as observed_matrix does)."""
+        def target(src: str, dst):
+            lp = next((lp for lp in self.pods if lp.pod.key == dst), None)
+            return self._target(self._lab_pod(src).pod, lp.pod) if lp else dst
+
+        self.ensure_servers(*{port for _, _, _, port in pokes})
+        answers = [False] * len(pokes)
+        todo = list(range(len(pokes)))
+        for wait in (timeout, 3 * timeout):
+            by_source: dict = {}
+            for i in todo:
+                by_source.setdefault(pokes[i][0], []).append(i)
+            procs = [(idx, subprocess.Popen(
+                self._python(self._lab_pod(src).netns, "probe-many", "--timeout", str(wait),
+                             *[f"{pokes[i][2]}/{pokes[i][3]}/{target(src, pokes[i][1])}" for i in idx]),
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")) for src, idx in by_source.items()]
+            try:
+                for idx, proc in procs:
+                    out, err = proc.communicate(timeout=60 + wait)
+                    if proc.returncode != 0:
+                        raise LabError(f"a lab prober failed: {brief_text(err.strip())}")
+                    for i, ok in zip(idx, json.loads(out)):
+                        answers[i] = ok
+            finally:
+                for _, proc in procs:
+                    if proc.poll() is None:
+                        proc.kill()
+                        proc.wait()
+            todo = [i for i in todo if not answers[i]]
+            if not todo:
+                break
+        return answers
 
     def watch(self, src: str, dst: str, protocol: str, port: int, seconds: float) -> subprocess.Popen:
         """Starts connecting from pod `src` to pod `dst` (keys) over and over for
         `seconds`; the process prints {"ok": n, "fail": m} when done."""
         s = next(lp for lp in self.pods if lp.pod.key == src)
         d = next(lp for lp in self.pods if lp.pod.key == dst)
-        if self.server_port != port:
-            self.start_servers(port)
+        self.ensure_servers(port)
         return subprocess.Popen(self._python(s.netns, "watch", "--protocol", protocol, "--port", str(port),
                                              "--seconds", str(seconds), str(self._target(s.pod, d.pod))),
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/")
@@ -482,8 +525,7 @@ class LabNode:
         {"ok": how many got through, "seconds": how long they took, timed in the pod}."""
         s = next(lp for lp in self.pods if lp.pod.key == src)
         d = next(lp for lp in self.pods if lp.pod.key == dst)
-        if self.server_port != port:
-            self.start_servers(port)
+        self.ensure_servers(port)
         out = _run(*self._python(s.netns, "burst", "--protocol", protocol, "--port", str(port), "--count",
                                  str(count), str(self._target(s.pod, d.pod)))).stdout
         return json.loads(out)
@@ -554,8 +596,7 @@ class LabNode:
         target = next(ip for ip in lp.pod.ips if ip.version == 4)
         if source.index == lp.node:
             self._node_address(source)
-        if self.server_port != port:
-            self.start_servers(port)
+        self.ensure_servers(port)
         out = _run(*self._python(source.netns, "probe", "--protocol", protocol, "--port", str(port), "--timeout",
                                  str(timeout), str(target))).stdout
         return json.loads(out)[0]

@@ -12,8 +12,9 @@ round trip, as SYN / SYN-ACK is TCP's: the INIT is the NEW packet policy
 judges, the INIT ACK the reply conntrack lets through. A kernel whose raw
 sockets refuse protocol 132 makes both sides fail with that reason.
 
-    python -m pyipset.lab.probe serve --port 80
+    python -m pyipset.lab.probe serve --port 80 [--port 8080 ...] ADDR...
     python -m pyipset.lab.probe probe --protocol TCP --port 80 --timeout 1.0 ADDR...
+    python -m pyipset.lab.probe probe-many --timeout 1.0 TCP/80/ADDR UDP/53/ADDR ...
     python -m pyipset.lab.probe watch --protocol TCP --port 80 --seconds 5 ADDR
     python -m pyipset.lab.probe burst --protocol TCP --port 80 --count 1000 ADDR
     python -m pyipset.lab.probe stream-serve --port 7000 --seconds 6 ADDR...
@@ -120,12 +121,12 @@ def _sctp_waiting(s: socket.socket):
             yield got, peer
 
 
-def _sctp_answer(s: socket.socket, port: int) -> None:
-    """Answers every INIT waiting on raw socket s for `port` with an INIT ACK."""
+def _sctp_answer(s: socket.socket, ports) -> None:
+    """Answers every INIT waiting on raw socket s for one of `ports` with an INIT ACK."""
     for got, peer in _sctp_waiting(s):
-        if got[1] != port or got[3] != SCTP_INIT or got[2] != 0:
+        if got[1] not in ports or got[3] != SCTP_INIT or got[2] != 0:
             continue
-        sport, _, _, _, their_tag = got
+        sport, port, _, _, their_tag = got
         cookie = os.urandom(8)  # State Cookie parameter (type 7), which an INIT ACK must carry
         reply = sctp_packet(port, sport, their_tag, SCTP_INIT_ACK, int.from_bytes(os.urandom(4), "big") | 1,
                             struct.pack("!HH", 7, 4 + len(cookie)) + cookie)
@@ -147,13 +148,16 @@ def _listen(addr: str, port: int, backlog: int) -> list:
     return [t, u]
 
 
-def serve(port: int, addrs: list) -> None:
-    """TCP, UDP and SCTP on `port` on each of the pod's addresses; prints 'ready'
-    (SCTP only where raw sockets take protocol 132: see sctp_socket)."""
+def serve(ports, addrs: list) -> None:
+    """TCP, UDP and SCTP on each of `ports` (one port or several) on each of the
+    pod's addresses; prints 'ready' (SCTP only where raw sockets take protocol
+    132: see sctp_socket)."""
+    ports = {ports} if isinstance(ports, int) else set(ports)
     socks, sctp = [], set()
     for addr in addrs:
         fam = _family(addr)
-        socks += _listen(addr, port, 4096)
+        for port in sorted(ports):
+            socks += _listen(addr, port, 4096)
         try:
             r = socket.socket(fam, socket.SOCK_RAW, IPPROTO_SCTP)
         except OSError:
@@ -168,7 +172,7 @@ def serve(port: int, addrs: list) -> None:
         readable, _, _ = select.select(socks, [], [])
         for s in readable:
             if s in sctp:
-                _sctp_answer(s, port)
+                _sctp_answer(s, ports)
                 continue
             while True:  # everything that is waiting: a full accept queue drops SYNs
                 try:
@@ -318,6 +322,26 @@ def probe(protocol: str, port: int, timeout: float, addrs: list) -> list:
     return results
 
 
+def probe_many(targets: list, timeout: float) -> list:
+    """probe() for (protocol, port, address) targets of several protocols and
+    ports at once: a thread per (protocol, port); answers in target order."""
+    import threading
+    groups: dict = {}
+    for i, (protocol, port, addr) in enumerate(targets):
+        groups.setdefault((protocol, port), []).append((i, addr))
+    results = [False] * len(targets)
+
+    def run(protocol, port, items):
+        for (i, _), ok in zip(items, probe(protocol, port, timeout, [a for _, a in items])):
+            results[i] = ok
+    threads = [threading.Thread(target=run, args=(*key, items)) for key, items in groups.items()]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return results
+
+
 def watch(protocol: str, addr: str, port: int, seconds: float, interval: float, timeout: float) -> dict:
     """Connects again and again for `seconds`; counts what got through and what did not."""
     import time
@@ -444,8 +468,11 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m pyipset.lab.probe")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("serve")
-    s.add_argument("--port", type=int, required=True)
+    s.add_argument("--port", type=int, required=True, action="append")
     s.add_argument("addrs", nargs="+")
+    m = sub.add_parser("probe-many")
+    m.add_argument("--timeout", type=float, default=1.0)
+    m.add_argument("targets", nargs="*", help="PROTOCOL/PORT/ADDRESS")
     p = sub.add_parser("probe")
     p.add_argument("--protocol", choices=["TCP", "UDP", "SCTP"], required=True)
     p.add_argument("--port", type=int, required=True)
@@ -488,6 +515,15 @@ def main(argv=None) -> int:
         return 0
     if args.cmd == "serve":
         serve(args.port, args.addrs)
+        return 0
+    if args.cmd == "probe-many":
+        targets = []
+        for t in args.targets:
+            protocol, port, addr = t.split("/", 2)
+            if protocol not in ("TCP", "UDP", "SCTP"):
+                parser.error(f"{t}: the protocol is TCP, UDP or SCTP")
+            targets.append((protocol, int(port), addr))
+        print(json.dumps(probe_many(targets, args.timeout)))
         return 0
     print(json.dumps(probe(args.protocol, args.port, args.timeout, args.addrs)))
     return 0

@@ -185,7 +185,8 @@ def _object(value: dict, schema: dict, parts: tuple, problems: list, top: bool) 
     for key in schema.get("required") or ():
         if key in ("metadata",) and top:
             continue
-        if value.get(key) is None:
+        if value.get(key) is None and "default" not in (properties or {}).get(key, {}):
+            # (the API server fills a default in before it validates; tiers.py reads it so)
             problems.append((parts + (key,), None, "is required"))
     for key, item in value.items():
         if item is None:
