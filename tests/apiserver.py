@@ -55,7 +55,15 @@ RESOURCES = {
     "namespaces": ("/api/v1", "v1", "Namespace", False),
     "nodes": ("/api/v1", "v1", "Node", False),
     "networkpolicies": ("/apis/networking.k8s.io/v1", "networking.k8s.io/v1", "NetworkPolicy", True),
+    # The cluster-policy CRDs (served unless APIServer(crds=False), or taken away from `served` later)
+    "adminnetworkpolicies": ("/apis/policy.networking.k8s.io/v1alpha1", "policy.networking.k8s.io/v1alpha1",
+                             "AdminNetworkPolicy", False),
+    "baselineadminnetworkpolicies": ("/apis/policy.networking.k8s.io/v1alpha1", "policy.networking.k8s.io/v1alpha1",
+                                     "BaselineAdminNetworkPolicy", False),
+    "clusternetworkpolicies": ("/apis/policy.networking.k8s.io/v1beta1", "policy.networking.k8s.io/v1beta1",
+                               "ClusterNetworkPolicy", False),
 }
+CRD_RESOURCES = ("adminnetworkpolicies", "baselineadminnetworkpolicies", "clusternetworkpolicies")
 KINDS = {kind: resource for resource, (_, _, kind, _) in RESOURCES.items()}
 
 
@@ -76,8 +84,11 @@ def _status(code: int, reason: str, message: str) -> dict:
 
 
 class APIServer:
-    def __init__(self, history: int = 100_000, bookmark_interval: float = 1.0, port: int = 0, tls_dir=None):
-        """tls_dir: serve HTTPS with a CA and certificates made there (openssl)."""
+    def __init__(self, history: int = 100_000, bookmark_interval: float = 1.0, port: int = 0, tls_dir=None,
+                 crds: bool = True):
+        """tls_dir: serve HTTPS with a CA and certificates made there (openssl).
+        crds: serve the cluster-policy resources (as if their CRDs were installed)."""
+        self.served = set(RESOURCES) - (set() if crds else set(CRD_RESOURCES))  # the rest answer 404
         self.history = history
         self.tls = _TLS(tls_dir) if tls_dir is not None else None
         self.bookmark_interval = bookmark_interval
@@ -564,6 +575,8 @@ class _Handler(BaseHTTPRequestHandler):
                 body["details"] = {"causes": how["causes"]}
             return self._reply(code, body, headers)
         route = _route(url.path)
+        if route is not None and route[0] not in self.api.served:
+            route = None  # not served: as an API server without the CRD
         if url.path == "/version":
             return self._reply(200, {"major": "1", "minor": "31", "gitVersion": "v1.31.0-pyipset-test"})
         if route is None:

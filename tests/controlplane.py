@@ -17,6 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOL = ROOT / "tools" / "controlplane"
 
 RESOURCES = {"Namespace": "namespaces", "Pod": "pods", "NetworkPolicy": "networkpolicies", "Node": "nodes"}
+CNP = ("policy.networking.k8s.io", "v1beta1", "clusternetworkpolicies")  # the installed CRD's stored version
 
 
 def tool(*args: str, timeout: float = 3600) -> str:
@@ -39,6 +40,7 @@ class ControlPlane:
         self.core = client.CoreV1Api(self.client)
         self.net = client.NetworkingV1Api(self.client)
         self.rbac = client.RbacAuthorizationV1Api(self.client)
+        self.custom = client.CustomObjectsApi(self.client)
 
     def stop(self) -> None:
         tool("down", str(self.dir))
@@ -104,6 +106,13 @@ class ControlPlane:
         elif kind == "Node":
             current = self._read(kind, None, name)
             out = self.core.create_node(obj) if current is None else self.core.patch_node(name, obj)
+        elif kind == "ClusterNetworkPolicy":
+            group, version = obj["apiVersion"].split("/")
+            current = self._read(kind, None, name)
+            if current is None:
+                return self.custom.create_cluster_custom_object(group, version, "clusternetworkpolicies", obj)
+            obj["metadata"]["resourceVersion"] = current["metadata"]["resourceVersion"]
+            return self.custom.replace_cluster_custom_object(group, version, "clusternetworkpolicies", name, obj)
         else:
             raise ValueError(f"kind {kind}")
         return self.client.sanitize_for_serialization(out)
@@ -126,6 +135,8 @@ class ControlPlane:
             self.core.replace_namespace_finalize(name, body)
         elif kind == "Node":
             self.core.delete_node(name)
+        elif kind == "ClusterNetworkPolicy":
+            self.custom.delete_cluster_custom_object(*CNP, name)
         else:
             raise ValueError(f"kind {kind}")
 
@@ -138,6 +149,8 @@ class ControlPlane:
                 out = self.core.read_namespaced_pod(name, ns)
             elif kind == "NetworkPolicy":
                 out = self.net.read_namespaced_network_policy(name, ns)
+            elif kind == "ClusterNetworkPolicy":
+                return self.custom.get_cluster_custom_object(*CNP, name)
             else:
                 out = self.core.read_node(name)
         except ApiException as e:
@@ -160,4 +173,7 @@ class ControlPlane:
                 o["kind"], o["apiVersion"] = kind, "networking.k8s.io/v1" if kind == "NetworkPolicy" else "v1"
                 group[(o["metadata"].get("namespace"), o["metadata"]["name"])] = o
             out[resource] = group
+        # The cluster policies (only ClusterNetworkPolicy's CRD is installed: tools/controlplane)
+        out["clusternetworkpolicies"] = {("", o["metadata"]["name"]): o for o in
+                                         self.custom.list_cluster_custom_object(*CNP)["items"]}
         return out

@@ -162,8 +162,9 @@ def node(name: str, addresses, labels: dict) -> dict:
                        + [{"type": "Hostname", "address": name}]}}
 
 
-def cluster_policy(kind: str, name: str, spec: dict) -> dict:
-    version = "v1alpha2" if kind == "ClusterNetworkPolicy" else "v1alpha1"
+def cluster_policy(kind: str, name: str, spec: dict, version: str = "") -> dict:
+    """A cluster policy object (ClusterNetworkPolicy: v1beta1 unless `version` says v1alpha2)."""
+    version = version or ("v1beta1" if kind == "ClusterNetworkPolicy" else "v1alpha1")
     return {"apiVersion": f"policy.networking.k8s.io/{version}", "kind": kind, "metadata": {"name": name},
             "spec": spec}
 
@@ -202,7 +203,7 @@ def tier_peer(draw, kind: str, direction: str):
 
 @st.composite
 def tier_ports(draw, v2: bool, named_ok: bool):
-    """A rule's ports (v1alpha1 `ports`) or protocols (v1alpha2), or None."""
+    """A rule's ports (v1alpha1 `ports`) or protocols (ClusterNetworkPolicy), or None."""
     if draw(st.integers(0, 2)) > 0:
         return None
     out = []
@@ -266,5 +267,6 @@ def tier_objects(draw, max_policies: int = 4):
                 spec[direction] = draw(st.lists(tier_rule(kind, direction), min_size=1, max_size=3))
         name = "default" if kind == "BaselineAdminNetworkPolicy" else f"cp{i}"
         banp |= kind == "BaselineAdminNetworkPolicy"
-        objs.append(cluster_policy(kind, name, spec))
+        version = draw(st.sampled_from(["", "v1alpha2"])) if kind == "ClusterNetworkPolicy" else ""
+        objs.append(cluster_policy(kind, name, spec, version))
     return objs

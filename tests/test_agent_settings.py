@@ -95,7 +95,10 @@ def test_the_daemonset_is_what_an_operator_expects():
     role = next(o for _, o in deploy_objects() if o["kind"] == "ClusterRole")
     verbs = {res: set(r["verbs"]) for r in role["rules"] for res in r["resources"]}
     assert verbs == {"pods": {"get", "list", "watch"}, "namespaces": {"get", "list", "watch"},
-                     "networkpolicies": {"get", "list", "watch"}, "nodes": {"get"}}
+                     "networkpolicies": {"get", "list", "watch"}, "nodes": {"get", "list", "watch"},
+                     "adminnetworkpolicies": {"get", "list", "watch"},
+                     "baselineadminnetworkpolicies": {"get", "list", "watch"},
+                     "clusternetworkpolicies": {"get", "list", "watch"}}
 
 
 @pytest.mark.parametrize("kubeconfig", ["/nonexistent/kubeconfig", "{}"])

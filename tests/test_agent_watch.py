@@ -22,7 +22,7 @@ from pyipset.agent.metrics import Metrics
 from pyipset.agent.reflector import (RELIST, RELIST_NOW, RETRY, Backoff, BadLine, Reflector,
                                      WatchError, classify)
 from pyipset.agent.settings import Settings
-from pyipset.agent.state import RESOURCES, ClusterState, slim
+from pyipset.agent.state import OPTIONAL, RESOURCES, ClusterState, slim
 
 WAIT = 20.0
 
@@ -43,8 +43,8 @@ class Watched:
         calls = list_calls(api_client(self.settings))
         if call_wrapper:
             calls = {r: call_wrapper(r, c) for r, c in calls.items()}
-        self.reflectors = [Reflector(r, calls[r], self.settings, self.state, self.metrics, self.stop).start()
-                           for r in RESOURCES]
+        self.reflectors = [Reflector(r, calls[r], self.settings, self.state, self.metrics, self.stop,
+                                     optional=r in OPTIONAL).start() for r in RESOURCES]
         self.api = api
 
     def restarts(self, reason: str) -> float:

@@ -103,6 +103,10 @@ INVALID = [
     (ANP, "spec.subject.namespaces.matchLabels", {"bad key!": "x"}, "spec.subject.namespaces.matchLabels",
      "label key"),
     (ANP, "apiVersion", "policy.networking.k8s.io/v1alpha2", "apiVersion", "policy.networking.k8s.io/v1alpha1"),
+    (CNP, "apiVersion", "policy.networking.k8s.io/v1alpha1", "apiVersion", "v1beta1 or policy"),
+    (CNP, "apiVersion", "policy.networking.k8s.io/v1alpha2", "spec", None),  # served too: valid
+    (CNP, "spec.egress.0.to", [{"networks": ["198.51.100.1/24"]}], "spec.egress[0].to[0].networks[0]",
+     "Invalid CIDR"),  # v0.3.0: no bits after the prefix
 ]
 
 

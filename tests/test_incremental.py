@@ -13,7 +13,7 @@ from clusterspec import namespace, pod, policy
 from pyipset.compile.compiler import compile_cluster
 from pyipset.compile.incremental import Incremental
 from pyipset.model import load_objects
-from strategies import NAMED_PORTS, NAMESPACES, cluster_objects, labels
+from strategies import NAMED_PORTS, NAMESPACES, cluster_objects, labels, tier_objects
 
 NODES = ["n1", "n2"]
 FAMILIES = ["inet", "inet6"]
@@ -86,8 +86,13 @@ def pod_churn(draw, objs):
     return before, objs
 
 
+@st.composite
+def with_cluster_policies(draw):
+    return draw(cluster_objects()) + draw(tier_objects())
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(objs=cluster_objects(), data=st.data())
+@given(objs=st.one_of(cluster_objects(), with_cluster_policies()), data=st.data())
 def test_pod_changes_give_what_a_full_compile_gives(objs, data):
     before_objs, after_objs = data.draw(pod_churn(objs))
     before, after = load_objects(before_objs), load_objects(after_objs)

@@ -102,3 +102,24 @@ def test_node_local_programs_agree(objs, data):
                 want = bool(whole.evaluate(*cols).allowed[0])
                 got = bool(nodes[s.node].evaluate(*cols).allowed[0]) and bool(nodes[d.node].evaluate(*cols).allowed[0])
                 assert got == want, (s.key, d.key, protocol, port)
+
+
+def test_the_tiers_example_is_what_the_readme_says():
+    """examples/tiers: DNS for every tenant pod, no tenant reaching another,
+    tenant a's api open to its web pods, a baseline default deny."""
+    from pathlib import Path
+    from clusterspec import grid
+    from pyipset.model import load
+    c = load([str(Path(__file__).resolve().parents[1] / "examples" / "tiers")])
+    assert not c.rejections and len(c.cluster_policies) == 4
+    # kube-system/coredns, tenant-a/api, tenant-a/web, tenant-b/web
+    assert native.matrix(c, "TCP", 8080)[1] == grid("""
+        coredns +...
+        a/api   ++..
+        a/web   +++.
+        b/web   +..+""")
+    assert native.matrix(c, "UDP", 53)[1] == grid("""
+        coredns +...
+        a/api   ++..
+        a/web   +.+.
+        b/web   +..+""")

@@ -5,9 +5,11 @@ policies it applies, each patch it makes to them (rule swaps, priority
 changes, written in the Go tests as assignments on a copy of the policy),
 and each connection it pokes with the verdict it expects.
 
-Run by hand with a snapshot of the repository (git directory and tag); the
-output is committed, so tests never need the network:
+Run by hand with the release's Go module (what `tools/controlplane npa-dir`
+downloads and prints: the version the project pins) or a git snapshot and
+a tag; the output is committed, so tests never need the network:
 
+    python3 tools/npapi_conformance.py "$(tools/controlplane npa-dir)" - tests/conformance/tiers
     python3 tools/npapi_conformance.py GIT_DIR TAG tests/conformance/tiers
 
 A step this does not understand stops it, naming the line: a transcription
@@ -37,6 +39,9 @@ POKE = re.compile(r'PokeServer\(t, s\.ClientSet, &s\.KubeConfig, "([^"]+)", "([^
 GET_OBJECT = re.compile(r's\.Client\.Get\(ctx, client\.ObjectKey\{\s*Namespace:\s*"([^"]+)",\s*Name:\s*"([^"]+)",?\s*\},\s*(\w+)\)')
 DELETE = re.compile(r's\.Client\.Delete\(ctx, (\w+)\)')
 KINDS = {"networkingv1.NetworkPolicy": "NetworkPolicy"}
+SET_LABEL = re.compile(r'kubernetes\.SetPodLabel\(t, s\.Client, "([^"]+)", "([^"]+)", (\w+|"[^"]*"), "([^"]*)"')
+REMOVE_LABEL = re.compile(r'kubernetes\.RemovePodLabel\(t, s\.Client, "([^"]+)", "([^"]+)", (\w+|"[^"]*"),')
+CONST = re.compile(r'^const (\w+) = "([^"]*)"', re.M)
 RUN = re.compile(r't\.Run\("(.+?)", func')
 MANIFESTS = re.compile(r'Manifests: \[\]string\{([^}]*)\}')
 NAME = re.compile(r'ShortName:\s*"([^"]+)"')
@@ -46,12 +51,15 @@ def git(gitdir: str, *args: str) -> str:
     return subprocess.run(["git", "--git-dir", gitdir, *args], check=True, capture_output=True, text=True).stdout
 
 
-def transcribe(source: str) -> dict:
-    """The steps of one Go test file; raises ValueError on a step not understood."""
+def transcribe(source: str, constants: dict) -> dict:
+    """The steps of one Go test file (constants: the package's string
+    constants); raises ValueError on a step not understood."""
     text = re.sub(r"\s*\n\s*", "\n", source)
     joined = re.sub(r",\n", ", ", re.sub(r"ObjectKey\{\n", "ObjectKey{", text))  # a call split over lines, one line
     case: dict = {"name": NAME.search(source).group(1),
                   "manifests": re.findall(r'"([^"]+)"', MANIFESTS.search(source).group(1)), "steps": []}
+    cleanup: list = []  # steps a subtest's t.Cleanup runs when it ends
+    in_cleanup = False
     pods: dict = {}
     objects: dict = {}  # variable -> (kind, namespace, name) of an object the test fetched
     kinds: dict = {}  # variable -> kind, from `x := &networkingv1.NetworkPolicy{}`
@@ -62,7 +70,22 @@ def transcribe(source: str) -> dict:
             continue
         m = RUN.search(line)
         if m:
+            case["steps"] += cleanup  # the subtest before ended: its cleanups ran
+            cleanup = []
             subtest = m.group(1)
+            continue
+        if line.startswith("t.Cleanup(func() {"):
+            in_cleanup = True
+            continue
+        if in_cleanup and line == "})":
+            in_cleanup = False
+            continue
+        m = SET_LABEL.search(line) or REMOVE_LABEL.search(line)
+        if m:
+            key = m.group(3).strip('"') if m.group(3).startswith('"') else constants[m.group(3)]
+            value = m.group(4) if m.re is SET_LABEL else None
+            (cleanup if in_cleanup else case["steps"]).append(
+                {"pod_label": [f"{m.group(1).removeprefix(NS)}/{m.group(2)}", key, value], "subtest": subtest})
             continue
         m = re.match(r'(\w+) := &([\w.]+)\{\}$', line)
         if m and m.group(2) in KINDS:
@@ -114,6 +137,9 @@ def transcribe(source: str) -> dict:
                                       "subtest": subtest})
             elif "mutate" in line:
                 raise ValueError(f"a change not understood: {line}")
+            elif "kubernetes." in line and not re.search(r"kubernetes\.(GetPod|GetClusterNetworkPolicy)\(", line):
+                raise ValueError(f"a call not understood: {line}")
+    case["steps"] += cleanup
     return case
 
 
@@ -130,31 +156,52 @@ BY_HAND = {
 }
 
 
-def main(gitdir: str, tag: str, out: str) -> None:
-    commit = git(gitdir, "rev-parse", f"{tag}^{{commit}}").strip()
-    files = [f for f in git(gitdir, "ls-tree", "-r", "--name-only", tag, "conformance/").split()
-             if f.startswith("conformance/tests/") and f.endswith(".go") and not f.endswith("main.go")]
+class _Source:
+    """The release's files: a module directory (tag "-"), or a git directory and a tag."""
+
+    def __init__(self, where: str, tag: str):
+        self.where, self.tag = where, tag
+        if tag == "-":
+            self.version = Path(where).name.rpartition("@")[2]
+            self.origin = f"Go module sigs.k8s.io/network-policy-api@{self.version}"
+        else:
+            self.version = tag
+            self.origin = f"git commit {git(where, 'rev-parse', f'{tag}^{{commit}}').strip()}"
+
+    def files(self, prefix: str) -> list:
+        if self.tag == "-":
+            root = Path(self.where)
+            return sorted(str(f.relative_to(root)) for f in (root / prefix).rglob("*") if f.is_file())
+        return sorted(git(self.where, "ls-tree", "-r", "--name-only", self.tag, prefix).split())
+
+    def read(self, path: str) -> str:
+        if self.tag == "-":
+            return (Path(self.where) / path).read_text()
+        return git(self.where, "show", f"{self.tag}:{path}")
+
+
+def main(where: str, tag: str, out: str) -> None:
+    source = _Source(where, tag)
+    files = [f for f in source.files("conformance/tests/") if f.endswith(".go") and not f.endswith("main.go")]
     cases, by_hand = [], {}
-    for f in sorted(files):
+    constants = {k: v for f in files for k, v in CONST.findall(source.read(f))}
+    for f in files:
         name = f.rsplit("/", 1)[1]
         if name in BY_HAND:
             by_hand[name] = BY_HAND[name]
             continue
-        case = transcribe(git(gitdir, "show", f"{tag}:{f}"))
+        case = transcribe(source.read(f), constants)
         case["source"] = f
         cases.append(case)
     target = Path(out)
     (target / "manifests").mkdir(parents=True, exist_ok=True)
-    needed = {m for c in cases for m in c["manifests"]} | {"base/manifests.yaml"}
-    for f in sorted(git(gitdir, "ls-tree", "-r", "--name-only", tag, "conformance/base/").split()):
-        rel = f.removeprefix("conformance/")
-        if rel in needed or rel.startswith("base/"):
-            dest = target / "manifests" / rel.removeprefix("base/")
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            dest.write_text(git(gitdir, "show", f"{tag}:{f}"))
+    for f in source.files("conformance/base/"):
+        dest = target / "manifests" / f.removeprefix("conformance/base/")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_text(source.read(f))
     (target / "cases.json").write_text(json.dumps({"repository": "https://github.com/kubernetes-sigs/network-policy-api",
-                                                   "tag": tag, "commit": commit, "cases": cases,
-                                                   "by_hand": by_hand}, indent=1) + "\n")
+                                                   "version": source.version, "origin": source.origin,
+                                                   "cases": cases, "by_hand": by_hand}, indent=1) + "\n")
     print(f"{len(cases)} tests, {sum(len(c['steps']) for c in cases)} steps; by hand: {', '.join(by_hand)}")
 
 

@@ -64,10 +64,28 @@ def configure(settings, cfg) -> Optional[str]:
 def list_calls(api) -> dict:
     """resource -> call(**query) returning the raw response of a list or watch."""
     from kubernetes import client
-    core, net = client.CoreV1Api(api), client.NetworkingV1Api(api)
+    from ..model.crd import CRDS
+    from .state import CLUSTER_POLICY_RESOURCES, KIND
+    core, net, custom = client.CoreV1Api(api), client.NetworkingV1Api(api), client.CustomObjectsApi(api)
     methods = {"namespaces": core.list_namespace, "pods": core.list_pod_for_all_namespaces,
-               "networkpolicies": net.list_network_policy_for_all_namespaces}
+               "networkpolicies": net.list_network_policy_for_all_namespaces, "nodes": core.list_node}
     calls = {r: (lambda m: lambda **q: m(_preload_content=False, **q))(m) for r, m in methods.items()}
+    from kubernetes.client.exceptions import ApiException
+
+    def cluster_policies(plural: str, versions: tuple):
+        """The list or watch at the first of the kind's apiVersions the server serves (a 404 from the last:
+        none is)."""
+        def call(**q):
+            for i, api_version in enumerate(versions):
+                group, _, version = api_version.partition("/")
+                try:
+                    return custom.list_cluster_custom_object(group, version, plural, _preload_content=False, **q)
+                except ApiException as exc:
+                    if exc.status != 404 or i == len(versions) - 1:
+                        raise
+        return call
+    for resource in CLUSTER_POLICY_RESOURCES:
+        calls[resource] = cluster_policies(resource, CRDS[KIND[resource][1]][0])
     calls["node"] = lambda name, **q: core.read_node(name, _preload_content=False, **q)
     return calls
 
@@ -101,20 +119,22 @@ def node_pod_cidrs(call, name: str, timeout: tuple) -> tuple:
 
 
 def read_cluster(kubeconfig: str, page_size: int = 500, timeout: float = 30.0) -> list:
-    """The namespaces, pods and NetworkPolicies the API server holds, as
-    manifests (kind and apiVersion set), read with paginated lists and nothing
-    else (read-only: `pyipset diff --before-cluster`). A failure is one
-    PyipsetError naming the resource and the server's answer."""
+    """The namespaces, pods, NetworkPolicies, Nodes and cluster policies the
+    API server holds, as manifests (kind and apiVersion set), read with
+    paginated lists and nothing else (read-only: `pyipset diff
+    --before-cluster`); a cluster-policy kind the server does not serve (no
+    CRD) is none. A failure is one PyipsetError naming the resource and the
+    server's answer."""
     import json
     from types import SimpleNamespace
     from kubernetes.client.exceptions import ApiException
-    from .state import KIND
+    from .state import KIND, OPTIONAL, RESOURCES
     api = api_client(SimpleNamespace(kubeconfig=kubeconfig))
     if api.credentials_problem:
         raise PyipsetError(api.credentials_problem)
     calls = list_calls(api)
     out = []
-    for resource in ("namespaces", "pods", "networkpolicies"):
+    for resource in RESOURCES:
         api_version, kind = KIND[resource]
         token = None
         while True:
@@ -125,6 +145,8 @@ def read_cluster(kubeconfig: str, page_size: int = 500, timeout: float = 30.0) -
                 response = calls[resource](**query)
                 body = json.loads(response.data)
             except ApiException as exc:
+                if exc.status == 404 and resource in OPTIONAL:
+                    break  # the API server does not serve this kind (its CRD is not installed)
                 raise PyipsetError(f"reading {resource} from the cluster: HTTP {exc.status} "
                                    f"{brief_text(str(exc.reason))}: {brief_text(str(exc.body or ''))[:200]}") from None
             except (OSError, ValueError) as exc:

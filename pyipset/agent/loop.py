@@ -54,7 +54,7 @@ from .held import Held
 from .logs import StructuredLines
 from .metrics import Metrics
 from .reflector import Backoff, Reflector
-from .state import RESOURCES, ClusterState
+from .state import CLUSTER_POLICY_RESOURCES, OPTIONAL, RESOURCES, ClusterState
 
 log = logging.getLogger("pyipset.agent")
 
@@ -196,8 +196,8 @@ class Agent:
                           self.settings.backoff_max)
             self.calls = list_calls(self.api)
         self.health.start()
-        self.reflectors = [Reflector(r, self.calls[r], self.settings, self.state, self.metrics, self.stop).start()
-                           for r in RESOURCES]
+        self.reflectors = [Reflector(r, self.calls[r], self.settings, self.state, self.metrics, self.stop,
+                                     optional=r in OPTIONAL).start() for r in RESOURCES]
         self.metrics.reflectors = self.reflectors
         self.reporter = BlockReporter(self.settings.nflog_group, self.settings.netns,
                                       lambda: self.held.for_attribution(),
@@ -345,15 +345,36 @@ class Agent:
         self.accepted.update(current)
         return self.engine.policies_changed(list(current.values()))
 
+    def _cluster_policy_churn(self, changed: dict):
+        """The programs after these cluster-policy changes ((resource, key) ->
+        object, None if gone), or None (see Incremental.policies_changed)."""
+        from .state import KIND
+        current = {p.key: p for p in self.engine.cluster.cluster_policies}
+        for (resource, key), obj in changed.items():
+            current.pop(f"{KIND[resource][1]}:{key[1]}", None)
+            if obj is None:
+                continue
+            one = load_objects([obj], source="api", strict=False, cache=self.parsed)
+            if one.rejections or len(one.cluster_policies) != 1:
+                return None  # fails closed: load and compile in full
+            current[one.cluster_policies[0].key] = one.cluster_policies[0]
+        return self.engine.policies_changed(self.engine.cluster.policies, cluster_policies=list(current.values()))
+
     def _incremental(self, changes: dict, relisted: bool):
         """The programs after `changes` when they are pod churn or policy
         churn alone and the last update left a trusted record, else None."""
-        if relisted or self.force_full or self.engine is None or not self.held.trusted or changes["namespaces"]:
+        if relisted or self.force_full or self.engine is None or not self.held.trusted or changes["namespaces"] \
+                or changes["nodes"]:
             return None
-        if changes["pods"] and changes["networkpolicies"]:
+        kinds = [k for k in ("pods", "networkpolicies", "cluster policies") if
+                 (changes[k] if k != "cluster policies" else any(changes[r] for r in CLUSTER_POLICY_RESOURCES))]
+        if len(kinds) > 1:
             return None
         if changes["networkpolicies"]:
             return self._policy_churn(changes["networkpolicies"])
+        if kinds == ["cluster policies"]:
+            return self._cluster_policy_churn({(r, k): o for r in CLUSTER_POLICY_RESOURCES
+                                               for k, o in changes[r].items()})
         return self._pod_churn(changes["pods"])
 
     def _sync(self) -> bool:
@@ -460,8 +481,11 @@ class Agent:
         address another pod holds): such a pod only joins peer and named-port
         sets, which admit, never isolate (the sets that isolate or hook hold
         this node's pods alone). The commonest update of a large cluster, pod
-        churn elsewhere, then costs no pass. Anything else can."""
-        if path != "incremental" or changes["networkpolicies"] or changes["namespaces"] or not changes["pods"]:
+        churn elsewhere, then costs no pass. Anything else can, and so can any
+        update while cluster policies exist (their Deny rules deny through
+        peer sets)."""
+        if path != "incremental" or changes["networkpolicies"] or changes["namespaces"] or not changes["pods"] \
+                or self.engine.cluster.cluster_policies:
             return True
         node = self.settings.node_name
         for key, obj in changes["pods"].items():

@@ -23,6 +23,8 @@ has a fault in the test API server and a test for each):
 | any other HTTP status (5xx without Retry-After, 4xx) | back off, then list again          |
 | an event of unknown type, or not an object           | skipped, counted, the watch goes on|
 | BOOKMARK                                             | the RV moves; nothing else         |
+| 404 on the list of an optional resource (a CRD not   | none of them (said once); list     |
+|   installed: the cluster-policy kinds)               |   again every --backoff-max        |
 
 - The list is paginated (limit/continue) and each page is slimmed as it
   arrives (only what the compiler needs is kept, so a 10k-pod list never
@@ -223,10 +225,12 @@ def classify(exc: BaseException) -> Failure:
 
 class Reflector:
     def __init__(self, resource: str, call: Callable, settings, state, metrics=None,
-                 stop: Optional[threading.Event] = None):
+                 stop: Optional[threading.Event] = None, optional: bool = False):
         """call(**query) makes the list or watch request for the resource and
         returns the raw response (the client's method with
-        _preload_content=False)."""
+        _preload_content=False). optional: a resource the API server may not
+        serve (a CustomResourceDefinition not installed): its list answered
+        404 means none of them, not a failure."""
         self.resource, self.call, self.settings, self.state = resource, call, settings, state
         self.metrics = metrics
         self.stop = stop or threading.Event()
@@ -240,6 +244,8 @@ class Reflector:
         self.skipped = 0  # events skipped (unknown type, not an object)
         self.watching_since: Optional[float] = None  # monotonic time the current watch was established
         self._said = (None, 0.0)  # the last failure logged at warning, and when
+        self.optional = optional
+        self.absent = False  # an optional resource the server does not serve (as of the last list)
         self._lock = threading.Lock()
         self.thread = threading.Thread(target=self.run, name=f"reflector-{resource}", daemon=True)
 
@@ -313,6 +319,9 @@ class Reflector:
                 failure = classify(exc)
             self._count(failure.reason)
             what = "watch" if self.rv is not None else "list"
+            if self.optional and failure.reason == "http_404" and self.rv is None:
+                self._not_served()
+                continue
             if failure.action == RELIST_NOW and relist_now == 0:
                 relist_now += 1
                 log.info("%s: %s at resourceVersion %s: %s; listing again", self.resource, what, self.rv,
@@ -340,6 +349,20 @@ class Reflector:
                     extra={"resource": self.resource, "reason": failure.reason})
             self._stale(f"{what} failed ({failure.reason}: {failure.detail[:120]}); {then}")
             self.stop.wait(wait)
+
+    def _not_served(self) -> None:
+        """An optional resource's list answered 404: there are none (objects
+        of a CRD since removed are gone); said once; listed again every
+        --backoff-max, to see the CRD when it is installed."""
+        if not self.absent:
+            log.info("%s: not served by the API server (its CustomResourceDefinition is not installed): going on "
+                     "without them, looking again every %g s", self.resource, self.settings.backoff_max,
+                     extra={"resource": self.resource})
+        self.absent = True
+        self.state.replace_slim(self.resource, {})
+        self._current()
+        self.synced.set()
+        self.stop.wait(self.settings.backoff_max)
 
     def list(self) -> None:
         fresh: dict = {}
@@ -379,6 +402,10 @@ class Reflector:
         if not isinstance(rv, str) or not rv:
             raise ValueError(f"a list of {self.resource} without metadata.resourceVersion")
         changed, deleted = self.state.replace_slim(self.resource, fresh)
+        if self.absent:
+            self.absent = False
+            log.info("%s: now served by the API server: watching them", self.resource,
+                     extra={"resource": self.resource})
         if self.metrics:
             self.metrics.events.labels(self.resource, "LIST").inc(count)
         self.rv = rv

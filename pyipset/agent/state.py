@@ -18,10 +18,16 @@ from typing import Optional
 
 from ..model.objects import KINDS
 
-RESOURCES = ("namespaces", "pods", "networkpolicies")
+# The cluster-policy resources (sigs.k8s.io/network-policy-api CRDs): watched when the API server
+# serves them; absent CRDs are no error (reflector.py, optional).
+CLUSTER_POLICY_RESOURCES = ("adminnetworkpolicies", "baselineadminnetworkpolicies", "clusternetworkpolicies")
+RESOURCES = ("namespaces", "pods", "networkpolicies", "nodes") + CLUSTER_POLICY_RESOURCES
+OPTIONAL = frozenset(CLUSTER_POLICY_RESOURCES)
 MAX_TOMBSTONES = 100_000  # deletions remembered per resource between relists (oldest forgotten first)
 KIND = {resource: (KINDS[kind], kind) for resource, kind in
-        (("namespaces", "Namespace"), ("pods", "Pod"), ("networkpolicies", "NetworkPolicy"))}
+        (("namespaces", "Namespace"), ("pods", "Pod"), ("networkpolicies", "NetworkPolicy"), ("nodes", "Node"),
+         ("adminnetworkpolicies", "AdminNetworkPolicy"), ("baselineadminnetworkpolicies", "BaselineAdminNetworkPolicy"),
+         ("clusternetworkpolicies", "ClusterNetworkPolicy"))}
 
 
 def _rv(obj: dict) -> Optional[int]:
@@ -59,7 +65,19 @@ def slim(resource: str, obj: dict) -> dict:
             out["status"] = {k: status[k] for k in ("phase", "podIP", "podIPs") if status.get(k) is not None}
         elif status is not None:
             out["status"] = status
-    elif resource == "networkpolicies":
+    elif resource == "nodes":
+        # Only the addresses (for `nodes` peers): a Node's heartbeats change nothing here.
+        status = obj.get("status")
+        if isinstance(status, dict):
+            addresses = status.get("addresses")
+            if isinstance(addresses, list):
+                addresses = [{k: a[k] for k in ("type", "address") if k in a} if isinstance(a, dict) else a
+                             for a in addresses if not isinstance(a, dict) or a.get("type") in ("InternalIP",
+                                                                                                 "ExternalIP")]
+            out["status"] = {"addresses": addresses} if addresses is not None else {}
+        elif status is not None:
+            out["status"] = status
+    elif resource == "networkpolicies" or resource in CLUSTER_POLICY_RESOURCES:
         out["spec"] = obj.get("spec")
     return out
 

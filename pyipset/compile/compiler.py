@@ -564,6 +564,13 @@ class _Compiler:
         return sorted((p for p in self.cluster.cluster_policies if p.tier == tier and getattr(p, direction)),
                       key=lambda p: p.order)
 
+    def group_of(self, pod: Pod, scope: str) -> tuple:
+        """A pod's group in one of `groups`' scopes: a direction (NetworkPolicy) or tier_scope()."""
+        if scope in ("egress", "ingress"):
+            return self.group_key(pod, scope)
+        tier, _, direction = scope.partition(" ")
+        return self.tier_key(pod, tier, direction)
+
     def tier_key(self, pod: Pod, tier: str, direction: str) -> tuple:
         """The tier's policies (in order) whose subject is this pod of this node: its group in the tier."""
         return tuple(p.key for p in self._tier_policies[(tier, direction)] if self.subject_selects(p, pod))
@@ -572,6 +579,7 @@ class _Compiler:
         """The direction chain's rules for one tier: none when no policy of the
         tier has a pod of this node as its subject in this direction."""
         policies = self._tier_policies[(tier, direction)] = self.tier_policies(tier, direction)
+        self.groups[tier_scope(tier, direction)] = {}
         if not policies:
             return []
         chain = naming.tier_chain(tier, direction)
@@ -582,6 +590,7 @@ class _Compiler:
                 key = self.tier_key(pod, tier, direction)
                 if key:
                     by_group.setdefault(key, []).append(pod)
+        self.groups[tier_scope(tier, direction)] = by_group
         if not by_group:
             return []
         self.program.chains[chain] = []  # declared before its sub-chains
@@ -814,6 +823,11 @@ class _Compiler:
             hooks += [("FORWARD", Rule((Match("set", name=cidrs, dims="dst"),), **to_entry)),
                       ("FORWARD", Rule((Match("set", name=cidrs, dims="src"),), **to_entry))]
         return hooks
+
+
+def tier_scope(tier: str, direction: str) -> str:
+    """The key of a tier's groups in _Compiler.groups: "Admin egress", ..."""
+    return f"{tier} {direction}"
 
 
 def counted_protocols(family: str) -> tuple:

@@ -19,7 +19,8 @@ than members:
   address is then decided across pods), or a new address is held by another pod;
 - a pod's namespace is not a known Namespace object (namespaces would change);
 - a pod needs a family with no program yet;
-- a policy group appears or empties (the group search tree would change);
+- a policy group appears or empties (the group search tree would change),
+  NetworkPolicy's or a cluster-policy tier's;
 - a rule whose flattening is decided by size gains or loses the choice
   (a flattened rule that stays flattened gets its set recomputed).
 
@@ -62,13 +63,15 @@ class Incremental:
         self.compilers = {f: _Compiler(cluster, f, **self.options, reuse=(reuse or {}).get(f), text=self.text)
                           for f in families}
         self.programs = [self.compilers[f].compile() for f in families]
-        # Group sizes per family and direction: a group appearing or emptying changes chains.
-        self.group_sizes = {f: {d: {k: len(v) for k, v in c.groups.get(d, {}).items()} for d in ("egress", "ingress")}
+        # Group sizes per family and scope (a direction, or a tier's direction): a group appearing or
+        # emptying changes chains.
+        self.group_sizes = {f: {d: {k: len(v) for k, v in groups.items()} for d, groups in c.groups.items()}
                             for f, c in self.compilers.items()}
 
-    def policies_changed(self, policies: list) -> Optional[list]:
+    def policies_changed(self, policies: list, cluster_policies: Optional[list] = None) -> Optional[list]:
         """The programs for the same pods and namespaces under these policies
-        (all of them, parsed and valid): compiled again, with the members of
+        (all of them, parsed and valid; cluster_policies: the cluster policies,
+        all of them, when they changed): compiled again, with the members of
         the sets that follow from pods and namespaces alone (REUSABLE_ROLES)
         taken from the current programs instead of computed. None when the
         cluster is not exact (the caller loads and compiles in full)."""
@@ -77,7 +80,10 @@ class Incremental:
         reuse = {p.family: {d.key: d.members for d in p.sets.values() if d.role in REUSABLE_ROLES}
                  for p in self.programs}
         self.deltas = {}
-        self._compile(dataclasses.replace(self.cluster, policies=list(policies)), self.families, reuse)
+        changed = dict(policies=list(policies))
+        if cluster_policies is not None:
+            changed["cluster_policies"] = list(cluster_policies)
+        self._compile(dataclasses.replace(self.cluster, **changed), self.families, reuse)
         return self.programs
 
     @property
@@ -108,21 +114,21 @@ class Incremental:
         sizes = {}
         for family, compiler in self.compilers.items():
             sizes[family] = {}
-            for direction in ("egress", "ingress"):
-                counts = dict(self.group_sizes[family][direction])
+            for scope, known in self.group_sizes[family].items():
+                counts = dict(known)
                 for key, old in olds.items():
-                    group = compiler.group_key(old, direction) if old else ()
+                    group = compiler.group_of(old, scope) if old else ()
                     if group:
                         counts[group] -= 1
                         if counts[group] == 0:
                             return None  # the last pod of a group leaves: the tree changes
                 for key, new in changes.items():
-                    group = compiler.group_key(new, direction) if new else ()
+                    group = compiler.group_of(new, scope) if new else ()
                     if group:
                         if group not in counts:
                             return None  # a new group: the tree changes
                         counts[group] += 1
-                sizes[family][direction] = counts
+                sizes[family][scope] = counts
 
         def cluster() -> Cluster:  # the cluster after the change (only flattening needs it)
             pods = {k: p for k, p in self.pods.items() if k not in changes}

@@ -4,13 +4,15 @@ the structural schema (unknown fields, types, required fields, enums,
 bounds, lengths, patterns, list sizes, one-of objects, set lists) and the
 CEL rules (x-kubernetes-validations), each of which has a translation here.
 
-The CRDs are those of a pinned network-policy-api release, experimental
+The CRDs are those of pinned network-policy-api releases, experimental
 channel (a superset of standard), kept unmodified in crds/:
 
-  AdminNetworkPolicy, BaselineAdminNetworkPolicy (v1alpha1): v0.1.8,
-      commit 5a62954284765fb16f2e601f11907ca0b839b89f
-  ClusterNetworkPolicy (v1alpha2): v0.2.0,
-      commit a17adecd0316b8ff1c3f83939ec0441d68cd6cce
+  AdminNetworkPolicy, BaselineAdminNetworkPolicy (v1alpha1): v0.1.8 (the
+      last release with them), commit 5a62954284765fb16f2e601f11907ca0b839b89f
+  ClusterNetworkPolicy (v1beta1, and v1alpha2, which its CRD serves with the
+      same schema): v0.3.0, the Go module sigs.k8s.io/network-policy-api@v0.3.0
+      (h1:RL6fVXiix9IW1pj0ImkW645m+EWmb3dBGCiW19bg5+k=), the version
+      tools/controlplane installs in the test API server
 
 metadata is an ObjectMeta (validation.py checks what we read of it); the
 defaults the schemas give (a port's protocol: TCP) are applied when the
@@ -29,13 +31,13 @@ import yaml
 from .schema import MAX_PROBLEMS, _duplicates, _path
 
 GROUP = "policy.networking.k8s.io"
-# kind -> (apiVersion, CRD file)
+# kind -> (apiVersions accepted, the preferred first; CRD file)
 CRDS = {
-    "AdminNetworkPolicy": (f"{GROUP}/v1alpha1", "adminnetworkpolicies.yaml"),
-    "BaselineAdminNetworkPolicy": (f"{GROUP}/v1alpha1", "baselineadminnetworkpolicies.yaml"),
-    "ClusterNetworkPolicy": (f"{GROUP}/v1alpha2", "clusternetworkpolicies.yaml"),
+    "AdminNetworkPolicy": ((f"{GROUP}/v1alpha1",), "adminnetworkpolicies.yaml"),
+    "BaselineAdminNetworkPolicy": ((f"{GROUP}/v1alpha1",), "baselineadminnetworkpolicies.yaml"),
+    "ClusterNetworkPolicy": ((f"{GROUP}/v1beta1", f"{GROUP}/v1alpha2"), "clusternetworkpolicies.yaml"),
 }
-RELEASES = {"AdminNetworkPolicy": "v0.1.8", "BaselineAdminNetworkPolicy": "v0.1.8", "ClusterNetworkPolicy": "v0.2.0"}
+RELEASES = {"AdminNetworkPolicy": "v0.1.8", "BaselineAdminNetworkPolicy": "v0.1.8", "ClusterNetworkPolicy": "v0.3.0"}
 _DIR = Path(__file__).with_name("crds")
 
 
@@ -47,6 +49,12 @@ def _is_cidr(value) -> bool:
     except ValueError:
         return False
     return True
+
+
+def _is_masked_cidr(value) -> bool:
+    """A CIDR with no bits set after its prefix (10.0.0.0/8, not 10.0.0.1/8)."""
+    return _is_cidr(value) and \
+        ipaddress.ip_network(value, strict=False).network_address == ipaddress.ip_address(value.split("/")[0])
 
 
 def _peers_without_named_ports(peer_fields: tuple, ports_key: str, named: str):
@@ -64,6 +72,7 @@ def _peers_without_named_ports(peer_fields: tuple, ports_key: str, named: str):
 # (tests/test_tiers.py loads every CRD), never skipped.
 CEL = {
     "isCIDR(self)": _is_cidr,
+    "isCIDR(self) && cidr(self) == cidr(self).masked()": _is_masked_cidr,
     "self.start < self.end": lambda v: isinstance(v, dict) and not isinstance(v.get("start"), bool)
     and isinstance(v.get("start"), int) and isinstance(v.get("end"), int) and v["start"] < v["end"],
     "self.metadata.name == 'default'": lambda v: isinstance(v.get("metadata"), dict)
@@ -87,10 +96,11 @@ def crd(kind: str) -> dict:
 
 
 @lru_cache(maxsize=None)
-def schema_of(kind: str) -> dict:
-    version = CRDS[kind][0].rpartition("/")[2]
+def schema_of(kind: str, api_version: str = "") -> dict:
+    """The schema of a kind at an apiVersion (its preferred one by default)."""
+    version = (api_version or CRDS[kind][0][0]).rpartition("/")[2]
     for v in crd(kind)["spec"]["versions"]:
-        if v["name"] == version:
+        if v["name"] == version and v.get("served"):
             return v["schema"]["openAPIV3Schema"]
     raise KeyError(f"{kind}: the CRD serves no version {version}")
 
@@ -110,7 +120,8 @@ def check(obj: dict, kind: str) -> list:
     """[(path, value, reason)] of every problem of the object against its
     CRD, at most MAX_PROBLEMS."""
     problems: list = []
-    _check(obj, schema_of(kind), (), problems, top=True)
+    version = obj.get("apiVersion")
+    _check(obj, schema_of(kind, version if version in CRDS[kind][0] else ""), (), problems, top=True)
     return [(_path(parts), value, reason) for parts, value, reason in problems[:MAX_PROBLEMS]]
 
 

@@ -28,7 +28,7 @@ import yaml
 
 from ..errors import PyipsetError, brief, brief_text
 from . import crd, schema
-from .objects import CLUSTER_POLICY_KINDS, KINDS, Cluster, Namespace, Rejection
+from .objects import API_VERSIONS, CLUSTER_POLICY_KINDS, KINDS, Cluster, Namespace, Rejection
 from .tiers import parse_cluster_policy, parse_node, rejected_cluster_policy_scope
 from .validation import (Invalid, validate_name, parse_namespace, parse_pod, parse_policy, rejected_policy_scope,
                          rejected_pod_addresses, resolve_shared_ips)
@@ -341,8 +341,8 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cac
                                             addresses=addresses, fail_closed=readable, scope=scope))
 
     api = obj.get("apiVersion")
-    if api != KINDS[kind]:
-        return reject("apiVersion", api, f"must be {KINDS[kind]}")
+    if api not in API_VERSIONS.get(kind, (KINDS[kind],)):
+        return reject("apiVersion", api, f"must be {' or '.join(API_VERSIONS.get(kind, (KINDS[kind],)))}")
     meta = obj.get("metadata")
     rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
     memo = (kind, name, rv, strict) if cache is not None and isinstance(rv, str) and rv else None

@@ -17,7 +17,9 @@ IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
 KINDS = {"Namespace": "v1", "Pod": "v1", "NetworkPolicy": "networking.k8s.io/v1", "Node": "v1",
          "AdminNetworkPolicy": "policy.networking.k8s.io/v1alpha1",
          "BaselineAdminNetworkPolicy": "policy.networking.k8s.io/v1alpha1",
-         "ClusterNetworkPolicy": "policy.networking.k8s.io/v1alpha2"}
+         "ClusterNetworkPolicy": "policy.networking.k8s.io/v1beta1"}
+# Kinds read at more than one apiVersion (the first is KINDS'): the ClusterNetworkPolicy CRD serves both.
+API_VERSIONS = {"ClusterNetworkPolicy": ("policy.networking.k8s.io/v1beta1", "policy.networking.k8s.io/v1alpha2")}
 CLUSTER_POLICY_KINDS = ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy", "ClusterNetworkPolicy")
 TIERS = ("Admin", "Baseline")  # the cluster-policy tiers: Admin before NetworkPolicy, Baseline after it
 ACTIONS = ("Accept", "Deny", "Pass")  # v1alpha2's names; v1alpha1's Allow is Accept

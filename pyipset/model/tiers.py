@@ -5,10 +5,11 @@ ClusterPolicy objects, after crd.py has checked them against their CRD.
   (read as Accept), Deny, Pass.
 - BaselineAdminNetworkPolicy (v1alpha1): tier Baseline, after every
   Baseline ClusterNetworkPolicy (objects.BANP_PRIORITY); Allow, Deny.
-- ClusterNetworkPolicy (v1alpha2): its tier and priority; Accept, Deny, Pass.
+- ClusterNetworkPolicy (v1beta1 and v1alpha2, one schema): its tier and
+  priority; Accept, Deny, Pass.
 
 Ports: v1alpha1 `ports` (portNumber, portRange: protocol defaults to TCP, as
-the CRD's default; namedPort) and v1alpha2 `protocols` (tcp, udp, sctp with
+the CRD's default; namedPort) and ClusterNetworkPolicy's `protocols` (tcp, udp, sctp with
 a destinationPort number or range; destinationNamedPort). A named port
 selects the destination pod's container port of that name, whatever its
 protocol: one PortSpec per protocol.
@@ -115,7 +116,7 @@ def _ports(raw: dict, path: str) -> Optional[tuple]:
             else:
                 out += _named(p["namedPort"])
         return tuple(out)
-    if raw.get("protocols") is not None:  # v1alpha2
+    if raw.get("protocols") is not None:  # ClusterNetworkPolicy
         for p in raw["protocols"]:
             if p.get("destinationNamedPort") is not None:
                 out += _named(p["destinationNamedPort"])

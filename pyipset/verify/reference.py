@@ -44,7 +44,7 @@ and the API reference (NetworkPolicySpec, LabelSelector):
 Cluster policies (sigs.k8s.io/network-policy-api: the API types and the
 conformance suite), per direction of a pod, before and after the above:
 - The Admin tier: AdminNetworkPolicy (v1alpha1) and ClusterNetworkPolicy
-  (v1alpha2) with tier Admin, by priority (lower first; equal priorities:
+  (v1beta1/v1alpha2) with tier Admin, by priority (lower first; equal priorities:
   AdminNetworkPolicy before ClusterNetworkPolicy, then by name, our choice
   where the API leaves it open), each policy's rules in order. The first
   rule whose subject (namespaces, or pods: namespaceSelector and
@@ -61,7 +61,7 @@ conformance suite), per direction of a pod, before and after the above:
   through it; a Deny or Pass rule holding one denies everything.
 - Ports: none given, every port of every protocol; v1alpha1 portNumber and
   portRange (protocol TCP when unset) and namedPort (the destination pod's
-  container port of that name, any protocol); v1alpha2 tcp/udp/sctp with a
+  container port of that name, any protocol); ClusterNetworkPolicy tcp/udp/sctp with a
   destinationPort number or range, and destinationNamedPort.
 """
 

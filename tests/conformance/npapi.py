@@ -40,7 +40,8 @@ def manifests(path: str) -> list:
 
 def base() -> list:
     """The suite's namespaces and the pods of its StatefulSets (two each), as Pods with
-    addresses (198.18.0.0/15); the host-network StatefulSet takes no part (it is a node)."""
+    addresses (198.18.0.0/15) and the labels the StatefulSet controller gives them (its
+    pod name, its index); the host-network StatefulSet takes no part (it is a node)."""
     objs, house = [], 0
     for doc in manifests("base/manifests.yaml"):
         if doc["kind"] == "Namespace":
@@ -53,10 +54,11 @@ def base() -> list:
             ports = [p for c in template["spec"]["containers"] for p in c.get("ports") or ()]
             for i in range(doc["spec"]["replicas"]):
                 ip = f"198.18.{house}.{i + 1}"
+                name = f"{doc['metadata']['name']}-{i}"
+                labels = {**template["metadata"]["labels"], "statefulset.kubernetes.io/pod-name": name,
+                          "apps.kubernetes.io/pod-index": str(i)}
                 objs.append({"apiVersion": "v1", "kind": "Pod",
-                             "metadata": {"name": f"{doc['metadata']['name']}-{i}",
-                                          "namespace": doc["metadata"]["namespace"],
-                                          "labels": dict(template["metadata"]["labels"])},
+                             "metadata": {"name": name, "namespace": doc["metadata"]["namespace"], "labels": labels},
                              "spec": {"containers": [{"name": "c", "ports": ports}]},
                              "status": {"phase": "Running", "podIP": ip, "podIPs": [{"ip": ip}]}})
     return objs
@@ -134,7 +136,22 @@ def replay(case: dict, judge) -> list:
             pending.append(step)
             continue
         flush()
-        if "delete" in step:
+        if "pod_label" in step:
+            key, label, value = step["pod_label"]
+            ns, name = key.split("/")
+            pod = next(o for o in objs if o["kind"] == "Pod" and o["metadata"]["namespace"] == NS + ns
+                       and o["metadata"]["name"] == name)
+            labels = pod["metadata"].setdefault("labels", {})
+            if value is None:
+                labels.pop(label, None)
+            else:
+                labels[label] = value
+        elif "namespace_labels" in step:
+            ns, labels = step["namespace_labels"]
+            target = next(o for o in objs if o["kind"] == "Namespace" and o["metadata"]["name"] == NS + ns)
+            # SetLabels replaces them; the API server puts the name label back.
+            target["metadata"]["labels"] = {**labels, "kubernetes.io/metadata.name": NS + ns}
+        elif "delete" in step:
             kind, namespace, name = step["delete"]
             gone = [o for o in objs if o["kind"] == kind and o["metadata"]["name"] == name
                     and o["metadata"].get("namespace") == namespace]
@@ -159,16 +176,23 @@ def _poke(subtest, client, server, protocol, port, allowed):
     return {"poke": [client, server, protocol, port], "allowed": allowed, "subtest": subtest}
 
 
+_EACH = ((_TCP, 80), (_UDP, 53), (_SCTP, 9003))
+
+
 def _cidr_case(name: str, manifest: str, policy: str) -> dict:
     deny, allow = "deny-egress to the internet", "allow-egress to pod addresses"
     steps = [_poke(deny, G1, server, protocol, port, allowed)
-             for server, allowed in ((R0, False), (H0, False), (S0, True))
-             for protocol, port in ((_TCP, 80), (_UDP, 53), (_SCTP, 9003))]
+             for server, allowed in ((R0, False), (H0, False), (S0, True)) for protocol, port in _EACH]
+    # slytherin relabelled out of the Accept rule's peer, then back
+    steps.append({"namespace_labels": ["slytherin", {"conformance-house": "denied-namespace-label"}],
+                  "subtest": deny})
+    steps += [_poke(deny, G1, S0, protocol, port, False) for protocol, port in _EACH]
+    steps.append({"namespace_labels": ["slytherin", {"conformance-house": "slytherin"}], "subtest": deny})
+    steps += [_poke(deny, G1, S0, protocol, port, True) for protocol, port in _EACH]
     steps.append({"patch": policy, "subtest": allow, "ops": [["insert", "Egress", 0, {
         "name": "allow-egress-to-specific-podIPs", "action": "Accept", "to": [{"networks": ["@" + R0, "@" + H0]}]}]]})
     steps += [_poke(allow, G1, server, protocol, port, allowed)
-              for server, allowed in ((R0, True), (H0, True), (R1, False), (H1, False))
-              for protocol, port in ((_TCP, 80), (_UDP, 53), (_SCTP, 9003))]
+              for server, allowed in ((R0, True), (H0, True), (R1, False), (H1, False)) for protocol, port in _EACH]
     return {"name": name, "manifests": [manifest], "steps": steps}
 
 

@@ -81,7 +81,8 @@ class AgentProcess:
 
 
 def api_objects(api) -> list:
-    return [o for r in ("namespaces", "pods", "networkpolicies") for o in api.objects[r].values()]
+    """Every object the API server holds that the agent reads (cluster policies and Nodes too)."""
+    return [o for r in api.objects for o in api.objects[r].values()]
 
 
 def load_into(api, objs) -> None:

@@ -423,3 +423,56 @@ def test_ipv6_listen_and_a_missing_credential_plugin(api, tmp_path):
     records = [json.loads(line) for line in lines]  # every line is JSON
     said = [r for r in records if "exec plugin" in r["message"]]
     assert len(said) == 1 and said[0]["level"] == "error", said
+
+
+def test_cluster_policies_through_the_api(tmp_path):
+    """The cluster-policy CRDs not served at first: the agent is ready on
+    NetworkPolicy and says so once per kind; once they are served it watches
+    them (within --backoff-max), and cluster policies created, changed (a
+    rule's action, a priority) and deleted through the API change real
+    connectivity as the verifier says, on both nodes."""
+    from apiserver import APIServer, CRD_RESOURCES
+    from strategies import cluster_policy
+    isolate = cluster_policy("AdminNetworkPolicy", "isolate-a", {
+        "priority": 10, "subject": {"namespaces": {"matchLabels": {"team": "x"}}},
+        "ingress": [{"name": "from-b", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"team": "y"}}}]}]})
+    baseline = cluster_policy("BaselineAdminNetworkPolicy", "default", {
+        "subject": {"namespaces": {"matchLabels": {"team": "x"}}},
+        "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]})
+    accept = cluster_policy("ClusterNetworkPolicy", "web-first", {
+        "tier": "Admin", "priority": 5, "subject": {"pods": {"namespaceSelector": {}, "podSelector": {
+            "matchLabels": {"app": "web"}}}},
+        "ingress": [{"action": "Accept", "from": [{"namespaces": {}}],
+                     "protocols": [{"tcp": {"destinationPort": {"number": 80}}}]}]})
+    with APIServer(bookmark_interval=0.5, crds=False) as api:
+        load_into(api, [o for o in UNIVERSE if o["metadata"]["name"] != "new"])
+        with LabNode(load_objects(UNIVERSE), nodes=2, program=False) as lab:
+            agents = [AgentProcess(api, node, tmp_path) for node in lab.nodes]
+            try:
+                for a in agents:
+                    a.wait_ready()
+                wait_converged(api, lab, agents)
+                for a in agents:
+                    said = a.logs_all().count("not served by the API server")
+                    assert said == len(CRD_RESOURCES), a.logs()
+                api.served |= set(CRD_RESOURCES)  # the CRDs installed
+                steps = [
+                    lambda: load_into(api, [isolate]),                   # Admin Deny: b's pods cannot reach a's
+                    lambda: load_into(api, [baseline]),                  # Baseline: a's pods isolated from all
+                    lambda: load_into(api, [accept]),                    # web pods accept TCP/80 from anyone first
+                    lambda: load_into(api, [{**isolate, "spec": {**isolate["spec"], "ingress": [
+                        {**isolate["spec"]["ingress"][0], "action": "Pass"}]}}]),  # Deny -> Pass
+                    lambda: load_into(api, [{**accept, "spec": {**accept["spec"], "priority": 50}}]),
+                    lambda: api.delete("BaselineAdminNetworkPolicy", "default"),
+                    lambda: api.delete("ClusterNetworkPolicy", "web-first"),
+                ]
+                for step in steps:
+                    step()
+                    wait_converged(api, lab, agents)
+                    matrix_matches(api, lab, CASES)
+                for a in agents:
+                    assert a.logs_all().count("now served by the API server") == len(CRD_RESOURCES), a.logs()
+                    assert a.get("/readyz")[0] == 200
+            finally:
+                codes = [a.stop() for a in agents]
+            assert codes == [0, 0]

@@ -51,6 +51,8 @@ def _clean(cp) -> None:
     """Every test starts from a cluster without our objects."""
     for key in [f"{ns}/{name}" for (ns, name) in cp.objects["networkpolicies"]]:
         cp.delete("NetworkPolicy", key)
+    for (_, name) in cp.objects["clusternetworkpolicies"]:
+        cp.delete("ClusterNetworkPolicy", name)
     for (ns, name) in cp.objects["namespaces"]:
         if name in ("a", "b", "c"):
             cp.delete("Namespace", name)
@@ -106,7 +108,8 @@ def _granted(cp, kubeconfig_or_token) -> set:
 def test_the_agents_account_can_do_exactly_what_the_readme_says(cp):
     """What the server lets the agent's token do (`kubectl auth can-i --list`),
     beyond what an account bound to nothing may: get/list/watch on pods,
-    namespaces and networkpolicies, get on nodes, as the README says."""
+    namespaces, networkpolicies, nodes and the cluster-policy kinds, as the
+    README says."""
     from kubernetes import client
     core = client.CoreV1Api(cp.client)
     core.create_namespaced_service_account("default", {"metadata": {"name": "nobody"}})
@@ -118,10 +121,12 @@ def test_the_agents_account_can_do_exactly_what_the_readme_says(cp):
     finally:
         core.delete_namespaced_service_account("nobody", "default")
     readme = " ".join((ROOT / "README.md").read_text().split())
-    assert "a ClusterRole with get/list/watch on pods, namespaces and networkpolicies, get on nodes, and nothing " \
-           "else" in readme
-    expected = {("", r, v) for r in ("pods", "namespaces") for v in ("get", "list", "watch")} | \
-        {("networking.k8s.io", "networkpolicies", v) for v in ("get", "list", "watch")} | {("", "nodes", "get")}
+    assert "a ClusterRole with get/list/watch on pods, namespaces, networkpolicies, nodes and the three " \
+           "cluster-policy kinds, and nothing else" in readme
+    expected = {("", r, v) for r in ("pods", "namespaces", "nodes") for v in ("get", "list", "watch")} | \
+        {("networking.k8s.io", "networkpolicies", v) for v in ("get", "list", "watch")} | \
+        {("policy.networking.k8s.io", r, v) for r in ("adminnetworkpolicies", "baselineadminnetworkpolicies",
+                                                      "clusternetworkpolicies") for v in ("get", "list", "watch")}
     assert _granted(cp, cp.agent_kubeconfig) - anyone == expected
 
 
@@ -343,6 +348,53 @@ def test_the_cluster_policy_crds_validate_as_released(cp):
                     assert refused.value.status in (400, 422), (path, refused.value.status)
                 checked[verdict] += 1
     assert checked["valid"] >= 3 and checked["invalid"] >= 3, checked
+
+
+def test_our_validation_agrees_with_the_release_on_its_test_data(cp):
+    """model/crd.py against the release's own CRD test data (valid and
+    invalid objects, both channels: our CRDs are the experimental one, a
+    superset): what the release accepts we accept, what it refuses we
+    refuse, each named with a field path."""
+    import glob
+    from controlplane import tool
+    npa = tool("npa-dir").strip()
+    checked = {"valid": 0, "invalid": 0}
+    for verdict in ("valid", "invalid"):
+        for path in sorted(glob.glob(f"{npa}/pkg/crdtest/testdata/{verdict}/*.yaml")):
+            for obj in yaml.safe_load_all(open(path)):
+                c = load_objects([obj])
+                if verdict == "valid":
+                    assert not c.rejections, (path, [str(r) for r in c.rejections])
+                else:
+                    assert c.rejections and all(r.path for r in c.rejections), (path, c.cluster_policies)
+                checked[verdict] += 1
+    assert checked["valid"] >= 3 and checked["invalid"] >= 5, checked
+
+
+def test_a_cluster_network_policy_through_the_real_api(cp, tmp_path):
+    """A ClusterNetworkPolicy created, changed and deleted through the real
+    API server (the CRD of the pinned release, its stored version v1beta1)
+    changes real connectivity as the verifier says; the kinds whose CRDs are
+    not installed (AdminNetworkPolicy, BaselineAdminNetworkPolicy) are said
+    once and do not keep the agent from being ready."""
+    from strategies import cluster_policy
+    _clean(cp)
+    load_into(cp, [o for o in UNIVERSE if o["metadata"]["name"] != "new"])
+    deny = cluster_policy("ClusterNetworkPolicy", "isolate-a", {
+        "tier": "Admin", "priority": 10, "subject": {"namespaces": {"matchLabels": {"team": "x"}}},
+        "ingress": [{"name": "from-b", "action": "Deny", "from": [{"namespaces": {"matchLabels": {"team": "y"}}}]}]})
+    try:
+        with _running(cp, tmp_path) as (lab, agents):
+            for a in agents:
+                assert a.logs_all().count("not served by the API server") == 2, a.logs()
+            for step in (lambda: load_into(cp, [deny]),
+                         lambda: load_into(cp, [{**deny, "spec": {**deny["spec"], "ingress": [
+                             {**deny["spec"]["ingress"][0], "action": "Pass"}]}}]),
+                         lambda: cp.delete("ClusterNetworkPolicy", "isolate-a")):
+                _converges_and_holds(cp, lab, agents, step)
+    finally:
+        if ("", "isolate-a") in cp.objects["clusternetworkpolicies"]:
+            cp.delete("ClusterNetworkPolicy", "isolate-a")
 
 
 # ---- Services beside a real kube-proxy ----
