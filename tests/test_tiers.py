@@ -123,3 +123,36 @@ def test_the_tiers_example_is_what_the_readme_says():
         a/api   ++..
         a/web   +.+.
         b/web   +..+""")
+
+
+def test_a_new_connections_walk_does_not_grow_with_cluster_policies():
+    """Rules a NEW connection's walk tries (bench/layouts.walk, the
+    evaluator's chain semantics): for pods no cluster policy selects, the same
+    with 1 cluster policy and with 300 (each selecting another namespace); for
+    a selected pod, it grows with the tree's depth (iptables) and not at all
+    with the verdict map (nftables), plus its own policy's rules."""
+    from clusterspec import namespace, pod
+    from layouts import walk
+    from strategies import cluster_policy
+
+    def cluster(n: int):
+        objs = [namespace("free"), pod("free/a", "198.18.0.1"), pod("free/b", "198.18.0.2")]
+        for i in range(n):
+            objs += [namespace(f"t{i}", tenant=f"t{i}"), pod(f"t{i}/p", f"198.19.{i // 250}.{i % 250 + 1}")]
+            objs.append(cluster_policy("AdminNetworkPolicy", f"isolate-t{i}", {
+                "priority": i % 1000, "subject": {"namespaces": {"matchLabels": {"tenant": f"t{i}"}}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {"matchLabels": {"tenant": "other"}}}]}]}))
+        return loaded(*objs)
+    costs = {}
+    for n in (1, 300):
+        c = cluster(n)
+        for dispatch in ("tree", "map"):
+            program = native.NativeProgram(compile_cluster(c, "inet", dispatch=dispatch))
+            free = walk(program, c.pod_by_key("free/a").ips[0], c.pod_by_key("free/b").ips[0], "TCP", 80)
+            selected = walk(program, c.pod_by_key("free/a").ips[0], c.pod_by_key("t0/p").ips[0], "TCP", 80)
+            assert free[0] and selected[0]
+            costs[(n, dispatch)] = (free[1], selected[1])
+    assert costs[(1, "tree")][0] == costs[(300, "tree")][0]
+    assert costs[(1, "map")][0] == costs[(300, "map")][0]
+    assert costs[(1, "map")][1] == costs[(300, "map")][1]
+    assert costs[(300, "tree")][1] - costs[(1, "tree")][1] <= 2 * 9  # log2(300) levels, 2 lookups at most each
