@@ -17,6 +17,24 @@ def endpoint(c, text: str) -> explain.Endpoint:
         return explain.Endpoint(pod.ips[0], pod)
 
 
+def flows_to_explain(c, outside, cases):
+    """(a, b, source, destination, protocol, port, family) for every ordered
+    pair of pods and outside addresses (not two outside ones) of one common
+    family, for each (protocol, port) of cases: what explain is checked on."""
+    ends = [p.key for p in c.pods] + list(outside)
+    for protocol, port in cases:
+        for a in ends:
+            for b in ends:
+                if a in outside and b in outside:
+                    continue
+                try:
+                    s, d = explain.same_family(endpoint(c, a), endpoint(c, b))
+                except ValueError:
+                    continue
+                if s.ip.version == d.ip.version:
+                    yield a, b, s, d, protocol, port, "inet" if s.ip.version == 4 else "inet6"
+
+
 class ReferenceEngine:
     """The reference semantics, reading the raw manifests the cluster was made of."""
 

@@ -66,7 +66,7 @@ def test_explanations_from_the_program_are_the_references(objs):
     admits) is what the reference semantics say, flattened or not, the group
     found by a tree or by a verdict map, for pods and outside addresses, both
     families."""
-    from engines import endpoint
+    from engines import flows_to_explain
     from pyipset.compile.compiler import compile_cluster
     from pyipset.verify import explain, native, reference
 
@@ -77,31 +77,18 @@ def test_explanations_from_the_program_are_the_references(objs):
     programs = {(family, shape): native.NativeProgram(compile_cluster(c, family, shape[0], dispatch=shape[1]))
                 for family in ("inet", "inet6") for shape in shapes}
     explainers = {k: explain.Explainer(p) for k, p in programs.items()}
-    ends = [p.key for p in c.pods] + list(OUTSIDE)
-    for protocol in ("TCP", "UDP"):
-        for port in PORTS:
-            for a in ends:
-                for b in ends:
-                    if a in OUTSIDE and b in OUTSIDE:
-                        continue
-                    try:
-                        s, d = explain.same_family(endpoint(c, a), endpoint(c, b))
-                    except ValueError:
-                        continue
-                    if s.ip.version != d.ip.version:
-                        continue
-                    want = reference.judge(world, s, d, protocol, port)
-                    family = "inet" if s.ip.version == 4 else "inet6"
-                    for limit in shapes:
-                        got = explain.explain(programs[family, limit], s, d, protocol, port,
-                                              explainers[family, limit])
-                        assert got.allowed == want.allowed, (a, b, protocol, port)
-                        if got.same_pod:
-                            continue  # no rule sees a pod's traffic to itself
-                        for side in ("egress", "ingress"):
-                            w, g = getattr(want, side), getattr(got, side)
-                            assert g.isolating == w.isolating, (a, b, side, protocol, port)
-                            assert g.admitted_by == w.admitted_by, (a, b, side, protocol, port, limit)
+    for a, b, s, d, protocol, port, family in flows_to_explain(c, OUTSIDE, [(p, n) for p in ("TCP", "UDP")
+                                                                           for n in PORTS]):
+        want = reference.judge(world, s, d, protocol, port)
+        for limit in shapes:
+            got = explain.explain(programs[family, limit], s, d, protocol, port, explainers[family, limit])
+            assert got.allowed == want.allowed, (a, b, protocol, port)
+            if got.same_pod:
+                continue  # no rule sees a pod's traffic to itself
+            for side in ("egress", "ingress"):
+                w, g = getattr(want, side), getattr(got, side)
+                assert g.isolating == w.isolating, (a, b, side, protocol, port)
+                assert g.admitted_by == w.admitted_by, (a, b, side, protocol, port, limit)
 
 
 def test_the_evaluators_enums_come_from_the_binding():

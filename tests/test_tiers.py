@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from clusterspec import cluster as loaded
-from engines import ReferenceEngine, endpoint
+from engines import ReferenceEngine, flows_to_explain
 from strategies import PORTS, TIER_OUTSIDE, cluster_objects, tier_objects
 from pyipset.compile.compiler import compile_cluster
 from pyipset.verify import explain, native, reference
@@ -48,34 +48,20 @@ def test_explanations_name_the_deciding_tier_rule(objs):
     programs = {(family, shape): native.NativeProgram(compile_cluster(c, family, shape[0], dispatch=shape[1]))
                 for family in ("inet", "inet6") for shape in SHAPES}
     explainers = {k: explain.Explainer(p) for k, p in programs.items()}
-    ends = [p.key for p in c.pods] + list(TIER_OUTSIDE)
-    for protocol, port in (("TCP", 80), ("UDP", 53), ("SCTP", 9), ("TCP", 8080)):
-        for a in ends:
-            for b in ends:
-                if a in TIER_OUTSIDE and b in TIER_OUTSIDE:
+    for a, b, s, d, protocol, port, family in flows_to_explain(c, TIER_OUTSIDE, (("TCP", 80), ("UDP", 53),
+                                                                              ("SCTP", 9), ("TCP", 8080))):
+        want = reference.judge(world, s, d, protocol, port)
+        for shape in SHAPES:
+            got = explain.explain(programs[family, shape], s, d, protocol, port, explainers[family, shape])
+            assert got.allowed == want.allowed, (a, b, protocol, port, shape)
+            if got.same_pod:
+                continue
+            for side in ("egress", "ingress"):
+                w, g = getattr(want, side), getattr(got, side)
+                if not w.applies:
                     continue
-                try:
-                    s, d = explain.same_family(endpoint(c, a), endpoint(c, b))
-                except ValueError:
-                    continue
-                if s.ip.version != d.ip.version:
-                    continue
-                want = reference.judge(world, s, d, protocol, port)
-                family = "inet" if s.ip.version == 4 else "inet6"
-                for shape in SHAPES:
-                    got = explain.explain(programs[family, shape], s, d, protocol, port, explainers[family, shape])
-                    assert got.allowed == want.allowed, (a, b, protocol, port, shape)
-                    if got.same_pod:
-                        continue
-                    for side in ("egress", "ingress"):
-                        w, g = getattr(want, side), getattr(got, side)
-                        if not w.applies:
-                            continue
-                        assert g.admin == w.admin, (a, b, side, protocol, port, shape)
-                        assert g.isolating == w.isolating, (a, b, side, protocol, port, shape)
-                        assert g.admitted_by == w.admitted_by, (a, b, side, protocol, port, shape)
-                        assert g.baseline == w.baseline, (a, b, side, protocol, port, shape)
-                        assert g.allows == w.allows, (a, b, side, protocol, port, shape)
+                for what in ("admin", "isolating", "admitted_by", "baseline", "allows"):
+                    assert getattr(g, what) == getattr(w, what), (what, a, b, side, protocol, port, shape)
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -333,31 +333,37 @@ class Agent:
     def _policy_churn(self, policies: dict):
         """The programs after these policy changes (key -> object, None if
         gone), or None (see Incremental.policies_changed)."""
-        current = {p.key: p for p in self.engine.cluster.policies}
-        for key, obj in policies.items():
-            current.pop(f"{key[0]}/{key[1]}", None)
+        current = self._churn({p.key: p for p in self.engine.cluster.policies}, policies,
+                              lambda key: f"{key[0]}/{key[1]}", lambda c: c.policies)
+        if current is None:
+            return None  # fails closed: load and compile in full
+        self.accepted.update(current)
+        return self.engine.policies_changed(list(current.values()))
+
+    def _churn(self, current: dict, changed: dict, key_of, parsed):
+        """current (policy key -> policy) with the changed objects (state key
+        -> manifest, None if gone) put in; key_of(state key): the policy key;
+        parsed(cluster): the policies a load of one object made. None when one
+        is rejected."""
+        for key, obj in changed.items():
+            current.pop(key_of(key), None)
             if obj is None:
                 continue
             one = load_objects([obj], source="api", strict=False, cache=self.parsed)
-            if one.rejections or len(one.policies) != 1:
-                return None  # fails closed: load and compile in full
-            current[one.policies[0].key] = one.policies[0]
-        self.accepted.update(current)
-        return self.engine.policies_changed(list(current.values()))
+            got = parsed(one)
+            if one.rejections or len(got) != 1:
+                return None
+            current[got[0].key] = got[0]
+        return current
 
     def _cluster_policy_churn(self, changed: dict):
         """The programs after these cluster-policy changes ((resource, key) ->
         object, None if gone), or None (see Incremental.policies_changed)."""
         from .state import KIND
-        current = {p.key: p for p in self.engine.cluster.cluster_policies}
-        for (resource, key), obj in changed.items():
-            current.pop(f"{KIND[resource][1]}:{key[1]}", None)
-            if obj is None:
-                continue
-            one = load_objects([obj], source="api", strict=False, cache=self.parsed)
-            if one.rejections or len(one.cluster_policies) != 1:
-                return None  # fails closed: load and compile in full
-            current[one.cluster_policies[0].key] = one.cluster_policies[0]
+        current = self._churn({p.key: p for p in self.engine.cluster.cluster_policies}, changed,
+                              lambda key: f"{KIND[key[0]][1]}:{key[1][1]}", lambda c: c.cluster_policies)
+        if current is None:
+            return None  # fails closed: load and compile in full
         return self.engine.policies_changed(self.engine.cluster.policies, cluster_policies=list(current.values()))
 
     def _incremental(self, changes: dict, relisted: bool):

@@ -474,16 +474,21 @@ class _Compiler:
 
     def group_leaf(self, direction: str, key: tuple, policy_chains: dict, ok: int, denied: int) -> str:
         """The chain of one policy group: its policies' chains in turn, until one marks OK."""
-        marked = Match("mark", value=ok, value2=ok)
+        return self.leaf(direction, key, policy_chains, Match("mark", value=ok, value2=ok), "allowed it",
+                         Rule((), "MARK", mark=denied,
+                              origin=f"no rule of the policies that isolate it allows it ({direction})"))
+
+    def leaf(self, direction: str, key: tuple, chains: dict, stop: Match, stopped: str,
+             last: Optional[Rule] = None) -> str:
+        """A group's chain: the chains of its policies (`key`) in turn,
+        returning as soon as `stop` holds, then `last` if given."""
         name = group_chain(direction, key)
         rules = []
         for policy in key:
-            rules.append(Rule((), "JUMP", jump=policy_chains[policy], policy=policy,
+            rules.append(Rule((), "JUMP", jump=chains[policy], policy=policy,
                               origin=f"{policy} selects the {'source' if direction == 'egress' else 'destination'}"))
-            rules.append(Rule((marked,), "RETURN", origin=f"{policy} allowed it", policy=policy))
-        rules.append(Rule((), "MARK", mark=denied,
-                          origin=f"no rule of the policies that isolate it allows it ({direction})"))
-        self.program.chains[name] = rules
+            rules.append(Rule((stop,), "RETURN", origin=f"{policy} {stopped}", policy=policy))
+        self.program.chains[name] = rules + ([last] if last is not None else [])
         return name
 
     def dispatch_map(self, direction: str, by_group: dict, leaf, key_of, scope: str = "") -> str:
@@ -624,15 +629,8 @@ class _Compiler:
 
     def tier_leaf(self, direction: str, key: tuple, chains: dict) -> str:
         """The chain of one group of a tier: its policies' chains in order, until one decides (or passes)."""
-        decided = Match("mark", value=0, value2=sum(_TIER_MARKS[direction]), negate=True)
-        name = group_chain(direction, key)
-        rules = []
-        for policy in key:
-            rules.append(Rule((), "JUMP", jump=chains[policy], policy=policy,
-                              origin=f"{policy} selects the {'source' if direction == 'egress' else 'destination'}"))
-            rules.append(Rule((decided,), "RETURN", origin=f"{policy} decided (or passed)", policy=policy))
-        self.program.chains[name] = rules
-        return name
+        return self.leaf(direction, key, chains, Match("mark", value=0, value2=sum(_TIER_MARKS[direction]),
+                                                       negate=True), "decided (or passed)")
 
     def tier_policy_chain(self, policy: ClusterPolicy, direction: str) -> str:
         """A cluster policy's rules in order, each marking its action; the first that matches ends the chain."""

@@ -159,17 +159,6 @@ class ClusterPeer:
     nodes: Optional[LabelSelector] = None
     domains: tuple = ()  # str
 
-    def describe(self) -> str:
-        if self.kind == "namespaces":
-            return f"namespaces {self.namespaces.describe()}"
-        if self.kind == "pods":
-            return f"pods {self.pods.describe()} in namespaces {self.namespaces.describe()}"
-        if self.kind == "networks":
-            return f"networks {', '.join(map(str, self.networks))}"
-        if self.kind == "nodes":
-            return f"nodes {self.nodes.describe()}"
-        return f"domain names {', '.join(self.domains)}"
-
 
 @dataclass(frozen=True)
 class ClusterRule:
