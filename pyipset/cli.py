@@ -720,6 +720,12 @@ def _change_text(changes) -> str:
         parts = []
         for direction in ("egress", "ingress"):
             d = w.get(direction) or {}
+            tier = d.get("decided_by_tier")
+            if tier in ("Admin", "Baseline"):
+                r = d["admin" if tier == "Admin" else "baseline"]
+                parts.append(f"{direction}: {r['kind']}:{r['name']} {r['direction']}[{r['rule']}] ({tier} tier: "
+                             f"{r['action']})")
+                continue
             if not d.get("isolated"):
                 continue
             by = d.get("admitted_by")

@@ -115,8 +115,11 @@ def changed_objects(draw, objs):
     objs = copy.deepcopy(objs)
     for _ in range(draw(st.integers(1, 3))):
         what = draw(st.sampled_from(["add policy", "delete policy", "edit policy", "relabel pod", "relabel ns",
-                                     "renumber port", "add pod", "remove pod"]))
+                                     "renumber port", "add pod", "remove pod", "add cluster policy",
+                                     "edit cluster policy", "delete cluster policy", "relabel node"]))
         pods = [o for o in objs if o["kind"] == "Pod"]
+        tiered = [o for o in objs if o["kind"] in ("AdminNetworkPolicy", "BaselineAdminNetworkPolicy",
+                                                    "ClusterNetworkPolicy")]
         policies = [o for o in objs if o["kind"] == "NetworkPolicy"]
         namespaces = [o for o in objs if o["kind"] == "Namespace"]
         if what == "add policy":
@@ -147,6 +150,24 @@ def changed_objects(draw, objs):
             objs.append(pod(f"{ns}/added{len(objs)}", f"192.0.2.{100 + len(objs)}", {"app": "web"}))
         elif what == "remove pod" and pods:
             objs.remove(draw(st.sampled_from(pods)))
+        elif what == "add cluster policy":
+            taken = {(o["kind"], o["metadata"]["name"]) for o in tiered}
+            objs += [o for o in draw(tier_objects(max_policies=1)) if o["kind"] != "Node"
+                     and (o["kind"], o["metadata"]["name"]) not in taken]
+        elif what == "edit cluster policy" and tiered:
+            obj = draw(st.sampled_from(tiered))
+            target = obj["spec"]
+            rules = [r for d in ("ingress", "egress") for r in target.get(d, ())]
+            if "priority" in target and (not rules or draw(st.booleans())):
+                target["priority"] = draw(st.sampled_from([0, 5, 7, 10]))
+            elif rules:
+                draw(st.sampled_from(rules))["action"] = draw(st.sampled_from(TIER_ACTIONS[obj["kind"]]))
+        elif what == "delete cluster policy" and tiered:
+            objs.remove(draw(st.sampled_from(tiered)))
+        elif what == "relabel node":
+            nodes = [o for o in objs if o["kind"] == "Node"]
+            if nodes:
+                draw(st.sampled_from(nodes))["metadata"]["labels"] = draw(st.sampled_from([{}, {"zone": "z1"}]))
     return objs
 
 
@@ -229,11 +250,13 @@ def tier_ports(draw, v2: bool, named_ok: bool):
     return out
 
 
+TIER_ACTIONS = {"AdminNetworkPolicy": ["Allow", "Deny", "Pass"], "BaselineAdminNetworkPolicy": ["Allow", "Deny"],
+                "ClusterNetworkPolicy": ["Accept", "Deny", "Pass"]}
+
+
 @st.composite
 def tier_rule(draw, kind: str, direction: str):
-    actions = {"AdminNetworkPolicy": ["Allow", "Deny", "Pass"], "BaselineAdminNetworkPolicy": ["Allow", "Deny"],
-               "ClusterNetworkPolicy": ["Accept", "Deny", "Pass"]}[kind]
-    action = draw(st.sampled_from(actions))
+    action = draw(st.sampled_from(TIER_ACTIONS[kind]))
     peers = draw(st.lists(tier_peer(kind, direction), min_size=1, max_size=2))
     if action not in ("Allow", "Accept") and any("domainNames" in p for p in peers) and draw(st.booleans()):
         peers = [p for p in peers if "domainNames" not in p] or [{"namespaces": {}}]

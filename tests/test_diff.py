@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, event, given, settings, strategies as st
 from apiserver import APIServer
 from clusterspec import cluster as loaded
 from clusterspec import namespace, pod, policy
-from strategies import changed_objects as changed, cluster_objects
+from strategies import changed_objects as changed, cluster_objects, tier_objects
 from pyipset.cli import main
 from pyipset.model import load_objects
 from pyipset.verify import diff as whatif
@@ -64,7 +64,7 @@ def reported(changes, todo) -> set:
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 @given(data=st.data())
 def test_the_diff_is_the_difference_of_the_full_matrices(data):
-    objs = data.draw(cluster_objects())
+    objs = data.draw(cluster_objects()) + (data.draw(tier_objects()) if data.draw(st.booleans()) else [])
     before = load_objects(objs)
     after = load_objects(data.draw(changed(objs)))
     if before.rejections or after.rejections:

@@ -148,13 +148,15 @@ from . import naming
 from .naming import (ROLE_AUDIT, ROLE_BLOCK, ROLE_DISPATCH, ROLE_FLAT, ROLE_GROUP, ROLE_ISOLATED, ROLE_LOCAL,
                      ROLE_NAMED_PORT, ROLE_NETWORKS, ROLE_NODES, ROLE_PEER, ROLE_POD_CIDR, ROLE_SEEN,
                      deny_chain, direction_chain, group_chain, log_prefix, policy_chain, tree_chain)
-from .program import (CT_REVOKED, ENTRY_CHAIN, MAP_TYPE, Attach, MARK_EGRESS_DENIED, MARK_EGRESS_OK,
-                      MARK_EGRESS_PASS, MARK_INGRESS_DENIED, MARK_INGRESS_OK, MARK_INGRESS_PASS, MARK_MASK,
-                      NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
+from .program import (CT_REVOKED, ENTRY_CHAIN, MAP_TYPE, Attach, MARK_EGRESS_BASELINE_PASS, MARK_EGRESS_DENIED,
+                      MARK_EGRESS_OK, MARK_EGRESS_PASS, MARK_INGRESS_BASELINE_PASS, MARK_INGRESS_DENIED,
+                      MARK_INGRESS_OK, MARK_INGRESS_PASS, MARK_MASK, NFLOG_GROUP, Match, Rule, RuleProgram, SetDef)
 
-# A cluster-policy rule's action as the mark it sets, per direction: (Accept, Deny, Pass).
-_TIER_MARKS = {"egress": (MARK_EGRESS_OK, MARK_EGRESS_DENIED, MARK_EGRESS_PASS),
-               "ingress": (MARK_INGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_PASS)}
+# A cluster-policy rule's action as the mark it sets, per tier and direction: (Accept, Deny, Pass).
+_TIER_MARKS = {("Admin", "egress"): (MARK_EGRESS_OK, MARK_EGRESS_DENIED, MARK_EGRESS_PASS),
+               ("Admin", "ingress"): (MARK_INGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_PASS),
+               ("Baseline", "egress"): (MARK_EGRESS_OK, MARK_EGRESS_DENIED, MARK_EGRESS_BASELINE_PASS),
+               ("Baseline", "ingress"): (MARK_INGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_BASELINE_PASS)}
 
 FLATTEN_LIMIT = 1024
 DISPATCHES = ("tree", "map")  # how a pod's policy group is found: a tree of sets (iptables), a verdict map
@@ -601,7 +603,7 @@ class _Compiler:
         self.program.chains[chain] = []  # declared before its sub-chains
         chains = {p.key: self.tier_policy_chain(p, direction)
                   for p in policies if any(p.key in key for key in by_group)}
-        leaf = functools.partial(self.tier_leaf, direction, chains=chains)
+        leaf = functools.partial(self.tier_leaf, direction, chains=chains, tier=tier)
         key_of = functools.partial(self.tier_key, tier=tier, direction=direction)
         if self.dispatch == "map":
             mapped = self.dispatch_map(direction, by_group, leaf, key_of, scope=tier)
@@ -615,7 +617,7 @@ class _Compiler:
                                    scope=tier)
             self.program.chains[chain] = [Rule((Match("set", name=selected, dims=own_dim),), "GOTO", jump=root,
                                                origin=f"the {tier} tier's policies for its {direction}")]
-        ok, denied, passed = _TIER_MARKS[direction]
+        ok, denied, passed = _TIER_MARKS[(tier, direction)]
         if tier == "Baseline":  # last: whatever it says (or nothing: allowed) is the direction's verdict
             return [Rule((), "GOTO", jump=chain, origin=f"not isolated by NetworkPolicy: the Baseline tier decides "
                                                         f"(no rule matching: allowed)")]
@@ -627,15 +629,15 @@ class _Compiler:
                  origin="the Admin tier passed it, or no rule of it matched: NetworkPolicy next"),
         ]
 
-    def tier_leaf(self, direction: str, key: tuple, chains: dict) -> str:
+    def tier_leaf(self, direction: str, key: tuple, chains: dict, tier: str) -> str:
         """The chain of one group of a tier: its policies' chains in order, until one decides (or passes)."""
-        return self.leaf(direction, key, chains, Match("mark", value=0, value2=sum(_TIER_MARKS[direction]),
+        return self.leaf(direction, key, chains, Match("mark", value=0, value2=sum(_TIER_MARKS[(tier, direction)]),
                                                        negate=True), "decided (or passed)")
 
     def tier_policy_chain(self, policy: ClusterPolicy, direction: str) -> str:
         """A cluster policy's rules in order, each marking its action; the first that matches ends the chain."""
-        marks = dict(zip(("Accept", "Deny", "Pass"), _TIER_MARKS[direction]))
-        decided = Match("mark", value=0, value2=sum(_TIER_MARKS[direction]), negate=True)
+        marks = dict(zip(("Accept", "Deny", "Pass"), _TIER_MARKS[(policy.tier, direction)]))
+        decided = Match("mark", value=0, value2=sum(_TIER_MARKS[(policy.tier, direction)]), negate=True)
         peer_dim = "dst" if direction == "egress" else "src"
         rules = []
         for index, rule in enumerate(getattr(policy, direction)):

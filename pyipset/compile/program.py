@@ -24,10 +24,13 @@ MARK_EGRESS_OK = 0x10000
 MARK_INGRESS_OK = 0x20000
 MARK_EGRESS_DENIED = 0x40000
 MARK_INGRESS_DENIED = 0x80000
-# A cluster-policy rule whose action is Pass: the rest of its tier is skipped (compiler.py, "Tiers").
-MARK_EGRESS_PASS = 0x100000
+# A cluster-policy rule whose action is Pass: the rest of its tier is skipped (compiler.py, "Tiers");
+# one bit per tier and direction, so that the evaluator traces each tier's Pass.
+MARK_EGRESS_PASS = 0x100000  # the Admin tier's
 MARK_INGRESS_PASS = 0x200000
-MARK_MASK = 0x3F0000
+MARK_EGRESS_BASELINE_PASS = 0x1000000
+MARK_INGRESS_BASELINE_PASS = 0x2000000
+MARK_MASK = 0x33F0000
 # The conntrack mark bit of a revoked connection (observe/revoke.py sets it on
 # established flows that a change of policy denies; the entry chain drops or
 # resets every later packet of them, in both directions). Nothing else of ours

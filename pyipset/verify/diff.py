@@ -130,7 +130,7 @@ def cases(before: Cluster, after: Cluster, protocol: Optional[str] = None, port:
     for proto in ([protocol] if protocol else PROTOCOLS):
         ranges = set()
         for c in (before, after):
-            for policy in c.policies:
+            for policy in (*c.policies, *c.cluster_policies):
                 for rule in (*policy.ingress, *policy.egress):
                     for spec in rule.ports or ():
                         if spec.protocol != proto or spec.port is None:
@@ -204,6 +204,25 @@ def affected(before: Cluster, after: Cluster) -> tuple:
                 if pod.namespace == policy.namespace and policy.pod_selector.matches(pod.labels) and pod.key in both:
                     rows.add(pod.key)
                     cols.add(pod.key)
+    # Cluster policies: the pods a changed one's subject holds in either version (their pairs both ways);
+    # Nodes changed: the subjects of policies with `nodes` peers.
+    nodes_changed = {n: (x.labels, x.ips) for n, x in before.nodes.items()} != \
+        {n: (x.labels, x.ips) for n, x in after.nodes.items()}
+    old_cluster, new_cluster = ({p.key: p for p in c.cluster_policies} for c in (before, after))
+    for key in old_cluster.keys() | new_cluster.keys():
+        old, new = old_cluster.get(key), new_cluster.get(key)
+        if old == new and not (nodes_changed and any(peer.kind == "nodes" for rule in (*old.ingress, *old.egress)
+                                                     for peer in rule.peers)):
+            continue
+        for c, policy in ((before, old), (after, new)):
+            if policy is None:
+                continue
+            for pod in c.pods:
+                ns = c.namespaces.get(pod.namespace)
+                if pod.key in both and ns is not None and policy.namespaces.matches(ns.labels) and \
+                        (policy.pods is None or policy.pods.matches(pod.labels)):
+                    rows.add(pod.key)
+                    cols.add(pod.key)
     return rows, cols
 
 
@@ -217,7 +236,7 @@ class Side:
         self.pods = {p.key: p for p in cluster.pods}
         self._programs: dict = {}
         self._explainers: dict = {}
-        self._directions: dict = {}  # (direction, MARK rule, via) -> DirectionWhy
+        self._directions: dict = {}  # (direction, MARK rule, via, Admin Pass, Baseline Pass) -> DirectionWhy
         self._whys: dict = {}  # what why_many returns, one dict per distinct reason
         self._first: dict = {}
 
@@ -239,29 +258,32 @@ class Side:
         n = len(ends)
         proto, ports = np.full(n, PROTOCOL_NUMBERS[protocol], np.uint8), np.full(n, port, np.uint16)
         ev = program.evaluate(src, dst, proto, ports, trace=True)
-        (e_rules, e_vias), (i_rules, i_vias) = ev.direction("egress"), ev.direction("ingress")
-        i_rules, i_vias = i_rules.astype(np.int64), i_vias.astype(np.int64)
+
+        def traced(evaluation, name: str) -> np.ndarray:
+            """Per flow: a direction's MARK rule, entering JUMP, and the Admin and Baseline tiers' Pass rules."""
+            rules, vias = evaluation.direction(name)
+            return np.column_stack([rules, vias, evaluation.passed(name, "Admin"),
+                                    evaluation.passed(name, "Baseline")]).astype(np.int64)
+        egress, ingress = traced(ev, "egress"), traced(ev, "ingress")
         # Flows dropped at egress: ingress as the program would judge it alone (as explain says it), per flow.
-        egress_traces, egress_of = np.unique(np.column_stack([e_rules, e_vias]), axis=0, return_inverse=True)
-        dropped_trace = np.array([bool(w.isolating) and w.admitted_by is None for w in
-                                  (self._direction(explainer, "egress", r, v) for r, v in egress_traces.tolist())],
-                                 dtype=bool)
+        egress_traces, egress_of = np.unique(egress, axis=0, return_inverse=True)
+        dropped_trace = np.array([not self._direction(explainer, "egress", *t).allows
+                                  for t in egress_traces.tolist()], dtype=bool)
         dropped = dropped_trace[egress_of.reshape(-1)]
         judged = ~dropped
         if dropped.any():
             k = np.nonzero(dropped)[0]
-            alone_rules, alone_vias = explainer.ingress_alone().evaluate(src[k], dst[k], proto[k], ports[k],
-                                                                        trace=True).direction("ingress")
-            i_rules[k], i_vias[k] = alone_rules, alone_vias
+            ingress[k] = traced(explainer.ingress_alone().evaluate(src[k], dst[k], proto[k], ports[k], trace=True),
+                                "ingress")
         pods_at = np.array([(isinstance(s, str), isinstance(d, str)) for s, d in ends], dtype=bool).reshape(n, 2)
-        # One explanation per distinct trace: (allowed, egress rule and via, ingress rule and via, judged, pods).
-        traces = np.column_stack([ev.allowed.astype(np.int64), e_rules, e_vias, i_rules, i_vias,
-                                  judged.astype(np.int64), pods_at.astype(np.int64)])
+        # One explanation per distinct trace: (allowed, egress trace, ingress trace, judged, pods).
+        traces = np.column_stack([ev.allowed.astype(np.int64), egress, ingress, judged.astype(np.int64),
+                                  pods_at.astype(np.int64)])
         distinct, inverse = np.unique(traces, axis=0, return_inverse=True)
         inverse = inverse.reshape(-1)
-        whys = [[bool(allowed), self._direction(explainer, "egress", e_rule, e_via),
-                 self._direction(explainer, "ingress", i_rule, i_via), bool(was_judged), bool(s_pod), bool(d_pod)]
-                for allowed, e_rule, e_via, i_rule, i_via, was_judged, s_pod, d_pod in distinct.tolist()]
+        whys = [[bool(row[0]), self._direction(explainer, "egress", *row[1:5]),
+                 self._direction(explainer, "ingress", *row[5:9]), bool(row[9]), bool(row[10]), bool(row[11])]
+                for row in distinct.tolist()]
         shared = []
         for allowed, egress, ingress, judged, s_pod, d_pod in whys:
             key = (allowed, id(egress), id(ingress), judged, s_pod, d_pod)
@@ -280,10 +302,11 @@ class Side:
             self._first[memo] = _first(self.pods[key], version)
         return self._first[memo]
 
-    def _direction(self, explainer, name: str, rule: int, via: int) -> explain.DirectionWhy:
-        key = (name, rule, via)
+    def _direction(self, explainer, name: str, rule: int, via: int, admin_pass: int = -1,
+                   baseline_pass: int = -1) -> explain.DirectionWhy:
+        key = (name, rule, via, admin_pass, baseline_pass)
         if key not in self._directions:
-            self._directions[key] = explainer.direction(name, key[1], key[2])
+            self._directions[key] = explainer.direction(*key)
         return self._directions[key]
 
 
@@ -300,9 +323,24 @@ def _first(pod: Pod, version: int):
 
 def outside(before: Cluster, after: Cluster) -> list:
     """(label, address) for the ipBlocks of both versions: an address of each
-    CIDR outside its excepts, and one of each except; none a pod holds."""
+    CIDR outside its excepts, and one of each except; none a pod holds. And
+    for cluster policies: an address of each network of their `networks`
+    peers, and each address of the Nodes (label: node NAME)."""
     held = {ip for c in (before, after) for p in c.pods for ip in p.ips}
     out = {}
+    for c in (before, after):
+        for policy in c.cluster_policies:
+            for rule in (*policy.ingress, *policy.egress):
+                for peer in rule.peers:
+                    for net in peer.networks:
+                        if str(net) not in out:
+                            ip = _representative(net, (), held)
+                            if ip is not None:
+                                out[str(net)] = ip
+        for node in c.nodes.values():
+            for ip in node.ips:
+                if ip not in held:
+                    out.setdefault(f"node {node.name} {ip}", ip)
     for c in (before, after):
         for policy in c.policies:
             for rule in (*policy.ingress, *policy.egress):

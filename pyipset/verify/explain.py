@@ -124,26 +124,12 @@ class Explainer:
         self.native = native
         self._groups: dict = {}  # chain -> policy keys its JUMPs run
         self._ingress = None  # the program walked from its ingress chain (for flows egress denies)
-        self._tiers: dict = {}  # the program walked from a tier's chain
 
     def ingress_alone(self) -> NativeProgram:
         if self._ingress is None:
             from ..compile.naming import direction_chain
             self._ingress = self.native.with_entry(direction_chain("ingress"))
         return self._ingress
-
-    def baseline_alone(self, direction: str, columns: tuple) -> Optional[TierRuleRef]:
-        """The Baseline tier's rule that matches one flow in a direction, if any."""
-        from ..compile.naming import tier_chain
-        chain = tier_chain("Baseline", direction)
-        if chain not in self.native.program.chains:
-            return None
-        walk = self._tiers.get(chain)
-        if walk is None:
-            walk = self._tiers[chain] = self.native.with_entry(chain)
-        ev = walk.evaluate(*columns, threads=1, trace=True)
-        found = self.direction(direction, int(ev.direction(direction)[0][0]), -1, int(ev.passed(direction)[0]))
-        return found.baseline
 
     def _group_policies(self, chain: str) -> list:
         if chain not in self._groups:
@@ -157,17 +143,16 @@ class Explainer:
         chain, position, rule = self.native.rule(int(index))
         return RuleAt(chain, position, rule.origin)
 
-    def direction(self, name: str, mark_rule: int, via: int, passed: int = -1) -> DirectionWhy:
+    def direction(self, name: str, mark_rule: int, via: int, admin_pass: int = -1,
+                  baseline_pass: int = -1) -> DirectionWhy:
         """The verdict of direction `name` from its traced slots: the MARK rule
         that decided it, the JUMP that entered that rule's chain, and the
-        first cluster-policy rule that passed."""
+        Admin and the Baseline tier's rules that passed."""
         why = DirectionWhy(name)
-        if passed >= 0:
-            ref = TierRuleRef.of(self.native.rule(int(passed))[2])
-            if ref.tier == "Admin":
-                why.admin = ref
-            else:
-                why.baseline = ref
+        if admin_pass >= 0:
+            why.admin = TierRuleRef.of(self.native.rule(int(admin_pass))[2])
+        if baseline_pass >= 0:
+            why.baseline = TierRuleRef.of(self.native.rule(int(baseline_pass))[2])
         if mark_rule < 0:
             return why  # nothing decided: no tier rule matched, no NetworkPolicy isolates the pod
         chain, _, rule = self.native.rule(int(mark_rule))
@@ -192,7 +177,8 @@ class Explainer:
         out = {}
         for name in SLOTS:
             rules, vias = ev.direction(name)
-            out[name] = self.direction(name, int(rules[i]), int(vias[i]), int(ev.passed(name)[i]))
+            out[name] = self.direction(name, int(rules[i]), int(vias[i]), int(ev.passed(name, "Admin")[i]),
+                                       int(ev.passed(name, "Baseline")[i]))
         return out
 
 
@@ -267,10 +253,6 @@ def explain(native: NativeProgram, source: Endpoint, destination: Endpoint, prot
         alone = explainer.ingress_alone().evaluate(*columns, threads=1, trace=True)
         sides["ingress"] = explainer.flows(alone, 0)["ingress"]
         sides["ingress"].judged = False
-    for name, side in sides.items():
-        if side.admin is not None and side.admin.action == "Pass" and not side.tier:
-            # The Admin tier passed it and the Baseline tier said nothing the walk could trace
-            # (a Baseline Pass marks the same bit): ask the Baseline tier alone.
-            side.baseline = explainer.baseline_alone(name, columns)
+
     return Explanation(source, destination, protocol, port, bool(ev.allowed[0]), sides["egress"], sides["ingress"],
                        deciding_rule=explainer.rule_at(int(ev.rule[0])))

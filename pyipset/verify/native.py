@@ -11,8 +11,9 @@ import numpy as np
 
 from .. import _core
 from ..compile.compiler import FLATTEN_LIMIT, compile_cluster
-from ..compile.program import (MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_EGRESS_PASS, MARK_INGRESS_DENIED,
-                               MARK_INGRESS_OK, MARK_INGRESS_PASS, Rule, RuleProgram)
+from ..compile.program import (MARK_EGRESS_BASELINE_PASS, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_EGRESS_PASS,
+                               MARK_INGRESS_BASELINE_PASS, MARK_INGRESS_DENIED, MARK_INGRESS_OK, MARK_INGRESS_PASS,
+                               Rule, RuleProgram)
 from ..model.objects import PROTOCOL_NUMBERS, Cluster
 from ..sets import IPSet
 
@@ -70,10 +71,11 @@ def _address_match(m, family: str, nets: list) -> tuple:
 
 
 # The mark slots the evaluator traces: one per direction (its OK and DENIED bits), then one per
-# direction for a cluster-policy rule that passed (its PASS bit).
+# direction for an Admin tier rule that passed, then one per direction for a Baseline tier rule that passed.
 SLOTS = ("egress", "ingress")
+PASS_TIERS = ("Admin", "Baseline")
 _SLOT_MASKS = (MARK_EGRESS_OK | MARK_EGRESS_DENIED, MARK_INGRESS_OK | MARK_INGRESS_DENIED,
-               MARK_EGRESS_PASS, MARK_INGRESS_PASS)
+               MARK_EGRESS_PASS, MARK_INGRESS_PASS, MARK_EGRESS_BASELINE_PASS, MARK_INGRESS_BASELINE_PASS)
 
 
 @dataclass
@@ -81,11 +83,11 @@ class Evaluation:
     allowed: np.ndarray  # bool
     rule: np.ndarray  # int32: global index of the deciding rule, -1 when the entry chain ran out
     mark_rule: np.ndarray  # int32: the last MARK rule that applied, or -1
-    # int32 [flows, 2 x SLOTS, 2]: per direction, the MARK rule that gave that direction its verdict
+    # int32 [flows, 3 x SLOTS, 2]: per direction, the MARK rule that gave that direction its verdict
     # (a policy rule admitting, or a group's "none admits", or a cluster policy's rule accepting or
     # denying) and the JUMP rule that entered its chain (the group of the isolating policies); -1
-    # when nothing decided the direction; then per direction the first cluster-policy rule that
-    # passed (-1: none); None unless evaluate(trace=True)
+    # when nothing decided the direction; then per direction the Admin tier's rule that passed, then
+    # the Baseline tier's (-1: none); None unless evaluate(trace=True)
     slots: np.ndarray = None
 
     def direction(self, name: str) -> tuple:
@@ -93,9 +95,9 @@ class Evaluation:
         k = SLOTS.index(name)
         return self.slots[:, k, 0], self.slots[:, k, 1]
 
-    def passed(self, name: str) -> np.ndarray:
-        """int32[]: the first cluster-policy rule that passed, in one direction (-1: none)."""
-        return self.slots[:, len(SLOTS) + SLOTS.index(name), 0]
+    def passed(self, name: str, tier: str = "Admin") -> np.ndarray:
+        """int32[]: the tier's rule that passed, in one direction (-1: none)."""
+        return self.slots[:, len(SLOTS) * (1 + PASS_TIERS.index(tier)) + SLOTS.index(name), 0]
 
 
 class NativeProgram:

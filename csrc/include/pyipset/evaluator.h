@@ -137,7 +137,7 @@ void ips_program_eval(const ips_program *program, size_t n, const void *src, con
  * too many slots or an empty mask; 0 slots turns tracing off. Not while a
  * batch runs.
  */
-#define IPS_MAX_MARK_SLOTS 4
+#define IPS_MAX_MARK_SLOTS 6
 ips_status ips_program_set_mark_slots(ips_program *program, unsigned n, const uint32_t *masks);
 
 /*
