@@ -608,8 +608,10 @@ static void test_evaluator(void) {
     CHECK(v[5] == 0);
     /* Mark slots: slot 0 traces bit 1 (rule 5, entered by the JUMP at rule 1),
      * slot 1 traces bit 2 (never set); slot 2 traces both bits. */
-    uint32_t masks[3] = {1, 2, 3};
-    CHECK(ips_program_set_mark_slots(p, 5, masks) == IPS_ERR_INVALID);
+    uint32_t masks[IPS_MAX_MARK_SLOTS + 1] = {1, 2, 3};
+    for (int k = 3; k <= IPS_MAX_MARK_SLOTS; k++)
+        masks[k] = 4u << k;
+    CHECK(ips_program_set_mark_slots(p, IPS_MAX_MARK_SLOTS + 1, masks) == IPS_ERR_INVALID);
     uint32_t empty = 0;
     CHECK(ips_program_set_mark_slots(p, 1, &empty) == IPS_ERR_INVALID);
     CHECK(ips_program_set_mark_slots(p, 3, masks) == IPS_OK);
