@@ -142,3 +142,45 @@ def test_a_new_connections_walk_does_not_grow_with_cluster_policies():
     assert costs[(1, "map")][0] == costs[(300, "map")][0]
     assert costs[(1, "map")][1] == costs[(300, "map")][1]
     assert costs[(300, "tree")][1] - costs[(1, "tree")][1] <= 2 * 9  # log2(300) levels, 2 lookups at most each
+
+
+def test_blocks_and_audit_name_the_cluster_policy_that_denies():
+    """The blocked-connection log names the cluster policy whose rule denied
+    (Admin or Baseline), not the NetworkPolicies it never consulted; in audit
+    mode what a cluster policy denies is allowed and reported as would-deny."""
+    import ipaddress
+    from clusterspec import namespace, pod, policy
+    from strategies import cluster_policy
+    from pyipset.model import load_objects
+    from pyipset.observe.attribution import Attributor
+    from pyipset.observe.nflog import Event
+    objs = [namespace("a", team="x"), namespace("b", team="y"),
+            pod("a/db", "192.0.2.2", {"app": "db"}), pod("b/cli", "198.51.100.1", {}), pod("b/free", "198.51.100.2", {}),
+            policy("a/db", {"podSelector": {}, "ingress": [{"from": [{"namespaceSelector": {}}]}]}),
+            cluster_policy("AdminNetworkPolicy", "no-b", {
+                "priority": 1, "subject": {"namespaces": {"matchLabels": {"team": "x"}}},
+                "ingress": [{"action": "Deny", "from": [{"pods": {"namespaceSelector": {"matchLabels": {"team": "y"}},
+                                                                 "podSelector": {}}}]}]}),
+            cluster_policy("ClusterNetworkPolicy", "b-default", {
+                "tier": "Baseline", "priority": 3, "subject": {"namespaces": {"matchLabels": {"team": "y"}}},
+                "ingress": [{"action": "Deny", "from": [{"namespaces": {}}]}]})]
+    c = load_objects(objs)
+    a = Attributor()
+    a.update([compile_cluster(c, "inet")], c.pods, now=0.0)
+
+    def event(src, dst, prefix):
+        s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
+        return Event(4, s.packed, d.packed, 6, 40000, 80, prefix, 1.0)
+    blocks = a.attribute([event("198.51.100.1", "192.0.2.2", "pyipset ingress denied"),
+                          event("192.0.2.2", "198.51.100.2", "pyipset ingress denied")])
+    assert [(b.src, b.dst, b.policies) for b in blocks] == [
+        ("b/cli", "a/db", ["AdminNetworkPolicy:no-b"]), ("a/db", "b/free", ["ClusterNetworkPolicy:b-default"])]
+    # audit: allowed, and the walk still ends in the would-deny report of ingress
+    audit = native.NativeProgram(compile_cluster(c, "inet", audit=True))
+    enforce = native.NativeProgram(compile_cluster(c, "inet"))
+    cols = (native.address_column([ipaddress.ip_address("198.51.100.1")], 4),
+            native.address_column([ipaddress.ip_address("192.0.2.2")], 4),
+            np.array([6], np.uint8), np.array([80], np.uint16))
+    assert not enforce.evaluate(*cols).allowed[0] and audit.evaluate(*cols).allowed[0]
+    walked = {audit.rule(int(r))[0] for r in audit.evaluate(*cols, trace=True).rule if r >= 0}
+    assert walked <= {"PYIPSET-WOULD-INGRESS", "PYIPSET-AUDIT-INGRESS", "PYIPSET"}, walked

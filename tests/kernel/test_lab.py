@@ -16,7 +16,7 @@ from pyipset.lab.node import LabNode
 from pyipset.model import load, load_objects
 from pyipset.verify import native, reference
 from signals import terminal_signals
-from strategies import PORTS, cluster_objects
+from strategies import PORTS, cluster_objects, tier_objects
 
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "three-tier"
@@ -88,11 +88,13 @@ def test_every_kind_of_rule_in_the_kernel(shape, backend):
 
 @settings(max_examples=12, deadline=None, database=None, print_blob=True,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
-@given(objs=cluster_objects(max_pods=10, max_policies=6), shape=st.sampled_from(list(SHAPES)),
-       backend=st.sampled_from(BACKENDS))
+@given(objs=st.one_of(cluster_objects(max_pods=10, max_policies=6),
+                      st.tuples(cluster_objects(max_pods=10, max_policies=4), tier_objects()).map(lambda t: t[0] + t[1])),
+       shape=st.sampled_from(list(SHAPES)), backend=st.sampled_from(BACKENDS))
 def test_random_clusters_in_the_kernel(objs, shape, backend):
     """Fresh clusters every run (a failure prints the blob to replay it with
-    @reproduce_failure), up to 10 pods and 6 policies, both families: the
+    @reproduce_failure), up to 10 pods and 6 policies, half of them with
+    cluster policies of every tier, action and peer, both families: the
     kernel's real connections equal the compiled program's matrix and the
     reference semantics' (which read the raw objects)."""
     c = cluster(*objs)
