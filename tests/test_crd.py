@@ -171,3 +171,20 @@ def test_domain_names_fail_closed():
     c = load_objects(objs + [accept, passing])
     assert any("denies all traffic" in n for n in c.notices), c.notices
     assert _matrix(c) == [[True, False], [False, True]]
+
+
+def test_a_rejected_namespaces_pods_are_denied_while_cluster_policies_exist():
+    """Its labels unknown, no subject selector can say whether a cluster
+    policy selected its pods: they are denied both ways, first."""
+    bad_ns = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": "b", "labels": {"bad key!": "x"}}}
+    objs = [namespace("a", team="x"), bad_ns, pod("a/p", "192.0.2.1"), pod("b/q", "192.0.2.2"),
+            pod("a/r", "192.0.2.3")]
+    allow_all = cluster_policy("ClusterNetworkPolicy", "accept-all", {
+        "tier": "Admin", "priority": 0, "subject": {"namespaces": {}},
+        "ingress": [{"action": "Accept", "from": [{"namespaces": {}}]}]})
+    without = fail_closed(load_objects(objs))
+    assert _matrix(without) == [[True, True, True], [True, True, True], [True, True, True]]
+    closed = fail_closed(load_objects(objs + [allow_all]))
+    assert any("denied all traffic" in line for line in closed.failed_closed), closed.failed_closed
+    # a/p, a/r, b/q: b/q neither sends nor receives; a's pods still reach each other
+    assert _matrix(closed) == [[True, True, False], [True, True, False], [False, False, True]]

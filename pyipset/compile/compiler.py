@@ -562,9 +562,7 @@ class _Compiler:
     # ---- cluster policy tiers (see "Tiers" at the top of this module) ----
 
     def subject_selects(self, policy: ClusterPolicy, pod: Pod) -> bool:
-        ns = self.cluster.namespaces.get(pod.namespace)
-        return (self.is_local(pod) and ns is not None and policy.namespaces.matches(ns.labels)
-                and (policy.pods is None or policy.pods.matches(pod.labels)))
+        return self.is_local(pod) and policy.selects(pod, self.cluster.namespaces)
 
     def tier_policies(self, tier: str, direction: str) -> list:
         """The tier's policies with rules for this direction, in evaluation order."""

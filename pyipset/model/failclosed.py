@@ -23,6 +23,10 @@ good version said.
   rejected Node (the addresses `nodes` peers would match are unknown).
 - A rejected Namespace matches no namespaceSelector (not even NotIn or
   DoesNotExist ones, which would otherwise match a namespace without labels).
+  Cluster policies select their subjects by namespace labels too: while any
+  cluster policy exists, every pod of a rejected Namespace is denied all
+  traffic, both ways, first in the Admin tier (whatever cluster policy
+  selected it before, none can then admit more).
 - An object of which too little can be read to do this (its namespace, a
   pod's addresses, a document that is not an object, a file that cannot be
   parsed) cannot fail closed: the whole input is refused, as without the
@@ -47,6 +51,8 @@ from .tiers import EVERYWHERE
 # namespaceSelector can select it (it has no Namespace object).
 QUARANTINE_NAMESPACE = "(rejected pods)"
 QUARANTINE_POLICY = "quarantine"
+# A failed-closed cluster policy's one rule, both ways: deny everything.
+_DENY_ALL = (ClusterRule("failed closed", "Deny", (ClusterPeer("networks", networks=EVERYWHERE),)),)
 
 
 def fail_closed(cluster: Cluster, previous: dict | None = None, skip_unreadable: bool = False) -> Cluster:
@@ -114,15 +120,20 @@ def fail_closed(cluster: Cluster, previous: dict | None = None, skip_unreadable:
                                      "quarantined (isolated both ways, admitted nowhere)")
         elif r.kind in CLUSTER_POLICY_KINDS:
             tier, priority, namespaces, pods = r.scope
-            deny = (ClusterRule("failed closed", "Deny", (ClusterPeer("networks", networks=EVERYWHERE),)),)
             out.cluster_policies.append(ClusterPolicy(r.kind, f"{r.object} (rejected #{i})", tier, priority,
-                                                      namespaces, pods, deny, deny))
+                                                      namespaces, pods, _DENY_ALL, _DENY_ALL))
             out.failed_closed.append(f"{r.kind} {r.object}: all traffic of its subject is denied, both ways, in "
                                      f"the {tier} tier at priority {priority}")
         elif r.kind == "Namespace":
             out.namespaces.pop(r.namespace, None)
             out.failed_closed.append(f"Namespace {r.namespace}: its labels are unknown, so no namespaceSelector "
                                      "selects it")
+            if cluster.cluster_policies or any(x.kind in CLUSTER_POLICY_KINDS for x in cluster.rejections):
+                out.cluster_policies.append(ClusterPolicy(
+                    "AdminNetworkPolicy", f"namespace {r.namespace} (rejected #{i})", "Admin", -1, LabelSelector(),
+                    None, _DENY_ALL, _DENY_ALL, namespace_names=(r.namespace,)))
+                out.failed_closed.append(f"Namespace {r.namespace}: cluster policies select by namespace labels: "
+                                         "its pods are denied all traffic, both ways, first in the Admin tier")
     if quarantined:
         kept = []
         for pod in out.pods:

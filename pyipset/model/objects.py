@@ -184,10 +184,21 @@ class ClusterPolicy:
     pods: Optional[LabelSelector] = None  # ... that this selects (None: all of them)
     ingress: tuple = ()  # ClusterRule
     egress: tuple = ()  # ClusterRule
+    # Failing closed for a rejected Namespace (failclosed.py): the subject is every pod of these
+    # namespaces, whatever their labels (which are unknown); `namespaces` is then not read.
+    namespace_names: tuple = ()
 
     @property
     def key(self) -> str:
         return f"{self.kind}:{self.name}"
+
+    def selects(self, pod, namespaces: dict) -> bool:
+        """Whether the subject holds a pod (namespaces: name -> Namespace, as the cluster has them)."""
+        if self.namespace_names:
+            return pod.namespace in self.namespace_names
+        ns = namespaces.get(pod.namespace)
+        return ns is not None and self.namespaces.matches(ns.labels) and \
+            (self.pods is None or self.pods.matches(pod.labels))
 
     @property
     def order(self) -> tuple:

@@ -218,9 +218,7 @@ def affected(before: Cluster, after: Cluster) -> tuple:
             if policy is None:
                 continue
             for pod in c.pods:
-                ns = c.namespaces.get(pod.namespace)
-                if pod.key in both and ns is not None and policy.namespaces.matches(ns.labels) and \
-                        (policy.pods is None or policy.pods.matches(pod.labels)):
+                if pod.key in both and policy.selects(pod, c.namespaces):
                     rows.add(pod.key)
                     cols.add(pod.key)
     return rows, cols
