@@ -500,7 +500,7 @@ class _Compiler:
         name = self.sets.get(ROLE_DISPATCH, ("dispatch", direction) + ((scope,) if scope else ()), MAP_TYPE,
                              lambda: [f"{ip} {chains[key]}" for key, pods in by_group.items() for p in pods
                                       for ip in self.texts(p)],
-                             f"pods {'a ' + scope + ' tier policy selects' if scope else 'isolated'} for "
+                             f"pods {'that policies of the ' + scope + ' tier select' if scope else 'isolated'} for "
                              f"{direction}: each to its policy group's chain")
         if name not in self.members_of:
             def member_of(pod):
@@ -606,15 +606,15 @@ class _Compiler:
         if self.dispatch == "map":
             mapped = self.dispatch_map(direction, by_group, leaf, key_of, scope=tier)
             self.program.chains[chain] = [Rule((), "DISPATCH", dispatch=mapped, dispatch_dims=own_dim,
-                                               origin=f"the {tier} tier's policies for its {direction}")]
+                                               origin=f"to the {tier} tier policies that select it ({direction})")]
         else:
             selected = self.pod_set(ROLE_ISOLATED, ("tier", tier, direction),
                                     [p for pods in by_group.values() for p in pods],
-                                    f"pods a {tier} tier policy selects for {direction}", key_of)
+                                    f"pods that policies of the {tier} tier select for {direction}", key_of)
             root = self.group_tree(direction, sorted(by_group), by_group, leaf, key_of, tree_fanout(len(by_group)),
                                    scope=tier)
             self.program.chains[chain] = [Rule((Match("set", name=selected, dims=own_dim),), "GOTO", jump=root,
-                                               origin=f"the {tier} tier's policies for its {direction}")]
+                                               origin=f"to the {tier} tier policies that select it ({direction})")]
         ok, denied, passed = _TIER_MARKS[(tier, direction)]
         if tier == "Baseline":  # last: whatever it says (or nothing: allowed) is the direction's verdict
             return [Rule((), "GOTO", jump=chain, origin=f"not isolated by NetworkPolicy: the Baseline tier decides "
