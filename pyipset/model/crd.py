@@ -28,15 +28,12 @@ from pathlib import Path
 
 import yaml
 
+from .objects import API_VERSIONS, CLUSTER_POLICY_KINDS, KINDS
 from .schema import MAX_PROBLEMS, _duplicates, _path
 
-GROUP = "policy.networking.k8s.io"
 # kind -> (apiVersions accepted, the preferred first; CRD file)
-CRDS = {
-    "AdminNetworkPolicy": ((f"{GROUP}/v1alpha1",), "adminnetworkpolicies.yaml"),
-    "BaselineAdminNetworkPolicy": ((f"{GROUP}/v1alpha1",), "baselineadminnetworkpolicies.yaml"),
-    "ClusterNetworkPolicy": ((f"{GROUP}/v1beta1", f"{GROUP}/v1alpha2"), "clusternetworkpolicies.yaml"),
-}
+CRDS = {kind: (API_VERSIONS.get(kind, (KINDS[kind],)), f"{kind.lower().removesuffix('y')}ies.yaml")
+        for kind in CLUSTER_POLICY_KINDS}  # apiVersions from objects.py, the one table of them
 RELEASES = {"AdminNetworkPolicy": "v0.1.8", "BaselineAdminNetworkPolicy": "v0.1.8", "ClusterNetworkPolicy": "v0.3.0"}
 _DIR = Path(__file__).with_name("crds")
 

@@ -14,7 +14,7 @@ from ..compile.compiler import FLATTEN_LIMIT, compile_cluster
 from ..compile.program import (MARK_EGRESS_BASELINE_PASS, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_EGRESS_PASS,
                                MARK_INGRESS_BASELINE_PASS, MARK_INGRESS_DENIED, MARK_INGRESS_OK, MARK_INGRESS_PASS,
                                Rule, RuleProgram)
-from ..model.objects import PROTOCOL_NUMBERS, Cluster
+from ..model.objects import PROTOCOL_NUMBERS, TIERS, Cluster
 from ..sets import IPSet
 
 # The evaluator's enums, from the binding (csrc/include/pyipset/evaluator.h). SET (add the
@@ -73,7 +73,7 @@ def _address_match(m, family: str, nets: list) -> tuple:
 # The mark slots the evaluator traces: one per direction (its OK and DENIED bits), then one per
 # direction for an Admin tier rule that passed, then one per direction for a Baseline tier rule that passed.
 SLOTS = ("egress", "ingress")
-PASS_TIERS = ("Admin", "Baseline")
+PASS_TIERS = TIERS  # the Admin tier's Pass slots first, then the Baseline tier's
 _SLOT_MASKS = (MARK_EGRESS_OK | MARK_EGRESS_DENIED, MARK_INGRESS_OK | MARK_INGRESS_DENIED,
                MARK_EGRESS_PASS, MARK_INGRESS_PASS, MARK_EGRESS_BASELINE_PASS, MARK_INGRESS_BASELINE_PASS)
 
