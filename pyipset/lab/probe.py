@@ -20,11 +20,12 @@ sockets refuse protocol 132 makes both sides fail with that reason.
     python -m pyipset.lab.probe stream-serve --port 7000 --seconds 6 ADDR...
     python -m pyipset.lab.probe stream --protocol TCP --port 7000 --seconds 5 ADDR
 
-stream-serve and stream hold long-lived flows (revocation tests): each end
-sends a few bytes every INTERVAL seconds, whether or not the other end
-does, and records when data from the other end arrived (time.time()); at
-the end each prints what it received as JSON. A TCP end whose connection is
-reset stops and says so.
+stream-serve and stream hold long-lived flows (revocation tests) until
+SIGTERM (--seconds at most): each end sends a numbered, timestamped message
+every STREAM_INTERVAL, whether or not the other end does, and records each
+message it receives (number, sent at, received at; time.time()); at the end
+each prints what it received as JSON, and a TCP end how many segments it
+retransmitted. A TCP end whose connection is reset stops and says so.
 """
 
 from __future__ import annotations
@@ -364,25 +365,84 @@ def burst(protocol: str, addr: str, port: int, count: int, timeout: float) -> di
     return {"ok": ok, "seconds": time.perf_counter() - start}
 
 
-STREAM_INTERVAL = 0.02  # seconds between the data each end of a stream sends
+STREAM_INTERVAL = 0.02  # seconds between the messages each end of a stream sends
+# One stream message: its sequence number on its flow and direction (from 1) and
+# the sender's clock when sent. Each end records when it sent each message and
+# when it read each one it received, so a check can tell a message the network
+# lost (sent, never received; for TCP, a segment retransmitted) from one a
+# process starved of CPU sent or read late.
+_MESSAGE = struct.Struct("!Qd")
+_TCPI_TOTAL_RETRANS = 100  # offset of tcpi_total_retrans in struct tcp_info (linux/tcp.h)
+
+
+class _Stopped:
+    """SIGTERM ends a stream at its next step: it then reports what it saw."""
+
+    def __init__(self):
+        import signal
+        self.stopped = False
+        signal.signal(signal.SIGTERM, self._stop)
+
+    def _stop(self, *_):
+        self.stopped = True
+
+
+class _End:
+    """One end of a stream: what it sent (the send time of message n at n - 1)
+    and each message it received as [number, sent at, received at]."""
+
+    def __init__(self, sock: socket.socket, record: dict):
+        self.sock, self.record, self.pending = sock, record, b""
+        record.update({"received": [], "sent": [], "error": "", "retransmits": None})
+
+    def send(self, send) -> None:
+        """The next message, through send(bytes); recorded once sent."""
+        import time
+        now = time.time()
+        send(_MESSAGE.pack(len(self.record["sent"]) + 1, now))
+        self.record["sent"].append(now)
+
+    def take(self, data: bytes, now: float) -> None:
+        """[sequence number, sent at, received at] for each whole message in data."""
+        self.pending += data
+        whole = len(self.pending) - len(self.pending) % _MESSAGE.size
+        for offset in range(0, whole, _MESSAGE.size):
+            self.record["received"].append([*_MESSAGE.unpack_from(self.pending, offset), now])
+        self.pending = self.pending[whole:]
+
+    def finish(self) -> None:
+        """A TCP end's retransmissions: a segment the network dropped was sent again."""
+        if self.sock.type == socket.SOCK_STREAM and self.record["retransmits"] is None:
+            try:
+                info = self.sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCPI_TOTAL_RETRANS + 4)
+                self.record["retransmits"] = struct.unpack_from("I", info, _TCPI_TOTAL_RETRANS)[0]
+            except OSError:
+                pass
 
 
 def stream_serve(port: int, seconds: float, addrs: list) -> dict:
-    """Accepts TCP connections and UDP peers on `port` for `seconds`, sends
-    each peer data every STREAM_INTERVAL and records what each sent:
-    {"tcp"|"udp": {"ADDR:PORT": {"received": [times], "error": "..."}}}."""
+    """Accepts TCP connections and UDP peers on `port` until SIGTERM (at most
+    `seconds`), sends each peer a message every STREAM_INTERVAL and records
+    what each sent: {"tcp"|"udp": {"ADDR:PORT": record}}, a record as
+    _End keeps it."""
     import time
+    stop = _Stopped()
     listeners, udp = [], []
     for addr in addrs:
         t, u = _listen(addr, port, 64)
         listeners.append(t)
         udp.append(u)
     print("ready", flush=True)
-    peers: dict = {}  # socket or (udp socket, address) -> record
+    peers: dict = {}  # TCP socket or (UDP socket, address) -> _End
     out: dict = {"tcp": {}, "udp": {}}
     end = time.monotonic() + seconds
     next_send = time.monotonic()
-    while time.monotonic() < end:
+
+    def close(sock, error):
+        peers[sock].record["error"] = peers[sock].record["error"] or error
+        peers.pop(sock).finish()
+        sock.close()
+    while not stop.stopped and time.monotonic() < end:
         tcp_peers = [s for s in peers if isinstance(s, socket.socket)]
         readable, _, _ = select.select(listeners + udp + tcp_peers, [], [], max(0.0, next_send - time.monotonic()))
         now = time.time()
@@ -390,76 +450,76 @@ def stream_serve(port: int, seconds: float, addrs: list) -> dict:
             if s in listeners:
                 conn, peer = s.accept()
                 conn.setblocking(False)
-                peers[conn] = out["tcp"][f"{peer[0]}:{peer[1]}"] = {"received": [], "error": ""}
+                peers[conn] = _End(conn, out["tcp"].setdefault(f"{peer[0]}:{peer[1]}", {}))
             elif s in udp:
                 data, peer = s.recvfrom(2048)
-                record = peers.get((s, peer))
-                if record is None:
-                    record = peers[(s, peer)] = out["udp"][f"{peer[0]}:{peer[1]}"] = {"received": [], "error": ""}
-                record["received"].append(now)
+                if (s, peer) not in peers:
+                    peers[(s, peer)] = _End(s, out["udp"].setdefault(f"{peer[0]}:{peer[1]}", {}))
+                peers[(s, peer)].take(data, now)
             else:
                 try:
                     data = s.recv(4096)
                 except OSError as exc:
-                    data, peers[s]["error"] = b"", os.strerror(exc.errno or 0)
+                    close(s, os.strerror(exc.errno or 0))
+                    continue
                 if data:
-                    peers[s]["received"].append(now)
+                    peers[s].take(data, now)
                 else:
-                    peers[s]["error"] = peers[s]["error"] or "closed by the other end"
-                    del peers[s]
-                    s.close()
+                    close(s, "closed by the other end")
         if time.monotonic() >= next_send:
             next_send += STREAM_INTERVAL
-            for key in list(peers):
+            for key, end_ in list(peers.items()):
                 try:
-                    if isinstance(key, tuple):
-                        key[0].sendto(b"tick", key[1])
-                    else:
-                        key.send(b"tick")
+                    end_.send(key.send if isinstance(key, socket.socket) else
+                              lambda data, key=key: key[0].sendto(data, key[1]))
                 except OSError as exc:
                     if not isinstance(key, tuple):
-                        peers[key]["error"] = os.strerror(exc.errno or 0)
-                        del peers[key]
-                        key.close()
+                        close(key, os.strerror(exc.errno or 0))
+    for key in [k for k in peers if isinstance(k, socket.socket)]:
+        close(key, "")
     return out
 
 
 def stream(protocol: str, addr: str, port: int, seconds: float) -> dict:
-    """One flow to addr:port for `seconds`: sends every STREAM_INTERVAL,
-    records when data came back: {"received": [times], "error": "...", "port": source port}."""
+    """One flow to addr:port until SIGTERM (at most `seconds`): sends a message
+    every STREAM_INTERVAL, records what came back: an _End's record with the
+    flow's source port."""
     import time
+    stop = _Stopped()
     fam = _family(addr)
     s = socket.socket(fam, socket.SOCK_STREAM if protocol == "TCP" else socket.SOCK_DGRAM)
     s.settimeout(2.0)
     s.connect((addr, port))
     s.setblocking(False)
-    record = {"received": [], "error": "", "port": s.getsockname()[1]}
+    record: dict = {"port": s.getsockname()[1]}
+    me = _End(s, record)
     end = time.monotonic() + seconds
     next_send = time.monotonic()
-    while time.monotonic() < end:
+    while not stop.stopped and time.monotonic() < end:
         readable, _, _ = select.select([s], [], [], max(0.0, next_send - time.monotonic()))
         if readable:
             try:
                 data = s.recv(4096)
             except ConnectionRefusedError:
-                data = b"?"  # UDP: an ICMP error for an earlier datagram; the flow goes on
+                data = None  # UDP: an ICMP error for an earlier datagram; the flow goes on
             except OSError as exc:
                 record["error"] = os.strerror(exc.errno or 0)
                 break
-            if not data:
+            if data == b"":
                 record["error"] = "closed by the other end"
                 break
-            if data != b"?":
-                record["received"].append(time.time())
+            if data:
+                me.take(data, time.time())
         if time.monotonic() >= next_send:
             next_send += STREAM_INTERVAL
             try:
-                s.send(b"data")
+                me.send(s.send)
             except ConnectionRefusedError:
                 pass
             except OSError as exc:
                 record["error"] = os.strerror(exc.errno or 0)
                 break
+    me.finish()
     s.close()
     return record
 
