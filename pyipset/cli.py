@@ -652,27 +652,30 @@ def run_diff(args) -> int:
     opened = closed = 0
     listed = []
     first = True
-    encoded: dict = {}  # a reason's JSON, by the identity of its (shared) dict
     unlisted = 0  # changes beyond --limit lines
     if args.output == "json":
         out.write('{"changes": [')
-    for change in diff.diff(before, after, args.protocol, args.port):
-        s_end, d_end = change.ends  # a pod key, or an address outside (labelled by its CIDR)
-        key = (s_end.split("/")[0] if isinstance(s_end, str) else change.source,
-               d_end.split("/")[0] if isinstance(d_end, str) else change.destination)
-        counts = by_ns.setdefault(key, [0, 0])
-        counts[0 if change.opened else 1] += 1
-        opened += change.opened
-        closed += not change.opened
+    for block in diff.diff_blocks(before, after, args.protocol, args.port):
+        for pair, before_allowed in zip(block.namespace_pairs(), block.before):
+            counts = by_ns.setdefault(pair, [0, 0])
+            counts[before_allowed] += 1  # [opened, closed]
+        turned_closed = sum(block.before)
+        closed += turned_closed
+        opened += len(block) - turned_closed
         if args.output == "json":
-            out.write(("" if first else ",\n ") + change.json_text(encoded))
+            out.write(("" if first else ",\n ") + ",\n ".join(block.json_lines()))
             first = False
-        elif listed and _same_turn(listed[-1][-1], change):
-            listed[-1].append(change)  # the same pair turned alike, for the same reasons, on other ports
-        elif len(listed) < args.limit:
-            listed.append([change])
-        else:
-            unlisted += 1
+            continue
+        if len(listed) >= args.limit and (not listed or listed[-1][-1].ends != (block.src_ends[0], block.dst_ends[0])):
+            unlisted += len(block)  # past the listing: counted, never made into objects
+            continue
+        for change in block.changes():
+            if listed and _same_turn(listed[-1][-1], change):
+                listed[-1].append(change)  # the same pair turned alike, for the same reasons, on other ports
+            elif len(listed) < args.limit:
+                listed.append([change])
+            else:
+                unlisted += 1
     summary = {"changes": opened + closed, "opened": opened, "closed": closed,
                "by_namespace": [{"from": f, "to": t, "opened": o, "closed": c} for (f, t), (o, c) in sorted(by_ns.items())]}
     if args.output == "json":

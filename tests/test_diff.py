@@ -92,7 +92,9 @@ def test_the_diff_is_the_difference_of_the_full_matrices(data):
                                 change.port)
             assert why == {"allowed": v.allowed, "egress": explain.direction_json(v.egress, ps is not None),
                            "ingress": explain.direction_json(v.ingress, pd is not None)}, change
-        assert json.loads(change.json_text({})) == change.json()
+    # the JSON written from a batch's columns is each change's json()
+    for block in whatif.diff_blocks(before, after):
+        assert [json.loads(line) for line in block.json_lines()] == [c.json() for c in block.changes()]
     # never the same pair twice for a protocol and port
     seen = set()
     for c in incremental:
@@ -224,6 +226,36 @@ def test_the_readmes_example(capsys):
     readme = (root / "README.md").read_text()
     block = readme.split("The diff (`--limit 2`):\n\n```\n", 1)[1].split("```", 1)[0]
     assert out == block
+
+
+def test_the_table_lists_up_to_the_limit_and_counts_the_rest(capsys):
+    """Whatever --limit, the listed turns are the first ones of the whole list, and what they hold plus the count
+    of the rest is every change."""
+    import pathlib
+    import re
+    root = pathlib.Path(__file__).resolve().parent.parent
+    tier = str(root / "examples" / "three-tier")
+    argv = ["diff", "--before", tier, "--after", tier, "--after", str(root / "examples" / "changes" / "data-tier.yaml")]
+
+    def table(limit):
+        assert main(argv + ["--limit", str(limit)]) == 1
+        out = capsys.readouterr().out
+        total = int(out.split(" change(s)", 1)[0])
+        turns = re.findall(r"^(?:OPENED|CLOSED) .*$", out, re.M)
+        more = re.search(r"^\.\.\. and (\d+) more change\(s\)", out, re.M)
+        return total, turns, int(more.group(1)) if more else 0
+    total, every, rest = table(10_000)
+    assert rest == 0 and len(every) > 3
+
+    def changes(part):  # "TCP 80, 8000-8010 and every port no policy names": 3 changes
+        named, every_other, _ = part.split(" ", 1)[1].partition("every port no policy names")
+        named = named.removesuffix(" and ").strip()
+        return (named.count(",") + 1 if named else 0) + (1 if every_other else 0)
+    listed_changes = {turn: sum(map(changes, turn.split(": ", 1)[1].split("; "))) for turn in every}
+    for limit in range(len(every) + 1):
+        t, turns, more = table(limit)
+        assert t == total and turns == every[:limit]
+        assert sum(listed_changes[turn] for turn in turns) + more == total, (limit, turns, more)
 
 
 def test_flows_dropped_at_egress_say_what_each_ingress_would():

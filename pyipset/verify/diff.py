@@ -81,23 +81,6 @@ class Change:
             out.update(why_before=self.why_before, why_after=self.why_after)
         return out
 
-    def json_text(self, encoded: dict) -> str:
-        """json.dumps(self.json()), the whys encoded once each (equal reasons are one dict: `encoded` by id)."""
-        head = f'{{"from": {_quoted(self.source)}, "to": {_quoted(self.destination)}, "protocol": ' \
-               f'"{self.protocol}", "port": {self.port}'
-        if self.end_port != self.port:
-            head += f', "end_port": {self.end_port}'
-        if self.other_ports:
-            head += ', "other_ports": true'
-        parts = [f'{head}, "before": {"true" if self.before else "false"}, "after": {"true" if self.after else "false"}']
-        for name in ("why_before", "why_after"):
-            why = getattr(self, name)
-            text = encoded.get(id(why))
-            if text is None:
-                text = encoded[id(why)] = json.dumps(why)
-            parts.append(f', "{name}": {text}')
-        return "".join(parts) + "}"
-
 
 _PLAIN = re.compile(r"[A-Za-z0-9./:_-]*")
 
@@ -227,7 +210,9 @@ def affected(before: Cluster, after: Cluster) -> tuple:
 # ---- judging ----
 
 class Side:
-    """One version: its programs (compiled when first needed) and explainers."""
+    """One version: its programs (compiled when first needed), its explainers
+    and the distinct reasons its verdicts have (`whys`, each as `explain -o
+    json` says it, and its JSON text once)."""
 
     def __init__(self, cluster: Cluster):
         self.cluster = cluster
@@ -235,25 +220,30 @@ class Side:
         self._programs: dict = {}
         self._explainers: dict = {}
         self._directions: dict = {}  # (direction, MARK rule, via, Admin Pass, Baseline Pass) -> DirectionWhy
-        self._whys: dict = {}  # what why_many returns, one dict per distinct reason
-        self._first: dict = {}
+        self.whys: list = [NO_FAMILY]  # id -> reason; 0: the pair has no address family in common
+        self._why_ids: dict = {}
+        self._texts: dict = {}
 
     def program(self, version: int) -> NativeProgram:
         if version not in self._programs:
             self._programs[version] = NativeProgram(compile_cluster(self.cluster, "inet" if version == 4 else "inet6"))
         return self._programs[version]
 
-    def why_many(self, ends: list, version: int, protocol: str, port: int) -> list:
-        """Why each (source, destination) of `ends` (pod keys or addresses) gets its verdict here, as
-        `explain -o json` says it, from one traced batch through the program; equal reasons are one dict."""
+    def text(self, why: int) -> str:
+        """A reason's JSON."""
+        if why not in self._texts:
+            self._texts[why] = json.dumps(self.whys[why])
+        return self._texts[why]
+
+    def why_many(self, version: int, src: np.ndarray, dst: np.ndarray, pods_at: np.ndarray, protocol: str,
+                 port: int) -> np.ndarray:
+        """Why each flow src[i] -> dst[i] (address columns; pods_at[i]: whether each end is a pod) gets its verdict
+        here: ids into `whys`, from one traced batch through the program."""
         program = self.program(version)
         if version not in self._explainers:
             self._explainers[version] = explain.Explainer(program)
         explainer = self._explainers[version]
-        ip = (lambda end: end if not isinstance(end, str) else self.first(end, version))
-        src = address_column([ip(s) for s, _ in ends], version)
-        dst = address_column([ip(d) for _, d in ends], version)
-        n = len(ends)
+        n = len(src)
         proto, ports = np.full(n, PROTOCOL_NUMBERS[protocol], np.uint8), np.full(n, port, np.uint16)
         ev = program.evaluate(src, dst, proto, ports, trace=True)
 
@@ -264,41 +254,32 @@ class Side:
                                     evaluation.passed(name, "Baseline")]).astype(np.int64)
         egress, ingress = traced(ev, "egress"), traced(ev, "ingress")
         # Flows dropped at egress: ingress as the program would judge it alone (as explain says it), per flow.
-        egress_traces, egress_of = np.unique(egress, axis=0, return_inverse=True)
+        egress_traces, egress_of = _unique_rows(egress)
         dropped_trace = np.array([not self._direction(explainer, "egress", *t).allows
                                   for t in egress_traces.tolist()], dtype=bool)
-        dropped = dropped_trace[egress_of.reshape(-1)]
+        dropped = dropped_trace[egress_of]
         judged = ~dropped
         if dropped.any():
             k = np.nonzero(dropped)[0]
             ingress[k] = traced(explainer.ingress_alone().evaluate(src[k], dst[k], proto[k], ports[k], trace=True),
                                 "ingress")
-        pods_at = np.array([(isinstance(s, str), isinstance(d, str)) for s, d in ends], dtype=bool).reshape(n, 2)
         # One explanation per distinct trace: (allowed, egress trace, ingress trace, judged, pods).
         traces = np.column_stack([ev.allowed.astype(np.int64), egress, ingress, judged.astype(np.int64),
                                   pods_at.astype(np.int64)])
-        distinct, inverse = np.unique(traces, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
-        whys = [[bool(row[0]), self._direction(explainer, "egress", *row[1:5]),
-                 self._direction(explainer, "ingress", *row[5:9]), bool(row[9]), bool(row[10]), bool(row[11])]
-                for row in distinct.tolist()]
-        shared = []
-        for allowed, egress, ingress, judged, s_pod, d_pod in whys:
-            key = (allowed, id(egress), id(ingress), judged, s_pod, d_pod)
-            if key not in self._whys:
-                ingress_json = explain.direction_json(ingress, d_pod)
-                ingress_json["judged"] = judged
-                self._whys[key] = {"allowed": allowed, "egress": explain.direction_json(egress, s_pod),
-                                   "ingress": ingress_json}
-            shared.append(self._whys[key])
-        return [shared[k] for k in inverse.tolist()]
-
-    def first(self, key: str, version: int):
-        """The pod's first address of a family (remembered)."""
-        memo = (key, version)
-        if memo not in self._first:
-            self._first[memo] = _first(self.pods[key], version)
-        return self._first[memo]
+        distinct, inverse = _unique_rows(traces)
+        ids = []
+        for row in distinct.tolist():
+            egress_why = self._direction(explainer, "egress", *row[1:5])
+            ingress_why = self._direction(explainer, "ingress", *row[5:9])
+            key = (bool(row[0]), id(egress_why), id(ingress_why), bool(row[9]), bool(row[10]), bool(row[11]))
+            if key not in self._why_ids:
+                ingress_json = explain.direction_json(ingress_why, bool(row[11]))
+                ingress_json["judged"] = bool(row[9])
+                self._why_ids[key] = len(self.whys)
+                self.whys.append({"allowed": bool(row[0]), "egress": explain.direction_json(egress_why, bool(row[10])),
+                                  "ingress": ingress_json})
+            ids.append(self._why_ids[key])
+        return np.array(ids, dtype=np.int64)[inverse]
 
     def _direction(self, explainer, name: str, rule: int, via: int, admin_pass: int = -1,
                    baseline_pass: int = -1) -> explain.DirectionWhy:
@@ -308,15 +289,30 @@ class Side:
         return self._directions[key]
 
 
+def _unique_rows(a: np.ndarray) -> tuple:
+    """(distinct rows, inverse) of an integer matrix — np.unique(axis=0)'s answer (in another order) — from one
+    integer per row (the columns' offsets in mixed radix, renumbered densely when they would overflow) and one
+    1-D sort, instead of a sort of whole rows."""
+    if not len(a):
+        return a, np.zeros(0, dtype=np.int64)
+    code, span = np.zeros(len(a), dtype=np.int64), 1
+    for column in a.T:
+        low = int(column.min())
+        width = int(column.max()) - low + 1
+        if span * width >= 1 << 62:
+            distinct, code = np.unique(code, return_inverse=True)
+            code, span = code.reshape(-1), len(distinct)
+        code = code * width + (column - low)
+        span *= width
+    _, first, inverse = np.unique(code, return_index=True, return_inverse=True)
+    return a[first], inverse.reshape(-1)
+
+
 def _common_version(a: Pod, b: Pod) -> Optional[int]:
     for version in (4, 6):
         if any(ip.version == version for ip in a.ips) and any(ip.version == version for ip in b.ips):
             return version
     return None
-
-
-def _first(pod: Pod, version: int):
-    return next(ip for ip in pod.ips if ip.version == version)
 
 
 def outside(before: Cluster, after: Cluster) -> list:
@@ -370,10 +366,79 @@ def _representative(net, holes, held):
     return None
 
 
+class Changes:
+    """A batch of changes, in columns, in order (source, destination, protocol, port): what `diff_blocks` yields.
+    Change objects (`changes()`) and JSON lines (`json_lines()`) are made from the columns when asked."""
+
+    def __init__(self, b: Side, a: Side, todo: list, sources: list, destinations: list, src_ends: list,
+                 dst_ends: list, case: list, end_port: list, before: list, why_before: Optional[list],
+                 why_after: Optional[list]):
+        self.b, self.a, self.todo = b, a, todo
+        self.sources, self.destinations, self.src_ends, self.dst_ends = sources, destinations, src_ends, dst_ends
+        self.case, self.end_port, self.before = case, end_port, before
+        self.why_before, self.why_after = why_before, why_after
+
+    def __len__(self) -> int:
+        return len(self.case)
+
+    def changes(self) -> Iterator[Change]:
+        todo, b, a = self.todo, self.b, self.a
+        for i, (j, before) in enumerate(zip(self.case, self.before)):
+            case = todo[j]
+            change = Change(self.sources[i], self.destinations[i], case.protocol, case.start, self.end_port[i],
+                            before, not before, case.other_ports, ends=(self.src_ends[i], self.dst_ends[i]))
+            if self.why_before is not None:
+                change.why_before, change.why_after = b.whys[self.why_before[i]], a.whys[self.why_after[i]]
+            yield change
+
+    def json_lines(self) -> list:
+        """Each change as Change.json() encodes it, written from the columns (each reason encoded once)."""
+        heads: dict = {}
+        quoted: dict = {}
+
+        def head(j: int, end: int) -> str:
+            if (j, end) not in heads:
+                case = self.todo[j]
+                text = f'"protocol": "{case.protocol}", "port": {case.start}'
+                if end != case.start:
+                    text += f', "end_port": {end}'
+                if case.other_ports:
+                    text += ', "other_ports": true'
+                heads[(j, end)] = text
+            return heads[(j, end)]
+
+        def q(label: str) -> str:
+            if label not in quoted:
+                quoted[label] = _quoted(label)
+            return quoted[label]
+        turns = ('"before": false, "after": true', '"before": true, "after": false')
+        lines = [f'{{"from": {q(s)}, "to": {q(d)}, {head(j, e)}, {turns[before]}'
+                 for s, d, j, e, before in zip(self.sources, self.destinations, self.case, self.end_port, self.before)]
+        if self.why_before is None:
+            return [line + "}" for line in lines]
+        b, a = self.b, self.a
+        return [f'{line}, "why_before": {b.text(wb)}, "why_after": {a.text(wa)}}}'
+                for line, wb, wa in zip(lines, self.why_before, self.why_after)]
+
+    def namespace_pairs(self) -> list:
+        """(from, to) of each change: the pods' namespaces, or an outside address's label."""
+        def ns(end, label):
+            return end.split("/", 1)[0] if isinstance(end, str) else label
+        return [(ns(s, sl), ns(d, dl))
+                for s, d, sl, dl in zip(self.src_ends, self.dst_ends, self.sources, self.destinations)]
+
+
 def diff(before: Cluster, after: Cluster, protocol: Optional[str] = None, port: Optional[int] = None,
          full: bool = False, why: bool = True) -> Iterator[Change]:
-    """Every change, pair by pair (sorted by source, destination, protocol, port), judged a block of sources at
-    a time (memory stays near a block whatever the cluster's size)."""
+    """Every change, pair by pair (sorted by source, destination, protocol, port)."""
+    for block in diff_blocks(before, after, protocol, port, full, why):
+        yield from block.changes()
+
+
+def diff_blocks(before: Cluster, after: Cluster, protocol: Optional[str] = None, port: Optional[int] = None,
+                full: bool = False, why: bool = True) -> Iterator[Changes]:
+    """Every change in batches (Changes), judged a block of sources at a time (memory stays near a block whatever
+    the cluster's size)."""
     b, a = Side(before), Side(after)
     keys = sorted(b.pods.keys() & a.pods.keys())
     rows, cols = (set(keys), set(keys)) if full else affected(before, after)
@@ -400,13 +465,54 @@ def diff(before: Cluster, after: Cluster, protocol: Optional[str] = None, port: 
         dst = np.concatenate([every if in_rows[i] else col_idx for i in block])
         keep = src != dst
         src, dst = src[keep], dst[keep]
-        before_v, after_v = columns[0].evaluate(src, dst, todo), columns[1].evaluate(src, dst, todo)
-        batch = []
-        for k in np.nonzero((before_v != after_v).any(axis=1))[0]:
-            batch.extend(_changes(keys[src[k]], keys[dst[k]], todo, before_v[k], after_v[k]))
-        yield from _explained(b, a, batch, why)
+        (before_v, b_version), (after_v, a_version) = (c.evaluate(src, dst, todo) for c in columns)
+        p, j, end_port = _turns(before_v, after_v, todo)
+        if not len(p):
+            continue
+        s, d = src[p], dst[p]
+        labels_s, labels_d = [keys[i] for i in s.tolist()], [keys[i] for i in d.tolist()]
+        whys = None
+        if why:
+            both = np.ones((len(p), 2), dtype=bool)
+            whys = [_whys(side, todo, j, version[p], {v: (c.address[v][s], c.address[v][d]) for v in (4, 6)}, both)
+                    for side, c, version in ((b, columns[0], b_version), (a, columns[1], a_version))]
+        yield _batch(b, a, todo, labels_s, labels_d, labels_s, labels_d, j, end_port, before_v[p, j], whys)
     touched = keys if full else [k for k in keys if k in rows or k in cols]
     yield from _judge_outside(b, a, touched, outside(before, after), todo, why)
+
+
+def _batch(b, a, todo, sources, destinations, src_ends, dst_ends, j, end_port, before, whys) -> Changes:
+    return Changes(b, a, todo, sources, destinations, src_ends, dst_ends, j.tolist(), end_port.tolist(),
+                   before.tolist(), *((w.tolist() for w in whys) if whys else (None, None)))
+
+
+def _turns(before: np.ndarray, after: np.ndarray, todo: list) -> tuple:
+    """The changes in bool[pairs, cases] verdicts, adjacent intervals of a protocol changing alike merged: (pair,
+    first case, last port) of each, in order of pair and case."""
+    changed = before != after
+    ends = np.array([case.end for case in todo], dtype=np.int64)
+    joins = np.array([False] + [not prev.other_ports and not case.other_ports and prev.protocol == case.protocol
+                                and prev.end + 1 == case.start for prev, case in zip(todo, todo[1:])], dtype=bool)
+    goes_on = np.zeros_like(changed)  # case j continues the change of case j - 1
+    goes_on[:, 1:] = changed[:, 1:] & changed[:, :-1] & joins[None, 1:] & (before[:, 1:] == before[:, :-1])
+    last = changed.copy()
+    last[:, :-1] &= ~goes_on[:, 1:]
+    p, j = np.nonzero(changed & ~goes_on)
+    return p, j, ends[np.nonzero(last)[1]]
+
+
+def _whys(side: Side, todo: list, j: np.ndarray, version: np.ndarray, addresses: dict,
+          pods_at: np.ndarray) -> np.ndarray:
+    """Each change's reason on one side (ids into side.whys; 0: no common family), explained in batches: one traced
+    evaluation per family and case."""
+    out = np.zeros(len(j), dtype=np.int64)
+    for v in (4, 6):
+        mine = version == v
+        for case in np.unique(j[mine]).tolist():
+            k = np.nonzero(mine & (j == case))[0]
+            src, dst = addresses[v]
+            out[k] = side.why_many(v, src[k], dst[k], pods_at[k], todo[case].protocol, todo[case].start)
+    return out
 
 
 class _Columns:
@@ -421,113 +527,74 @@ class _Columns:
             zero = ipaddress.ip_address("0.0.0.0" if version == 4 else "::")
             self.address[version] = address_column([ip if ip is not None else zero for ip in firsts], version)
 
-    def evaluate(self, src: np.ndarray, dst: np.ndarray, todo: list) -> np.ndarray:
-        """bool[pairs, cases]; a pair uses the first family both pods have (IPv4 first), none: False."""
+    def evaluate(self, src: np.ndarray, dst: np.ndarray, todo: list) -> tuple:
+        """(bool[pairs, cases], the family each pair used: 4, 6 or 0): a pair uses the first family both pods have
+        (IPv4 first), none: False."""
         out = np.zeros((len(src), len(todo)), dtype=bool)
-        undecided = np.ones(len(src), dtype=bool)
-        for version in (4, 6):
-            pick = np.nonzero(undecided & self.has[version][src] & self.has[version][dst])[0]
-            undecided[pick] = False
+        version = np.zeros(len(src), dtype=np.int64)
+        for v in (4, 6):
+            pick = np.nonzero((version == 0) & self.has[v][src] & self.has[v][dst])[0]
+            version[pick] = v
             if not len(pick):
                 continue
-            s, d = self.address[version][src[pick]], self.address[version][dst[pick]]
-            program = self.side.program(version)
+            s, d = self.address[v][src[pick]], self.address[v][dst[pick]]
+            program = self.side.program(v)
             for j, case in enumerate(todo):
                 out[pick, j] = program.evaluate(s, d, np.full(len(pick), PROTOCOL_NUMBERS[case.protocol], np.uint8),
                                                 np.full(len(pick), case.start, np.uint16)).allowed
-        return out
-
-
-def _changes(s, d, todo: list, before, after) -> Iterator[Change]:
-    """The changes of one pair over the cases: adjacent intervals of a protocol changing alike merged."""
-    run = None
-    for j, case in enumerate(todo):
-        if before[j] == after[j]:
-            if run:
-                yield run
-            run = None
-            continue
-        if (run and not case.other_ports and not run.other_ports and run.protocol == case.protocol and
-                run.end_port + 1 == case.start and (run.before, run.after) == (bool(before[j]), bool(after[j]))):
-            run.end_port = case.end
-            continue
-        if run:
-            yield run
-        run = Change(_label(s), _label(d), case.protocol, case.start, case.end, bool(before[j]), bool(after[j]),
-                     case.other_ports, ends=(s, d))
-    if run:
-        yield run
-
-
-def _label(end) -> str:
-    return end if isinstance(end, str) else str(end)
+        return out, version
 
 
 NO_FAMILY = {"allowed": False, "no_common_family": True}
 
 
-def _explained(b: Side, a: Side, changes: list, why: bool) -> list:
-    """The changes with the why of each side, explained in batches (one traced evaluation per version, side,
-    protocol and port)."""
-    if not why:
-        return changes
-    for side, attr in ((b, "why_before"), (a, "why_after")):
-        groups: dict = {}
-        for i, change in enumerate(changes):
-            version = _version_of(side, *change.ends)
-            if version is None:
-                setattr(change, attr, NO_FAMILY)
-            else:
-                groups.setdefault((version, change.protocol, change.port), []).append(i)
-        for (version, protocol, port), indices in groups.items():
-            for i, w in zip(indices, side.why_many([changes[i].ends for i in indices], version, protocol, port)):
-                setattr(changes[i], attr, w)
-    return changes
-
-
-def _version_of(side: Side, s, d) -> Optional[int]:
-    ps = side.pods[s] if isinstance(s, str) else None
-    pd = side.pods[d] if isinstance(d, str) else None
-    if ps is not None and pd is not None:
-        return _common_version(ps, pd)
-    ip = d if ps is not None else s
-    pod = ps or pd
-    return ip.version if any(x.version == ip.version for x in pod.ips) else None
-
-
-def _judge_outside(b: Side, a: Side, keys: list, ends: list, todo: list, why: bool) -> Iterator[Change]:
+def _judge_outside(b: Side, a: Side, keys: list, ends: list, todo: list, why: bool) -> Iterator[Changes]:
     """Pod <-> ipBlock representative, both directions, for these pods (batched per address)."""
     for label, ip in ends:
         pods = [k for k in keys if any(x.version == ip.version for x in (*b.pods[k].ips, *a.pods[k].ips))]
         if not pods:
             continue
+        at = [_outside_columns(side, pods, ip) for side in (b, a)]
         for outward in (True, False):  # pod -> address, then address -> pod
-            before = _evaluate_outside(b, pods, ip, outward, todo)
-            after = _evaluate_outside(a, pods, ip, outward, todo)
-            batch = []
-            for i in np.nonzero((before != after).any(axis=1))[0]:
-                s, d = (pods[i], ip) if outward else (ip, pods[i])
-                for change in _changes(s, d, todo, before[i], after[i]):
-                    if outward:
-                        change.destination = label
-                    else:
-                        change.source = label
-                    batch.append(change)
-            yield from _explained(b, a, batch, why)
+            before_v, after_v = (_evaluate_outside(side, *columns, ip.version, outward, todo)
+                                 for side, columns in zip((b, a), at))
+            p, j, end_port = _turns(before_v, after_v, todo)
+            if not len(p):
+                continue
+            keys_p = [pods[i] for i in p.tolist()]
+            whys = None
+            if why:
+                pods_at = np.tile(np.array([outward, not outward], dtype=bool), (len(p), 1))
+                whys = []
+                for side, (has, column, other) in zip((b, a), at):
+                    pairs = (column[p], other[p]) if outward else (other[p], column[p])
+                    version = np.where(has[p], ip.version, 0)
+                    whys.append(_whys(side, todo, j, version, {ip.version: pairs}, pods_at))
+            ends_p = [ip] * len(p)
+            labels = [label] * len(p)
+            yield (_batch(b, a, todo, keys_p, labels, keys_p, ends_p, j, end_port, before_v[p, j], whys) if outward
+                   else _batch(b, a, todo, labels, keys_p, ends_p, keys_p, j, end_port, before_v[p, j], whys))
 
 
-def _evaluate_outside(side: Side, pods: list, ip, outward: bool, todo: list) -> np.ndarray:
-    """bool[pods, cases] for pod -> ip (outward) or ip -> pod; False for a pod without the address's family."""
-    out = np.zeros((len(pods), len(todo)), dtype=bool)
-    has = [k for k in range(len(pods)) if any(x.version == ip.version for x in side.pods[pods[k]].ips)]
-    if not has:
+def _outside_columns(side: Side, pods: list, ip) -> tuple:
+    """(has the address's family, the pod's first address of it, the address) per pod, as columns."""
+    firsts = [next((x for x in side.pods[k].ips if x.version == ip.version), None) for k in pods]
+    has = np.array([x is not None for x in firsts], dtype=bool)
+    column = address_column([x if x is not None else ip for x in firsts], ip.version)
+    return has, column, address_column([ip] * len(pods), ip.version)
+
+
+def _evaluate_outside(side: Side, has: np.ndarray, column: np.ndarray, other: np.ndarray, version: int,
+                      outward: bool, todo: list) -> np.ndarray:
+    """bool[pods, cases] for pod -> address (outward) or address -> pod; False for a pod without the address's
+    family."""
+    out = np.zeros((len(has), len(todo)), dtype=bool)
+    k = np.nonzero(has)[0]
+    if not len(k):
         return out
-    column = address_column([_first(side.pods[pods[k]], ip.version) for k in has], ip.version)
-    other = address_column([ip] * len(has), ip.version)
-    program = side.program(ip.version)
+    src, dst = (column[k], other[k]) if outward else (other[k], column[k])
+    program = side.program(version)
     for j, case in enumerate(todo):
-        n = len(has)
-        src, dst = (column, other) if outward else (other, column)
-        out[has, j] = program.evaluate(src, dst, np.full(n, PROTOCOL_NUMBERS[case.protocol], np.uint8),
-                                       np.full(n, case.start, np.uint16)).allowed
+        out[k, j] = program.evaluate(src, dst, np.full(len(k), PROTOCOL_NUMBERS[case.protocol], np.uint8),
+                                     np.full(len(k), case.start, np.uint16)).allowed
     return out
