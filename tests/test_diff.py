@@ -271,3 +271,31 @@ def test_flows_dropped_at_egress_say_what_each_ingress_would():
     assert to_a["egress"]["isolating_policies"] == to_b["egress"]["isolating_policies"] == ["a/closed"]
     assert to_a["ingress"]["isolating_policies"] == ["a/closed"] and not to_a["ingress"]["judged"]
     assert to_b["ingress"]["isolating_policies"] == [] and not to_b["ingress"]["judged"]
+
+
+def test_pods_alike_but_for_their_addresses_are_judged_apart():
+    """Pods of one namespace with the same labels and ports are one class only while every ipBlock, network and
+    node address of either version holds both or neither: here an ipBlock admits one of three look-alike pods (and
+    then a cluster policy's network another), so the change closes exactly the others' connections."""
+    objs = [namespace("a"), pod("a/x1", "192.0.2.1", {"app": "x"}), pod("a/x2", "198.51.100.1", {"app": "x"}),
+            pod("a/x3", "203.0.113.1", {"app": "x"}), pod("a/db", "192.0.2.9", {"app": "db"})]
+    db = policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}}, "policyTypes": ["Ingress"],
+                         "ingress": [{"from": [{"ipBlock": {"cidr": "192.0.2.0/28"}}]}]})
+    before, after = load_objects(objs), load_objects(objs + [db])
+    closed = {(c.source, c.destination) for c in whatif.diff(before, after, "TCP", 80) if c.before and not c.after}
+    assert closed == {("a/x2", "a/db"), ("a/x3", "a/db")}
+    keys = sorted(p.key for p in before.pods)
+    cls = dict(zip(keys, whatif.classes(before, after, keys).tolist()))
+    assert cls["a/x1"] != cls["a/x2"] == cls["a/x3"]
+    cnp = {"apiVersion": "policy.networking.k8s.io/v1alpha2", "kind": "ClusterNetworkPolicy",
+           "metadata": {"name": "only-x3"},
+           "spec": {"tier": "Admin", "priority": 1, "subject": {"pods": {"namespaceSelector": {},
+                                                                          "podSelector": {"matchLabels": {"app": "db"}}}},
+                    "egress": [{"action": "Accept", "to": [{"networks": ["203.0.113.0/24"]}]},
+                               {"action": "Deny", "to": [{"namespaces": {}}]}]}}
+    after = load_objects(objs + [cnp])
+    assert not after.rejections, after.rejections
+    closed = {(c.source, c.destination) for c in whatif.diff(before, after, "TCP", 80) if c.before and not c.after}
+    assert closed == {("a/db", "a/x1"), ("a/db", "a/x2")}
+    cls = dict(zip(keys, whatif.classes(before, after, keys).tolist()))
+    assert cls["a/x1"] == cls["a/x2"] != cls["a/x3"]
