@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
 
 from clusterspec import namespace, pod, policy
+from strategies import changed_objects, cluster_objects
 from pyipset.model import load, load_objects
 from pyipset.model.loader import LoadError
 
@@ -148,3 +150,24 @@ def test_an_object_that_cannot_fail_closed_is_left_out_when_asked():
     assert quarantined == {"192.0.2.7"}  # what can be read of a/half
     assert any(p.name.startswith("bad (rejected") for p in out.policies)
     assert [p.key for p in out.pods if not p.namespace.startswith("(")] == ["a/ok"]
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data())
+def test_a_memo_shared_between_loads_changes_no_load(data):
+    """`diff` loads its two versions with one memo (an object already parsed, the same dict, is not parsed again):
+    every load is still what a load without the memo gives — also for copies that differ only in what Python's ==
+    does not tell apart (true for 1, 1.0 for 1)."""
+    import copy
+
+    from pyipset.model.loader import Read, load_read
+    objs = data.draw(cluster_objects())
+    after = copy.deepcopy(data.draw(changed_objects(objs)))
+    sneaky = copy.deepcopy(policy("x/sneaky", {"podSelector": {}, "ingress": [{"ports": [{"port": 1}]}]}))
+    twins = [dict(sneaky), json.loads(json.dumps(sneaky).replace('"port": 1', '"port": true')),
+             json.loads(json.dumps(sneaky).replace('"port": 1', '"port": 1.0'))]
+    assert twins[0] == twins[1] == twins[2]  # to Python
+    memo: dict = {}
+    for version in (objs, after, objs, *([namespace("x"), twin] for twin in twins)):
+        read = Read([(o, "f.json") for o in version])
+        assert load_read(read, memo=memo) == load_read(read)

@@ -252,6 +252,7 @@ class _Compiler:
                 self.local_by_namespace.setdefault(p.namespace, []).append(p)
         self.deny_unknown = tuple(n for n in deny_unknown if n.version == self.version)
         self.text: dict = {} if text is None else text  # address -> str (a cache: str() of ipaddress is slow)
+        self._texts: dict = {}  # id(pod) -> (pod, its addresses as text)
         self._local: dict = {}
         self._selected: dict = {}
         self._namespaces: dict = {}
@@ -294,15 +295,18 @@ class _Compiler:
         return self._local[key]
 
     def texts(self, pod: Pod) -> list:
-        """The pod's addresses of this family, as text."""
-        out = []
-        for ip in pod.ips:
-            if ip.version == self.version:
-                t = self.text.get(ip)
-                if t is None:
-                    t = self.text[ip] = str(ip)
-                out.append(t)
-        return out
+        """The pod's addresses of this family, as text (remembered per pod: sets list a pod many times)."""
+        out = self._texts.get(id(pod))
+        if out is None or out[0] is not pod:
+            listed = []
+            for ip in pod.ips:
+                if ip.version == self.version:
+                    t = self.text.get(ip)
+                    if t is None:
+                        t = self.text[ip] = str(ip)
+                    listed.append(t)
+            out = self._texts[id(pod)] = (pod, listed)
+        return out[1]
 
     def peer_pods(self, policy: NetworkPolicy, peer: Peer) -> list:
         namespaces = ([policy.namespace] if peer.namespace_selector is None
