@@ -171,3 +171,7 @@ def test_a_memo_shared_between_loads_changes_no_load(data):
     for version in (objs, after, objs, *([namespace("x"), twin] for twin in twins)):
         read = Read([(o, "f.json") for o in version])
         assert load_read(read, memo=memo) == load_read(read)
+    # objects read again (new dicts, perhaps at the addresses of ones gone) are parsed again
+    for _ in range(3):
+        read = Read([(o, "f.json") for o in copy.deepcopy(after)])
+        assert load_read(read, memo=memo) == load_read(read)

@@ -246,7 +246,8 @@ def read(paths: Iterable[str], limits: Limits = Limits()) -> Read:
 
 def load_read(objects: Read, strict: bool = True, memo: Optional[dict] = None) -> Cluster:
     """A Cluster from read objects. memo: a dict kept by the caller between
-    loads of objects shared by them (the same dicts): each is parsed once."""
+    loads of objects shared by them (the same dicts): each is parsed once
+    (the memo holds them)."""
     cluster = Cluster()
     cluster.rejections.extend(objects.rejections)
     seen: dict = {}
@@ -347,12 +348,16 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cac
     rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
     memo = (kind, name, rv, strict) if cache is not None and isinstance(rv, str) and rv else None
     if by_identity:
-        memo = (id(obj), strict)  # the caller keeps every object alive between loads
-    outcome = cache.get(memo) if memo is not None else None
+        # The entry holds the object: its id cannot be another object's while the entry lives.
+        memo = (id(obj), strict)
+        entry = cache.get(memo)
+        outcome = entry[1] if entry is not None and entry[0] is obj else None
+    else:
+        outcome = cache.get(memo) if memo is not None else None
     if outcome is None:
         outcome = _parse(obj, kind, strict)
         if memo is not None:
-            cache[memo] = outcome
+            cache[memo] = (obj, outcome) if by_identity else outcome
     problems, parsed, why_not, invalid = outcome
     if problems:
         for path, value, reason in problems:
