@@ -191,6 +191,12 @@ LOG_BURST = 200  # ... after a burst of this many
 REUSABLE_ROLES = (ROLE_PEER, ROLE_NAMED_PORT, ROLE_LOCAL, ROLE_BLOCK, ROLE_POD_CIDR, ROLE_NETWORKS)
 
 
+def reusable_members(program: RuleProgram) -> dict:
+    """Set key -> members of a program's sets of REUSABLE_ROLES: what a compile of the same pods and namespaces
+    (other policies) may take instead of computing them (`reuse`)."""
+    return {d.key: d.members for d in program.sets.values() if d.role in REUSABLE_ROLES}
+
+
 class _Sets:
     """Named sets by canonical key, for one program. Members are computed only
     the first time a key is asked for, or taken from `reuse` (set key ->
@@ -848,7 +854,7 @@ def program_families(cluster: Cluster) -> list:
 def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int = FLATTEN_LIMIT,
                     nflog_group: int = NFLOG_GROUP, node: Optional[str] = None,
                     attach: Attach = Attach(), deny_unknown: tuple = (), audit: bool = False,
-                    dispatch: str = "tree") -> RuleProgram:
+                    dispatch: str = "tree", reuse: Optional[dict] = None) -> RuleProgram:
     """The RuleProgram enforcing every policy of the cluster for one family.
 
     node: the program of one node (pods with spec.nodeName == node): egress
@@ -871,12 +877,15 @@ def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int =
     labelled AUDIT_LABEL=true are.
 
     dispatch: how a pod's policy group is found: "tree" (a tree of sets, for
-    iptables) or "map" (one verdict map, for nftables; dispatch_for)."""
+    iptables) or "map" (one verdict map, for nftables; dispatch_for).
+
+    reuse: reusable_members() of a program of the same pods and namespaces
+    (under other policies, the same options): taken instead of computed."""
     if family not in ("inet", "inet6"):
         raise ValueError(f"unknown family {family!r} (expected inet or inet6)")
     if not 0 <= nflog_group <= 65535:
         raise ValueError(f"NFLOG group {nflog_group} is out of range 0-65535")
-    return _Compiler(cluster, family, flatten_limit, nflog_group, node, attach,
+    return _Compiler(cluster, family, flatten_limit, nflog_group, node, attach, reuse=reuse,
                      deny_unknown=tuple(deny_unknown), audit=audit, dispatch=dispatch).compile()
 
 

@@ -35,7 +35,7 @@ import dataclasses
 from typing import Optional
 
 from ..model.objects import Cluster, Pod
-from .compiler import FLATTEN_LIMIT, REUSABLE_ROLES, _Compiler, flat_key, program_families
+from .compiler import FLATTEN_LIMIT, _Compiler, flat_key, program_families, reusable_members
 from .naming import ROLE_FLAT
 from .program import Attach, NFLOG_GROUP
 
@@ -77,8 +77,7 @@ class Incremental:
         cluster is not exact (the caller loads and compiles in full)."""
         if not self.exact:
             return None
-        reuse = {p.family: {d.key: d.members for d in p.sets.values() if d.role in REUSABLE_ROLES}
-                 for p in self.programs}
+        reuse = {p.family: reusable_members(p) for p in self.programs}
         self.deltas = {}
         changed = dict(policies=list(policies))
         if cluster_policies is not None:

@@ -41,7 +41,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..compile.compiler import compile_cluster
+from ..compile.compiler import compile_cluster, reusable_members
 from ..model.objects import PROTOCOL_NUMBERS, Cluster, Pod
 from . import explain
 from .native import NativeProgram, address_column
@@ -222,9 +222,13 @@ class Side:
     and the distinct reasons its verdicts have (`whys`, each as `explain -o
     json` says it, and its JSON text once)."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, base: Optional["Side"] = None):
+        """base: the other version, when it has the same pods and namespaces (the sets that follow from them
+        alone are then taken from its programs, not computed again)."""
         self.cluster = cluster
         self.pods = {p.key: p for p in cluster.pods}
+        self.base = base if base is not None and (base.cluster.pods, base.cluster.namespaces) == \
+            (cluster.pods, cluster.namespaces) else None
         self._programs: dict = {}
         self._explainers: dict = {}
         self._directions: dict = {}  # (direction, MARK rule, via, Admin Pass, Baseline Pass) -> DirectionWhy
@@ -234,7 +238,9 @@ class Side:
 
     def program(self, version: int) -> NativeProgram:
         if version not in self._programs:
-            self._programs[version] = NativeProgram(compile_cluster(self.cluster, "inet" if version == 4 else "inet6"))
+            reuse = reusable_members(self.base.program(version).program) if self.base is not None else None
+            self._programs[version] = NativeProgram(compile_cluster(self.cluster, "inet" if version == 4 else "inet6",
+                                                                    reuse=reuse))
         return self._programs[version]
 
     def text(self, why: int) -> str:
@@ -447,7 +453,8 @@ def diff_blocks(before: Cluster, after: Cluster, protocol: Optional[str] = None,
                 full: bool = False, why: bool = True) -> Iterator[Changes]:
     """Every change in batches (Changes) of about CHUNK, in order. Pairs are judged class by class (see the
     module's docstring): one representative pair per pair of classes, for the pairs a change can affect."""
-    b, a = Side(before), Side(after)
+    b = Side(before)
+    a = Side(after, base=b)
     keys = sorted(b.pods.keys() & a.pods.keys())
     rows, cols = (set(keys), set(keys)) if full else affected(before, after)
     todo = cases(before, after, protocol, port)
