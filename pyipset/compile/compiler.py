@@ -627,8 +627,8 @@ class _Compiler:
                                                origin=f"to the {tier} tier policies that select it ({direction})")]
         ok, denied, passed = _TIER_MARKS[(tier, direction)]
         if tier == "Baseline":  # last: whatever it says (or nothing: allowed) is the direction's verdict
-            return [Rule((), "GOTO", jump=chain, origin=f"not isolated by NetworkPolicy: the Baseline tier decides "
-                                                        f"(no rule matching: allowed)")]
+            return [Rule((), "GOTO", jump=chain, origin="not isolated by NetworkPolicy: the Baseline tier decides "
+                                                        "(no rule matching: allowed)")]
         return [
             Rule((), "JUMP", jump=chain, origin=f"the Admin tier first ({direction})"),
             Rule((Match("mark", value=ok, value2=ok),), "RETURN", origin="an Admin tier rule accepted it"),
