@@ -299,3 +299,19 @@ def test_pods_alike_but_for_their_addresses_are_judged_apart():
     assert closed == {("a/db", "a/x1"), ("a/db", "a/x2")}
     cls = dict(zip(keys, whatif.classes(before, after, keys).tolist()))
     assert cls["a/x1"] == cls["a/x2"] != cls["a/x3"]
+
+
+def test_a_namespace_relabelled_turns_what_its_label_admitted():
+    """Only a namespace's labels change (the same pods, the same policies): the pods its old label admitted lose
+    what the policy gave them, and the new one's gain it — the after version's sets are its own."""
+    objs = [namespace("a", team="x"), namespace("b", team="y"), namespace("c", team="z"),
+            pod("a/db", "192.0.2.1", {"app": "db"}), pod("b/cli", "192.0.2.2", {"app": "cli"}),
+            pod("c/cli", "192.0.2.3", {"app": "cli"}),
+            policy("a/db", {"podSelector": {"matchLabels": {"app": "db"}},
+                            "ingress": [{"from": [{"namespaceSelector": {"matchLabels": {"team": "y"}}}]}]})]
+    relabelled = [namespace("b", team="z") if o["metadata"]["name"] == "b" and o["kind"] == "Namespace" else
+                  namespace("c", team="y") if o["metadata"]["name"] == "c" and o["kind"] == "Namespace" else o
+                  for o in objs]
+    changes = {(c.source, c.destination, c.before, c.after)
+               for c in whatif.diff(load_objects(objs), load_objects(relabelled), "TCP", 80)}
+    assert changes == {("b/cli", "a/db", True, False), ("c/cli", "a/db", False, True)}

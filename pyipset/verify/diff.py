@@ -227,8 +227,7 @@ class Side:
         alone are then taken from its programs, not computed again)."""
         self.cluster = cluster
         self.pods = {p.key: p for p in cluster.pods}
-        self.base = base if base is not None and (base.cluster.pods, base.cluster.namespaces) == \
-            (cluster.pods, cluster.namespaces) else None
+        self.base = base if base is not None and _same_members(base.cluster, cluster) else None
         self._programs: dict = {}
         self._explainers: dict = {}
         self._directions: dict = {}  # (direction, MARK rule, via, Admin Pass, Baseline Pass) -> DirectionWhy
@@ -301,6 +300,15 @@ class Side:
         if key not in self._directions:
             self._directions[key] = explainer.direction(*key)
         return self._directions[key]
+
+
+def _same_members(a: Cluster, b: Cluster) -> bool:
+    """Whether two versions hold the same pods and namespaces, labels and all (the dataclasses' == leaves labels
+    and nodes out)."""
+    def members(c: Cluster) -> tuple:
+        return ([(p, p.labels, p.node) for p in c.pods],
+                {name: (ns, ns.labels) for name, ns in c.namespaces.items()})
+    return members(a) == members(b)
 
 
 def _unique_rows(a: np.ndarray) -> tuple:
