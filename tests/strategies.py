@@ -17,27 +17,38 @@ NAMED_PORTS = [("http", 80, "TCP"), ("http", 8080, "TCP"), ("dns", 53, "UDP"), (
 PORTS = [9, 53, 80, 81, 8080]
 OUTSIDE = ["203.0.113.7", "192.0.2.200", "2001:db8:ffff::1"]
 
+# Namespaces carry team=x|y|z and kubernetes.io/metadata.name; their selectors draw from those (and from a pod
+# label key no namespace has: a selector that matches nothing, or everything with DoesNotExist).
+NS_LABEL_KEYS = ["team", "kubernetes.io/metadata.name", "app"]
+NS_LABEL_VALUES = ["x", "y", "a", "b"]
+
 labels = st.dictionaries(st.sampled_from(LABEL_KEYS), st.sampled_from(LABEL_VALUES), max_size=2)
 
 
 @st.composite
-def selector(draw):
+def selector(draw, keys=tuple(LABEL_KEYS), values=tuple(LABEL_VALUES)):
     kind = draw(st.sampled_from(["empty", "labels", "expr", "both"]))
     if kind == "empty":
         return {}
+    matching = st.dictionaries(st.sampled_from(keys), st.sampled_from(values), max_size=2)
     if kind == "labels":
-        return {"matchLabels": draw(labels)}
-    out = {"matchLabels": draw(labels)} if kind == "both" else {}
-    out["matchExpressions"] = draw(st.lists(expression(), min_size=1, max_size=3 if kind == "both" else 1))
+        return {"matchLabels": draw(matching)}
+    out = {"matchLabels": draw(matching)} if kind == "both" else {}
+    out["matchExpressions"] = draw(st.lists(expression(keys, values), min_size=1, max_size=3 if kind == "both" else 1))
     return out
 
 
+def ns_selector():
+    """A namespaceSelector: over the labels namespaces have."""
+    return selector(tuple(NS_LABEL_KEYS), tuple(NS_LABEL_VALUES))
+
+
 @st.composite
-def expression(draw):
+def expression(draw, keys=tuple(LABEL_KEYS), values=tuple(LABEL_VALUES)):
     op = draw(st.sampled_from(["In", "NotIn", "Exists", "DoesNotExist"]))
-    expr = {"key": draw(st.sampled_from(LABEL_KEYS)), "operator": op}
+    expr = {"key": draw(st.sampled_from(keys)), "operator": op}
     if op in ("In", "NotIn"):
-        expr["values"] = draw(st.lists(st.sampled_from(LABEL_VALUES), min_size=1, max_size=2, unique=True))
+        expr["values"] = draw(st.lists(st.sampled_from(values), min_size=1, max_size=2, unique=True))
     return expr
 
 
@@ -47,9 +58,9 @@ def peer(draw):
     if kind == "pod":
         return {"podSelector": draw(selector())}
     if kind == "ns":
-        return {"namespaceSelector": draw(selector())}
+        return {"namespaceSelector": draw(ns_selector())}
     if kind == "both":
-        return {"podSelector": draw(selector()), "namespaceSelector": draw(selector())}
+        return {"podSelector": draw(selector()), "namespaceSelector": draw(ns_selector())}
     if kind == "block6":
         return {"ipBlock": {"cidr": "2001:db8::/32", "except": draw(st.sampled_from([[], ["2001:db8::/120"]]))}}
     cidr = draw(st.sampled_from(["192.0.2.0/24", "192.0.2.0/28", "0.0.0.0/0", "203.0.113.0/24"]))
@@ -190,16 +201,17 @@ def cluster_policy(kind: str, name: str, spec: dict, version: str = "") -> dict:
             "spec": spec}
 
 
-def wide_selector():
-    """A selector, half of the time empty: cluster policies that overlap, so that order decides."""
-    return st.one_of(st.just({}), selector())
+def wide_selector(namespaces: bool = False):
+    """A selector (of namespaces: over their labels), half of the time empty: cluster policies that overlap, so
+    that order decides."""
+    return st.one_of(st.just({}), ns_selector() if namespaces else selector())
 
 
 @st.composite
 def tier_subject(draw):
     if draw(st.booleans()):
-        return {"namespaces": draw(wide_selector())}
-    return {"pods": {"namespaceSelector": draw(wide_selector()), "podSelector": draw(wide_selector())}}
+        return {"namespaces": draw(wide_selector(namespaces=True))}
+    return {"pods": {"namespaceSelector": draw(wide_selector(namespaces=True)), "podSelector": draw(wide_selector())}}
 
 
 @st.composite
@@ -210,9 +222,9 @@ def tier_peer(draw, kind: str, direction: str):
         choices += ["networks", "nodes"] + (["domainNames"] if kind != "BaselineAdminNetworkPolicy" else [])
     which = draw(st.sampled_from(choices))
     if which == "namespaces":
-        return {"namespaces": draw(wide_selector())}
+        return {"namespaces": draw(wide_selector(namespaces=True))}
     if which == "pods":
-        return {"pods": {"namespaceSelector": draw(wide_selector()), "podSelector": draw(wide_selector())}}
+        return {"pods": {"namespaceSelector": draw(wide_selector(namespaces=True)), "podSelector": draw(wide_selector())}}
     if which == "networks":
         return {"networks": draw(st.lists(st.sampled_from(["192.0.2.0/28", "192.0.2.0/24", "0.0.0.0/0",
                                                            "203.0.113.0/24", "2001:db8::/32", "198.51.100.0/30"]),
