@@ -460,7 +460,9 @@ def diff(before: Cluster, after: Cluster, protocol: Optional[str] = None, port: 
 def diff_blocks(before: Cluster, after: Cluster, protocol: Optional[str] = None, port: Optional[int] = None,
                 full: bool = False, why: bool = True) -> Iterator[Changes]:
     """Every change in batches (Changes) of about CHUNK, in order. Pairs are judged class by class (see the
-    module's docstring): one representative pair per pair of classes, for the pairs a change can affect."""
+    module's docstring): one representative pair per pair of classes, for the pairs a change can affect, a block
+    of about BLOCK evaluations at a time. Memory: the changes of class pairs (each source class's, expanded to
+    destination pods, kept while sources of that class come) and one CHUNK of pod pairs' changes."""
     b = Side(before)
     a = Side(after, base=b)
     keys = sorted(b.pods.keys() & a.pods.keys())
@@ -539,6 +541,7 @@ def _expand(b: Side, a: Side, todo: list, keys: list, cls: np.ndarray, members: 
             by = np.lexsort((turn, dst))
             rows[c] = (dst[by], turn[by])
         return rows[c]
+
     def batch(pending: list) -> Changes:
         src_i, dst_i, t = (np.concatenate(x) for x in zip(*pending))
         sources, destinations = [keys[i] for i in src_i.tolist()], [keys[i] for i in dst_i.tolist()]
