@@ -47,7 +47,7 @@ from . import explain
 from .native import NativeProgram, address_column
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
-BLOCK = 1 << 18  # pairs judged per evaluator call
+BLOCK = 1 << 18  # pairs x cases judged per block of sources
 
 
 @dataclass(frozen=True)
@@ -330,11 +330,21 @@ def _unique_rows(a: np.ndarray) -> tuple:
     return a[first], inverse.reshape(-1)
 
 
-def _common_version(a: Pod, b: Pod) -> Optional[int]:
-    for version in (4, 6):
-        if any(ip.version == version for ip in a.ips) and any(ip.version == version for ip in b.ips):
-            return version
-    return None
+def _ip_blocks(c: Cluster) -> Iterator:
+    """The ipBlocks of a version's NetworkPolicies' peers."""
+    for policy in c.policies:
+        for rule in (*policy.ingress, *policy.egress):
+            for peer in rule.peers or ():
+                if peer.ip_block is not None:
+                    yield peer.ip_block
+
+
+def _networks(c: Cluster) -> Iterator:
+    """The networks of a version's cluster policies' `networks` peers."""
+    for policy in c.cluster_policies:
+        for rule in (*policy.ingress, *policy.egress):
+            for peer in rule.peers:
+                yield from peer.networks
 
 
 def outside(before: Cluster, after: Cluster) -> list:
@@ -345,32 +355,24 @@ def outside(before: Cluster, after: Cluster) -> list:
     held = {ip for c in (before, after) for p in c.pods for ip in p.ips}
     out = {}
     for c in (before, after):
-        for policy in c.cluster_policies:
-            for rule in (*policy.ingress, *policy.egress):
-                for peer in rule.peers:
-                    for net in peer.networks:
-                        if str(net) not in out:
-                            ip = _representative(net, (), held)
-                            if ip is not None:
-                                out[str(net)] = ip
+        for net in _networks(c):
+            if str(net) not in out:
+                ip = _representative(net, (), held)
+                if ip is not None:
+                    out[str(net)] = ip
         for node in c.nodes.values():
             for ip in node.ips:
                 if ip not in held:
                     out.setdefault(f"node {node.name} {ip}", ip)
     for c in (before, after):
-        for policy in c.policies:
-            for rule in (*policy.ingress, *policy.egress):
-                for peer in rule.peers or ():
-                    block = peer.ip_block
-                    if block is None:
-                        continue
-                    for net, holes in ((block.cidr, block.excepts), *((e, ()) for e in block.excepts)):
-                        label = str(net)
-                        if label in out:
-                            continue
-                        ip = _representative(net, holes, held)
-                        if ip is not None:
-                            out[label] = ip
+        for block in _ip_blocks(c):
+            for net, holes in ((block.cidr, block.excepts), *((e, ()) for e in block.excepts)):
+                label = str(net)
+                if label in out:
+                    continue
+                ip = _representative(net, holes, held)
+                if ip is not None:
+                    out[label] = ip
     return sorted(out.items())
 
 
@@ -581,7 +583,7 @@ def classes(before: Cluster, after: Cluster, keys: list) -> np.ndarray:
             places[ip] = tuple(ip in net for net in nets[ip.version])
         return places[ip]
 
-    def signature(c: Cluster, pod: Pod):
+    def signature(pod: Pod):
         versions = [ip.version for ip in pod.ips]
         if len(versions) != len(set(versions)):
             return pod.key
@@ -589,7 +591,7 @@ def classes(before: Cluster, after: Cluster, keys: list) -> np.ndarray:
                 tuple(sorted((ip.version, place(ip)) for ip in pod.ips)))
     b_pods, a_pods = {p.key: p for p in before.pods}, {p.key: p for p in after.pods}
     ids: dict = {}
-    return np.array([ids.setdefault((signature(before, b_pods[k]), signature(after, a_pods[k])), len(ids))
+    return np.array([ids.setdefault((signature(b_pods[k]), signature(a_pods[k])), len(ids))
                      for k in keys], dtype=np.int64)
 
 
@@ -598,16 +600,10 @@ def _nets(before: Cluster, after: Cluster) -> dict:
     networks, Nodes' addresses."""
     nets: set = set()
     for c in (before, after):
-        for policy in c.policies:
-            for rule in (*policy.ingress, *policy.egress):
-                for peer in rule.peers or ():
-                    if peer.ip_block is not None:
-                        nets.add(peer.ip_block.cidr)
-                        nets.update(peer.ip_block.excepts)
-        for policy in c.cluster_policies:
-            for rule in (*policy.ingress, *policy.egress):
-                for peer in rule.peers:
-                    nets.update(peer.networks)
+        for block in _ip_blocks(c):
+            nets.add(block.cidr)
+            nets.update(block.excepts)
+        nets.update(_networks(c))
         for node in c.nodes.values():
             nets.update(ipaddress.ip_network(ip) for ip in node.ips)
     return {v: sorted((net for net in nets if net.version == v), key=str) for v in (4, 6)}
