@@ -18,10 +18,7 @@ from collections import defaultdict
 
 def _diff_floors(info: dict) -> str:
     """A diff run's work and floors: "99,890 changes, 96 MB of JSON; alone, loading the manifests takes 1.47 s and
-    writing the bytes 0.08 s: 2.9x their sum" (older runs: the loading floor only)."""
-    if "write_floor_s" not in info:
-        return (f"{info['changes']:,} changes; loading the manifests alone {info['load_floor_s']:.2f} s: "
-                f"{info['seconds'] / info['load_floor_s']:.1f}x")
+    writing the bytes 0.08 s: 2.9x their sum"."""
     floors = info["load_floor_s"] + info["write_floor_s"]
     return (f"{info['changes']:,} changes, {info['output_mb']:,.0f} MB of JSON; alone, loading the manifests takes "
             f"{info['load_floor_s']:.2f} s and writing the bytes {info['write_floor_s']:.2f} s: "
