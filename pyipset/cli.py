@@ -397,12 +397,15 @@ def _revoke_established(args, kernel: Kernel, cluster, programs: list) -> int:
     (the kernel holds the programs either way)."""
     if not args.revoke_established:
         return 0
+    revoker = Revoker(kernel.netns)
     try:
-        outcome = Revoker(kernel.netns).run(programs, cluster.pods)
+        outcome = revoker.run(programs, cluster.pods)
     except PyipsetError as exc:
         print(f"pyipset: the program is applied, but established connections it denies were not cut: {exc}",
               file=sys.stderr)
         return 1
+    finally:
+        revoker.close()
     blocks = outcome.revoked + outcome.would
     for b in blocks[:REVOCATIONS_SHOWN]:
         print(b.message())

@@ -16,7 +16,8 @@ from pyipset.compile.compiler import compile_cluster, program_families
 from pyipset.compile.program import CT_REVOKED, Attach
 from pyipset.kernel import conntrack
 from pyipset.model import load_objects
-from pyipset.observe.revoke import judge
+from pyipset.observe.revoke import Batch, _Verdicts, judge, scope
+from pyipset.verify.native import NativeProgram
 from pyipset.verify import reference
 
 CASES = [("TCP", 80), ("UDP", 53), ("TCP", 8080), ("SCTP", 9), ("TCP", 81)]
@@ -75,6 +76,39 @@ def test_a_change_revokes_exactly_the_flows_it_denies_that_were_allowed(data, di
     everything = judge(flows, new, None, local={NODE.packed})
     assert {f for f, _ in everything.revoke} == {f for f in flows if not f.mark and f.src != NODE.packed
                                                   and not allowed(wa, f)}
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@given(data=st.data(), dispatch=st.sampled_from(["tree", "map"]))
+def test_no_verdict_changes_outside_the_scope_of_a_change(data, dispatch):
+    """scope(old, new) bounds what a pass judges (the agent's pod churn):
+    every flow between addresses outside it has the same verdict, and the
+    same deciding direction, under both programs. Random clusters and
+    random changes; the scope is None (judge everything) whenever the
+    chains differ."""
+    before_objs = data.draw(cluster_objects())
+    after_objs = data.draw(changed_objects(before_objs))
+    before, after = load_objects(before_objs), load_objects(after_objs)
+    if before.rejections or after.rejections:
+        return
+    old, new = programs(before, dispatch), programs(after, dispatch)
+    addresses = sorted({ip for c in (before, after) for p in c.pods for ip in p.ips} |
+                       {ipaddress.ip_address("203.0.113.9"), ipaddress.ip_address("2001:db8:ffff::9")},
+                       key=lambda ip: (ip.version, ip))
+    for family in new:
+        where = scope(old.get(family), new[family])
+        if where is None:
+            event("scope: every flow")
+            continue
+        version = 4 if family == "inet" else 6
+        outside = [ip for ip in addresses if ip.version == version and ip.packed not in where]
+        flows = [flow(s, d, protocol, port) for s in outside for d in outside if s != d for protocol, port in CASES]
+        event(f"scope: {'no' if not where else 'some'} addresses, {'some' if flows else 'no'} flows outside")
+        if not flows:
+            continue
+        batch = Batch.of(flows)
+        a, b = _Verdicts(NativeProgram(old[family]), batch), _Verdicts(NativeProgram(new[family]), batch)
+        assert (a.allowed == b.allowed).all() and (a.denied_in == b.denied_in).all(), (family, sorted(where))
 
 
 def test_the_direction_of_a_revocation_and_audit_mode():

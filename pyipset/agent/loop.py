@@ -130,7 +130,7 @@ class Agent:
             lambda family: module(self.kernel).rule_counters(self.kernel, family),
             lambda: sorted(self.families))
         self.reporter = None
-        self.revoker = Revoker(settings.netns) if settings.revoke_established else None
+        self.revoker = Revoker(settings.netns, follow=True) if settings.revoke_established else None
         self.revocation_log = StructuredLines("pyipset.blocked")
         self.revocation_bucket = TokenBucket(settings.block_log_rate, max(1.0, 2 * settings.block_log_rate))
         self.metrics.nflog_reading.set_function(
@@ -204,6 +204,8 @@ class Agent:
                                       self.metrics, self.stop, self.settings.block_log_rate,
                                       self.settings.metrics_by_namespace,
                                       emit=StructuredLines("pyipset.blocked").write).start()
+        if self.revoker is not None:
+            self.revoker.follow_events(self.stop)  # the live flows, held for the passes
         log.info("agent %s for node %s started; health and metrics on port %d; kernel backend %s (%s)",
                  __version__, self.settings.node_name, self.health.port, self.kernel.backend, self.backend_why)
         return self
@@ -430,7 +432,7 @@ class Agent:
         self._enforces(version)
         self.last_error = None
         if self._can_deny(path, changes, added):
-            self._revoke(programs, previous)
+            self._revoke(programs, previous, self.engine.deltas if path == "incremental" else None)
         if not self.first_sync.is_set():
             self.first_sync.set()
             log.info("first kernel update applied: %s", "; ".join(f"{p.family}: {r}" for p, r in
@@ -500,7 +502,7 @@ class Agent:
                 return True
         return False
 
-    def _revoke(self, programs: list, previous) -> None:
+    def _revoke(self, programs: list, previous, deltas: Optional[dict] = None) -> None:
         """Cuts the established flows `programs` deny and `previous` allowed
         (None: not known), reports each like a blocked connection and counts
         it; in audit mode they are reported as would-revoke. A failure is
@@ -508,7 +510,7 @@ class Agent:
         if self.revoker is None:
             return
         try:
-            outcome = self.revoker.run(programs, self.engine.pods.values() if self.engine else (), previous)
+            outcome = self.revoker.run(programs, self.engine.pods.values() if self.engine else (), previous, deltas)
         except Exception as exc:  # noqa: BLE001 - the update stands; said and counted
             self.metrics.revocation_errors.inc()
             log.error("could not revoke the established connections the update denies: %s", _error_text(exc),

@@ -137,8 +137,8 @@ class Metrics:
         self.revocation_errors = Counter(f"{PREFIX}_revocation_errors", "Revocation passes that failed (the "
                                          "conntrack table could not be read or changed)", registry=r)
         self.revocation_duration = Histogram(
-            f"{PREFIX}_revocation_duration_seconds", "Time of a revocation pass after a kernel update (list the "
-            "conntrack table, judge every flow, mark those denied)", registry=r,
+            f"{PREFIX}_revocation_duration_seconds", "Time of a revocation pass after a kernel update (judge the "
+            "live flows the update can change, held in the agent by conntrack events; mark and report those denied)", registry=r,
             buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5))
         self.blocks_by_namespace = Counter(
             f"{PREFIX}_blocked_log_events_by_namespace", "The attributed sample by the namespace of the pod on the "

@@ -1,7 +1,8 @@
 """The conntrack table over netlink (ctnetlink), from this process: no
 `conntrack` tool, no process per flow. Two things, both in one network
-namespace: list the flows (a dump of the table, one family at a time), and
-set bits of the connection mark of given flows (IPCTNL_MSG_CT_NEW on an
+namespace: list the flows (a dump of the table, one family at a time; or
+hold them in this process, kept current by conntrack events: FlowTable),
+and set bits of the connection mark of given flows (IPCTNL_MSG_CT_NEW on an
 existing entry changes it: `ct mark = (ct mark & ~mask) ^ bits`, many
 messages to a datagram, each acknowledged). What a flow is judged as and
 which flows to mark is decided elsewhere (observe/revoke.py); this module
@@ -30,7 +31,8 @@ from .netns import in_netns
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1
-IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET = 0, 1
+IPCTNL_MSG_CT_NEW, IPCTNL_MSG_CT_GET, IPCTNL_MSG_CT_DELETE = 0, 1, 2
+NFNLGRP_CONNTRACK_NEW, NFNLGRP_CONNTRACK_DESTROY = 1, 3  # event groups
 NLMSG_ERROR, NLMSG_DONE = 2, 3
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_DUMP = 0x1, 0x4, 0x300
 NLA_F_NESTED = 0x8000
@@ -257,52 +259,59 @@ class Conntrack:
         whose mark has none of these bits (the kernel filters: CTA_MARK 0
         under CTA_MARK_MASK), read faster (their mark not read: 0)."""
         out: list = []
-        request = _nla(CTA_MARK, _BE32.pack(0)) + _nla(CTA_MARK_MASK, _BE32.pack(unmarked)) if unmarked else b""
         for version in versions:
-            seq = self._next_seq()
-            self.sock.send(_message(IPCTNL_MSG_CT_GET, NLM_F_DUMP, FAMILIES[version], request, seq))
-            done = False
-            while not done:
-                try:
-                    n = self.sock.recv_into(self._buf)
-                except OSError as exc:
-                    raise ConntrackError(f"reading the conntrack table: {exc.strerror or exc}") from None
-                buf = memoryview(self._buf)[:n]
-                pos = 0
-                while pos + 16 <= n:
-                    length, kind, _flags, mseq, _pid = _NLMSG.unpack_from(buf, pos)
-                    if length < 16 or pos + length > n:
-                        break
-                    if mseq == seq:
-                        if kind == NLMSG_DONE:
-                            done = True
-                        elif kind == NLMSG_ERROR:
-                            code = -struct.unpack_from("=i", buf, pos + 16)[0]
-                            if code:
-                                raise ConntrackError(f"reading the conntrack table: {os.strerror(code)}")
-                            done = True
-                        elif kind == (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW:
-                            flow = fast_flow(buf, pos + 20, pos + length, version) if unmarked else None
-                            if flow is None:
-                                flow = parse_flow(buf, pos + 20, pos + length)
-                            if flow is not None:
-                                out.append(flow)
-                    pos += (length + 3) & ~3
+            def read(buf, start: int, end: int, version=version) -> None:
+                flow = fast_flow(buf, start, end, version) if unmarked else None
+                if flow is None:
+                    flow = parse_flow(buf, start, end)
+                if flow is not None:
+                    out.append(flow)
+            self.dump(version, unmarked, read)
         return out
 
-    def set_mark(self, flows: list, bits: int, on: bool = True) -> int:
+    def dump(self, version: int, unmarked: int, read) -> None:
+        """Lists the table of one IP version: read(buf, start, end) for each
+        entry's attributes (unmarked as in flows())."""
+        request = _nla(CTA_MARK, _BE32.pack(0)) + _nla(CTA_MARK_MASK, _BE32.pack(unmarked)) if unmarked else b""
+        seq = self._next_seq()
+        self.sock.send(_message(IPCTNL_MSG_CT_GET, NLM_F_DUMP, FAMILIES[version], request, seq))
+        entry = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
+        while True:
+            try:
+                n = self.sock.recv_into(self._buf)
+            except OSError as exc:
+                raise ConntrackError(f"reading the conntrack table: {exc.strerror or exc}") from None
+            buf = memoryview(self._buf)[:n]
+            pos = 0
+            while pos + 16 <= n:
+                length, kind, _flags, mseq, _pid = _NLMSG.unpack_from(buf, pos)
+                if length < 16 or pos + length > n:
+                    break
+                if mseq == seq:
+                    if kind == NLMSG_DONE:
+                        return
+                    if kind == NLMSG_ERROR:
+                        code = -struct.unpack_from("=i", buf, pos + 16)[0]
+                        if code:
+                            raise ConntrackError(f"reading the conntrack table: {os.strerror(code)}")
+                        return
+                    if kind == entry:
+                        read(buf, pos + 20, pos + length)
+                pos += (length + 3) & ~3
+
+    def set_mark(self, flows: list, bits: int, on: bool = True) -> list:
         """Sets (on=False: clears) `bits` in the connection mark of each flow,
-        the other bits kept; returns how many entries were changed (a flow
-        that ended meanwhile is not an error)."""
+        the other bits kept; returns the flows whose entries were changed (a
+        flow that ended meanwhile is not an error, and not among them)."""
         mark, mask = _BE32.pack(bits if on else 0), _BE32.pack(bits)
-        changed = 0
+        changed: list = []
         pending: dict = {}  # seq -> flow
         chunk = bytearray()
 
-        def flush() -> int:
+        def flush() -> list:
             nonlocal chunk
             if not chunk:
-                return 0
+                return []
             self.sock.send(bytes(chunk))
             chunk = bytearray()
             return self._acks(pending)
@@ -320,9 +329,10 @@ class Conntrack:
         changed += flush()
         return changed
 
-    def _acks(self, pending: dict) -> int:
-        """Reads the acknowledgements of the messages in `pending` (emptied)."""
-        changed = 0
+    def _acks(self, pending: dict) -> list:
+        """Reads the acknowledgements of the messages in `pending` (emptied);
+        returns what pending held for those that succeeded."""
+        changed = []
         while pending:
             try:
                 n = self.sock.recv_into(self._buf)
@@ -334,14 +344,266 @@ class Conntrack:
                 if length < 16 or pos + length > n:
                     break
                 if kind == NLMSG_ERROR and seq in pending:
-                    del pending[seq]
+                    what = pending.pop(seq)
                     code = -struct.unpack_from("=i", self._buf, pos + 16)[0]
                     if code == 0:
-                        changed += 1
+                        changed.append(what)
                     elif code != errno.ENOENT:  # ENOENT: the flow ended since it was listed
-                        raise ConntrackError(f"changing a conntrack entry's mark: {os.strerror(code)}")
+                        raise ConntrackError(f"changing a conntrack entry: {os.strerror(code)}")
                 pos += (length + 3) & ~3
         return changed
+
+
+class _Columns:
+    """The flows of one IP version, a slot each: their keys (the original
+    tuple as the kernel wrote it, and the zone: how the entry is named),
+    and as columns of bytes the fields a flow is judged by: source,
+    destination (after DNAT), protocol and destination port (big-endian).
+    A slot freed by a flow that ended is taken by the next one."""
+
+    def __init__(self, version: int):
+        self.version = version
+        self.width = 4 if version == 4 else 16
+        self.clear()
+
+    def clear(self) -> None:
+        self.index: dict = {}  # key -> slot
+        self.keys: list = []  # slot -> key, None when free
+        self.free: list = []
+        self.live = bytearray()  # slot -> 1, 0 when free
+        self.src, self.dst = bytearray(), bytearray()
+        self.protocol, self.dport = bytearray(), bytearray()
+
+    def put(self, key: bytes, src, dst, protocol: int, dport) -> None:
+        slot = self.index.get(key)
+        w = self.width
+        if slot is None:
+            if self.free:
+                slot = self.free.pop()
+                self.keys[slot] = key
+            else:
+                slot = len(self.keys)
+                self.keys.append(key)
+                self.live.append(0)
+                self.src += bytes(w)
+                self.dst += bytes(w)
+                self.protocol.append(0)
+                self.dport += b"\0\0"
+            self.index[key] = slot
+            self.live[slot] = 1
+        at = slot * w
+        self.src[at:at + w] = src
+        self.dst[at:at + w] = dst
+        self.protocol[slot] = protocol
+        self.dport[2 * slot:2 * slot + 2] = dport
+
+    def drop(self, key: bytes) -> None:
+        slot = self.index.pop(key, None)
+        if slot is not None:
+            self.keys[slot] = None
+            self.live[slot] = 0
+            self.free.append(slot)
+
+    def put_message(self, buf, start: int, end: int) -> None:
+        """An entry's attributes (a dump's message or a NEW event's)."""
+        got = _fields(buf, start, end, self.version)
+        if got is not None:
+            self.put(*got)
+
+    def drop_message(self, buf, start: int, end: int) -> None:
+        """A DESTROY event's attributes."""
+        got = _fields(buf, start, end, self.version)
+        if got is not None:
+            self.drop(got[0])
+
+
+def _fields(buf, start: int, end: int, version: int) -> Optional[tuple]:
+    """(key, source, destination, protocol, destination port as 2 bytes) of
+    an entry's attributes, read as a Flow is: two unpacks when ctnetlink
+    wrote the layout it writes for protocols with ports, else parse_flow."""
+    shape = _TUPLE_FAST[version]
+    size = shape.size
+    if start + 2 * size <= end:
+        orig = shape.unpack_from(buf, start)
+        reply = shape.unpack_from(buf, start + size)
+        if _TUPLE_HEADERS(orig) == _EXPECTED[(version, CTA_TUPLE_ORIG)] and \
+                _TUPLE_HEADERS(reply) == _EXPECTED[(version, CTA_TUPLE_REPLY)] and orig[14] in PORTED:
+            zone = b"\0\0"
+            at = start + 2 * size
+            if at + 6 <= end:
+                length, kind = _NLA.unpack_from(buf, at)
+                if kind & NLA_TYPE_MASK == CTA_ZONE and length >= 6:
+                    zone = bytes(buf[at + 4:at + 6])
+            return bytes(buf[start + 4:start + size]) + zone, orig[6], reply[6], orig[14], reply[17]
+    flow = parse_flow(buf, start, end)
+    if flow is None or flow.version != version:
+        return None
+    return flow.key + _BE16.pack(flow.zone), flow.src, flow.dst, flow.protocol, _BE16.pack(flow.dport)
+
+
+class FlowTable:
+    """The live flows of a namespace's conntrack table, held in this process
+    and kept current by the kernel's conntrack events (follow=True), so that
+    a question about them costs no dump of the table.
+
+    One socket listens to the NEW and DESTROY event groups, opened before the
+    first dump: an entry made or ended while the table is listed is in the
+    dump, or in the events read after it, in the order they happened. When
+    the kernel could not queue an event (ENOBUFS: the socket's buffer was
+    full) the table is listed again. When the namespace makes no events
+    (net.netfilter.nf_conntrack_events = 0; not changed here) or follow is
+    False, sync() lists the table every time.
+
+    Entries whose mark has one of the `unmarked` bits are left out of dumps
+    (the kernel filters them); a NEW event's mark is not read (an entry's
+    mark is 0 when it is made, unless a rule sets one)."""
+
+    def __init__(self, netns: Optional[str] = None, versions=(4, 6), unmarked: int = 0, follow: bool = True):
+        self.netns = netns
+        self.unmarked = unmarked
+        self.tables = {v: _Columns(v) for v in versions}
+        self.ct = Conntrack(netns)
+        self.events = None
+        self.why_not_following = "" if follow else "not asked to"
+        self.dumps = 0  # full listings (the first, and after lost events)
+        self.lost = 0  # times the kernel said events were lost
+        self.applied = 0  # events read into the table
+        self._stale = True
+        if follow:
+            self._listen()
+
+    def _listen(self) -> None:
+        def setting() -> str:
+            try:
+                with open("/proc/sys/net/netfilter/nf_conntrack_events") as f:
+                    return f.read().strip()
+            except OSError:
+                return "?"
+        try:
+            if in_netns(self.netns, setting) == "0":
+                self.why_not_following = "the namespace makes no conntrack events (nf_conntrack_events = 0)"
+                return
+            sock = in_netns(self.netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+        except OSError as exc:
+            self.ct.close()
+            raise ConntrackError(f"cannot listen to conntrack events{f' in {self.netns}' if self.netns else ''}: "
+                                 f"{exc.strerror or exc}") from None
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, 33, 32 << 20)  # SO_RCVBUFFORCE: events between reads
+        except OSError:
+            pass
+        sock.bind((0, (1 << (NFNLGRP_CONNTRACK_NEW - 1)) | (1 << (NFNLGRP_CONNTRACK_DESTROY - 1))))
+        sock.setblocking(False)
+        self.events = sock
+
+    @property
+    def following(self) -> bool:
+        return self.events is not None
+
+    def fileno(self) -> int:
+        """The events socket's descriptor (readable when events wait), for select()."""
+        return self.events.fileno() if self.events is not None else -1
+
+    def close(self) -> None:
+        if self.events is not None:
+            self.events.close()
+            self.events = None
+        self.ct.close()
+
+    def __enter__(self) -> "FlowTable":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def sync(self) -> None:
+        """Brings the table up to the kernel's: the events waiting, or a
+        listing when there are none to follow or some were lost (then
+        listed again, at most three times in a row; after that the next
+        sync lists it)."""
+        if self.events is not None:
+            self._read_events()
+        for _ in range(3):
+            if not self._stale and self.events is not None:
+                return
+            self._stale = False
+            for columns in self.tables.values():
+                columns.clear()
+                self.ct.dump(columns.version, self.unmarked, columns.put_message)
+            self.dumps += 1
+            if self.events is None:
+                return
+            self._read_events()  # what happened while it was listed
+
+    def _read_events(self) -> None:
+        buf = self.ct._buf
+        new = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW
+        gone = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_DELETE
+        tables = {FAMILIES[v]: t for v, t in self.tables.items()}
+        while True:
+            try:
+                n = self.events.recv_into(buf)
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno == errno.ENOBUFS:
+                    self.lost += 1
+                    self._stale = True
+                    continue
+                raise ConntrackError(f"reading conntrack events: {exc.strerror or exc}") from None
+            view = memoryview(buf)[:n]
+            pos = 0
+            while pos + 20 <= n:
+                length, kind, _flags, _seq, _pid = _NLMSG.unpack_from(view, pos)
+                if length < 16 or pos + length > n:
+                    break
+                table = tables.get(view[pos + 16])
+                if table is not None:
+                    if kind == new:
+                        table.put_message(view, pos + 20, pos + length)
+                        self.applied += 1
+                    elif kind == gone:
+                        table.drop_message(view, pos + 20, pos + length)
+                        self.applied += 1
+                pos += (length + 3) & ~3
+
+    def __len__(self) -> int:
+        return sum(len(t.index) for t in self.tables.values())
+
+    def columns(self, version: int) -> tuple:
+        """(slots, source, destination, protocol, destination port) of the
+        flows of one IP version: numpy arrays, a row per live slot; addresses
+        as uint32 (IPv4) or rows of 16 bytes (IPv6)."""
+        import numpy as np
+        t = self.tables[version]
+        slots = np.flatnonzero(np.frombuffer(bytes(t.live), bool))
+        if version == 4:
+            src = np.frombuffer(bytes(t.src), ">u4").astype(np.uint32)[slots]
+            dst = np.frombuffer(bytes(t.dst), ">u4").astype(np.uint32)[slots]
+        else:
+            src = np.frombuffer(bytes(t.src), np.uint8).reshape(-1, 16)[slots]
+            dst = np.frombuffer(bytes(t.dst), np.uint8).reshape(-1, 16)[slots]
+        protocol = np.frombuffer(bytes(t.protocol), np.uint8)[slots]
+        dport = np.frombuffer(bytes(t.dport), ">u2").astype(np.uint16)[slots]
+        return slots, src, dst, protocol, dport
+
+    def flow(self, version: int, slot: int) -> Flow:
+        """The Flow in a slot (its mark not read: 0; TCP's state not kept)."""
+        t = self.tables[version]
+        key = t.keys[slot]
+        src, orig_dst, protocol, sport, _ = _tuple(key, 0, len(key) - 2)
+        w = t.width
+        dst = bytes(t.dst[slot * w:slot * w + w])
+        dport = (t.dport[2 * slot] << 8) | t.dport[2 * slot + 1]
+        return Flow(version, src, dst, protocol, sport if protocol in PORTED else 0, dport, 0,
+                    _BE16.unpack_from(key, len(key) - 2)[0], "", key[:-2], orig_dst)
+
+    def forget(self, flows: list) -> None:
+        """Flows the table should no longer hold (marked, so no dump lists them again)."""
+        for f in flows:
+            t = self.tables.get(f.version)
+            if t is not None:
+                t.drop(f.key + _BE16.pack(f.zone))
 
 
 def local_addresses(netns: Optional[str] = None) -> set:

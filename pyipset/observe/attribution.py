@@ -122,13 +122,18 @@ class Attributor:
         self._texts: dict = {}  # packed address -> str
         self._why: dict = {}  # (explainer, direction, rule, via) -> isolating policies
 
-    def update(self, programs: list, pods, now: Optional[float] = None) -> None:
-        """The programs the kernel holds now and the pods they were made from."""
+    def update(self, programs: list, pods, now: Optional[float] = None, natives: Optional[list] = None) -> None:
+        """The programs the kernel holds now and the pods they were made from;
+        natives: NativePrograms of some of them, built already (not again)."""
         programs = {p.family: p for p in programs}
         for family in list(self._native):
             if programs.get(family) is not self._programs.get(family):
                 del self._native[family]
                 self._why.clear()
+        for native in natives or ():
+            family = native.program.family
+            if programs.get(family) is native.program and family not in self._native:
+                self._native[family] = Explainer(native)
         self._programs = programs
         self.directory.update(pods, time.time() if now is None else now)
 

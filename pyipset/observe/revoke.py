@@ -16,19 +16,30 @@ The mechanism, and why:
   answered with a reset (each end learns at its next packet) and the rest
   is dropped. The entry keeps the mark for as long as it lives, whatever
   nf_conntrack_tcp_loose says.
-- Which flows: the conntrack table is listed over netlink (kernel/
-  conntrack.py: one dump per family, no process), each flow taken as our
-  FORWARD chains judged it when it opened (its source, and its destination
-  after DNAT), and judged in one batch per family by the native evaluator
-  under the old and the new program (the programs the kernel enforced
-  before and after the update: the one decision path, as explain and
-  attribution use). Revoked: allowed before, denied now. In audit mode
+- Which flows: the flows of the namespace's conntrack table, as our
+  FORWARD chains judged each when it opened (its source, and its
+  destination after DNAT), judged in one batch per family by the native
+  evaluator under the old and the new program (the programs the kernel
+  enforced before and after the update: the one decision path, as explain
+  and attribution use). Revoked: allowed before, denied now. In audit mode
   (the pod's, or --audit) a flow the new program would deny is reported as
   "would-revoke" and left alone (once: a flow audit let through before is
-  not reported again; it is cut when enforcement starts). A flow that starts or ends at the node
-  itself never crosses FORWARD and is not judged (under bridge:NAME, flows
-  into the node from the bridge are: its INPUT hook judges them). A flow
-  marked already is not judged again.
+  not reported again; it is cut when enforcement starts). A flow that
+  starts or ends at the node itself never crosses FORWARD and is not
+  judged (under bridge:NAME, flows into the node from the bridge are: its
+  INPUT hook judges them). A flow marked already is not judged again.
+- Where the flows come from: the agent holds the table in its process
+  (kernel/conntrack.FlowTable: listed once, then kept current by the
+  kernel's conntrack events, read by a thread between passes), so a pass
+  lists nothing: listing 100k entries over netlink costs ~0.2 s of kernel
+  time alone, reading an event a few microseconds when it happens. apply
+  and reconcile, one-shot, list the table.
+- How many are judged: all of them after a change of chains (a policy);
+  when only set members changed (pod churn: the chains are the same), only
+  the flows from or to an address of a changed member (scope(): every
+  other flow meets the same answer at every set lookup, so the same
+  verdict). The new program judges every flow in scope; the old one only
+  those the new one denies or audit flags.
 - When: after every update the caller makes that can deny (the agent:
   every kernel update but those that only add pods of other nodes, and a
   reconcile that repaired drift; apply: every run; reconcile: a run that
@@ -36,11 +47,16 @@ The mechanism, and why:
   program is not known (the agent's first update, apply), every live flow
   the new program denies is cut.
 
-Cost: the dump (the whole table of the namespace, both families) and one
-evaluation per flow per program; measured in bench/bench_revoke.py."""
+Cost: one evaluation per flow in scope, the old program's for the few the
+new one denies, one batch of mark messages; following the table, a few
+microseconds per conntrack event. Measured in bench/test_bench_revoke.py."""
 
 from __future__ import annotations
 
+import ipaddress
+import logging
+import select
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Optional
@@ -49,13 +65,14 @@ import numpy as np
 
 from ..compile.naming import verdict_prefix
 from ..compile.program import CT_REVOKED, MARK_EGRESS_DENIED, MARK_INGRESS_DENIED
-from ..kernel.conntrack import Conntrack, local_addresses
+from ..kernel.conntrack import FlowTable, local_addresses
 from ..verify.native import NativeProgram, SLOTS
 from .attribution import Attributor
 from .nflog import Event
 
 _DENIED_MARKS = (MARK_EGRESS_DENIED, MARK_INGRESS_DENIED)  # per slot of SLOTS
 _FAMILY_OF = {4: "inet", 6: "inet6"}
+log = logging.getLogger("pyipset.revoke")
 
 
 @dataclass
@@ -67,11 +84,21 @@ class Decision:
     judged: int = 0  # flows judged (those of the families the programs hold, not the node's own)
 
 
-class _Verdicts:
-    """A program's verdicts for a batch of flows: allowed, and the direction
-    that denies (or, audit, would deny) each, or ""."""
+@dataclass
+class Batch:
+    """Flows of one IP version as columns: addresses as uint32 (IPv4) or
+    rows of 16 bytes (IPv6), protocol numbers, destination ports (as the
+    hooks saw them: after DNAT)."""
 
-    def __init__(self, native: NativeProgram, flows: list):
+    version: int
+    src: np.ndarray
+    dst: np.ndarray
+    protocol: np.ndarray
+    dport: np.ndarray
+
+    @classmethod
+    def of(cls, flows: list) -> "Batch":
+        """The columns of Flows of one version."""
         version = flows[0].version
         if version == 4:
             src = np.frombuffer(b"".join(f.src for f in flows), dtype=">u4").astype(np.uint32)
@@ -79,12 +106,38 @@ class _Verdicts:
         else:
             src = np.frombuffer(b"".join(f.src for f in flows), dtype=np.uint8).reshape(-1, 16).copy()
             dst = np.frombuffer(b"".join(f.dst for f in flows), dtype=np.uint8).reshape(-1, 16).copy()
-        ev = native.evaluate(src, dst, np.fromiter((f.protocol for f in flows), np.uint8, len(flows)),
-                             np.fromiter((f.dport for f in flows), np.uint16, len(flows)), threads=1, trace=True)
+        return cls(version, src, dst, np.fromiter((f.protocol for f in flows), np.uint8, len(flows)),
+                   np.fromiter((f.dport for f in flows), np.uint16, len(flows)))
+
+    def __len__(self) -> int:
+        return len(self.protocol)
+
+    def take(self, rows: np.ndarray) -> "Batch":
+        return Batch(self.version, self.src[rows], self.dst[rows], self.protocol[rows], self.dport[rows])
+
+    def among(self, column: np.ndarray, addresses) -> np.ndarray:
+        """Per row, whether the address in `column` (src or dst) is one of `addresses` (packed)."""
+        addresses = list(addresses)
+        if not addresses:
+            return np.zeros(len(self), bool)
+        if self.version == 4:
+            return np.isin(column, np.frombuffer(b"".join(addresses), ">u4").astype(np.uint32))
+        found = np.zeros(len(self), bool)
+        for a in addresses:
+            found |= (column == np.frombuffer(a, np.uint8)).all(axis=1)
+        return found
+
+
+class _Verdicts:
+    """A program's verdicts for a batch of flows: allowed, and the direction
+    that denies (or, audit, would deny) each, or ""."""
+
+    def __init__(self, native: NativeProgram, batch: Batch):
+        ev = native.evaluate(batch.src, batch.dst, batch.protocol, batch.dport, threads=1, trace=True)
         self.allowed = ev.allowed
         # Per flow: the slot (direction) whose verdict mark is DENIED, egress before ingress.
         marks = _rule_marks(native)
-        denied_in = np.full(len(flows), -1, np.int8)
+        denied_in = np.full(len(batch), -1, np.int8)
         for k in reversed(range(len(SLOTS))):
             rules = ev.slots[:, k, 0]
             hit = (rules >= 0) & ((marks[np.maximum(rules, 0)] & _DENIED_MARKS[k]) != 0)
@@ -108,58 +161,136 @@ def _rule_marks(native: NativeProgram) -> np.ndarray:
     return marks
 
 
-def _judged_here(program, flow, local: frozenset) -> bool:
-    """Whether the program's hooks judged the flow when it opened: it crossed
-    FORWARD (neither end is the node itself), or, under bridge:NAME, it came
-    into the node (its INPUT hook)."""
-    if flow.src in local:
-        return False
-    if flow.dst in local:
-        return any(chain == "INPUT" for chain, _ in program.hooks)
-    return True
+SCOPE_LIMIT = 256  # changed addresses beyond which every flow is judged
 
 
-def judge(flows: list, new: dict, old: Optional[dict] = None, local=frozenset(), natives: Optional[dict] = None) \
-        -> Decision:
-    """The flows a change from programs `old` to `new` (family -> RuleProgram;
-    old None: not known, every flow counts as allowed before) revokes, and in
-    audit mode would revoke. natives: RuleProgram id -> NativeProgram, reused
-    between calls (filled here)."""
-    natives = {} if natives is None else natives
+def scope(old, new, deltas: Optional[dict] = None) -> Optional[set]:
+    """The addresses (packed) outside which no flow's verdict can differ
+    between programs `old` and `new`; None: any flow's can.
 
-    def native(program) -> NativeProgram:
-        got = natives.get(id(program))
+    A verdict is a walk of the chains in which every set match looks up the
+    flow's own fields. When the chains and hooks are the same, a flow that
+    is a member of no set whose members changed gets the same answer from
+    every lookup, so the same verdict: only flows from or to an address of a
+    changed member can differ. That is the case of pod churn (members of a
+    few sets, the chains untouched). A changed member that is a network,
+    not one address, or more than SCOPE_LIMIT addresses: None.
+
+    deltas: what the change did to sets, where known ((family, name) ->
+    (set before, set after, members taken out, members put in), as
+    compile/incremental.py records it): those members are not looked for."""
+    if old is None:
+        return None
+    if old is new:
+        return set()
+    if old.entry != new.entry or old.hooks != new.hooks or (old.chains is not new.chains
+                                                             and old.chains != new.chains):
+        return None
+    out: set = set()
+    for name in old.sets.keys() | new.sets.keys():
+        a, b = old.sets.get(name), new.sets.get(name)
+        if a is b:
+            continue
+        if a is None or b is None or (a.type, a.family, a.timeout) != (b.type, b.family, b.timeout):
+            return None
+        delta = (deltas or {}).get((new.family, name))
+        if delta is not None and delta[0] is a and delta[1] is b:
+            changed = (*delta[2], *delta[3])
+        elif a.members == b.members:
+            continue
+        else:
+            changed = set(a.members).symmetric_difference(b.members)
+        for member in changed:
+            head = member.split(" ", 1)[0].split(",")
+            for text in (head[0], head[2]) if len(head) > 2 else (head[0],):
+                address, _, length = text.partition("/")
+                try:
+                    ip = ipaddress.ip_address(address)
+                except ValueError:
+                    return None
+                if length and int(length) != ip.max_prefixlen:
+                    return None
+                out.add(ip.packed)
+        if len(out) > SCOPE_LIMIT:
+            return None
+    return out
+
+
+def judged_here(program, batch: Batch, local: frozenset) -> np.ndarray:
+    """Per flow, whether the program's hooks judged it when it opened: it
+    crossed FORWARD (neither end is the node itself), or, under bridge:NAME,
+    it came into the node (its INPUT hook)."""
+    local = [a for a in local if len(a) == (4 if batch.version == 4 else 16)]
+    if not local:
+        return np.ones(len(batch), bool)
+    here = ~batch.among(batch.src, local)
+    if not any(chain == "INPUT" for chain, _ in program.hooks):
+        here &= ~batch.among(batch.dst, local)
+    return here
+
+
+def decide(batch: Batch, new: NativeProgram, old: Optional[NativeProgram]) -> tuple:
+    """(rows to cut, rows audit would cut, the new program's _Verdicts) of a
+    batch under programs old (None: not known, every flow allowed before)
+    and new. Every flow is judged by the new program; the old one judges
+    only those the new one denies or audit flags (the rest cannot change)."""
+    after = _Verdicts(new, batch)
+    flagged = np.flatnonzero(~after.allowed | (after.denied_in >= 0))
+    was_allowed, was_reported = np.ones(len(flagged), bool), np.zeros(len(flagged), bool)
+    if old is not None and len(flagged):
+        before = _Verdicts(old, batch.take(flagged))
+        # Audit let a flow through (cut when enforcement starts); reported once, when it starts.
+        was_allowed, was_reported = before.allowed, before.denied_in >= 0
+    now_allowed = after.allowed[flagged]
+    cut = flagged[was_allowed & ~now_allowed]
+    would = flagged[was_allowed & ~was_reported & now_allowed]
+    return cut, would, after
+
+
+class _Natives:
+    """NativePrograms of the programs judged lately, by program (a new one
+    takes the built sets that equal those of the last one of its family)."""
+
+    def __init__(self):
+        self.built: dict = {}  # id(RuleProgram) -> NativeProgram
+
+    def get(self, program) -> NativeProgram:
+        got = self.built.get(id(program))
         if got is None or got.program is not program:
-            got = natives[id(program)] = NativeProgram(program)
+            like = next((n for n in reversed(list(self.built.values())) if n.program.family == program.family),
+                        None)
+            got = self.built[id(program)] = NativeProgram(program, like=like)
         return got
 
+    def keep(self, programs) -> None:
+        """Only the NativePrograms of these programs are kept."""
+        self.built = {k: v for k, v in self.built.items() if any(v.program is p for p in programs)}
+
+
+def judge(flows: list, new: dict, old: Optional[dict] = None, local=frozenset(), natives=None) -> Decision:
+    """The flows a change from programs `old` to `new` (family -> RuleProgram;
+    old None: not known, every flow counts as allowed before) revokes, and in
+    audit mode would revoke. natives: a _Natives reused between calls."""
+    natives = _Natives() if natives is None else natives
     decision = Decision()
     local = frozenset(local)
     by_version: dict = {}
     for f in flows:
-        if f.mark & CT_REVOKED or f.version not in _FAMILY_OF:
-            continue
-        program = new.get(_FAMILY_OF[f.version])
-        if program is None or not _judged_here(program, f, local):
+        if f.mark & CT_REVOKED or f.version not in _FAMILY_OF or _FAMILY_OF[f.version] not in new:
             continue
         by_version.setdefault(f.version, []).append(f)
-    for version, batch in by_version.items():
+    for version, listed in by_version.items():
         family = _FAMILY_OF[version]
-        decision.judged += len(batch)
-        after = _Verdicts(native(new[family]), batch)
+        batch = Batch.of(listed)
+        rows = np.flatnonzero(judged_here(new[family], batch, local))
+        decision.judged += len(rows)
         before_program = None if old is None else old.get(family)
-        if before_program is new[family]:
+        if before_program is new[family] or not len(rows):
             continue  # the same program: nothing changed
-        if before_program is not None:
-            before = _Verdicts(native(before_program), batch)
-            # Audit let a flow through (cut when enforcement starts); reported once, when it starts.
-            was_allowed, was_reported = before.allowed, before.denied_in >= 0
-        else:
-            was_allowed, was_reported = np.ones(len(batch), bool), np.zeros(len(batch), bool)
-        cut = was_allowed & ~after.allowed
-        would = was_allowed & ~was_reported & after.allowed & (after.denied_in >= 0)
-        decision.revoke += [(batch[i], after.direction(i)) for i in np.nonzero(cut)[0].tolist()]
-        decision.would += [(batch[i], after.direction(i)) for i in np.nonzero(would)[0].tolist()]
+        cut, would, after = decide(batch.take(rows), natives.get(new[family]),
+                                   None if before_program is None else natives.get(before_program))
+        decision.revoke += [(listed[rows[i]], after.direction(i)) for i in cut.tolist()]
+        decision.would += [(listed[rows[i]], after.direction(i)) for i in would.tolist()]
     return decision
 
 
@@ -172,41 +303,130 @@ class Outcome:
     flows: int  # entries in the table
     judged: int
     marked: int  # entries whose mark was set (a flow that ended meanwhile is not)
-    seconds: float
+    seconds: float  # the whole pass, reporting included
+    cut_seconds: float = 0.0  # from the start of the pass to the last mark set
 
 
 class Revoker:
-    """Revocation passes in one network namespace (None: this one)."""
+    """Revocation passes in one network namespace (None: this one).
 
-    def __init__(self, netns: Optional[str] = None):
+    follow=True (the agent): the namespace's flows are held in this process,
+    kept current by conntrack events (kernel/conntrack.FlowTable), so that a
+    pass lists nothing; call follow_events() to keep reading them between
+    passes. follow=False (apply, reconcile): each pass lists the table."""
+
+    def __init__(self, netns: Optional[str] = None, follow: bool = False):
         self.netns = netns
+        self.follow = follow
         self.attributor = Attributor()
-        self._natives: dict = {}
+        self._natives = _Natives()
+        self._table: Optional[FlowTable] = None
+        self._lock = threading.Lock()  # the table: passes and the events thread
 
-    def run(self, new_programs: list, pods, old_programs: Optional[list] = None) -> Outcome:
+    def _flows(self) -> FlowTable:
+        """The table, brought up to the kernel's (made on first use)."""
+        if self._table is None:
+            self._table = FlowTable(self.netns, unmarked=CT_REVOKED, follow=self.follow)
+            if self.follow and not self._table.following:
+                log.warning("revocation lists the conntrack table on every pass: %s", self._table.why_not_following)
+        self._table.sync()
+        return self._table
+
+    def follow_events(self, stop: threading.Event) -> threading.Thread:
+        """A thread reading conntrack events into the table until `stop` is
+        set, so that a pass finds little to read. A failure is logged and
+        tried again (the passes list the table meanwhile)."""
+        def loop():
+            failed = False
+            while not stop.is_set():
+                try:
+                    with self._lock:
+                        table = self._flows()
+                    if not table.following:
+                        return
+                    failed = False
+                    select.select([table], [], [], 1.0)
+                except Exception as exc:  # noqa: BLE001 - said once, tried again
+                    if not failed:
+                        log.error("reading conntrack events: %s", exc)
+                    failed = True
+                    with self._lock:
+                        self._close()
+                    stop.wait(10.0)
+            with self._lock:
+                self._close()
+
+        thread = threading.Thread(target=loop, name="conntrack-events", daemon=True)
+        thread.start()
+        return thread
+
+    def _close(self) -> None:
+        if self._table is not None:
+            self._table.close()
+            self._table = None
+
+    def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def run(self, new_programs: list, pods, old_programs: Optional[list] = None,
+            deltas: Optional[dict] = None) -> Outcome:
         """Judges the live flows (see the top of the module), marks those to
-        revoke and reports them, and those audit mode would revoke."""
+        revoke and reports them, and those audit mode would revoke. deltas:
+        what the change did to sets, where known (see scope())."""
         started = time.perf_counter()
         new = {p.family: p for p in new_programs}
         old = None if old_programs is None else {p.family: p for p in old_programs}
-        self._natives = {k: v for k, v in self._natives.items()
-                         if any(v.program is p for p in list(new.values()) + list((old or {}).values()))}
-        versions = [v for v, fam in _FAMILY_OF.items() if fam in new]
-        with Conntrack(self.netns) as ct:
-            flows = ct.flows(versions, unmarked=CT_REVOKED)
-            local = local_addresses(self.netns) if flows else set()
-            decision = judge(flows, new, old, local, self._natives)
-            marked = ct.set_mark([f for f, _ in decision.revoke], CT_REVOKED) if decision.revoke else 0
+        self._natives.keep(list(new.values()) + list((old or {}).values()))
+        decision = Decision()
+        with self._lock:
+            try:
+                table = self._flows()
+                local = None
+                for version, family in _FAMILY_OF.items():
+                    program = new.get(family)
+                    before = None if old is None else old.get(family)
+                    if program is None or program is before or version not in table.tables:
+                        continue
+                    where = scope(before, program, deltas)
+                    if where is not None and not where:
+                        continue
+                    slots, *columns = table.columns(version)
+                    batch = Batch(version, *columns)
+                    rows = np.ones(len(batch), bool) if where is None else \
+                        batch.among(batch.src, where) | batch.among(batch.dst, where)
+                    if rows.any():
+                        local = local_addresses(self.netns) if local is None else local
+                        rows &= judged_here(program, batch, frozenset(local))
+                    rows = np.flatnonzero(rows)
+                    decision.judged += len(rows)
+                    if not len(rows):
+                        continue
+                    cut, would, after = decide(batch.take(rows), self._natives.get(program),
+                                               None if before is None else self._natives.get(before))
+                    decision.revoke += [(table.flow(version, int(slots[rows[i]])), after.direction(i))
+                                        for i in cut.tolist()]
+                    decision.would += [(table.flow(version, int(slots[rows[i]])), after.direction(i))
+                                       for i in would.tolist()]
+                marked = table.ct.set_mark([f for f, _ in decision.revoke], CT_REVOKED) if decision.revoke else []
+                cut_seconds = time.perf_counter() - started
+                table.forget([f for f, _ in decision.revoke])  # marked (or ended): no pass judges them again
+                flows = len(table)
+            except Exception:
+                self._close()  # listed afresh by the next pass
+                raise
+        changed = set(marked)
+        revoke = [(f, d) for f, d in decision.revoke if f in changed]
         revoked = would = []
-        if decision.revoke or decision.would:
-            self.attributor.update(new_programs, pods)
+        if revoke or decision.would:
+            self.attributor.update(new_programs, pods, natives=[self._natives.get(p) for p in new_programs])
             now = time.time()
-            revoked = self._blocks(decision.revoke, "revoked", now)
+            revoked = self._blocks(revoke, "revoked", now)
             would = self._blocks(decision.would, "would-revoke", now)
-        return Outcome(revoked, would, len(flows), decision.judged, marked, time.perf_counter() - started)
+        return Outcome(revoked, would, flows, decision.judged, len(marked), time.perf_counter() - started,
+                       cut_seconds)
 
     def _blocks(self, items: list, verdict: str, now: float) -> list:
         events = [Event(f.version, f.src, f.dst, f.protocol, f.sport, f.dport, verdict_prefix(direction, verdict),
                         now) for f, direction in items]
         return self.attributor.attribute(events)
-

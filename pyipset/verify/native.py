@@ -4,6 +4,8 @@ cluster computed from them."""
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import ipaddress
 from dataclasses import dataclass
 
@@ -39,11 +41,20 @@ def map_entry(name: str, chain: str) -> str:
     return f"{name}>{chain}"
 
 
-def build_sets(program: RuleProgram) -> dict:
+def build_sets(program: RuleProgram, like: "NativeProgram" = None) -> dict:
     """name -> IPSet of every set of the program; a verdict map becomes one
-    hash:ip set per chain it sends to (map_entry), the evaluator's form of it."""
+    hash:ip set per chain it sends to (map_entry), the evaluator's form of it.
+    like: a NativeProgram of another program whose built sets are taken for
+    the sets that are the same in both (built sets are never changed)."""
     out = {}
     for name, setdef in program.sets.items():
+        was = None if like is None else like.program.sets.get(name)
+        if was is not None and (was is setdef or was == setdef):
+            if not setdef.is_map:
+                out[name] = like.sets[name]
+            else:
+                out.update((k, v) for k, v in like.sets.items() if k.startswith(map_entry(name, "")))
+            continue
         if not setdef.is_map:
             out[name] = build_set(setdef)
             continue
@@ -100,15 +111,37 @@ class Evaluation:
         return self.slots[:, len(SLOTS) * (1 + PASS_TIERS.index(tier)) + SLOTS.index(name), 0]
 
 
+@contextlib.contextmanager
+def _collector_paused():
+    """The cyclic garbage collector paused while a program is loaded: the
+    load makes tens of thousands of small acyclic tuples, and in a process
+    holding a large cluster each full collection they set off walks every
+    object it holds (measured: a 25 ms load of a 10k-pod program took 170 ms
+    when one ran). Nothing the load makes is cyclic; collections resume
+    after it, as many as were due."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
 class NativeProgram:
     """A RuleProgram loaded into the evaluator, with its sets built natively."""
 
-    def __init__(self, program: RuleProgram, entry: str = "", sets: dict = None):
+    def __init__(self, program: RuleProgram, entry: str = "", sets: dict = None, like: "NativeProgram" = None):
         """entry: start the walk in this chain instead of the program's entry;
-        sets: the built sets of another NativeProgram of the same program (shared)."""
+        sets: the built sets of another NativeProgram of the same program (shared);
+        like: a NativeProgram of another program, whose sets are taken where equal."""
+        with _collector_paused():
+            self._load(program, entry, sets, like)
+
+    def _load(self, program: RuleProgram, entry: str, sets, like) -> None:
         self.program = program
         self.entry = entry or program.entry
-        self.sets = sets if sets is not None else build_sets(program)
+        self.sets = sets if sets is not None else build_sets(program, like)
         set_index = {name: i for i, name in enumerate(self.sets)}
         chain_index = {name: i for i, name in enumerate(program.chains)}
         self.rules: list[tuple[str, int, Rule]] = []
