@@ -178,3 +178,21 @@ def test_the_evaluator_walks_random_programs_as_iptables_would(prog, seed):
     for i in range(n):
         flow = {"src": ADDRS[src[i]], "dst": ADDRS[dst[i]], "proto": int(proto[i]), "dport": int(dport[i])}
         assert bool(got[i]) == walk(prog, flow), (flow, prog.chains)
+
+
+@settings(max_examples=300, deadline=None)
+@given(prog=programs(), other=programs(), seed=st.integers(0, 2 ** 32 - 1))
+def test_a_program_loaded_like_another_walks_as_its_own(prog, other, seed):
+    """NativeProgram(prog, like=...) takes the built sets that are the same
+    in both programs (the revocation pass loads each new program so): it
+    still walks prog as iptables would, whatever `other` holds."""
+    rng = np.random.default_rng(seed)
+    n = 64
+    src, dst = rng.choice(len(ADDRS), n), rng.choice(len(ADDRS), n)
+    proto = rng.choice(np.array([6, 17], np.uint8), n)
+    dport = rng.choice(np.array(PORTS, np.uint16), n)
+    ips = np.array([int(ipaddress.IPv4Address(a)) for a in ADDRS], np.uint32)
+    got = NativeProgram(prog, like=NativeProgram(other)).evaluate(ips[src], ips[dst], proto, dport, threads=1).allowed
+    for i in range(n):
+        flow = {"src": ADDRS[src[i]], "dst": ADDRS[dst[i]], "proto": int(proto[i]), "dport": int(dport[i])}
+        assert bool(got[i]) == walk(prog, flow), (flow, prog.chains)

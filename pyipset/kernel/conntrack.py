@@ -189,6 +189,7 @@ def _expected_headers(version: int, which: int) -> tuple:
 
 
 _EXPECTED = {(v, w): _expected_headers(v, w) for v in (4, 6) for w in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY)}
+_KEY_HEAD = bytes(4)  # in place of the attribute header a key (a tuple's payload) lacks
 
 
 def fast_flow(buf, start: int, end: int, version: int) -> Optional[Flow]:
@@ -570,28 +571,41 @@ class FlowTable:
     def __len__(self) -> int:
         return sum(len(t.index) for t in self.tables.values())
 
-    def columns(self, version: int) -> tuple:
+    def columns(self, version: int, rows=None, ports: bool = True) -> tuple:
         """(slots, source, destination, protocol, destination port) of the
         flows of one IP version: numpy arrays, a row per live slot; addresses
-        as uint32 (IPv4) or rows of 16 bytes (IPv6)."""
+        as uint32 (IPv4) or rows of 16 bytes (IPv6). rows: of those, only
+        these (indexes into the slots of a call without rows, the table
+        unchanged since); ports=False: protocol and port None."""
         import numpy as np
         t = self.tables[version]
         slots = np.flatnonzero(np.frombuffer(bytes(t.live), bool))
-        if version == 4:
-            src = np.frombuffer(bytes(t.src), ">u4").astype(np.uint32)[slots]
-            dst = np.frombuffer(bytes(t.dst), ">u4").astype(np.uint32)[slots]
-        else:
-            src = np.frombuffer(bytes(t.src), np.uint8).reshape(-1, 16)[slots]
-            dst = np.frombuffer(bytes(t.dst), np.uint8).reshape(-1, 16)[slots]
-        protocol = np.frombuffer(bytes(t.protocol), np.uint8)[slots]
-        dport = np.frombuffer(bytes(t.dport), ">u2").astype(np.uint16)[slots]
-        return slots, src, dst, protocol, dport
+        if rows is not None:
+            slots = slots[rows]
+        dense = len(slots) == len(t.keys)  # every slot, in order: no gather
+
+        def column(data: bytearray, dtype, width: int = 0):
+            view = np.frombuffer(data, dtype)  # of the bytearray itself: dropped before this returns
+            out = view.reshape(-1, width) if width else view
+            out = out.copy() if dense else out[slots]
+            del view
+            return out if width or out.dtype.isnative else out.astype(out.dtype.newbyteorder("="))
+
+        width = 0 if version == 4 else 16
+        kind = ">u4" if version == 4 else np.uint8
+        return slots, column(t.src, kind, width), column(t.dst, kind, width), \
+            column(t.protocol, np.uint8) if ports else None, column(t.dport, ">u2") if ports else None
 
     def flow(self, version: int, slot: int) -> Flow:
         """The Flow in a slot (its mark not read: 0; TCP's state not kept)."""
         t = self.tables[version]
         key = t.keys[slot]
-        src, orig_dst, protocol, sport, _ = _tuple(key, 0, len(key) - 2)
+        shape = _TUPLE_FAST[version]
+        fields = shape.unpack(_KEY_HEAD + key[:-2]) if len(key) - 2 + 4 == shape.size else None
+        if fields is not None and _TUPLE_HEADERS(fields)[2:] == _EXPECTED[(version, CTA_TUPLE_ORIG)][2:]:
+            src, orig_dst, protocol, sport = fields[6], fields[9], fields[14], (fields[17][0] << 8) | fields[17][1]
+        else:
+            src, orig_dst, protocol, sport, _ = _tuple(key, 0, len(key) - 2)
         w = t.width
         dst = bytes(t.dst[slot * w:slot * w + w])
         dport = (t.dport[2 * slot] << 8) | t.dport[2 * slot + 1]

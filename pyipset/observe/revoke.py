@@ -63,7 +63,7 @@ from typing import Optional
 
 import numpy as np
 
-from ..compile.naming import verdict_prefix
+from ..compile.naming import audit_chain, verdict_prefix
 from ..compile.program import CT_REVOKED, MARK_EGRESS_DENIED, MARK_INGRESS_DENIED
 from ..kernel.conntrack import FlowTable, local_addresses
 from ..verify.native import NativeProgram, SLOTS
@@ -110,7 +110,7 @@ class Batch:
                    np.fromiter((f.dport for f in flows), np.uint16, len(flows)))
 
     def __len__(self) -> int:
-        return len(self.protocol)
+        return len(self.src)
 
     def take(self, rows: np.ndarray) -> "Batch":
         return Batch(self.version, self.src[rows], self.dst[rows], self.protocol[rows], self.dport[rows])
@@ -130,35 +130,40 @@ class Batch:
 
 class _Verdicts:
     """A program's verdicts for a batch of flows: allowed, and the direction
-    that denies (or, audit, would deny) each, or ""."""
+    that denies (or, audit, would deny) each, or "". Without audit mode in
+    the program only a denied flow has such a direction: the walk is traced
+    (which rules decided) for those alone."""
 
     def __init__(self, native: NativeProgram, batch: Batch):
-        ev = native.evaluate(batch.src, batch.dst, batch.protocol, batch.dport, threads=1, trace=True)
+        audit = any(audit_chain(d) in native.program.chains for d in SLOTS)
+        ev = native.evaluate(batch.src, batch.dst, batch.protocol, batch.dport, threads=1, trace=audit)
         self.allowed = ev.allowed
+        self.denied_in = np.full(len(batch), -1, np.int8)
+        rows = np.arange(len(batch)) if audit else np.flatnonzero(~ev.allowed)
+        if not len(rows):
+            return
+        if not audit:
+            part = batch.take(rows)
+            ev = native.evaluate(part.src, part.dst, part.protocol, part.dport, threads=1, trace=True)
         # Per flow: the slot (direction) whose verdict mark is DENIED, egress before ingress.
-        marks = _rule_marks(native)
-        denied_in = np.full(len(batch), -1, np.int8)
+        marks = native.marks
+        denied_in = np.full(len(rows), -1, np.int8)
         for k in reversed(range(len(SLOTS))):
             rules = ev.slots[:, k, 0]
             hit = (rules >= 0) & ((marks[np.maximum(rules, 0)] & _DENIED_MARKS[k]) != 0)
             denied_in[hit] = k
-        self.denied_in = denied_in
+        self.denied_in[rows] = denied_in
+
+    def directions(self, rows: np.ndarray) -> list:
+        """direction() of each of these rows."""
+        names = (*SLOTS, "unknown")  # index -1: unknown
+        return [names[k] for k in self.denied_in[rows].tolist()]
 
     def direction(self, i: int) -> str:
         """The direction that denies flow i (or would, in audit mode); a flow
         denied with no direction's verdict was denied as an address of the
         node's pod CIDRs that no known pod holds."""
         return SLOTS[self.denied_in[i]] if self.denied_in[i] >= 0 else "unknown"
-
-
-def _rule_marks(native: NativeProgram) -> np.ndarray:
-    """The mark each rule of the program sets (0 for rules that set none), by global index."""
-    marks = getattr(native, "_revoke_marks", None)
-    if marks is None:
-        marks = np.fromiter((rule.mark if rule.target == "MARK" else 0 for _, _, rule in native.rules), np.int64,
-                            len(native.rules))
-        native._revoke_marks = marks
-    return marks
 
 
 SCOPE_LIMIT = 256  # changed addresses beyond which every flow is judged
@@ -391,23 +396,23 @@ class Revoker:
                     where = scope(before, program, deltas)
                     if where is not None and not where:
                         continue
-                    slots, *columns = table.columns(version)
+                    slots, *columns = table.columns(version, ports=where is None)
                     batch = Batch(version, *columns)
-                    rows = np.ones(len(batch), bool) if where is None else \
-                        batch.among(batch.src, where) | batch.among(batch.dst, where)
-                    if rows.any():
+                    if where is not None:  # only flows from or to the addresses in scope
+                        near = np.flatnonzero(batch.among(batch.src, where) | batch.among(batch.dst, where))
+                        slots, *columns = table.columns(version, near)
+                        batch = Batch(version, *columns)
+                    if len(batch):
                         local = local_addresses(self.netns) if local is None else local
-                        rows &= judged_here(program, batch, frozenset(local))
-                    rows = np.flatnonzero(rows)
-                    decision.judged += len(rows)
-                    if not len(rows):
+                        rows = np.flatnonzero(judged_here(program, batch, frozenset(local)))
+                        decision.judged += len(rows)
+                    if not len(batch) or not len(rows):
                         continue
                     cut, would, after = decide(batch.take(rows), self._natives.get(program),
                                                None if before is None else self._natives.get(before))
-                    decision.revoke += [(table.flow(version, int(slots[rows[i]])), after.direction(i))
-                                        for i in cut.tolist()]
-                    decision.would += [(table.flow(version, int(slots[rows[i]])), after.direction(i))
-                                       for i in would.tolist()]
+                    for found, picked in ((decision.revoke, cut), (decision.would, would)):
+                        found += zip(map(table.flow, [version] * len(picked), slots[rows[picked]].tolist()),
+                                     after.directions(picked))
                 marked = table.ct.set_mark([f for f, _ in decision.revoke], CT_REVOKED) if decision.revoke else []
                 cut_seconds = time.perf_counter() - started
                 table.forget([f for f, _ in decision.revoke])  # marked (or ended): no pass judges them again
@@ -415,8 +420,8 @@ class Revoker:
             except Exception:
                 self._close()  # listed afresh by the next pass
                 raise
-        changed = set(marked)
-        revoke = [(f, d) for f, d in decision.revoke if f in changed]
+        changed = {id(f) for f in marked}  # the flows set_mark was given, those it changed
+        revoke = [(f, d) for f, d in decision.revoke if id(f) in changed]
         revoked = would = []
         if revoke or decision.would:
             self.attributor.update(new_programs, pods, natives=[self._natives.get(p) for p in new_programs])

@@ -146,37 +146,47 @@ class NativeProgram:
         chain_index = {name: i for i, name in enumerate(program.chains)}
         self.rules: list[tuple[str, int, Rule]] = []
         chain_first, chain_len, rules, matches, nets = [], [], [], [], []
+        marks = []  # per rule, the mark it sets (0 for rules that set none)
+        # The loop below runs once per rule and match of the program (14k matches at 10k pods): names bound here.
+        set_kind, state_kind, dims_of, targets = _MATCH_KINDS["set"], _MATCH_KINDS["state"], _DIMS, _TARGETS
+        dynamic = {name for name, d in program.sets.items() if d.dynamic}
+        add_match, add_rule, add_mark, add_ref = matches.append, rules.append, marks.append, self.rules.append
         for chain, chain_rules in program.chains.items():
+            here = chain_index[chain]
             chain_first.append(len(rules))
             chain_len.append(len(chain_rules))
             for i, rule in enumerate(chain_rules):
                 first = len(matches)
                 for m in rule.matches:
-                    if m.kind == "set" and program.sets[m.name].dynamic:
-                        # Empty for a connection's first packet: a state match on no state never holds.
-                        matches.append((_MATCH_KINDS["state"], 0, m.negate, 0, 0, 0))
-                    elif m.kind == "set":
-                        matches.append((_MATCH_KINDS["set"], _DIMS[m.dims], m.negate, set_index[m.name], 0, 0))
-                    elif m.kind == "state":
-                        matches.append((_MATCH_KINDS["state"], 0, m.negate, 0, sum(_STATES[s] for s in m.states),
-                                        0))
-                    elif m.kind == "connmark":
+                    kind = m.kind
+                    if kind == "set":
+                        if m.name in dynamic:
+                            # Empty for a connection's first packet: a state match on no state never holds.
+                            add_match((state_kind, 0, m.negate, 0, 0, 0))
+                        else:
+                            add_match((set_kind, dims_of[m.dims], m.negate, set_index[m.name], 0, 0))
+                    elif kind == "state":
+                        add_match((state_kind, 0, m.negate, 0, sum(_STATES[s] for s in m.states), 0))
+                    elif kind == "connmark":
                         # A NEW connection's conntrack mark is 0: the match holds iff value is 0
                         # (a state match on no state never holds).
-                        matches.append((_MATCH_KINDS["state"], 0, m.negate != (m.value == 0), 0, 0, 0))
-                    elif m.kind == "addr":
-                        matches.append(_address_match(m, program.family, nets))
+                        add_match((state_kind, 0, m.negate != (m.value == 0), 0, 0, 0))
+                    elif kind == "addr":
+                        add_match(_address_match(m, program.family, nets))
                     else:
-                        matches.append((_MATCH_KINDS[m.kind], 0, m.negate, 0, m.value, m.value2))
-                jump = chain_index[rule.jump] if rule.target in ("JUMP", "GOTO") else 0
-                if rule.target == "DISPATCH":  # its entries follow its matches: (set of addresses, chain)
-                    to = dict.fromkeys(program.sets[rule.dispatch].mapping().values())
-                    matches += [(_MATCH_KINDS["set"], _DIMS[rule.dispatch_dims], False,
+                        add_match((_MATCH_KINDS[kind], 0, m.negate, 0, m.value, m.value2))
+                target = rule.target
+                jump = chain_index[rule.jump] if target == "JUMP" or target == "GOTO" else 0
+                if target == "DISPATCH":  # its entries follow its matches: (set of addresses, chain)
+                    entry = map_entry(rule.dispatch, "")  # the map's sets, one per chain, as build_sets made them
+                    to = [name[len(entry):] for name in self.sets if name.startswith(entry)]
+                    matches += [(set_kind, dims_of[rule.dispatch_dims], False,
                                  set_index[map_entry(rule.dispatch, c)], chain_index[c], 0) for c in to]
                     jump = len(to)
-                rules.append((_TARGETS[rule.target], chain_index[chain], jump, rule.mark, rule.mark_mask, first,
-                              len(rule.matches)))
-                self.rules.append((chain, i, rule))
+                add_rule((targets[target], here, jump, rule.mark, rule.mark_mask, first, len(rule.matches)))
+                add_mark(rule.mark if target == "MARK" else 0)
+                add_ref((chain, i, rule))
+        self.marks = np.array(marks, np.int64)
         self.native = _core.Program(program.family, list(self.sets.values()), chain_first, chain_len, rules,
                                     matches, chain_index[self.entry], nets)
         self.native.set_mark_slots(list(_SLOT_MASKS))
