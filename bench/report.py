@@ -410,8 +410,8 @@ def check_targets(benches) -> list[tuple[str, str, bool, str]]:
                  f"p50 {nothing['p50_ms']:.2f} ms, p99 {nothing['p99_ms']:.2f} ms (a pod of this node added: "
                  f"{nothing['judged']} flows judged; pod churn of other nodes runs no pass)"
                  + (f"; following the table costs {events['us_per_event']:.1f} us of CPU per conntrack event, "
-                    f"{events['cpu_pct_at_1000_connections_per_s']:.1f}% of a core at 1,000 new connections/s"
-                    if events else ""))
+                    f"{events['cpu_pct_at_1000_connections_per_s']:.1f}% of a core at 1,000 new connections/s, "
+                    f"and holds {events['bytes_per_flow_held']:.0f} bytes per flow" if events else ""))
     return results
 
 

@@ -24,8 +24,8 @@ over the kept pod sets; pod churn changes members, the chains kept.
   Target: <= 1 ms. (An update the agent can tell denies nothing runs no pass
   at all: pods of other nodes added, agent/loop.py _can_deny.)
 - "events": what following costs: reading EVENTS conntrack events (flows
-  made) into the table, per event (CPU); a connection makes two (NEW and
-  DESTROY).
+  made) into the table, per event (CPU; a connection makes two, NEW and
+  DESTROY), and the memory the table holds per flow.
 
 The flows are conntrack entries made over ctnetlink (UDP, port 53, timeout
 600 s) in a scratch network namespace (pyipset/lab/entries.py), so no
@@ -39,6 +39,7 @@ import dataclasses
 import ipaddress
 import os
 import time
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -175,5 +176,19 @@ def test_events(benchmark, node):
             revoker.close()
 
         benchmark.pedantic(one_round, rounds=3, iterations=1, warmup_rounds=0)
+        # What the table holds per flow: Python's allocations while it reads EVENTS (not timed above).
+        revoker = Revoker(netns, follow=True)
+        with revoker._lock:
+            table = revoker._flows()
+        with Conntrack(netns) as ct:
+            flows = [(0xC6120000 + i, 0xC6130000 + i, 1024 + i % 60000, 53) for i in range(EVENTS)]
+            entries.make(ct, flows)
+            tracemalloc.start()
+            table.sync()
+            held = tracemalloc.get_traced_memory()[0]
+            tracemalloc.stop()
+            entries.remove(ct, flows)
+        revoker.close()
     us = sorted(per_event)[len(per_event) // 2] * 1e6
-    benchmark.extra_info.update(events=EVENTS, us_per_event=us, cpu_pct_at_1000_connections_per_s=us * 2 * 1000 / 1e4)
+    benchmark.extra_info.update(events=EVENTS, us_per_event=us, cpu_pct_at_1000_connections_per_s=us * 2 * 1000 / 1e4,
+                                bytes_per_flow_held=held / EVENTS)

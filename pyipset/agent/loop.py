@@ -133,6 +133,9 @@ class Agent:
         self.revoker = Revoker(settings.netns, follow=True) if settings.revoke_established else None
         self.revocation_log = StructuredLines("pyipset.blocked")
         self.revocation_bucket = TokenBucket(settings.block_log_rate, max(1.0, 2 * settings.block_log_rate))
+        if self.revoker is not None:
+            self.metrics.revocation_flows.set_function(lambda: self.revoker.held()[0])
+            self.metrics.revocation_listings.set_function(lambda: self.revoker.held()[1])
         self.metrics.nflog_reading.set_function(
             lambda: 1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
 

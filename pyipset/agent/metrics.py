@@ -134,6 +134,12 @@ class Metrics:
         self.would_revoke = Counter(f"{PREFIX}_would_revoke_connections", "Established connections a change would "
                                     "cut, left alone (audit mode), by direction and protocol",
                                     ["direction", "protocol"], registry=r)
+        self.revocation_flows = Gauge(f"{PREFIX}_revocation_flows_held", "Live flows of the node's conntrack "
+                                      "table held for revocation (kept current by conntrack events)", registry=r)
+        self.revocation_listings = Gauge(f"{PREFIX}_revocation_table_listings", "Times the conntrack table was "
+                                         "listed since the agent started: once, and again whenever conntrack "
+                                         "events were lost (or on every pass where the kernel makes none)",
+                                         registry=r)
         self.revocation_errors = Counter(f"{PREFIX}_revocation_errors", "Revocation passes that failed (the "
                                          "conntrack table could not be read or changed)", registry=r)
         self.revocation_duration = Histogram(

@@ -326,6 +326,7 @@ class Revoker:
         self.attributor = Attributor()
         self._natives = _Natives()
         self._table: Optional[FlowTable] = None
+        self._listings = 0  # of tables closed since
         self._lock = threading.Lock()  # the table: passes and the events thread
 
     def _flows(self) -> FlowTable:
@@ -337,12 +338,18 @@ class Revoker:
         self._table.sync()
         return self._table
 
+    def held(self) -> tuple:
+        """(flows held, listings of the table so far) for metrics; (0, 0) before the first."""
+        table = self._table
+        return (len(table), self._listings + table.dumps) if table is not None else (0, self._listings)
+
     def follow_events(self, stop: threading.Event) -> threading.Thread:
         """A thread reading conntrack events into the table until `stop` is
         set, so that a pass finds little to read. A failure is logged and
-        tried again (the passes list the table meanwhile)."""
+        tried again (the passes list the table meanwhile); so are events the
+        kernel could not queue (the table is listed again)."""
         def loop():
-            failed = False
+            failed, lost = False, 0
             while not stop.is_set():
                 try:
                     with self._lock:
@@ -350,6 +357,10 @@ class Revoker:
                     if not table.following:
                         return
                     failed = False
+                    if table.lost > lost:
+                        log.warning("conntrack events were lost (the socket's buffer was full): the table was "
+                                    "listed again")
+                        lost = table.lost
                     select.select([table], [], [], 1.0)
                 except Exception as exc:  # noqa: BLE001 - said once, tried again
                     if not failed:
@@ -367,6 +378,7 @@ class Revoker:
 
     def _close(self) -> None:
         if self._table is not None:
+            self._listings += self._table.dumps
             self._table.close()
             self._table = None
 

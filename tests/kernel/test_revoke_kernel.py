@@ -216,6 +216,9 @@ def test_the_agent_cuts_what_each_change_denies(api, tmp_path, backend):
             results = flows.results()
             revoked = agent.metric("pyipset_revoked_connections_total")
             ingress_tcp = agent.metric("pyipset_revoked_connections_total", direction="ingress", protocol="tcp")
+            # The agent listed the table once, when it started; every flow since came from conntrack events.
+            listings, held = agent.metric("pyipset_revocation_table_listings"), \
+                agent.metric("pyipset_revocation_flows_held")
             logs = agent.logs_all()
         finally:
             assert agent.stop() == 0
@@ -231,5 +234,6 @@ def test_the_agent_cuts_what_each_change_denies(api, tmp_path, backend):
         else:
             check_flow(name, client, server, first - 0.5, max(cut_at.values()) + 1.0)
     assert revoked == 8 and ingress_tcp == 4, logs[-3000:]
+    assert listings == 1 and held >= 2, (listings, held)  # the admitted flows (a/keep's TCP and UDP) at least
     assert "established connection revoked (cut): a/client -> a/db tcp/7000, ingress by a/db" in logs
     assert "established connection revoked (cut): b/cli -> a/db udp/7000, ingress by a/db" in logs
