@@ -390,7 +390,7 @@ def check_targets(benches) -> list[tuple[str, str, bool, str]]:
             limit = 1.0 if b["param"] == "policy-added-one-port" else 3.0
             absolute(f"diff, 10k pods / 1,000 policies, {b['param'].replace('-', ' ')}: <= {limit:.0f} s end to end",
                      info["seconds"] <= limit, f"{info['seconds']:.2f} s ({_diff_floors(info)})")
-    revocation = {(b["name"], b["param"] or ""): b["extra_info"] for b in benches
+    revocation = {(b["name"].split("[")[0], b["param"] or ""): b["extra_info"] for b in benches
                   if b["group"].startswith("revocation:")}
     followed, listed = (revocation.get(("test_one_percent_denied", t)) for t in ("followed", "listed"))
     events = revocation.get(("test_events", ""))

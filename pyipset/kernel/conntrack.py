@@ -80,6 +80,14 @@ class Flow(NamedTuple):
     orig_dst: bytes  # the original destination (a Service's address before DNAT), for people
 
 
+class Entry(NamedTuple):
+    """A conntrack entry as the kernel names it (Flow has the same fields)."""
+
+    version: int
+    key: bytes  # the original tuple as the kernel wrote it
+    zone: int
+
+
 def _attrs(buf, start: int, end: int) -> dict:
     """type -> (start, end) of each attribute's payload between start and end."""
     out = {}
@@ -301,9 +309,10 @@ class Conntrack:
                 pos += (length + 3) & ~3
 
     def set_mark(self, flows: list, bits: int, on: bool = True) -> list:
-        """Sets (on=False: clears) `bits` in the connection mark of each flow,
-        the other bits kept; returns the flows whose entries were changed (a
-        flow that ended meanwhile is not an error, and not among them)."""
+        """Sets (on=False: clears) `bits` in the connection mark of each flow
+        (Flows or Entries), the other bits kept; returns those whose entries
+        were changed (a flow that ended meanwhile is not an error, and not
+        among them)."""
         mark, mask = _BE32.pack(bits if on else 0), _BE32.pack(bits)
         changed: list = []
         pending: dict = {}  # seq -> flow
@@ -571,17 +580,15 @@ class FlowTable:
     def __len__(self) -> int:
         return sum(len(t.index) for t in self.tables.values())
 
-    def columns(self, version: int, rows=None, ports: bool = True) -> tuple:
+    def columns(self, version: int, slots=None) -> tuple:
         """(slots, source, destination, protocol, destination port) of the
-        flows of one IP version: numpy arrays, a row per live slot; addresses
-        as uint32 (IPv4) or rows of 16 bytes (IPv6). rows: of those, only
-        these (indexes into the slots of a call without rows, the table
-        unchanged since); ports=False: protocol and port None."""
+        flows of one IP version (slots: of these, by default every live
+        one): numpy arrays, a row per slot; addresses as uint32 (IPv4) or
+        rows of 16 bytes (IPv6)."""
         import numpy as np
         t = self.tables[version]
-        slots = np.flatnonzero(np.frombuffer(bytes(t.live), bool))
-        if rows is not None:
-            slots = slots[rows]
+        if slots is None:
+            slots = np.flatnonzero(np.frombuffer(bytes(t.live), bool))
         dense = len(slots) == len(t.keys)  # every slot, in order: no gather
 
         def column(data: bytearray, dtype, width: int = 0):
@@ -593,8 +600,35 @@ class FlowTable:
 
         width = 0 if version == 4 else 16
         kind = ">u4" if version == 4 else np.uint8
-        return slots, column(t.src, kind, width), column(t.dst, kind, width), \
-            column(t.protocol, np.uint8) if ports else None, column(t.dport, ">u2") if ports else None
+        return slots, column(t.src, kind, width), column(t.dst, kind, width), column(t.protocol, np.uint8), \
+            column(t.dport, ">u2")
+
+    def near(self, version: int, addresses):
+        """The live slots of flows from or to one of `addresses` (packed),
+        found without converting the table: its bytes compared as they are."""
+        import numpy as np
+        t = self.tables[version]
+        addresses = [a for a in addresses if len(a) == t.width]
+        if not addresses or not t.keys:
+            return np.zeros(0, np.int64)
+        word = np.uint32 if version == 4 else np.uint64  # an address: one word, or two
+        want = np.frombuffer(b"".join(addresses), word).reshape(len(addresses), -1)
+        src = np.frombuffer(t.src, word).reshape(len(t.keys), -1)  # views of the bytearrays, dropped below
+        dst = np.frombuffer(t.dst, word).reshape(len(t.keys), -1)
+        hit = np.zeros(len(t.keys), bool)
+        for column in (src, dst):
+            if version == 4:
+                hit |= np.isin(column[:, 0], want[:, 0])
+            else:
+                for w in want:
+                    hit |= (column[:, 0] == w[0]) & (column[:, 1] == w[1])
+        del src, dst
+        return np.flatnonzero(hit & np.frombuffer(bytes(t.live), bool))
+
+    def entry(self, version: int, slot: int) -> "Entry":
+        """How the kernel names the entry in a slot (for set_mark, forget)."""
+        key = self.tables[version].keys[slot]
+        return Entry(version, key[:-2], (key[-2] << 8) | key[-1])
 
     def flow(self, version: int, slot: int) -> Flow:
         """The Flow in a slot (its mark not read: 0; TCP's state not kept)."""
@@ -613,7 +647,7 @@ class FlowTable:
                     _BE16.unpack_from(key, len(key) - 2)[0], "", key[:-2], orig_dst)
 
     def forget(self, flows: list) -> None:
-        """Flows the table should no longer hold (marked, so no dump lists them again)."""
+        """Flows (or Entries) the table should no longer hold (marked, so no dump lists them again)."""
         for f in flows:
             t = self.tables.get(f.version)
             if t is not None:

@@ -136,7 +136,7 @@ class _Verdicts:
 
     def __init__(self, native: NativeProgram, batch: Batch):
         audit = any(audit_chain(d) in native.program.chains for d in SLOTS)
-        ev = native.evaluate(batch.src, batch.dst, batch.protocol, batch.dport, threads=1, trace=audit)
+        ev = native.evaluate(batch.src, batch.dst, batch.protocol, batch.dport, threads=0, trace=audit)
         self.allowed = ev.allowed
         self.denied_in = np.full(len(batch), -1, np.int8)
         rows = np.arange(len(batch)) if audit else np.flatnonzero(~ev.allowed)
@@ -396,6 +396,7 @@ class Revoker:
         old = None if old_programs is None else {p.family: p for p in old_programs}
         self._natives.keep(list(new.values()) + list((old or {}).values()))
         decision = Decision()
+        cutting: list = []  # (version, slot, direction)
         with self._lock:
             try:
                 table = self._flows()
@@ -408,12 +409,9 @@ class Revoker:
                     where = scope(before, program, deltas)
                     if where is not None and not where:
                         continue
-                    slots, *columns = table.columns(version, ports=where is None)
+                    # Every flow, or only those from or to the addresses in scope.
+                    slots, *columns = table.columns(version, None if where is None else table.near(version, where))
                     batch = Batch(version, *columns)
-                    if where is not None:  # only flows from or to the addresses in scope
-                        near = np.flatnonzero(batch.among(batch.src, where) | batch.among(batch.dst, where))
-                        slots, *columns = table.columns(version, near)
-                        batch = Batch(version, *columns)
                     if len(batch):
                         local = local_addresses(self.netns) if local is None else local
                         rows = np.flatnonzero(judged_here(program, batch, frozenset(local)))
@@ -422,18 +420,21 @@ class Revoker:
                         continue
                     cut, would, after = decide(batch.take(rows), self._natives.get(program),
                                                None if before is None else self._natives.get(before))
-                    for found, picked in ((decision.revoke, cut), (decision.would, would)):
-                        found += zip(map(table.flow, [version] * len(picked), slots[rows[picked]].tolist()),
-                                     after.directions(picked))
-                marked = table.ct.set_mark([f for f, _ in decision.revoke], CT_REVOKED) if decision.revoke else []
+                    # To cut: named as the kernel names them (Flows are made after, for the report).
+                    cutting += zip([version] * len(cut), slots[rows[cut]].tolist(), after.directions(cut))
+                    decision.would += zip(map(table.flow, [version] * len(would), slots[rows[would]].tolist()),
+                                          after.directions(would))
+                entries = [table.entry(version, slot) for version, slot, _ in cutting]
+                marked = table.ct.set_mark(entries, CT_REVOKED) if entries else []
                 cut_seconds = time.perf_counter() - started
-                table.forget([f for f, _ in decision.revoke])  # marked (or ended): no pass judges them again
+                decision.revoke = [(table.flow(version, slot), d) for version, slot, d in cutting]
+                table.forget(entries)  # marked (or ended): no pass judges them again
                 flows = len(table)
             except Exception:
                 self._close()  # listed afresh by the next pass
                 raise
-        changed = {id(f) for f in marked}  # the flows set_mark was given, those it changed
-        revoke = [(f, d) for f, d in decision.revoke if id(f) in changed]
+        changed = {id(e) for e in marked}  # the entries set_mark was given, those it changed
+        revoke = [cut for cut, e in zip(decision.revoke, entries) if id(e) in changed]
         revoked = would = []
         if revoke or decision.would:
             self.attributor.update(new_programs, pods, natives=[self._natives.get(p) for p in new_programs])

@@ -58,13 +58,21 @@ def build_sets(program: RuleProgram, like: "NativeProgram" = None) -> dict:
         if not setdef.is_map:
             out[name] = build_set(setdef)
             continue
+        by_chain: dict = {}
         for address, chain in setdef.mapping().items():
             if chain not in program.chains:
                 raise ValueError(f"map {name}: {address} goes to chain {chain!r}, which the program does not have")
-            entry = out.get(map_entry(name, chain))
-            if entry is None:
-                entry = out[map_entry(name, chain)] = IPSet("hash:ip", setdef.family)
-            entry.add(address)
+            by_chain.setdefault(chain, []).append(address)
+        for chain, addresses in by_chain.items():
+            key, addresses = map_entry(name, chain), tuple(addresses)
+            was = None if like is None else like.sets.get(key)
+            if was is not None and getattr(was, "addresses", None) == addresses:
+                out[key] = was  # a chain the map sends the same addresses to
+                continue
+            entry = out[key] = IPSet("hash:ip", setdef.family)
+            for address in addresses:
+                entry.add(address)
+            entry.addresses = addresses
     return out
 
 

@@ -57,6 +57,13 @@ def test_the_table_follows_what_is_made_and_ended(netns):
         table.sync()
         assert held(table) == listed(netns.name)
         assert table.dumps == 1 and table.lost == 0  # all of it from events
+        # The flows from or to some addresses, found in the table's bytes, are those whose ends are them.
+        for version, pool in ((4, V4), (6, V6)):
+            some = {a.packed for a in rng.sample(pool, 3)}
+            flows = [table.flow(version, s) for s in table.near(version, some | {b"\0" * 4, b"\0" * 16}).tolist()]
+            assert flows and {f.key for f in flows} == \
+                {f.key for f in (table.flow(version, s) for s in table.columns(version)[0].tolist())
+                 if f.src in some or f.dst in some}
         # Flows marked (revoked) and forgotten stay out, as a dump leaves them out.
         some = [table.flow(4, s) for s in table.columns(4)[0][:5].tolist()]
         assert len(ct.set_mark(some, CT_REVOKED)) == 5
