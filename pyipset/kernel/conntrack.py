@@ -200,10 +200,10 @@ _EXPECTED = {(v, w): _expected_headers(v, w) for v in (4, 6) for w in (CTA_TUPLE
 _KEY_HEAD = bytes(4)  # in place of the attribute header a key (a tuple's payload) lacks
 
 
-def fast_flow(buf, start: int, end: int, version: int) -> Optional[Flow]:
-    """A flow with ports in the layout ctnetlink writes, read with two
-    unpacks, its mark not read (0); None for anything else (parse_flow
-    reads it). For dumps that the kernel filtered by mark already."""
+def _fast(buf, start: int, end: int, version: int) -> Optional[tuple]:
+    """(original tuple's fields, reply tuple's fields, the zone as 2 bytes)
+    of an entry's attributes when ctnetlink wrote its tuples in the layout
+    it writes for a protocol with ports (two unpacks); None otherwise."""
     shape = _TUPLE_FAST[version]
     size = shape.size
     if start + 2 * size > end:
@@ -213,14 +213,26 @@ def fast_flow(buf, start: int, end: int, version: int) -> Optional[Flow]:
     if _TUPLE_HEADERS(orig) != _EXPECTED[(version, CTA_TUPLE_ORIG)] or \
             _TUPLE_HEADERS(reply) != _EXPECTED[(version, CTA_TUPLE_REPLY)] or orig[14] not in PORTED:
         return None
-    zone = 0
+    zone = b"\0\0"
     at = start + 2 * size
     if at + 6 <= end:
         length, kind = _NLA.unpack_from(buf, at)
         if kind & NLA_TYPE_MASK == CTA_ZONE and length >= 6:
-            zone = _BE16.unpack_from(buf, at + 4)[0]
+            zone = bytes(buf[at + 4:at + 6])
+    return orig, reply, zone
+
+
+def fast_flow(buf, start: int, end: int, version: int) -> Optional[Flow]:
+    """A flow with ports in the layout ctnetlink writes, read with two
+    unpacks, its mark not read (0); None for anything else (parse_flow
+    reads it). For dumps that the kernel filtered by mark already."""
+    got = _fast(buf, start, end, version)
+    if got is None:
+        return None
+    orig, reply, zone = got
     return Flow(version, orig[6], reply[6], orig[14], (orig[17][0] << 8) | orig[17][1],
-                (reply[17][0] << 8) | reply[17][1], 0, zone, "", bytes(buf[start + 4:start + size]), orig[9])
+                (reply[17][0] << 8) | reply[17][1], 0, (zone[0] << 8) | zone[1], "",
+                bytes(buf[start + 4:start + _TUPLE_FAST[version].size]), orig[9])
 
 
 def _nla(kind: int, data: bytes) -> bytes:
@@ -429,22 +441,11 @@ class _Columns:
 
 def _fields(buf, start: int, end: int, version: int) -> Optional[tuple]:
     """(key, source, destination, protocol, destination port as 2 bytes) of
-    an entry's attributes, read as a Flow is: two unpacks when ctnetlink
-    wrote the layout it writes for protocols with ports, else parse_flow."""
-    shape = _TUPLE_FAST[version]
-    size = shape.size
-    if start + 2 * size <= end:
-        orig = shape.unpack_from(buf, start)
-        reply = shape.unpack_from(buf, start + size)
-        if _TUPLE_HEADERS(orig) == _EXPECTED[(version, CTA_TUPLE_ORIG)] and \
-                _TUPLE_HEADERS(reply) == _EXPECTED[(version, CTA_TUPLE_REPLY)] and orig[14] in PORTED:
-            zone = b"\0\0"
-            at = start + 2 * size
-            if at + 6 <= end:
-                length, kind = _NLA.unpack_from(buf, at)
-                if kind & NLA_TYPE_MASK == CTA_ZONE and length >= 6:
-                    zone = bytes(buf[at + 4:at + 6])
-            return bytes(buf[start + 4:start + size]) + zone, orig[6], reply[6], orig[14], reply[17]
+    an entry's attributes, read as a Flow is (_fast, else parse_flow)."""
+    got = _fast(buf, start, end, version)
+    if got is not None:
+        orig, reply, zone = got
+        return bytes(buf[start + 4:start + _TUPLE_FAST[version].size]) + zone, orig[6], reply[6], orig[14], reply[17]
     flow = parse_flow(buf, start, end)
     if flow is None or flow.version != version:
         return None
