@@ -59,12 +59,13 @@ def test_an_unreadable_pod_is_left_out_and_the_rest_compiled(monkeypatch):
 
 class FakeRevoker:
     def __init__(self, fail: bool = False):
-        self.calls, self.fail = [], fail
+        self.calls, self.deltas, self.fail = [], [], fail
 
-    def run(self, programs, pods, old):
+    def run(self, programs, pods, old, deltas=None):
         from pyipset.observe.attribution import Block
         from pyipset.observe.revoke import Outcome
         self.calls.append(None if old is None else tuple(old))
+        self.deltas.append(deltas)
         if self.fail:
             from pyipset.kernel.conntrack import ConntrackError
             raise ConntrackError("cannot open a netfilter netlink socket: Operation not permitted")
@@ -95,6 +96,8 @@ def test_revocation_runs_after_updates_that_can_deny_and_never_fails_one(monkeyp
     assert len(fake.calls) == 1
     event(pod("a/here", "192.0.2.8", {"app": "web"}, node="n0"))  # a pod of this node: may be isolated
     assert len(fake.calls) == 2
+    # pod churn: what it did to the sets goes with it (the pass judges only the flows of their addresses)
+    assert fake.deltas[-1] and all(f == "inet" for f, _ in fake.deltas[-1])
     event(policy("a/deny", {"podSelector": {}, "policyTypes": ["Ingress"]}))
     assert len(fake.calls) == 3 and fake.calls[1] is not None and fake.calls[0] is None
     event(pod("a/elsewhere", "192.0.2.7", {"app": "db"}, node="n1"))  # relabelled: it can deny

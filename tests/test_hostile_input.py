@@ -423,3 +423,56 @@ def test_the_agent_fails_a_policy_closed_for_the_pods_it_selects_only():
     assert ev.judge(ip["cache"], ip["web"], "TCP", 80)       # ingress only: cache may still connect out
     namespace_wide = ClusterEvaluator(fail_closed(load_objects(update)))
     assert not namespace_wide.judge(ip["db"], ip["web"], "TCP", 80)
+
+
+# ---- the strict field check's two walks (model/schema.py) ----
+
+def _mutations(draw, value, depth=0):
+    """value with random changes at random places: keys renamed or added,
+    objects, lists and scalars swapped for one another, keys given twice."""
+    if isinstance(value, dict):
+        out = {k: (_mutations(draw, v, depth + 1) if draw(st.integers(0, 3)) == 0 else v) for k, v in value.items()}
+        what = draw(st.integers(0, 9))
+        if what == 0 and out:
+            key = draw(st.sampled_from(sorted(out)))
+            out[key + draw(st.sampled_from(["x", "s", "_"]))] = out.pop(key)
+        elif what == 1:
+            out[draw(st.sampled_from(["extra", "labels", "spec", "ports", "name"]))] = \
+                draw(st.sampled_from([1, "a", [], {}, None, [{}], {"a": {}}]))
+        elif what == 2 and out:
+            out = DuplicateKeys(list(out.items()) + [next(iter(out.items()))], [next(iter(out))])
+        return out
+    if isinstance(value, list):
+        return [_mutations(draw, v, depth + 1) for v in value] + \
+            ([draw(st.sampled_from([1, "a", {}, [], None]))] if draw(st.integers(0, 5)) == 0 else [])
+    return draw(st.sampled_from([value, value, {}, [], 1, "x", None, {"a": 1}]))
+
+
+@settings(max_examples=500, deadline=None)
+@given(data=st.data(), which=st.sampled_from(["pod", "policy", "namespace"]))
+def test_the_quick_walk_of_the_field_check_agrees_with_the_full_one(data, which):
+    """check() answers "no problem" from a walk that keeps no paths, and
+    only walks again for the paths when there is one: on random mutations of
+    valid objects, it says what the full walk alone says."""
+    from pyipset.model import schema
+    base = {"pod": pod("a/p", "192.0.2.1", {"app": "x"}),
+            "policy": policy("a/p", {"podSelector": {"matchLabels": {"a": "b"}},
+                                     "ingress": [{"from": [{"ipBlock": {"cidr": "10.0.0.0/8"}}],
+                                                  "ports": [{"port": 80, "protocol": "TCP"}]}]}),
+            "namespace": namespace("a", team="x")}[which]
+    obj = _mutations(data.draw, copy.deepcopy(base))
+    kind = base["kind"]
+    problems: list = []
+    schema._check(obj, schema.ROOT_MODELS[kind], (), problems)
+    assert schema._valid(obj, schema._node(schema.ROOT_MODELS[kind])) == (not problems)
+    assert [p for p, _, _ in schema.check(obj, kind)] == [schema._path(p) for p, _, _ in problems[:schema.MAX_PROBLEMS]]
+
+
+def test_the_field_check_reads_the_installed_clients_models():
+    """The models the check reads are the installed client's: from the
+    snapshot when it was taken of this client version (else from the
+    client). An upgraded client: `python3 -c "from pyipset.model.schema
+    import write_snapshot; write_snapshot()"` in the source tree."""
+    from pyipset.model import schema
+    assert schema.models() == schema.client_models()
+    assert len(schema.models()) > 100 and "V1NetworkPolicyPeer" in schema.models()

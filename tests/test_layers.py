@@ -1,7 +1,7 @@
 """The package's layers, read from its imports (the installed copy's source):
 model -> compile -> verify | kernel -> lab | observe -> agent -> cli. Each
 package imports only from the layers below it (and the foundation:
-errors, sets, protocols, the package root with its native core), and no
+errors, sets, protocols, collector, the package root with its native core), and no
 module imports itself back through others (no cycles, local imports
 included)."""
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pyipset
 
-FOUNDATION = {"errors", "sets", "protocols", "_core", ""}
+FOUNDATION = {"errors", "sets", "protocols", "collector", "_core", ""}
 # package -> the packages it may import (besides the foundation)
 MAY_IMPORT = {
     "model": set(),

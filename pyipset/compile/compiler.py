@@ -141,7 +141,7 @@ from __future__ import annotations
 import functools
 from typing import Optional
 
-from .. import protocols
+from .. import collector, protocols
 from ..model.objects import (KERNEL_PROTOCOL_NAMES, PROTOCOL_NUMBERS, Cluster, ClusterPeer, ClusterPolicy, NetworkPolicy,
                              Peer, Pod, PolicyRule, PortSpec)
 from . import naming
@@ -685,6 +685,10 @@ class _Compiler:
         return []  # domainNames: tiers.py made the rule fail closed
 
     def compile(self) -> RuleProgram:
+        with collector.paused():  # a program of 10k pods: hundreds of thousands of small acyclic objects
+            return self._compile()
+
+    def _compile(self) -> RuleProgram:
         prog = self.program
         prog.chains[ENTRY_CHAIN] = []  # first in render order; filled below
         egress = self.direction_chain("egress")

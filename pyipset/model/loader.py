@@ -26,6 +26,7 @@ from typing import Iterable, Optional
 
 import yaml
 
+from .. import collector
 from ..errors import PyipsetError, brief, brief_text
 from . import crd, schema
 from .objects import API_VERSIONS, CLUSTER_POLICY_KINDS, KINDS, Cluster, Namespace, Rejection
@@ -228,6 +229,11 @@ class Read:
 
 def read(paths: Iterable[str], limits: Limits = Limits()) -> Read:
     """The objects of every manifest under paths (load() is read() then load_read())."""
+    with collector.paused():  # decoded documents: millions of small acyclic objects
+        return _read(paths, limits)
+
+
+def _read(paths: Iterable[str], limits: Limits) -> Read:
     out, scratch = Read(), Cluster()
     for path in _files(paths):
         source = str(path)
@@ -251,9 +257,10 @@ def load_read(objects: Read, strict: bool = True, memo: Optional[dict] = None) -
     cluster = Cluster()
     cluster.rejections.extend(objects.rejections)
     seen: dict = {}
-    for obj, where in objects.objects:
-        _add(obj, where, cluster, seen, strict, memo, by_identity=memo is not None)
-    return _finish(cluster, seen)
+    with collector.paused():
+        for obj, where in objects.objects:
+            _add(obj, where, cluster, seen, strict, memo, by_identity=memo is not None)
+        return _finish(cluster, seen)
 
 
 def load_objects(objects: Iterable[dict], source: str = "", strict: bool = True,
@@ -265,10 +272,11 @@ def load_objects(objects: Iterable[dict], source: str = "", strict: bool = True,
     object the API has not changed is not parsed again."""
     cluster = Cluster()
     seen: dict = {}
-    for doc in objects:
-        for obj, where in _objects(doc, source, cluster):
-            _add(obj, where, cluster, seen, strict, cache)
-    return _finish(cluster, seen)
+    with collector.paused():
+        for doc in objects:
+            for obj, where in _objects(doc, source, cluster):
+                _add(obj, where, cluster, seen, strict, cache)
+        return _finish(cluster, seen)
 
 
 def _objects(doc, source: str, cluster: Cluster, path: str = ""):

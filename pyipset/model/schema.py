@@ -15,8 +15,11 @@ Linear in the object's size; messages name the path and quote a bounded value.
 
 from __future__ import annotations
 
+import importlib.metadata
+import json
 import re
 from functools import lru_cache
+from pathlib import Path
 from typing import Optional
 
 from ..errors import brief
@@ -41,21 +44,125 @@ class DuplicateKeys(dict):
         self.duplicates = list(duplicates)
 
 
+# The client's models as read from it, for the client version it names: importing the client costs
+# ~0.45 s (it imports its configuration loaders, urllib3 and the models), more than checking 10k pods.
+SNAPSHOT = Path(__file__).with_name("api_fields.json")
+
+
+def client_models() -> dict:
+    """model -> {JSON field name: type text} of every client model the root
+    models reach (None for a name the client does not have), read from the
+    official client's generated models."""
+    from kubernetes.client import models  # the official client's generated models
+    out: dict = {}
+    todo = sorted(ROOT_MODELS.values())
+    while todo:
+        model = todo.pop()
+        if model in out:
+            continue
+        cls = getattr(models, model, None)
+        out[model] = None if cls is None else \
+            {json_name: cls.openapi_types[attr] for attr, json_name in cls.attribute_map.items()}
+        for type_text in (out[model] or {}).values():
+            shape = _shape_of(type_text)
+            while shape[0] in ("list", "map"):
+                shape = _shape_of(shape[1])
+            if shape[0] == "model":
+                todo.append(shape[1])
+    return dict(sorted(out.items()))
+
+
+def write_snapshot() -> None:
+    """SNAPSHOT from the installed client (run when the client is upgraded: a test says so)."""
+    SNAPSHOT.write_text(json.dumps({"client": importlib.metadata.version("kubernetes"), "models": client_models()},
+                                   indent=0, sort_keys=True) + "\n")
+
+
+def _api(version: Optional[str]) -> Optional[str]:
+    """The Kubernetes API a client version was made from: its major version
+    (client 37.0.x is Kubernetes 1.37's API; a patch release of the client
+    does not change the API's types)."""
+    return version.split(".")[0] if version else None
+
+
 @lru_cache(maxsize=None)
+def models() -> dict:
+    """client_models() of the installed client: the snapshot when it was taken
+    of a client of the same API, else read from the client."""
+    try:
+        installed = importlib.metadata.version("kubernetes")
+    except importlib.metadata.PackageNotFoundError:
+        installed = None
+    snapshot = json.loads(SNAPSHOT.read_text())
+    return snapshot["models"] if _api(snapshot["client"]) == _api(installed) else client_models()
+
+
 def _fields(model: str) -> Optional[dict]:
     """JSON field name -> type text of a client model, or None if unknown."""
-    from kubernetes.client import models  # the official client's generated models
-    cls = getattr(models, model, None)
-    if cls is None:
-        return None
-    return {json_name: cls.openapi_types[attr] for attr, json_name in cls.attribute_map.items()}
+    return models().get(model)
 
 
 def check(obj: dict, kind: str) -> list:
-    """[(path, value, reason)] of every field problem of the object, at most MAX_PROBLEMS."""
+    """[(path, value, reason)] of every field problem of the object, at most
+    MAX_PROBLEMS. Most objects have none: a first walk (_valid) answers
+    whether there are any, with no paths kept; only then the second one
+    (_check) finds them and their paths."""
+    if _valid(obj, _node(ROOT_MODELS[kind])):
+        return []
     problems: list = []
     _check(obj, ROOT_MODELS[kind], (), problems)
     return [(_path(parts), value, reason) for parts, value, reason in problems[:MAX_PROBLEMS]]
+
+
+# _valid's form of the schema: a node [kind, payload] per client type text, made once (a model's
+# node before its fields, so that a model reaching itself is one node).
+_MODEL, _LIST_OF, _MAP_OF, _LABELS, _SCALAR, _ANY = range(6)
+_nodes: dict = {}
+
+
+def _node(type_text: str) -> list:
+    node = _nodes.get(type_text)
+    if node is not None:
+        return node
+    shape = _shape_of(type_text)
+    fields = _fields(type_text) if shape[0] == "model" else None
+    node = _nodes[type_text] = [{"list": _LIST_OF, "map": _MAP_OF, "any": _ANY, "scalar": _SCALAR}.get(shape[0]), None]
+    if shape[0] == "model":
+        node[0] = _ANY if fields is None else _MODEL  # a type the client does not describe: nothing to check
+        node[1] = None if fields is None else {key: _node(t) for key, t in fields.items()}
+    elif shape[0] == "map" and shape[1] == "str":
+        node[0] = _LABELS  # labels, annotations: scalars only
+    elif shape[0] in ("list", "map"):
+        node[1] = _node(shape[1])
+    return node
+
+
+def _valid(value, node: list) -> bool:
+    """Whether _check would find no problem in value (a plain walk: no paths, no messages)."""
+    kind = node[0]
+    if kind == _MODEL:
+        if type(value) is not dict:  # not an object, or one with a key given twice (DuplicateKeys)
+            return False
+        fields = node[1]
+        for key, item in value.items():
+            child = fields.get(key)
+            if child is None:
+                return False
+            if item is not None and child[0] != _ANY and not (type(item) is str and child[0] == _SCALAR) \
+                    and not _valid(item, child):
+                return False
+        return True
+    if kind == _SCALAR:
+        return not isinstance(value, (dict, list))
+    if kind == _LIST_OF:
+        inner = node[1]
+        return type(value) is list and all(item is None or _valid(item, inner) for item in value)
+    if kind == _LABELS:
+        return type(value) is dict and not any(isinstance(item, (dict, list)) for item in value.values())
+    if kind == _MAP_OF:
+        inner = node[1]
+        return type(value) is dict and all(item is None or _valid(item, inner) for item in value.values())
+    return True  # _ANY
 
 
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_$-]{1,64}\Z")
@@ -75,10 +182,9 @@ def _path(parts: tuple) -> str:
     return out
 
 
-@lru_cache(maxsize=None)
-def _shape(type_text: str) -> tuple:
-    """A client type text, parsed once: ("list", inner), ("map", inner),
-    ("any",), ("scalar", name) or ("model", fields or None)."""
+def _shape_of(type_text: str) -> tuple:
+    """A client type text: ("list", inner), ("map", inner), ("any",),
+    ("scalar", name) or ("model", model name)."""
     m = _LIST.match(type_text)
     if m:
         return ("list", m.group(1))
@@ -89,7 +195,14 @@ def _shape(type_text: str) -> tuple:
         return ("any",)  # int-or-string and free-form fields
     if type_text in _SCALARS:
         return ("scalar", "string" if type_text == "str" else type_text)
-    return ("model", _fields(type_text))
+    return ("model", type_text)
+
+
+@lru_cache(maxsize=None)
+def _shape(type_text: str) -> tuple:
+    """_shape_of, parsed once, a model's fields (or None) in place of its name."""
+    shape = _shape_of(type_text)
+    return ("model", _fields(type_text)) if shape[0] == "model" else shape
 
 
 def _check(value, type_text: str, parts: tuple, problems: list) -> None:

@@ -4,14 +4,12 @@ cluster computed from them."""
 
 from __future__ import annotations
 
-import contextlib
-import gc
 import ipaddress
 from dataclasses import dataclass
 
 import numpy as np
 
-from .. import _core
+from .. import _core, collector
 from ..compile.compiler import FLATTEN_LIMIT, compile_cluster
 from ..compile.program import (MARK_EGRESS_BASELINE_PASS, MARK_EGRESS_DENIED, MARK_EGRESS_OK, MARK_EGRESS_PASS,
                                MARK_INGRESS_BASELINE_PASS, MARK_INGRESS_DENIED, MARK_INGRESS_OK, MARK_INGRESS_PASS,
@@ -119,23 +117,6 @@ class Evaluation:
         return self.slots[:, len(SLOTS) * (1 + PASS_TIERS.index(tier)) + SLOTS.index(name), 0]
 
 
-@contextlib.contextmanager
-def _collector_paused():
-    """The cyclic garbage collector paused while a program is loaded: the
-    load makes tens of thousands of small acyclic tuples, and in a process
-    holding a large cluster each full collection they set off walks every
-    object it holds (measured: a 25 ms load of a 10k-pod program took 170 ms
-    when one ran). Nothing the load makes is cyclic; collections resume
-    after it, as many as were due."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.enable()
-
-
 class NativeProgram:
     """A RuleProgram loaded into the evaluator, with its sets built natively."""
 
@@ -143,7 +124,7 @@ class NativeProgram:
         """entry: start the walk in this chain instead of the program's entry;
         sets: the built sets of another NativeProgram of the same program (shared);
         like: a NativeProgram of another program, whose sets are taken where equal."""
-        with _collector_paused():
+        with collector.paused():  # the load makes tens of thousands of small acyclic tuples
             self._load(program, entry, sets, like)
 
     def _load(self, program: RuleProgram, entry: str, sets, like) -> None:
