@@ -188,3 +188,36 @@ def test_a_flow_is_read_as_the_forward_chains_judged_it():
     assert conntrack.parse_flow(attrs[:len(_nla(1, orig))], 0, len(_nla(1, orig))) is None
     truncated = attrs[:-3]
     conntrack.parse_flow(truncated, 0, len(truncated))  # never raises on a short message
+
+
+@settings(max_examples=300, deadline=None)
+@given(version=st.sampled_from([4, 6]), protocol=st.sampled_from([6, 17, 132, 1]), zone=st.integers(0, 3),
+       order=st.sampled_from(["usual", "zone first", "reply first"]), ports=st.tuples(*[st.integers(0, 65535)] * 4),
+       hosts=st.lists(st.integers(1, 250), min_size=4, max_size=4))
+def test_the_held_table_reads_an_entry_as_a_flow_is_read(version, protocol, zone, order, ports, hosts):
+    """The table held by events reads an entry (a NEW or DESTROY event, a
+    dump's message) with one compare of its headers when ctnetlink wrote the
+    usual layout, and as parse_flow reads it otherwise: the same flow, named
+    the same, either way; a DESTROY of it empties the slot."""
+    base = "198.18.0." if version == 4 else "2001:db8::"
+    a, b, c, d = (f"{base}{h}" if version == 4 else f"{base}{h:x}" for h in hosts)
+    orig = _nla(conntrack.CTA_TUPLE_ORIG | 0x8000, _tuple(a, b, protocol, ports[0], ports[1]))
+    reply = _nla(conntrack.CTA_TUPLE_REPLY | 0x8000, _tuple(c, d, protocol, ports[2], ports[3]))
+    zoned = _nla(conntrack.CTA_ZONE, struct.pack(">H", zone)) if zone else b""
+    rest = _nla(conntrack.CTA_STATUS, struct.pack(">I", 8)) + _nla(conntrack.CTA_MARK, struct.pack(">I", 0))
+    attrs = {"usual": orig + reply + zoned + rest, "zone first": zoned + orig + reply + rest,
+             "reply first": reply + orig + zoned + rest}[order]
+    if protocol == 1:  # ICMP: no ports in the tuples (the usual layout is for protocols with ports)
+        attrs = attrs.replace(struct.pack("=HH", 6, 2), struct.pack("=HH", 6, 7)).replace(
+            struct.pack("=HH", 6, 3), struct.pack("=HH", 6, 8))
+    expected = conntrack.parse_flow(attrs, 0, len(attrs))
+    table = conntrack.FlowTable.__new__(conntrack.FlowTable)  # its columns alone: no socket
+    table.tables = {version: conntrack._Columns(version)}
+    table.tables[version].put_message(memoryview(attrs), 0, len(attrs))
+    slots = table.columns(version)[0].tolist()
+    assert len(slots) == 1
+    got = table.flow(version, slots[0])
+    assert got == expected._replace(mark=0, state=""), (got, expected)
+    assert table.entry(version, slots[0]) == (version, expected.key, expected.zone)
+    table.tables[version].drop_message(memoryview(attrs), 0, len(attrs))
+    assert len(table) == 0

@@ -22,6 +22,7 @@ from __future__ import annotations
 import errno
 import operator
 import os
+import re
 import socket
 import struct
 from typing import NamedTuple, Optional
@@ -197,6 +198,44 @@ def _expected_headers(version: int, which: int) -> tuple:
 
 
 _EXPECTED = {(v, w): _expected_headers(v, w) for v in (4, 6) for w in (CTA_TUPLE_ORIG, CTA_TUPLE_REPLY)}
+
+
+class _Layout:
+    """The same layout for reading many entries fast (the table held by
+    events): where each field lies in the two tuples, and every header byte
+    of both as one mask and one value, so that one integer compare checks
+    them all."""
+
+    def __init__(self, version: int):
+        shape = _TUPLE_FAST[version]
+        offsets, at = [], 0
+        for token in re.findall(r"\d*[A-Za-z]", shape.format.lstrip("=")):  # each field's offset, pads skipped
+            if not token.endswith("x"):
+                offsets.append(at)
+            at += struct.calcsize("=" + token)
+        self.size = size = shape.size
+        self.both = 2 * size
+        zero = shape.unpack(bytes(size))  # every field 0 (or zero bytes)
+        order = _TUPLE_HEADERS(range(len(zero)))  # the header fields, in _EXPECTED's order
+
+        def image(orig_headers, reply_headers) -> int:
+            packed = b""
+            for headers in (orig_headers, reply_headers):
+                fields = list(zero)
+                for i, value in zip(order, headers):
+                    fields[i] = value
+                packed += shape.pack(*fields)
+            return int.from_bytes(packed, "little")
+
+        self.mask = image([0xFFFF] * 16, [0xFFFF] * 16)
+        self.value = image(_EXPECTED[(version, CTA_TUPLE_ORIG)], _EXPECTED[(version, CTA_TUPLE_REPLY)])
+        self.src = offsets[6]  # the original source
+        self.dst = size + offsets[6]  # the reply's source: the destination after DNAT
+        self.protocol = offsets[14]
+        self.dport = size + offsets[17]  # the reply's source port
+
+
+_LAYOUTS = {v: _Layout(v) for v in (4, 6)}
 _KEY_HEAD = bytes(4)  # in place of the attribute header a key (a tuple's payload) lacks
 
 
@@ -386,6 +425,7 @@ class _Columns:
     def __init__(self, version: int):
         self.version = version
         self.width = 4 if version == 4 else 16
+        self.layout = _LAYOUTS[version]
         self.clear()
 
     def clear(self) -> None:
@@ -426,17 +466,38 @@ class _Columns:
             self.live[slot] = 0
             self.free.append(slot)
 
+    def _key(self, buf, start: int, end: int) -> Optional[bytes]:
+        """The key of an entry in the usual layout (_Layout), None for another."""
+        layout = self.layout
+        both = start + layout.both
+        if both > end or int.from_bytes(buf[start:both], "little") & layout.mask != layout.value \
+                or buf[start + layout.protocol] not in PORTED:
+            return None
+        zone = b"\0\0"
+        if both + 6 <= end and (buf[both + 2] | buf[both + 3] << 8) & NLA_TYPE_MASK == CTA_ZONE:
+            zone = bytes(buf[both + 4:both + 6])
+        return bytes(buf[start + 4:start + layout.size]) + zone
+
     def put_message(self, buf, start: int, end: int) -> None:
         """An entry's attributes (a dump's message or a NEW event's)."""
+        key = self._key(buf, start, end)
+        if key is not None:
+            layout, w = self.layout, self.width
+            self.put(key, buf[start + layout.src:start + layout.src + w], buf[start + layout.dst:start + layout.dst + w],
+                     buf[start + layout.protocol], buf[start + layout.dport:start + layout.dport + 2])
+            return
         got = _fields(buf, start, end, self.version)
         if got is not None:
             self.put(*got)
 
     def drop_message(self, buf, start: int, end: int) -> None:
         """A DESTROY event's attributes."""
-        got = _fields(buf, start, end, self.version)
-        if got is not None:
-            self.drop(got[0])
+        key = self._key(buf, start, end)
+        if key is None:
+            got = _fields(buf, start, end, self.version)
+            key = None if got is None else got[0]
+        if key is not None:
+            self.drop(key)
 
 
 def _fields(buf, start: int, end: int, version: int) -> Optional[tuple]:
