@@ -502,11 +502,7 @@ class _Columns:
 
 def _fields(buf, start: int, end: int, version: int) -> Optional[tuple]:
     """(key, source, destination, protocol, destination port as 2 bytes) of
-    an entry's attributes, read as a Flow is (_fast, else parse_flow)."""
-    got = _fast(buf, start, end, version)
-    if got is not None:
-        orig, reply, zone = got
-        return bytes(buf[start + 4:start + _TUPLE_FAST[version].size]) + zone, orig[6], reply[6], orig[14], reply[17]
+    an entry in another layout than _Layout's, read as parse_flow reads it."""
     flow = parse_flow(buf, start, end)
     if flow is None or flow.version != version:
         return None

@@ -68,7 +68,7 @@ from ..compile.naming import audit_chain, verdict_prefix
 from ..compile.program import CT_REVOKED, MARK_EGRESS_DENIED, MARK_INGRESS_DENIED
 from ..kernel.conntrack import FlowTable, local_addresses
 from ..verify.native import NativeProgram, SLOTS
-from .attribution import Attributor
+from .attribution import Attributor, _column
 from .nflog import Event
 
 _DENIED_MARKS = (MARK_EGRESS_DENIED, MARK_INGRESS_DENIED)  # per slot of SLOTS
@@ -101,12 +101,7 @@ class Batch:
     def of(cls, flows: list) -> "Batch":
         """The columns of Flows of one version."""
         version = flows[0].version
-        if version == 4:
-            src = np.frombuffer(b"".join(f.src for f in flows), dtype=">u4").astype(np.uint32)
-            dst = np.frombuffer(b"".join(f.dst for f in flows), dtype=">u4").astype(np.uint32)
-        else:
-            src = np.frombuffer(b"".join(f.src for f in flows), dtype=np.uint8).reshape(-1, 16).copy()
-            dst = np.frombuffer(b"".join(f.dst for f in flows), dtype=np.uint8).reshape(-1, 16).copy()
+        src, dst = _column([f.src for f in flows], version), _column([f.dst for f in flows], version)
         return cls(version, src, dst, np.fromiter((f.protocol for f in flows), np.uint8, len(flows)),
                    np.fromiter((f.dport for f in flows), np.uint16, len(flows)))
 
@@ -156,15 +151,11 @@ class _Verdicts:
         self.denied_in[rows] = denied_in
 
     def directions(self, rows: np.ndarray) -> list:
-        """direction() of each of these rows."""
+        """The direction that denies each of these flows (or would, in audit
+        mode); "unknown" for a flow denied with no direction's verdict: an
+        address of the node's pod CIDRs that no known pod holds."""
         names = (*SLOTS, "unknown")  # index -1: unknown
         return [names[k] for k in self.denied_in[rows].tolist()]
-
-    def direction(self, i: int) -> str:
-        """The direction that denies flow i (or would, in audit mode); a flow
-        denied with no direction's verdict was denied as an address of the
-        node's pod CIDRs that no known pod holds."""
-        return SLOTS[self.denied_in[i]] if self.denied_in[i] >= 0 else "unknown"
 
 
 SCOPE_LIMIT = 256  # changed addresses beyond which every flow is judged
@@ -295,8 +286,8 @@ def judge(flows: list, new: dict, old: Optional[dict] = None, local=frozenset(),
             continue  # the same program: nothing changed
         cut, would, after = decide(batch.take(rows), natives.get(new[family]),
                                    None if before_program is None else natives.get(before_program))
-        decision.revoke += [(listed[rows[i]], after.direction(i)) for i in cut.tolist()]
-        decision.would += [(listed[rows[i]], after.direction(i)) for i in would.tolist()]
+        decision.revoke += zip([listed[rows[i]] for i in cut.tolist()], after.directions(cut))
+        decision.would += zip([listed[rows[i]] for i in would.tolist()], after.directions(would))
     return decision
 
 
