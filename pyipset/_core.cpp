@@ -431,45 +431,71 @@ class EntryIterator {
 // A RuleProgram loaded into the native evaluator. It keeps the Python set
 // objects alive and holds a read lease on each during a batch, so a set can
 // not change under a running evaluation.
+using Table = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+
+// The values of an int64 table of `width` columns (1: a vector), each checked to fit 32 bits unsigned.
+static std::vector<uint32_t> rows(const Table &t, py::ssize_t width, const char *what) {
+    const bool shaped = width == 1 ? t.ndim() == 1 || (t.ndim() == 2 && t.shape(1) == 1)
+                                   : t.ndim() == 2 && t.shape(1) == width;
+    if (!shaped && t.size() != 0)
+        throw py::value_error(std::string(what) + ": expected " +
+                              (width == 1 ? std::string("a vector") : std::to_string(width) + " columns"));
+    std::vector<uint32_t> out(static_cast<size_t>(t.size()));
+    const int64_t *v = t.data();
+    for (size_t i = 0; i < out.size(); i++) {
+        if (v[i] < 0 || v[i] > UINT32_MAX)
+            throw py::value_error(std::string(what) + ": value " + std::to_string(v[i]) + " out of range");
+        out[i] = static_cast<uint32_t>(v[i]);
+    }
+    return out;
+}
+
+static uint8_t byte(uint32_t v, const char *what) {
+    if (v > UINT8_MAX)
+        throw py::value_error(std::string(what) + " " + std::to_string(v) + " out of range");
+    return static_cast<uint8_t>(v);
+}
+
 class NativeProgram {
   public:
-    NativeProgram(const std::string &family, py::list sets, std::vector<uint32_t> chain_first,
-                  std::vector<uint32_t> chain_len, const std::vector<std::tuple<int, uint32_t, uint32_t, uint32_t,
-                                                                              uint32_t, uint32_t, uint32_t>> &rules,
-                  const std::vector<std::tuple<int, int, bool, uint32_t, uint32_t, uint32_t>> &matches,
-                  uint32_t entry, const std::vector<std::array<uint32_t, 8>> &nets)
+    // The program as int64 tables (numpy, C order): rules [n, 7] (target, chain, jump, mark, mark_mask,
+    // first_match, n_matches), matches [m, 6] (kind, dims, negate, set, value, value2), nets [k, 8] (4
+    // address words, 4 mask words). Each value is checked to fit its field; ips_program_new checks the rest.
+    NativeProgram(const std::string &family, py::list sets, const Table &chain_first, const Table &chain_len,
+                  const Table &rules, const Table &matches, uint32_t entry, const Table &nets)
         : sets_(sets) {
         if (family != "inet" && family != "inet6")
             throw py::value_error("unknown family '" + bounded(family) + "' (expected inet or inet6)");
         family_ = family == "inet" ? IPS_INET : IPS_INET6;
-        if (chain_first.size() != chain_len.size())
+        auto first = rows(chain_first, 1, "chain_first"), len = rows(chain_len, 1, "chain_len");
+        if (first.size() != len.size())
             throw py::value_error("chain_first and chain_len differ in length");
         std::vector<ips_set *> raw;
         for (py::handle h : sets) {
             raw.push_back(h.cast<NativeSet *>()->raw());
             natives_.push_back(h.cast<NativeSet *>());
         }
-        std::vector<ips_rule> r(rules.size());
-        for (size_t i = 0; i < rules.size(); i++) {
-            auto &[target, chain, jump, mark, mask, first, count] = rules[i];
-            r[i] = ips_rule{static_cast<uint8_t>(target), chain, jump, mark, mask, first, count};
+        auto rv = rows(rules, 7, "rules"), mv = rows(matches, 6, "matches"), nv = rows(nets, 8, "nets");
+        std::vector<ips_rule> r(rv.size() / 7);
+        for (size_t i = 0; i < r.size(); i++) {
+            const uint32_t *x = &rv[7 * i];
+            r[i] = ips_rule{byte(x[0], "rule target"), x[1], x[2], x[3], x[4], x[5], x[6]};
         }
-        std::vector<ips_match> m(matches.size());
-        for (size_t i = 0; i < matches.size(); i++) {
-            auto &[kind, dims, negate, set, value, value2] = matches[i];
-            m[i] = ips_match{static_cast<uint8_t>(kind), static_cast<uint8_t>(dims), static_cast<uint8_t>(negate),
-                             set, value, value2};
+        std::vector<ips_match> m(mv.size() / 6);
+        for (size_t i = 0; i < m.size(); i++) {
+            const uint32_t *x = &mv[6 * i];
+            m[i] = ips_match{byte(x[0], "match kind"), byte(x[1], "match dims"), byte(x[2], "match negate"), x[3],
+                             x[4], x[5]};
         }
-        std::vector<ips_net6> n(nets.size());
-        for (size_t i = 0; i < nets.size(); i++)
+        std::vector<ips_net6> n(nv.size() / 8);
+        for (size_t i = 0; i < n.size(); i++)
             for (unsigned k = 0; k < 4; k++) {
-                n[i].addr[k] = nets[i][k];
-                n[i].mask[k] = nets[i][4 + k];
+                n[i].addr[k] = nv[8 * i + k];
+                n[i].mask[k] = nv[8 * i + 4 + k];
             }
         ips_status st;
         char why[256] = "";
-        program_ = ips_program_new(family_, raw.size(), raw.data(), chain_first.size(), chain_first.data(),
-                                   chain_len.data(), r.size(), r.data(), m.size(), m.data(), n.size(), n.data(),
+        program_ = ips_program_new(family_, raw.size(), raw.data(), first.size(), first.data(), len.data(), r.size(), r.data(), m.size(), m.data(), n.size(), n.data(),
                                    entry, &st, why, sizeof why);
         if (!program_)
             raise_status(st, std::string("invalid rule program: ") + why);
@@ -600,16 +626,14 @@ PYBIND11_MODULE(_core, m) {
         .def("discard_many", &NativeSet::discard_many, py::arg("cidr") = py::none(),
              "discard_many(*columns, cidr=None) -> int: batch remove; returns how many were present.");
     py::class_<NativeProgram>(m, "Program")
-        .def(py::init<const std::string &, py::list, std::vector<uint32_t>, std::vector<uint32_t>,
-                      const std::vector<std::tuple<int, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t, uint32_t>> &,
-                      const std::vector<std::tuple<int, int, bool, uint32_t, uint32_t, uint32_t>> &, uint32_t,
-                      const std::vector<std::array<uint32_t, 8>> &>(),
+        .def(py::init<const std::string &, py::list, const Table &, const Table &, const Table &, const Table &,
+                      uint32_t, const Table &>(),
              py::arg("family"), py::arg("sets"), py::arg("chain_first"), py::arg("chain_len"), py::arg("rules"),
-             py::arg("matches"), py::arg("entry"), py::arg("nets") = std::vector<std::array<uint32_t, 8>>(),
-             "Program(family, sets, chain_first, chain_len, rules, matches, entry, nets=[]): rules are (target, "
-             "chain, jump, mark, mark_mask, first_match, n_matches), matches (kind, dims, negate, set, value, "
-             "value2), nets the IPv6 networks of address matches (4 address words, 4 mask words); see "
-             "csrc/include/pyipset/evaluator.h.")
+             py::arg("matches"), py::arg("entry"), py::arg("nets"),
+             "Program(family, sets, chain_first, chain_len, rules, matches, entry, nets): int64 arrays; rules [n, "
+             "7] rows (target, chain, jump, mark, mark_mask, first_match, n_matches), matches [m, 6] rows (kind, "
+             "dims, negate, set, value, value2), nets [k, 8] the IPv6 networks of address matches (4 address "
+             "words, 4 mask words); see csrc/include/pyipset/evaluator.h.")
         .def("evaluate", &NativeProgram::evaluate, py::arg("src"), py::arg("dst"), py::arg("proto"),
              py::arg("dport"), py::arg("threads") = 0, py::arg("trace") = false,
              "evaluate(src, dst, proto, dport, threads=0) -> (verdict bool[], deciding rule int32[], last MARK "

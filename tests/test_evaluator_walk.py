@@ -18,7 +18,7 @@ from hypothesis import strategies as st
 import dataclasses
 
 from pyipset.compile.program import MAP_TYPE, Match, Rule, RuleProgram, SetDef
-from pyipset.verify.native import NativeProgram
+from pyipset.verify.native import NativeProgram, _Code
 
 ADDRS = [f"198.18.0.{i}" for i in range(1, 9)]
 PORTS = [53, 80, 443]
@@ -193,6 +193,61 @@ def test_a_program_loaded_like_another_walks_as_its_own(prog, other, seed):
     dport = rng.choice(np.array(PORTS, np.uint16), n)
     ips = np.array([int(ipaddress.IPv4Address(a)) for a in ADDRS], np.uint32)
     got = NativeProgram(prog, like=NativeProgram(other)).evaluate(ips[src], ips[dst], proto, dport, threads=1).allowed
+    for i in range(n):
+        flow = {"src": ADDRS[src[i]], "dst": ADDRS[dst[i]], "proto": int(proto[i]), "dport": int(dport[i])}
+        assert bool(got[i]) == walk(prog, flow), (flow, prog.chains)
+
+
+def _renamed(prog: RuleProgram, prefix: str) -> RuleProgram:
+    """prog with every chain and set named prefix + name (jumps, matches and maps following)."""
+    def rule(r: Rule) -> Rule:
+        ms = tuple(dataclasses.replace(m, name=prefix + m.name) if m.kind == "set" else m for m in r.matches)
+        return dataclasses.replace(r, matches=ms, jump=prefix + r.jump if r.jump else "",
+                                   dispatch=prefix + r.dispatch if r.dispatch else "")
+    sets = {prefix + n: dataclasses.replace(
+        s, name=prefix + n, members=tuple(" ".join((m.split(" ")[0], prefix + m.split(" ")[1])) for m in s.members)
+        if s.is_map else s.members) for n, s in prog.sets.items()}
+    return RuleProgram(family=prog.family, sets=sets, entry=prefix + prog.entry,
+                       chains={prefix + c: [rule(r) for r in rs] for c, rs in prog.chains.items()})
+
+
+@settings(max_examples=300, deadline=None)
+@given(prog=programs(), other=programs(), data=st.data(), seed=st.integers(0, 2 ** 32 - 1))
+def test_a_program_loaded_like_one_sharing_chains_is_encoded_as_its_own(prog, other, data, seed):
+    """A chain that is the same object in the program loaded before (as
+    compile/incremental.py keeps unchanged chains across a policy change) is
+    copied from that program's tables, its chain and set numbers renumbered
+    (verify/native._Code). The program before holds prog's chains — each
+    the same list, an equal copy (encoded anew) or other rules — in another
+    order, among other chains and sets (so every number differs), some sets
+    with other members: the tables equal prog's own encoding, and the walk
+    is iptables'."""
+    shuffle = np.random.default_rng(seed)
+    before = _renamed(other, "O")
+    mine = {}
+    for name, rules_ in prog.chains.items():
+        how = data.draw(st.sampled_from(["same", "copy", "other"]))
+        mine[name] = rules_ if how == "same" else list(rules_) if how == "copy" else other.chains[name]
+    sets = {**prog.sets, **{n: s for n, s in other.sets.items() if data.draw(st.booleans())}}
+    names = list(before.chains) + list(mine)
+    shuffle.shuffle(names)
+    chains = {**before.chains, **mine}
+    set_names = list(before.sets) + list(sets)
+    shuffle.shuffle(set_names)
+    all_sets = {**before.sets, **sets}
+    before = RuleProgram(family="inet", entry=data.draw(st.sampled_from(["ENTRY", "OENTRY"])),
+                         chains={c: chains[c] for c in names}, sets={s: all_sets[s] for s in set_names})
+    loaded = NativeProgram(prog, like=NativeProgram(before))
+    own = _Code(prog, list(loaded.sets), frozenset())
+    for table in ("rules", "matches", "marks", "chain_first", "chain_len", "nets"):
+        assert np.array_equal(getattr(loaded._code, table), getattr(own, table)), table
+    assert loaded.rules == own.refs
+    n = 64
+    src, dst = shuffle.choice(len(ADDRS), n), shuffle.choice(len(ADDRS), n)
+    proto = shuffle.choice(np.array([6, 17], np.uint8), n)
+    dport = shuffle.choice(np.array(PORTS, np.uint16), n)
+    ips = np.array([int(ipaddress.IPv4Address(a)) for a in ADDRS], np.uint32)
+    got = loaded.evaluate(ips[src], ips[dst], proto, dport, threads=1).allowed
     for i in range(n):
         flow = {"src": ADDRS[src[i]], "dst": ADDRS[dst[i]], "proto": int(proto[i]), "dport": int(dport[i])}
         assert bool(got[i]) == walk(prog, flow), (flow, prog.chains)

@@ -180,7 +180,8 @@ def test_structure_changes_are_declined():
 def test_policy_changes_give_what_a_full_compile_gives(objs, other, data):
     """Policies replaced (some kept, some dropped, some new), after pod churn
     or not: the recompile that takes pod-derived sets from the kept programs
-    equals a full compile."""
+    equals a full compile, and keeps the lists of the chains that did not
+    change (and only those)."""
     before_objs, after_objs = data.draw(pod_churn(objs))
     before, after = load_objects(before_objs), load_objects(after_objs)
     if before.rejections or after.rejections:
@@ -195,9 +196,14 @@ def test_policy_changes_give_what_a_full_compile_gives(objs, other, data):
     new = [p for p in load_objects([o for o in other if o["kind"] == "NetworkPolicy"]).policies
            if p.key not in {k.key for k in kept}]
     policies = kept + new
+    previous = {p.family: dict(p.chains) for p in inc.programs}
     got = inc.policies_changed(policies)
     assert got is not None
     import dataclasses
     want_cluster = dataclasses.replace(cluster, policies=policies)
     for program, family in zip(got, FAMILIES):
         same_program(program, compile_cluster(want_cluster, family, node=node, dispatch=dispatch))
+        # A chain left as it was is the program before's own list (the evaluator's load copies it by identity).
+        for name, rules in program.chains.items():
+            was = previous[family].get(name)
+            assert (was is rules) == (was == rules), name

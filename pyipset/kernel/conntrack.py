@@ -364,29 +364,40 @@ class Conntrack:
         (Flows or Entries), the other bits kept; returns those whose entries
         were changed (a flow that ended meanwhile is not an error, and not
         among them)."""
-        mark, mask = _BE32.pack(bits if on else 0), _BE32.pack(bits)
+        # Each message: netlink header, nfgenmsg, the original tuple (nested: the key as the kernel wrote it),
+        # the zone if any, the mark and its mask. Made in one loop of packs (a thousand flows: ~1 ms).
+        tail = _nla(CTA_MARK, _BE32.pack(bits if on else 0)) + _nla(CTA_MARK_MASK, _BE32.pack(bits))
+        kind, flags = (NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_NEW, NLM_F_REQUEST | NLM_F_ACK
+        heads = {version: struct.pack("=BBH", family, 0, 0) for version, family in FAMILIES.items()}
+        pack_header, pack_attr, nested = _NLMSG.pack, _NLA.pack, CTA_TUPLE_ORIG | NLA_F_NESTED
         changed: list = []
         pending: dict = {}  # seq -> flow
-        chunk = bytearray()
+        parts: list = []
+        size = 0
 
         def flush() -> list:
-            nonlocal chunk
-            if not chunk:
+            nonlocal parts, size
+            if not parts:
                 return []
-            self.sock.send(bytes(chunk))
-            chunk = bytearray()
+            self.sock.send(b"".join(parts))
+            parts, size = [], 0
             return self._acks(pending)
 
+        seq = self._seq
         for flow in flows:
-            seq = self._next_seq()
-            body = _nla(CTA_TUPLE_ORIG | NLA_F_NESTED, flow.key)
-            if flow.zone:
-                body += _nla(CTA_ZONE, _BE16.pack(flow.zone))
-            body += _nla(CTA_MARK, mark) + _nla(CTA_MARK_MASK, mask)
-            chunk += _message(IPCTNL_MSG_CT_NEW, NLM_F_ACK, FAMILIES[flow.version], body, seq)
+            seq = (seq + 1) & 0xFFFFFFFF
+            key = flow.key
+            pad = -len(key) % 4
+            zone = _nla(CTA_ZONE, _BE16.pack(flow.zone)) if flow.zone else b""
+            length = 24 + len(key) + pad + len(zone) + len(tail)
+            parts += (pack_header(length, kind, flags, seq, 0), heads[flow.version], pack_attr(4 + len(key), nested),
+                      key, b"\0" * pad, zone, tail)
             pending[seq] = flow
-            if len(chunk) >= SEND_CHUNK:
+            size += length
+            if size >= SEND_CHUNK:
+                self._seq = seq
                 changed += flush()
+        self._seq = seq
         changed += flush()
         return changed
 

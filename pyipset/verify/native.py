@@ -45,13 +45,19 @@ def build_sets(program: RuleProgram, like: "NativeProgram" = None) -> dict:
     like: a NativeProgram of another program whose built sets are taken for
     the sets that are the same in both (built sets are never changed)."""
     out = {}
+    like_maps: dict = {}  # a map of like's -> its per-chain sets (name, built set)
+    if like is not None:
+        for key, built in like.sets.items():
+            name, sep, _ = key.partition(">")
+            if sep and name in like.program.sets:
+                like_maps.setdefault(name, []).append((key, built))
     for name, setdef in program.sets.items():
         was = None if like is None else like.program.sets.get(name)
         if was is not None and (was is setdef or was == setdef):
             if not setdef.is_map:
                 out[name] = like.sets[name]
             else:
-                out.update((k, v) for k, v in like.sets.items() if k.startswith(map_entry(name, "")))
+                out.update(like_maps.get(name, ()))
             continue
         if not setdef.is_map:
             out[name] = build_set(setdef)
@@ -117,33 +123,56 @@ class Evaluation:
         return self.slots[:, len(SLOTS) * (1 + PASS_TIERS.index(tier)) + SLOTS.index(name), 0]
 
 
-class NativeProgram:
-    """A RuleProgram loaded into the evaluator, with its sets built natively."""
+_JUMPS = (_TARGETS["JUMP"], _TARGETS["GOTO"])
+_DISPATCH = _TARGETS["DISPATCH"]
 
-    def __init__(self, program: RuleProgram, entry: str = "", sets: dict = None, like: "NativeProgram" = None):
-        """entry: start the walk in this chain instead of the program's entry;
-        sets: the built sets of another NativeProgram of the same program (shared);
-        like: a NativeProgram of another program, whose sets are taken where equal."""
-        with collector.paused():  # the load makes tens of thousands of small acyclic tuples
-            self._load(program, entry, sets, like)
 
-    def _load(self, program: RuleProgram, entry: str, sets, like) -> None:
-        self.program = program
-        self.entry = entry or program.entry
-        self.sets = sets if sets is not None else build_sets(program, like)
-        set_index = {name: i for i, name in enumerate(self.sets)}
-        chain_index = {name: i for i, name in enumerate(program.chains)}
-        self.rules: list[tuple[str, int, Rule]] = []
-        chain_first, chain_len, rules, matches, nets = [], [], [], [], []
-        marks = []  # per rule, the mark it sets (0 for rules that set none)
-        # The loop below runs once per rule and match of the program (14k matches at 10k pods): names bound here.
+class _Code:
+    """A RuleProgram as the evaluator's tables (int64 arrays): rules [n, 7]
+    (target, chain, jump, mark, mark_mask, first match, matches), matches
+    [m, 6] (kind, dims, negate, set, value, value2) and the IPv6 networks
+    of address matches [k, 8]; beside them, per rule, (chain, position,
+    Rule) and the mark it sets (0: none).
+
+    like: the _Code of another program of the family (the one judged
+    before). A chain whose rules are the same object there (compile/
+    incremental.py keeps an unchanged chain's tuple across a policy change)
+    is copied from its tables, its set and chain numbers renumbered, instead
+    of encoded rule by rule again: at 10k pods a policy change leaves most
+    of ~1,500 chains alone. Chains with a dispatch or an address match are
+    always encoded (their entries name chains and networks by number)."""
+
+    def __init__(self, program: RuleProgram, set_names: list, dynamic: frozenset, like: "_Code" = None):
+        set_index = {name: i for i, name in enumerate(set_names)}
+        chain_index = self.chain_index = {name: i for i, name in enumerate(program.chains)}
+        if like is not None and like.dynamic != dynamic:
+            like = None  # a set's match is encoded by whether it is dynamic
+        self.set_names, self.dynamic = set_names, dynamic
+        self.at: dict = {}  # chain -> (its rules, first rule, count): the chains a later program may copy
+        chain_first, chain_len, refs = [], [], []
+        rules, matches, nets, marks = [], [], [], []  # the rules encoded here (rows), their matches, ...
+        order = []  # per rule of the program: its row in like's tables, or len(like's) + its row in `rules`
+        base = len(like.rules) if like is not None else 0
+        copied = False
+        # The loop below runs once per rule and match of the chains it encodes (14k matches at 10k pods).
         set_kind, state_kind, dims_of, targets = _MATCH_KINDS["set"], _MATCH_KINDS["state"], _DIMS, _TARGETS
-        dynamic = {name for name, d in program.sets.items() if d.dynamic}
-        add_match, add_rule, add_mark, add_ref = matches.append, rules.append, marks.append, self.rules.append
+        add_match, add_rule, add_mark, add_ref = matches.append, rules.append, marks.append, refs.append
+        like_at = like.at if like is not None else {}
+        total = 0
         for chain, chain_rules in program.chains.items():
             here = chain_index[chain]
-            chain_first.append(len(rules))
+            chain_first.append(total)
             chain_len.append(len(chain_rules))
+            got = like_at.get(chain)
+            if got is not None and got[0] is chain_rules:
+                start, count = got[1], got[2]
+                order += range(start, start + count)
+                refs += like.refs[start:start + count]
+                self.at[chain] = (chain_rules, total, count)
+                total += count
+                copied = True
+                continue
+            reusable = True
             for i, rule in enumerate(chain_rules):
                 first = len(matches)
                 for m in rule.matches:
@@ -162,22 +191,79 @@ class NativeProgram:
                         add_match((state_kind, 0, m.negate != (m.value == 0), 0, 0, 0))
                     elif kind == "addr":
                         add_match(_address_match(m, program.family, nets))
+                        reusable = False
                     else:
                         add_match((_MATCH_KINDS[kind], 0, m.negate, 0, m.value, m.value2))
                 target = rule.target
                 jump = chain_index[rule.jump] if target == "JUMP" or target == "GOTO" else 0
                 if target == "DISPATCH":  # its entries follow its matches: (set of addresses, chain)
                     entry = map_entry(rule.dispatch, "")  # the map's sets, one per chain, as build_sets made them
-                    to = [name[len(entry):] for name in self.sets if name.startswith(entry)]
+                    to = [name[len(entry):] for name in set_names if name.startswith(entry)]
                     matches += [(set_kind, dims_of[rule.dispatch_dims], False,
                                  set_index[map_entry(rule.dispatch, c)], chain_index[c], 0) for c in to]
                     jump = len(to)
+                    reusable = False
+                order.append(base + len(rules))
                 add_rule((targets[target], here, jump, rule.mark, rule.mark_mask, first, len(rule.matches)))
                 add_mark(rule.mark if target == "MARK" else 0)
                 add_ref((chain, i, rule))
-        self.marks = np.array(marks, np.int64)
-        self.native = _core.Program(program.family, list(self.sets.values()), chain_first, chain_len, rules,
-                                    matches, chain_index[self.entry], nets)
+            if reusable:
+                self.at[chain] = (chain_rules, total, len(chain_rules))
+            total += len(chain_rules)
+        self.chain_first = np.array(chain_first, np.int64)
+        self.chain_len = np.array(chain_len, np.int64)
+        self.nets = np.array(nets, np.int64).reshape(-1, 8)
+        self.refs = refs
+        fresh_rules = np.array(rules, np.int64).reshape(-1, 7)
+        fresh_matches = np.array(matches, np.int64).reshape(-1, 6)
+        fresh_marks = np.array(marks, np.int64)
+        if not copied:
+            self.rules, self.matches, self.marks = fresh_rules, fresh_matches, fresh_marks
+            return
+        # Rows from like's tables and the fresh ones, in the program's order; then numbered anew.
+        fresh_rules[:, 5] += len(like.matches)
+        order = np.array(order, np.int64)
+        self.rules = np.concatenate([like.rules, fresh_rules])[order]
+        self.marks = np.concatenate([like.marks, fresh_marks])[order]
+        from_like = order < base
+        self.rules[:, 1] = np.repeat(np.arange(len(chain_first), dtype=np.int64), self.chain_len)
+        jumps = from_like & np.isin(self.rules[:, 0], _JUMPS)
+        chains = np.array([chain_index.get(name, -1) for name in like.chain_index], np.int64)
+        self.rules[jumps, 2] = chains[self.rules[jumps, 2]]
+        # Matches: each rule's, moved to follow the rules' order (a dispatch's entries after its own).
+        counts = self.rules[:, 6] + np.where(self.rules[:, 0] == _DISPATCH, self.rules[:, 2], 0)
+        firsts = np.cumsum(counts) - counts
+        taken = np.repeat(self.rules[:, 5] - firsts, counts) + np.arange(int(counts.sum()), dtype=np.int64)
+        self.matches = np.concatenate([like.matches, fresh_matches])[taken]
+        self.rules[:, 5] = firsts
+        sets = np.array([set_index.get(name, -1) for name in like.set_names], np.int64)
+        renumber = np.repeat(from_like, counts) & (self.matches[:, 0] == set_kind)
+        self.matches[renumber, 3] = sets[self.matches[renumber, 3]]
+        if (self.rules[jumps, 2] < 0).any() or (self.matches[renumber, 3] < 0).any():
+            # A copied chain names a chain or set this program does not have: it is not valid; say so.
+            raise ValueError("a chain copied from the program before names a chain or set this one lacks")
+
+
+class NativeProgram:
+    """A RuleProgram loaded into the evaluator, with its sets built natively."""
+
+    def __init__(self, program: RuleProgram, entry: str = "", sets: dict = None, like: "NativeProgram" = None):
+        """entry: start the walk in this chain instead of the program's entry;
+        sets: the built sets of another NativeProgram of the same program (shared);
+        like: a NativeProgram of another program, whose sets are taken where equal."""
+        with collector.paused():  # the load makes tens of thousands of small acyclic tuples
+            self._load(program, entry, sets, like)
+
+    def _load(self, program: RuleProgram, entry: str, sets, like) -> None:
+        self.program = program
+        self.entry = entry or program.entry
+        self.sets = sets if sets is not None else build_sets(program, like)
+        dynamic = frozenset(name for name, d in program.sets.items() if d.dynamic)
+        code = _Code(program, list(self.sets), dynamic,
+                     like._code if like is not None and like.program.family == program.family else None)
+        self._code, self.rules, self.marks = code, code.refs, code.marks
+        self.native = _core.Program(program.family, list(self.sets.values()), code.chain_first, code.chain_len,
+                                    code.rules, code.matches, code.chain_index[self.entry], code.nets)
         self.native.set_mark_slots(list(_SLOT_MASKS))
 
     def evaluate(self, src: np.ndarray, dst: np.ndarray, proto: np.ndarray, dport: np.ndarray,
