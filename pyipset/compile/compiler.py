@@ -237,7 +237,12 @@ def flat_key(policy: NetworkPolicy, direction: str, index: int) -> tuple:
 class _Compiler:
     def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
                  node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None,
-                 text: Optional[dict] = None, deny_unknown: tuple = (), audit: bool = False, dispatch: str = "tree"):
+                 text: Optional[dict] = None, deny_unknown: tuple = (), audit: bool = False, dispatch: str = "tree",
+                 like: Optional["_Compiler"] = None):
+        """like: the compiler of the same pods and namespaces (the very lists and dict, for this node) under
+        other policies (compile/incremental.py): its indexes of pods and its memos of which pods and
+        namespaces a selector matches are taken, not made again (at 10k pods, most of a policy change's
+        compile). Unchecked beyond that identity: the objects are never changed after loading."""
         if dispatch not in DISPATCHES:
             raise ValueError(f"unknown dispatch {dispatch!r}: expected one of {', '.join(DISPATCHES)}")
         self.dispatch = dispatch
@@ -250,18 +255,24 @@ class _Compiler:
         self.program = RuleProgram(family)
         self.sets = _Sets(self.program, reuse)
         self.flatten_limit = flatten_limit
-        self.pods_by_namespace: dict = {}
-        self.local_by_namespace: dict = {}  # this node's pods
-        for p in cluster.pods:
-            self.pods_by_namespace.setdefault(p.namespace, []).append(p)
-            if node is None or p.node == node:
-                self.local_by_namespace.setdefault(p.namespace, []).append(p)
         self.deny_unknown = tuple(n for n in deny_unknown if n.version == self.version)
         self.text: dict = {} if text is None else text  # address -> str (a cache: str() of ipaddress is slow)
-        self._texts: dict = {}  # id(pod) -> (pod, its addresses as text)
-        self._local: dict = {}
-        self._selected: dict = {}
-        self._namespaces: dict = {}
+        if like is not None and like.cluster.pods is cluster.pods and like.node == node \
+                and like.cluster.namespaces is cluster.namespaces:
+            self.pods_by_namespace, self.local_by_namespace = like.pods_by_namespace, like.local_by_namespace
+            self._texts, self._local, self._selected, self._namespaces = (like._texts, like._local, like._selected,
+                                                                         like._namespaces)
+        else:
+            self.pods_by_namespace: dict = {}
+            self.local_by_namespace: dict = {}  # this node's pods
+            for p in cluster.pods:
+                self.pods_by_namespace.setdefault(p.namespace, []).append(p)
+                if node is None or p.node == node:
+                    self.local_by_namespace.setdefault(p.namespace, []).append(p)
+            self._texts: dict = {}  # id(pod) -> (pod, its addresses as text)
+            self._local: dict = {}  # (namespace, selector) -> this node's pods it selects
+            self._selected: dict = {}  # (namespace, selector) -> the pods it selects
+            self._namespaces: dict = {}  # selector -> the namespaces it selects
         # For incremental updates (incremental.py): how each pod-derived set gets
         # its members from one pod, the rules that flattening decided on, and
         # the policies of each direction by namespace (a pod's group).
@@ -799,7 +810,7 @@ class _Compiler:
 
     def local_set(self) -> str:
         return self.pod_set(ROLE_LOCAL, ("local", self.node or ""),
-                            [p for p in self.cluster.pods if self.is_local(p)],
+                            lambda: [p for p in self.cluster.pods if self.is_local(p)],  # unless reused
                             "this node's pods: the hooks judge their traffic", self.is_local)
 
     def cidr_set(self) -> str:

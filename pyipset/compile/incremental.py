@@ -60,8 +60,9 @@ class Incremental:
 
     def _compile(self, cluster: Cluster, families: list, reuse: Optional[dict] = None) -> None:
         self._cluster, self._pods_listed = cluster, True
-        self.compilers = {f: _Compiler(cluster, f, **self.options, reuse=(reuse or {}).get(f), text=self.text)
-                          for f in families}
+        before = getattr(self, "compilers", {})  # their indexes of pods are taken when the pods are the same
+        self.compilers = {f: _Compiler(cluster, f, **self.options, reuse=(reuse or {}).get(f), text=self.text,
+                                       like=before.get(f)) for f in families}
         self.programs = [self.compilers[f].compile() for f in families]
         # Group sizes per family and scope (a direction, or a tier's direction): a group appearing or
         # emptying changes chains.

@@ -40,8 +40,12 @@ class NamespaceLock:
     def __init__(self, netns: Optional[str], wait_seconds: float = 120.0):
         self.netns = netns
         self.wait_seconds = wait_seconds
-        self._fd: Optional[int] = None
+        self._fd: Optional[int] = None  # while held
         self._depth = 0
+        # The lock file stays open between holds (an agent takes the lock at every update: making the
+        # directory and opening the file each time cost as much as an nftables transaction), kept for
+        # the namespace identity it was opened for: a namespace made again under the name gets its own.
+        self._open: Optional[tuple] = None  # (identity, fd)
 
     @property
     def path(self) -> str:
@@ -59,9 +63,29 @@ class NamespaceLock:
             if self._depth == 0:
                 self._release()
 
-    def _acquire(self) -> None:
+    def _file(self) -> int:
+        """The lock file of the namespace as it is now, opened (once per identity)."""
+        identity = netns_identity(self.netns)
+        if self._open is not None and self._open[0] == identity:
+            return self._open[1]
+        self.close()
         os.makedirs(LOCK_DIR, mode=0o755, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        fd = os.open(os.path.join(LOCK_DIR, f"netns-{identity}.lock"), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        self._open = (identity, fd)
+        return fd
+
+    def close(self) -> None:
+        """Closes the lock file (not while held; a later hold opens it again)."""
+        if self._open is not None and self._depth == 0:
+            os.close(self._open[1])
+            self._open = None
+
+    def __del__(self):
+        if self._open is not None:
+            os.close(self._open[1])
+
+    def _acquire(self) -> None:
+        fd = self._file()
         deadline = time.monotonic() + self.wait_seconds
         delay = 0.005
         while True:
@@ -71,7 +95,6 @@ class NamespaceLock:
             except BlockingIOError:
                 if time.monotonic() >= deadline:
                     holder = _read_holder(fd)
-                    os.close(fd)
                     raise KernelBusy(
                         f"another pyipset process{holder} has held the lock on network namespace "
                         f"{self.netns or '(this one)'} for over {self.wait_seconds:g} s ({self.path})") from None
@@ -86,7 +109,6 @@ class NamespaceLock:
     def _release(self) -> None:
         if self._fd is not None:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
-            os.close(self._fd)
             self._fd = None
 
 

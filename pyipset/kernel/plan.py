@@ -256,9 +256,10 @@ def plan_change(old: RuleProgram, new: RuleProgram, render_hooks, deltas: Option
     plan = Plan(new)
     plan.sets = plan_sets(dataclasses.replace(new, sets=sets), current, wanted, known)
     plan.chains = [] if new.chains is old.chains else [c for c in new.chains if old.chains.get(c) != new.chains[c]]
-    old_hooks, new_hooks = render_hooks(old), render_hooks(new)
-    plan.hooks_add = [h for h in new_hooks if h not in old_hooks]
-    plan.hooks_drop = [h for h in old_hooks if h not in new_hooks]
+    if new.hooks is not old.hooks or new.family != old.family:  # pod churn keeps the hooks' list: nothing to render
+        old_hooks, new_hooks = render_hooks(old), render_hooks(new)
+        plan.hooks_add = [h for h in new_hooks if h not in old_hooks]
+        plan.hooks_drop = [h for h in old_hooks if h not in new_hooks]
     plan.stale_chains = [c for c in old.chains if c not in new.chains]
     plan.stale_sets = [n for n in old.sets if n not in new.sets]
     return plan

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import ipaddress
 from dataclasses import dataclass, field
 from typing import Optional, Union
@@ -130,8 +132,8 @@ class NetworkPolicy:
     ingress: tuple = ()  # PolicyRule
     egress: tuple = ()  # PolicyRule
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:  # kept (not a field: equality and hashing ignore it): a compile asks it thousands of times
         return f"{self.namespace}/{self.name}"
 
 

@@ -40,11 +40,17 @@ class LabelSelector:
         return not self.match_labels and not self.match_expressions
 
     def canonical(self) -> str:
-        """A separator-safe text that is equal for equal selectors (sorted, quoted)."""
-        try:
-            return _canonical(self)
-        except TypeError:  # a part that is not hashable (built by hand with lists)
-            return _canonical.__wrapped__(self)
+        """A separator-safe text that is equal for equal selectors (sorted, quoted);
+        kept on the selector (a compile asks it of every policy's selector
+        many times: hashing the selector for a shared cache cost more)."""
+        text = self.__dict__.get("_canonical")
+        if text is None:
+            try:
+                text = _canonical(self)
+            except TypeError:  # a part that is not hashable (built by hand with lists)
+                text = _canonical.__wrapped__(self)
+            object.__setattr__(self, "_canonical", text)  # not a field: equality and hashing ignore it
+        return text
 
     def describe(self) -> str:
         parts = [f"{k}={v}" for k, v in self.match_labels]
