@@ -181,29 +181,72 @@ def test_policy_changes_give_what_a_full_compile_gives(objs, other, data):
     """Policies replaced (some kept, some dropped, some new), after pod churn
     or not: the recompile that takes pod-derived sets from the kept programs
     equals a full compile, and keeps the lists of the chains that did not
-    change (and only those)."""
+    change (and only those); twice, then pod churn over what they made."""
     before_objs, after_objs = data.draw(pod_churn(objs))
     before, after = load_objects(before_objs), load_objects(after_objs)
     if before.rejections or after.rejections:
         return
     node = data.draw(st.sampled_from([None, *NODES]))
     dispatch = data.draw(st.sampled_from(["tree", "map"]))
-    inc = Incremental(before, FAMILIES, node=node, dispatch=dispatch)
+    limit = data.draw(st.sampled_from([0, 3, 1024]))
+    inc = Incremental(before, FAMILIES, node=node, dispatch=dispatch, flatten_limit=limit)
     cluster = before
     if data.draw(st.booleans()) and inc.pods_changed(changes_between(before, after)) is not None:
         cluster = after
-    kept = [p for p in cluster.policies if data.draw(st.booleans())]
-    new = [p for p in load_objects([o for o in other if o["kind"] == "NetworkPolicy"]).policies
-           if p.key not in {k.key for k in kept}]
-    policies = kept + new
-    previous = {p.family: dict(p.chains) for p in inc.programs}
-    got = inc.policies_changed(policies)
-    assert got is not None
     import dataclasses
-    want_cluster = dataclasses.replace(cluster, policies=policies)
-    for program, family in zip(got, FAMILIES):
-        same_program(program, compile_cluster(want_cluster, family, node=node, dispatch=dispatch))
-        # A chain left as it was is the program before's own list (the evaluator's load copies it by identity).
-        for name, rules in program.chains.items():
-            was = previous[family].get(name)
-            assert (was is rules) == (was == rules), name
+    others = load_objects([o for o in other if o["kind"] == "NetworkPolicy"]).policies
+    policies = cluster.policies
+    for _ in range(2):  # a second change compiles over the policy chains the first one kept
+        kept = [p for p in policies if data.draw(st.booleans())]
+        new = [p for p in others if p.key not in {k.key for k in kept} and data.draw(st.booleans())]
+        policies = kept + new
+        previous = {p.family: dict(p.chains) for p in inc.programs}
+        got = inc.policies_changed(policies)
+        assert got is not None
+        want_cluster = dataclasses.replace(cluster, policies=policies)
+        for program, family in zip(got, FAMILIES):
+            same_program(program, compile_cluster(want_cluster, family, node=node, dispatch=dispatch,
+                                                  flatten_limit=limit))
+            # A chain left as it was is the program before's own list (the evaluator's load copies it by
+            # identity).
+            for name, rules in program.chains.items():
+                was = previous[family].get(name)
+                assert (was is rules) == (was == rules), name
+    # Then pod churn over the programs those changes made: how a pod joins each set, and which rules were
+    # eligible for flattening, came along with the chains they kept.
+    target = before if cluster is after else after
+    churned = inc.pods_changed(changes_between(cluster, target))
+    if churned is not None:
+        want_cluster = dataclasses.replace(target, policies=policies)
+        for program, family in zip(churned, FAMILIES):
+            same_program(program, compile_cluster(want_cluster, family, node=node, dispatch=dispatch,
+                                                  flatten_limit=limit))
+
+
+def test_a_kept_flattened_policy_chain_brings_its_notes_and_eligibility():
+    """A policy whose rule is flattened (a few pods each side) is kept across a
+    policy change (its chain taken from the compile before): the program still
+    notes the flattening, and a pod change that grows the rule past the
+    flattening limit is still seen (the incremental path declines, as a full
+    compile would unflatten it)."""
+    for node in (None, "n1"):
+        objs = _objects()
+        cluster = load_objects(objs)
+        inc = Incremental(cluster, ["inet"], node=node, flatten_limit=60)
+        assert any("flattened" in n for n in inc.programs[0].notes)
+        extra = load_objects([policy("b/extra", {"podSelector": {"matchLabels": {"app": "db"}},
+                                                 "ingress": [{"from": [{"podSelector": {}}]}]})]).policies
+        import dataclasses
+        got = inc.policies_changed(list(cluster.policies) + extra)
+        same_program(got[0], compile_cluster(dataclasses.replace(cluster, policies=list(cluster.policies) + extra),
+                                             "inet", node=node, flatten_limit=60))
+        # web x (a/web's peers: every pod of a) x 1 port is 6 x 6 = 36 <= 60; four more web pods make 10 x 10.
+        grown = objs + [pod(f"a/web{i}", f"192.0.2.{i + 1}", {"app": "web"}, [("http", 80, "TCP")], node="n1")
+                        for i in range(6, 10)]
+        after = load_objects(grown)
+        answer = inc.pods_changed(changes_between(cluster, after))
+        want = compile_cluster(dataclasses.replace(after, policies=list(cluster.policies) + extra), "inet",
+                               node=node, flatten_limit=60)
+        if answer is not None:
+            same_program(answer[0], want)
+        assert not any("a/web ingress[1]" in n for n in want.notes)  # the full compile unflattens it

@@ -257,11 +257,18 @@ class _Compiler:
         self.flatten_limit = flatten_limit
         self.deny_unknown = tuple(n for n in deny_unknown if n.version == self.version)
         self.text: dict = {} if text is None else text  # address -> str (a cache: str() of ipaddress is slow)
+        # Policy chains of this compile, for the next one over the same pods: (direction, id(policy)) ->
+        # (policy, rules, {set name: (SetDef, member_of)}, eligible, notes) (see kept_policy_chain).
+        self._chains: dict = {}
+        self._chains_before: dict = {}
         if like is not None and like.cluster.pods is cluster.pods and like.node == node \
                 and like.cluster.namespaces is cluster.namespaces:
             self.pods_by_namespace, self.local_by_namespace = like.pods_by_namespace, like.local_by_namespace
-            self._texts, self._local, self._selected, self._namespaces = (like._texts, like._local, like._selected,
-                                                                         like._namespaces)
+            self._texts, self._local, self._selected, self._namespaces, self._sizes = (
+                like._texts, like._local, like._selected, like._namespaces, like._sizes)
+            if (like.version, like.flatten_limit, like.cluster.addresses_shared) == \
+                    (self.version, flatten_limit, cluster.addresses_shared):
+                self._chains_before = like._chains
         else:
             self.pods_by_namespace: dict = {}
             self.local_by_namespace: dict = {}  # this node's pods
@@ -273,6 +280,7 @@ class _Compiler:
             self._local: dict = {}  # (namespace, selector) -> this node's pods it selects
             self._selected: dict = {}  # (namespace, selector) -> the pods it selects
             self._namespaces: dict = {}  # selector -> the namespaces it selects
+            self._sizes: dict = {}  # (namespace, selector or None) -> addresses of this family of the pods it selects
         # For incremental updates (incremental.py): how each pod-derived set gets
         # its members from one pod, the rules that flattening decided on, and
         # the policies of each direction by namespace (a pod's group).
@@ -331,6 +339,21 @@ class _Compiler:
         if peer.pod_selector is None:
             return [p for n in namespaces for p in self.pods_by_namespace.get(n, ())]
         return [p for n in namespaces for p in self.pods_matching(n, peer.pod_selector)]
+
+    def peer_size(self, policy: NetworkPolicy, peer: Peer) -> int:
+        """How many addresses of this family peer_pods() has (counted per namespace and selector, once)."""
+        namespaces = ([policy.namespace] if peer.namespace_selector is None
+                      else self.namespaces_matching(peer.namespace_selector))
+        selector = None if peer.pod_selector is None else peer.pod_selector.canonical()
+        total = 0
+        for n in namespaces:
+            count = self._sizes.get((n, selector))
+            if count is None:
+                pods = (self.pods_by_namespace.get(n, ()) if peer.pod_selector is None
+                        else self.pods_matching(n, peer.pod_selector))
+                count = self._sizes[(n, selector)] = sum(len(self.texts(p)) for p in pods)
+            total += count
+        return total
 
     def pod_set(self, role: str, key_parts: tuple, pods, comment: str, member_of, peer_kind: str = "") -> str:
         """A hash:ip set of the pods' addresses; pods may be a callable (computed
@@ -423,8 +446,7 @@ class _Compiler:
             # The largest peer alone over the limit (its pods' addresses are distinct: no address is
             # shared): no need to gather and sort every peer's addresses, a peer of thousands of pods
             # being the common case on every policy change's path.
-            widest = max((sum(len(self.texts(p)) for p in self.peer_pods(policy, peer)) for peer in rule.peers),
-                         default=0)
+            widest = max((self.peer_size(policy, peer) for peer in rule.peers), default=0)
             if len(targets) * len(ports) * widest > self.flatten_limit:
                 return None
         peers = sorted({ip for peer in rule.peers for p in self.peer_pods(policy, peer) for ip in self.texts(p)})
@@ -440,6 +462,32 @@ class _Compiler:
         self.program.notes.append(f"{policy.key} {direction}[{index}]: flattened into {name} "
                                   f"({len(members)} members)")
         return Match("set", name=name, dims="src,dst,dst")
+
+    def kept_policy_chain(self, policy: NetworkPolicy, direction: str, ok_mark: int) -> list:
+        """policy_chain(), or the very list the compile before made for the same policy object when it had
+        the same pods and namespaces (`like`): a policy's chain follows from the policy, those pods and
+        namespaces, the node and the family alone. Its side effects come with it: the sets its rules
+        name (and how each takes one pod's members), the rules eligible for flattening and the notes.
+        A policy change then compiles the changed policy's chains, not every policy's (the property
+        tests in tests/test_incremental.py hold the result equal to a full compile)."""
+        key = (direction, id(policy))
+        got = self._chains_before.get(key)
+        if got is not None and got[0] is policy:
+            _, rules, sets, eligible, notes = got
+            for name, (setdef, member_of) in sets.items():
+                self.program.sets.setdefault(name, setdef)
+                if member_of is not None:
+                    self.members_of.setdefault(name, member_of)
+            self.eligible += eligible
+            self.program.notes += notes
+            self._chains[key] = got
+            return rules
+        eligible, notes = len(self.eligible), len(self.program.notes)
+        rules = self.policy_chain(policy, direction, ok_mark)
+        names = {m.name for r in rules for m in r.matches if m.kind == "set"}
+        self._chains[key] = (policy, rules, {n: (self.program.sets[n], self.members_of.get(n)) for n in names},
+                             self.eligible[eligible:], self.program.notes[notes:])
+        return rules
 
     def policy_chain(self, policy: NetworkPolicy, direction: str, ok_mark: int) -> list:
         peer_dim = "dst" if direction == "egress" else "src"
@@ -543,16 +591,17 @@ class _Compiler:
         for policy in policies:
             by_ns.setdefault(policy.namespace, []).append(policy)
         policy_chains = {}
-        selecting: dict = {}  # pod key -> (pod, [policy keys])
+        selecting: dict = {}  # id(pod) -> (pod, [policy keys]) (the cluster's pods are distinct objects)
         for policy in policies:
             local = self.local_selected(policy)
             if not local:
                 continue  # it isolates no pod of this node: other nodes judge its pods
             sub = policy_chain(policy.key, direction)
-            self.program.chains[sub] = self.policy_chain(policy, direction, ok)
+            self.program.chains[sub] = self.kept_policy_chain(policy, direction, ok)
             policy_chains[policy.key] = sub
+            key = policy.key
             for pod in local:
-                selecting.setdefault(pod.key, (pod, []))[1].append(policy.key)
+                selecting.setdefault(id(pod), (pod, []))[1].append(key)
         by_group: dict = {}
         for pod, keys in selecting.values():
             by_group.setdefault(tuple(keys), []).append(pod)

@@ -114,10 +114,12 @@ def audit_chain(direction: str) -> str:
     return f"{CHAIN_PREFIX}-AUDIT-{direction.upper()}"
 
 
+@functools.lru_cache(maxsize=1 << 16)  # asked of every policy at every compile
 def policy_chain(policy_key: str, direction: str) -> str:
     return f"{CHAIN_PREFIX}-{direction[0].upper()}-{digest(policy_key + direction, 10)}"
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def group_chain(direction: str, policies: tuple) -> str:
     """The leaf of the group search: the chains of one group's policies in turn."""
     return f"{CHAIN_PREFIX}-{direction[0].upper()}-G{digest(json.dumps(policies), 9)}"
