@@ -261,6 +261,9 @@ class _Compiler:
         # (policy, rules, {set name: (SetDef, member_of)}, eligible, notes) (see kept_policy_chain).
         self._chains: dict = {}
         self._chains_before: dict = {}
+        # Group leaf chains of this compile and the one before: (direction, policy keys) -> (name, rules).
+        self._leaves: dict = {}
+        self._leaves_before: dict = like._leaves if like is not None else {}
         if like is not None and like.cluster.pods is cluster.pods and like.node == node \
                 and like.cluster.namespaces is cluster.namespaces:
             self.pods_by_namespace, self.local_by_namespace = like.pods_by_namespace, like.local_by_namespace
@@ -544,10 +547,19 @@ class _Compiler:
         return name
 
     def group_leaf(self, direction: str, key: tuple, policy_chains: dict, ok: int, denied: int) -> str:
-        """The chain of one policy group: its policies' chains in turn, until one marks OK."""
-        return self.leaf(direction, key, policy_chains, Match("mark", value=ok, value2=ok), "allowed it",
+        """The chain of one policy group: its policies' chains in turn, until one marks OK. It follows from
+        the direction and the group's policy keys alone (each policy's chain is named by its key): the
+        compile before's list is taken when it had the group (see _leaves)."""
+        got = self._leaves_before.get((direction, key))
+        if got is not None:
+            name, rules = self._leaves[(direction, key)] = got
+            self.program.chains[name] = rules
+            return name
+        name = self.leaf(direction, key, policy_chains, Match("mark", value=ok, value2=ok), "allowed it",
                          Rule((), "MARK", mark=denied,
                               origin=f"no rule of the policies that isolate it allows it ({direction})"))
+        self._leaves[(direction, key)] = (name, self.program.chains[name])
+        return name
 
     def leaf(self, direction: str, key: tuple, chains: dict, stop: Match, stopped: str,
              last: Optional[Rule] = None) -> str:
