@@ -428,9 +428,6 @@ class EntryIterator {
     size_t cursor_ = 0;
 };
 
-// A RuleProgram loaded into the native evaluator. It keeps the Python set
-// objects alive and holds a read lease on each during a batch, so a set can
-// not change under a running evaluation.
 using Table = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
 
 // The values of an int64 table of `width` columns (1: a vector), each checked to fit 32 bits unsigned.
@@ -456,6 +453,9 @@ static uint8_t byte(uint32_t v, const char *what) {
     return static_cast<uint8_t>(v);
 }
 
+// A RuleProgram loaded into the native evaluator. It keeps the Python set
+// objects alive and holds a read lease on each during a batch, so a set can
+// not change under a running evaluation.
 class NativeProgram {
   public:
     // The program as int64 tables (numpy, C order): rules [n, 7] (target, chain, jump, mark, mark_mask,
@@ -495,8 +495,8 @@ class NativeProgram {
             }
         ips_status st;
         char why[256] = "";
-        program_ = ips_program_new(family_, raw.size(), raw.data(), first.size(), first.data(), len.data(), r.size(), r.data(), m.size(), m.data(), n.size(), n.data(),
-                                   entry, &st, why, sizeof why);
+        program_ = ips_program_new(family_, raw.size(), raw.data(), first.size(), first.data(), len.data(), r.size(),
+                                   r.data(), m.size(), m.data(), n.size(), n.data(), entry, &st, why, sizeof why);
         if (!program_)
             raise_status(st, std::string("invalid rule program: ") + why);
     }

@@ -383,9 +383,8 @@ class Conntrack:
             parts, size = [], 0
             return self._acks(pending)
 
-        seq = self._seq
         for flow in flows:
-            seq = (seq + 1) & 0xFFFFFFFF
+            seq = self._next_seq()
             key = flow.key
             pad = -len(key) % 4
             zone = _nla(CTA_ZONE, _BE16.pack(flow.zone)) if flow.zone else b""
@@ -395,9 +394,7 @@ class Conntrack:
             pending[seq] = flow
             size += length
             if size >= SEND_CHUNK:
-                self._seq = seq
                 changed += flush()
-        self._seq = seq
         changed += flush()
         return changed
 

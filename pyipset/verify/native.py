@@ -136,7 +136,7 @@ class _Code:
 
     like: the _Code of another program of the family (the one judged
     before). A chain whose rules are the same object there (compile/
-    incremental.py keeps an unchanged chain's tuple across a policy change)
+    incremental.py keeps an unchanged chain's list across a policy change)
     is copied from its tables, its set and chain numbers renumbered, instead
     of encoded rule by rule again: at 10k pods a policy change leaves most
     of ~1,500 chains alone. Chains with a dispatch or an address match are
