@@ -3,6 +3,7 @@
 Ctrl-C or SIGTERM while the modules are still being imported ends the
 command as cleanly as later (130/143, no trace): nothing has been done yet."""
 
+import os
 import signal
 import sys
 
@@ -14,12 +15,20 @@ def _early_signal(signum, frame):
 
 def main() -> int:
     previous = {s: signal.signal(s, _early_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-    from .cli import main as cli_main
+    from . import cli
     for s, handler in previous.items():
         signal.signal(s, handler)
-    code = cli_main()
+    code = cli.main()
     for s in previous:  # done: a signal now would only hide the real exit code
         signal.signal(s, signal.SIG_IGN)
+    if cli.ended in cli.ENDS_AT_ONCE:
+        # Nothing to release: the output flushed, the process ends without freeing what it built.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # the reader went away
+            code = code or 1
+        os._exit(code)
     return code
 
 

@@ -656,17 +656,25 @@ def run_diff(args) -> int:
     listed = []
     first = True
     unlisted = 0  # changes beyond --limit lines
+    raw = getattr(out, "buffer", None)  # JSON is ASCII: written as bytes, one piece a batch
     if args.output == "json":
         out.write('{"changes": [')
+        if raw is not None:
+            out.flush()
     for block in diff.diff_blocks(before, after, args.protocol, args.port):
-        for pair, before_allowed in zip(block.namespace_pairs(), block.before):
+        for pair, (o, c) in block.namespace_counts().items():
             counts = by_ns.setdefault(pair, [0, 0])
-            counts[before_allowed] += 1  # [opened, closed]
+            counts[0] += o
+            counts[1] += c
         turned_closed = sum(block.before)
         closed += turned_closed
         opened += len(block) - turned_closed
         if args.output == "json":
-            out.write(("" if first else ",\n ") + ",\n ".join(block.json_lines()))
+            text = ("" if first else ",\n ") + ",\n ".join(block.json_lines())
+            if raw is not None:
+                raw.write(text.encode())
+            else:
+                out.write(text)
             first = False
             continue
         if len(listed) >= args.limit and (not listed or listed[-1][-1].ends != (block.src_ends[0], block.dst_ends[0])):
@@ -753,13 +761,22 @@ def _terminate(signum, frame):
     raise Terminated()
 
 
+# Commands that read input and write output and hold nothing else: when one has ended, the console command
+# (__main__) ends the process without tearing down the objects it built (a diff at 10k pods: ~0.2 s of freeing).
+ENDS_AT_ONCE = frozenset({"diff", "matrix"})
+ended = ""  # the command main() ran to its end (returned a code)
+
+
 def main(argv: list[str] | None = None) -> int:
+    global ended
     previous = signal.signal(signal.SIGTERM, _terminate)
     command = "command"
     try:
         args = build_parser().parse_args(argv)
         command = args.command
-        return _run(args)
+        code = _run(args)
+        ended = command
+        return code
     except KeyboardInterrupt:
         print(f"pyipset {command}: interrupted", file=sys.stderr)
         return 130

@@ -10,7 +10,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st
 from clusterspec import namespace, pod, policy
 from strategies import changed_objects, cluster_objects
 from pyipset.model import load, load_objects
-from pyipset.model.loader import LoadError
+from pyipset.model.loader import LoadError, _json_pairs
 
 
 def rejected(spec: dict) -> str:
@@ -168,6 +168,10 @@ def test_a_memo_shared_between_loads_changes_no_load(data):
     twins = [dict(sneaky), json.loads(json.dumps(sneaky).replace('"port": 1', '"port": true')),
              json.loads(json.dumps(sneaky).replace('"port": 1', '"port": 1.0'))]
     assert twins[0] == twins[1] == twins[2]  # to Python
+    # and a copy that names a key twice (the same mapping once decoded; a duplicate is refused)
+    twins.append(json.loads(json.dumps(sneaky).replace('"port": 1', '"port": 1, "port": 1'),
+                            object_pairs_hook=_json_pairs))
+    assert dict(twins[-1]["spec"]["ingress"][0]["ports"][0]) == twins[0]["spec"]["ingress"][0]["ports"][0]
     def whole(cluster):  # every field (the dataclasses' == leaves labels out)
         return repr(dataclasses.asdict(cluster))
     memo: dict = {}

@@ -965,6 +965,35 @@ def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int =
                      deny_unknown=tuple(deny_unknown), audit=audit, dispatch=dispatch).compile()
 
 
+def compile_beside(cluster: Cluster, family: str, before: Optional["_Compiler"] = None,
+                   flatten_limit: int = FLATTEN_LIMIT) -> "_Compiler":
+    """A compiler that has compiled cluster's program for family (its `.program`): with `before`, the compiler
+    of another version of the same pods and namespaces (the very list and dict) under other policies, it
+    takes what follows from pods and namespaces alone (indexes, selector memos, REUSABLE_ROLES members) and
+    the chains of unchanged policies from it, and a chain equal to one of before's program is that very list
+    (keep_chains). Two versions of a cluster that differ in policies only (verify/diff.py)."""
+    reuse = reusable_members(before.program) if before is not None else None
+    compiler = _Compiler(cluster, family, flatten_limit, NFLOG_GROUP, reuse=reuse, like=before)
+    compiler.compile()
+    if before is not None:
+        keep_chains(before.program, compiler.program)
+    return compiler
+
+
+def keep_chains(old: Optional[RuleProgram], new: RuleProgram) -> None:
+    """Chains of `new` equal to those of `old` become old's lists (the same
+    objects), so that whoever holds both — the kernel plan comparing chains,
+    the evaluator's load (verify/native._Code) — finds an unchanged chain by
+    identity. A policy change leaves most chains as they were."""
+    if old is None:
+        return
+    kept = old.chains
+    for name, rules in new.chains.items():
+        was = kept.get(name)
+        if was is not None and was is not rules and was == rules:
+            new.chains[name] = was
+
+
 def dispatch_for(backend: str) -> str:
     """The dispatch a kernel backend runs: a verdict map where it has them."""
     return "map" if backend == "nftables" else "tree"

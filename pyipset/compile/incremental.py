@@ -35,7 +35,7 @@ import dataclasses
 from typing import Optional
 
 from ..model.objects import Cluster, Pod
-from .compiler import FLATTEN_LIMIT, _Compiler, flat_key, program_families, reusable_members
+from .compiler import FLATTEN_LIMIT, _Compiler, flat_key, keep_chains, program_families, reusable_members
 from .naming import ROLE_FLAT
 from .program import Attach, NFLOG_GROUP
 
@@ -86,7 +86,7 @@ class Incremental:
         before = {p.family: p for p in self.programs}
         self._compile(dataclasses.replace(self.cluster, **changed), self.families, reuse)
         for program in self.programs:
-            _keep_chains(before.get(program.family), program)
+            keep_chains(before.get(program.family), program)
         return self.programs
 
     @property
@@ -222,18 +222,3 @@ class Incremental:
         target = (compiler.is_local(pod) and pod.namespace == policy.namespace
                   and policy.pod_selector.matches(pod.labels))
         return target or any(compiler.peer_admits(policy, peer, pod) for peer in rule.peers)
-
-
-def _keep_chains(old, new) -> None:
-    """Chains of `new` equal to those of `old` become old's lists (the same
-    objects), so that whoever holds both — the kernel plan comparing chains,
-    the evaluator's load (verify/native._Code) — finds an unchanged chain by
-    identity. A policy change leaves most chains as they were."""
-    if old is None:
-        return
-    kept = old.chains
-    for name, rules in new.chains.items():
-        was = kept.get(name)
-        if was is not None and was is not rules and was == rules:
-            new.chains[name] = was
-

@@ -356,16 +356,23 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cac
     rv = meta.get("resourceVersion") if isinstance(meta, dict) else None
     memo = (kind, name, rv, strict) if cache is not None and isinstance(rv, str) and rv else None
     if by_identity:
-        # The entry holds the object: its id cannot be another object's while the entry lives.
+        # The entry holds the object: its id cannot be another object's while the entry lives. An object of
+        # the same kind and name read from another file is taken as the same when it is the same data.
         memo = (id(obj), strict)
         entry = cache.get(memo)
         outcome = entry[1] if entry is not None and entry[0] is obj else None
+        if outcome is None:
+            entry = cache.get((kind, name, strict))
+            outcome = entry[1] if entry is not None and _same_data(entry[0], obj) else None
     else:
         outcome = cache.get(memo) if memo is not None else None
     if outcome is None:
         outcome = _parse(obj, kind, strict)
         if memo is not None:
-            cache[memo] = (obj, outcome) if by_identity else outcome
+            if by_identity:
+                cache[memo] = cache[(kind, name, strict)] = (obj, outcome)
+            else:
+                cache[memo] = outcome
     problems, parsed, why_not, invalid = outcome
     if problems:
         for path, value, reason in problems:
@@ -401,6 +408,26 @@ def _add(obj: dict, source: str, cluster: Cluster, seen: dict, strict: bool, cac
     else:
         cluster.policies.append(parsed)
         seen[(kind, name)] = parsed
+
+
+def _same_data(a: dict, b: dict) -> bool:
+    """Whether two decoded documents are the same input: equal, and alike where Python's == is blind — the type
+    of every value (true, 1 and 1.0 are equal to it, not to a schema), the keys' order, and the keys a mapping
+    repeats (schema.DuplicateKeys equals the plain mapping of its last values)."""
+    if a != b:
+        return False
+    stack = [(a, b)]
+    while stack:
+        x, y = stack.pop()
+        if type(x) is not type(y):
+            return False
+        if isinstance(x, dict):
+            if list(x) != list(y) or getattr(x, "duplicates", None) != getattr(y, "duplicates", None):
+                return False
+            stack.extend(zip(x.values(), y.values()))
+        elif isinstance(x, list):
+            stack.extend(zip(x, y))
+    return True
 
 
 def _parse(obj: dict, kind: str, strict: bool) -> tuple:

@@ -33,6 +33,7 @@ of their pods. At 10k pods in 1,000 such classes, a class pair stands for
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 import re
@@ -41,7 +42,7 @@ from typing import Iterator, Optional
 
 import numpy as np
 
-from ..compile.compiler import compile_cluster, reusable_members
+from ..compile.compiler import compile_beside
 from ..model.objects import PROTOCOL_NUMBERS, Cluster, Pod
 from . import explain
 from .native import NativeProgram, address_column
@@ -166,6 +167,8 @@ def affected(before: Cluster, after: Cluster) -> tuple:
     for key in both:
         old, new = b_pods[key], a_pods[key]
         old_ns, new_ns = before.namespaces.get(old.namespace), after.namespaces.get(new.namespace)
+        if old is new and old_ns is new_ns:
+            continue  # the same objects (the loader's memo shares what both versions read alike)
         if (old.labels != new.labels or old.ips != new.ips or
                 (old_ns.labels if old_ns else None) != (new_ns.labels if new_ns else None)):
             rows.add(key)
@@ -174,11 +177,12 @@ def affected(before: Cluster, after: Cluster) -> tuple:
             cols.add(key)
     # Pods that take part in one version only: their addresses change who holds an address.
     holders: dict = {}  # address -> keys of pods in both versions holding it in either
-    for p in (*before.pods, *after.pods):
+    only = b_pods.keys() ^ a_pods.keys()
+    for p in (*before.pods, *after.pods) if only else ():
         if p.key in both:
             for ip in p.ips:
                 holders.setdefault(ip, set()).add(p.key)
-    for key in b_pods.keys() ^ a_pods.keys():
+    for key in only:
         pod = b_pods.get(key) or a_pods.get(key)
         for ip in pod.ips:
             rows.update(holders.get(ip, ()))
@@ -225,9 +229,12 @@ class Side:
     def __init__(self, cluster: Cluster, base: Optional["Side"] = None):
         """base: the other version, when it has the same pods and namespaces (the sets that follow from them
         alone are then taken from its programs, not computed again)."""
+        self.base = base if base is not None and _same_members(base.cluster, cluster) else None
+        if self.base is not None:  # equal pods and namespaces: the very ones the base compiled, so that
+            cluster = dataclasses.replace(cluster, pods=base.cluster.pods, namespaces=base.cluster.namespaces)
         self.cluster = cluster
         self.pods = {p.key: p for p in cluster.pods}
-        self.base = base if base is not None and _same_members(base.cluster, cluster) else None
+        self._compilers: dict = {}
         self._programs: dict = {}
         self._explainers: dict = {}
         self._directions: dict = {}  # (direction, MARK rule, via, Admin Pass, Baseline Pass) -> DirectionWhy
@@ -236,10 +243,15 @@ class Side:
         self._texts: dict = {}
 
     def program(self, version: int) -> NativeProgram:
+        """The family's program, loaded. With a base, compiled beside the base's (its pod indexes, selector
+        memos and unchanged policies' chains taken) and loaded beside it (the chains and sets they share
+        copied, not built again)."""
         if version not in self._programs:
-            reuse = reusable_members(self.base.program(version).program) if self.base is not None else None
-            self._programs[version] = NativeProgram(compile_cluster(self.cluster, "inet" if version == 4 else "inet6",
-                                                                    reuse=reuse))
+            like = self.base.program(version) if self.base is not None else None
+            compiler = compile_beside(self.cluster, "inet" if version == 4 else "inet6",
+                                      self.base._compilers[version] if like is not None else None)
+            self._compilers[version] = compiler
+            self._programs[version] = NativeProgram(compiler.program, like=like)
         return self._programs[version]
 
     def text(self, why: int) -> str:
@@ -401,6 +413,7 @@ class Changes:
         self.sources, self.destinations, self.src_ends, self.dst_ends = sources, destinations, src_ends, dst_ends
         self.case, self.end_port, self.before = case, end_port, before
         self.why_before, self.why_after = why_before, why_after
+        self.namespaces: Optional[tuple] = None  # (names, the source's, the destination's: indexes into names)
 
     def __len__(self) -> int:
         return len(self.case)
@@ -416,33 +429,28 @@ class Changes:
             yield change
 
     def json_lines(self) -> list:
-        """Each change as Change.json() encodes it, written from the columns (each reason encoded once)."""
-        heads: dict = {}
-        quoted: dict = {}
-
-        def head(j: int, end: int) -> str:
-            if (j, end) not in heads:
-                case = self.todo[j]
-                text = f'"protocol": "{case.protocol}", "port": {case.start}'
-                if end != case.start:
-                    text += f', "end_port": {end}'
-                if case.other_ports:
-                    text += ', "other_ports": true'
-                heads[(j, end)] = text
-            return heads[(j, end)]
-
-        def q(label: str) -> str:
-            if label not in quoted:
-                quoted[label] = _quoted(label)
-            return quoted[label]
+        """Each change as Change.json() encodes it, written from the columns (each label, port head and reason
+        encoded once per batch)."""
+        quoted = {label: _quoted(label) for label in {*self.sources, *self.destinations}}
+        heads = {}
+        for j, end in set(zip(self.case, self.end_port)):
+            case = self.todo[j]
+            text = f'"protocol": "{case.protocol}", "port": {case.start}'
+            if end != case.start:
+                text += f', "end_port": {end}'
+            if case.other_ports:
+                text += ', "other_ports": true'
+            heads[(j, end)] = text
         turns = ('"before": false, "after": true', '"before": true, "after": false')
-        lines = [f'{{"from": {q(s)}, "to": {q(d)}, {head(j, e)}, {turns[before]}'
-                 for s, d, j, e, before in zip(self.sources, self.destinations, self.case, self.end_port, self.before)]
+        columns = zip(self.sources, self.destinations, zip(self.case, self.end_port), self.before)
         if self.why_before is None:
-            return [line + "}" for line in lines]
-        b, a = self.b, self.a
-        return [f'{line}, "why_before": {b.text(wb)}, "why_after": {a.text(wa)}}}'
-                for line, wb, wa in zip(lines, self.why_before, self.why_after)]
+            return [f'{{"from": {quoted[s]}, "to": {quoted[d]}, {heads[h]}, {turns[before]}}}'
+                    for s, d, h, before in columns]
+        texts_b = {w: self.b.text(w) for w in set(self.why_before)}
+        texts_a = {w: self.a.text(w) for w in set(self.why_after)}
+        return [f'{{"from": {quoted[s]}, "to": {quoted[d]}, {heads[h]}, {turns[before]}, '
+                f'"why_before": {texts_b[wb]}, "why_after": {texts_a[wa]}}}'
+                for (s, d, h, before), wb, wa in zip(columns, self.why_before, self.why_after)]
 
     def namespace_pairs(self) -> list:
         """(from, to) of each change: the pods' namespaces, or an outside address's label."""
@@ -450,6 +458,21 @@ class Changes:
             return end.split("/", 1)[0] if isinstance(end, str) else label
         return [(ns(s, sl), ns(d, dl))
                 for s, d, sl, dl in zip(self.src_ends, self.dst_ends, self.sources, self.destinations)]
+
+    def namespace_counts(self) -> dict:
+        """(from, to) -> [opened, closed]: the changes of this batch per pair of namespaces_pairs()."""
+        out: dict = {}
+        if self.namespaces is not None:  # the ends' namespaces as numbers: counted in one pass of numpy
+            names, src, dst = self.namespaces
+            width = len(names)
+            code = (src * width + dst) * 2 + np.asarray(self.before, dtype=np.int64)
+            for value, count in zip(*(x.tolist() for x in np.unique(code, return_counts=True))):
+                pair = (names[value // 2 // width], names[value // 2 % width])
+                out.setdefault(pair, [0, 0])[value % 2] += count
+            return out
+        for pair, before in zip(self.namespace_pairs(), self.before):
+            out.setdefault(pair, [0, 0])[before] += 1
+        return out
 
 
 def diff(before: Cluster, after: Cluster, protocol: Optional[str] = None, port: Optional[int] = None,
@@ -544,27 +567,44 @@ def _expand(b: Side, a: Side, todo: list, keys: list, cls: np.ndarray, members: 
             rows[c] = (dst[by], turn[by])
         return rows[c]
 
-    def batch(pending: list) -> Changes:
-        src_i, dst_i, t = (np.concatenate(x) for x in zip(*pending))
+    names = sorted({k.split("/", 1)[0] for k in keys})
+    number = {name: i for i, name in enumerate(names)}
+    key_ns = np.array([number[k.split("/", 1)[0]] for k in keys], dtype=np.int64)
+
+    def batch(src_i: np.ndarray, dst_i: np.ndarray, t: np.ndarray) -> Changes:
         sources, destinations = [keys[i] for i in src_i.tolist()], [keys[i] for i in dst_i.tolist()]
-        return _batch(b, a, todo, sources, destinations, sources, destinations, j[t], end_port[t], before[t],
-                      [why_b[t], why_a[t]] if why else None)
-    pending, size = [], 0
-    for s in range(len(keys)):
-        c = int(cls[s])
-        if starts[c] == starts[c + 1]:
-            continue
-        dst, turn = row(c)
-        mine = dst != s
-        if not mine.any():
-            continue
-        pending.append((np.full(int(mine.sum()), s, np.int64), dst[mine], turn[mine]))
-        size += len(pending[-1][0])
-        if size >= CHUNK:
-            yield batch(pending)
-            pending, size = [], 0
-    if pending:
-        yield batch(pending)
+        out = _batch(b, a, todo, sources, destinations, sources, destinations, j[t], end_port[t], before[t],
+                     [why_b[t], why_a[t]] if why else None)
+        out.namespaces = (names, key_ns[src_i], key_ns[dst_i])
+        return out
+
+    # Each source's count of changes: its class's row, but its pair with itself (once per turn of the class
+    # with itself); then windows of consecutive sources of about CHUNK changes, each made in one piece per class.
+    length, itself = np.zeros(len(members), np.int64), np.zeros(len(members), np.int64)
+    for c in np.nonzero(starts[1:] > starts[:-1])[0].tolist():
+        length[c] = len(row(c)[0])
+        itself[c] = int((dst_cls[starts[c]:starts[c + 1]] == c).sum())
+    per_source = (length - itself)[cls]
+    window, size = [], 0
+    for s, n in enumerate(per_source.tolist()):
+        if n:
+            window.append(s)
+            size += n
+        if window and (size >= CHUNK or s == len(keys) - 1):
+            sources = np.array(window, np.int64)
+            pieces = []
+            for c in np.unique(cls[sources]).tolist():
+                mine = sources[cls[sources] == c]
+                dst, turn = row(c)
+                src_i = np.repeat(mine, len(dst))
+                shape = (len(mine), len(dst))
+                dst_i, t = np.broadcast_to(dst, shape).ravel(), np.broadcast_to(turn, shape).ravel()
+                keep = src_i != dst_i
+                pieces.append((src_i[keep], dst_i[keep], t[keep]))
+            src_i, dst_i, t = (np.concatenate(x) for x in zip(*pieces))
+            by = np.argsort(src_i, kind="stable")  # each class's piece is in order by source, then (dst, turn)
+            yield batch(src_i[by], dst_i[by], t[by])
+            window, size = [], 0
 
 
 def classes(before: Cluster, after: Cluster, keys: list) -> np.ndarray:
@@ -575,13 +615,13 @@ def classes(before: Cluster, after: Cluster, keys: list) -> np.ndarray:
     When two pods share an address (either version), each pod is its own class."""
     if before.addresses_shared or after.addresses_shared:
         return np.arange(len(keys), dtype=np.int64)
-    nets = _nets(before, after)
-    places: dict = {}  # address -> which of `nets` hold it
+    spans = {v: [(int(net.network_address), int(net.broadcast_address)) for net in nets]
+             for v, nets in _nets(before, after).items()}
 
     def place(ip) -> tuple:
-        if ip not in places:
-            places[ip] = tuple(ip in net for net in nets[ip.version])
-        return places[ip]
+        """Which of the networks hold an address."""
+        i = int(ip)
+        return tuple(low <= i <= high for low, high in spans[ip.version])
 
     def signature(pod: Pod):
         versions = [ip.version for ip in pod.ips]
@@ -591,8 +631,12 @@ def classes(before: Cluster, after: Cluster, keys: list) -> np.ndarray:
                 tuple(sorted((ip.version, place(ip)) for ip in pod.ips)))
     b_pods, a_pods = {p.key: p for p in before.pods}, {p.key: p for p in after.pods}
     ids: dict = {}
-    return np.array([ids.setdefault((signature(b_pods[k]), signature(a_pods[k])), len(ids))
-                     for k in keys], dtype=np.int64)
+    out = []
+    for k in keys:
+        old, new = b_pods[k], a_pods[k]
+        mine = signature(old)
+        out.append(ids.setdefault((mine, mine if new is old else signature(new)), len(ids)))
+    return np.array(out, dtype=np.int64)
 
 
 def _nets(before: Cluster, after: Cluster) -> dict:
