@@ -224,3 +224,38 @@ def test_group_trees_stay_within_the_kernels_nesting_limit():
     got = ev.evaluate(src, dst, np.full(len(src), 6, np.uint8), np.full(len(src), 80, np.uint16)).allowed
     # pod i admits app x(i+1) only (its own traffic never reaches the rules in a kernel)
     assert got[:len(ips)].all() and not got[len(ips):].any()
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=cluster_objects(), other=cluster_objects(), data=st.data())
+def test_a_compile_beside_another_version_is_a_full_compile(objs, other, data):
+    """compile_beside (diff's second version): over the same pods, with policies replaced and namespaces
+    relabelled (audit label included) or not, a compile that takes the first version's memos, sets and
+    unchanged chains equals a full compile of the second version, and a chain equal to one of the first
+    program is its very list."""
+    import dataclasses
+
+    from pyipset.compile.compiler import AUDIT_LABEL, compile_beside
+    from strategies import labels
+    before = load_objects(objs)
+    if before.rejections:
+        return
+    others = load_objects([o for o in other if o["kind"] == "NetworkPolicy"]).policies
+    kept = [p for p in before.policies if data.draw(st.booleans())]
+    policies = kept + [p for p in others if p.key not in {k.key for k in kept} and data.draw(st.booleans())]
+    namespaces = before.namespaces
+    if data.draw(st.booleans()):
+        relabel = st.one_of(labels, st.just({AUDIT_LABEL: "true"}))
+        namespaces = {name: dataclasses.replace(ns, labels=data.draw(relabel)) if data.draw(st.booleans()) else ns
+                      for name, ns in before.namespaces.items()}
+    after = dataclasses.replace(before, policies=policies, namespaces=namespaces)
+    for family in ("inet", "inet6"):
+        limit = data.draw(st.sampled_from([0, 3, 1024]))
+        first = compile_beside(before, family, flatten_limit=limit)
+        got = compile_beside(after, family, first, flatten_limit=limit).program
+        want = compile_cluster(after, family, flatten_limit=limit)
+        assert (got.sets, got.chains, got.hooks, sorted(got.notes)) == \
+            (want.sets, want.chains, want.hooks, sorted(want.notes))
+        for name, rules in got.chains.items():
+            was = first.program.chains.get(name)
+            assert (was is rules) == (was == rules), name

@@ -139,6 +139,7 @@ FLATTEN_LIMIT (1,024) members, and keep the pair of sets otherwise.
 from __future__ import annotations
 
 import functools
+import json
 from typing import Optional
 
 from .. import collector, protocols
@@ -191,10 +192,18 @@ LOG_BURST = 200  # ... after a burst of this many
 REUSABLE_ROLES = (ROLE_PEER, ROLE_NAMED_PORT, ROLE_LOCAL, ROLE_BLOCK, ROLE_POD_CIDR, ROLE_NETWORKS)
 
 
-def reusable_members(program: RuleProgram) -> dict:
+def reusable_members(program: RuleProgram, namespaces: bool = True) -> dict:
     """Set key -> members of a program's sets of REUSABLE_ROLES: what a compile of the same pods and namespaces
-    (other policies) may take instead of computing them (`reuse`)."""
-    return {d.key: d.members for d in program.sets.values() if d.role in REUSABLE_ROLES}
+    (other policies) may take instead of computing them (`reuse`). namespaces=False: for the same pods in
+    namespaces labelled otherwise — the peer sets that select namespaces left out."""
+    return {d.key: d.members for d in program.sets.values() if d.role in REUSABLE_ROLES
+            and (namespaces or d.role != ROLE_PEER or json.loads(d.key)[2] == "pods")}
+
+
+def selects_namespaces(policy: NetworkPolicy) -> bool:
+    """Whether a peer of the policy selects namespaces (its chain then follows from their labels)."""
+    return any(peer.namespace_selector is not None for rule in (*policy.ingress, *policy.egress)
+               for peer in rule.peers or ())
 
 
 class _Sets:
@@ -239,10 +248,11 @@ class _Compiler:
                  node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None,
                  text: Optional[dict] = None, deny_unknown: tuple = (), audit: bool = False, dispatch: str = "tree",
                  like: Optional["_Compiler"] = None):
-        """like: the compiler of the same pods and namespaces (the very lists and dict, for this node) under
-        other policies (compile/incremental.py): its indexes of pods and its memos of which pods and
-        namespaces a selector matches are taken, not made again (at 10k pods, most of a policy change's
-        compile). Unchecked beyond that identity: the objects are never changed after loading."""
+        """like: the compiler of the same pods (the very list, for this node) under other policies or
+        namespace labels (compile/incremental.py, compile_beside): its indexes of pods and its memos of
+        which pods a selector matches (and, for the same namespaces dict, which namespaces) are taken, not
+        made again (at 10k pods, most of a policy change's compile). Unchecked beyond that identity: the
+        objects are never changed after loading."""
         if dispatch not in DISPATCHES:
             raise ValueError(f"unknown dispatch {dispatch!r}: expected one of {', '.join(DISPATCHES)}")
         self.dispatch = dispatch
@@ -264,14 +274,19 @@ class _Compiler:
         # Group leaf chains of this compile and the one before: (direction, policy keys) -> (name, rules).
         self._leaves: dict = {}
         self._leaves_before: dict = like._leaves if like is not None else {}
-        if like is not None and like.cluster.pods is cluster.pods and like.node == node \
-                and like.cluster.namespaces is cluster.namespaces:
+        if like is not None and like.cluster.pods is cluster.pods and like.node == node:
+            # The same pods: what follows from them alone is taken. The same namespaces too: also which
+            # namespaces a selector matches, and every unchanged policy's chain; other namespaces (labels
+            # changed): the chains of policies none of whose peers selects namespaces.
+            same_namespaces = like.cluster.namespaces is cluster.namespaces
             self.pods_by_namespace, self.local_by_namespace = like.pods_by_namespace, like.local_by_namespace
-            self._texts, self._local, self._selected, self._namespaces, self._sizes = (
-                like._texts, like._local, like._selected, like._namespaces, like._sizes)
+            self._texts, self._local, self._selected, self._sizes = (
+                like._texts, like._local, like._selected, like._sizes)
+            self._namespaces = like._namespaces if same_namespaces else {}
             if (like.version, like.flatten_limit, like.cluster.addresses_shared) == \
                     (self.version, flatten_limit, cluster.addresses_shared):
-                self._chains_before = like._chains
+                self._chains_before = like._chains if same_namespaces else \
+                    {k: v for k, v in like._chains.items() if not selects_namespaces(v[0])}
         else:
             self.pods_by_namespace: dict = {}
             self.local_by_namespace: dict = {}  # this node's pods
@@ -968,11 +983,13 @@ def compile_cluster(cluster: Cluster, family: str = "inet", flatten_limit: int =
 def compile_beside(cluster: Cluster, family: str, before: Optional["_Compiler"] = None,
                    flatten_limit: int = FLATTEN_LIMIT) -> "_Compiler":
     """A compiler that has compiled cluster's program for family (its `.program`): with `before`, the compiler
-    of another version of the same pods and namespaces (the very list and dict) under other policies, it
-    takes what follows from pods and namespaces alone (indexes, selector memos, REUSABLE_ROLES members) and
-    the chains of unchanged policies from it, and a chain equal to one of before's program is that very list
-    (keep_chains). Two versions of a cluster that differ in policies only (verify/diff.py)."""
-    reuse = reusable_members(before.program) if before is not None else None
+    of another version of the same pods (the very list) under other policies or namespace labels, it takes
+    what follows from the pods (and the namespaces, when the same dict) alone — indexes, selector memos,
+    REUSABLE_ROLES members — and the chains of unchanged policies that do not depend on what changed, and a
+    chain equal to one of before's program becomes that very list (keep_chains). Two versions of a cluster
+    (verify/diff.py)."""
+    reuse = reusable_members(before.program, before.cluster.namespaces is cluster.namespaces) \
+        if before is not None else None
     compiler = _Compiler(cluster, family, flatten_limit, NFLOG_GROUP, reuse=reuse, like=before)
     compiler.compile()
     if before is not None:

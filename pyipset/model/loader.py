@@ -414,19 +414,22 @@ def _same_data(a: dict, b: dict) -> bool:
     """Whether two decoded documents are the same input: equal, and alike where Python's == is blind — the type
     of every value (true, 1 and 1.0 are equal to it, not to a schema), the keys' order, and the keys a mapping
     repeats (schema.DuplicateKeys equals the plain mapping of its last values)."""
-    if a != b:
+    if a != b or type(a) is not type(b):
         return False
-    stack = [(a, b)]
+    stack = [(a, b)]  # containers of the same type, equal
     while stack:
         x, y = stack.pop()
-        if type(x) is not type(y):
-            return False
         if isinstance(x, dict):
             if list(x) != list(y) or getattr(x, "duplicates", None) != getattr(y, "duplicates", None):
                 return False
-            stack.extend(zip(x.values(), y.values()))
-        elif isinstance(x, list):
-            stack.extend(zip(x, y))
+            pairs = zip(x.values(), y.values())
+        else:
+            pairs = zip(x, y)
+        for u, v in pairs:
+            if type(u) is not type(v):
+                return False
+            if isinstance(u, (dict, list)):
+                stack.append((u, v))
     return True
 
 

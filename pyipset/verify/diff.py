@@ -227,11 +227,13 @@ class Side:
     json` says it, and its JSON text once)."""
 
     def __init__(self, cluster: Cluster, base: Optional["Side"] = None):
-        """base: the other version, when it has the same pods and namespaces (the sets that follow from them
-        alone are then taken from its programs, not computed again)."""
-        self.base = base if base is not None and _same_members(base.cluster, cluster) else None
-        if self.base is not None:  # equal pods and namespaces: the very ones the base compiled, so that
-            cluster = dataclasses.replace(cluster, pods=base.cluster.pods, namespaces=base.cluster.namespaces)
+        """base: the other version, when it has the same pods (compile_beside then takes from its compile
+        what follows from them, and from the namespaces when they are the same too)."""
+        self.base = base if base is not None and _same_pods(base.cluster, cluster) else None
+        if self.base is not None:  # equal pods (and namespaces): the very ones the base compiled
+            same = _same_namespaces(base.cluster, cluster)
+            cluster = dataclasses.replace(cluster, pods=base.cluster.pods,
+                                          namespaces=base.cluster.namespaces if same else cluster.namespaces)
         self.cluster = cluster
         self.pods = {p.key: p for p in cluster.pods}
         self._compilers: dict = {}
@@ -314,13 +316,17 @@ class Side:
         return self._directions[key]
 
 
-def _same_members(a: Cluster, b: Cluster) -> bool:
-    """Whether two versions hold the same pods and namespaces, labels and all (the dataclasses' == leaves labels
-    and nodes out)."""
-    def members(c: Cluster) -> tuple:
-        return ([(p, p.labels, p.node) for p in c.pods],
-                {name: (ns, ns.labels) for name, ns in c.namespaces.items()})
-    return members(a) == members(b)
+def _same_pods(a: Cluster, b: Cluster) -> bool:
+    """Whether two versions hold the same pods, labels and nodes too (the dataclass's == leaves them out)."""
+    return len(a.pods) == len(b.pods) and all(
+        p is q or (p == q and p.labels == q.labels and p.node == q.node) for p, q in zip(a.pods, b.pods))
+
+
+def _same_namespaces(a: Cluster, b: Cluster) -> bool:
+    """The same for namespaces and their labels."""
+    return a.namespaces.keys() == b.namespaces.keys() and all(
+        ns is b.namespaces[name] or (ns == b.namespaces[name] and ns.labels == b.namespaces[name].labels)
+        for name, ns in a.namespaces.items())
 
 
 def _unique_rows(a: np.ndarray) -> tuple:
