@@ -423,6 +423,9 @@ class Conntrack:
         return changed
 
 
+SEEN_SLACK = 4096  # _Columns.seen is made again when it outgrows 4x the live flows by this many
+
+
 class _Columns:
     """The flows of one IP version, a slot each: their keys (the original
     tuple as the kernel wrote it, and the zone: how the entry is named),
@@ -443,6 +446,19 @@ class _Columns:
         self.live = bytearray()  # slot -> 1, 0 when free
         self.src, self.dst = bytearray(), bytearray()
         self.protocol, self.dport = bytearray(), bytearray()
+        # Every address a flow had at an end since the table was cleared or this was last made again from
+        # the live flows: a superset of the live flows' ends, so an address not in it is at no flow's end
+        # (FlowTable.near answers at once). Kept by a set add per end at each put, nothing at a drop.
+        self.seen: set = set()
+
+    def _see_again(self) -> None:
+        """seen made again from the live flows (when the ends of flows gone are most of it)."""
+        self.seen = set()
+        w = self.width
+        for slot, key in enumerate(self.keys):
+            if key is not None:
+                self.seen.add(bytes(self.src[slot * w:slot * w + w]))
+                self.seen.add(bytes(self.dst[slot * w:slot * w + w]))
 
     def put(self, key: bytes, src, dst, protocol: int, dport) -> None:
         slot = self.index.get(key)
@@ -466,6 +482,11 @@ class _Columns:
         self.dst[at:at + w] = dst
         self.protocol[slot] = protocol
         self.dport[2 * slot:2 * slot + 2] = dport
+        seen = self.seen
+        seen.add(bytes(src))
+        seen.add(bytes(dst))
+        if len(seen) > 4 * len(self.index) + SEEN_SLACK:
+            self._see_again()
 
     def drop(self, key: bytes) -> None:
         slot = self.index.pop(key, None)
@@ -670,11 +691,13 @@ class FlowTable:
             column(t.dport, ">u2")
 
     def near(self, version: int, addresses):
-        """The live slots of flows from or to one of `addresses` (packed),
-        found without converting the table: its bytes compared as they are."""
+        """The live slots of flows from or to one of `addresses` (packed):
+        none, at once, when no flow has had any of them at an end since the
+        table was listed (`seen`); otherwise found without converting the
+        table, its bytes compared as they are."""
         import numpy as np
         t = self.tables[version]
-        addresses = [a for a in addresses if len(a) == t.width]
+        addresses = [a for a in addresses if len(a) == t.width and a in t.seen]  # no flow has the others
         if not addresses or not t.keys:
             return np.zeros(0, np.int64)
         word = np.uint32 if version == 4 else np.uint64  # an address: one word, or two

@@ -403,8 +403,11 @@ class Revoker:
                     where = scope(before, program, deltas)
                     if where is not None and not where:
                         continue
-                    # Every flow, or only those from or to the addresses in scope.
-                    slots, *columns = table.columns(version, None if where is None else table.near(version, where))
+                    # Every flow, or only those from or to the addresses in scope (often none: a new pod's).
+                    near = None if where is None else table.near(version, where)
+                    if near is not None and not len(near):
+                        continue
+                    slots, *columns = table.columns(version, near)
                     batch = Batch(version, *columns)
                     if len(batch):
                         local = local_addresses(self.netns) if local is None else local
