@@ -423,7 +423,7 @@ class Conntrack:
         return changed
 
 
-SEEN_SLACK = 4096  # _Columns.seen is made again when it outgrows 4x the live flows by this many
+SEEN_SLACK = 4096  # _Columns.seen is made again after 4x as many puts as live flows, plus this many
 
 
 class _Columns:
@@ -446,19 +446,31 @@ class _Columns:
         self.live = bytearray()  # slot -> 1, 0 when free
         self.src, self.dst = bytearray(), bytearray()
         self.protocol, self.dport = bytearray(), bytearray()
-        # Every address a flow had at an end since the table was cleared or this was last made again from
-        # the live flows: a superset of the live flows' ends, so an address not in it is at no flow's end
-        # (FlowTable.near answers at once). Kept by a set add per end at each put, nothing at a drop.
-        self.seen: set = set()
+        self._see_again()
 
+    # Which addresses may be at a flow's end (FlowTable.near answers "no flow" for the others at once): a
+    # bitmap, a bit per address hash, set for both ends at each put and never cleared by a drop, so every live
+    # flow's ends have their bits set; made again from the live flows after 4x as many puts as live flows
+    # (plus SEEN_SLACK), at 16 bits per put that may come until then (a wrong "maybe" costs a look at the
+    # table, never a wrong answer). ~8 bytes a flow, whatever the addresses.
     def _see_again(self) -> None:
-        """seen made again from the live flows (when the ends of flows gone are most of it)."""
-        self.seen = set()
+        self.budget = 4 * len(self.index) + SEEN_SLACK  # puts until it is made again
+        bits = 1 << max(12, (16 * self.budget - 1).bit_length())
+        self.seen_mask, self.seen, self.puts = bits - 1, bytearray(bits >> 3), 0
         w = self.width
         for slot, key in enumerate(self.keys):
             if key is not None:
-                self.seen.add(bytes(self.src[slot * w:slot * w + w]))
-                self.seen.add(bytes(self.dst[slot * w:slot * w + w]))
+                self._see(bytes(self.src[slot * w:slot * w + w]))
+                self._see(bytes(self.dst[slot * w:slot * w + w]))
+
+    def _see(self, address: bytes) -> None:
+        h = hash(address) & self.seen_mask
+        self.seen[h >> 3] |= 1 << (h & 7)
+
+    def may_hold(self, address: bytes) -> bool:
+        """False: no live flow has this address at an end."""
+        h = hash(address) & self.seen_mask
+        return bool(self.seen[h >> 3] >> (h & 7) & 1)
 
     def put(self, key: bytes, src, dst, protocol: int, dport) -> None:
         slot = self.index.get(key)
@@ -482,10 +494,13 @@ class _Columns:
         self.dst[at:at + w] = dst
         self.protocol[slot] = protocol
         self.dport[2 * slot:2 * slot + 2] = dport
-        seen = self.seen
-        seen.add(bytes(src))
-        seen.add(bytes(dst))
-        if len(seen) > 4 * len(self.index) + SEEN_SLACK:
+        seen, mask = self.seen, self.seen_mask
+        h = hash(bytes(src)) & mask
+        seen[h >> 3] |= 1 << (h & 7)
+        h = hash(bytes(dst)) & mask
+        seen[h >> 3] |= 1 << (h & 7)
+        self.puts += 1
+        if self.puts > self.budget:
             self._see_again()
 
     def drop(self, key: bytes) -> None:
@@ -692,12 +707,12 @@ class FlowTable:
 
     def near(self, version: int, addresses):
         """The live slots of flows from or to one of `addresses` (packed):
-        none, at once, when no flow has had any of them at an end since the
-        table was listed (`seen`); otherwise found without converting the
+        none, at once, when the table's bitmap of ends says no flow has any
+        of them (_Columns.may_hold); otherwise found without converting the
         table, its bytes compared as they are."""
         import numpy as np
         t = self.tables[version]
-        addresses = [a for a in addresses if len(a) == t.width and a in t.seen]  # no flow has the others
+        addresses = [a for a in addresses if len(a) == t.width and t.may_hold(a)]  # no flow has the others
         if not addresses or not t.keys:
             return np.zeros(0, np.int64)
         word = np.uint32 if version == 4 else np.uint64  # an address: one word, or two
