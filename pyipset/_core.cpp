@@ -529,7 +529,7 @@ class NativeProgram {
             }
             // Under the GIL, with every set leased: the membership index can not
             // be rebuilt by two evaluations at once, nor go stale during one.
-            ips_status st = ips_program_prepare(program_);
+            ips_status st = ips_program_prepare_for(program_, static_cast<size_t>(n));
             if (st != IPS_OK && st != IPS_ERR_NOMEM)
                 raise_status(st, "cannot prepare the program");
             {

@@ -625,9 +625,12 @@ static void test_evaluator(void) {
     CHECK(ips_program_set_mark_slots(p, 0, NULL) == IPS_OK);
     /* With the membership index: the same answers; after a change and a new
      * prepare, the index follows the sets. */
-    CHECK(ips_program_prepare(p) == IPS_OK);
+    CHECK(ips_program_prepare_for(p, 1) == IPS_OK); /* a small batch: no dispatch, nothing indexed */
     uint8_t v2[N];
     int32_t rule2[N], mark2[N];
+    ips_program_eval(p, N, src, dst, proto, port, v2, rule2, mark2);
+    CHECK(memcmp(v, v2, sizeof v) == 0 && memcmp(rule, rule2, sizeof rule) == 0);
+    CHECK(ips_program_prepare(p) == IPS_OK);
     ips_program_eval(p, N, src, dst, proto, port, v2, rule2, mark2);
     CHECK(memcmp(v, v2, sizeof v) == 0 && memcmp(rule, rule2, sizeof rule) == 0);
     add_text(pods, "203.0.113.1"); /* src[5] becomes a pod: tcp/85 is now marked and accepted */
@@ -765,11 +768,11 @@ static void test_evaluator_dispatch(void) {
     uint32_t src[N] = {0xC0000201u, 0xC0000202u, 0xC0000203u}, dst[N] = {0};
     uint8_t proto[N] = {6, 6, 6};
     uint16_t port[N] = {80, 80, 80};
-    for (int pass = 0; pass < 2; pass++) { /* without, then with the index */
+    for (int pass = 0; pass < 3; pass++) { /* without, with the dispatch entries' index, with the whole index */
         uint8_t v[N];
         int32_t rule[N], mark[N];
         if (pass)
-            CHECK(ips_program_prepare(p) == IPS_OK);
+            CHECK((pass == 1 ? ips_program_prepare_for(p, 1) : ips_program_prepare(p)) == IPS_OK);
         ips_program_eval(p, N, src, dst, proto, port, v, rule, mark);
         CHECK(v[0] == 1 && rule[0] == 2);
         CHECK(v[1] == 0 && rule[1] == 3);

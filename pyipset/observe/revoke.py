@@ -158,20 +158,28 @@ class _Verdicts:
         return [names[k] for k in self.denied_in[rows].tolist()]
 
 
-SCOPE_LIMIT = 256  # changed addresses beyond which every flow is judged
+SCOPE_LIMIT = 4096  # addresses in scope beyond which every flow is judged
 
 
 def scope(old, new, deltas: Optional[dict] = None) -> Optional[set]:
     """The addresses (packed) outside which no flow's verdict can differ
     between programs `old` and `new`; None: any flow's can.
 
-    A verdict is a walk of the chains in which every set match looks up the
-    flow's own fields. When the chains and hooks are the same, a flow that
-    is a member of no set whose members changed gets the same answer from
-    every lookup, so the same verdict: only flows from or to an address of a
-    changed member can differ. That is the case of pod churn (members of a
-    few sets, the chains untouched). A changed member that is a network,
-    not one address, or more than SCOPE_LIMIT addresses: None.
+    A verdict is a walk of the chains from the entry chain, each step
+    decided by the rule it is at and by lookups of the flow's own fields in
+    sets. Call a chain dirty when its rules differ between the programs, or
+    when it jumps to a dirty chain (a chain only one program has is reached
+    only by rules that differ, or through a verdict map). A flow whose walk
+    stays in clean chains takes the same steps under both programs, and
+    leaves them only through a verdict map; so its verdict can differ only
+    when it is from or to:
+    - an address a verdict map sends to another chain than before, or to a
+      dirty chain (pod churn and a policy change alike: a pod whose group
+      changed, or whose group's chain did);
+    - an address of a member that changed in a set both programs have (a
+      set only one has is matched only by rules that differ).
+    The entry chain dirty, a changed set type, a changed member that is a
+    network, not one address, or more than SCOPE_LIMIT addresses: None.
 
     deltas: what the change did to sets, where known ((family, name) ->
     (set before, set after, members taken out, members put in), as
@@ -180,37 +188,78 @@ def scope(old, new, deltas: Optional[dict] = None) -> Optional[set]:
         return None
     if old is new:
         return set()
-    if old.entry != new.entry or old.hooks != new.hooks or (old.chains is not new.chains
-                                                             and old.chains != new.chains):
+    if old.entry != new.entry or old.hooks != new.hooks:
+        return None
+    dirty = _dirty_chains(old, new)
+    if dirty is None:
         return None
     out: set = set()
-    for name in old.sets.keys() | new.sets.keys():
-        a, b = old.sets.get(name), new.sets.get(name)
-        if a is b:
+    for name in old.sets.keys() & new.sets.keys():
+        a, b = old.sets[name], new.sets[name]
+        if a is b and not (dirty and a.is_map):
             continue
-        if a is None or b is None or (a.type, a.family, a.timeout) != (b.type, b.family, b.timeout):
+        if (a.type, a.family, a.timeout) != (b.type, b.family, b.timeout):
             return None
         delta = (deltas or {}).get((new.family, name))
-        if delta is not None and delta[0] is a and delta[1] is b:
+        if a is b:
+            changed = ()
+        elif delta is not None and delta[0] is a and delta[1] is b:
             changed = (*delta[2], *delta[3])
         elif a.members == b.members:
-            continue
+            changed = ()
         else:
             changed = set(a.members).symmetric_difference(b.members)
-        for member in changed:
-            head = member.split(" ", 1)[0].split(",")
-            for text in (head[0], head[2]) if len(head) > 2 else (head[0],):
-                address, _, length = text.partition("/")
-                try:
-                    ip = ipaddress.ip_address(address)
-                except ValueError:
-                    return None
-                if length and int(length) != ip.max_prefixlen:
-                    return None
-                out.add(ip.packed)
-        if len(out) > SCOPE_LIMIT:
+        if a.is_map:
+            # "ADDRESS CHAIN": an address sent elsewhere is among the changed members; so is one
+            # sent to a dirty chain, whichever program sends it there (the same map, too).
+            changed = [member.partition(" ")[0] for member in changed]
+            if dirty:
+                changed += [address for setdef in ((a,) if a is b else (a, b)) for address, _, chain in
+                            (member.partition(" ") for member in setdef.members) if chain in dirty]
+        if not _add_addresses(out, changed):
             return None
     return out
+
+
+def _dirty_chains(old, new) -> Optional[set]:
+    """The chains both programs have that are dirty (see scope()); None when
+    the entry chain is."""
+    both = old.chains.keys() & new.chains.keys()
+    dirty = {name for name in both if old.chains[name] is not new.chains[name] and old.chains[name] != new.chains[name]}
+    if not dirty:
+        return dirty
+    callers: dict = {}  # chain -> the chains that jump to it (a clean chain jumps alike in both programs)
+    for name, rules in new.chains.items():
+        for rule in rules:
+            if rule.jump:
+                callers.setdefault(rule.jump, set()).add(name)
+    work = list(dirty)
+    while work:
+        for caller in callers.get(work.pop(), ()):
+            if caller in both and caller not in dirty:
+                dirty.add(caller)
+                work.append(caller)
+    return None if new.entry in dirty else dirty
+
+
+def _add_addresses(out: set, members) -> bool:
+    """Adds the addresses (packed) of set members in ipset syntax to `out`;
+    False for a member that is a network, not one address, or when `out`
+    grows past SCOPE_LIMIT."""
+    for member in members:
+        head = member.split(" ", 1)[0].split(",")
+        for text in (head[0], head[2]) if len(head) > 2 else (head[0],):
+            address, _, length = text.partition("/")
+            try:
+                ip = ipaddress.ip_address(address)
+            except ValueError:
+                return False
+            if length and int(length) != ip.max_prefixlen:
+                return False
+            out.add(ip.packed)
+        if len(out) > SCOPE_LIMIT:
+            return False
+    return True
 
 
 def judged_here(program, batch: Batch, local: frozenset) -> np.ndarray:

@@ -120,6 +120,14 @@ void ips_program_free(ips_program *program);
 ips_status ips_program_prepare(ips_program *program);
 
 /*
+ * The same for a batch of `flows` flows: the whole index when the batch has
+ * at least as many flows as the hash:ip sets have members; for a smaller one
+ * only the sets of dispatch entries are indexed (the rest are probed), which
+ * costs far less to build. A later, larger batch builds the whole index.
+ */
+ips_status ips_program_prepare_for(ips_program *program, size_t flows);
+
+/*
  * Evaluates n NEW flows. src/dst: uint32 host-order addresses (inet) or
  * n*16 bytes (inet6); proto uint8; dport uint16. Writes verdict[i] (1 accept,
  * 0 drop) and, when rule_out is not NULL, the global index of the rule that
