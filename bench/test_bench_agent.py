@@ -433,14 +433,14 @@ def _scratch_node(objs):
 
 def _caught_up(api, netns: str, within: float, backend: str = "iptables") -> float:
     """Seconds until node0's kernel holds exactly its program for what the API holds; fails after `within`."""
-    from pyipset.compile.compiler import compile_cluster, dispatch_for, program_families
+    from pyipset.compile.compiler import backend_options, compile_cluster, program_families
     from pyipset.kernel.apply import Kernel, diff
     from pyipset.model import load_objects
     start = time.monotonic()
     kernel = Kernel(netns=netns, backend=backend)
     c = load_objects([o for r in ("namespaces", "pods", "networkpolicies") for o in api.objects[r].values()],
                      strict=False)
-    programs = [compile_cluster(c, f, node="node0", dispatch=dispatch_for(backend)) for f in program_families(c)]
+    programs = [compile_cluster(c, f, node="node0", **backend_options(backend)) for f in program_families(c)]
     while True:
         left = sum(diff(p, kernel).total() for p in programs)
         if not left:

@@ -32,7 +32,7 @@ import numpy as np
 import pytest
 
 import layouts
-from pyipset.compile.compiler import compile_cluster, dispatch_for
+from pyipset.compile.compiler import backend_options, compile_cluster
 from pyipset.lab.node import LabNode
 from pyipset.verify.native import NativeProgram
 
@@ -169,7 +169,7 @@ def test_kernel_per_backend(benchmark, backend, n_pods):
     backend's excess over "none"."""
     c = _cluster(n_pods)
     # What the backend runs (the lab compiles the same): under nftables, the group found by a verdict map.
-    prog = compile_cluster(c, "inet", dispatch=dispatch_for("iptables" if backend == "none" else backend))
+    prog = compile_cluster(c, "inet", **backend_options("iptables" if backend == "none" else backend))
     client, server = _probe_pair(c)
     _, walked = layouts.walk(NativeProgram(prog), client.ips[0], server.ips[0], "TCP", 80)
     count = int(min(20_000, max(200, 1e9 / (15_000 + 15 * walked))))

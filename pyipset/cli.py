@@ -22,7 +22,7 @@ from . import demo
 from .errors import InputRejected, PyipsetError, UsageError, brief
 from .model import fail_closed, load
 from .model.objects import PROTOCOLS, Cluster
-from .compile.compiler import compile_cluster, dispatch_for, program_families
+from .compile.compiler import backend_options, compile_cluster, program_families
 from .compile.program import CT_REVOKED, NFLOG_GROUP, Attach
 from .kernel import nftables
 from .kernel.apply import Kernel, apply_programs, choose_backend, cleanup, reconcile_programs, retire_other
@@ -329,7 +329,7 @@ def run_compile(args) -> int:
     backend = _backend(args)
     for family in families:
         program = compile_cluster(cluster, family, nflog_group=args.nflog_group, node=args.node,
-                                  attach=_attach_of(args), dispatch=dispatch_for(backend))
+                                  attach=_attach_of(args), **backend_options(backend))
         if backend == "nftables":
             print(f"# nftables transaction ({family}): {len(program.sets)} sets, {len(program.chains)} chains, "
                   f"{program.rule_count()} rules, hooks ({_attach_of(args)}) in base chains of ours")
@@ -369,7 +369,7 @@ def _programs_to_enforce(args, backend: str) -> tuple:
         for line in cluster.failed_closed:
             print(f"pyipset: failed closed: {line}", file=sys.stderr)
     programs = [compile_cluster(cluster, family, nflog_group=args.nflog_group, attach=_attach_of(args),
-                                node=args.node, dispatch=dispatch_for(backend)) for family in program_families(cluster)]
+                                node=args.node, **backend_options(backend)) for family in program_families(cluster)]
     return cluster, programs
 
 
@@ -532,7 +532,7 @@ def run_explain(args) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from None
     family = "inet" if source.ip.version == 4 else "inet6"
-    v = explain.explain(native.NativeProgram(compile_cluster(cluster, family, dispatch=dispatch_for(args.backend))),
+    v = explain.explain(native.NativeProgram(compile_cluster(cluster, family, **backend_options(args.backend))),
                         source, destination, args.protocol, args.port)
     def at(r):
         return None if r is None else {"chain": r.chain, "index": r.index, "origin": r.origin}

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from clusterspec import cluster, namespace, pod, policy
 from strategies import OUTSIDE, PORTS, cluster_objects
 from pyipset.compile import naming
-from pyipset.compile.compiler import compile_cluster, program_families
+from pyipset.compile.compiler import FLATTEN_LIMIT, backend_options, compile_cluster, program_families
 from pyipset.model import load_objects
 from pyipset.verify.native import NativeProgram, address_column
 
@@ -126,6 +126,17 @@ def test_the_flatten_limit():
         obj["spec"]["nodeName"] = "n1" if int(obj["metadata"]["name"][1:]) % 2 else "n2"
     local = compile_cluster(cluster(*objs), "inet", flatten_limit=128, node="n1")
     assert len(next(d for d in local.sets.values() if d.role == naming.ROLE_FLAT).members) == 64
+    # What each backend runs: iptables flattens to FLATTEN_LIMIT; nftables never, not even a rule whose
+    # peers are no pod (0 members: within any limit of 0 or more).
+    assert backend_options("iptables")["flatten_limit"] == FLATTEN_LIMIT
+    objs.append(policy("a/none", {"podSelector": {"matchLabels": {"app": "y"}},
+                                  "ingress": [{"from": [{"podSelector": {"matchLabels": {"app": "nobody"}}}],
+                                               "ports": [{"port": 80}]}]}))
+    for node in (None, "n1"):
+        assert [d for d in compile_cluster(cluster(*objs), "inet", flatten_limit=0, node=node).sets.values()
+                if d.role == naming.ROLE_FLAT]
+        nft = compile_cluster(cluster(*objs), "inet", node=node, **backend_options("nftables"))
+        assert not [d for d in nft.sets.values() if d.role == naming.ROLE_FLAT] and not nft.notes
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -250,7 +261,7 @@ def test_a_compile_beside_another_version_is_a_full_compile(objs, other, data):
                       for name, ns in before.namespaces.items()}
     after = dataclasses.replace(before, policies=policies, namespaces=namespaces)
     for family in ("inet", "inet6"):
-        limit = data.draw(st.sampled_from([0, 3, 1024]))
+        limit = data.draw(st.sampled_from([-1, 0, 3, 1024]))
         first = compile_beside(before, family, flatten_limit=limit)
         got = compile_beside(after, family, first, flatten_limit=limit).program
         want = compile_cluster(after, family, flatten_limit=limit)

@@ -100,7 +100,7 @@ def test_pod_changes_give_what_a_full_compile_gives(objs, data):
         event("rejections: not for this path")
         return  # two new pods may collide on a name or address: the agent compiles in full then
     node = data.draw(st.sampled_from([None, *NODES]))
-    limit = data.draw(st.sampled_from([0, 3, 1024]))
+    limit = data.draw(st.sampled_from([-1, 0, 3, 1024]))
     dispatch = data.draw(st.sampled_from(["tree", "map"]))
     inc = Incremental(before, FAMILIES, node=node, flatten_limit=limit, dispatch=dispatch)
     for program, family in zip(inc.programs, FAMILIES):
@@ -188,7 +188,7 @@ def test_policy_changes_give_what_a_full_compile_gives(objs, other, data):
         return
     node = data.draw(st.sampled_from([None, *NODES]))
     dispatch = data.draw(st.sampled_from(["tree", "map"]))
-    limit = data.draw(st.sampled_from([0, 3, 1024]))
+    limit = data.draw(st.sampled_from([-1, 0, 3, 1024]))
     inc = Incremental(before, FAMILIES, node=node, dispatch=dispatch, flatten_limit=limit)
     cluster = before
     if data.draw(st.booleans()) and inc.pods_changed(changes_between(before, after)) is not None:

@@ -37,7 +37,7 @@ import time
 from typing import Optional
 
 from .. import __version__
-from ..compile.compiler import dispatch_for, program_families
+from ..compile.compiler import backend_options, program_families
 from ..compile.incremental import Incremental
 from ..compile.program import Attach
 from ..errors import PyipsetError, brief_text
@@ -285,7 +285,7 @@ class Agent:
         self.engine = Incremental(cluster, sorted(self.families), nflog_group=self.settings.nflog_group,
                                   attach=self.attach, node=self.settings.node_name,
                                   deny_unknown=self.pod_cidrs or (), audit=self.settings.audit,
-                                  dispatch=dispatch_for(self.kernel.backend))
+                                  **backend_options(self.kernel.backend))
         return self.engine.programs
 
     def _credentials_again(self) -> None:

@@ -39,7 +39,7 @@ import sys
 import uuid
 from dataclasses import dataclass, field
 
-from ..compile.compiler import compile_cluster, dispatch_for, program_families
+from ..compile.compiler import backend_options, compile_cluster, program_families
 from ..compile.program import NFLOG_GROUP, Attach
 from ..errors import PyipsetError, brief_text
 from ..compile import naming as names
@@ -332,7 +332,7 @@ class LabNode:
         for node in self.nodes:
             apply_programs([compile_cluster(cluster, family, nflog_group=self.nflog_group, attach=self.attach,
                                             node=node.name if len(self.nodes) > 1 else None,
-                                            dispatch=dispatch_for(node.kernel.backend))
+                                            **backend_options(node.kernel.backend))
                             for family in program_families(cluster)], node.kernel, stop_after_sets=stop_after_sets)
 
     def stop_servers(self) -> None:

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from clusterspec import namespace, pod, policy
-from pyipset.compile.compiler import compile_cluster, dispatch_for, program_families
+from pyipset.compile.compiler import backend_options, compile_cluster, program_families
 from pyipset.kernel.apply import diff
 from pyipset.lab.node import LabNode
 from pyipset.model import load_objects
@@ -34,7 +34,7 @@ def kernel_converged(api, lab) -> bool:
     for node in lab.nodes:
         name = node.name
         for family in program_families(c):
-            if diff(compile_cluster(c, family, node=name, dispatch=dispatch_for(node.kernel.backend)),
+            if diff(compile_cluster(c, family, node=name, **backend_options(node.kernel.backend)),
                     node.kernel).total():
                 return False
     return True

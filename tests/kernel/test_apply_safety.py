@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from clusterspec import cluster, namespace, pod, policy
-from pyipset.compile.compiler import compile_cluster, dispatch_for, program_families
+from pyipset.compile.compiler import backend_options, compile_cluster, program_families
 from pyipset.compile.program import Attach, Rule
 from pyipset.kernel.render import render_hooks
 from pyipset.errors import PyipsetError
@@ -89,7 +89,7 @@ def write(tmp_path, name: str, objs) -> str:
 def converged(netns, objs) -> bool:
     c = load_objects(objs)
     kernel = Kernel(netns=netns.name, backend=BACKEND["name"])
-    return all(diff(compile_cluster(c, f, dispatch=dispatch_for(kernel.backend)), kernel).total() == 0
+    return all(diff(compile_cluster(c, f, **backend_options(kernel.backend)), kernel).total() == 0
                for f in program_families(c))
 
 
@@ -142,7 +142,7 @@ def test_fail_closed_applies_the_rest_and_isolates_what_was_rejected(netns, tmp_
     assert r.returncode == 1 and "failed closed: NetworkPolicy" in r.stderr, r.stderr
     c = fail_closed(load_objects(bad))
     kernel = Kernel(netns=netns.name, backend=backend)
-    assert all(diff(compile_cluster(c, f, dispatch=dispatch_for(backend)), kernel).total() == 0
+    assert all(diff(compile_cluster(c, f, **backend_options(backend)), kernel).total() == 0
                for f in program_families(c))
     assert not converged(netns, live)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from clusterspec import namespace, pod, policy
-from pyipset.compile.compiler import compile_cluster, dispatch_for, program_families
+from pyipset.compile.compiler import backend_options, compile_cluster, program_families
 from pyipset.compile.program import Attach
 from pyipset.kernel import nftables
 from pyipset.kernel.apply import (Kernel, KernelError, PreflightError, apply_changes, apply_programs, cleanup,
@@ -40,7 +40,7 @@ OBJECTS = [namespace("a"), namespace("b"),
 
 def programs_of(c, attach=Attach(), backend="nftables"):
     """The programs a backend runs (under nftables, the group found by a verdict map)."""
-    return [compile_cluster(c, f, attach=attach, dispatch=dispatch_for(backend)) for f in program_families(c)]
+    return [compile_cluster(c, f, attach=attach, **backend_options(backend)) for f in program_families(c)]
 
 
 def listing(kernel) -> str:
