@@ -18,6 +18,11 @@ over the kept pod sets; pod churn changes members, the chains kept.
     round (untimed).
   - "listed" (apply, reconcile; and every pass before the table was
     followed): the pass lists the table over netlink. The baseline.
+  - "followed-iptables": followed, the programs as the iptables backend
+    has them (the groups found by a tree of sets, rules flattened; the
+    others have them as nftables does: a verdict map). The change rebuilds
+    the tree, so every flow is judged, not only those of the pods it
+    isolates.
 - "nothing denied": the change adds a pod with a fresh address (as a pod of
   this node would be), followed: the pass finds nothing to cut. That is
   what revocation adds to an update that could deny and denies nothing.
@@ -45,6 +50,7 @@ import numpy as np
 import pytest
 
 import synthetic
+from pyipset.compile.compiler import backend_options
 from pyipset.compile.incremental import Incremental
 from pyipset.compile.program import CT_REVOKED
 from pyipset.kernel.conntrack import Conntrack
@@ -76,10 +82,15 @@ def node():
     fresh = dataclasses.replace(before.pods[-1], name="fresh", ips=(ipaddress.ip_address("198.19.255.1"),))
     # As the agent keeps them: one Incremental per node, the change made to the programs it holds (a policy
     # change keeps the chains that did not change as the same objects: the evaluator's load copies them).
-    changed = Incremental(before, ["inet"], dispatch="map")
+    changed = Incremental(before, ["inet"], **backend_options("nftables"))
     old = changed.programs[0]
     new = changed.policies_changed(after.policies)[0]
-    churn = Incremental(before, ["inet"], dispatch="map")
+    # The same change as the iptables backend's programs have it: groups found by a tree of sets, which a
+    # change of groups rebuilds (so that every flow is judged: observe/revoke.scope).
+    tree = Incremental(before, ["inet"], **backend_options("iptables"))
+    tree_old = tree.programs[0]
+    tree_new = tree.policies_changed(after.policies)[0]
+    churn = Incremental(before, ["inet"], **backend_options("nftables"))
     churn_old = churn.programs[0]
     plus_one = churn.pods_changed({fresh.key: fresh})[0]
     assert plus_one.chains is churn_old.chains and churn.deltas
@@ -96,7 +107,8 @@ def node():
         with Conntrack(netns) as ct:
             entries.make(ct, zip(src.tolist(), dst.tolist(), sports.tolist(), [53] * ENTRIES))
             assert len(ct.flows([4])) == ENTRIES
-        yield {"netns": netns, "old": old, "new": new, "churn_old": churn_old, "plus_one": plus_one,
+        yield {"netns": netns, "old": old, "new": new, "tree_old": tree_old, "tree_new": tree_new,
+               "churn_old": churn_old, "plus_one": plus_one,
                "deltas": churn.deltas, "pods": before.pods}
 
 
@@ -137,9 +149,10 @@ def _rounds(benchmark, node, programs_before, programs_after, clear: bool, follo
 
 
 @pytest.mark.benchmark(group=GROUP)
-@pytest.mark.parametrize("table", ["followed", "listed"])
+@pytest.mark.parametrize("table", ["followed", "listed", "followed-iptables"])
 def test_one_percent_denied(benchmark, node, table):
-    info = _rounds(benchmark, node, node["old"], node["new"], clear=True, follow=table == "followed")
+    before, after = (node["tree_old"], node["tree_new"]) if table.endswith("iptables") else (node["old"], node["new"])
+    info = _rounds(benchmark, node, before, after, clear=True, follow=table.startswith("followed"))
     assert 0.005 * ENTRIES < info["revoked"] < 0.02 * ENTRIES, info
     benchmark.extra_info.update(info, table=table)
 
