@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
+
 from . import _core
 from .errors import brief
 
@@ -16,6 +18,15 @@ FAMILIES = ("inet", "inet6")
 # The kernel's IPSET_MAXNAMELEN is 32 bytes with the terminating NUL.
 _NAME_MAX = 31
 _NAME_RE = re.compile(r"[^\s\"']{1,%d}\Z" % _NAME_MAX)
+
+def packed_column(addresses, version: int) -> np.ndarray:
+    """Packed addresses (4 or 16 bytes each, network order) as the column the
+    batch methods (add_many, contains_many, the evaluator) take: uint32 in
+    host order for IPv4, rows of 16 bytes for IPv6."""
+    if version == 4:
+        return np.frombuffer(b"".join(addresses), dtype=">u4").astype(np.uint32)
+    return np.frombuffer(b"".join(addresses), dtype=np.uint8).reshape(-1, 16).copy()
+
 
 # Create-line options that only tune the kernel's table: accepted, not needed here.
 def creation_options(size: int) -> str:

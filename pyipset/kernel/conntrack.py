@@ -712,19 +712,18 @@ class FlowTable:
         up in a hash:ip set of the addresses (one probe each, however many
         addresses: numpy.isin sorts the column past a few dozen)."""
         import numpy as np
-        from ..sets import IPSet
+        from ..sets import IPSet, packed_column
         t = self.tables[version]
         addresses = [a for a in addresses if len(a) == t.width and t.may_hold(a)]  # no flow has the others
         if not addresses or not t.keys:
             return np.zeros(0, np.int64)
         wanted = IPSet("hash:ip", "inet" if version == 4 else "inet6")
+        wanted.add_many(packed_column(addresses, version))
         n = len(t.keys)
         if version == 4:
-            wanted.add_many(np.frombuffer(b"".join(addresses), ">u4").astype(np.uint32))
             hit = wanted.contains_many(np.frombuffer(t.src, ">u4", n).astype(np.uint32))
             hit |= wanted.contains_many(np.frombuffer(t.dst, ">u4", n).astype(np.uint32))
         else:
-            wanted.add_many(np.frombuffer(b"".join(addresses), np.uint8).reshape(-1, 16))
             src = np.frombuffer(t.src, np.uint8, 16 * n).reshape(n, 16)  # views of the bytearrays, dropped below
             dst = np.frombuffer(t.dst, np.uint8, 16 * n).reshape(n, 16)
             hit = wanted.contains_many(src) | wanted.contains_many(dst)

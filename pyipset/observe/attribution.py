@@ -22,6 +22,7 @@ from typing import Optional
 import numpy as np
 
 from ..compile.naming import parse_log_prefix
+from ..sets import packed_column
 from ..verify.explain import Explainer
 from ..verify.native import NativeProgram
 from .nflog import PROTOCOL_LABELS, Decoder, GroupTaken, NflogSocket
@@ -105,12 +106,6 @@ _VERDICT_WORDS = {"denied": "connection blocked", "would-deny": "connection woul
                   "would-revoke": "established connection would be revoked (audit)"}
 
 
-def _column(addrs: list, version: int) -> np.ndarray:
-    if version == 4:
-        return np.frombuffer(b"".join(addrs), dtype=">u4").astype(np.uint32)
-    return np.frombuffer(b"".join(addrs), dtype=np.uint8).reshape(-1, 16).copy()
-
-
 class Attributor:
     """Attributes events with the programs and pods the agent enforces now.
     NativePrograms are built when first needed after a change."""
@@ -173,8 +168,8 @@ class Attributor:
         in audit mode, or policies changed since) is walked from the ingress
         chain."""
         def evaluate(program, rows):
-            return program.evaluate(_column([judged[n][1].src for n in rows], version),
-                                    _column([judged[n][1].dst for n in rows], version),
+            return program.evaluate(packed_column([judged[n][1].src for n in rows], version),
+                                    packed_column([judged[n][1].dst for n in rows], version),
                                     np.fromiter((judged[n][1].protocol for n in rows), np.uint8, len(rows)),
                                     np.fromiter((judged[n][1].dport for n in rows), np.uint16, len(rows)),
                                     threads=1, trace=True)

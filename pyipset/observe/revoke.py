@@ -78,7 +78,8 @@ from ..compile.naming import audit_chain, verdict_prefix
 from ..compile.program import CT_REVOKED, MARK_EGRESS_DENIED, MARK_INGRESS_DENIED
 from ..kernel.conntrack import FlowTable, local_addresses
 from ..verify.native import NativeProgram, SLOTS
-from .attribution import Attributor, _column
+from ..sets import packed_column
+from .attribution import Attributor
 from .nflog import Event
 
 _DENIED_MARKS = (MARK_EGRESS_DENIED, MARK_INGRESS_DENIED)  # per slot of SLOTS
@@ -111,7 +112,7 @@ class Batch:
     def of(cls, flows: list) -> "Batch":
         """The columns of Flows of one version."""
         version = flows[0].version
-        src, dst = _column([f.src for f in flows], version), _column([f.dst for f in flows], version)
+        src, dst = packed_column([f.src for f in flows], version), packed_column([f.dst for f in flows], version)
         return cls(version, src, dst, np.fromiter((f.protocol for f in flows), np.uint8, len(flows)),
                    np.fromiter((f.dport for f in flows), np.uint16, len(flows)))
 
