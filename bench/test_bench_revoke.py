@@ -21,8 +21,11 @@ over the kept pod sets; pod churn changes members, the chains kept.
   - "followed-iptables": followed, the programs as the iptables backend
     has them (the groups found by a tree of sets, rules flattened; the
     others have them as nftables does: a verdict map). The change rebuilds
-    the tree, so every flow is judged, not only those of the pods it
-    isolates.
+    the tree (new chains, new sets); the pass finds the pods whose group
+    it changed by walking both trees with the isolated pods' addresses
+    (verify/scope.py), with nothing of the programs kept from a pass
+    before (the agent would have the old tree's walk from its last pass
+    when that pass rebuilt it too).
 - "nothing denied": the change adds a pod with a fresh address (as a pod of
   this node would be), followed: the pass finds nothing to cut. That is
   what revocation adds to an update that could deny and denies nothing.
@@ -86,7 +89,7 @@ def node():
     old = changed.programs[0]
     new = changed.policies_changed(after.policies)[0]
     # The same change as the iptables backend's programs have it: groups found by a tree of sets, which a
-    # change of groups rebuilds (so that every flow is judged: observe/revoke.scope).
+    # change of groups rebuilds (verify/scope.py walks both trees).
     tree = Incremental(before, ["inet"], **backend_options("iptables"))
     tree_old = tree.programs[0]
     tree_new = tree.policies_changed(after.policies)[0]

@@ -17,7 +17,7 @@ from pyipset.compile.compiler import compile_cluster, program_families
 from pyipset.compile.program import CT_REVOKED, Attach
 from pyipset.kernel import conntrack
 from pyipset.model import load_objects
-from pyipset.observe.revoke import Batch, _Verdicts, judge, scope
+from pyipset.observe.revoke import Batch, _Verdicts, judge
 from pyipset.verify.native import NativeProgram
 from pyipset.verify import reference
 
@@ -77,92 +77,6 @@ def test_a_change_revokes_exactly_the_flows_it_denies_that_were_allowed(data, di
     everything = judge(flows, new, None, local={NODE.packed})
     assert {f for f, _ in everything.revoke} == {f for f in flows if not f.mark and f.src != NODE.packed
                                                   and not allowed(wa, f)}
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data(), dispatch=st.sampled_from(["tree", "map"]))
-def test_no_verdict_changes_outside_the_scope_of_a_change(data, dispatch):
-    """scope(old, new) bounds what a pass judges (pod churn, and policy
-    changes whose chains differ): every flow between addresses outside it
-    has the same verdict, and the same deciding direction, under both
-    programs. Random clusters and random changes (policies added, edited and
-    deleted, pods and namespaces relabelled, named ports renumbered)."""
-    before_objs = data.draw(cluster_objects())
-    after_objs = data.draw(changed_objects(before_objs))
-    before, after = load_objects(before_objs), load_objects(after_objs)
-    if before.rejections or after.rejections:
-        return
-    old, new = programs(before, dispatch), programs(after, dispatch)
-    addresses = sorted({ip for c in (before, after) for p in c.pods for ip in p.ips} |
-                       {ipaddress.ip_address("203.0.113.9"), ipaddress.ip_address("2001:db8:ffff::9")},
-                       key=lambda ip: (ip.version, ip))
-    for family in new:
-        where = scope(old.get(family), new[family])
-        if where is None:
-            event("scope: every flow")
-            continue
-        version = 4 if family == "inet" else 6
-        outside = [ip for ip in addresses if ip.version == version and ip.packed not in where]
-        flows = [flow(s, d, protocol, port) for s in outside for d in outside if s != d for protocol, port in CASES]
-        chains = "same chains" if old.get(family) and old[family].chains == new[family].chains else "chains differ"
-        event(f"scope: {chains}, {'no' if not where else 'some'} addresses, {'some' if flows else 'no'} flows outside")
-        if not flows:
-            continue
-        batch = Batch.of(flows)
-        a, b = _Verdicts(NativeProgram(old[family]), batch), _Verdicts(NativeProgram(new[family]), batch)
-        assert (a.allowed == b.allowed).all() and (a.denied_in == b.denied_in).all(), (family, sorted(where))
-
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-@given(data=st.data())
-def test_the_scope_of_chains_edited_in_place(data):
-    """scope() is about programs, not about how the compiler names chains: a
-    chain other than the entry edited in place (a rule dropped, or an
-    ACCEPT/DROP/RETURN turned into another), and every chain that jumps to
-    it, reach only the flows of the addresses a verdict map or a tree of
-    sets sends there; every flow between addresses outside the scope keeps
-    its verdict and deciding direction. (Verdict maps: a tree of sets is
-    reached by jumps from the entry chain, so that any chain edited there
-    makes the scope every flow.)"""
-    objs = data.draw(cluster_objects())
-    cluster = load_objects(objs)
-    if cluster.rejections:
-        return
-    for family, old in programs(cluster, "map").items():
-        # Chains the entry chain reaches by jumps alone (those make the scope every flow) are left alone.
-        fixed, work = {old.entry}, [old.entry]
-        while work:
-            for rule in old.chains[work.pop()]:
-                if rule.jump and rule.jump not in fixed:
-                    fixed.add(rule.jump)
-                    work.append(rule.jump)
-        version = 4 if family == "inet" else 6
-        addresses = [ip for ip in {ip for p in cluster.pods for ip in p.ips} | {ipaddress.ip_address("203.0.113.9")}
-                     if ip.version == version]
-        every = [flow(s, d, protocol, port) for s in addresses for d in addresses if s != d
-                 for protocol, port in CASES]
-        before = _Verdicts(NativeProgram(old), Batch.of(every)) if every else None
-        for name in [n for n, rules in old.chains.items() if rules and n not in fixed]:  # each edited in turn
-            rules = list(old.chains[name])
-            i = data.draw(st.integers(0, len(rules) - 1))
-            if rules[i].target in ("ACCEPT", "DROP", "RETURN") and data.draw(st.booleans()):
-                target = data.draw(st.sampled_from(sorted({"ACCEPT", "DROP", "RETURN"} - {rules[i].target})))
-                rules[i] = dataclasses.replace(rules[i], target=target)
-            else:
-                del rules[i]
-            new = dataclasses.replace(old, chains={**old.chains, name: rules})
-            where = scope(old, new)
-            if where is None:
-                event("scope: every flow")
-                continue
-            rows = [k for k, f in enumerate(every) if f.src not in where and f.dst not in where]
-            event(f"scope: {'no' if not where else 'some'} addresses, {'some' if rows else 'no'} flows outside")
-            if not rows:
-                continue
-            after = _Verdicts(NativeProgram(new), Batch.of(every))
-            assert (before.allowed[rows] == after.allowed[rows]).all(), (name, i, sorted(where))
-            assert (before.denied_in[rows] == after.denied_in[rows]).all(), (name, i, sorted(where))
 
 
 def test_the_direction_of_a_revocation_and_audit_mode():

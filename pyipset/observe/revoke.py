@@ -35,15 +35,16 @@ The mechanism, and why:
   time alone, reading an event a few microseconds when it happens. apply
   and reconcile, one-shot, list the table.
 - How many are judged: only the flows from or to an address the change
-  can reach (scope()): an address of a set member that changed (pod
-  churn), or one that a verdict map sends to another chain than before or
-  to a chain whose rules changed, or that jumps to one that did (a policy
-  change: the pods whose groups it touched). Every other flow takes the
-  same walk through the same rules and meets the same answer at every set
-  lookup, so it keeps its verdict. A change of the chains the entry chain
-  reaches without a map (a tree of sets, under iptables) or of more than
-  SCOPE_LIMIT addresses judges every flow. The new program judges every
-  flow in scope; the old one only those the new one denies or audit flags.
+  can reach (verify/scope.py): an address of a set member that changed
+  (pod churn), or one that a verdict map or a tree of sets sends to
+  another chain than before or to a chain whose rules changed, or that
+  jumps to one that did (a policy change: the pods whose groups it
+  touched). Every other flow takes the same walk through the same rules
+  and meets the same answer at every set lookup, so it keeps its verdict.
+  A change of the chains the entry chain reaches by jumps alone, or of
+  more than SCOPE_LIMIT addresses, judges every flow. The new program
+  judges every flow in scope; the old one only those the new one denies or
+  audit flags.
   The flows in scope are found by probing both ends of the held table's
   flows in a hash:ip set of the scope (~1 ms at 100k flows), none at all
   when the table's bitmap of ends says no flow has those addresses.
@@ -63,7 +64,6 @@ microseconds per conntrack event. Measured in bench/test_bench_revoke.py."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import select
 import threading
@@ -78,6 +78,7 @@ from ..compile.naming import audit_chain, verdict_prefix
 from ..compile.program import CT_REVOKED, MARK_EGRESS_DENIED, MARK_INGRESS_DENIED
 from ..kernel.conntrack import FlowTable, local_addresses
 from ..verify.native import NativeProgram, SLOTS
+from ..verify.scope import scope
 from ..sets import packed_column
 from .attribution import Attributor
 from .nflog import Event
@@ -169,114 +170,6 @@ class _Verdicts:
         return [names[k] for k in self.denied_in[rows].tolist()]
 
 
-SCOPE_LIMIT = 4096  # addresses in scope beyond which every flow is judged
-
-
-def scope(old, new, deltas: Optional[dict] = None) -> Optional[set]:
-    """The addresses (packed) outside which no flow's verdict can differ
-    between programs `old` and `new`; None: any flow's can.
-
-    A verdict is a walk of the chains from the entry chain, each step
-    decided by the rule it is at and by lookups of the flow's own fields in
-    sets. Call a chain dirty when its rules differ between the programs, or
-    when it jumps to a dirty chain (a chain only one program has is reached
-    only by rules that differ, or through a verdict map). A flow whose walk
-    stays in clean chains takes the same steps under both programs, and
-    leaves them only through a verdict map; so its verdict can differ only
-    when it is from or to:
-    - an address a verdict map sends to another chain than before, or to a
-      dirty chain (pod churn and a policy change alike: a pod whose group
-      changed, or whose group's chain did);
-    - an address of a member that changed in a set both programs have (a
-      set only one has is matched only by rules that differ).
-    The entry chain dirty, a changed set type, a changed member that is a
-    network, not one address, or more than SCOPE_LIMIT addresses: None.
-
-    deltas: what the change did to sets, where known ((family, name) ->
-    (set before, set after, members taken out, members put in), as
-    compile/incremental.py records it): those members are not looked for."""
-    if old is None:
-        return None
-    if old is new:
-        return set()
-    if old.entry != new.entry or old.hooks != new.hooks:
-        return None
-    dirty = _dirty_chains(old, new)
-    if dirty is None:
-        return None
-    out: set = set()
-    for name in old.sets.keys() & new.sets.keys():
-        a, b = old.sets[name], new.sets[name]
-        if a is b and not (dirty and a.is_map):
-            continue
-        if (a.type, a.family, a.timeout) != (b.type, b.family, b.timeout):
-            return None
-        delta = (deltas or {}).get((new.family, name))
-        if a is b:
-            changed = ()
-        elif delta is not None and delta[0] is a and delta[1] is b:
-            changed = (*delta[2], *delta[3])
-        elif a.members == b.members:
-            changed = ()
-        else:
-            changed = set(a.members).symmetric_difference(b.members)
-        if a.is_map:
-            # "ADDRESS CHAIN": an address sent elsewhere is among the changed members; so is one
-            # sent to a dirty chain, whichever program sends it there (the same map, too).
-            changed = [member.partition(" ")[0] for member in changed]
-            if dirty:
-                changed += [address for setdef in ((a,) if a is b else (a, b)) for address, _, chain in
-                            (member.partition(" ") for member in setdef.members) if chain in dirty]
-        if not _add_addresses(out, changed):
-            return None
-    return out
-
-
-def _dirty_chains(old, new) -> Optional[set]:
-    """The chains both programs have that are dirty (see scope()); None when
-    the entry chain is."""
-    if old.chains is new.chains:  # pod churn: the chains are the program before's
-        return set()
-    was = old.chains
-    dirty = {name for name, rules in new.chains.items()
-             if was.get(name, rules) is not rules and was[name] != rules}
-    if not dirty:
-        return dirty
-    both = was.keys() & new.chains.keys()
-    callers: dict = {}  # chain -> the chains that jump to it (a clean chain jumps alike in both programs)
-    for name, rules in new.chains.items():
-        for rule in rules:
-            if rule.jump:
-                callers.setdefault(rule.jump, set()).add(name)
-    work = list(dirty)
-    while work:
-        for caller in callers.get(work.pop(), ()):
-            if caller in both and caller not in dirty:
-                dirty.add(caller)
-                work.append(caller)
-    return None if new.entry in dirty else dirty
-
-
-def _add_addresses(out: set, members) -> bool:
-    """Adds the addresses (packed) of set members in ipset syntax to `out`;
-    False for a member that is a network, not one address, or when `out`
-    grows past SCOPE_LIMIT."""
-    for member in members:
-        head = member.split(" ", 1)[0].split(",")
-        for text in (head[0], head[2]) if len(head) > 2 else (head[0],):
-            address, _, length = text.partition("/")
-            try:
-                ip = ipaddress.ip_address(address)
-            except ValueError:
-                return False
-            if length and int(length) != ip.max_prefixlen:
-                return False
-            out.add(ip.packed)
-        if len(out) > SCOPE_LIMIT:
-            return False
-    return True
-
-
 def judged_here(program, batch: Batch, local: frozenset) -> np.ndarray:
     """Per flow, whether the program's hooks judged it when it opened: it
     crossed FORWARD (neither end is the node itself), or, under bridge:NAME,
@@ -310,10 +203,18 @@ def decide(batch: Batch, new: NativeProgram, old: Optional[NativeProgram]) -> tu
 
 class _Natives:
     """NativePrograms of the programs judged lately, by program (a new one
-    takes the built sets that equal those of the last one of its family)."""
+    takes the built sets that equal those of the last one of its family),
+    and what scope() keeps of each."""
 
     def __init__(self):
         self.built: dict = {}  # id(RuleProgram) -> NativeProgram
+        self.memos: dict = {}  # id(RuleProgram) -> (RuleProgram, what scope() keeps of it)
+
+    def memo(self, program) -> dict:
+        got = self.memos.get(id(program))
+        if got is None or got[0] is not program:
+            got = self.memos[id(program)] = (program, {})
+        return got[1]
 
     def get(self, program) -> NativeProgram:
         got = self.built.get(id(program))
@@ -326,6 +227,7 @@ class _Natives:
     def keep(self, programs) -> None:
         """Only the NativePrograms of these programs are kept."""
         self.built = {k: v for k, v in self.built.items() if any(v.program is p for p in programs)}
+        self.memos = {k: v for k, v in self.memos.items() if any(v[0] is p for p in programs)}
 
 
 def judge(flows: list, new: dict, old: Optional[dict] = None, local=frozenset(), natives=None) -> Decision:
@@ -464,7 +366,7 @@ class Revoker:
                     before = None if old is None else old.get(family)
                     if program is None or program is before or version not in table.tables:
                         continue
-                    where = scope(before, program, deltas)
+                    where = scope(before, program, deltas, memo=self._natives.memo)
                     if where is not None and not where:
                         continue
                     # Every flow, or only those from or to the addresses in scope (often none: a new pod's).
