@@ -8,7 +8,7 @@ the JSON (the reflectors read the JSON).
 The agent runs against the test API server, programming a scratch network
 namespace, for node0 of synthetic clusters (bench/synthetic.py, 50 pods per
 node): in this process for the latencies, as its own `pyipset agent` process
-for the steady state. Quick mode (CI) times 20 creations at each size and 30
+for the steady state. Quick mode (CI) times 20 creations at each size and 15
 s of churn; PYIPSET_BENCH_FULL=1 times 1,000 creations and 120 s."""
 
 from __future__ import annotations
@@ -339,7 +339,7 @@ def test_reading_a_list_of_10k_pods(benchmark, reader):
     benchmark.extra_info["ops"] = 10000
 
 
-STEADY_SECONDS = 120 if FULL else 30
+STEADY_SECONDS = 120 if FULL else 15
 EVENTS_PER_SECOND = 10
 
 

@@ -7,11 +7,12 @@ the same input in the same run: a process that loads the same manifests
 many bytes as the diff's JSON to a file and exits (every change carries the
 why of both sides, as explain says it: ~1 kB each). The output goes to a
 file, as a redirection takes it. The work is checked: the JSON is whole and
-names the changes expected."""
+names the changes expected. Three rounds each; quick mode (CI) one."""
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -22,6 +23,7 @@ import pytest
 from synthetic import objects
 
 PODS, POLICIES = 10_000, 1_000
+FULL = os.environ.get("PYIPSET_BENCH_FULL") == "1"
 
 NEW_POLICY = {"apiVersion": "networking.k8s.io/v1", "kind": "NetworkPolicy",
               "metadata": {"name": "new", "namespace": "ns0"},
@@ -86,7 +88,7 @@ def test_diff_end_to_end(benchmark, inputs, case):
     def run():
         took, out = _seconds("-m", "pyipset", "diff", *argv, "-o", "json")
         result.update(seconds=took, out=out)
-    benchmark.pedantic(run, rounds=3, iterations=1)
+    benchmark.pedantic(run, rounds=3 if FULL else 1, iterations=1)
     out = result["out"]
     assert out.returncode == 1, out.stderr[-2000:]  # changes found
     report = json.loads(out.stdout)
