@@ -390,28 +390,6 @@ class LabNode:
             if line != "ready":
                 raise LabError(f"a lab server did not start: {proc.stderr.read().strip()}")
 
-    def _probe_all(self, protocol: str, port: int, timeout: float, plan: list) -> list:
-        """plan: [(LabPod, [address, ...])]; one prober per source pod, all at
-        once; returns their answers in the same shape."""
-        procs = []
-        for lp, addrs in plan:
-            procs.append(subprocess.Popen(self._python(lp.netns, "probe", "--protocol", protocol, "--port", str(port),
-                                                       "--timeout", str(timeout), *map(str, addrs)),
-                                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd="/"))
-        answers = []
-        try:
-            for proc in procs:
-                out, err = proc.communicate(timeout=60 + timeout)
-                if proc.returncode != 0:
-                    raise LabError(f"a lab prober failed: {brief_text(err.strip())}")
-                answers.append(json.loads(out))
-        finally:
-            for proc in procs:
-                if proc.poll() is None:
-                    proc.kill()
-                    proc.wait()
-        return answers
-
     def observed_matrix(self, protocol: str, port: int, timeout: float = 1.0) -> list:
         """allowed[i][j]: a real connection from pod i to pod j succeeded (pods sorted).
 
@@ -419,22 +397,24 @@ class LabNode:
         tried again with three times the timeout (a TCP SYN is sent again
         after 1 s, a UDP request every third of the timeout), so a packet
         lost to load is not taken for policy."""
-        self.ensure_servers(port)
-        targets = [[self._target(lp.pod, other.pod) for other in self.pods] for lp in self.pods]
-        plan = [(lp, [t for t in row if t is not None]) for lp, row in zip(self.pods, targets)]
-        allowed = []
-        for row, answers in zip(targets, self._probe_all(protocol, port, timeout, plan)):
-            results = iter(answers)
-            allowed.append([next(results) if t is not None else False for t in row])
-        retry = [(i, [j for j, t in enumerate(targets[i]) if t is not None and not allowed[i][j]])
-                 for i in range(len(self.pods))]
-        retry = [(i, cols) for i, cols in retry if cols]
-        if retry:
-            plan = [(self.pods[i], [targets[i][j] for j in cols]) for i, cols in retry]
-            for (i, cols), answers in zip(retry, self._probe_all(protocol, port, 3 * timeout, plan)):
-                for j, ok in zip(cols, answers):
-                    allowed[i][j] = ok
-        return allowed
+        return self.observed_matrices([(protocol, port)], timeout)[0]
+
+    def observed_matrices(self, cases: list, timeout: float = 1.0) -> list:
+        """observed_matrix() of each (protocol, port) of `cases`, probed all
+        at once (connect_many: one prober per source pod, a thread per
+        protocol and port in it), so that k cases wait for one timeout, not
+        k."""
+        pairs = [(i, j) for i, a in enumerate(self.pods) for j, b in enumerate(self.pods)
+                 if self._target(a.pod, b.pod) is not None]
+        answers = iter(self.connect_many([(self.pods[i].pod.key, self.pods[j].pod.key, protocol, port)
+                                          for protocol, port in cases for i, j in pairs], timeout))
+        out = []
+        for _ in cases:
+            allowed = [[False] * len(self.pods) for _ in self.pods]
+            for i, j in pairs:
+                allowed[i][j] = next(answers)
+            out.append(allowed)
+        return out
 
     def connect(self, src, dst, protocol: str, port: int, timeout: float = 1.0) -> bool:
         """One real connection from src to dst, each a pod key or an outside address."""
@@ -458,8 +438,10 @@ class LabNode:
         protocol, port), all at once: servers on every port needed, one prober
         per source pod. A failure is tried again with three times the timeout
         before it counts (as observed_matrix does)."""
+        by_key = {lp.pod.key: lp for lp in self.pods}
+
         def target(src: str, dst):
-            lp = next((lp for lp in self.pods if lp.pod.key == dst), None)
+            lp = by_key.get(dst)
             return self._target(self._lab_pod(src).pod, lp.pod) if lp else dst
 
         self.ensure_servers(*{port for _, _, _, port in pokes})

@@ -55,9 +55,8 @@ def matrix_matches(api, lab, cases) -> None:
     c = load_objects(api_objects(api), strict=False)
     held = {p.key for p in c.pods}
     index = [i for i, lp in enumerate(lab.pods) if lp.pod.key in held]
-    for protocol, port in cases:
+    for (protocol, port), observed in zip(cases, lab.observed_matrices(cases, 0.4)):
         pods, expected = native.matrix(c, protocol, port)
-        observed = lab.observed_matrix(protocol, port, 0.4)
         position = {p.key: k for k, p in enumerate(pods)}
         wrong = [(lab.pods[i].pod.key, lab.pods[j].pod.key) for i in index for j in index
                  if observed[i][j] != expected[position[lab.pods[i].pod.key]][position[lab.pods[j].pod.key]]]

@@ -39,9 +39,8 @@ BACKENDS = ["iptables", "nftables"]  # every lab agreement holds under each kern
 
 def check_lab(c, cases, timeout=0.5, topology="bridge", nodes=1, backend="iptables"):
     with LabNode(c, topology=topology, nodes=nodes, backend=backend) as lab:
-        for protocol, port in cases:
+        for (protocol, port), observed in zip(cases, lab.observed_matrices(cases, timeout)):
             pods, expected = native.matrix(c, protocol, port)
-            observed = lab.observed_matrix(protocol, port, timeout)
             wrong = [(pods[i].key, pods[j].key, observed[i][j]) for i in range(len(pods))
                      for j in range(len(pods)) if observed[i][j] != expected[i][j]]
             assert not wrong, f"{protocol}/{port}: kernel differs from the verifier on {wrong}"

@@ -26,9 +26,10 @@ def test_layout_in_the_kernel_gives_the_verifiers_matrix(layout):
     c = layouts.comparison_cluster(20, pods_per_app=2)  # 2 namespaces of 10 pods, 10 policies
     with LabNode(c) as lab:
         layouts.load_into_lab(lab, layouts.program(layout, c))
-        for protocol, port in (("TCP", 80), ("TCP", 81), ("UDP", 80)):
+        cases = [("TCP", 80), ("TCP", 81), ("UDP", 80)]
+        for (protocol, port), observed in zip(cases, lab.observed_matrices(cases, timeout=0.5)):
             _, expected = native.matrix(c, protocol, port)
-            assert lab.observed_matrix(protocol, port, timeout=0.5) == expected, (layout, protocol, port)
+            assert observed == expected, (layout, protocol, port)
 
 
 def test_synprobe_counts_answers_only_for_allowed_connections():
