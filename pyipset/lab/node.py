@@ -437,7 +437,7 @@ class LabNode:
         """Real connections (src pod key, dst pod key or outside address,
         protocol, port), all at once: servers on every port needed, one prober
         per source pod. A failure is tried again with three times the timeout
-        before it counts (as observed_matrix does)."""
+        before it counts."""
         by_key = {lp.pod.key: lp for lp in self.pods}
 
         def target(src: str, dst):

@@ -160,10 +160,11 @@ class _Switches:
         work = [(switch, arriving)]
         while work:
             chain, here = work.pop()
-            if not self.field(chain):
+            this = self.field(chain)
+            if not this:
                 out.update(dict.fromkeys(here, chain))
                 continue
-            if self.field(chain) != field:
+            if this != field:
                 raise _Unknown  # a switch on the other address: not followed
             for rule in self.program.chains[chain]:
                 if not rule.matches:
@@ -214,8 +215,6 @@ def _dirty_chains(before: _Switches, after: _Switches) -> tuple:
         return set(), set(), []
     was = old.chains
     differ = [name for name, rules in new.chains.items() if was.get(name, rules) is not rules and was[name] != rules]
-    if not differ:
-        return set(), set(), []
     dirty, switched = set(), set()
     entries: dict = {}  # chain -> the indexes of its rules that enter switches whose walk may change
     for name in differ:
@@ -231,9 +230,18 @@ def _dirty_chains(before: _Switches, after: _Switches) -> tuple:
             dirty.add(name)
         else:
             entries[name] = {i for i, (x, y) in enumerate(pairs) if x != y}
-    if not dirty and not switched:
-        return set(), set(), [(was[name][i], new.chains[name][i]) for name, rules in entries.items()
-                              for i in sorted(rules)]
+    if dirty or switched:
+        switched = _spread(before, after, dirty, switched, entries)
+    return dirty, switched, [(was[name][i], new.chains[name][i]) for name, rules in entries.items()
+                             if name not in dirty for i in sorted(rules)]
+
+
+def _spread(before: _Switches, after: _Switches, dirty: set, switched: set, entries: dict) -> set:
+    """Up from the chains found dirty and the switches whose walk may change
+    (in place: `dirty`, and `entries`, chain -> indexes of its rules that
+    enter such switches): the switches whose walk may change, all of them;
+    _Unknown when the entry chain turns dirty."""
+    was, new = before.program.chains, after.program
     both = was.keys() & new.chains.keys()
     callers: dict = {}  # chain -> the chains that jump to it (a clean chain jumps alike in both programs)
     for name, rules in new.chains.items():
@@ -266,8 +274,7 @@ def _dirty_chains(before: _Switches, after: _Switches) -> tuple:
             else:
                 entries.setdefault(caller, set()).update(
                     i for i, rule in enumerate(new.chains[caller]) if rule.jump == switch)
-    return dirty, seen, [(was[name][i], new.chains[name][i]) for name, rules in entries.items()
-                         if name not in dirty for i in sorted(rules)]
+    return seen
 
 
 def _moved(before: _Switches, after: _Switches, rule_old, rule_new, dirty: set) -> list:
