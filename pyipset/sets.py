@@ -29,14 +29,21 @@ def packed_column(addresses, version: int) -> np.ndarray:
 
 
 # Create-line options that only tune the kernel's table: accepted, not needed here.
+def capacity(size: int) -> int:
+    """The most members a kernel set made for `size` members may hold (its
+    maxelem): room to double in place, at least the kernel's default, 65536.
+    The kernel fixes it when the set is made: an `add` past it fails."""
+    return max(65536, 2 * size)
+
+
 def creation_options(size: int) -> str:
     """The one sizing rule for a kernel set of `size` members: hashsize the
     smallest power of two from 1024 with at most 4 members per bucket, and
-    maxelem room to double in place (at least the kernel's default, 65536)."""
+    maxelem its capacity()."""
     hashsize = 1024
     while hashsize * 4 < size:
         hashsize *= 2
-    return f"hashsize {hashsize} maxelem {max(65536, 2 * size)}"
+    return f"hashsize {hashsize} maxelem {capacity(size)}"
 
 
 # Their values are checked as ipset 7.17 checks them (strtoul, base 0: decimal, 0x hex, 0 octal), each

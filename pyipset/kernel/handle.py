@@ -47,6 +47,9 @@ class Kernel:
     lock_wait: float = 120.0  # seconds to wait for another pyipset process to finish
     backend: str = "iptables"
     _lock: NamespaceLock = field(init=False, repr=False, compare=False)
+    # What this handle learned of our sets' bounds (name -> the most members
+    # the kernel lets it hold), from reading them back or making them.
+    capacities: dict = field(init=False, default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self):
         if self.netns is not None:

@@ -35,8 +35,9 @@ from typing import Callable, Optional
 from ..compile.naming import CHAIN_PREFIX, MAX_CHAIN_NAME, MAX_SET_NAME, SET_PREFIX
 from ..compile.program import ENTRY_CHAIN, RuleProgram
 from ..errors import brief_text
+from ..sets import capacity
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
-from .plan import Held, KernelSet, Plan, canonical_members, check_members, hollow, plan_full, report
+from .plan import Held, KernelSet, Plan, canonical_members, check_members, hollow, outgrown, plan_full, report
 from .render import kernel_members, render_hooks, render_ipset, render_iptables, set_options
 from .runner import failing_line
 from .scratch import scratch_namespace
@@ -87,9 +88,49 @@ def read_sets(kernel: Kernel, others: Optional[list] = None) -> dict:
         if words[0] == "create":
             family = words[words.index("family") + 1] if "family" in words else "inet"
             out[words[1]] = KernelSet(words[1], words[2], family)
+            kernel.capacities[words[1]] = _maxelem(words)
         elif words[0] == "add" and words[1] in out:
             out[words[1]].members.add(" ".join(words[2:]))
     return out
+
+
+def _maxelem(words: list) -> int:
+    """A set's maxelem from the words of its `create` line or `Header:` (0: not there)."""
+    try:
+        return int(words[words.index("maxelem") + 1])
+    except (ValueError, IndexError):
+        return 0
+
+
+def capacity_of(kernel: Kernel, name: str) -> int:
+    """The most members our set `name` may hold: as this handle last read or
+    made it, or else as `ipset list -t` says (0: unknown)."""
+    if name not in kernel.capacities:
+        listed = kernel.run("ipset", "list", "-t", name, check=False)
+        header = next((line.split() for line in listed.stdout.splitlines() if line.startswith("Header:")), [])
+        kernel.capacities[name] = _maxelem(header)
+    return kernel.capacities[name]
+
+
+def fit(kernel: Kernel, plan: Plan) -> None:
+    """Turns the plan's edits that would take a set past its maxelem (fixed
+    when the set was made) into rebuilds sized for all its members
+    (plan.outgrown): an add past it fails with "Hash is full" after the adds
+    before it, and so would every retry. Plans know no bound: the handle does,
+    from the sets it read back or made. Up to capacity(0) members fit any set
+    of ours."""
+    for i, step in enumerate(plan.sets):
+        if step.action != "edit" or not step.new or step.setdef.dynamic:
+            continue
+        setdef = step.setdef
+        members = kernel_members(setdef)
+        if len(members) <= capacity(0) or len(members) <= (capacity_of(kernel, step.name) or capacity(0)):
+            continue
+        new = step.new
+        if step.late:  # held back by their text: both as the kernel prints them
+            members = sorted(canonical_members(setdef.type, setdef.family, members))
+            new = sorted(canonical_members(setdef.type, setdef.family, new))
+        plan.sets[i] = outgrown(step.name, setdef, members, new, step.late)
 
 
 def _jumps_to_entry(line: str) -> bool:
@@ -239,7 +280,7 @@ def ipset_blocks(plan: Plan) -> tuple:
     for step in plan.sets:
         name, setdef = step.name, step.setdef
         lines = []
-        opts = f"family {setdef.family} {set_options(setdef, len(step.members))}"
+        opts = f"family {setdef.family} {set_options(setdef, len(step.members) + len(step.new))}"
         if step.action == "recreate":
             lines.append(f"destroy {name}")  # another type, unused (see preflight)
         if step.action in ("create", "recreate"):
@@ -250,6 +291,7 @@ def ipset_blocks(plan: Plan) -> tuple:
             lines.append(f"create {tmp} {setdef.type} {opts}")
             lines += [f"add {tmp} {m}" for m in step.members]
             lines += [f"swap {tmp} {name}", f"destroy {tmp}"]
+            after.extend(f"add {name} {m} -exist" for m in step.new)  # an isolation set's (plan.outgrown)
         elif step.action == "edit":
             lines += [f"del {name} {m}" for m in step.gone]
             (after if step.late else lines).extend(f"add {name} {m} -exist" for m in step.new)
@@ -332,11 +374,15 @@ def execute(kernel: Kernel, plans: list, enforced: Optional[Callable[[], None]] 
         reports.append(rep)
         for leftover in plan.leftovers:
             kernel.run("ipset", "destroy", leftover)
+        fit(kernel, plan)
         blocks, last = ipset_blocks(plan)
         if not plan.touches_chains() and not stop_after_sets and \
                 sum(map(len, blocks)) < PARALLEL_RESTORE_LINES:
             blocks, last = [[line for b in blocks for line in b] + last.splitlines()], ""  # one restore
         restore_in_parallel(kernel, blocks)
+        for step in plan.sets:
+            if step.action in ("create", "recreate", "rebuild") and not step.setdef.dynamic:
+                kernel.capacities[step.name] = capacity(len(step.members) + len(step.new))
         if stop_after_sets:
             continue
         if plan.touches_chains():
@@ -349,6 +395,8 @@ def execute(kernel: Kernel, plans: list, enforced: Optional[Callable[[], None]] 
     if not last and enforced is not None:
         enforced()
     after_chains = last + "".join(f"destroy {name}\n" for name, _ in stale)
+    for name, _ in stale:
+        kernel.capacities.pop(name, None)
     if after_chains and kernel.run("ipset", "restore", input=after_chains, check=False).returncode == 0:
         for _, rep in stale:
             rep.sets_destroyed += 1
@@ -460,6 +508,7 @@ def cleanup(kernel: Kernel) -> dict:
                     removed["references"].append(f"{family}: {line}")
         for name in sets:
             kernel.run("ipset", "destroy", name)
+            kernel.capacities.pop(name, None)
             removed["sets"] += 1
     return removed
 

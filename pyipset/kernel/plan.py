@@ -61,7 +61,9 @@ class Held:
 class SetStep:
     """One set's change. action: "create" (new), "recreate" (another type or
     family held the name: destroyed first), "edit" (members `gone` and `new`),
-    "rebuild" (most of it changed: all `members` replace the old ones at once),
+    "rebuild" (most of it changed, or it outgrew what the kernel's set may
+    hold: all `members` replace the old ones at once; when late, `new` are
+    added after the chains changed),
     "keep" (a dynamic set that exists: the rules fill it, apply never touches
     its entries). late: the additions wait until the chains changed."""
 
@@ -211,6 +213,20 @@ def plan_sets(program: RuleProgram, current: dict, wanted: Optional[dict] = None
         else:
             steps.append(SetStep(name, setdef, "rebuild", members=members))
     return steps
+
+
+def outgrown(name: str, setdef, members: list, new: list, late: bool) -> SetStep:
+    """The step for a set whose members will be more than the kernel's set may
+    hold (a backend whose sets have a bound fixed when they are made, such as
+    ipset's maxelem: an add past it fails and leaves the set half edited):
+    rebuilt, sized for them. `members`: all of them; for an isolation set
+    (late) its additions `new`, in the same text, still wait for the chains,
+    so they are held back from the rebuild and added after."""
+    if not late:
+        return SetStep(name, setdef, "rebuild", members=list(members))
+    held_back = set(new)
+    return SetStep(name, setdef, "rebuild", members=[m for m in members if m not in held_back], new=list(new),
+                   late=True)
 
 
 def plan_full(program: RuleProgram, held: Held, expected: Optional[dict], wanted_hooks: list,

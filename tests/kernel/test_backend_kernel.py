@@ -233,3 +233,59 @@ def test_changes_from_the_record_equal_a_full_apply(netns):
         apply_changes(current, [compile_cluster(base(relabel={"app": "db"}), "inet")], kernel)
     with pytest.raises(ValueError):
         apply_changes(current, [], kernel)
+
+
+def _one_set_program(n: int, role: str = "peer"):
+    """A program of one hash:ip set of n addresses (198.18.0.0/15) that a rule matches."""
+    import ipaddress
+    from pyipset.compile.program import Match, Rule, RuleProgram, SetDef
+    first = int(ipaddress.IPv4Address("198.18.0.0"))
+    members = tuple(str(ipaddress.IPv4Address(first + i)) for i in range(n))
+    s = SetDef("pyi-P-outgrowntest000000", "hash:ip", "inet", members, "k", "test set", role=role)
+    return RuleProgram("inet", sets={s.name: s},
+                       chains={"PYIPSET": [Rule(matches=(Match("set", name=s.name, dims="src"),), target="ACCEPT")]})
+
+
+def _held(kernel, name):
+    """(members, maxelem) of our set as the kernel holds it."""
+    from pyipset.kernel.iptables import capacity_of
+    fresh = Kernel(netns=kernel.netns)  # read apart from the handle under test, which remembers bounds
+    return len(read_sets(fresh)[name].members), capacity_of(Kernel(netns=kernel.netns), name)
+
+
+def test_a_set_that_outgrows_its_capacity_is_rebuilt_on_every_path(netns):
+    """ipset fixes a set's maxelem when it is made (ours: twice its members,
+    at least 65,536): an add past it fails with "Hash is full" after the adds
+    before it, and every retry failed the same way (an agent whose cluster
+    grew past it never converged). Growth in edits — each within half of the
+    set, as both plans edit — past the bound, through a full apply (capacity
+    read back), the agent's path with the handle that made the set (capacity
+    remembered) and with a fresh handle (capacity listed): each ends with every
+    member held and room to grow; an isolation set's additions still wait for
+    the chains."""
+    from pyipset.kernel.apply import apply_changes
+    name = "pyi-P-outgrowntest000000"
+    sizes = (40_000, 60_000, 81_000)  # made with maxelem 80,000; the last step passes it
+    for path in ("full", "record, same handle", "record, fresh handle"):
+        kernel = Kernel(netns=netns.name)
+        cleanup(kernel)
+        apply(_one_set_program(sizes[0]), kernel)
+        assert _held(kernel, name) == (40_000, 80_000)
+        programs = [_one_set_program(n) for n in sizes]
+        for before, after in zip(programs, programs[1:]):
+            if path == "full":
+                apply(after, kernel)
+            else:
+                if path == "record, fresh handle":
+                    kernel = Kernel(netns=netns.name)
+                apply_changes([before], [after], kernel)
+        held, bound = _held(kernel, name)
+        assert held == 81_000 and bound >= 2 * 81_000, path
+    # an isolation set: rebuilt with the members it had, the additions after the chains
+    cleanup(kernel)
+    apply(_one_set_program(40_000, "isolated"), kernel)
+    apply(_one_set_program(60_000, "isolated"), kernel)
+    apply(_one_set_program(81_000, "isolated"), kernel, stop_after_sets=True)
+    assert _held(kernel, name) == (60_000, 2 * 81_000)
+    apply(_one_set_program(81_000, "isolated"), kernel)
+    assert _held(kernel, name) == (81_000, 2 * 81_000)
