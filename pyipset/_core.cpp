@@ -589,6 +589,67 @@ int fast_contains(PyObject *self, PyObject *entry) {
     return -1;
 }
 
+// A set's members (ipset syntax) as nf_tables set elements, laid out as
+// NFTA_SET_ELEM_LIST_ELEMENTS holds them: per member NFTA_LIST_ELEM {
+// NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } }, the key's fields in network
+// order, each padded to 4 bytes as nftables lays out a concatenation
+// (address . inet_proto . inet_service [. address]). Every element has the
+// same length, so the result is rows of that length. ValueError names the
+// first member the kernel could not hold as the nftables backend types it
+// (hash:net and ICMP type/code members are not keys of these types).
+py::bytes nft_elements(const std::string &type, const std::string &family, py::sequence members) {
+    ips_type t;
+    if (ips_type_from_name(type.data(), type.size(), &t) != IPS_OK || t == IPS_HASH_NET)
+        throw py::value_error("no nftables element keys for set type '" + bounded(type) + "'");
+    ips_family f;
+    if (family == "inet")
+        f = IPS_INET;
+    else if (family == "inet6")
+        f = IPS_INET6;
+    else
+        throw py::value_error("unknown family '" + bounded(family) + "' (expected inet or inet6)");
+    const size_t alen = f == IPS_INET ? 4 : 16;
+    const size_t klen = alen + (t == IPS_HASH_IP ? 0 : 8) + (t == IPS_HASH_IP_PORT_IP ? alen : 0);
+    const size_t row = 12 + klen;
+    const size_t n = static_cast<size_t>(py::len(members));
+    std::string out(n * row, '\0');
+    auto header = [](uint8_t *p, uint16_t len, uint16_t type) {
+        std::memcpy(p, &len, 2);
+        std::memcpy(p + 2, &type, 2);
+    };
+    const uint16_t nested = 0x8000; // NLA_F_NESTED
+    for (size_t i = 0; i < n; i++) {
+        py::handle item = members[i];
+        Py_ssize_t len = 0;
+        const char *text = PyUnicode_Check(item.ptr()) ? PyUnicode_AsUTF8AndSize(item.ptr(), &len) : nullptr;
+        if (!text) {
+            PyErr_Clear();
+            throw py::value_error("member " + std::to_string(i) + " is not text");
+        }
+        ips_entry e;
+        char why[IPS_REASON_MAX];
+        if (ips_parse_entry(t, f, text, static_cast<size_t>(len), &e, why, sizeof why) != IPS_OK)
+            throw py::value_error("member '" + bounded(std::string(text, static_cast<size_t>(len))) + "': " + why);
+        if (t != IPS_HASH_IP && (e.proto == 1 || e.proto == 58))
+            throw py::value_error("member '" + bounded(std::string(text, static_cast<size_t>(len))) +
+                                  "': an ICMP type and code is not an nftables port");
+        auto *p = reinterpret_cast<uint8_t *>(&out[i * row]);
+        header(p, static_cast<uint16_t>(row), 1 | nested);          // NFTA_LIST_ELEM
+        header(p + 4, static_cast<uint16_t>(row - 4), 1 | nested);  // NFTA_SET_ELEM_KEY
+        header(p + 8, static_cast<uint16_t>(row - 8), 1);           // NFTA_DATA_VALUE
+        uint8_t *k = p + 12;
+        std::memcpy(k, e.ip, alen);
+        if (t != IPS_HASH_IP) {
+            k[alen] = e.proto;
+            k[alen + 4] = static_cast<uint8_t>(e.port >> 8);
+            k[alen + 5] = static_cast<uint8_t>(e.port & 0xFF);
+            if (t == IPS_HASH_IP_PORT_IP)
+                std::memcpy(k + alen + 8, e.ip2, alen);
+        }
+    }
+    return py::bytes(out);
+}
+
 } // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -673,6 +734,11 @@ PYBIND11_MODULE(_core, m) {
     m.attr("MATCH_KINDS") = match_kinds;
     m.attr("DIMS") = dims;
     m.attr("STATES") = states;
+
+    m.def("nft_elements", &nft_elements, py::arg("type"), py::arg("family"), py::arg("members"),
+          "nft_elements(type, family, members) -> bytes: the members as nf_tables set elements (rows of one "
+          "length: per member NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } }), fields in network "
+          "order, each padded to 4 bytes; ValueError names the first member it cannot encode.");
 
     // A Python subclass gets a generic slot that calls __contains__ by name;
     // this puts the direct one back on it (pyipset.sets calls it).

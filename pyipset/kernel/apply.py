@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from typing import Callable, Optional
 
+from ..collector import paused
 from . import iptables
 from .handle import BACKENDS, Kernel, KernelError, KernelLimitError, PreflightError  # noqa: F401  (re-exported)
 from .plan import ApplyReport, Drift, drift, plan_change, plan_full  # noqa: F401  (re-exported)
@@ -50,7 +51,7 @@ def apply_programs(programs: list, kernel: Kernel, rewrite_all: bool = False,
     if len(set(families)) != len(families):
         raise ValueError("one program per address family")
     backend = module(kernel)
-    with kernel.locked():
+    with kernel.locked(), paused():
         remove_stale()  # scratch namespaces of runs that were killed
         foreign: list = []
         held = backend.read(kernel, programs, foreign)
@@ -82,7 +83,7 @@ def apply_changes(before: list, after: list, kernel: Kernel, dry_run: bool = Tru
         raise ValueError("the families differ: apply the programs in full")
     backend = module(kernel)
     plans = [plan_change(old, new, backend.render_hooks, deltas) for old, new in zip(before, after)]
-    with kernel.locked():
+    with kernel.locked(), paused():
         if dry_run:
             for plan in plans:
                 if plan.touches_chains():

@@ -307,3 +307,121 @@ def test_a_verdict_map_sends_each_pod_to_its_group_and_changes_by_elements():
         assert any(ingress in line for d in drifts for line in d.lines()), [d.lines() for d in drifts]
         assert not any(d.total() for d in reconcile_programs(maps_of(moved), kernel))
         assert not lab.connect("a/db", "a/web", "TCP", 80, 0.5)
+
+
+def _keyed_program(family: str, n: int, extra: int = 0, tag: str = ""):
+    """A program with a set of every keyed type of `family`, n members each
+    (documentation addresses; TCP, UDP and SCTP ports), extra more in the
+    first, all matched by rules."""
+    import ipaddress
+    from pyipset.compile.program import Match, Rule, RuleProgram, SetDef
+    base = ipaddress.ip_address("198.18.0.0" if family == "inet" else "2001:db8::")
+    protos = ("tcp", "udp", "sctp")
+    addr = [str(base + i) for i in range(n + extra)]
+    kinds = {"hash:ip": (addr, "src"),
+             "hash:ip,port": ([f"{a},{protos[i % 3]}:{1 + i % 65535}" for i, a in enumerate(addr[:n])], "dst,dst"),
+             "hash:ip,port,ip": ([f"{a},{protos[i % 3]}:{80 + i % 3},{addr[-1 - i]}" for i, a in enumerate(addr[:n])],
+                                 "src,dst,dst")}
+    sets, rules = {}, []
+    for k, (kind, (members, dims)) in enumerate(kinds.items()):
+        s = SetDef(f"pyi-P-bulk{tag}{k}{family}", kind, family, tuple(members), kind, f"bulk test {kind}")
+        sets[s.name] = s
+        rules.append(Rule(matches=(Match("set", name=s.name, dims=dims),), target="ACCEPT"))
+    return RuleProgram(family, sets=sets, chains={"PYIPSET": rules})
+
+
+def _table_json(kernel) -> list:
+    """Our table as nft lists it (JSON), without handles."""
+    import json
+    out = json.loads(kernel.run("nft", "-j", "list", "table", "inet", nftables.TABLE).stdout)["nftables"]
+    for obj in out:
+        for body in obj.values():
+            if isinstance(body, dict):
+                body.pop("handle", None)
+                if isinstance(body.get("elem"), list):
+                    body["elem"] = sorted(body["elem"], key=repr)
+    return sorted(out, key=repr)
+
+
+def test_a_bulk_load_holds_what_the_text_path_holds(monkeypatch, netns):
+    """Large new sets go to the kernel as elements over netlink, laid out by the
+    native core (nfnetlink.py), not through nft's language: for every keyed
+    type of both families (addresses; address . protocol . port; and a second
+    address), the kernel then lists our table exactly as when the same program
+    went through libnftables alone — sets, sizes and elements, and the program
+    reads back with no drift."""
+    from pyipset.kernel.scratch import scratch_namespace
+    programs = [_keyed_program("inet", 1500), _keyed_program("inet6", 1500)]
+    listed = []
+    for bulk_from in (1, 10 ** 9):
+        monkeypatch.setattr(nftables, "BULK_FROM", bulk_from)
+        with scratch_namespace() as ns:
+            kernel = Kernel(netns=ns, backend="nftables")
+            try:
+                apply_programs(programs, kernel)
+                assert not any(diff(p, kernel).total() for p in programs)
+                listed.append(_table_json(kernel))
+            finally:
+                release(kernel)
+    assert listed[0] == listed[1]
+    sizes = [o["set"].get("size") for o in listed[0] if "set" in o]
+    assert sizes == [3000] * 6
+
+
+@pytest.mark.parametrize("fails", ["the elements' batch", "the transaction"])
+@pytest.mark.parametrize("table", ["ours there", "no table yet"])
+def test_a_refused_bulk_load_changes_nothing(monkeypatch, netns, fails, table):
+    """Sets loaded in bulk are made and filled before the update's transaction;
+    when the kernel refuses either, they are taken out again (and the table,
+    when the update made it): the kernel lists exactly what it did before."""
+    kernel = Kernel(netns=netns.name, backend="nftables")
+    try:
+        if table == "ours there":
+            apply_programs([_keyed_program("inet", 10)], kernel)
+        before = kernel.run("nft", "list", "ruleset").stdout
+        monkeypatch.setattr(nftables, "BULK_FROM", 100)
+        if fails == "the elements' batch":
+            real = nftables.add_elements
+
+            def misnamed(ns, t, rows):  # the last set's elements sent to a set that is not there
+                return real(ns, t, rows[:-1] + [(rows[-1][0] + "x",) + tuple(rows[-1][1:])])
+            monkeypatch.setattr(nftables, "add_elements", misnamed)
+        else:
+            real = nftables.run
+
+            def failing_at_the_end(k, commands, json_out=False, terse=False):
+                if "add rule" in commands:
+                    commands += f"delete chain inet {nftables.TABLE} no-such-chain\n"
+                return real(k, commands, json_out, terse)
+            monkeypatch.setattr(nftables, "run", failing_at_the_end)
+        with pytest.raises(KernelError):
+            apply_programs([_keyed_program("inet", 500, extra=20, tag="new")], kernel)
+        assert kernel.run("nft", "list", "ruleset").stdout == before
+    finally:
+        release(kernel)
+
+
+def test_a_sized_set_that_outgrows_its_size_is_made_anew(netns):
+    """A set made with SIZED_FROM members or more gets a size (twice its
+    members: the kernel then takes its fixed hash) and the kernel refuses an
+    element past it. An update that would pass it — the agent's path, with the
+    handle that made it or a fresh one, and a full apply — makes it anew,
+    sized for its members, in the update's one transaction."""
+    from pyipset.kernel.nftables import SIZED_FROM, capacity_of
+    n = SIZED_FROM
+    kernel = Kernel(netns=netns.name, backend="nftables")
+    try:
+        steps = [_keyed_program("inet", n), _keyed_program("inet", n, extra=n + 1),
+                 _keyed_program("inet", n, extra=3 * n + 3), _keyed_program("inet", n, extra=7 * n + 8)]
+        apply_programs(steps[:1], kernel)
+        name = next(iter(steps[0].sets))
+        assert capacity_of(Kernel(netns=netns.name, backend="nftables"), name) == 2 * n
+        apply_changes(steps[:1], steps[1:2], kernel)  # the handle that made it
+        fresh = Kernel(netns=netns.name, backend="nftables")
+        apply_changes(steps[1:2], steps[2:3], fresh)  # one that lists the bound
+        apply_programs(steps[3:4], Kernel(netns=netns.name, backend="nftables"))  # read back
+        for program, bound in ((steps[3], 2 * (8 * n + 8)),):
+            assert not diff(program, kernel).total()
+            assert capacity_of(Kernel(netns=netns.name, backend="nftables"), name) == bound
+    finally:
+        release(kernel)
