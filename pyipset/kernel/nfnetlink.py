@@ -25,7 +25,8 @@ from .netns import in_netns
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
-NFT_MSG_NEWSETELEM = 12
+NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE, NFT_MSG_NEWSETELEM = 0, 1, 12
+NFTA_TABLE_NAME = 1
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NLMSG_ERROR = 2
 NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
@@ -82,6 +83,38 @@ def batch(table: str, sets: list, seq: int = 1) -> tuple:
     return b"".join(out), sent
 
 
+def _socket(netns: Optional[str], timeout: float):
+    sock = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+    sock.bind((0, 0))
+    sock.settimeout(timeout)
+    return sock
+
+
+def table_exists(netns: Optional[str], table: str, timeout: float = 10.0) -> bool:
+    """Whether the inet table `table` is there: one NFT_MSG_GETTABLE (listing it
+    through libnftables would fetch its every chain and rule)."""
+    sock = _socket(netns, timeout)
+    try:
+        body = _attr(NFTA_TABLE_NAME, table.encode() + b"\0")
+        sock.sendto(_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_ACK, 1,
+                             NFPROTO_INET, body), (0, 0))
+        found = False
+        while True:
+            buf = sock.recv(1 << 16)
+            offset = 0
+            while offset + 16 <= len(buf):
+                size, kind, _, _, _ = struct.unpack_from("=IHHII", buf, offset)
+                if kind == NLMSG_ERROR:
+                    code = -struct.unpack_from("=i", buf, offset + 16)[0]
+                    if code in (0, errno.ENOENT):
+                        return found and code == 0
+                    raise OSError(code, f"nf_tables: reading table {table}: {os.strerror(code)}")
+                found = found or kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
+                offset += max(16, (size + 3) & ~3)
+    finally:
+        sock.close()
+
+
 def add_elements(netns: Optional[str], table: str, sets: list, timeout: float = 60.0) -> int:
     """Adds the elements to existing sets of the inet table `table`, in one
     transaction; returns the messages sent. NetlinkError: refused, nothing
@@ -89,12 +122,10 @@ def add_elements(netns: Optional[str], table: str, sets: list, timeout: float = 
     data, sent = batch(table, [s for s in sets if s[1]])
     if not sent:
         return 0
-    sock = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+    sock = _socket(netns, timeout)
     try:
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) + (1 << 16))  # one datagram: one batch
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
-        sock.bind((0, 0))
-        sock.settimeout(timeout)
         sock.sendto(data, (0, 0))
         names = dict(sent)
         answered, failure = set(), None

@@ -43,7 +43,22 @@ A transaction: the table declared, the chains to write declared and flushed,
 the sets nothing uses deleted, sets created, edited (element adds and deletes)
 or replaced (flush and refill: interval sets always, the others when most of
 them changed), the rules added, the chains nothing jumps to deleted — all at
-once or not at all (nftables commits atomically)."""
+once or not at all (nftables commits atomically).
+
+Bulk loads: libnftables parses and evaluates every element from nft's
+language (~2.5 us each, as much again as the kernel's own work), so a new
+keyed set of BULK_FROM members or more (addresses or concatenations; not an
+interval set, map or dynamic set) is made and filled before the update's
+transaction: made through libnftables, its elements sent as the kernel reads
+them (kernel/nfnetlink.py: one nfnetlink batch, itself all or nothing, laid
+out by the native core). No rule uses such a set until the update's
+transaction, so what the kernel enforces still changes there alone, all at
+once; when the kernel refuses the batch or the transaction, the staged sets
+(and the table, when the update made it) are taken out again. Keyed sets
+made with SIZED_FROM members or more carry a size (set_size), which makes
+the kernel fill a fixed hash (half its time for 100k addresses) and bounds
+the set: an update that would pass it makes the set anew in its transaction
+(fit)."""
 
 from __future__ import annotations
 
@@ -62,7 +77,7 @@ from ..sets import FAMILIES, SET_TYPES
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
 from .libnftables import Context, NftError, Unavailable, library
 from .lock import netns_identity
-from .nfnetlink import add_elements
+from .nfnetlink import add_elements, table_exists
 from .plan import Held, KernelSet, Plan, SetStep, canonical_members, check_members, hollow, plan_full, report
 from .render import _check_reject, kernel_members
 from .scratch import scratch_namespace
@@ -764,7 +779,7 @@ def _stage(kernel: Kernel, plans: list) -> tuple:
         except ValueError as exc:
             raise KernelError(["nft"], f"set {setdef.name}: {exc}", None) from None
         rows.append((setdef.name, data, len(data) // len(step.members)))
-    existed = bool(_listing(kernel, terse=True))
+    existed = table_exists(kernel.netns, TABLE)
     run(kernel, "\n".join([f"add table inet {TABLE} {{ comment {_quote(OWNER)}; }}"] +
                           [declare_set(s.setdef, set_size(s.setdef, len(s.members))) for s in bulk]) + "\n")
     try:
