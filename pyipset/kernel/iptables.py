@@ -123,6 +123,8 @@ def fit(kernel: Kernel, plan: Plan) -> None:
         if step.action != "edit" or not step.new or step.setdef.dynamic:
             continue
         setdef = step.setdef
+        if len(setdef.members) <= capacity(0) // 2:
+            continue  # fits: kernel_members at most doubles a hash:net's members (a /0 is two halves)
         members = kernel_members(setdef)
         if len(members) <= capacity(0) or len(members) <= (capacity_of(kernel, step.name) or capacity(0)):
             continue

@@ -739,12 +739,12 @@ def fit(kernel: Kernel, plan: Plan) -> None:
     for i, step in enumerate(plan.sets):
         if step.action not in ("edit", "rebuild") or not keyed(step.setdef):
             continue
-        members = kernel_members(step.setdef)
-        if len(members) < SIZED_FROM:
+        size = len(step.setdef.members)  # a keyed set's members are the kernel's
+        if size < SIZED_FROM:
             continue
         bound = capacity_of(kernel, step.name)
-        if bound and len(members) > bound:
-            plan.sets[i] = SetStep(step.name, step.setdef, "recreate", members=list(members))
+        if bound and size > bound:
+            plan.sets[i] = SetStep(step.name, step.setdef, "recreate", members=kernel_members(step.setdef))
 
 
 def capacity_of(kernel: Kernel, name: str) -> int:
