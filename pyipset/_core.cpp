@@ -71,6 +71,14 @@ std::string bounded(const std::string &text) {
 
 std::string py_repr(py::handle h) { return bounded(py::repr(h).cast<std::string>()); }
 
+ips_family parse_family(const std::string &family) {
+    if (family == "inet")
+        return IPS_INET;
+    if (family == "inet6")
+        return IPS_INET6;
+    throw py::value_error("unknown family '" + bounded(family) + "' (expected inet or inet6)");
+}
+
 // Checks one batch column: a numpy array of exactly this dtype, C-contiguous,
 // with the expected shape. No conversion, so no copy.
 py::array column(py::handle obj, const std::string &what, char kind, size_t itemsize, int ndim, py::ssize_t inner,
@@ -105,15 +113,8 @@ class NativeSet {
         if (ips_type_from_name(type.data(), type.size(), &t) != IPS_OK)
             throw py::value_error("unknown set type '" + bounded(type) +
                                   "' (expected hash:ip, hash:ip,port, hash:ip,port,ip or hash:net)");
-        ips_family f;
-        if (family == "inet")
-            f = IPS_INET;
-        else if (family == "inet6")
-            f = IPS_INET6;
-        else
-            throw py::value_error("unknown family '" + bounded(family) + "' (expected inet or inet6)");
         ips_status st;
-        set_ = ips_set_new(t, f, seed, &st);
+        set_ = ips_set_new(t, parse_family(family), seed, &st);
         if (!set_)
             raise_status(st, "cannot create set");
     }
@@ -601,13 +602,7 @@ py::bytes nft_elements(const std::string &type, const std::string &family, py::s
     ips_type t;
     if (ips_type_from_name(type.data(), type.size(), &t) != IPS_OK || t == IPS_HASH_NET)
         throw py::value_error("no nftables element keys for set type '" + bounded(type) + "'");
-    ips_family f;
-    if (family == "inet")
-        f = IPS_INET;
-    else if (family == "inet6")
-        f = IPS_INET6;
-    else
-        throw py::value_error("unknown family '" + bounded(family) + "' (expected inet or inet6)");
+    const ips_family f = parse_family(family);
     const size_t alen = f == IPS_INET ? 4 : 16;
     const size_t klen = alen + (t == IPS_HASH_IP ? 0 : 8) + (t == IPS_HASH_IP_PORT_IP ? alen : 0);
     const size_t row = 12 + klen;

@@ -133,3 +133,39 @@ def test_a_set_made_anew_rewrites_each_chain_using_it_once():
     text = nftables.transaction([Plan(program, sets=[SetStep("pyi-r", seen, "recreate")], chains=["A"])])
     assert text.count("flush chain inet pyipset ip/A\n") == 1 and "ip/B" not in text
     assert text.index("delete set inet pyipset pyi-r") < text.index("add set inet pyipset pyi-r")
+
+
+def test_bulk_elements_are_laid_out_as_nf_tables_reads_them():
+    """_core.nft_elements (the bulk path's layout, kernel/nfnetlink.py): per
+    member NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } } with
+    the key's fields in network order, each padded to 4 bytes — written out
+    here by hand from the kernel's uapi (nf_tables.h), not by the encoder's
+    own rules; and every member it cannot hold named."""
+    import struct
+
+    from pyipset import _core
+
+    def element(key: bytes) -> bytes:
+        n = len(key)
+        return struct.pack("=HHHHHH", 12 + n, 0x8001, 8 + n, 0x8001, 4 + n, 1) + key
+
+    v4 = bytes([198, 51, 100, 7])
+    v6 = bytes.fromhex("20010db8000000000000000000000009")
+    cases = [("hash:ip", "inet", "198.51.100.7", v4),
+             ("hash:ip", "inet6", "2001:db8::9", v6),
+             ("hash:ip,port", "inet", "198.51.100.7,tcp:8080", v4 + b"\x06\0\0\0" + b"\x1f\x90\0\0"),
+             ("hash:ip,port", "inet6", "2001:db8::9,sctp:5", v6 + b"\x84\0\0\0" + b"\0\x05\0\0"),
+             ("hash:ip,port,ip", "inet", "198.51.100.7,udp:53,192.0.2.1",
+              v4 + b"\x11\0\0\0" + b"\0\x35\0\0" + bytes([192, 0, 2, 1]))]
+    for kind, family, member, key in cases:
+        assert _core.nft_elements(kind, family, [member, member]) == element(key) * 2, (kind, family)
+    good = {"hash:ip": "198.51.100.1", "hash:ip,port": "198.51.100.1,tcp:1", "hash:net": "198.51.100.0/24"}
+    for kind, family, member, why in [("hash:ip", "inet", "198.51.100.300", "198.51.100.300"),
+                                      ("hash:ip", "inet", "2001:db8::1", "2001:db8::1"),
+                                      ("hash:ip,port", "inet", "198.51.100.7,icmp:8/0", "ICMP"),
+                                      ("hash:net", "inet", "198.51.100.0/24", "hash:net"),
+                                      ("hash:ip", "bridge", "198.51.100.7", "bridge")]:
+        with pytest.raises(ValueError, match=why):
+            _core.nft_elements(kind, family, [good[kind], member])
+    with pytest.raises(ValueError, match="not text"):
+        _core.nft_elements("hash:ip", "inet", [b"198.51.100.1"])
