@@ -77,7 +77,7 @@ from ..sets import FAMILIES, SET_TYPES
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
 from .libnftables import Context, NftError, Unavailable, library
 from .lock import netns_identity
-from .nfnetlink import add_elements, table_exists
+from .nfnetlink import NetlinkError, add_elements, table_exists
 from .plan import Held, KernelSet, Plan, SetStep, canonical_members, check_members, hollow, plan_full, report
 from .render import _check_reject, kernel_members
 from .scratch import scratch_namespace
@@ -779,14 +779,20 @@ def _stage(kernel: Kernel, plans: list) -> tuple:
         except ValueError as exc:
             raise KernelError(["nft"], f"set {setdef.name}: {exc}", None) from None
         rows.append((setdef.name, data, len(data) // len(step.members)))
-    existed = table_exists(kernel.netns, TABLE)
+    try:
+        existed = table_exists(kernel.netns, TABLE)
+    except OSError:
+        return [], True  # no netlink socket of our own here: the transaction carries the elements
     run(kernel, "\n".join([f"add table inet {TABLE} {{ comment {_quote(OWNER)}; }}"] +
                           [declare_set(s.setdef, set_size(s.setdef, len(s.members))) for s in bulk]) + "\n")
     try:
         add_elements(kernel.netns, TABLE, rows)
-    except (OSError, ValueError) as exc:
+    except NetlinkError as exc:  # the kernel refused them
         _unstage(kernel, bulk, existed)
         raise KernelError(["nft"], str(exc), None) from None
+    except OSError:  # the socket (a buffer this large not allowed here), not the kernel: as above
+        _unstage(kernel, bulk, existed)
+        return [], True
     return bulk, existed
 
 

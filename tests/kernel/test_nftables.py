@@ -425,3 +425,21 @@ def test_a_sized_set_that_outgrows_its_size_is_made_anew(netns):
             assert capacity_of(Kernel(netns=netns.name, backend="nftables"), name) == bound
     finally:
         release(kernel)
+
+
+def test_without_a_netlink_socket_of_its_own_the_transaction_carries_the_elements(monkeypatch, netns):
+    """Where the bulk path's socket cannot be had (SO_SNDBUFFORCE refused, no
+    netlink here), a large new set goes through libnftables as any other:
+    the apply succeeds and the kernel holds the program."""
+    kernel = Kernel(netns=netns.name, backend="nftables")
+    try:
+        for where in ("table_exists", "add_elements"):
+            def refused(*args, **kwargs):
+                raise PermissionError(1, "Operation not permitted")
+            monkeypatch.setattr(nftables, where, refused)
+            program = _keyed_program("inet", 1200, tag=where[:3])
+            apply_programs([program], kernel)
+            assert not diff(program, kernel).total()
+            monkeypatch.undo()
+    finally:
+        release(kernel)
