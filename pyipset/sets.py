@@ -28,7 +28,6 @@ def packed_column(addresses, version: int) -> np.ndarray:
     return np.frombuffer(b"".join(addresses), dtype=np.uint8).reshape(-1, 16).copy()
 
 
-# Create-line options that only tune the kernel's table: accepted, not needed here.
 def capacity(size: int) -> int:
     """The most members a kernel set made for `size` members may hold (its
     maxelem): room to double in place, at least the kernel's default, 65536.
@@ -46,6 +45,7 @@ def creation_options(size: int) -> str:
     return f"hashsize {hashsize} maxelem {capacity(size)}"
 
 
+# Create-line options that only tune the kernel's table: accepted, not needed here.
 # Their values are checked as ipset 7.17 checks them (strtoul, base 0: decimal, 0x hex, 0 octal), each
 # given at most once: name -> largest value.
 _TUNING_OPTIONS = {"hashsize": 0xFFFFFFFF, "maxelem": 0xFFFFFFFF, "bucketsize": 0xFF, "initval": 0xFFFFFFFF}

@@ -83,6 +83,15 @@ def batch(table: str, sets: list, seq: int = 1) -> tuple:
     return b"".join(out), sent
 
 
+def _answers(buf: bytes):
+    """(kind, sequence number, errno: 0 for an ack, None for any other message) of each message in `buf`."""
+    offset = 0
+    while offset + 16 <= len(buf):
+        size, kind, _, seq, _ = struct.unpack_from("=IHHII", buf, offset)
+        yield kind, seq, -struct.unpack_from("=i", buf, offset + 16)[0] if kind == NLMSG_ERROR else None
+        offset += max(16, (size + 3) & ~3)
+
+
 def _socket(netns: Optional[str], timeout: float):
     sock = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
     sock.bind((0, 0))
@@ -100,17 +109,13 @@ def table_exists(netns: Optional[str], table: str, timeout: float = 10.0) -> boo
                              NFPROTO_INET, body), (0, 0))
         found = False
         while True:
-            buf = sock.recv(1 << 16)
-            offset = 0
-            while offset + 16 <= len(buf):
-                size, kind, _, _, _ = struct.unpack_from("=IHHII", buf, offset)
-                if kind == NLMSG_ERROR:
-                    code = -struct.unpack_from("=i", buf, offset + 16)[0]
-                    if code in (0, errno.ENOENT):
-                        return found and code == 0
+            for kind, _, code in _answers(sock.recv(1 << 16)):
+                if code is None:
+                    found = found or kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
+                elif code in (0, errno.ENOENT):
+                    return found and code == 0
+                else:
                     raise OSError(code, f"nf_tables: reading table {table}: {os.strerror(code)}")
-                found = found or kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
-                offset += max(16, (size + 3) & ~3)
     finally:
         sock.close()
 
@@ -136,16 +141,12 @@ def add_elements(netns: Optional[str], table: str, sets: list, timeout: float = 
                 if failure is not None:
                     break  # the kernel answers every message with NLM_F_ACK; after a refusal, what came is enough
                 raise NetlinkError(errno.ETIMEDOUT, names[sent[0][0]]) from None
-            offset = 0
-            while offset + 16 <= len(buf):
-                size, kind, _, seq, _ = struct.unpack_from("=IHHII", buf, offset)
-                if kind == NLMSG_ERROR and seq in names:
-                    code = -struct.unpack_from("=i", buf, offset + 16)[0]
+            for _, seq, code in _answers(buf):
+                if code is not None and seq in names:
                     answered.add(seq)
                     if code and failure is None:
                         failure = NetlinkError(code, names[seq])
                         sock.settimeout(0.2)
-                offset += max(16, (size + 3) & ~3)
         if failure is not None:
             raise failure
         return len(sent)
