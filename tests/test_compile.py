@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import ipaddress
+import json
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -88,9 +89,11 @@ def test_a_node_carries_only_what_its_pods_need():
                 for n, p in (("n1", n1), ("n2", n2))}
     assert set(isolated["n1"].members) == {"198.18.1.1", "198.18.1.2", "198.18.1.3"}
     assert len(isolated["n2"].members) == 100
-    # the peer set of n1's policy holds pods of the other node: peers are cluster-wide
-    peer = next(d for d in n1.sets.values() if d.role == naming.ROLE_PEER)
-    assert len(peer.members) == 10 and all(m.startswith("198.18.0.") for m in peer.members)
+    # the peer sets of n1's policy hold pods of the other node: peers are cluster-wide (every pod, and the
+    # pods of any namespace labelled app=a1)
+    peers = {json.loads(d.key)[2]: d for d in n1.sets.values() if d.role == naming.ROLE_PEER}
+    assert sorted(peers) == ["labels", "namespaces"] and len(peers["namespaces"].members) == 103
+    assert len(peers["labels"].members) == 10 and all(m.startswith("198.18.0.") for m in peers["labels"].members)
     assert n1.rule_count() < n2.rule_count() < whole.rule_count() + 1
 
 
@@ -101,8 +104,8 @@ def test_shared_selectors_are_one_set_and_names_fit_the_kernel():
                                      "ingress": [{"from": [sel], "ports": [{"port": 1000 + i, "endPort": 2000}]}]})
                   for i in range(5)])
     program = compile_cluster(c, "inet")
-    peers = [d for d in program.sets.values() if d.role == naming.ROLE_PEER]
-    assert len(peers) == 1
+    peers = sorted(json.loads(d.key)[2] for d in program.sets.values() if d.role == naming.ROLE_PEER)
+    assert peers == ["labels", "namespace"]  # one rule each: the pods of namespace a, and those labelled app=web
     for name, setdef in program.sets.items():
         assert setdef.role in naming.ROLES
         assert naming.check_set_name(name) and name.startswith(naming.SET_PREFIX)

@@ -52,7 +52,7 @@ ROLES = (ROLE_ISOLATED, ROLE_GROUP, ROLE_PEER, ROLE_BLOCK, ROLE_NAMED_PORT, ROLE
 _SET_CODES = {ROLE_ISOLATED: "I", ROLE_GROUP: "G", ROLE_BLOCK: "B", ROLE_NAMED_PORT: "T", ROLE_FLAT: "F",
               ROLE_LOCAL: "L", ROLE_POD_CIDR: "U", ROLE_AUDIT: "A", ROLE_SEEN: "R", ROLE_DISPATCH: "D",
               ROLE_NETWORKS: "W", ROLE_NODES: "H"}
-_PEER_CODES = {"pods": "P", "namespaces": "N", "nspods": "Q"}
+_PEER_CODES = {"namespace": "P", "namespaces": "N", "labels": "K"}  # compiler.py, "Peers"
 
 
 def digest(text: str, n: int) -> str:
