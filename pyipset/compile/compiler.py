@@ -169,6 +169,7 @@ it, and into every pod change on either side.
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 from typing import Optional
 
@@ -252,13 +253,16 @@ class _Sets:
         key, name = naming.set_key_and_name(role, self.program.family, key_parts, peer_kind)
         return name, key
 
-    def get(self, role: str, key_parts: tuple, set_type: str, members, comment: str, peer_kind: str = "") -> str:
+    def get(self, role: str, key_parts: tuple, set_type: str, members, comment: str, peer_kind: str = "",
+            canonical: bool = False) -> str:
+        """canonical: members (or what calling it gives) are a sorted tuple with no member twice."""
         name, key = self.name(role, key_parts, peer_kind)
         if name not in self.program.sets:
             values = self.reuse.get(key) if role in REUSABLE_ROLES else None
             if values is None:
                 values = members() if callable(members) else members
-                values = tuple(sorted(set(values)))
+                if not canonical:
+                    values = tuple(sorted(set(values)))
             self.program.sets[name] = SetDef(name, set_type, self.program.family, values, key, comment, role)
         return name
 
@@ -344,7 +348,7 @@ class _Compiler:
             self._texts: dict = {}  # id(pod) -> (pod, its addresses as text)
             self._local: dict = {}  # (namespace, selector) -> this node's pods it selects
             self._selected: dict = {}  # (namespace, selector) -> the pods it selects
-            self._by_label: dict = {}  # label key -> value -> the pods (of every namespace) with it
+            self._by_label: dict = {}  # (IP version, label key) -> value -> addresses (addresses_labelled)
             self._namespaces: dict = {}  # selector -> the namespaces it selects
             self._sizes: dict = {}  # (namespace, selector or None) -> addresses of this family of the pods it selects
         # For incremental updates (incremental.py): how each pod-derived set gets
@@ -365,16 +369,17 @@ class _Compiler:
                                    if selector.matches(p.labels)]
         return self._selected[key]
 
-    def pods_labelled(self, key: str) -> dict:
-        """Label value -> the pods of every namespace with label `key` of that value (one pass over the
-        pods per key, kept for the compiles of the same pods)."""
-        got = self._by_label.get(key)
+    def addresses_labelled(self, key: str) -> dict:
+        """Label value -> the sorted addresses (this family) of the pods of every namespace with label `key`
+        of that value: one pass over the pods per key, kept for the compiles of the same pods."""
+        got = self._by_label.get((self.version, key))
         if got is None:
-            got = self._by_label[key] = {}
+            lists: dict = {}
             for p in self.cluster.pods:
                 value = p.labels.get(key)
                 if value is not None:
-                    got.setdefault(value, []).append(p)
+                    lists.setdefault(value, []).extend(self.texts(p))
+            got = self._by_label[(self.version, key)] = {v: tuple(sorted(a)) for v, a in lists.items()}
         return got
 
     def namespaces_matching(self, selector) -> list:
@@ -497,13 +502,18 @@ class _Compiler:
         """The set of the pods of every namespace whose labels meet a requirement (In or Exists)."""
         described = (f"{requirement.key} in ({','.join(requirement.values)})" if requirement.operator == "In"
                      else requirement.key)
-        def pods():
-            by_value = self.pods_labelled(requirement.key)
-            values = requirement.values if requirement.operator == "In" else by_value
-            return [p for v in values for p in by_value.get(v, ())]
-        return self.pod_set(ROLE_PEER, ("labels", requirement.key, requirement.operator, requirement.values), pods,
-                            f"pods of every namespace labelled {described}",
-                            lambda pod: requirement.matches(pod.labels), "labels")
+
+        def members() -> tuple:  # distinct values: pods, and so addresses, of one value are no other's
+            by_value = self.addresses_labelled(requirement.key)
+            runs = [by_value[v] for v in (requirement.values if requirement.operator == "In" else by_value)
+                    if v in by_value]
+            return runs[0] if len(runs) == 1 else tuple(sorted(itertools.chain.from_iterable(runs)))
+        name = self.sets.get(ROLE_PEER, ("labels", requirement.key, requirement.operator, requirement.values),
+                             "hash:ip", members, f"pods of every namespace labelled {described}", "labels",
+                             canonical=True)
+        if name not in self.members_of:
+            self.members_of[name] = lambda pod: self.texts(pod) if requirement.matches(pod.labels) else []
+        return name
 
     def port_matches(self, spec: PortSpec) -> tuple:
         proto = PROTOCOL_NUMBERS[spec.protocol]
@@ -699,8 +709,9 @@ class _Compiler:
             by_ns.setdefault(policy.namespace, []).append(policy)
         policy_chains = {}
         selecting: dict = {}  # id(pod) -> (pod, [policy keys]) (the cluster's pods are distinct objects)
+        here = self.local_by_namespace
         for policy in policies:
-            local = self.local_selected(policy)
+            local = self.local_selected(policy) if policy.namespace in here else ()
             if not local:
                 continue  # it isolates no pod of this node: other nodes judge its pods
             sub = policy_chain(policy.key, direction)
