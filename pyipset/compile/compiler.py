@@ -168,6 +168,7 @@ it, and into every pod change on either side.
 
 from __future__ import annotations
 
+import bisect
 import functools
 import itertools
 import json
@@ -319,13 +320,19 @@ class _Compiler:
         self.deny_unknown = tuple(n for n in deny_unknown if n.version == self.version)
         self.text: dict = {} if text is None else text  # address -> str (a cache: str() of ipaddress is slow)
         # Policy chains of this compile, for the next one over the same pods: (direction, id(policy)) ->
-        # (policy, rules, {set name: (SetDef, member_of)}, eligible, notes) (see kept_policy_chain).
+        # (policy, rules, {set name: SetDef}, {set name: member_of}, eligible, notes) (see kept_policy_chain).
         self._chains: dict = {}
         self._chains_before: dict = {}
         # Group leaf chains of this compile and the one before: (direction, policy keys) -> (name, rules).
         self._leaves: dict = {}
         self._leaves_before: dict = like._leaves if like is not None else {}
+        # Each NetworkPolicy direction's groups of this compile and the one before (same pods, node, family
+        # and dispatch): direction -> ({policy key: policy}, {id(pod): (pod, group key)}, by_group, program).
+        self._grouped: dict = {}
+        self._grouped_before: dict = {}
         if like is not None and like.cluster.pods is cluster.pods and like.node == node:
+            if (like.version, like.dispatch) == (self.version, dispatch):
+                self._grouped_before = like._grouped
             # The same pods: what follows from them alone is taken. The same namespaces too: also which
             # namespaces a selector matches, and every unchanged policy's chain; other namespaces (labels
             # changed): the chains of policies none of whose peers selects namespaces.
@@ -581,11 +588,10 @@ class _Compiler:
         key = (direction, id(policy))
         got = self._chains_before.get(key)
         if got is not None and got[0] is policy:
-            _, rules, sets, eligible, notes = got
-            for name, (setdef, member_of) in sets.items():
-                self.program.sets.setdefault(name, setdef)
-                if member_of is not None:
-                    self.members_of.setdefault(name, member_of)
+            _, rules, setdefs, members_of, eligible, notes = got
+            # Equal to any this compile made of the same names (the same pods, and namespaces where it matters).
+            self.program.sets.update(setdefs)
+            self.members_of.update(members_of)
             self.eligible += eligible
             self.program.notes += notes
             self._chains[key] = got
@@ -593,7 +599,8 @@ class _Compiler:
         eligible, notes = len(self.eligible), len(self.program.notes)
         rules = self.policy_chain(policy, direction, ok_mark)
         names = {m.name for r in rules for m in r.matches if m.kind == "set"}
-        self._chains[key] = (policy, rules, {n: (self.program.sets[n], self.members_of.get(n)) for n in names},
+        self._chains[key] = (policy, rules, {n: self.program.sets[n] for n in names},
+                             {n: self.members_of[n] for n in names if n in self.members_of},
                              self.eligible[eligible:], self.program.notes[notes:])
         return rules
 
@@ -679,21 +686,94 @@ class _Compiler:
         self.program.chains[name] = rules + ([last] if last is not None else [])
         return name
 
-    def dispatch_map(self, direction: str, by_group: dict, leaf, key_of, scope: str = "") -> str:
+    def dispatch_map(self, direction: str, by_group: dict, leaf, key_of, scope: str = "",
+                     moved: Optional[list] = None) -> str:
         """A verdict map from each pod's address to its group's chain (leaf(key));
-        key_of(pod): a pod's group, () for none."""
+        key_of(pod): a pod's group, () for none. moved (NetworkPolicy's
+        directions, see grouped()): the map of the compile before is taken
+        with the entries of these pods changed."""
         chains = {key: leaf(key) for key in sorted(by_group)}
-        name = self.sets.get(ROLE_DISPATCH, ("dispatch", direction) + ((scope,) if scope else ()), MAP_TYPE,
-                             lambda: [f"{ip} {chains[key]}" for key, pods in by_group.items() for p in pods
-                                      for ip in self.texts(p)],
+        parts = ("dispatch", direction) + ((scope,) if scope else ())
+        before = self._grouped_before.get(direction) if moved is not None and not scope else None
+        was = before[3].sets.get(self.sets.name(ROLE_DISPATCH, parts)[0]) if before is not None else None
+
+        def members():
+            if was is None:
+                return tuple(sorted({f"{ip} {chains[key]}" for key, pods in by_group.items() for p in pods
+                                     for ip in self.texts(p)}))
+            out = list(was.members)
+            for pod, _ in moved:
+                for ip in self.texts(pod):
+                    i = bisect.bisect_left(out, ip + " ")
+                    if i < len(out) and out[i].startswith(ip + " "):
+                        del out[i]
+            for pod, key in moved:
+                if key:
+                    for ip in self.texts(pod):
+                        bisect.insort(out, f"{ip} {chains[key]}")
+            return tuple(out)
+        name = self.sets.get(ROLE_DISPATCH, parts, MAP_TYPE, members,
                              f"pods {'that policies of the ' + scope + ' tier select' if scope else 'isolated'} for "
-                             f"{direction}: each to its policy group's chain")
+                             f"{direction}: each to its policy group's chain", canonical=True)
         if name not in self.members_of:
             def member_of(pod):
                 key = key_of(pod)
                 return [f"{ip} {chains.get(key) or leaf(key)}" for ip in self.texts(pod)] if key else []
             self.members_of[name] = member_of
         return name
+
+    def grouped(self, direction: str, policies: list, by_key: dict) -> tuple:
+        """(selecting: id(pod) -> (pod, its group key), by_group: group key -> pods, moved) for the
+        direction's policies (sorted by key; by_key: the same by key). From the compile before when it had
+        the same pods: only the pods that a policy added, removed or changed selects (before or now) are
+        asked again, and moved is [(pod, group key now)] for those whose group changed (else None)."""
+        before = self._grouped_before.get(direction)
+        here = self.local_by_namespace
+        if before is None:
+            lists: dict = {}
+            for policy in policies:
+                if policy.namespace in here:
+                    key = policy.key
+                    for pod in self.local_selected(policy):
+                        lists.setdefault(id(pod), (pod, []))[1].append(key)
+            selecting = {i: (pod, tuple(keys)) for i, (pod, keys) in lists.items()}
+            by_group: dict = {}
+            for pod, key in selecting.values():
+                by_group.setdefault(key, []).append(pod)
+            return selecting, by_group, None
+        old_keys, old_selecting, old_by_group, _ = before
+        affected: dict = {}
+        for k in old_keys.keys() | by_key.keys():
+            was, now = old_keys.get(k), by_key.get(k)
+            if was is now:
+                continue
+            for policy in (was, now):
+                if policy is not None and policy.namespace in here:
+                    for pod in self.local_selected(policy):
+                        affected[id(pod)] = pod
+        selecting = dict(old_selecting)
+        moved, touched = [], set()
+        for i, pod in affected.items():
+            key = self.group_key(pod, direction)
+            old = old_selecting.get(i)
+            if (old[1] if old else ()) == key:
+                continue
+            if key:
+                selecting[i] = (pod, key)
+            else:
+                del selecting[i]
+            moved.append((pod, key))
+            touched.update(k for k in ((old[1] if old else ()), key) if k)
+        by_group = dict(old_by_group)
+        gone = {id(pod) for pod, _ in moved}
+        for key in touched:
+            pods = [p for p in old_by_group.get(key, ()) if id(p) not in gone]
+            pods += [pod for pod, k in moved if k == key]
+            if pods:
+                by_group[key] = pods
+            else:
+                by_group.pop(key, None)
+        return selecting, by_group, moved
 
     def direction_chain(self, direction: str) -> str:
         """Default allow in one lookup; otherwise find the pod's policy group in a
@@ -708,21 +788,15 @@ class _Compiler:
         for policy in policies:
             by_ns.setdefault(policy.namespace, []).append(policy)
         policy_chains = {}
-        selecting: dict = {}  # id(pod) -> (pod, [policy keys]) (the cluster's pods are distinct objects)
         here = self.local_by_namespace
         for policy in policies:
-            local = self.local_selected(policy) if policy.namespace in here else ()
-            if not local:
-                continue  # it isolates no pod of this node: other nodes judge its pods
-            sub = policy_chain(policy.key, direction)
-            self.program.chains[sub] = self.kept_policy_chain(policy, direction, ok)
-            policy_chains[policy.key] = sub
-            key = policy.key
-            for pod in local:
-                selecting.setdefault(id(pod), (pod, []))[1].append(key)
-        by_group: dict = {}
-        for pod, keys in selecting.values():
-            by_group.setdefault(tuple(keys), []).append(pod)
+            if policy.namespace in here and self.local_selected(policy):
+                sub = policy_chain(policy.key, direction)
+                self.program.chains[sub] = self.kept_policy_chain(policy, direction, ok)
+                policy_chains[policy.key] = sub
+        by_key = {p.key: p for p in policies}
+        selecting, by_group, moved = self.grouped(direction, policies, by_key)
+        self._grouped[direction] = (by_key, selecting, by_group, self.program)
         self.groups[direction] = by_group
         rules = []
         denied = MARK_EGRESS_DENIED if direction == "egress" else MARK_INGRESS_DENIED
@@ -732,7 +806,7 @@ class _Compiler:
         if by_group and self.dispatch == "map":
             # Pods no policy isolates are in no group: not in the map, they
             # fall off the end of this chain unmarked (allowed).
-            mapped = self.dispatch_map(direction, by_group, leaf, key_of)
+            mapped = self.dispatch_map(direction, by_group, leaf, key_of, moved=moved)
             rules.append(Rule((), "DISPATCH", dispatch=mapped, dispatch_dims=own_dim,
                               origin=f"isolated for {direction}: to the chain of its policy group"))
         elif by_group:
