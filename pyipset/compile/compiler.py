@@ -788,9 +788,11 @@ class _Compiler:
         for policy in policies:
             by_ns.setdefault(policy.namespace, []).append(policy)
         policy_chains = {}
-        here = self.local_by_namespace
+        here, kept = self.local_by_namespace, self._chains_before
         for policy in policies:
-            if policy.namespace in here and self.local_selected(policy):
+            got = kept.get((direction, id(policy)))
+            # A chain the compile before made (the same pods) is one of a policy with pods of this node.
+            if (got is not None and got[0] is policy) or (policy.namespace in here and self.local_selected(policy)):
                 sub = policy_chain(policy.key, direction)
                 self.program.chains[sub] = self.kept_policy_chain(policy, direction, ok)
                 policy_chains[policy.key] = sub
