@@ -225,12 +225,15 @@ def test_changes_from_the_record_equal_a_full_apply(netns):
         assert told == [0]
         assert diff(programs[0], kernel).total() == 0
         current = programs
-    victim = next(n for n, s in current[0].sets.items() if s.role == "peer")
+    changed = [compile_cluster(base(relabel={"app": "db"}), "inet")]
+    # a set the change edits (in both programs, other members)
+    victim = next(n for n, s in current[0].sets.items()
+                  if n in changed[0].sets and changed[0].sets[n].members != s.members)
     kernel.run("iptables", "-F")
     kernel.run("iptables", "-X")
     kernel.run("ipset", "destroy", victim)
     with pytest.raises(KernelError):
-        apply_changes(current, [compile_cluster(base(relabel={"app": "db"}), "inet")], kernel)
+        apply_changes(current, changed, kernel)
     with pytest.raises(ValueError):
         apply_changes(current, [], kernel)
 
