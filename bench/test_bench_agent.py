@@ -65,14 +65,20 @@ class Running:
         self.ready_after = time.monotonic() - self.started
         self.count = 0
 
-    def applied(self, kind: str, key: tuple, present: bool = True) -> None:
-        """Waits until the agent has seen the object (or its deletion) and applied a state with it."""
+    def applied(self, kind: str, key: tuple, present: bool = True) -> float:
+        """Waits until the agent has seen the object (or its deletion) and
+        applied a state with it; returns when the kernel took that state
+        (time.perf_counter(), as the agent noted it once the kernel's
+        transaction returned): not when this thread, woken, got the
+        interpreter back from the agent's (which has more to do after an
+        update: ~0.4 ms at 1k pods)."""
         resource = {"Pod": "pods", "NetworkPolicy": "networkpolicies"}[kind]
         state = self.agent.state
         with state.lock:
             state.lock.wait_for(lambda: (key in state.objects[resource]) == present)
             version = state.version
         self.agent.wait_applied(version)
+        return self.agent.applied_at
 
     def remove(self, kind: str, key: tuple) -> None:
         """Deletes what a timed creation made and waits until the kernel no
@@ -87,8 +93,8 @@ class Running:
                         "metadata": {"name": f"new{i}", "namespace": "ns0", "labels": {"app": "app1"}},
                         "spec": {"nodeName": "node0", "containers": [{"name": "c"}]},
                         "status": {"phase": "Running", "podIP": str(ipaddress.IPv4Address(NEW + i))}})
-        self.applied("Pod", ("ns0", f"new{i}"))
-        took = time.perf_counter() - start
+        end = self.applied("Pod", ("ns0", f"new{i}"))
+        took = end - start
         self.remove("Pod", ("ns0", f"new{i}"))
         return took
 
@@ -99,8 +105,8 @@ class Running:
                         "metadata": {"name": f"new{i}", "namespace": "ns0"},
                         "spec": {"podSelector": {"matchLabels": {"app": "app2"}},
                                  "ingress": [{"from": [{"podSelector": {}}], "ports": [{"port": 1000 + i}]}]}})
-        self.applied("NetworkPolicy", ("ns0", f"new{i}"))
-        took = time.perf_counter() - start
+        end = self.applied("NetworkPolicy", ("ns0", f"new{i}"))
+        took = end - start
         self.remove("NetworkPolicy", ("ns0", f"new{i}"))
         return took
 
@@ -122,8 +128,8 @@ class Running:
                                  "egress": [{"to": [{"namespaceSelector": {}, "podSelector": {"matchExpressions": [
                                      {"key": "app", "operator": "NotIn", "values": [f"app{(i + 3) % 5}"]}]}}],
                                              "ports": [{"port": 3000 + i}]}]}})
-        self.applied("NetworkPolicy", ("ns0", f"new{i}"))
-        took = time.perf_counter() - start
+        end = self.applied("NetworkPolicy", ("ns0", f"new{i}"))
+        took = end - start
         self.remove("NetworkPolicy", ("ns0", f"new{i}"))
         return took
 

@@ -106,6 +106,7 @@ class Agent:
         self.reflectors: list = []
         self.families = {"inet"}
         self.applied_version = None  # the state version the kernel enforces
+        self.applied_at = None  # time.perf_counter() when applied_version last moved
         self.applied = threading.Condition()  # notified when applied_version moves
         self.first_sync = threading.Event()
         self.last_loop = time.monotonic()
@@ -175,6 +176,7 @@ class Agent:
     def _enforces(self, version: int) -> None:
         with self.applied:
             self.applied_version = version
+            self.applied_at = time.perf_counter()
             self.applied.notify_all()
 
     # ---- running ----

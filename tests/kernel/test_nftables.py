@@ -7,6 +7,8 @@ from one backend to the other."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from clusterspec import namespace, pod, policy
@@ -441,5 +443,96 @@ def test_without_a_netlink_socket_of_its_own_the_transaction_carries_the_element
             apply_programs([program], kernel)
             assert not diff(program, kernel).total()
             monkeypatch.undo()
+    finally:
+        release(kernel)
+
+
+def _churned_program(family: str, step: int):
+    """_keyed_program's sets with a verdict map beside them, after `step`
+    rounds of churn: members come and go (few: edited, not rebuilt), and map
+    keys move between two chains."""
+    import ipaddress
+    from pyipset.compile.program import MAP_TYPE, Rule, SetDef
+    program = _keyed_program(family, 60)
+    base = ipaddress.ip_address("198.18.0.0" if family == "inet" else "2001:db8::")
+    sets = {}
+    for name, s in program.sets.items():  # a tenth gone (another tenth each round), three new
+        kept = [m for i, m in enumerate(s.members) if (i + step) % 10]
+        more = [str(base + 1000 + 10 * step + j) + m[len(m.partition(",")[0]):]
+                for j, m in enumerate(s.members[:3])]
+        sets[name] = dataclasses.replace(s, members=tuple(kept + more))
+    chains = {"PYIPSET": program.chains["PYIPSET"], "PYIPSET-A": [Rule(matches=(), target="ACCEPT")],
+              "PYIPSET-B": [Rule(matches=(), target="DROP")]}
+    members = tuple(f"{base + 2000 + i} {'PYIPSET-B' if i % 20 == step else 'PYIPSET-A'}"
+                    for i in range(100) if (i + step) % 10)
+    vmap = SetDef(f"pyi-D-churn{family}", MAP_TYPE, family, members, "churn", "verdict map")
+    sets[vmap.name] = vmap
+    chains["PYIPSET"] = chains["PYIPSET"] + [Rule(matches=(), target="DISPATCH", dispatch=vmap.name, dispatch_dims="dst")]
+    return dataclasses.replace(program, sets=sets, chains=chains)
+
+
+def test_an_update_of_elements_only_goes_over_netlink_and_holds_what_the_text_path_holds(monkeypatch, netns):
+    """Pod churn is one nfnetlink batch of element deletions and additions
+    (keyed sets of every type, verdict map elements with their goto), not a
+    libnftables transaction (whose cache fetch grows with the table): after
+    rounds of churn the kernel lists our table exactly as when every update
+    went through libnftables, and no update of elements ran nft's language."""
+    rounds = [[_churned_program(f, step) for f in ("inet", "inet6")] for step in range(4)]
+    listed = []
+    for path in ("netlink", "libnftables"):
+        kernel = Kernel(netns=netns.name, backend="nftables")
+        sent, scripts = [], []
+        real_edit, real_run = nftables.edit_elements, nftables.run
+
+        def edit(*args, **kwargs):
+            if path == "libnftables":
+                raise PermissionError(1, "Operation not permitted")
+            sent.append(real_edit(*args, **kwargs))
+            return sent[-1]
+
+        def run(k, commands, json_out=False, terse=False):
+            scripts.append(commands)
+            return real_run(k, commands, json_out, terse)
+        monkeypatch.setattr(nftables, "edit_elements", edit)
+        monkeypatch.setattr(nftables, "run", run)
+        try:
+            apply_programs(rounds[0], kernel)
+            per_round = []
+            for before, after in zip(rounds, rounds[1:]):
+                scripts.clear()
+                reports = apply_changes(before, after, kernel)
+                assert sum(r.members_added for r in reports) and sum(r.members_removed for r in reports)
+                assert not sum(r.chains_written + r.sets_created for r in reports)
+                per_round.append([s for s in scripts if "element" in s])
+                assert not any(diff(p, kernel).total() for p in after)
+            listed.append(_table_json(kernel))
+        finally:
+            monkeypatch.undo()
+            release(kernel)
+        if path == "netlink":
+            assert len(sent) == 3 and all(sent) and not any(per_round), per_round
+        else:
+            assert all(per_round)
+    assert listed[0] == listed[1]
+
+
+def test_a_refused_update_of_elements_changes_nothing_and_says_why(netns):
+    """An element the update would delete is gone already (removed by hand):
+    the kernel refuses the batch as a whole, the update's additions are not
+    made either, and the error names the set and what the kernel refused."""
+    kernel = Kernel(netns=netns.name, backend="nftables")
+    try:
+        before, after = [_churned_program("inet", 0)], [_churned_program("inet", 1)]
+        apply_programs(before, kernel)
+        name = next(n for n in before[0].sets if n.startswith("pyi-D"))
+        gone = next(m.split()[0] for m in before[0].sets[name].members
+                    if m not in after[0].sets[name].members)
+        kernel.run("nft", "delete", "element", "inet", nftables.TABLE, name, f"{{ {gone} }}")
+        held = kernel.run("nft", "list", "ruleset").stdout
+        with pytest.raises(KernelError) as err:
+            apply_changes(before, after, kernel)
+        assert f"refused deleting elements of set {name}: No such file or directory" in str(err.value), \
+            str(err.value)
+        assert kernel.run("nft", "list", "ruleset").stdout == held
     finally:
         release(kernel)
