@@ -149,10 +149,13 @@ def _percentiles(benchmark, times) -> None:
 
 def nft_floor_ms(what: str, runs: int = 15) -> float:
     """The nftables backend's floor for one update, measured beside the
-    agent's latencies: one libnftables transaction, in this process, into a
-    scratch namespace, with one element added (a pod), or a new set with an
-    element, a chain's rules replaced by one using it and an element added (a
-    policy). Median milliseconds."""
+    agent's latencies, in this process, into a scratch namespace, the way the
+    agent makes that update: one element added (a pod: one nfnetlink batch,
+    kernel/nfnetlink.py), or a new set with an element, a chain's rules
+    replaced by one using it and an element added (a policy: one libnftables
+    transaction). Median milliseconds."""
+    from pyipset import _core
+    from pyipset.kernel import nfnetlink
     from pyipset.kernel.libnftables import Context
     from pyipset.kernel.scratch import new_name
     netns = new_name("floor")
@@ -165,7 +168,8 @@ def nft_floor_ms(what: str, runs: int = 15) -> float:
         for k in range(runs):
             start = time.perf_counter()
             if what == "pod":
-                ctx.run(f"add element {t} s {{ 198.51.100.{k + 1} }}\n")
+                row = _core.nft_elements("hash:ip", "inet", [f"198.51.100.{k + 1}"])
+                nfnetlink.edit_elements(netns, "pyipset-floor", [], [("s", row, len(row))])
             else:
                 ctx.run(f"add set {t} s{k} {{ type ipv4_addr; }}\nadd element {t} s{k} {{ 198.51.100.1 }}\n"
                         f"flush chain {t} c\nadd rule {t} c ip saddr @s{k} counter return\n"
@@ -173,6 +177,7 @@ def nft_floor_ms(what: str, runs: int = 15) -> float:
             times.append(time.perf_counter() - start)
         ctx.close()
     finally:
+        nfnetlink.forget(netns)
         subprocess.run(["ip", "netns", "delete", netns])
     return 1e3 * sorted(times)[runs // 2]
 
