@@ -169,3 +169,51 @@ def test_bulk_elements_are_laid_out_as_nf_tables_reads_them():
             _core.nft_elements(kind, family, [good[kind], member])
     with pytest.raises(ValueError, match="not text"):
         _core.nft_elements("hash:ip", "inet", [b"198.51.100.1"])
+
+
+def test_element_batches_carry_deletions_first_and_fit_every_attribute():
+    """nfnetlink.batch (the path of updates of elements only): one batch, its
+    deletions (NFT_MSG_DELSETELEM) before its additions (NFT_MSG_NEWSETELEM);
+    verdict map elements carry NFTA_SET_ELEM_DATA { NFTA_DATA_VERDICT {
+    code (NFT_GOTO, network order), chain } } — written out here by hand from
+    nf_tables.h; and rows of any length are cut between rows so that no
+    elements attribute passes its 16-bit length, nothing lost or repeated."""
+    import struct
+
+    from pyipset import _core
+    from pyipset.kernel import nfnetlink
+
+    key = _core.nft_elements("hash:ip", "inet", ["198.51.100.7"])
+    chain = b"ip/PYIPSET-G-1\0"
+    verdict = struct.pack("=HH", 8, 1) + struct.pack("!i", -4) + struct.pack("=HH", 4 + len(chain), 2) + chain
+    verdict += b"\0" * (-len(verdict) % 4)
+    data = struct.pack("=HH", 8 + len(verdict), 0x8002) + struct.pack("=HH", 4 + len(verdict), 0x8002) + verdict
+    assert nfnetlink.verdict_rows(key, len(key), ["ip/PYIPSET-G-1"]) == \
+        [struct.pack("=HH", len(key) + len(data), 0x8001) + key[4:] + data]
+
+    addresses = [f"198.18.{i // 256}.{i % 256}" for i in range(6000)]
+    keys = _core.nft_elements("hash:ip", "inet", addresses)
+    rows = nfnetlink.verdict_rows(keys, len(keys) // len(addresses), [f"ip/PYIPSET-G-{i % 7}" for i in range(6000)])
+    data, sent = nfnetlink.batch("pyipset", [("pyi-D-m", rows, 0), ("pyi-K-s", keys[:12 * 3000], 12)],
+                                 deletes=[("pyi-K-s", keys[12 * 3000:], 12)])
+    kinds, carried, offset = [], {"pyi-D-m": b"", "pyi-K-s": b""}, 0
+    while offset < len(data):
+        size, kind = struct.unpack_from("=IH", data, offset)
+        kinds.append(kind)
+        if kind >> 8 == 10:  # nf_tables: table, set, then the elements attribute, last
+            at, name = offset + 20, None
+            while at < offset + size:
+                length, attr = struct.unpack_from("=HH", data, at)
+                if attr & 0x7FFF == 2:
+                    name = data[at + 4:at + length - 1].decode()
+                if attr & 0x7FFF == 3:
+                    assert length <= 0xFFFF
+                    carried[name] += data[at + 4:at + length]
+                at += (length + 3) & ~3
+        offset += size
+    assert kinds[0] == 16 and kinds[-1] == 17  # batch begin, end
+    middle = [k & 0xFF for k in kinds[1:-1]]
+    assert middle == sorted(middle, reverse=True) and set(middle) == {14, 12}  # deletions, then additions
+    assert carried["pyi-D-m"] == b"".join(rows) and len(sent) == len(kinds) - 2
+    assert carried["pyi-K-s"] == keys[12 * 3000:] + keys[:12 * 3000]
+    assert sum(1 for k in middle if k == 12) > 2  # the map's rows needed more than one attribute

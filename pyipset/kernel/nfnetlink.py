@@ -157,27 +157,6 @@ def _socket(netns: Optional[str], timeout: float):
     return sock
 
 
-def table_exists(netns: Optional[str], table: str, timeout: float = 10.0) -> bool:
-    """Whether the inet table `table` is there: one NFT_MSG_GETTABLE (listing it
-    through libnftables would fetch its every chain and rule)."""
-    sock = _socket(netns, timeout)
-    try:
-        body = _attr(NFTA_TABLE_NAME, table.encode() + b"\0")
-        sock.sendto(_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_ACK, 1,
-                             NFPROTO_INET, body), (0, 0))
-        found = False
-        while True:
-            for kind, _, code in _answers(sock.recv(1 << 16)):
-                if code is None:
-                    found = found or kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
-                elif code in (0, errno.ENOENT):
-                    return found and code == 0
-                else:
-                    raise OSError(code, f"nf_tables: reading table {table}: {os.strerror(code)}")
-    finally:
-        sock.close()
-
-
 class _Channel:
     """A netlink socket of one namespace, kept for its batches, and the next sequence number."""
 
@@ -223,6 +202,34 @@ def forget(netns: Optional[str]) -> None:
         channel.sock.close()
 
 
+def table_exists(netns: Optional[str], table: str, timeout: float = 10.0) -> bool:
+    """Whether the inet table `table` is there: one NFT_MSG_GETTABLE (listing it
+    through libnftables would fetch its every chain and rule)."""
+    channel = _channel(netns)
+    with channel.lock:
+        seq, channel.seq = channel.seq, channel.seq % (1 << 30) + 1
+        sock = channel.sock
+        try:
+            channel.drain()
+            sock.settimeout(timeout)
+            sock.sendto(_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE, NLM_F_REQUEST | NLM_F_ACK, seq,
+                                 NFPROTO_INET, _attr(NFTA_TABLE_NAME, table.encode() + b"\0")), (0, 0))
+            found = False
+            while True:
+                for kind, got, code in _answers(sock.recv(1 << 16)):
+                    if got != seq:
+                        continue  # an earlier batch's
+                    if code is None:
+                        found = found or kind == (NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWTABLE
+                    elif code in (0, errno.ENOENT):
+                        return found and code == 0
+                    else:
+                        raise OSError(code, f"nf_tables: reading table {table}: {os.strerror(code)}")
+        except OSError:
+            forget(netns)  # the socket's state is not known: the next request opens another
+            raise
+
+
 def add_elements(netns: Optional[str], table: str, sets: list, timeout: float = 60.0) -> int:
     """Adds the elements to existing sets of the inet table `table`, in one
     transaction; returns the messages sent. NetlinkError: refused, nothing
@@ -241,7 +248,7 @@ def edit_elements(netns: Optional[str], table: str, deletes: list, adds: list, t
                            deletes=[s for s in deletes if len(s[1])])
         if not sent:
             return 0
-        channel.seq = (sent[-1][0] + 2) % (1 << 31) or 1  # past the batch's end message
+        channel.seq = (sent[-1][0] + 2) % (1 << 30) or 1  # past the batch's end message
         try:
             return _send(channel, data, sent, timeout)
         except OSError as exc:
