@@ -275,10 +275,11 @@ def _block_set(block) -> tuple:
             ("block", str(block.cidr), tuple(sorted(map(str, block.excepts)))))
 
 
-def _requirements(selector) -> set:
+def _requirements(selector) -> list:
     """A pod selector as (requirement, negated) pairs whose conjunction it is, each requirement in its
     positive form (In, Exists): NotIn is not In, DoesNotExist not Exists (a pod without the key meets
-    both, as in Kubernetes); matchLabels k=v is k In (v). Values sorted: equal requirements are one."""
+    both, as in Kubernetes); matchLabels k=v is k In (v). Values sorted: equal requirements are one.
+    In one order whatever the selector's: positive ones first, then by key, operator and values."""
     out = set()
     for key, value in selector.match_labels:
         out.add((Requirement(key, "In", (value,)), False))
@@ -287,7 +288,7 @@ def _requirements(selector) -> set:
             out.add((Requirement(r.key, "In", tuple(sorted(set(r.values)))), r.operator == "NotIn"))
         else:
             out.add((Requirement(r.key, "Exists"), r.operator == "DoesNotExist"))
-    return out
+    return sorted(out, key=lambda rn: (rn[1], rn[0].key, rn[0].operator, rn[0].values))
 
 
 def flat_key(policy: NetworkPolicy, direction: str, index: int) -> tuple:
@@ -451,9 +452,13 @@ class _Compiler:
         name = self.sets.get(role, key_parts, "hash:ip",
                              lambda: [ip for p in (pods() if callable(pods) else pods) for ip in self.texts(p)],
                              comment, peer_kind)
+        self.member_rule(name, member_of)
+        return name
+
+    def member_rule(self, name: str, member_of) -> None:
+        """How an address set of pods takes one pod (members_of): its addresses when member_of(pod)."""
         if name not in self.members_of:
             self.members_of[name] = lambda pod: self.texts(pod) if member_of(pod) else []
-        return name
 
     def is_local(self, pod: Pod) -> bool:
         return self.node is None or pod.node == self.node
@@ -486,10 +491,9 @@ class _Compiler:
             return (Match("set", name=name, dims=dim),)
         matches = [Match("set", name=self.namespace_set(policy, peer.namespace_selector), dims=dim)]
         if peer.pod_selector is not None:
-            for positive, negate in sorted(_requirements(peer.pod_selector),
-                                           key=lambda rn: (rn[1], rn[0].key, rn[0].operator, rn[0].values)):
+            for positive, negate in _requirements(peer.pod_selector):
                 matches.append(Match("set", name=self.label_set(positive), dims=dim, negate=negate))
-        return tuple(dict.fromkeys(matches))
+        return tuple(matches)
 
     def namespace_set(self, policy: Optional[NetworkPolicy], selector) -> str:
         """The set of the pods of the policy's own namespace (selector None), or of every namespace the
@@ -518,8 +522,7 @@ class _Compiler:
         name = self.sets.get(ROLE_PEER, ("labels", requirement.key, requirement.operator, requirement.values),
                              "hash:ip", members, f"pods of every namespace labelled {described}", "labels",
                              canonical=True)
-        if name not in self.members_of:
-            self.members_of[name] = lambda pod: self.texts(pod) if requirement.matches(pod.labels) else []
+        self.member_rule(name, lambda pod: requirement.matches(pod.labels))
         return name
 
     def port_matches(self, spec: PortSpec) -> tuple:
@@ -939,8 +942,13 @@ class _Compiler:
         return []  # domainNames: tiers.py made the rule fail closed
 
     def compile(self) -> RuleProgram:
-        with collector.paused():  # a program of 10k pods: hundreds of thousands of small acyclic objects
-            return self._compile()
+        try:
+            with collector.paused():  # a program of 10k pods: hundreds of thousands of small acyclic objects
+                return self._compile()
+        finally:
+            # What was taken from the compile before is in this one now: the program before (held by its
+            # groups) is not kept alive by this compiler for as long as the next one takes it as `like`.
+            self._grouped_before, self._chains_before, self._leaves_before = {}, {}, {}
 
     def _compile(self) -> RuleProgram:
         prog = self.program
