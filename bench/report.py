@@ -83,11 +83,11 @@ def tables(benches) -> str:
 
 # Groups whose figures are what the benchmark recorded (latency percentiles,
 # seconds, memory), not the time of a call: tabled from extra_info as recorded.
-# How the nftables backend makes the update whose floor the agent benchmarks measure (nft_floor_ms).
-NFT_FLOOR = {"pod": "one nfnetlink batch", "policy": "one libnftables transaction"}
 RECORDED = ("agent: pod created", "agent: policy created", "agent: policy with new selectors", "agent: start",
             "agent: steady state", "lab:", "matrix streamed", "load a manifest", "blocked connections: packet",
             "diff end to end", "revocation:")
+# How the nftables backend makes the update whose floor the agent benchmarks measure (nft_floor_ms).
+NFT_FLOOR = {"pod": "one nfnetlink batch", "policy": "one libnftables transaction"}
 SKIP = ("ops", "inner_ns_per_op", "unit")
 
 
