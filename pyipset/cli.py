@@ -670,12 +670,16 @@ def run_diff(args) -> int:
         closed += turned_closed
         opened += len(block) - turned_closed
         if args.output == "json":
-            text = ("" if first else ",\n ") + ",\n ".join(block.json_lines())
-            if raw is not None:
-                raw.write(text.encode())
-            else:
-                out.write(text)
-            first = False
+            pieces = block.json_pieces()
+            if pieces:
+                if not first:
+                    pieces.insert(0, b",\n ")
+                for piece in pieces:
+                    if raw is not None:
+                        raw.write(piece)
+                    else:
+                        out.write(piece.decode())
+                first = False
             continue
         if len(listed) >= args.limit and (not listed or listed[-1][-1].ends != (block.src_ends[0], block.dst_ends[0])):
             unlisted += len(block)  # past the listing: counted, never made into objects

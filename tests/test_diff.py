@@ -93,8 +93,10 @@ def test_the_diff_is_the_difference_of_the_full_matrices(data):
             assert why == {"allowed": v.allowed, "egress": explain.direction_json(v.egress, ps is not None),
                            "ingress": explain.direction_json(v.ingress, pd is not None)}, change
     # the JSON written from a batch's columns is each change's json()
-    for block in whatif.diff_blocks(before, after):
-        assert [json.loads(line) for line in block.json_lines()] == [c.json() for c in block.changes()]
+    for whys in (True, False):
+        for block in whatif.diff_blocks(before, after, why=whys):
+            assert json.loads(b"[" + b"".join(block.json_pieces(each=3)) + b"]") == \
+                [c.json(whys) for c in block.changes()]
     # never the same pair twice for a protocol and port
     seen = set()
     for c in incremental:

@@ -410,7 +410,7 @@ def _representative(net, holes, held):
 
 class Changes:
     """A batch of changes, in columns, in order (source, destination, protocol, port): what `diff_blocks` yields.
-    Change objects (`changes()`) and JSON lines (`json_lines()`) are made from the columns when asked."""
+    Change objects (`changes()`) and their JSON (`json_pieces()`) are made from the columns when asked."""
 
     def __init__(self, b: Side, a: Side, todo: list, sources: list, destinations: list, src_ends: list,
                  dst_ends: list, case: list, end_port: list, before: list, why_before: Optional[list],
@@ -434,29 +434,45 @@ class Changes:
                 change.why_before, change.why_after = b.whys[self.why_before[i]], a.whys[self.why_after[i]]
             yield change
 
-    def json_lines(self) -> list:
-        """Each change as Change.json() encodes it, written from the columns (each label, port head and reason
-        encoded once per batch)."""
-        quoted = {label: _quoted(label) for label in {*self.sources, *self.destinations}}
+    def json_pieces(self, each: int = 1024) -> list:
+        """The changes as Change.json() encodes them, in order, separated by ",\\n " (none before the first): ASCII
+        JSON written from the columns, in pieces of `each` changes (~1 MB), each one join of small parts — every
+        label, port head and reason encoded once per batch, no text made per change. A reason is ~0.5 kB: at 600k
+        changes, text per change and one piece per batch (tens of MB, in memory the process had to fault in
+        anew) cost more than writing the bytes."""
+        quoted = {label: _quoted(label).encode() for label in {*self.sources, *self.destinations}}
         heads = {}
         for j, end in set(zip(self.case, self.end_port)):
             case = self.todo[j]
-            text = f'"protocol": "{case.protocol}", "port": {case.start}'
+            text = f', "protocol": "{case.protocol}", "port": {case.start}'
             if end != case.start:
                 text += f', "end_port": {end}'
             if case.other_ports:
                 text += ', "other_ports": true'
-            heads[(j, end)] = text
-        turns = ('"before": false, "after": true', '"before": true, "after": false')
-        columns = zip(self.sources, self.destinations, zip(self.case, self.end_port), self.before)
-        if self.why_before is None:
-            return [f'{{"from": {quoted[s]}, "to": {quoted[d]}, {heads[h]}, {turns[before]}}}'
-                    for s, d, h, before in columns]
-        texts_b = {w: self.b.text(w) for w in set(self.why_before)}
-        texts_a = {w: self.a.text(w) for w in set(self.why_after)}
-        return [f'{{"from": {quoted[s]}, "to": {quoted[d]}, {heads[h]}, {turns[before]}, '
-                f'"why_before": {texts_b[wb]}, "why_after": {texts_a[wa]}}}'
-                for (s, d, h, before), wb, wa in zip(columns, self.why_before, self.why_after)]
+            heads[(j, end)] = text.encode()
+        turns = (b', "before": false, "after": true}', b', "before": true, "after": false}')
+        if self.why_before is not None:
+            texts_b = {w: b', "why_before": ' + self.b.text(w).encode() for w in set(self.why_before)}
+            texts_a = {w: b', "why_after": ' + self.a.text(w).encode() for w in set(self.why_after)}
+            turns = tuple(t[:-1] for t in turns)
+        pieces = []
+        for start in range(0, len(self.case), each):
+            window = slice(start, start + each)
+            columns = zip(self.sources[window], self.destinations[window], self.case[window], self.end_port[window],
+                          self.before[window])
+            parts: list = []
+            add = parts.extend
+            if self.why_before is None:
+                for s, d, j, end, before in columns:
+                    add((b',\n {"from": ', quoted[s], b', "to": ', quoted[d], heads[(j, end)], turns[before]))
+            else:
+                for (s, d, j, end, before), wb, wa in zip(columns, self.why_before[window], self.why_after[window]):
+                    add((b',\n {"from": ', quoted[s], b', "to": ', quoted[d], heads[(j, end)], turns[before],
+                         texts_b[wb], texts_a[wa], b'}'))
+            if not pieces:
+                parts[0] = b'{"from": '  # no separator before the first
+            pieces.append(b"".join(parts))
+        return pieces
 
     def namespace_pairs(self) -> list:
         """(from, to) of each change: the pods' namespaces, or an outside address's label."""
