@@ -18,7 +18,7 @@ import sys
 
 import numpy as np
 
-from . import demo
+from . import collector, demo
 from .errors import InputRejected, PyipsetError, UsageError, brief
 from .model import fail_closed, load
 from .model.objects import PROTOCOLS, Cluster
@@ -793,6 +793,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(args) -> int:
     try:
+        if args.command in ENDS_AT_ONCE:
+            # What these build holds no cycles, and the process ends with them: the cyclic collector's walks
+            # over it are all cost (a diff at 10k pods: ~0.15 s, the peak RSS the same either way).
+            with collector.paused():
+                return args.run(args)
         return args.run(args)
     except UsageError as exc:
         print(f"pyipset {args.command}: error: {exc}", file=sys.stderr)
