@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 
 import pytest
@@ -132,6 +133,43 @@ def test_addresses_are_read_as_kubernetes_reads_them(text, read):
 def test_addresses_kubernetes_refuses_are_refused(text):
     c = load_objects([namespace("a"), pod("a/p", text)], strict=False)
     assert [r.path for r in c.rejections] == ["status.podIPs[0].ip"]
+
+
+def _address_like():
+    """Text near addresses: addresses of both families written every way, and groups of digits and hex joined by '.', ':' or '::', with now and then a zone, a
+    space, a leading zero, a non-ASCII digit or a NUL."""
+    group = st.one_of(st.integers(0, 300).map(str), st.integers(0, 0x1ffff).map(lambda n: f"{n:x}"),
+                      st.text("0123456789abcdefABCDEF\u0661 %\x00", max_size=5))
+    octet = st.one_of(st.integers(0, 255).map(str), st.integers(0, 300).map(lambda n: f"0{n}"))
+    quad = st.lists(octet, min_size=4, max_size=4).map(".".join)
+    six = st.integers(0, (1 << 128) - 1).flatmap(lambda n: st.sampled_from([
+        str(ipaddress.IPv6Address(n)), ipaddress.IPv6Address(n).exploded, f"::ffff:{ipaddress.IPv4Address(n >> 96)}",
+        str(ipaddress.IPv6Address(n & 0xffff)), f"{ipaddress.IPv6Address(n)}%eth0"]))
+    return st.one_of(quad, six, st.lists(group, min_size=1, max_size=10).flatmap(
+        lambda parts: st.lists(st.sampled_from([".", ":", "::"]), min_size=len(parts) - 1, max_size=len(parts) - 1)
+        .map(lambda seps: "".join(p + s for p, s in zip(parts, seps + [""])))),
+        st.text("0123456789abcdef.:%", max_size=45))
+
+
+@settings(max_examples=3000, deadline=None)
+@given(text=_address_like())
+def test_the_fast_address_parse_reads_what_ipaddress_reads(text):
+    """ip_address_sloppy reads with inet_pton first: where that succeeds it must give what ipaddress gives (an
+    address of the same family and value), and where ipaddress alone reads the text it still does (the way
+    always went: zones, leading zeros)."""
+    from pyipset.model.validation import ip_address_sloppy
+    try:
+        strict = ipaddress.ip_address(text)
+    except ValueError:
+        strict = None
+    try:
+        read = ip_address_sloppy(text)
+    except ValueError:
+        read = None
+    if strict is not None:
+        assert read == strict and type(read) is type(strict) and str(read) == str(strict)
+    elif read is not None:  # only the legacy IPv4 form with leading zeros reads where ipaddress does not
+        assert "." in text and ":" not in text and text.split(".") != [str(int(x)) for x in text.split(".")]
 
 
 def test_an_object_that_cannot_fail_closed_is_left_out_when_asked():
