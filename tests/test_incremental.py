@@ -93,6 +93,33 @@ def with_cluster_policies(draw):
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(objs=st.one_of(cluster_objects(), with_cluster_policies()), data=st.data())
+def test_a_run_of_pod_changes_gives_what_full_compiles_give(objs, data):
+    """As the agent uses it: one engine through a run of pod changes (each answered one kept, a declined one
+    compiled in full again), equal to a full compile after each — so that what an engine learns from one
+    pod about others (which sets pods of a kind have members in) is held to every pod that comes later."""
+    node = data.draw(st.sampled_from([None, *NODES]))
+    current = objs
+    cluster = load_objects(current)
+    if cluster.rejections:
+        return
+    inc = Incremental(cluster, FAMILIES, node=node)
+    for _ in range(data.draw(st.integers(2, 6))):
+        _, current = data.draw(pod_churn(current))
+        after = load_objects(current)
+        if after.rejections:
+            return
+        got = inc.pods_changed(changes_between(cluster, after))
+        event("answered" if got is not None else "declined")
+        if got is None:
+            inc = Incremental(after, FAMILIES, node=node)
+            got = inc.programs
+        for program, family in zip(got, FAMILIES):
+            same_program(program, compile_cluster(after, family, node=node))
+        cluster = after
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(objs=st.one_of(cluster_objects(), with_cluster_policies()), data=st.data())
 def test_pod_changes_give_what_a_full_compile_gives(objs, data):
     before_objs, after_objs = data.draw(pod_churn(objs))
     before, after = load_objects(before_objs), load_objects(after_objs)

@@ -160,6 +160,38 @@ def test_the_directory_names_pods_as_of_the_packet():
     assert d.lookup(addr, 220.0) is None
 
 
+@settings(max_examples=200, deadline=None)
+@given(steps=st.lists(st.lists(st.tuples(st.integers(0, 7), st.one_of(st.none(), st.integers(0, 5))), max_size=4),
+                      max_size=40))
+def test_the_directory_takes_the_changes_of_a_record_as_a_listing_of_every_pod_would(steps):
+    """The agent's record of pods (PodsAsOf) grows by changes: a directory reading each record takes only
+    what changed since the one before, and holds what a directory listing every pod each time holds — every
+    owner now and before, through pods coming, going, changing address and addresses changing hands (an
+    address is one pod's at a time, as the agent's record keeps it). Records are re-based as they grow."""
+    from pyipset.compile.incremental import PodsAsOf
+    from pyipset.model.objects import Pod
+    record = PodsAsOf({})
+    incremental, listing = PodDirectory(grace=5), PodDirectory(grace=5)
+    pods: dict = {}
+    for now, step in enumerate(steps):
+        changes = {}
+        for who, where in step:
+            key = f"a/p{who}"
+            held = {p.ips[0] for k, p in {**pods, **changes}.items() if p is not None and k != key}
+            address = ipaddress.ip_address(f"192.0.2.{where}") if where is not None else None
+            changes[key] = None if address is None or address in held else Pod("a", f"p{who}", ips=(address,))
+        for key, p in changes.items():
+            if p is None:
+                pods.pop(key, None)
+            else:
+                pods[key] = p
+        record = record.after(changes)
+        assert sorted(p.key for p in record) == sorted(pods)
+        incremental.update(record, float(now))
+        listing.update(list(pods.values()), float(now))
+        assert incremental.current == listing.current and incremental.before == listing.before
+
+
 def test_attribution_names_pods_direction_and_the_isolating_policies():
     objs = [namespace("a"), namespace("b"),
             pod("a/db", "192.0.2.2", {"app": "db"}), pod("a/web", "192.0.2.1", {"app": "web"}),

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Optional
+from typing import Iterable, Optional
 
 
 @dataclass(frozen=True)
 class Held:
     programs: tuple = ()  # RulePrograms, one per family
-    pods: tuple = ()  # the pods they were compiled from
+    pods: Iterable = ()  # the pods they were compiled from (compile.incremental.PodsAsOf)
     applied_at: float = 0.0  # time.time() of the update
     # Applied by this process with no error since: the next update may be the difference from `programs`.
     trusted: bool = False

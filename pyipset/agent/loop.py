@@ -401,7 +401,8 @@ class Agent:
         path = "incremental"
         # Pods this update adds (absent from the programs before it): see _can_deny.
         added = set() if self.engine is None else \
-            {f"{k[0]}/{k[1]}" for k, obj in changes["pods"].items() if obj is not None} - self.engine.pods.keys()
+            {key for key in (f"{k[0]}/{k[1]}" for k, obj in changes["pods"].items() if obj is not None)
+             if key not in self.engine.pods}
         try:
             programs = self._incremental(changes, relisted)
             self.held = self.held.untrusted()  # until this update is applied
@@ -462,7 +463,7 @@ class Agent:
 
     def _holds(self, programs: list) -> None:
         """The kernel holds `programs` now, as this process applied them."""
-        self.held = Held(tuple(programs), tuple(self.engine.pods.values()), time.time(), trusted=True)
+        self.held = Held(tuple(programs), self.engine.pods_now, time.time(), trusted=True)
 
     def _reconcile(self) -> None:
         version, objs = self.state.manifests()
@@ -498,7 +499,7 @@ class Agent:
         update while cluster policies exist (their Deny rules deny through
         peer sets)."""
         if path != "incremental" or changes["networkpolicies"] or changes["namespaces"] or not changes["pods"] \
-                or self.engine.cluster.cluster_policies:
+                or self.engine.cluster_policies:
             return True
         node = self.settings.node_name
         for key, obj in changes["pods"].items():

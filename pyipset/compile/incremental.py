@@ -40,6 +40,44 @@ from .naming import ROLE_FLAT
 from .program import Attach, NFLOG_GROUP
 
 
+class PodsAsOf:
+    """The pods of one update, sharing what they can with the updates before: a mapping (key -> pod) that
+    is never changed, and the changes made since, in order ((key, pod or None: gone), ...). An update's
+    costs O(its changes) (the changes are written into a new mapping once they are 1/8 of it), not a copy
+    of every pod; iterating gives the pods (made when first asked). `extends` lets a reader that knows
+    an earlier one take only what changed since (observe.attribution's PodDirectory)."""
+
+    __slots__ = ("base", "changes", "_pods")
+
+    def __init__(self, base: dict, changes: tuple = ()):
+        self.base, self.changes, self._pods = base, changes, None
+
+    def after(self, changes: dict) -> "PodsAsOf":
+        """The pods after these changes (key -> pod, or None when gone)."""
+        merged = self.changes + tuple(changes.items())
+        if len(merged) <= max(64, len(self.base) // 8):
+            return PodsAsOf(self.base, merged)
+        return PodsAsOf(self._applied(merged))
+
+    def extends(self, earlier: "PodsAsOf") -> bool:
+        """Whether these are `earlier` with changes after (they are its changes, then more)."""
+        return self.base is earlier.base and len(self.changes) >= len(earlier.changes)
+
+    def _applied(self, changes: tuple) -> dict:
+        out = dict(self.base)
+        for key, pod in changes:
+            if pod is None:
+                out.pop(key, None)
+            else:
+                out[key] = pod
+        return out
+
+    def __iter__(self):
+        if self._pods is None:
+            self._pods = tuple((self._applied(self.changes) if self.changes else self.base).values())
+        return iter(self._pods)
+
+
 class Incremental:
     """A cluster's programs, one per family, kept for pod changes."""
 
@@ -55,6 +93,7 @@ class Incremental:
         self.deltas: dict = {}
         self._compile(cluster, sorted(families or program_families(cluster)))
         self.pods = {p.key: p for p in cluster.pods}
+        self.pods_now = PodsAsOf(dict(self.pods))  # the same, kept apart (self.pods changes in place)
         self.holder = {ip: p.key for p in cluster.pods for ip in p.ips}
         self.exact = not cluster.rejections and not cluster.addresses_shared
 
@@ -64,6 +103,7 @@ class Incremental:
         self.compilers = {f: _Compiler(cluster, f, **self.options, reuse=(reuse or {}).get(f), text=self.text,
                                        like=before.get(f)) for f in families}
         self.programs = [self.compilers[f].compile() for f in families]
+        self._holding: dict = {}  # _sets_holding's answers, for these compilers
         # Group sizes per family and scope (a direction, or a tier's direction): a group appearing or
         # emptying changes chains.
         self.group_sizes = {f: {d: {k: len(v) for k, v in groups.items()} for d, groups in c.groups.items()}
@@ -152,6 +192,7 @@ class Incremental:
                 self.pods.pop(key, None)
             else:
                 self.pods[key] = pod
+        self.pods_now = self.pods_now.after(changes)
         self.programs, self.group_sizes, self._pods_listed = programs, sizes, False
         self.deltas = deltas
         return programs
@@ -164,16 +205,32 @@ class Incremental:
             self._pods_listed = True
         return self._cluster
 
+    def _sets_holding(self, family: str, compiler: _Compiler, pod: Pod) -> list:
+        """The sets one pod has members in (members_of gives it some): the same for every pod of one namespace,
+        labels and container ports, local to this node or not, with addresses of the same families — what
+        every member rule reads besides the addresses themselves (namespace selectors read the namespaces'
+        labels, which a pod's change does not change; named-port sets, the ports). Found once for each such
+        kind of pod, not by asking every set (test_incremental.py holds runs of changes to full compiles)."""
+        kind = (family, pod.namespace, frozenset(pod.labels.items()), frozenset(pod.ports), compiler.is_local(pod),
+                tuple(sorted({ip.version for ip in pod.ips})))
+        names = self._holding.get(kind)
+        if names is None:
+            names = self._holding[kind] = [name for name, member_of in compiler.members_of.items() if member_of(pod)]
+        return names
+
+    @property
+    def cluster_policies(self) -> list:
+        """The cluster's cluster policies (`cluster` without listing its pods)."""
+        return self._cluster.cluster_policies
+
     def _program(self, program, compiler: _Compiler, cluster, olds: dict, changes: dict, deltas: dict):
         gone: dict = {}
         new: dict = {}
-        for name, member_of in compiler.members_of.items():
-            for old in olds.values():
-                if old is not None:
-                    gone.setdefault(name, set()).update(member_of(old))
-            for pod in changes.values():
+        for pods, out in ((olds, gone), (changes, new)):
+            for pod in pods.values():
                 if pod is not None:
-                    new.setdefault(name, set()).update(member_of(pod))
+                    for name in self._sets_holding(program.family, compiler, pod):
+                        out.setdefault(name, set()).update(compiler.members_of[name](pod))
         sets = dict(program.sets)
         for name in set(gone) | set(new):
             removed, added = gone.get(name, set()), new.get(name, set())

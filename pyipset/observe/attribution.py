@@ -21,6 +21,7 @@ from typing import Optional
 
 import numpy as np
 
+from ..compile.incremental import PodsAsOf
 from ..compile.naming import parse_log_prefix
 from ..sets import packed_column
 from ..verify.explain import Explainer
@@ -37,21 +38,52 @@ GRACE = 60.0  # seconds a pod's address is still its own after the pod is gone (
 class PodDirectory:
     """Address -> pod key as of a time: an address keeps its last owner for
     GRACE seconds after it changes hands or its pod goes (a packet read a
-    moment after its pod was deleted still names the pod)."""
+    moment after its pod was deleted still names the pod).
+
+    Given the agent's record of pods (compile.incremental.PodsAsOf) that
+    extends the one it read last, it takes only the changes since: at 10k
+    pods, listing every address again each time was the most of what the
+    agent did between pod events."""
 
     def __init__(self, grace: float = GRACE):
         self.grace = grace
         self.current: dict = {}  # packed address -> pod key
         self.before: dict = {}  # packed address -> (previous owner, until when it was theirs)
+        self._seen: Optional[PodsAsOf] = None  # the record read last
+        self._addresses: dict = {}  # pod key -> its packed addresses, as read last
 
     def update(self, pods, now: float) -> None:
-        new = {ip.packed: p.key for p in pods for ip in p.ips}
-        for addr, key in self.current.items():
-            if new.get(addr) != key:
-                self.before[addr] = (key, now)
-        self.current = new
+        seen = self._seen
+        if isinstance(pods, PodsAsOf) and seen is not None and pods.extends(seen):
+            for key, pod in pods.changes[len(seen.changes):]:
+                self._changed(key, pod, now)
+        else:
+            self._addresses = {p.key: tuple(ip.packed for ip in p.ips) for p in pods}
+            new = {addr: key for key, addrs in self._addresses.items() for addr in addrs}
+            for addr, key in self.current.items():
+                if new.get(addr) != key:
+                    self.before[addr] = (key, now)
+            self.current = new
+        self._seen = pods if isinstance(pods, PodsAsOf) else None
         for addr in [a for a, (_, until) in self.before.items() if now - until > self.grace]:
             del self.before[addr]
+
+    def _changed(self, key: str, pod, now: float) -> None:
+        """One pod's change (None: gone), as a listing of every pod would have made it."""
+        old = self._addresses.pop(key, ())
+        addrs = tuple(ip.packed for ip in pod.ips) if pod is not None else ()
+        for addr in old:
+            if addr not in addrs and self.current.get(addr) == key:
+                del self.current[addr]
+                self.before[addr] = (key, now)
+        for addr in addrs:
+            owner = self.current.get(addr)
+            if owner != key:
+                if owner is not None:
+                    self.before[addr] = (owner, now)
+                self.current[addr] = key
+        if pod is not None:
+            self._addresses[key] = addrs
 
     def lookup(self, addr: bytes, at: float) -> Optional[str]:
         prev = self.before.get(addr)
