@@ -39,8 +39,11 @@ def test_any_error_of_an_update_is_reported_and_retried(monkeypatch, error):
     ok, why = agent.ready()
     assert not ok and type(error).__name__ in why
     assert agent.metrics.apply_errors._value.get() == 1
+    ready = lambda: agent.metrics.registry.get_sample_value("pyipset_ready")  # noqa: E731 - as a scrape reads it
+    assert ready() == 0
     assert agent._sync() is True  # retried: the next update goes through
     assert agent.last_error is None
+    assert agent.ready()[0] and ready() == 1  # judged at the scrape, not when the loop last came round
 
 
 def test_an_unreadable_pod_is_left_out_and_the_rest_compiled(monkeypatch):

@@ -137,6 +137,7 @@ class Agent:
         if self.revoker is not None:
             self.metrics.revocation_flows.set_function(lambda: self.revoker.held()[0])
             self.metrics.revocation_listings.set_function(lambda: self.revoker.held()[1])
+        self.metrics.ready.set_function(lambda: 1 if self.ready()[0] else 0)  # judged when scraped
         self.metrics.nflog_reading.set_function(
             lambda: 1 if self.reporter is not None and self.reporter.bound.is_set() else 0)
 
@@ -229,7 +230,6 @@ class Agent:
         retry_at = 0.0
         while not self.stop.is_set():
             self.last_loop = now = time.monotonic()
-            self.metrics.ready.set(1 if self.ready()[0] else 0)
             if self.credentials_problem and now >= self.credentials_retry_at:
                 self._credentials_again()
             synced = all(r.synced.is_set() for r in self.reflectors)

@@ -259,8 +259,8 @@ def plan_change(old: RuleProgram, new: RuleProgram, render_hooks, deltas: Option
     compile.incremental records them; used for a set only when both SetDefs
     are the very objects of `old` and `new`."""
     # Isolation sets first: a pod leaves isolation before it leaves its group's sets.
-    sets = {n: d for n, d in sorted(new.sets.items(), key=lambda item: item[1].role != ROLE_ISOLATED)
-            if old.sets.get(n) is not d and old.sets.get(n) != d}
+    sets = dict(sorted(((n, d) for n, d in new.sets.items() if old.sets.get(n) is not d and old.sets.get(n) != d),
+                       key=lambda item: item[1].role != ROLE_ISOLATED))
     known = {}
     for name, setdef in sets.items():
         hint = (deltas or {}).get((new.family, name))
