@@ -183,13 +183,17 @@ def nft_floor_ms(what: str, runs: int = 15) -> float:
 
 
 def tools_floor_ms(what: str, runs: int = 15) -> float:
-    """The kernel tools' own floor for one update, measured beside the agent's
-    latencies in the same run: the tool runs the agent makes for a pod (one
-    `ipset restore` adding a member) or a policy that isolates pods (`ipset
-    restore` of a new set, a chain transaction through `iptables-restore
-    --noflush` replacing a chain's rules, `ipset restore` of an addition),
-    each with one line of work, through `ip netns exec` into a scratch
-    namespace as the benchmark's agent runs them. Median milliseconds."""
+    """The iptables backend's floor for one update, measured beside the
+    agent's latencies in the same run, into a scratch namespace, the way the
+    agent makes that update: for a pod, one member added over netlink (one
+    ipset message, kernel/ipsetlink.py, in this process); for a policy that
+    isolates pods, the kernel tools' runs (`ipset restore` of a new set, a
+    chain transaction through `iptables-restore --noflush` replacing a
+    chain's rules, `ipset restore` of an addition), each with one line of
+    work, through `ip netns exec` as the benchmark's agent runs them. Median
+    milliseconds."""
+    from pyipset import _core
+    from pyipset.kernel import ipsetlink, nfnetlink
     from pyipset.kernel.scratch import new_name
     netns = new_name("floor")
     subprocess.run(["ip", "netns", "add", netns], check=True)
@@ -202,7 +206,8 @@ def tools_floor_ms(what: str, runs: int = 15) -> float:
         for k in range(runs):
             start = time.perf_counter()
             if what == "pod":
-                tool("ipset", "restore", text=f"add pyi-floor 198.51.100.{k + 1}\n")
+                ipsetlink.edit_members(netns, "inet", [("add", "pyi-floor",
+                                                        _core.ipset_data("hash:ip", "inet", [f"198.51.100.{k + 1}"]))])
             else:
                 tool("ipset", "restore", text=f"create pyi-floor{k} hash:ip\nadd pyi-floor{k} 198.51.100.1\n")
                 tool("iptables-restore", "--wait", "--noflush",
@@ -211,6 +216,7 @@ def tools_floor_ms(what: str, runs: int = 15) -> float:
                 tool("ipset", "restore", text=f"add pyi-floor 198.51.100.{k + 1}\n")
             times.append(time.perf_counter() - start)
     finally:
+        nfnetlink.forget(netns)
         subprocess.run(["ip", "netns", "delete", netns])
     return 1e3 * sorted(times)[runs // 2]
 

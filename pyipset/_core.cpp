@@ -11,6 +11,8 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <arpa/inet.h>
+
 #include <array>
 #include <cstring>
 #include <string>
@@ -645,6 +647,70 @@ py::bytes nft_elements(const std::string &type, const std::string &family, py::s
     return py::bytes(out);
 }
 
+// A set's members (ipset syntax) as the kernel's ipset module reads them
+// over netlink (include/uapi/linux/netfilter/ipset/ip_set.h): one
+// IPSET_ATTR_DATA { IPSET_ATTR_IP { IPSET_ATTR_IPADDR_IPV4|6 }, ... } per
+// member, nested attributes flagged NLA_F_NESTED and numbers in network
+// order flagged NLA_F_NET_BYTEORDER, as the kernel requires: the port types
+// add IPSET_ATTR_PORT and IPSET_ATTR_PROTO, hash:ip,port,ip IPSET_ATTR_IP2,
+// hash:net IPSET_ATTR_CIDR and, for `nomatch`, IPSET_ATTR_CADT_FLAGS. The
+// same parser as every other path reads the members; ValueError names the
+// first one that is not a member of the type.
+py::list ipset_data(const std::string &type, const std::string &family, py::sequence members) {
+    ips_type t;
+    if (ips_type_from_name(type.data(), type.size(), &t) != IPS_OK)
+        throw py::value_error("not an ipset type: '" + bounded(type) + "'");
+    const ips_family f = parse_family(family);
+    const size_t alen = f == IPS_INET ? 4 : 16;
+    const uint16_t nested = 0x8000, netorder = 0x4000;  // NLA_F_NESTED, NLA_F_NET_BYTEORDER
+    auto attr = [](std::string &out, uint16_t kind, const void *data, size_t len) {
+        const uint16_t size = static_cast<uint16_t>(4 + len);
+        out.append(reinterpret_cast<const char *>(&size), 2);
+        out.append(reinterpret_cast<const char *>(&kind), 2);
+        out.append(static_cast<const char *>(data), len);
+        out.append((4 - len % 4) % 4, '\0');
+    };
+    auto address = [&](std::string &out, uint16_t kind, const uint8_t *ip) {  // IPSET_ATTR_IP or _IP2
+        std::string inner;
+        attr(inner, static_cast<uint16_t>((f == IPS_INET ? 1 : 2) | netorder), ip, alen);  // IPSET_ATTR_IPADDR_IPV4|6
+        attr(out, static_cast<uint16_t>(kind | nested), inner.data(), inner.size());
+    };
+    py::list out;
+    const size_t n = static_cast<size_t>(py::len(members));
+    for (size_t i = 0; i < n; i++) {
+        py::handle item = members[i];
+        Py_ssize_t len = 0;
+        const char *text = PyUnicode_Check(item.ptr()) ? PyUnicode_AsUTF8AndSize(item.ptr(), &len) : nullptr;
+        if (!text) {
+            PyErr_Clear();
+            throw py::value_error("member " + std::to_string(i) + " is not text");
+        }
+        ips_entry e;
+        char why[IPS_REASON_MAX];
+        if (ips_parse_entry(t, f, text, static_cast<size_t>(len), &e, why, sizeof why) != IPS_OK)
+            throw py::value_error("member '" + bounded(std::string(text, static_cast<size_t>(len))) + "': " + why);
+        std::string data;
+        address(data, 1, e.ip);  // IPSET_ATTR_IP
+        if (t == IPS_HASH_NET) {
+            attr(data, 3, &e.cidr, 1);  // IPSET_ATTR_CIDR
+            if (e.nomatch) {
+                const uint32_t flags = htonl(1u << 2);  // IPSET_FLAG_NOMATCH
+                attr(data, static_cast<uint16_t>(8 | netorder), &flags, 4);  // IPSET_ATTR_CADT_FLAGS
+            }
+        } else if (t != IPS_HASH_IP) {
+            const uint16_t port = htons(e.port);
+            attr(data, static_cast<uint16_t>(4 | netorder), &port, 2);  // IPSET_ATTR_PORT
+            attr(data, 7, &e.proto, 1);                                 // IPSET_ATTR_PROTO
+            if (t == IPS_HASH_IP_PORT_IP)
+                address(data, 20, e.ip2);  // IPSET_ATTR_IP2
+        }
+        std::string element;
+        attr(element, static_cast<uint16_t>(7 | nested), data.data(), data.size());  // IPSET_ATTR_DATA
+        out.append(py::bytes(element));
+    }
+    return out;
+}
+
 } // namespace
 
 PYBIND11_MODULE(_core, m) {
@@ -734,6 +800,11 @@ PYBIND11_MODULE(_core, m) {
           "nft_elements(type, family, members) -> bytes: the members as nf_tables set elements (rows of one "
           "length: per member NFTA_LIST_ELEM { NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } }), fields in network "
           "order, each padded to 4 bytes; ValueError names the first member it cannot encode.");
+
+    m.def("ipset_data", &ipset_data, py::arg("type"), py::arg("family"), py::arg("members"),
+          "ipset_data(type, family, members) -> [bytes]: each member as the kernel's ipset module reads one over "
+          "netlink (IPSET_ATTR_DATA { IPSET_ATTR_IP { address }, port and protocol, second address, prefix, "
+          "nomatch }); ValueError names the first member the type cannot hold.");
 
     // A Python subclass gets a generic slot that calls __contains__ by name;
     // this puts the direct one back on it (pyipset.sets calls it).

@@ -6,7 +6,9 @@ inserted at the head of FORWARD/INPUT, read back with `ipset save` and
 entry point.
 
 - Sets: a new set is created and filled; an edit is one batched `ipset
-  restore` of adds and deletes; a rebuild is made beside the old set (its twin,
+  restore` of adds and deletes — or, when an update is nothing but edits (pod
+  churn), the same adds and deletes in the same order over netlink, with no
+  process (kernel/ipsetlink.py); a rebuild is made beside the old set (its twin,
   NAME-t) and swapped in (`swap` is atomic). Nothing is flushed first. The
   late additions (the isolation sets) run after the chain transaction.
 - Chains: the chains that differ from the program's (compared in
@@ -32,11 +34,13 @@ import subprocess
 import threading
 from typing import Callable, Optional
 
+from .. import _core
 from ..compile.naming import CHAIN_PREFIX, MAX_CHAIN_NAME, MAX_SET_NAME, SET_PREFIX
 from ..compile.program import ENTRY_CHAIN, RuleProgram
 from ..errors import brief_text
 from ..sets import capacity
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
+from .ipsetlink import IpsetError, edit_members
 from .plan import Held, KernelSet, Plan, canonical_members, check_members, hollow, outgrown, plan_full, report
 from .render import kernel_members, render_hooks, render_ipset, render_iptables, set_options
 from .runner import failing_line
@@ -359,6 +363,49 @@ def chain_transaction(plan: Plan) -> str:
     return text + "COMMIT\n"
 
 
+def member_edits(plans: list) -> Optional[list]:
+    """[(family, [("del"|"add", set name, elements)])] as ipsetlink.edit_members takes them, in the order
+    ipset_blocks() would run them (each set's deletions and additions, then the late additions), when the
+    plans change nothing but members of sets that exist; None otherwise. ValueError: a member the set's type
+    cannot hold."""
+    out = []
+    for plan in plans:
+        if plan.touches_chains() or plan.hooks_moved or plan.stale_sets or plan.leftovers:
+            return None
+        edits, late = [], []
+        for step in plan.sets:
+            if step.action == "keep":
+                continue
+            setdef = step.setdef
+            if step.action != "edit" or setdef.dynamic:
+                return None
+            if step.gone:
+                edits.append(("del", step.name, _core.ipset_data(setdef.type, setdef.family, step.gone)))
+            if step.new:
+                (late if step.late else edits).append(("add", step.name,
+                                                       _core.ipset_data(setdef.type, setdef.family, step.new)))
+        out.append((plan.program.family, edits + late))
+    return out
+
+
+def _edit_members(kernel: Kernel, plans: list) -> bool:
+    """Runs an update of members only over netlink (kernel/ipsetlink.py); False when it is not one, or when a
+    member cannot be encoded or the socket could not be had (the caller then runs `ipset restore`).
+    KernelError: the kernel refused a member, naming the set (what came before it stands, as with a
+    refused restore)."""
+    try:
+        edits = member_edits(plans)
+        if edits is None:
+            return False
+        for family, ordered in edits:
+            edit_members(kernel.netns, family, ordered)
+    except IpsetError as exc:
+        raise KernelError(["ipset"], str(exc), None) from None
+    except (ValueError, OSError):
+        return False
+    return True
+
+
 def execute(kernel: Kernel, plans: list, enforced: Optional[Callable[[], None]] = None,
             stop_after_sets: bool = False) -> list:
     """Runs the plans (one per family) under the caller's lock; returns one
@@ -370,13 +417,16 @@ def execute(kernel: Kernel, plans: list, enforced: Optional[Callable[[], None]] 
     are made and each set is tried alone, and a warning says which stayed.
     stop_after_sets: leave the kernel after the set blocks (for tests of that
     intermediate state)."""
-    reports, lasts, stale = [], [], []
+    reports, lasts, stale = [report(plan) for plan in plans], [], []
     for plan in plans:
-        rep = report(plan)
-        reports.append(rep)
+        fit(kernel, plan)  # an edit past a set's maxelem is a rebuild: not one for netlink
+    if not stop_after_sets and _edit_members(kernel, plans):
+        if enforced is not None:
+            enforced()
+        return reports
+    for plan, rep in zip(plans, reports):
         for leftover in plan.leftovers:
             kernel.run("ipset", "destroy", leftover)
-        fit(kernel, plan)
         blocks, last = ipset_blocks(plan)
         if not plan.touches_chains() and not stop_after_sets and \
                 sum(map(len, blocks)) < PARALLEL_RESTORE_LINES:

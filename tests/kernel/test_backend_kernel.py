@@ -292,3 +292,105 @@ def test_a_set_that_outgrows_its_capacity_is_rebuilt_on_every_path(netns):
     assert _held(kernel, name) == (60_000, 2 * 81_000)
     apply(_one_set_program(81_000, "isolated"), kernel)
     assert _held(kernel, name) == (81_000, 2 * 81_000)
+
+
+def _churned_sets(family: str, step: int):
+    """A program with a set of every type the iptables backend makes, after `step` rounds of churn: a tenth of
+    the members gone (another tenth each round) and three new (edited, not rebuilt); the hash:net set with
+    `nomatch` members among them."""
+    import ipaddress
+    from pyipset.compile.program import Match, Rule, RuleProgram, SetDef
+    base = ipaddress.ip_address("198.18.0.0" if family == "inet" else "2001:db8::")
+    width = 32 if family == "inet" else 128
+    protos = ("tcp", "udp", "sctp")
+    addr = [str(base + i) for i in range(60)]
+    kinds = {"hash:ip": (addr, "src"),
+             "hash:ip,port": ([f"{a},{protos[i % 3]}:{1 + i}" for i, a in enumerate(addr)], "dst,dst"),
+             "hash:ip,port,ip": ([f"{a},{protos[i % 3]}:{80 + i % 3},{addr[-1 - i]}" for i, a in enumerate(addr)],
+                                 "src,dst,dst"),
+             "hash:net": ([f"{ipaddress.ip_network((int(base) + (i << 8), width - 8))}" + (" nomatch" if i % 4 else "")
+                           for i in range(60)], "dst")}
+    sets, rules = {}, []
+    for k, (kind, (members, dims)) in enumerate(kinds.items()):
+        kept = [m for i, m in enumerate(members) if (i + step) % 10]
+        if kind == "hash:net":
+            more = [f"{ipaddress.ip_network((int(base) + ((1000 + 10 * step + j) << 8), width - 8))}" for j in range(3)]
+        else:
+            more = [str(base + 1000 + 10 * step + j) + m[len(m.partition(",")[0]):] for j, m in enumerate(members[:3])]
+        s = SetDef(f"pyi-P-churn{k}{family}", kind, family, tuple(sorted(kept + more)), kind, f"churn test {kind}")
+        sets[s.name] = s
+        rules.append(Rule(matches=(Match("set", name=s.name, dims=dims),), target="ACCEPT"))
+    return RuleProgram(family, sets=sets, chains={"PYIPSET": rules})
+
+
+def _saved_sets(kernel) -> list:
+    """Our sets as `ipset save` prints them, sorted (without the hash's random seed)."""
+    import re
+    return sorted(re.sub(r" initval 0x[0-9a-f]+", "", line) for line in kernel.run("ipset", "save").stdout.splitlines()
+                  if "pyi-" in line)
+
+
+def test_an_update_of_members_only_goes_over_netlink_and_holds_what_ipset_restore_holds(monkeypatch, netns):
+    """Pod churn under iptables runs no process: each set's deletions and additions go to the ipset module over
+    netlink (every set type, both families, nomatch members), in the order `ipset restore` would run them.
+    After rounds of churn the kernel saves our sets exactly as when every update went through `ipset restore`."""
+    from pyipset.kernel import iptables
+    from pyipset.kernel.apply import apply_changes, apply_programs, diff
+    rounds = [[_churned_sets(f, step) for f in ("inet", "inet6")] for step in range(4)]
+    saved = []
+    for path in ("netlink", "restore"):
+        kernel = Kernel(netns=netns.name)
+        sent, restores = [], []
+        real_edit, real_restore = iptables.edit_members, iptables.restore_in_parallel
+
+        def edit(*args, **kwargs):
+            if path == "restore":
+                raise PermissionError(1, "Operation not permitted")
+            sent.append(real_edit(*args, **kwargs))
+            return sent[-1]
+
+        def restore(k, blocks):
+            restores.append(blocks)
+            return real_restore(k, blocks)
+        monkeypatch.setattr(iptables, "edit_members", edit)
+        monkeypatch.setattr(iptables, "restore_in_parallel", restore)
+        try:
+            apply_programs(rounds[0], kernel)
+            restores.clear()
+            for before, after in zip(rounds, rounds[1:]):
+                reports = apply_changes(before, after, kernel)
+                assert sum(r.members_added for r in reports) and sum(r.members_removed for r in reports)
+                assert not sum(r.chains_written + r.sets_created for r in reports)
+                assert not any(diff(p, kernel).total() for p in after)
+            saved.append(_saved_sets(kernel))
+        finally:
+            monkeypatch.undo()
+            cleanup(kernel)
+        if path == "netlink":
+            assert len(sent) == 6 and all(sent) and not restores, restores  # 3 rounds x 2 families, no process
+        else:
+            assert len(restores) == 6
+    assert saved[0] == saved[1]
+
+
+def test_a_refused_member_update_says_which_set_and_why(netns):
+    """A member the update would delete is gone already (removed by hand): the kernel refuses it, the error names
+    the set and what was refused (the agent then reads the kernel back and applies in full), and a full apply
+    from there leaves the kernel as the program says."""
+    import pytest
+    from pyipset.kernel.apply import KernelError, apply_changes, apply_programs, diff
+    kernel = Kernel(netns=netns.name)
+    try:
+        before, after = [_churned_sets("inet", 0)], [_churned_sets("inet", 1)]
+        apply_programs(before, kernel)
+        name = next(n for n, s in before[0].sets.items() if s.type == "hash:ip")
+        gone = next(m for m in before[0].sets[name].members if m not in after[0].sets[name].members)
+        kernel.run("ipset", "del", name, gone)
+        with pytest.raises(KernelError) as err:
+            apply_changes(before, after, kernel)
+        assert f"refused deleting members of set {name}: a member to delete is not in it" in str(err.value), \
+            str(err.value)
+        apply_programs(after, kernel)
+        assert diff(after[0], kernel).total() == 0
+    finally:
+        cleanup(kernel)
