@@ -592,6 +592,25 @@ int fast_contains(PyObject *self, PyObject *entry) {
     return -1;
 }
 
+// Member i of a sequence, parsed as an entry of the type (text: the member, when asked for).
+// ValueError names the member the type cannot hold, or one that is not text.
+ips_entry parse_member(ips_type t, ips_family f, py::sequence members, size_t i, std::string *text = nullptr) {
+    py::handle item = members[i];
+    Py_ssize_t len = 0;
+    const char *chars = PyUnicode_Check(item.ptr()) ? PyUnicode_AsUTF8AndSize(item.ptr(), &len) : nullptr;
+    if (!chars) {
+        PyErr_Clear();
+        throw py::value_error("member " + std::to_string(i) + " is not text");
+    }
+    ips_entry e;
+    char why[IPS_REASON_MAX];
+    if (ips_parse_entry(t, f, chars, static_cast<size_t>(len), &e, why, sizeof why) != IPS_OK)
+        throw py::value_error("member '" + bounded(std::string(chars, static_cast<size_t>(len))) + "': " + why);
+    if (text)
+        text->assign(chars, static_cast<size_t>(len));
+    return e;
+}
+
 // A set's members (ipset syntax) as nf_tables set elements, laid out as
 // NFTA_SET_ELEM_LIST_ELEMENTS holds them: per member NFTA_LIST_ELEM {
 // NFTA_SET_ELEM_KEY { NFTA_DATA_VALUE key } }, the key's fields in network
@@ -616,20 +635,10 @@ py::bytes nft_elements(const std::string &type, const std::string &family, py::s
     };
     const uint16_t nested = 0x8000; // NLA_F_NESTED
     for (size_t i = 0; i < n; i++) {
-        py::handle item = members[i];
-        Py_ssize_t len = 0;
-        const char *text = PyUnicode_Check(item.ptr()) ? PyUnicode_AsUTF8AndSize(item.ptr(), &len) : nullptr;
-        if (!text) {
-            PyErr_Clear();
-            throw py::value_error("member " + std::to_string(i) + " is not text");
-        }
-        ips_entry e;
-        char why[IPS_REASON_MAX];
-        if (ips_parse_entry(t, f, text, static_cast<size_t>(len), &e, why, sizeof why) != IPS_OK)
-            throw py::value_error("member '" + bounded(std::string(text, static_cast<size_t>(len))) + "': " + why);
+        std::string text;
+        const ips_entry e = parse_member(t, f, members, i, &text);
         if (t != IPS_HASH_IP && (e.proto == 1 || e.proto == 58))
-            throw py::value_error("member '" + bounded(std::string(text, static_cast<size_t>(len))) +
-                                  "': an ICMP type and code is not an nftables port");
+            throw py::value_error("member '" + bounded(text) + "': an ICMP type and code is not an nftables port");
         auto *p = reinterpret_cast<uint8_t *>(&out[i * row]);
         header(p, static_cast<uint16_t>(row), 1 | nested);          // NFTA_LIST_ELEM
         header(p + 4, static_cast<uint16_t>(row - 4), 1 | nested);  // NFTA_SET_ELEM_KEY
@@ -678,17 +687,7 @@ py::list ipset_data(const std::string &type, const std::string &family, py::sequ
     py::list out;
     const size_t n = static_cast<size_t>(py::len(members));
     for (size_t i = 0; i < n; i++) {
-        py::handle item = members[i];
-        Py_ssize_t len = 0;
-        const char *text = PyUnicode_Check(item.ptr()) ? PyUnicode_AsUTF8AndSize(item.ptr(), &len) : nullptr;
-        if (!text) {
-            PyErr_Clear();
-            throw py::value_error("member " + std::to_string(i) + " is not text");
-        }
-        ips_entry e;
-        char why[IPS_REASON_MAX];
-        if (ips_parse_entry(t, f, text, static_cast<size_t>(len), &e, why, sizeof why) != IPS_OK)
-            throw py::value_error("member '" + bounded(std::string(text, static_cast<size_t>(len))) + "': " + why);
+        const ips_entry e = parse_member(t, f, members, i);
         std::string data;
         address(data, 1, e.ip);  // IPSET_ATTR_IP
         if (t == IPS_HASH_NET) {

@@ -27,7 +27,7 @@ import socket
 import struct
 
 from . import nfnetlink
-from .nfnetlink import NLM_F_ACK, NLM_F_REQUEST, NLA_F_NESTED, _answers, _attr, _message
+from .nfnetlink import NLM_F_ACK, NLM_F_REQUEST, NLA_F_NESTED, _attr, _message
 
 NFNL_SUBSYS_IPSET = 6
 IPSET_CMD_ADD, IPSET_CMD_DEL = 9, 10
@@ -95,33 +95,8 @@ def edit_members(netns, family: str, edits: list, timeout: float = 60.0) -> int:
             return 0
         channel.seq = sent[-1][0] % (1 << 30) + 1
         try:
-            return _send(channel, data, sent, timeout)
+            return nfnetlink._send(channel, data, sent, timeout, IpsetError)
         except OSError as exc:
             if not isinstance(exc, IpsetError) or exc.errno == errno.ETIMEDOUT:
                 nfnetlink.forget(netns)  # the socket's state is not known: the next update opens another
             raise
-
-
-def _send(channel, data: bytes, sent: list, timeout: float) -> int:
-    sock = channel.sock
-    channel.drain()
-    if len(data) > (1 << 17):
-        sock.setsockopt(socket.SOL_SOCKET, nfnetlink.SO_SNDBUFFORCE, len(data) + (1 << 16))
-        sock.setsockopt(socket.SOL_SOCKET, nfnetlink.SO_RCVBUFFORCE, 1 << 20)
-    sock.settimeout(timeout)
-    sock.sendto(data, (0, 0))
-    names = dict(sent)
-    answered, failure = set(), None
-    while len(answered) < len(sent):
-        try:
-            buf = sock.recv(1 << 20)
-        except socket.timeout:
-            raise IpsetError(errno.ETIMEDOUT, *names[sent[0][0]]) from None
-        for _, seq, code in _answers(buf):
-            if code is not None and seq in names:
-                answered.add(seq)
-                if code and failure is None:
-                    failure = IpsetError(code, *names[seq])
-    if failure is not None:
-        raise failure
-    return len(sent)

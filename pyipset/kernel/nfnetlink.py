@@ -257,7 +257,9 @@ def edit_elements(netns: Optional[str], table: str, deletes: list, adds: list, t
             raise
 
 
-def _send(channel: _Channel, data: bytes, sent: list, timeout: float) -> int:
+def _send(channel: _Channel, data: bytes, sent: list, timeout: float, error=NetlinkError) -> int:
+    """Sends the datagram and reads the answers to its messages (sent: [(seq, names)]); raises
+    error(errno, *names) of the first refusal, or ETIMEDOUT when an answer does not come."""
     sock = channel.sock
     channel.drain()
     if len(data) > (1 << 17):  # a larger datagram than the default buffer takes: one datagram, one batch
@@ -273,12 +275,12 @@ def _send(channel: _Channel, data: bytes, sent: list, timeout: float) -> int:
         except socket.timeout:
             if failure is not None:
                 break  # the kernel answers every message with NLM_F_ACK; after a refusal, what came is enough
-            raise NetlinkError(errno.ETIMEDOUT, *names[sent[0][0]]) from None
+            raise error(errno.ETIMEDOUT, *names[sent[0][0]]) from None
         for _, seq, code in _answers(buf):
             if code is not None and seq in names:
                 answered.add(seq)
                 if code and failure is None:
-                    failure = NetlinkError(code, *names[seq])
+                    failure = error(code, *names[seq])
                     sock.settimeout(0.2)
     if failure is not None:
         raise failure
