@@ -88,15 +88,5 @@ def messages(family: str, edits: list, seq: int) -> tuple:
 def edit_members(netns, family: str, edits: list, timeout: float = 60.0) -> int:
     """Deletes and adds members of existing sets of one family, in order (see messages()); returns the messages
     sent. IpsetError: the first refusal (what the kernel applied before it stays)."""
-    channel = nfnetlink._channel(netns)
-    with channel.lock:
-        data, sent = messages(family, [e for e in edits if e[2]], channel.seq)
-        if not sent:
-            return 0
-        channel.seq = sent[-1][0] % (1 << 30) + 1
-        try:
-            return nfnetlink._send(channel, data, sent, timeout, IpsetError)
-        except OSError as exc:
-            if not isinstance(exc, IpsetError) or exc.errno == errno.ETIMEDOUT:
-                nfnetlink.forget(netns)  # the socket's state is not known: the next update opens another
-            raise
+    return nfnetlink.exchange(netns, lambda seq: messages(family, [e for e in edits if e[2]], seq), timeout,
+                              IpsetError)

@@ -1,19 +1,22 @@
-"""Set elements straight into nf_tables over netlink: the nftables backend's
-bulk path for large new sets, and its path for updates that only add and
-delete elements (kernel/nftables.py, "Bulk loads" and "Element updates").
+"""nf_tables over netlink, in this process: the nftables backend's bulk path
+for large new sets, its path for updates that only add and delete elements,
+and its path for policy changes (kernel/nftables.py, "Bulk loads", "Element
+updates" and "Policy changes"); and the one exchange on a kept socket that
+the ipset module's messages (kernel/ipsetlink.py) also go through.
 
 libnftables parses every element from nft's language and evaluates it
-(measured here: ~2.5 us an element, as much again as the kernel's own work);
-the elements of a set we make are already checked and typed, so they go to
-the kernel as it reads them: one nfnetlink batch (a transaction: all of it
-or none) of NFT_MSG_NEWSETELEM messages, their elements laid out by the
-native core (`_core.nft_elements`, which also refuses any member the type
-cannot hold). Only elements: tables, sets, chains and rules stay with
-libnftables, which knows how nft types and lists them. An update that is
-only elements (a pod came, went or changed group) goes the same way, its
-deletions and additions in one batch: libnftables would first fetch every
-chain and set of the table into its cache (nftables 1.0.6 does so before
-any element command), which grows with the cluster, not with the change.
+(measured here: ~2.5 us an element, as much again as the kernel's own work),
+and before it evaluates one rule or element command it fetches every chain
+and set of the table into its cache (nftables 1.0.6), which grows with the
+cluster, not with the change. What we send is already checked and typed, so
+it goes to the kernel as it reads it: one nfnetlink batch (a transaction: all
+of it or none, Batch) of nf_tables messages — chains made, flushed and
+deleted, rules appended (laid out by kernel/nftrules.py), sets deleted,
+elements added and deleted (laid out by the native core, `_core.nft_elements`,
+which also refuses any member the type cannot hold). Tables and sets are made
+by libnftables, which knows how nft types and lists them (`add set` fetches
+no chain). Every message asks for its answer, so a refusal names what was
+refused.
 
 The socket is opened in the kernel's network namespace (as libnftables.py's
 contexts are) once and kept for the next batches there (opening one in
@@ -36,10 +39,14 @@ from .netns import in_netns
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
 NFT_MSG_NEWTABLE, NFT_MSG_GETTABLE, NFT_MSG_NEWSETELEM, NFT_MSG_DELSETELEM = 0, 1, 12, 14
+NFT_MSG_NEWCHAIN, NFT_MSG_DELCHAIN, NFT_MSG_NEWRULE, NFT_MSG_DELRULE, NFT_MSG_DELSET = 3, 5, 6, 8, 11
 NFTA_TABLE_NAME = 1
+NFTA_CHAIN_TABLE, NFTA_CHAIN_NAME = 1, 3
+NFTA_RULE_TABLE, NFTA_RULE_CHAIN, NFTA_RULE_EXPRESSIONS, NFTA_RULE_USERDATA = 1, 2, 4, 7
+NFTA_SET_TABLE, NFTA_SET_NAME = 1, 2
 NFNL_MSG_BATCH_BEGIN, NFNL_MSG_BATCH_END = 16, 17
 NLMSG_ERROR = 2
-NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE = 0x1, 0x4, 0x400
+NLM_F_REQUEST, NLM_F_ACK, NLM_F_CREATE, NLM_F_APPEND = 0x1, 0x4, 0x400, 0x800
 NLA_F_NESTED = 0x8000
 NFTA_SET_ELEM_LIST_TABLE, NFTA_SET_ELEM_LIST_SET, NFTA_SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 NFTA_LIST_ELEM, NFTA_SET_ELEM_KEY, NFTA_SET_ELEM_DATA = 1, 1, 2
@@ -52,12 +59,13 @@ NFT_NAME_MAX = 256
 
 
 class NetlinkError(OSError):
-    """The kernel refused the batch (nothing of it was applied): the set and
-    the errno it named."""
+    """The kernel refused the batch (nothing of it was applied): what it
+    refused (`elements of set NAME`, `rule in chain NAME`, ...) and the errno
+    it named."""
 
-    def __init__(self, code: int, set_name: str, verb: str = "adding"):
-        self.set_name = set_name
-        super().__init__(code, f"nf_tables refused {verb} elements of set {set_name}: {os.strerror(code)}")
+    def __init__(self, code: int, what: str, verb: str = "adding"):
+        self.what = what
+        super().__init__(code, f"nf_tables refused {verb} {what}: {os.strerror(code)}")
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -111,34 +119,98 @@ def _chunks(rows, row: int):
         yield b"".join(piece)
 
 
+def _name(text: str) -> bytes:
+    raw = text.encode() if isinstance(text, str) else b""
+    if not raw or len(raw) >= NFT_NAME_MAX or b"\0" in raw:
+        raise ValueError(f"not an nftables name: {text!r}")
+    return raw + b"\0"
+
+
+class Batch:
+    """One nfnetlink batch for our inet table: nf_tables messages in the order
+    the kernel is to run them, all applied or none (a transaction, as a
+    libnftables run is). Each message asks for its answer (NLM_F_ACK), so a
+    refusal names what it refused."""
+
+    def __init__(self, table: str):
+        self.table = _name(table)
+        self.messages: list = []  # (kind, flags, body, (what, verb))
+
+    def __len__(self) -> int:
+        return len(self.messages)
+
+    def _add(self, kind: int, flags: int, body: bytes, what: str, verb: str) -> None:
+        self.messages.append(((NFNL_SUBSYS_NFTABLES << 8) | kind, NLM_F_REQUEST | NLM_F_ACK | flags, body,
+                              (what, verb)))
+
+    def chain(self, name: str) -> None:
+        """`add chain`: made if it is not there."""
+        self._add(NFT_MSG_NEWCHAIN, NLM_F_CREATE, _attr(NFTA_CHAIN_TABLE, self.table) +
+                  _attr(NFTA_CHAIN_NAME, _name(name)), f"chain {name}", "adding")
+
+    def flush_chain(self, name: str) -> None:
+        """`flush chain`: NFT_MSG_DELRULE naming the chain and no rule."""
+        self._add(NFT_MSG_DELRULE, 0, _attr(NFTA_RULE_TABLE, self.table) + _attr(NFTA_RULE_CHAIN, _name(name)),
+                  f"the rules of chain {name}", "deleting")
+
+    def delete_chain(self, name: str) -> None:
+        self._add(NFT_MSG_DELCHAIN, 0, _attr(NFTA_CHAIN_TABLE, self.table) + _attr(NFTA_CHAIN_NAME, _name(name)),
+                  f"chain {name}", "deleting")
+
+    def delete_set(self, name: str) -> None:
+        self._add(NFT_MSG_DELSET, 0, _attr(NFTA_SET_TABLE, self.table) + _attr(NFTA_SET_NAME, _name(name)),
+                  f"set {name}", "deleting")
+
+    def rule(self, chain: str, expressions: bytes, userdata: bytes = b"") -> None:
+        """`add rule`: appended to the chain (expressions: NFTA_RULE_EXPRESSIONS' payload, nftrules.py)."""
+        body = _attr(NFTA_RULE_TABLE, self.table) + _attr(NFTA_RULE_CHAIN, _name(chain)) + \
+            _attr(NFTA_RULE_EXPRESSIONS | NLA_F_NESTED, expressions)
+        if userdata:
+            body += _attr(NFTA_RULE_USERDATA, userdata)
+        self._add(NFT_MSG_NEWRULE, NLM_F_CREATE | NLM_F_APPEND, body, f"a rule in chain {chain}", "adding")
+
+    def flush_set(self, name: str) -> None:
+        """`flush set` / `flush map`: NFT_MSG_DELSETELEM with no elements."""
+        self._add(NFT_MSG_DELSETELEM, 0, _attr(NFTA_SET_ELEM_LIST_TABLE, self.table) +
+                  _attr(NFTA_SET_ELEM_LIST_SET, _name(name)), f"elements of set {name}", "deleting")
+
+    def elements(self, name: str, rows, row: int, delete: bool = False) -> None:
+        """Elements to add (or, delete, to delete: their keys) to an existing set: rows as
+        _core.nft_elements lays them out, each `row` bytes long (0: a list of rows of any length,
+        verdict_rows), in as few messages as fit."""
+        head = _attr(NFTA_SET_ELEM_LIST_TABLE, self.table) + _attr(NFTA_SET_ELEM_LIST_SET, _name(name))
+        kind, flags = (NFT_MSG_DELSETELEM, 0) if delete else (NFT_MSG_NEWSETELEM, NLM_F_CREATE)
+        try:
+            for chunk in _chunks(rows, row):
+                self._add(kind, flags, head + struct.pack("=HH", 4 + len(chunk),
+                                                          NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED) + chunk,
+                          f"elements of set {name}", "deleting" if delete else "adding")
+        except ValueError as exc:
+            raise ValueError(f"set {name}: {exc}") from None
+
+    def encode(self, seq: int) -> tuple:
+        """(the datagram, [(seq, (what, verb))] of its messages), numbered from seq."""
+        out = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, b"", NFNL_SUBSYS_NFTABLES)]
+        sent = []
+        for kind, flags, body, label in self.messages:
+            seq += 1
+            out.append(_message(kind, flags, seq, NFPROTO_INET, body))
+            sent.append((seq, label))
+        out.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, b"", NFNL_SUBSYS_NFTABLES))
+        return b"".join(out), sent
+
+
 def batch(table: str, sets: list, seq: int = 1, deletes: Optional[list] = None) -> tuple:
-    """(the batch's bytes, [(seq, (set name, "deleting"|"adding"))] of its element messages): sets is
+    """(the batch's bytes, [(seq, (what, "deleting"|"adding"))] of its element messages): sets is
     [(set name, elements as _core.nft_elements lays them out, length of one)]
     to add (length 0: a list of rows of any length, see verdict_rows), deletes
     the same of elements to delete (their keys), sent first."""
-    deletes = deletes or []
-    for name in [table] + [s[0] for s in deletes + sets]:
-        if not name or len(name.encode()) >= NFT_NAME_MAX or "\0" in name:
-            raise ValueError(f"not an nftables name: {name!r}")
-    out = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, 0, b"", NFNL_SUBSYS_NFTABLES)]
-    sent = []
-    head_table = _attr(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
-    for kind, flags, group, verb in ((NFT_MSG_DELSETELEM, NLM_F_REQUEST | NLM_F_ACK, deletes, "deleting"),
-                                     (NFT_MSG_NEWSETELEM, NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, sets, "adding")):
-        for name, rows, row in group:
-            head = head_table + _attr(NFTA_SET_ELEM_LIST_SET, name.encode() + b"\0")
-            try:
-                for chunk in _chunks(rows, row):
-                    seq += 1
-                    body = head + struct.pack("=HH", 4 + len(chunk), NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED) \
-                        + chunk
-                    out.append(_message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags, seq, NFPROTO_INET, body))
-                    sent.append((seq, (name, verb)))
-            except ValueError as exc:
-                raise ValueError(f"set {name}: {exc}") from None
-    seq += 1
-    out.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, b"", NFNL_SUBSYS_NFTABLES))
-    return b"".join(out), sent
+    out = Batch(table)
+    for name, rows, row in deletes or []:
+        out.elements(name, rows, row, delete=True)
+    for name, rows, row in sets:
+        out.elements(name, rows, row)
+    return out.encode(seq)
 
 
 def _answers(buf: bytes):
@@ -242,17 +314,31 @@ def edit_elements(netns: Optional[str], table: str, deletes: list, adds: list, t
     `table`, all in one transaction (batch(): deletes first); returns the
     messages sent. NetlinkError: refused (a set not there, an element to
     delete not there, one the set cannot take), nothing changed."""
+    return exchange(netns, lambda seq: batch(table, [s for s in adds if len(s[1])], seq=seq,
+                                             deletes=[s for s in deletes if len(s[1])]), timeout)
+
+
+def send(netns: Optional[str], out: Batch, timeout: float = 60.0) -> int:
+    """Runs the batch in the namespace's nf_tables; returns the messages sent. NetlinkError: refused (the first
+    refusal named), nothing changed."""
+    return exchange(netns, out.encode, timeout) if len(out) else 0
+
+
+def exchange(netns: Optional[str], build, timeout: float = 60.0, error=NetlinkError) -> int:
+    """One datagram on the namespace's kept socket: build(seq) -> (datagram,
+    [(seq, names)]) numbered from the channel's next sequence number; returns
+    the messages sent. error(errno, *names): the first refusal; the socket is
+    dropped when its state is not known (any other failure, no answer)."""
     channel = _channel(netns)
     with channel.lock:
-        data, sent = batch(table, [s for s in adds if len(s[1])], seq=channel.seq,
-                           deletes=[s for s in deletes if len(s[1])])
+        data, sent = build(channel.seq)
         if not sent:
             return 0
-        channel.seq = (sent[-1][0] + 2) % (1 << 30) or 1  # past the batch's end message
+        channel.seq = (sent[-1][0] + 2) % (1 << 30) or 1  # past the last message (a batch's end)
         try:
-            return _send(channel, data, sent, timeout)
+            return _send(channel, data, sent, timeout, error)
         except OSError as exc:
-            if not isinstance(exc, NetlinkError) or exc.errno == errno.ETIMEDOUT:
+            if not isinstance(exc, error) or exc.errno == errno.ETIMEDOUT:
                 forget(netns)  # the socket's state is not known: the next batch opens another
             raise
 
@@ -262,9 +348,13 @@ def _send(channel: _Channel, data: bytes, sent: list, timeout: float, error=Netl
     error(errno, *names) of the first refusal, or ETIMEDOUT when an answer does not come."""
     sock = channel.sock
     channel.drain()
-    if len(data) > (1 << 17):  # a larger datagram than the default buffer takes: one datagram, one batch
+    # Buffers for a larger datagram than the default takes (one datagram, one batch), and for its answers: one
+    # each (NLM_F_ACK), each a buffer of ~1 KB as the socket counts them, which would overflow the default
+    # (212 KB) past ~200 messages and lose answers (ENOBUFS).
+    answers = len(sent) * 2048 + (1 << 16)
+    if len(data) > (1 << 17) or answers > (1 << 17):
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, len(data) + (1 << 16))
-        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 20)
+        sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, max(1 << 20, answers))
     sock.settimeout(timeout)
     sock.sendto(data, (0, 0))
     names = dict(sent)

@@ -70,7 +70,20 @@ program against 0.17 ms in an empty one), so through it the cost of a pod
 grows with the cluster. A batch the kernel refuses changes nothing, and the
 error names the set and whether it was adding or deleting (an element to
 delete that is gone: drift, which the agent's resync repairs by reading the
-table back)."""
+table back).
+
+Policy changes: for the same reason an update that writes chains goes over
+nfnetlink too when every rule it writes is one kernel/nftrules.py lays out
+(the policy, group and direction chains' rules: set lookups, protocols,
+ports, marks, verdicts, dispatch) and no hook changes: one batch in the
+order of the transaction's text (chains declared and flushed, sets nothing
+uses deleted, elements deleted and added, rules appended, chains nothing
+jumps to deleted), all at once or not at all, its new sets made just before
+it with `add set` alone (which fetches no chain; nothing uses them before
+the batch, and a refused batch takes them out again). Measured at 10k local
+pods (1,500 chains): a policy change's kernel update 4.2 -> 2.3 ms of CPU.
+Anything else (a hook, an interval set, a dynamic set, a log or reject rule)
+is a libnftables transaction as above."""
 
 from __future__ import annotations
 
@@ -89,8 +102,8 @@ from ..sets import FAMILIES, SET_TYPES
 from .handle import Kernel, KernelError, KernelLimitError, PreflightError
 from .libnftables import Context, NftError, Unavailable, library
 from .lock import netns_identity
-from . import nfnetlink
-from .nfnetlink import NetlinkError, add_elements, edit_elements, table_exists, verdict_rows
+from . import nfnetlink, nftrules
+from .nfnetlink import Batch, NetlinkError, add_elements, edit_elements, table_exists, verdict_rows
 from .plan import Held, KernelSet, Plan, SetStep, canonical_members, check_members, hollow, plan_full, report
 from .render import _check_reject, kernel_members
 from .scratch import scratch_namespace
@@ -797,7 +810,8 @@ def _stage(kernel: Kernel, plans: list) -> tuple:
         existed = table_exists(kernel.netns, TABLE)
     except OSError:
         return [], True  # no netlink socket of our own here: the transaction carries the elements
-    run(kernel, "\n".join([f"add table inet {TABLE} {{ comment {_quote(OWNER)}; }}"] +
+    # `add table` with its comment would fetch every chain and set (as `add rule` does): only when it is not there.
+    run(kernel, "\n".join(([f"add table inet {TABLE} {{ comment {_quote(OWNER)}; }}"] if not existed else []) +
                           [declare_set(s.setdef, set_size(s.setdef, len(s.members))) for s in bulk]) + "\n")
     try:
         add_elements(kernel.netns, TABLE, rows)
@@ -819,6 +833,24 @@ def _unstage(kernel: Kernel, staged: list, existed: bool) -> None:
         pass  # left unused: the next update removes them as sets nothing uses
 
 
+def _rows(setdef: SetDef, members: list) -> tuple:
+    """(rows, the length of one; 0: rows of any length) of members of a keyed
+    set or a verdict map ("ADDRESS CHAIN"), as nfnetlink.Batch.elements takes
+    them. ValueError: a member the kernel cannot hold."""
+    if setdef.is_map:
+        pairs = [m.partition(" ") for m in members]
+        keys = _core.nft_elements("hash:ip", setdef.family, [a for a, _, _ in pairs])
+        return verdict_rows(keys, len(keys) // len(pairs), [chain_name(setdef.family, c) for _, _, c in pairs]), 0
+    rows = _core.nft_elements(setdef.type, setdef.family, members)
+    return rows, len(rows) // len(members)
+
+
+def _keys(setdef: SetDef, keys: list) -> tuple:
+    """(rows, the length of one) of the keys of elements to delete (a map's: addresses)."""
+    rows = _core.nft_elements("hash:ip" if setdef.is_map else setdef.type, setdef.family, keys)
+    return rows, len(rows) // len(keys)
+
+
 def element_edits(plans: list) -> Optional[tuple]:
     """(deletions, additions) as nfnetlink.edit_elements takes them, when the
     plans change nothing but elements of keyed sets and verdict maps that
@@ -834,20 +866,10 @@ def element_edits(plans: list) -> Optional[tuple]:
                 continue
             if step.action != "edit" or not (keyed(setdef) or setdef.is_map):
                 return None
-            key_type = "hash:ip" if setdef.is_map else setdef.type
             if step.gone:
-                keys = _core.nft_elements(key_type, setdef.family, step.gone)
-                deletes.append((setdef.name, keys, len(keys) // len(step.gone)))
-            if not step.new:
-                continue
-            if setdef.is_map:
-                pairs = [m.partition(" ") for m in step.new]
-                keys = _core.nft_elements("hash:ip", setdef.family, [a for a, _, _ in pairs])
-                adds.append((setdef.name, verdict_rows(keys, len(keys) // len(pairs),
-                                                       [chain_name(setdef.family, c) for _, _, c in pairs]), 0))
-            else:
-                rows = _core.nft_elements(setdef.type, setdef.family, step.new)
-                adds.append((setdef.name, rows, len(rows) // len(step.new)))
+                deletes.append((setdef.name, *_keys(setdef, step.gone)))
+            if step.new:
+                adds.append((setdef.name, *_rows(setdef, list(step.new))))
     return deletes, adds
 
 
@@ -868,6 +890,111 @@ def _edit_elements(kernel: Kernel, plans: list) -> bool:
     return True
 
 
+def _native_batch(plans: list) -> Optional[tuple]:
+    """The plans as one nfnetlink batch, laid out as transaction() lays out
+    its text, and the new sets it fills ([(SetDef, size)] to make first):
+    when every rule the plans write is one nftrules lays out, every set they
+    make or change is a keyed set or a verdict map, and no hook changes
+    ("Policy changes" in the header); None otherwise. ValueError: a member
+    the kernel cannot hold."""
+    out, new_sets = Batch(TABLE), []
+    declare, flush, drop_sets, fill, rules, drop_chains = [], [], [], [], [], []
+    try:
+        for plan in plans:
+            program, family = plan.program, plan.program.family
+            if plan.hooks_add or plan.hooks_drop or plan.hooks_moved:
+                return None
+            for c in plan.chains:
+                name = chain_name(family, c)
+                declare.append(name)
+                flush.append(name)
+                for rule in program.chains[c]:
+                    comment = _quote(rule.origin)[1:-1] if rule.origin else ""
+                    rules.append((name, nftrules.expressions(family, rule, counted(c, rule), chain_name),
+                                  nftrules.userdata(comment) if comment else b""))
+            for c in plan.stale_chains:
+                name = chain_name(family, c)
+                declare.append(name)
+                flush.append(name)
+                drop_chains.append(name)
+            drop_sets += plan.stale_sets
+            for step in plan.sets:
+                setdef = step.setdef
+                if step.action == "keep":
+                    continue
+                if not (keyed(setdef) or setdef.is_map) or step.action not in ("create", "edit", "rebuild"):
+                    return None
+                if step.action == "create":
+                    new_sets.append((setdef, set_size(setdef, len(step.members))))
+                    if step.members:
+                        fill.append(("add", setdef.name, _rows(setdef, list(step.members))))
+                elif step.action == "rebuild":
+                    fill.append(("flush", setdef.name, None))
+                    if step.members:
+                        fill.append(("add", setdef.name, _rows(setdef, list(step.members))))
+                else:
+                    if step.gone:
+                        fill.append(("delete", setdef.name, _keys(setdef, step.gone)))
+                    if step.new:
+                        fill.append(("add", setdef.name, _rows(setdef, list(step.new))))
+    except nftrules.Unsupported:
+        return None
+    for name in declare:
+        out.chain(name)
+    for name in flush:
+        out.flush_chain(name)
+    for name in drop_sets:
+        out.delete_set(name)
+    for verb, name, rows in fill:
+        if verb == "flush":
+            out.flush_set(name)
+        else:
+            out.elements(name, *rows, delete=verb == "delete")
+    for name, expressions, userdata in rules:
+        out.rule(name, expressions, userdata)
+    for name in drop_chains:
+        out.delete_chain(name)
+    return out, new_sets
+
+
+def _write_natively(kernel: Kernel, plans: list) -> bool:
+    """Runs an update of chains, rules and elements as one nfnetlink batch
+    (_native_batch), its new sets made just before it through libnftables
+    (`add set` alone fetches no chain: cheap at any size; nothing uses them
+    before the batch). False when it is not such an update, a member cannot
+    be encoded, the socket could not be had, or the table is not there (the
+    caller then runs it as a libnftables transaction). KernelError: the
+    kernel refused the batch (nothing of it changed; the sets made for it are
+    taken out again)."""
+    try:
+        made = _native_batch(plans)
+    except ValueError:
+        return False
+    if made is None:
+        return False
+    out, new_sets = made
+    if not new_sets:
+        try:
+            if not table_exists(kernel.netns, TABLE):
+                return False  # the transaction makes it
+        except OSError:
+            return False
+    else:
+        try:
+            run(kernel, "".join(declare_set(s, size) + "\n" for s, size in new_sets))
+        except KernelError:
+            return False  # the table is not there (or refused a set): the transaction makes it all
+    try:
+        nfnetlink.send(kernel.netns, out)
+    except NetlinkError as exc:
+        _unstage(kernel, [SetStep(s.name, s, "create") for s, _ in new_sets], True)
+        raise KernelError(["nft"], str(exc), None) from None
+    except OSError:
+        _unstage(kernel, [SetStep(s.name, s, "create") for s, _ in new_sets], True)
+        return False
+    return True
+
+
 def execute(kernel: Kernel, plans: list, enforced: Optional[Callable[[], None]] = None,
             stop_after_sets: bool = False) -> list:
     """Runs the plans (one per family) as one transaction under the caller's
@@ -884,7 +1011,8 @@ def execute(kernel: Kernel, plans: list, enforced: Optional[Callable[[], None]] 
     rest = [dataclasses.replace(p, sets=[s for s in p.sets if id(s) not in made]) for p in plans] if staged else plans
     if any(p.sets or p.touches_chains() or p.stale_sets for p in rest) and not _edit_elements(kernel, rest):
         try:
-            run(kernel, transaction(rest))
+            if not _write_natively(kernel, rest):
+                run(kernel, transaction(rest))
         except KernelError:
             if staged:
                 _unstage(kernel, staged, existed)

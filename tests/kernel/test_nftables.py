@@ -95,6 +95,7 @@ def test_a_refused_transaction_changes_nothing(monkeypatch):
                 commands += f"delete chain inet {nftables.TABLE} no-such-chain\n"
             return real(k, commands, json_out, terse)
         monkeypatch.setattr(nftables, "run", failing_at_the_end)
+        monkeypatch.setattr(nftables, "_write_natively", lambda k, plans: False)  # as a libnftables transaction
         with pytest.raises(KernelError):
             apply_programs(programs_of(changed), kernel)
         assert listing(kernel) == before
@@ -370,12 +371,13 @@ def test_a_bulk_load_holds_what_the_text_path_holds(monkeypatch, netns):
     assert sizes == [3000] * 6
 
 
-@pytest.mark.parametrize("fails", ["the elements' batch", "the transaction"])
+@pytest.mark.parametrize("fails", ["the elements' batch", "the transaction", "the netlink batch"])
 @pytest.mark.parametrize("table", ["ours there", "no table yet"])
 def test_a_refused_bulk_load_changes_nothing(monkeypatch, netns, fails, table):
-    """Sets loaded in bulk are made and filled before the update's transaction;
-    when the kernel refuses either, they are taken out again (and the table,
-    when the update made it): the kernel lists exactly what it did before."""
+    """Sets loaded in bulk are made and filled before the update's transaction
+    (a libnftables one, or the nfnetlink batch of "Policy changes"); when the
+    kernel refuses either, they are taken out again (and the table, when the
+    update made it): the kernel lists exactly what it did before."""
     kernel = Kernel(netns=netns.name, backend="nftables")
     try:
         if table == "ours there":
@@ -388,7 +390,7 @@ def test_a_refused_bulk_load_changes_nothing(monkeypatch, netns, fails, table):
             def misnamed(ns, t, rows):  # the last set's elements sent to a set that is not there
                 return real(ns, t, rows[:-1] + [(rows[-1][0] + "x",) + tuple(rows[-1][1:])])
             monkeypatch.setattr(nftables, "add_elements", misnamed)
-        else:
+        elif fails == "the transaction":
             real = nftables.run
 
             def failing_at_the_end(k, commands, json_out=False, terse=False):
@@ -396,9 +398,19 @@ def test_a_refused_bulk_load_changes_nothing(monkeypatch, netns, fails, table):
                     commands += f"delete chain inet {nftables.TABLE} no-such-chain\n"
                 return real(k, commands, json_out, terse)
             monkeypatch.setattr(nftables, "run", failing_at_the_end)
+            monkeypatch.setattr(nftables, "_write_natively", lambda k, plans: False)
+        else:
+            real_send, sent = nftables.nfnetlink.send, []
+
+            def refused_at_the_end(ns, batch, timeout=60.0):
+                batch.delete_chain("ip/no-such-chain")
+                sent.append(batch)
+                return real_send(ns, batch, timeout)
+            monkeypatch.setattr(nftables.nfnetlink, "send", refused_at_the_end)
         with pytest.raises(KernelError):
             apply_programs([_keyed_program("inet", 500, extra=20, tag="new")], kernel)
         assert kernel.run("nft", "list", "ruleset").stdout == before
+        assert fails != "the netlink batch" or sent
     finally:
         release(kernel)
 
@@ -495,6 +507,8 @@ def test_an_update_of_elements_only_goes_over_netlink_and_holds_what_the_text_pa
             return real_run(k, commands, json_out, terse)
         monkeypatch.setattr(nftables, "edit_elements", edit)
         monkeypatch.setattr(nftables, "run", run)
+        if path == "libnftables":  # no netlink socket: nor the batch of "Policy changes"
+            monkeypatch.setattr(nftables, "_write_natively", lambda k, plans: False)
         try:
             apply_programs(rounds[0], kernel)
             per_round = []
