@@ -28,3 +28,33 @@ def paused():
     finally:
         if was:
             gc.enable()
+
+
+@contextlib.contextmanager
+def kept():
+    """paused(), for a long-running process building what it keeps (the
+    agent's kernel update: a new program of every pod's sets and rules): on
+    the way out, what the process holds is moved out of the collector's walks
+    (gc.freeze) before it runs again. Without it, the first collections after
+    the pause walk the whole new program, young as it is, and again as it
+    ages: measured in the agent at 10k pods, ~0.9 ms of a policy change's
+    ~11 ms. Objects frozen are still freed when their last reference goes
+    (what we build holds no cycles); a cycle that was already garbage stays
+    until sweep()."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.freeze()
+            gc.enable()
+
+
+def sweep() -> None:
+    """One full collection of everything, frozen or not, then everything
+    frozen again: what kept() froze that was garbage in cycles is freed here
+    (the agent runs it at each periodic reconcile)."""
+    gc.unfreeze()
+    gc.collect()
+    gc.freeze()

@@ -36,7 +36,7 @@ import threading
 import time
 from typing import Optional
 
-from .. import __version__
+from .. import __version__, collector
 from ..compile.compiler import backend_options, program_families
 from ..compile.incremental import Incremental
 from ..compile.program import Attach
@@ -242,7 +242,9 @@ class Agent:
                     self.stop.wait(self.settings.batch_delay)  # the rest of a burst joins this update
                 if self.stop.is_set():
                     break  # stopped (SIGTERM): no kernel update starts after it
-                if self._sync():
+                with collector.kept():  # see collector.kept: the new programs are kept out of its walks
+                    synced_now = self._sync()
+                if synced_now:
                     self.backoff.reset()
                     retry_at = 0.0
                 else:
@@ -250,6 +252,7 @@ class Agent:
                 continue
             if synced and self.first_sync.is_set() and now >= next_reconcile:
                 self._reconcile()
+                collector.sweep()  # what the updates froze that was garbage in cycles
                 next_reconcile = time.monotonic() + self.settings.resync_period
                 continue
             # Nothing to do now (not synced, nothing new, or a retry not due): sleep until a
