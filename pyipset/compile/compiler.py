@@ -172,6 +172,7 @@ import bisect
 import functools
 import itertools
 import json
+import operator
 from typing import Optional
 
 from .. import collector, protocols
@@ -192,6 +193,7 @@ _TIER_MARKS = {("Admin", "egress"): (MARK_EGRESS_OK, MARK_EGRESS_DENIED, MARK_EG
                ("Baseline", "egress"): (MARK_EGRESS_OK, MARK_EGRESS_DENIED, MARK_EGRESS_BASELINE_PASS),
                ("Baseline", "ingress"): (MARK_INGRESS_OK, MARK_INGRESS_DENIED, MARK_INGRESS_BASELINE_PASS)}
 
+_BY_KEY = operator.attrgetter("key")
 FLATTEN_LIMIT = 1024
 NEVER_FLATTEN = -1  # a flatten_limit under which no rule is flattened
 DISPATCHES = ("tree", "map")  # how a pod's policy group is found: a tree of sets (iptables), a verdict map
@@ -591,20 +593,28 @@ class _Compiler:
         key = (direction, id(policy))
         got = self._chains_before.get(key)
         if got is not None and got[0] is policy:
-            _, rules, setdefs, members_of, eligible, notes = got
-            # Equal to any this compile made of the same names (the same pods, and namespaces where it matters).
-            self.program.sets.update(setdefs)
-            self.members_of.update(members_of)
-            self.eligible += eligible
-            self.program.notes += notes
-            self._chains[key] = got
-            return rules
+            return self._take_chain(key, got)
         eligible, notes = len(self.eligible), len(self.program.notes)
         rules = self.policy_chain(policy, direction, ok_mark)
         names = {m.name for r in rules for m in r.matches if m.kind == "set"}
         self._chains[key] = (policy, rules, {n: self.program.sets[n] for n in names},
                              {n: self.members_of[n] for n in names if n in self.members_of},
                              self.eligible[eligible:], self.program.notes[notes:])
+        return rules
+
+    def _take_chain(self, key: tuple, got: tuple) -> list:
+        """kept_policy_chain's answer from the compile before (`got`, under `key`): its rules, and its side effects."""
+        _, rules, setdefs, members_of, eligible, notes = got
+        # Equal to any this compile made of the same names (the same pods, and namespaces where it matters).
+        if setdefs:
+            self.program.sets.update(setdefs)
+        if members_of:
+            self.members_of.update(members_of)
+        if eligible:
+            self.eligible += eligible
+        if notes:
+            self.program.notes += notes
+        self._chains[key] = got
         return rules
 
     def policy_chain(self, policy: NetworkPolicy, direction: str, ok_mark: int) -> list:
@@ -786,19 +796,24 @@ class _Compiler:
         own_dim = "src" if direction == "egress" else "dst"
         chain = direction_chain(direction)
         self.program.chains[chain] = []  # declared before its sub-chains
-        policies = sorted((p for p in self.cluster.policies if kind in p.policy_types), key=lambda p: p.key)
+        policies = sorted((p for p in self.cluster.policies if kind in p.policy_types), key=_BY_KEY)
         by_ns = self._policies_by_ns[direction] = {}
         for policy in policies:
             by_ns.setdefault(policy.namespace, []).append(policy)
         policy_chains = {}
-        here, kept = self.local_by_namespace, self._chains_before
+        here, kept, chains = self.local_by_namespace, self._chains_before, self.program.chains
         for policy in policies:
-            got = kept.get((direction, id(policy)))
+            key = (direction, id(policy))
+            got = kept.get(key)
             # A chain the compile before made (the same pods) is one of a policy with pods of this node.
-            if (got is not None and got[0] is policy) or (policy.namespace in here and self.local_selected(policy)):
-                sub = policy_chain(policy.key, direction)
-                self.program.chains[sub] = self.kept_policy_chain(policy, direction, ok)
-                policy_chains[policy.key] = sub
+            if got is not None and got[0] is policy:
+                rules = self._take_chain(key, got)
+            elif policy.namespace in here and self.local_selected(policy):
+                rules = self.kept_policy_chain(policy, direction, ok)
+            else:
+                continue
+            sub = policy_chains[policy.key] = policy_chain(policy.key, direction)
+            chains[sub] = rules
         by_key = {p.key: p for p in policies}
         selecting, by_group, moved = self.grouped(direction, policies, by_key)
         self._grouped[direction] = (by_key, selecting, by_group, self.program)

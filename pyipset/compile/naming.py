@@ -115,6 +115,7 @@ def audit_chain(direction: str) -> str:
 
 
 @functools.lru_cache(maxsize=1 << 16)  # asked of every policy at every compile
+@functools.lru_cache(maxsize=1 << 16)
 def policy_chain(policy_key: str, direction: str) -> str:
     return f"{CHAIN_PREFIX}-{direction[0].upper()}-{digest(policy_key + direction, 10)}"
 
