@@ -298,6 +298,58 @@ def flat_key(policy: NetworkPolicy, direction: str, index: int) -> tuple:
     return ("flat", policy.key, direction, index)
 
 
+class _PolicyChains:
+    """One direction's policy chains in a compile, as a whole (_Compiler.policy_chains): for each policy
+    with one, (the policy, the kept_policy_chain tuple); their chains, and the sets and member rules they
+    bring merged (with how many of the chains bring each, so that one leaving takes out only what no other
+    brings); the policies without one (no pod of this node); so the next compile over the same pods and
+    namespaces copies it and looks only at the policies that came, went or changed. Holding the policies
+    keeps their ids from being taken by others."""
+
+    def __init__(self):
+        self.entries: dict = {}  # id(policy) -> (policy, kept_policy_chain tuple)
+        self.without: dict = {}  # id(policy) -> policy: no chain here
+        self.chains: dict = {}  # chain name -> rules
+        self.by_key: dict = {}  # (direction, id(policy)) -> kept_policy_chain tuple (_Compiler._chains)
+        self.policy_chains: dict = {}  # policy key -> chain name
+        self.sets: dict = {}
+        self.set_uses: dict = {}
+        self.members: dict = {}
+        self.member_uses: dict = {}
+        self.noted: dict = {}  # id(policy) -> tuple, for those with eligible rules or notes
+
+    def copy(self) -> "_PolicyChains":
+        out = _PolicyChains()
+        out.__dict__.update({k: dict(v) for k, v in self.__dict__.items()})
+        return out
+
+    def add(self, direction: str, policy, got: tuple) -> None:
+        i = id(policy)
+        self.entries[i] = (policy, got)
+        sub = self.policy_chains[policy.key] = policy_chain(policy.key, direction)
+        self.chains[sub] = got[1]
+        self.by_key[(direction, i)] = got
+        for name, setdef in got[2].items():
+            self.sets[name] = setdef
+            self.set_uses[name] = self.set_uses.get(name, 0) + 1
+        for name, member_of in got[3].items():
+            self.members[name] = member_of
+            self.member_uses[name] = self.member_uses.get(name, 0) + 1
+        if got[4] or got[5]:
+            self.noted[i] = got
+
+    def remove(self, direction: str, i: int) -> None:
+        policy, got = self.entries.pop(i)
+        del self.chains[self.policy_chains.pop(policy.key)]
+        del self.by_key[(direction, i)]
+        for names, uses, merged in ((got[2], self.set_uses, self.sets), (got[3], self.member_uses, self.members)):
+            for name in names:
+                uses[name] -= 1
+                if not uses[name]:
+                    del uses[name], merged[name]
+        self.noted.pop(i, None)
+
+
 class _Compiler:
     def __init__(self, cluster: Cluster, family: str, flatten_limit: int, nflog_group: int,
                  node: Optional[str] = None, attach: Attach = Attach(), reuse: Optional[dict] = None,
@@ -326,6 +378,10 @@ class _Compiler:
         # (policy, rules, {set name: SetDef}, {set name: member_of}, eligible, notes) (see kept_policy_chain).
         self._chains: dict = {}
         self._chains_before: dict = {}
+        # Each NetworkPolicy direction's policy chains as a whole, of this compile and of the one before
+        # when its _chains are taken whole (the same pods and namespaces): direction -> _PolicyChains.
+        self._memo: dict = {}
+        self._memo_before: dict = {}
         # Group leaf chains of this compile and the one before: (direction, policy keys) -> (name, rules).
         self._leaves: dict = {}
         self._leaves_before: dict = like._leaves if like is not None else {}
@@ -348,6 +404,8 @@ class _Compiler:
                     (self.version, flatten_limit, cluster.addresses_shared):
                 self._chains_before = like._chains if same_namespaces else \
                     {k: v for k, v in like._chains.items() if not selects_namespaces(v[0])}
+                if same_namespaces:
+                    self._memo_before = like._memo
         else:
             self.pods_by_namespace: dict = {}
             self.local_by_namespace: dict = {}  # this node's pods
@@ -602,6 +660,54 @@ class _Compiler:
                              self.eligible[eligible:], self.program.notes[notes:])
         return rules
 
+    def policy_chains(self, direction: str, policies: list, ok: int) -> dict:
+        """The direction's policy chains (policy key -> chain name), written into the program with what
+        they bring (kept_policy_chain). From the compile before over the same pods and namespaces
+        (_PolicyChains): only the policies that came, went or changed are looked at, the rest taken whole;
+        else each policy in turn (a chain the compile before made is one of a policy with pods of this
+        node, taken as it was)."""
+        here, kept, chains = self.local_by_namespace, self._chains_before, self.program.chains
+        before = self._memo_before.get(direction)
+        fresh: set = set()
+        if before is None:
+            memo = _PolicyChains()
+            for policy in policies:
+                key = (direction, id(policy))
+                got = kept.get(key)
+                if got is not None and got[0] is policy:
+                    chains[policy_chain(policy.key, direction)] = self._take_chain(key, got)
+                elif policy.namespace in here and self.local_selected(policy):
+                    chains[policy_chain(policy.key, direction)] = self.kept_policy_chain(policy, direction, ok)
+                else:
+                    memo.without[id(policy)] = policy
+                    continue
+                memo.add(direction, policy, self._chains[key])
+            self._memo[direction] = memo
+            return memo.policy_chains
+        memo = self._memo[direction] = before.copy()
+        current = {id(p): p for p in policies}
+        for i in memo.entries.keys() - current.keys():
+            memo.remove(direction, i)
+        for i in memo.without.keys() - current.keys():
+            del memo.without[i]
+        for i in current.keys() - memo.entries.keys() - memo.without.keys():
+            policy = current[i]
+            if policy.namespace in here and self.local_selected(policy):
+                self.kept_policy_chain(policy, direction, ok)  # its side effects made here: not again below
+                memo.add(direction, policy, self._chains[(direction, i)])
+                fresh.add(i)
+            else:
+                memo.without[i] = policy
+        chains.update(memo.chains)
+        self.program.sets.update(memo.sets)
+        self.members_of.update(memo.members)
+        self._chains.update(memo.by_key)
+        for i, got in memo.noted.items():
+            if i not in fresh:
+                self.eligible += got[4]
+                self.program.notes += got[5]
+        return memo.policy_chains
+
     def _take_chain(self, key: tuple, got: tuple) -> list:
         """kept_policy_chain's answer from the compile before (`got`, under `key`): its rules, and its side effects."""
         _, rules, setdefs, members_of, eligible, notes = got
@@ -800,20 +906,7 @@ class _Compiler:
         by_ns = self._policies_by_ns[direction] = {}
         for policy in policies:
             by_ns.setdefault(policy.namespace, []).append(policy)
-        policy_chains = {}
-        here, kept, chains = self.local_by_namespace, self._chains_before, self.program.chains
-        for policy in policies:
-            key = (direction, id(policy))
-            got = kept.get(key)
-            # A chain the compile before made (the same pods) is one of a policy with pods of this node.
-            if got is not None and got[0] is policy:
-                rules = self._take_chain(key, got)
-            elif policy.namespace in here and self.local_selected(policy):
-                rules = self.kept_policy_chain(policy, direction, ok)
-            else:
-                continue
-            sub = policy_chains[policy.key] = policy_chain(policy.key, direction)
-            chains[sub] = rules
+        policy_chains = self.policy_chains(direction, policies, ok)
         by_key = {p.key: p for p in policies}
         selecting, by_group, moved = self.grouped(direction, policies, by_key)
         self._grouped[direction] = (by_key, selecting, by_group, self.program)
@@ -963,7 +1056,7 @@ class _Compiler:
         finally:
             # What was taken from the compile before is in this one now: the program before (held by its
             # groups) is not kept alive by this compiler for as long as the next one takes it as `like`.
-            self._grouped_before, self._chains_before, self._leaves_before = {}, {}, {}
+            self._grouped_before, self._chains_before, self._leaves_before, self._memo_before = {}, {}, {}, {}
 
     def _compile(self) -> RuleProgram:
         prog = self.program
