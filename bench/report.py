@@ -87,7 +87,7 @@ RECORDED = ("agent: pod created", "agent: policy created", "agent: policy with n
             "agent: steady state", "lab:", "matrix streamed", "load a manifest", "blocked connections: packet",
             "diff end to end", "revocation:")
 # How the nftables backend makes the update whose floor the agent benchmarks measure (nft_floor_ms).
-NFT_FLOOR = {"pod": "one nfnetlink batch", "policy": "one libnftables transaction"}
+NFT_FLOOR = {"pod": "one nfnetlink batch", "policy": "an `add set` and one nfnetlink batch"}
 # The same of the iptables backend (tools_floor_ms): pod churn runs no tool since the ipset netlink path.
 IPT_FLOOR = {"pod": "one ipset netlink message", "policy": "the kernel tools' runs"}
 SKIP = ("ops", "inner_ns_per_op", "unit")
