@@ -20,17 +20,23 @@ import gc
 
 
 @contextlib.contextmanager
-def paused():
+def _pause(freeze: bool):
     was = gc.isenabled()
     gc.disable()
     try:
         yield
     finally:
         if was:
+            if freeze:
+                gc.freeze()
             gc.enable()
 
 
-@contextlib.contextmanager
+def paused():
+    """No collection runs inside (see the header)."""
+    return _pause(False)
+
+
 def kept():
     """paused(), for a long-running process building what it keeps (the
     agent's kernel update: a new program of every pod's sets and rules): on
@@ -41,14 +47,7 @@ def kept():
     ~11 ms. Objects frozen are still freed when their last reference goes
     (what we build holds no cycles); a cycle that was already garbage stays
     until sweep()."""
-    was = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if was:
-            gc.freeze()
-            gc.enable()
+    return _pause(True)
 
 
 def sweep() -> None:

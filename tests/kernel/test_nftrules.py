@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
-import subprocess
 
 import pytest
 from hypothesis import HealthCheck, example, given, settings
@@ -25,28 +23,13 @@ from pyipset.kernel import nftables, nftrules
 from pyipset.kernel.apply import Kernel, KernelError, apply_changes, apply_programs, cleanup, diff, release
 from pyipset.kernel.plan import Plan
 from pyipset.model import load_objects
+from test_nftables import _table_json
 
 
 @pytest.fixture(autouse=True)
 def nft_there(netns):
     if nftables.available():
         pytest.fail(nftables.available())
-
-
-def _table_json(netns: str) -> list:
-    """Our table as nft lists it (JSON), without handles; [] when there is none."""
-    done = subprocess.run(["ip", "netns", "exec", netns, "nft", "-j", "list", "table", "inet", nftables.TABLE],
-                          capture_output=True, text=True, timeout=60)
-    if done.returncode:
-        return []
-    out = json.loads(done.stdout)["nftables"]
-    for obj in out:
-        for body in obj.values():
-            if isinstance(body, dict):
-                body.pop("handle", None)
-                if isinstance(body.get("elem"), list):
-                    body["elem"] = sorted(body["elem"], key=repr)
-    return sorted(out, key=repr)
 
 
 def _covered(family: str, chain: str, rule) -> bool:
@@ -62,7 +45,7 @@ SEEN: dict = {}  # what the rewritten rules used, over all examples: the test's 
 
 def _kinds(rule, counted: bool) -> set:
     out = {f"match {m.kind}{' ' + m.dims if m.dims else ''}{' !' if m.negate else ''}" for m in rule.matches}
-    out |= {f"port range" for m in rule.matches if m.kind == "dport" and m.value != m.value2}
+    out |= {"port range" for m in rule.matches if m.kind == "dport" and m.value != m.value2}
     out.add(f"target {rule.target}{' masked' if rule.target == 'MARK' and rule.mark_mask else ''}")
     return out | ({"counter"} if counted else set()) | ({"comment"} if rule.origin else set())
 
@@ -79,7 +62,7 @@ def _rewrites_equal(netns: str, programs: list) -> int:
     kernel = Kernel(netns=netns, backend="nftables")
     try:
         apply_programs(programs, kernel)
-        before = _table_json(netns)
+        before = _table_json(kernel)
         plans, rules = [], 0
         for program in programs:
             chains = [c for c, rs in program.chains.items() if all(_covered(program.family, c, r) for r in rs)]
@@ -90,7 +73,7 @@ def _rewrites_equal(netns: str, programs: list) -> int:
                     for kind in _kinds(r, nftables.counted(c, r)):
                         SEEN[kind] = SEEN.get(kind, 0) + 1
         assert nftables._write_natively(kernel, plans)
-        assert _table_json(netns) == before
+        assert _table_json(kernel) == before
         assert not any(diff(p, kernel).total() for p in programs)
         return rules
     finally:
@@ -224,7 +207,7 @@ def test_a_policy_change_is_one_netlink_batch_holding_what_the_text_path_holds(m
                     added = [s for s in scripts if "add rule" in s]  # (diff loads a scratch namespace: after this)
                     written += sum(r.chains_written for r in reports)
                     assert not any(diff(p, kernel).total() for p in engine.programs)
-                    rounds.append((_table_json(ns), added))
+                    rounds.append((_table_json(kernel), added))
             finally:
                 monkeypatch.setattr(nftables, "run", real_run)
                 monkeypatch.setattr(nftables, "_write_natively", real_native)
@@ -261,11 +244,11 @@ def test_a_refused_batch_changes_nothing_and_says_why(netns):
         assert any(s.action == "create" for s in plan.sets)
         step = next(s for s in plan.sets if s.setdef.is_map and s.gone)
         kernel.run("nft", "delete", "element", "inet", nftables.TABLE, step.name, f"{{ {step.gone[0]} }}")
-        was = _table_json(netns.name)
+        was = _table_json(kernel)
         with pytest.raises(KernelError) as err:
             apply_changes(before, after, kernel)
         assert f"refused deleting elements of set {step.name}: No such file or directory" in str(err.value), \
             str(err.value)
-        assert _table_json(netns.name) == was
+        assert _table_json(kernel) == was
     finally:
         release(kernel)
