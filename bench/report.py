@@ -315,9 +315,11 @@ def check_targets(benches) -> list[tuple[str, str, bool, str]]:
     for b in benches:
         info = b["extra_info"]
         if b["group"].startswith("agent: policy with new selectors") and "backend" in info:
-            absolute(f"agent under {info['backend']}: a policy change with new selectors both ways costs <= 10 ms "
-                     f"of CPU at 10k pods ({info['local_pods']:,} of them local)", info["cpu_ms_per_update"] <= 10,
-                     f"{info['cpu_ms_per_update']:.0f} ms an update (p50 {info['p50_ms']:.0f}, p99 "
+            limit = 5 if info.get("pods", 10000) <= 2000 else 10  # issue 21: 5 ms at 2k pods, 10 ms at 10k
+            absolute(f"agent under {info['backend']}: a policy change with new selectors both ways costs <= {limit} "
+                     f"ms of CPU at {info.get('pods', 10000) // 1000}k pods ({info['local_pods']:,} of them local)",
+                     info["cpu_ms_per_update"] <= limit,
+                     f"{info['cpu_ms_per_update']:.1f} ms an update (p50 {info['p50_ms']:.0f}, p99 "
                      f"{info['p99_ms']:.0f} ms)")
     by_backend = _by_backend(benches)
     shares = {n: (c["iptables"] - c["none"], c["nftables"] - c["none"]) for n, c in sorted(by_backend.items())
@@ -556,9 +558,10 @@ def headline(benches) -> str:
     for b in benches:
         info = b["extra_info"]
         if b["group"].startswith("agent: policy with new selectors"):
-            row(f"agent ({info.get('backend', 'iptables')}): a policy with new selectors both ways, 10k pods / "
-                f"1,000 policies, {info['local_pods']:,} of them on the node", f"p50 {info['p50_ms']:.0f} ms, p99 {info['p99_ms']:.0f} ms, "
-                f"{info['cpu_ms_per_update']:.0f} ms of CPU an update")
+            row(f"agent ({info.get('backend', 'iptables')}): a policy with new selectors both ways, "
+                f"{info.get('pods', 10000) // 1000}k pods / {info.get('policies', 1000):,} policies, "
+                f"{info['local_pods']:,} of them on the node", f"p50 {info['p50_ms']:.0f} ms, p99 {info['p99_ms']:.0f} ms, "
+                f"{info['cpu_ms_per_update']:.1f} ms of CPU an update")
     ready = _find(benches, "agent: start to ready")
     if ready and "oneshot_s" in ready["extra_info"]:
         row("agent: start to ready, 10k pods / 1,000 policies", f"{ready['extra_info']['ready_s']:.2f} s")

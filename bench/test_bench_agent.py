@@ -275,16 +275,18 @@ SHAPE_CREATIONS = 200 if FULL else 10
 
 
 @pytest.mark.parametrize("backend", ["iptables", "nftables"])
-@pytest.mark.parametrize("nodes", [100, 1], ids=["100-local-of-10k", "all-10k-local"])
-def test_selective_policy_created_to_the_kernel(benchmark, tmp_path, nodes, backend):
-    """10k pods, 1,000 policies; the agent's node holds 100 of them (100
-    nodes) or all of them (one node): policies with new selector groups in
-    both directions (Running.create_selective_policy), created at the API
-    until the kernel holds them, each deleted again untimed. CPU seconds per
-    update beside the latency: this process (the agent's threads, and the
-    test API server's serving the change) and the kernel tools it ran."""
+@pytest.mark.parametrize("pods,nodes", [(10000, 100), (10000, 1), (2000, 20), (2000, 1)],
+                         ids=["100-local-of-10k", "all-10k-local", "100-local-of-2k", "all-2k-local"])
+def test_selective_policy_created_to_the_kernel(benchmark, tmp_path, pods, nodes, backend):
+    """10k pods and 1,000 policies, or 2k and 200 (the size a user first
+    tried); the agent's node holds 100 of them or all of them (one node):
+    policies with new selector groups in both directions
+    (Running.create_selective_policy), created at the API until the kernel
+    holds them, each deleted again untimed. CPU seconds per update beside the
+    latency: this process (the agent's threads, and the test API server's
+    serving the change) and the kernel tools it ran."""
     benchmark.group = "agent: policy with new selectors, both directions, created -> in the kernel"
-    run = Running(10000, 1000, tmp_path, nodes=nodes, backend=backend)
+    run = Running(pods, pods // 10, tmp_path, nodes=nodes, backend=backend)
     try:
         run.create_selective_policy()  # warm
         times = []
@@ -297,9 +299,10 @@ def test_selective_policy_created_to_the_kernel(benchmark, tmp_path, nodes, back
         _percentiles(benchmark, times)
     finally:
         run.close()
-    assert local == 10000 // nodes
-    benchmark.extra_info.update(pods=10000, policies=1000, nodes=nodes, local_pods=local, cpu_ms_per_update=1e3 * cpu,
-                                backend=backend, tools_floor_ms=tools_floor_ms("policy") if backend == "iptables"
+    assert local == pods // nodes
+    benchmark.extra_info.update(pods=pods, policies=pods // 10, nodes=nodes, local_pods=local,
+                                cpu_ms_per_update=1e3 * cpu, backend=backend,
+                                tools_floor_ms=tools_floor_ms("policy") if backend == "iptables"
                                 else nft_floor_ms("policy"))
 
 
